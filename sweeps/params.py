@@ -1,0 +1,214 @@
+"""Searched parameters: parsing their spec entries and sampling them through an Optuna trial.
+
+The YAML name of a parameter is its Optuna parameter name, its MLflow param name and its
+key in the exported config. A parameter with ``when:`` exists only when each named
+parameter has one of the listed values (``init_scale`` only under ``precision: fp16``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sweeps.problems import Problems, as_int, as_number
+from trainables.config import coerce
+
+if TYPE_CHECKING:
+    import optuna
+
+KINDS = ("float", "int", "categorical")
+PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
+
+
+@dataclass
+class ParamSpec:
+    """One searched parameter."""
+
+    name: str
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = field(default_factory=list)
+    when: dict[str, list[Any]] = field(default_factory=dict)
+
+    def probe_values(self) -> list[tuple[str, Any]]:
+        """Values worth checking against the trainer config: each choice, or both bounds."""
+        if self.kind == "categorical":
+            return [(f"choices[{i}]", c) for i, c in enumerate(self.choices)]
+        cast = int if self.kind == "int" else float
+        return [("low", cast(self.low)), ("high", cast(self.high))]
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether every condition holds for the values chosen so far."""
+        return all(name in values and values[name] in allowed for name, allowed in self.when.items())
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Sample this parameter from ``trial`` under its own name."""
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.kind == "int":
+            step = int(self.step or 1)
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=step, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+
+def sample(trial: optuna.Trial, params: dict[str, ParamSpec], fixed: dict[str, Any]) -> dict[str, Any]:
+    """Sample every active parameter (conditions see fixed values and earlier samples)."""
+    values: dict[str, Any] = {}
+    for name, param in params.items():
+        if param.active({**fixed, **values}):
+            values[name] = param.suggest(trial)
+    return values
+
+
+def parse_params(
+    section: Any, types: dict[str, Any], fixed: dict[str, Any], problems: Problems
+) -> dict[str, ParamSpec]:
+    """Parse the ``params`` mapping; return parameters ordered so conditions come first."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        problems.add("params", "must be a mapping of parameter name to distribution")
+        return {}
+    parsed: dict[str, ParamSpec] = {}
+    conditions: dict[str, dict[str, list[Any]]] = {}
+    for name, entry in section.items():
+        key = f"params.{name}"
+        if types and name not in types:
+            problems.add(key, "unknown parameter for this trainer")
+            continue
+        if name in fixed:
+            problems.add(key, "is also in fixed; a parameter is either fixed or searched")
+            continue
+        param = _parse_one(str(name), entry, types.get(name), problems)
+        if param is not None:
+            parsed[str(name)] = param
+        if isinstance(entry, dict) and isinstance(entry.get("when"), dict):
+            conditions[str(name)] = {str(k): v if isinstance(v, list) else [v] for k, v in entry["when"].items()}
+    for name, when in conditions.items():
+        _check_conditions(name, when, parsed, section, fixed, problems)
+    return _ordered(parsed, problems)
+
+
+def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> ParamSpec | None:
+    key = f"params.{name}"
+    if isinstance(entry, list):
+        entry = {"type": "categorical", "choices": entry}
+    if not isinstance(entry, dict):
+        problems.add(key, "must be a mapping (type, low, high, log, step, choices, when) or a list of choices")
+        return None
+    for extra in entry:
+        if extra not in PARAM_KEYS:
+            problems.add(f"{key}.{extra}", f"unknown key (known: {', '.join(sorted(PARAM_KEYS))})")
+    kind = entry.get("type") or ("categorical" if "choices" in entry else "int" if kind_hint is int else "float")
+    if kind not in KINDS:
+        problems.add(f"{key}.type", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+        return None
+    when = _parse_when(entry.get("when"), key, problems)
+    if kind == "categorical":
+        return _categorical(name, entry, kind_hint, when, problems)
+    return _numeric(name, kind, entry, when, problems)
+
+
+def _categorical(name: str, entry: dict[str, Any], kind_hint: Any, when: dict[str, list[Any]], problems: Problems) -> ParamSpec | None:
+    key = f"params.{name}.choices"
+    choices = entry.get("choices")
+    if not isinstance(choices, list) or not choices:
+        problems.add(key, "must be a non-empty list")
+        return None
+    converted = []
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, (str, int, float, bool)):
+            problems.add(f"{key}[{i}]", f"{choice!r} is not a number, string or boolean")
+            continue
+        try:
+            converted.append(coerce(choice, kind_hint) if kind_hint is not None else choice)
+        except ValueError as exc:
+            problems.add(f"{key}[{i}]", str(exc))
+    if len(set(map(repr, converted))) != len(converted):
+        problems.add(key, "has duplicate choices")
+    return ParamSpec(name=name, kind="categorical", choices=converted, when=when)
+
+
+def _numeric(name: str, kind: str, entry: dict[str, Any], when: dict[str, list[Any]], problems: Problems) -> ParamSpec | None:
+    key = f"params.{name}"
+    before = len(problems)
+    read = as_int if kind == "int" else as_number
+    low = read(entry.get("low"), f"{key}.low", problems) if "low" in entry else None
+    high = read(entry.get("high"), f"{key}.high", problems) if "high" in entry else None
+    for bound, value in (("low", low), ("high", high)):
+        if bound not in entry:
+            problems.add(f"{key}.{bound}", f"missing (a {kind} parameter needs low and high)")
+        elif value is not None and not math.isfinite(value):
+            problems.add(f"{key}.{bound}", f"must be finite, got {value}")
+    log = entry.get("log", False)
+    if not isinstance(log, bool):
+        problems.add(f"{key}.log", f"must be true or false, got {log!r}")
+        log = False
+    step = read(entry["step"], f"{key}.step", problems) if entry.get("step") is not None else None
+    if step is not None and step <= 0:
+        problems.add(f"{key}.step", f"must be > 0, got {step}")
+    if step is not None and log:
+        problems.add(f"{key}.step", "cannot be combined with log: true")
+    if low is not None and high is not None:
+        if low > high:
+            problems.add(key, f"low ({low}) > high ({high})")
+        if log and low <= 0:
+            problems.add(f"{key}.low", f"log scale needs low > 0, got {low}")
+    if len(problems) > before or low is None or high is None:
+        return None
+    return ParamSpec(name=name, kind=kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _parse_when(value: Any, key: str, problems: Problems) -> dict[str, list[Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        problems.add(f"{key}.when", "must be a mapping of parameter name to a value or list of values")
+        return {}
+    return {str(k): v if isinstance(v, list) else [v] for k, v in value.items()}
+
+
+def _check_conditions(
+    name: str,
+    when: dict[str, list[Any]],
+    parsed: dict[str, ParamSpec],
+    section: dict[str, Any],
+    fixed: dict[str, Any],
+    problems: Problems,
+) -> None:
+    for parent, allowed in when.items():
+        key = f"params.{name}.when.{parent}"
+        if parent == name:
+            problems.add(key, "a parameter cannot depend on itself")
+        elif parent in parsed and parsed[parent].kind == "categorical":
+            missing = [v for v in allowed if v not in parsed[parent].choices]
+            if missing:
+                problems.add(key, f"{missing} not among the choices of {parent!r}")
+        elif parent not in section and parent not in fixed:
+            problems.add(key, f"names an unknown parameter {parent!r}")
+
+
+def _ordered(parsed: dict[str, ParamSpec], problems: Problems) -> dict[str, ParamSpec]:
+    """Topological order: a parameter comes after every parameter its condition names."""
+    ordered: dict[str, ParamSpec] = {}
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in ordered or name not in parsed:
+            return
+        if name in visiting:
+            problems.add(f"params.{name}.when", "conditions form a cycle")
+            return
+        visiting.add(name)
+        for parent in parsed[name].when:
+            visit(parent)
+        visiting.discard(name)
+        ordered[name] = parsed[name]
+
+    for name in parsed:
+        visit(name)
+    return ordered

@@ -1,0 +1,52 @@
+"""Collecting validation problems, and reading numbers that YAML may have left as strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Problems:
+    """An ordered list of ``(key, message)`` problems."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, message: str) -> None:
+        """Record one problem at ``key``."""
+        self.items.append((key, message))
+
+    def extend(self, items: list[tuple[str, str]]) -> None:
+        """Record several problems."""
+        self.items.extend(items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def as_number(value: Any, key: str, problems: Problems) -> float | None:
+    """Return ``value`` as a float (``"1e-5"`` included), or record a problem and return None."""
+    if isinstance(value, bool) or value is None:
+        problems.add(key, f"{value!r} is not a number")
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        problems.add(key, f"{value!r} is not a number")
+        return None
+
+
+def as_int(value: Any, key: str, problems: Problems, minimum: int | None = None) -> int | None:
+    """Return ``value`` as an int, or record a problem (not an integer, below ``minimum``)."""
+    number = as_number(value, key, problems)
+    if number is None:
+        return None
+    if not number.is_integer():
+        problems.add(key, f"{value!r} is not an integer")
+        return None
+    if minimum is not None and number < minimum:
+        problems.add(key, f"must be >= {minimum}, got {int(number)}")
+        return None
+    return int(number)

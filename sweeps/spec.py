@@ -1,0 +1,306 @@
+"""The sweep spec: one YAML file per sweep, validated in full before anything starts.
+
+Every problem is collected and reported at once, each naming its YAML key. Numbers
+written as strings (PyYAML reads ``1e-5`` as a string) are accepted wherever a number is.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeps.params import ParamSpec, parse_params
+from sweeps.problems import Problems, as_int, as_number
+from trainables.config import ConfigError, build_config, field_types
+from trainables.registry import TrainerLoadError, load_trainer
+
+TOP_KEYS = {"name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "fixed", "params"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SpecError(ValueError):
+    """A sweep spec has one or more problems; ``str()`` lists them all, one per line."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Budget:
+    """How much to run: trials, epochs per trial, trials at once, resources per trial."""
+
+    trials: int = 10
+    epochs: int = 5
+    concurrency: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass
+class Asha:
+    """ASHA early stopping over epochs; ``enabled: false`` runs every trial to the end."""
+
+    enabled: bool = True
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+    brackets: int = 1
+
+
+@dataclass
+class Search:
+    """The Optuna sampler and how many random trials it starts with."""
+
+    sampler: str = "tpe"
+    n_startup_trials: int = 5
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep spec. ``raw`` is the mapping it was built from, overrides applied."""
+
+    name: str
+    trainer: str
+    metric: str
+    mode: str
+    seed: int
+    budget: Budget
+    asha: Asha
+    search: Search
+    fixed: dict[str, Any]
+    params: dict[str, ParamSpec]
+    raw: dict[str, Any] = field(default_factory=dict)
+    source: str = "<spec>"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file, raising SpecError with the line of a syntax error."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SpecError(source, [("", f"cannot read spec file: {reason}")]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, [("", f"YAML syntax error at {where}{problem}")]) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: set[str]) -> list[tuple[str, str]]:
+    """Apply ``key=value`` overrides in place; return the problems with malformed ones.
+
+    A dotted key (``budget.epochs=3``) sets that path; a top-level spec key sets it; any
+    other key is a trainer parameter and becomes fixed, leaving the search space.
+    """
+    problems: list[tuple[str, str]] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append((f"--set {item}", "expected key=value"))
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if "." in key:
+            node = raw
+            *parents, leaf = key.split(".")
+            for part in parents:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node[leaf] = value
+        elif key in TOP_KEYS - {"fixed", "params", "budget", "asha", "search"}:
+            raw[key] = value
+        elif key in trainer_fields or not trainer_fields:
+            fixed = raw.get("fixed")
+            raw["fixed"] = fixed = fixed if isinstance(fixed, dict) else {}
+            fixed[key] = value
+            if isinstance(raw.get("params"), dict):
+                raw["params"].pop(key, None)
+        else:
+            problems.append((f"--set {key}", "unknown parameter for this trainer"))
+    return problems
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None, trials: int | None = None) -> SweepSpec:
+    """Read, override and validate a spec file; raise SpecError listing every problem."""
+    raw = read_yaml(path)
+    source = str(path)
+    if not isinstance(raw, dict):
+        raise SpecError(source, [("", "the spec must be a YAML mapping (key: value lines)")])
+    raw = copy.deepcopy(raw)
+    raw.setdefault("name", Path(path).stem)
+    if trials is not None:
+        raw["budget"] = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}
+        raw["budget"]["trials"] = trials
+    return validate_spec(raw, source, overrides or [])
+
+
+def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> SweepSpec:
+    """Validate a spec mapping (after overrides) and build a :class:`SweepSpec`."""
+    problems = Problems()
+    trainer_cls = _trainer(raw.get("trainer"), problems)
+    types = field_types(trainer_cls.Config) if trainer_cls is not None else {}
+    problems.extend(apply_overrides(raw, overrides, set(types)))
+    for key in raw:
+        if key not in TOP_KEYS:
+            problems.add(str(key), f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.add("name", f"{name!r} must be letters, digits, '.', '_' or '-'")
+    metric, mode = _metric(raw, trainer_cls, problems)
+    seed = as_int(raw.get("seed", 0), "seed", problems) or 0
+    budget = _budget(raw.get("budget", {}), problems)
+    asha = _asha(raw.get("asha", {}), budget, problems)
+    search = _search(raw.get("search", {}), problems)
+    fixed = _fixed(raw.get("fixed", {}), types, problems)
+    params = parse_params(raw.get("params", {}), types, fixed, problems)
+    if trainer_cls is not None:
+        _check_configs(trainer_cls, fixed, params, seed, problems)
+    if problems:
+        raise SpecError(source, problems.items)
+    return SweepSpec(
+        name=str(name), trainer=str(raw["trainer"]), metric=metric, mode=mode, seed=seed,
+        budget=budget, asha=asha, search=search, fixed=fixed, params=params, raw=raw, source=source,
+    )
+
+
+def _trainer(value: Any, problems: Problems) -> Any:
+    if value is None:
+        problems.add("trainer", "missing (a built-in name such as 'vae', or module:Class)")
+        return None
+    try:
+        return load_trainer(str(value))
+    except TrainerLoadError as exc:
+        problems.add("trainer", str(exc))
+        return None
+
+
+def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[str, str]:
+    value = raw.get("metric")
+    mode = raw.get("mode", "min")
+    if isinstance(value, dict):
+        mode = value.get("mode", mode)
+        value = value.get("name")
+    if not isinstance(value, str) or not value:
+        problems.add("metric", "missing: the validation metric to optimize, e.g. 'val_loss'")
+        value = ""
+    if mode not in ("min", "max"):
+        problems.add("metric.mode", f"must be 'min' or 'max', got {mode!r}")
+    declared = getattr(trainer_cls, "metrics", None)
+    if value and declared and value not in declared:
+        problems.add("metric", f"{value!r} is not produced by trainer {raw.get('trainer')!r} "
+                     f"(it reports: {', '.join(declared)})")
+    return value, str(mode)
+
+
+def _section(value: Any, key: str, problems: Problems) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(key, "must be a mapping")
+        return {}
+    return value
+
+
+def _unknown(section: dict[str, Any], known: set[str], key: str, problems: Problems) -> None:
+    for name in section:
+        if name not in known:
+            problems.add(f"{key}.{name}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _budget(value: Any, problems: Problems) -> Budget:
+    section = _section(value, "budget", problems)
+    _unknown(section, {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial"}, "budget", problems)
+    budget = Budget()
+    budget.trials = as_int(section.get("trials", budget.trials), "budget.trials", problems, minimum=1) or 1
+    budget.epochs = as_int(section.get("epochs", budget.epochs), "budget.epochs", problems, minimum=1) or 1
+    if section.get("concurrency") is not None:
+        budget.concurrency = as_int(section["concurrency"], "budget.concurrency", problems, minimum=1)
+    cpus = as_number(section.get("cpus_per_trial", 1), "budget.cpus_per_trial", problems)
+    gpus = as_number(section.get("gpus_per_trial", 0), "budget.gpus_per_trial", problems)
+    if cpus is not None and cpus <= 0:
+        problems.add("budget.cpus_per_trial", f"must be > 0, got {cpus}")
+    if gpus is not None and gpus < 0:
+        problems.add("budget.gpus_per_trial", f"must be >= 0, got {gpus}")
+    budget.cpus_per_trial, budget.gpus_per_trial = cpus or 1.0, gpus or 0.0
+    return budget
+
+
+def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
+    if value is False:
+        return Asha(enabled=False)
+    section = _section(value, "asha", problems)
+    _unknown(section, {"enabled", "grace_period", "reduction_factor", "brackets"}, "asha", problems)
+    asha = Asha(enabled=bool(section.get("enabled", True)))
+    grace = as_int(section.get("grace_period", 1), "asha.grace_period", problems, minimum=1)
+    if grace is not None and grace > budget.epochs:
+        problems.add("asha.grace_period", f"{grace} is more than budget.epochs ({budget.epochs})")
+    factor = as_number(section.get("reduction_factor", 3), "asha.reduction_factor", problems)
+    if factor is not None and factor <= 1:
+        problems.add("asha.reduction_factor", f"must be > 1, got {factor}")
+    asha.grace_period = grace or 1
+    asha.reduction_factor = factor or 3.0
+    asha.brackets = as_int(section.get("brackets", 1), "asha.brackets", problems, minimum=1) or 1
+    return asha
+
+
+def _search(value: Any, problems: Problems) -> Search:
+    section = _section(value, "search", problems)
+    _unknown(section, {"sampler", "n_startup_trials"}, "search", problems)
+    search = Search()
+    sampler = section.get("sampler", "tpe")
+    if sampler not in ("tpe", "random"):
+        problems.add("search.sampler", f"must be 'tpe' or 'random', got {sampler!r}")
+    search.sampler = str(sampler)
+    startup = as_int(section.get("n_startup_trials", 5), "search.n_startup_trials", problems, minimum=0)
+    search.n_startup_trials = startup if startup is not None else 5
+    return search
+
+
+def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, Any]:
+    section = _section(value, "fixed", problems)
+    fixed: dict[str, Any] = {}
+    for key, item in section.items():
+        if types and key not in types:
+            problems.add(f"fixed.{key}", "unknown parameter for this trainer")
+            continue
+        fixed[str(key)] = item
+    return fixed
+
+
+def _check_configs(
+    trainer_cls: Any, fixed: dict[str, Any], params: dict[str, ParamSpec], seed: int, problems: Problems
+) -> None:
+    """Build the trainer config for the fixed values and for each searched value on its own."""
+    base = {**fixed}
+    if "seed" in {f for f in field_types(trainer_cls.Config)} and "seed" not in base:
+        base["seed"] = seed
+    try:
+        build_config(trainer_cls.Config, base)
+    except ConfigError as exc:
+        for key, msg in exc.problems:
+            problems.add(f"fixed.{key}", msg)
+        return
+    for name, param in params.items():
+        for label, value in param.probe_values():
+            try:
+                build_config(trainer_cls.Config, {**base, name: value})
+            except ConfigError as exc:
+                for key, msg in exc.problems:
+                    where = f"params.{name}.{label}" if key == name else f"params.{name}.{label} (with {key})"
+                    problems.add(where, msg)

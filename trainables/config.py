@@ -1,0 +1,97 @@
+"""Typed trainer configs: build a config dataclass from loose values, collecting every problem.
+
+Values come from YAML (where ``1e-5`` is a string), from the command line and from Optuna,
+so numbers written as strings are accepted wherever a number is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type.
+
+    Attributes:
+        problems: one ``(key, message)`` pair per problem found.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {msg}" for key, msg in problems))
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Return ``{field name: resolved type}`` for a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(value: Any, kind: Any) -> Any:
+    """Convert ``value`` to ``kind`` (bool, int, float, str or a Literal), or raise ValueError."""
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        choices = typing.get_args(kind)
+        if value in choices:
+            return value
+        raise ValueError(f"{value!r} is not one of {', '.join(map(str, choices))}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise ValueError(f"{value!r} is not a boolean")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not an integer")
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ValueError(f"{value!r} is not an integer") from None
+        if isinstance(number, (int, float)) and float(number).is_integer():
+            return int(number)
+        raise ValueError(f"{value!r} is not an integer")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number") from None
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{value!r} is not a string")
+    return value
+
+
+def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build the config dataclass ``cls`` from ``values``.
+
+    Unknown keys, values of the wrong type and the config's own ``problems()`` are all
+    collected and raised together as one :class:`ConfigError`.
+    """
+    types = field_types(cls)
+    problems: list[tuple[str, str]] = []
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in types:
+            problems.append((prefix + key, f"unknown parameter for {cls.__name__}"))
+            continue
+        try:
+            kwargs[key] = coerce(value, types[key])
+        except ValueError as exc:
+            problems.append((prefix + key, str(exc)))
+    if problems:
+        raise ConfigError(problems)
+    config = cls(**kwargs)
+    check = getattr(config, "problems", None)
+    if check is not None:
+        problems = [(prefix + key, msg) for key, msg in check()]
+        if problems:
+            raise ConfigError(problems)
+    return config

@@ -1,0 +1,35 @@
+"""Trainers by name, and user trainers by import path (``my_pkg.my_module:MyTrainer``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+BUILTIN = {"vae": "trainables.vae:VAETrainer"}
+
+
+class TrainerLoadError(ValueError):
+    """The trainer named in a spec cannot be found or is not a trainer."""
+
+
+def load_trainer(name: str) -> Any:
+    """Return the trainer class for a built-in name or a ``module:Class`` import path."""
+    path = BUILTIN.get(name, name)
+    if ":" not in path:
+        known = ", ".join(sorted(BUILTIN))
+        raise TrainerLoadError(f"unknown trainer {name!r} (built-in: {known}; or use module:Class)")
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TrainerLoadError(f"cannot import trainer module {module_name!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise TrainerLoadError(f"module {module_name!r} has no attribute {attr!r}")
+    missing = [m for m in ("train_epoch", "validate", "state_dict", "load_state_dict") if not hasattr(cls, m)]
+    config = getattr(cls, "Config", None)
+    if missing or config is None or not dataclasses.is_dataclass(config):
+        lacks = ", ".join(missing + ([] if config is not None and dataclasses.is_dataclass(config) else ["Config dataclass"]))
+        raise TrainerLoadError(f"{path!r} is not a trainer: it lacks {lacks}")
+    return cls
