@@ -78,6 +78,14 @@ class SweepSpec:
     params: dict[str, ParamSpec]
     raw: dict[str, Any] = field(default_factory=dict)
     source: str = "<spec>"
+    trainer_fields: tuple[str, ...] = ()
+
+    def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """A trial's complete trainer parameters: fixed values, sampled values and the seed."""
+        params = {**self.fixed, **sampled}
+        if "seed" in self.trainer_fields and "seed" not in params:
+            params["seed"] = self.seed
+        return params
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -176,6 +184,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     return SweepSpec(
         name=str(name), trainer=str(raw["trainer"]), metric=metric, mode=mode, seed=seed,
         budget=budget, asha=asha, search=search, fixed=fixed, params=params, raw=raw, source=source,
+        trainer_fields=tuple(types),
     )
 
 

@@ -1,0 +1,141 @@
+"""The ``sweeps`` command: run, export, train, list, ui."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sweeps.spec import SpecError
+from sweeps.store import DEFAULT_ROOT, SweepStoreError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweeps", description="Hyperparameter sweeps for PyTorch image models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a sweep from a YAML spec")
+    run.add_argument("spec", help="the sweep spec, e.g. search_spaces/vae_demo.yaml")
+    run.add_argument("--trials", type=int, help="number of trials (overrides budget.trials)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec value (budget.epochs=3) or fix a parameter (lr=1e-3); repeatable")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    run.add_argument("--storage", default=DEFAULT_ROOT, help=f"folder for sweep state (default: {DEFAULT_ROOT})")
+    run.add_argument("--name", help="sweep name (default: the spec's name and the time)")
+    run.add_argument("--cpus", type=int, help="CPUs local Ray may use (default: all)")
+    run.add_argument("--check", action="store_true", help="validate the spec and exit")
+    export = sub.add_parser("export", help="export a sweep's best config")
+    export.add_argument("sweep", help="sweep name (or its folder)")
+    export.add_argument("-o", "--output", default="best.yaml", help="file to write (default: best.yaml)")
+    export.add_argument("--storage", default=DEFAULT_ROOT)
+    train = sub.add_parser("train", help="train from an exported config")
+    train.add_argument("config", help="a file written by 'sweeps export'")
+    train.add_argument("--epochs", type=int, help="train this many epochs instead")
+    train.add_argument("--save", help="write the final checkpoint here")
+    listing = sub.add_parser("list", help="list the sweeps in the storage folder")
+    listing.add_argument("--storage", default=DEFAULT_ROOT)
+    ui = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sweeps`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except (SpecError, SweepStoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the spec, run the sweep, print the summary."""
+    from sweeps.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides, args.trials)
+    if args.check:
+        print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
+        return 0
+    from sweeps.live import summary_table
+    from sweeps.runner import run_sweep, start_ray
+
+    start_ray(num_cpus=args.cpus)
+    print(f"sweep {spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
+          f"{spec.mode}imizing {spec.metric}", flush=True)
+    result = run_sweep(spec, root=args.storage, name=args.name, tracking_uri=args.tracking_uri)
+    state = result.state
+    print()
+    print(summary_table(state))
+    print()
+    print(f"sweep:   {result.sweep.name}  ({result.sweep.path})")
+    print(f"MLflow:  {result.tracking_uri}  parent run {result.parent_run_id}")
+    print(f"Optuna:  {result.sweep.storage_uri}  study {result.sweep.name}")
+    if state.best is not None and state.best.value is not None:
+        print(f"best:    t{state.best.number:03d} {spec.metric}={state.best.value:.6g}")
+        storage = "" if args.storage == DEFAULT_ROOT else f" --storage {args.storage}"
+        print(f"next:    sweeps export {result.sweep.name}{storage} -o best.yaml && sweeps train best.yaml")
+    return 130 if result.interrupted else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the best trial's config."""
+    from sweeps.export import best_config, write_export
+    from sweeps.store import open_sweep_dir
+
+    data = best_config(open_sweep_dir(args.storage, args.sweep))
+    out = write_export(data, args.output)
+    metric = data["metric"]
+    print(f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']}, "
+          f"{metric['name']}={metric['value']:.6g}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train from an exported config."""
+    from sweeps.train import load_run_file, train_from_file
+
+    if args.epochs is not None and args.epochs <= 0:
+        raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
+    train_from_file(load_run_file(args.config), epochs=args.epochs, save=args.save)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List sweeps with their status and best value."""
+    from sweeps.store import open_sweep_dir
+
+    root = Path(args.storage)
+    names = sorted(p.parent.name for p in root.glob("*/sweep.json")) if root.is_dir() else []
+    for name in names:
+        meta = open_sweep_dir(root, name).read_meta()
+        print(f"{name}  {meta.get('status', '?')}  {meta.get('trainer')}  {meta.get('metric')}")
+    if not names:
+        print(f"no sweeps in {root}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Run ``mlflow ui`` on the tracking store (Ctrl-C stops it)."""
+    from sweeps.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    try:
+        return subprocess.call(command, env=os.environ.copy())
+    except KeyboardInterrupt:
+        return 0
+
+
+COMMANDS = {"run": cmd_run, "export": cmd_export, "train": cmd_train, "list": cmd_list, "ui": cmd_ui}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

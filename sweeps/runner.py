@@ -1,0 +1,174 @@
+"""Runs a sweep: the one place that constructs Ray Tune's ``Tuner``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from sweeps.spec import SweepSpec
+from sweeps.state import COMPLETED, INTERRUPTED, RUNNING, SweepState
+from sweeps.store import SweepDir, default_name, new_sweep_dir
+from sweeps.tracking import SweepTracker, resolve_tracking_uri
+
+# Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records.
+ENGINE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+@dataclass
+class SweepResult:
+    """What a finished (or interrupted) sweep leaves: its folder, trials and parent run."""
+
+    sweep: SweepDir
+    state: SweepState
+    parent_run_id: str
+    tracking_uri: str
+    interrupted: bool = False
+
+
+def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """Start local Ray (all cores unless told) quietly, or connect to ``address``; no-op if started."""
+    import ray
+
+    os.environ.update(ENGINE_ENV)
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=address,
+        num_cpus=num_cpus if address is None else None,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        runtime_env={"env_vars": dict(ENGINE_ENV)},
+    )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    root: str | Path = "sweep_runs",
+    name: str | None = None,
+    tracking_uri: str | None = None,
+    stream: TextIO | None = None,
+) -> SweepResult:
+    """Run ``spec`` to its trial budget and return the result; records survive an interrupt."""
+    from ray import tune
+
+    from sweeps.callbacks import TrackingCallback
+    from sweeps.live import LiveView
+    from sweeps.scheduler import make_scheduler
+    from sweeps.searcher import OptunaSearcher
+    from sweeps.study import create_study
+    from sweeps.trial import run_trial
+
+    sweep = new_sweep_dir(root, name or default_name(spec.name))
+    uri = resolve_tracking_uri(tracking_uri)
+    spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
+    sweep.spec_file.write_text(spec_text)
+    tracker = SweepTracker(uri)
+    parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
+    meta = _meta(spec, sweep, uri, tracker)
+    sweep.write_meta(meta)
+    study = create_study(sweep, spec)
+    state = SweepState(metric=spec.metric, mode=spec.mode)
+    searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
+    start_ray()
+    resources = {"cpu": spec.budget.cpus_per_trial, "gpu": spec.budget.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(spec, state),
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=spec.budget.trials,
+            max_concurrent_trials=spec.budget.concurrency,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="ray",
+            storage_path=str(sweep.path),
+            verbose=0,
+            callbacks=[LiveView(state, spec.budget.trials, stream), TrackingCallback(state, tracker)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        interrupted = _close_open_trials(searcher, state, tracker) or interrupted
+        _finish_parent(tracker, state, sweep, meta, interrupted)
+    return SweepResult(sweep, state, parent, uri, interrupted)
+
+
+def _parent_params(spec: SweepSpec, sweep: SweepDir) -> dict[str, object]:
+    return {
+        "trainer": spec.trainer,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "seed": spec.seed,
+        "trials": spec.budget.trials,
+        "epochs": spec.budget.epochs,
+        "searched": ",".join(spec.params),
+        **{f"fixed.{key}": value for key, value in spec.fixed.items()},
+    }
+
+
+def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> dict[str, object]:
+    return {
+        "name": sweep.name,
+        "spec_name": spec.name,
+        "trainer": spec.trainer,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "seed": spec.seed,
+        "epochs": spec.budget.epochs,
+        "trials": spec.budget.trials,
+        "threads": max(1, int(spec.budget.cpus_per_trial)),
+        "tracking_uri": uri,
+        "experiment_id": tracker.experiment_id,
+        "parent_run_id": tracker.parent_run_id,
+        "optuna_storage": sweep.storage_uri,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "running",
+    }
+
+
+def _close_open_trials(searcher: object, state: SweepState, tracker: SweepTracker) -> bool:
+    """Trials still open when Tune returned were interrupted: record them so."""
+    from optuna.trial import TrialState
+
+    open_ids = [tid for tid, r in state.trials.items() if r.status == RUNNING]
+    live = getattr(searcher, "live", {})
+    for trial_id in open_ids:
+        record = state.trials[trial_id]
+        state.finish(record, INTERRUPTED, "the sweep stopped before this trial ended")
+        trial = live.pop(trial_id, None)
+        if trial is not None:
+            trial.set_user_attr("status", INTERRUPTED)
+            searcher.study.tell(trial, state=TrialState.FAIL)  # type: ignore[attr-defined]
+        tracker.finish_run(record.run_id, INTERRUPTED, record.reason, {"sweep.epochs": str(record.epochs)})
+    return bool(open_ids)
+
+
+def _finish_parent(tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool) -> None:
+    from sweeps.live import summary_table
+
+    tracker.log_text(tracker.parent_run_id, summary_table(state), "summary.txt")
+    tags = {f"sweep.{status}": str(n) for status, n in state.counts.items()}
+    if state.best is not None and state.best.value is not None:
+        tags["sweep.best_trial"] = str(state.best.number)
+        tags["sweep.best_run_id"] = state.best.run_id
+        tags[f"sweep.best_{state.metric}"] = f"{state.best.value:.6g}"
+        tracker.log_text(tracker.parent_run_id, yaml.safe_dump(state.best.params, sort_keys=False), "best_config.yaml")
+    status = INTERRUPTED if interrupted else COMPLETED
+    tracker.finish_run(tracker.parent_run_id, status, "", tags)
+    sweep.write_meta({**meta, "status": status})

@@ -1,0 +1,69 @@
+"""What the driver knows about each trial, shared by the searcher, scheduler and callbacks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+COMPLETED = "completed"
+PRUNED = "pruned"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+RUNNING = "running"
+
+ENGINE_KEY = "__sweep__"
+"""Key of the engine's own entry in a Ray trial config; every other key is a trainer parameter."""
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its Optuna number, MLflow run, parameters and how it ended."""
+
+    number: int
+    ray_id: str
+    run_id: str
+    params: dict[str, Any]
+    sampled: dict[str, Any]
+    status: str = RUNNING
+    reason: str = ""
+    value: float | None = None
+    epochs: int = 0
+
+
+@dataclass
+class SweepState:
+    """Per-sweep bookkeeping in the driver: constant work per result, no scans over all trials."""
+
+    metric: str
+    mode: str
+    trials: dict[str, TrialRecord] = field(default_factory=dict)
+    pruned: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=dict)
+    best: TrialRecord | None = None
+
+    def better(self, value: float, than: float) -> bool:
+        """Whether ``value`` beats ``than`` in this sweep's direction."""
+        return value < than if self.mode == "min" else value > than
+
+    def observe(self, record: TrialRecord, result: dict[str, Any] | None) -> None:
+        """Take a trial's latest result: its epoch and metric value."""
+        if not result:
+            return
+        record.epochs = int(result.get("training_iteration", record.epochs) or record.epochs)
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            record.value = float(value)
+
+    def finish(self, record: TrialRecord, status: str, reason: str = "") -> None:
+        """Mark a trial ended and update the counts and the best completed trial."""
+        record.status, record.reason = status, reason
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if status == COMPLETED and record.value is not None:
+            if self.best is None or self.best.value is None or self.better(record.value, self.best.value):
+                self.best = record
+
+    @property
+    def running(self) -> int:
+        """Trials started and not yet ended."""
+        return len(self.trials) - sum(self.counts.values())
