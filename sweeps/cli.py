@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sweeps`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         return int(COMMANDS[args.command](args))
     except (SpecError, SweepStoreError) as exc:

@@ -16,8 +16,13 @@ from sweeps.state import COMPLETED, INTERRUPTED, RUNNING, SweepState
 from sweeps.store import SweepDir, default_name, new_sweep_dir
 from sweeps.tracking import SweepTracker, resolve_tracking_uri
 
-# Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records.
-ENGINE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+# Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; its console
+# output is replaced by our live view; trainers see the user's working directory.
+ENGINE_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+}
 
 
 @dataclass
