@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import ray.cloudpickle as cloudpickle
 
 from ray.tune import Callback
 
@@ -11,14 +14,18 @@ from sweeps.tracking import SweepTracker
 
 
 def error_reason(trial: Any) -> str:
-    """The one-line cause of a Ray trial's error, e.g. ``ValueError: bad kernel``."""
-    try:
-        error = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - an unreadable error file still ends the trial
-        error = None
+    """The one-line cause of a Ray trial's error, e.g. ``ValueError: bad kernel``; '' if unknown."""
+    error: Any = None
+    path = getattr(trial, "pickled_error_file", None)
+    if path and Path(path).is_file():
+        try:
+            with open(path, "rb") as handle:
+                error = cloudpickle.load(handle)
+        except Exception:  # noqa: BLE001 - an unreadable error file still ends the trial
+            error = None
     cause = getattr(error, "cause", None) or error
     if cause is None:
-        return "the trial process failed"
+        return ""
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[0] if text else ''}".strip()
 
@@ -43,7 +50,7 @@ class TrackingCallback(Callback):
         if record is None:
             return
         if record.status == RUNNING:
-            self.state.finish(record, FAILED, reason)
+            self.state.finish(record, FAILED, reason or "the trial process failed")
         if reason and not record.reason:
             record.reason = reason
         self.tracker.finish_run(record.run_id, record.status, record.reason, {"sweep.epochs": str(record.epochs)})

@@ -16,7 +16,7 @@ import yaml
 
 from sweeps.params import ParamSpec, parse_params
 from sweeps.problems import Problems, as_int, as_number
-from trainables.config import ConfigError, build_config, field_types
+from trainables.config import ConfigError, build_config, coerce, field_types
 from trainables.registry import TrainerLoadError, load_trainer
 
 TOP_KEYS = {"name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "fixed", "params"}
@@ -288,7 +288,10 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
         if types and key not in types:
             problems.add(f"fixed.{key}", "unknown parameter for this trainer")
             continue
-        fixed[str(key)] = item
+        try:
+            fixed[str(key)] = coerce(item, types[key]) if types else item
+        except ValueError as exc:
+            problems.add(f"fixed.{key}", str(exc))
     return fixed
 
 

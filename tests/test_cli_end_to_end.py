@@ -1,0 +1,53 @@
+"""The README's flow through the real command: run a sweep, export the best, train it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+SPEC = {
+    "name": "cli",
+    "trainer": "vae",
+    "metric": "val_mse",
+    "budget": {"trials": 3, "epochs": 2, "concurrency": 2},
+    "fixed": {"image_size": 16, "train_images": 64, "val_images": 32, "width": 4, "batch_size": 16},
+    "params": {"lr": {"low": "1e-4", "high": "1e-2", "log": True}, "kernel_size": [3, 5]},
+}
+
+
+def sweeps(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sweeps", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_run_export_train(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    run = sweeps("run", "spec.yaml", "--name", "s1", "--cpus", "2", "--set", "precision=bf16", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "trials 3/3" in run.stdout and "Traceback" not in run.stdout + run.stderr
+    assert re.search(r"^\*t\d{3}\s+completed", run.stdout, re.M)  # summary table marks the best
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "sweep_runs" / "s1" / "optuna.db").exists()
+
+    again = sweeps("run", "spec.yaml", "--name", "s1", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+    export = sweeps("export", "s1", "-o", "best.yaml", cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["config"]["precision"] == "bf16" and best["epochs"] == 2
+
+    train = sweeps("train", "best.yaml", "--save", "model.pt", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    apart = re.search(r"\(([\d.]+)% apart\)", train.stdout)
+    assert apart and float(apart.group(1)) < 1.0, train.stdout
+    assert (tmp_path / "model.pt").exists()
+
+    missing = sweeps("export", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr and "s1" in missing.stderr

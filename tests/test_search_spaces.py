@@ -1,0 +1,28 @@
+"""Every shipped spec loads, and one sampled point builds a trainer config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeps.params import sample
+from sweeps.spec import load_spec
+from trainables import build_config, load_trainer
+
+SPECS = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))
+
+
+def test_there_are_shipped_specs() -> None:
+    assert SPECS
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+def test_spec_loads_and_a_sampled_point_builds_a_config(path: Path) -> None:
+    spec = load_spec(path)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    params = spec.resolve(sample(trial, spec.params, spec.fixed))
+    cls = load_trainer(spec.trainer)
+    config = build_config(cls.Config, params)
+    assert all(getattr(config, key) is not None for key in params)

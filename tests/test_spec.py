@@ -1,0 +1,173 @@
+"""Spec validation: every bad input a user can write is reported, all at once, with its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from sweeps.cli import main
+from sweeps.params import sample
+from sweeps.spec import SpecError, load_spec
+
+GOOD = {
+    "name": "unit",
+    "trainer": "vae",
+    "metric": {"name": "val_mse", "mode": "min"},
+    "budget": {"trials": 3, "epochs": 2},
+    "params": {
+        "lr": {"type": "float", "low": "1e-5", "high": "1e-2", "log": True},
+        "kernel_size": {"choices": [3, 5]},
+        "precision": {"choices": ["fp32", "fp16"]},
+        "init_scale": {"type": "float", "low": 128, "high": 65536, "log": True, "when": {"precision": "fp16"}},
+    },
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def problems_of(tmp_path: Path, data: object, **kwargs: object) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, data), **kwargs)  # type: ignore[arg-type]
+    return info.value.problems
+
+
+def with_changes(**changes: object) -> dict[str, object]:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return data
+
+
+def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.params["lr"].low == pytest.approx(1e-5)
+    order = list(spec.params)
+    assert sorted(order) == ["init_scale", "kernel_size", "lr", "precision"]
+    assert order.index("precision") < order.index("init_scale")  # a condition's parent comes first
+    text = "trainer: vae\nmetric: val_mse\nfixed: {lr: 1e-5, kl_weight: 3.0e-4}\n"
+    spec = load_spec(write(tmp_path, text, "e.yaml"))
+    assert spec.fixed == {"lr": 1e-5, "kl_weight": 3e-4}  # YAML read both as strings
+    assert spec.resolve({})["lr"] == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "fragment"),
+    [
+        ({"trainer": "gan9000"}, "trainer", "unknown trainer 'gan9000'"),
+        ({"trainer": "no_such_module:Thing"}, "trainer", "cannot import trainer module"),
+        ({"params__dropout": {"low": 0, "high": 1}}, "params.dropout", "unknown parameter"),
+        ({"fixed": {"dropout": 0.1}}, "fixed.dropout", "unknown parameter"),
+        ({"params__lr": {"low": 1, "high": 0.1}}, "params.lr", "low (1.0) > high (0.1)"),
+        ({"params__lr": {"low": 0, "high": 1, "log": True}}, "params.lr.low", "log scale needs low > 0"),
+        ({"params__kernel_size": {"choices": []}}, "params.kernel_size.choices", "non-empty"),
+        ({"params__precision": {"choices": ["fp32", "fp8"]}}, "params.precision.choices[1]", "unknown precision 'fp8'"),
+        ({"fixed": {"precision": "O7"}}, "fixed.precision", "unknown precision 'O7'"),
+        ({"params__init_scale__when": {"precison": "fp16"}}, "params.init_scale.when.precison", "unknown parameter"),
+        ({"params__init_scale__when": {"precision": "bf16"}}, "params.init_scale.when.precision", "not among"),
+        ({"budget__trials": 0}, "budget.trials", "must be >= 1"),
+        ({"budget__trials": -3}, "budget.trials", "must be >= 1"),
+        ({"budget__epochs": "many"}, "budget.epochs", "not a number"),
+        ({"metric": {"name": "val_nope"}}, "metric", "not produced by trainer"),
+        ({"metric": {"name": "val_mse", "mode": "down"}}, "metric.mode", "'min' or 'max'"),
+        ({"params__kernel_size": {"choices": [3, 4]}}, "params.kernel_size.choices[1]", "odd"),
+        ({"params__lr__type": "complex"}, "params.lr.type", "must be one of"),
+        ({"params__lr__high": None}, "params.lr.high", "missing"),
+        ({"asha": {"grace_period": 9}}, "asha.grace_period", "more than budget.epochs"),
+        ({"colour": "blue"}, "colour", "unknown key"),
+    ],
+)
+def test_each_bad_input_names_its_key(tmp_path: Path, changes: dict[str, object], key: str, fragment: str) -> None:
+    problems = problems_of(tmp_path, with_changes(**changes))
+    assert any(k == key and fragment in msg for k, msg in problems), problems
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    data = with_changes(
+        budget__trials=0,
+        params__lr={"low": 1, "high": 0.1},
+        params__kernel_size={"choices": []},
+        params__precision={"choices": ["fp8"]},
+    )
+    keys = {k for k, _ in problems_of(tmp_path, data)}
+    assert {"budget.trials", "params.lr", "params.kernel_size.choices", "params.precision.choices[0]"} <= keys
+
+
+def test_missing_file_and_yaml_syntax_error_with_line(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        load_spec(tmp_path / "absent.yaml")
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        load_spec(tmp_path)  # a folder is not readable as a file
+    with pytest.raises(SpecError, match=r"YAML syntax error at line 3, column 8"):
+        load_spec(write(tmp_path, "trainer: vae\nmetric: val_mse\nseed: 1: 2\n"))
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_spec(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD), ["budget.epochs=4", "lr=3e-4", "seed=7"], trials=9)
+    assert spec.budget.epochs == 4 and spec.budget.trials == 9 and spec.seed == 7
+    assert "lr" not in spec.params and spec.fixed["lr"] == pytest.approx(3e-4)
+    keys = {k for k, _ in problems_of(tmp_path, GOOD, overrides=["nonsense", "dropout=0.5"])}
+    assert keys == {"--set nonsense", "--set dropout"}
+
+
+def test_conditional_parameter_exists_only_under_its_condition(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = []
+    for _ in range(20):
+        trial = study.ask()
+        values = sample(trial, spec.params, spec.fixed)
+        seen.append(values)
+        assert ("init_scale" in values) == (values["precision"] == "fp16")
+        assert trial.params == values  # the YAML name is the Optuna name
+        study.tell(trial, 1.0)
+    assert {v["precision"] for v in seen} == {"fp32", "fp16"}
+
+
+def test_user_trainer_by_import_path_and_its_fields(tmp_path: Path) -> None:
+    data = {"trainer": "tests.toy_trainer:ToyTrainer", "metric": "val_anything", "params": {"lr": {"low": 1e-4, "high": 1, "log": True}}}
+    spec = load_spec(write(tmp_path, data))  # no declared metrics: checked on the first report
+    assert spec.resolve({"lr": 0.1}) == {"lr": 0.1, "seed": 0}
+    keys = {k for k, _ in problems_of(tmp_path, {**data, "params": {"kernel_size": [3]}})}
+    assert keys == {"params.kernel_size"}
+    with pytest.raises(SpecError, match="is not a trainer"):
+        load_spec(write(tmp_path, {**data, "trainer": "tests.toy_trainer:ToyConfig"}))
+
+
+def test_cli_bad_spec_exits_2_with_one_line_per_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, with_changes(budget__trials=0, params__lr={"low": 1, "high": 0.1}))
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(str(path) in line for line in err)
+    assert not (tmp_path / "runs").exists()
+    assert main(["run", str(write(tmp_path, GOOD, "g.yaml")), "--trials", "0"]) == 2
+    assert "budget.trials: must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_bad_input_starts_no_ray(tmp_path: Path) -> None:
+    code = (
+        "import sys; from sweeps.cli import main; rc = main(sys.argv[1:]);"
+        "sys.exit(rc if 'ray' not in sys.modules else 99)"
+    )
+    missing = subprocess.run([sys.executable, "-c", code, "run", str(tmp_path / "nope.yaml")],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and "cannot read spec file" in missing.stderr
+    assert not (tmp_path / "mlflow.db").exists()

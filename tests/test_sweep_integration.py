@@ -1,0 +1,148 @@
+"""Real sweeps: local Ray (2 CPUs), an Optuna study on disk, MLflow on SQLite in a temp dir."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from sweeps.export import best_config, write_export
+from sweeps.runner import SweepResult, run_sweep
+from sweeps.spec import load_spec
+from sweeps.store import open_sweep_dir
+from sweeps.train import load_run_file, train_from_file
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
+
+VAE_SPEC = {
+    "name": "it-vae",
+    "trainer": "vae",
+    "metric": {"name": "val_mse", "mode": "min"},
+    "seed": 3,
+    "budget": {"trials": 6, "epochs": 3, "concurrency": 2},
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+    "search": {"n_startup_trials": 3},
+    "fixed": {"image_size": 16, "train_images": 64, "val_images": 32, "width": 4, "batch_size": 16},
+    "params": {
+        "lr": {"type": "float", "low": "1e-4", "high": "1e-2", "log": True},
+        "kernel_size": {"choices": [3, 5]},
+        "kl_weight": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+        "precision": {"choices": ["fp32", "bf16", "fp16"]},
+        "init_scale": {"type": "float", "low": 256, "high": 65536, "log": True, "when": {"precision": "fp16"}},
+    },
+}
+
+
+def toy_spec(name: str, trials: int, **extra: Any) -> dict[str, Any]:
+    spec = {
+        "name": name,
+        "trainer": "tests.toy_trainer:ToyTrainer",
+        "metric": {"name": "val_loss", "mode": "min"},
+        "seed": 0,
+        "budget": {"trials": trials, "epochs": 4, "concurrency": 1},
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "search": {"n_startup_trials": 4},
+        "params": {"lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}, "width": {"type": "int", "low": 1, "high": 8}},
+    }
+    spec.update(extra)
+    return spec
+
+
+def sweep(workdir: Path, data: dict[str, Any]) -> SweepResult:
+    path = workdir / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return run_sweep(load_spec(path), root=workdir / "runs", name=data["name"], stream=io.StringIO())
+
+
+def runs_of(result: SweepResult) -> tuple[Any, list[Any]]:
+    client = mlflow.MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name(result.state.trials and next(iter([result.sweep.read_meta()["spec_name"]])))
+    runs = client.search_runs([experiment.experiment_id], f"tags.`sweep.name` = '{result.sweep.name}'", max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert len(parents) == 1
+    return parents[0], [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+
+
+def study_of(result: SweepResult) -> optuna.Study:
+    return optuna.load_study(study_name=result.sweep.name, storage=result.sweep.storage_uri)
+
+
+def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: Path) -> None:
+    result = sweep(workdir, VAE_SPEC)
+    assert (workdir / "mlflow.db").exists()  # the default store, in the working dir
+    parent, children = runs_of(result)
+    assert len(children) == 6
+    client = mlflow.MlflowClient(result.tracking_uri)
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"lr", "kernel_size", "kl_weight", "precision"} <= set(run.data.params)
+        assert ("init_scale" in run.data.params) == (run.data.params["precision"] == "fp16")
+        status = run.data.tags["sweep.status"]
+        assert status in ("completed", "pruned")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")]
+        assert steps == list(range(1, int(run.data.tags["sweep.epochs"]) + 1))
+        assert (status == "completed") == (len(steps) == 3)
+        assert run.info.run_name.startswith(f"t{int(run.data.tags['sweep.trial']):03d} ")
+        assert f"precision={run.data.params['precision']}" in run.info.run_name
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+    trials = study_of(result).trials
+    assert len(trials) == 6
+    by_number = {str(t.number): t for t in trials}
+    for run in children:
+        trial = by_number[run.data.tags["sweep.trial"]]
+        expected = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}[run.data.tags["sweep.status"]]
+        assert trial.state == expected
+        assert trial.params == {k: v for k, v in trial.user_attrs["config"].items() if k in trial.params}
+
+    exported = write_export(best_config(open_sweep_dir(workdir / "runs", result.sweep.name)), workdir / "best.yaml")
+    data = load_run_file(exported)
+    assert data["source"]["mlflow_run_id"] in {r.info.run_id for r in children}
+    metrics = train_from_file(data, stream=io.StringIO())
+    assert metrics["val_mse"] == pytest.approx(data["metric"]["value"], rel=0.01)
+
+
+def test_trials_cut_by_asha_are_pruned_in_optuna_mlflow_and_the_summary(workdir: Path) -> None:
+    result = sweep(workdir, toy_spec("it-prune", trials=8))
+    _, children = runs_of(result)
+    mlflow_pruned = {r.data.tags["sweep.trial"] for r in children if r.data.tags["sweep.status"] == "pruned"}
+    optuna_pruned = {str(t.number) for t in study_of(result).trials if t.state == TrialState.PRUNED}
+    state_pruned = {str(r.number) for r in result.state.trials.values() if r.status == "pruned"}
+    assert mlflow_pruned and mlflow_pruned == optuna_pruned == state_pruned
+    assert len(children) == 8 and result.state.counts.get("completed", 0) + len(state_pruned) == 8
+    for trial in study_of(result).trials:
+        if trial.state == TrialState.PRUNED:
+            assert max(trial.intermediate_values) < 4
+
+
+def test_metric_missing_fails_each_trial_with_that_message_and_the_sweep_goes_on(workdir: Path) -> None:
+    result = sweep(workdir, toy_spec("it-nometric", trials=2, metric={"name": "val_psnr", "mode": "max"}))
+    _, children = runs_of(result)
+    assert len(children) == 2
+    client = mlflow.MlflowClient(result.tracking_uri)
+    for run in children:
+        assert run.data.tags["sweep.status"] == "failed"
+        assert run.info.status == "FAILED"
+        assert "metric 'val_psnr' not produced" in run.data.tags["sweep.reason"]
+        assert "traceback.txt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert {t.state for t in study_of(result).trials} == {TrialState.FAIL}
+    assert all("not produced" in r.reason for r in result.state.trials.values())
+
+
+def test_a_raising_trial_fails_alone(workdir: Path) -> None:
+    spec = toy_spec("it-raise", trials=4, asha={"enabled": False})
+    spec["params"]["fail_at_epoch"] = {"choices": [0, 2]}
+    result = sweep(workdir, spec)
+    _, children = runs_of(result)
+    for run in children:
+        failing = run.data.params["fail_at_epoch"] == "2"
+        assert run.data.tags["sweep.status"] == ("failed" if failing else "completed")
+        if failing:
+            assert run.data.tags["sweep.reason"].startswith("ValueError: toy failure at epoch 2")
+    states = {t.state for t in study_of(result).trials}
+    assert states <= {TrialState.COMPLETE, TrialState.FAIL} and len(study_of(result).trials) == 4
