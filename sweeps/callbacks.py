@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import ray.cloudpickle as cloudpickle
-
 from ray.tune import Callback
 
 from sweeps.state import FAILED, RUNNING, SweepState

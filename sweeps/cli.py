@@ -21,8 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep from a YAML spec")
     run.add_argument("spec", help="the sweep spec, e.g. search_spaces/vae_demo.yaml")
     run.add_argument("--trials", type=int, help="number of trials (overrides budget.trials)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec value (budget.epochs=3) or fix a parameter (lr=1e-3); repeatable")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value (budget.epochs=3) or fix a parameter (lr=1e-3); repeatable",
+    )
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
     run.add_argument("--storage", default=DEFAULT_ROOT, help=f"folder for sweep state (default: {DEFAULT_ROOT})")
     run.add_argument("--name", help="sweep name (default: the spec's name and the time)")
@@ -71,8 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.runner import run_sweep, start_ray
 
     start_ray(num_cpus=args.cpus)
-    print(f"sweep {spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
-          f"{spec.mode}imizing {spec.metric}", flush=True)
+    print(
+        f"sweep {spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
+        f"{spec.mode}imizing {spec.metric}",
+        flush=True,
+    )
     result = run_sweep(spec, root=args.storage, name=args.name, tracking_uri=args.tracking_uri)
     state = result.state
     print()
@@ -96,8 +105,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     data = best_config(open_sweep_dir(args.storage, args.sweep))
     out = write_export(data, args.output)
     metric = data["metric"]
-    print(f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']}, "
-          f"{metric['name']}={metric['value']:.6g}")
+    print(
+        f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']}, "
+        f"{metric['name']}={metric['value']:.6g}"
+    )
     return 0
 
 
@@ -131,8 +142,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     try:
         return subprocess.call(command, env=os.environ.copy())
     except KeyboardInterrupt:

@@ -17,8 +17,14 @@ def status_line(state: SweepState, total: int, elapsed: float) -> str:
     ended = sum(state.counts.values())
     counts = " · ".join(f"{name} {n}" for name, n in sorted(state.counts.items()))
     best = state.best
-    best_text = f"best {state.metric}={best.value:.4g} (t{best.number:03d})" if best and best.value is not None else "best -"
-    parts = [f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}]", f"trials {ended}/{total}", f"running {state.running}"]
+    best_text = (
+        f"best {state.metric}={best.value:.4g} (t{best.number:03d})" if best and best.value is not None else "best -"
+    )
+    parts = [
+        f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}]",
+        f"trials {ended}/{total}",
+        f"running {state.running}",
+    ]
     return " · ".join(parts + ([counts] if counts else []) + [best_text])
 
 
@@ -91,5 +97,5 @@ def summary_table(state: SweepState) -> str:
         cells += [param_text(r.sampled[n]) if n in r.sampled else "-" for n in names]
         rows.append([*cells, r.reason[:60]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])

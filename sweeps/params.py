@@ -113,7 +113,9 @@ def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> Par
     return _numeric(name, kind, entry, when, problems)
 
 
-def _categorical(name: str, entry: dict[str, Any], kind_hint: Any, when: dict[str, list[Any]], problems: Problems) -> ParamSpec | None:
+def _categorical(
+    name: str, entry: dict[str, Any], kind_hint: Any, when: dict[str, list[Any]], problems: Problems
+) -> ParamSpec | None:
     key = f"params.{name}.choices"
     choices = entry.get("choices")
     if not isinstance(choices, list) or not choices:
@@ -133,7 +135,9 @@ def _categorical(name: str, entry: dict[str, Any], kind_hint: Any, when: dict[st
     return ParamSpec(name=name, kind="categorical", choices=converted, when=when)
 
 
-def _numeric(name: str, kind: str, entry: dict[str, Any], when: dict[str, list[Any]], problems: Problems) -> ParamSpec | None:
+def _numeric(
+    name: str, kind: str, entry: dict[str, Any], when: dict[str, list[Any]], problems: Problems
+) -> ParamSpec | None:
     key = f"params.{name}"
     before = len(problems)
     read = as_int if kind == "int" else as_number

@@ -164,7 +164,9 @@ def _close_open_trials(searcher: object, state: SweepState, tracker: SweepTracke
     return bool(open_ids)
 
 
-def _finish_parent(tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool) -> None:
+def _finish_parent(
+    tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool
+) -> None:
     from sweeps.live import summary_table
 
     tracker.log_text(tracker.parent_run_id, summary_table(state), "summary.txt")

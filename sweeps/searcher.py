@@ -80,7 +80,9 @@ class OptunaSearcher(Searcher):
             self.study.tell(trial, state=TrialState.FAIL)
         self.state.finish(record, status, reason)
 
-    def _outcome(self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None, error: bool) -> tuple[str, str]:
+    def _outcome(
+        self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None, error: bool
+    ) -> tuple[str, str]:
         if error:
             return FAILED, ""
         if trial_id in self.state.pruned:

@@ -182,8 +182,18 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     if problems:
         raise SpecError(source, problems.items)
     return SweepSpec(
-        name=str(name), trainer=str(raw["trainer"]), metric=metric, mode=mode, seed=seed,
-        budget=budget, asha=asha, search=search, fixed=fixed, params=params, raw=raw, source=source,
+        name=str(name),
+        trainer=str(raw["trainer"]),
+        metric=metric,
+        mode=mode,
+        seed=seed,
+        budget=budget,
+        asha=asha,
+        search=search,
+        fixed=fixed,
+        params=params,
+        raw=raw,
+        source=source,
         trainer_fields=tuple(types),
     )
 
@@ -212,8 +222,9 @@ def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[
         problems.add("metric.mode", f"must be 'min' or 'max', got {mode!r}")
     declared = getattr(trainer_cls, "metrics", None)
     if value and declared and value not in declared:
-        problems.add("metric", f"{value!r} is not produced by trainer {raw.get('trainer')!r} "
-                     f"(it reports: {', '.join(declared)})")
+        problems.add(
+            "metric", f"{value!r} is not produced by trainer {raw.get('trainer')!r} (it reports: {', '.join(declared)})"
+        )
     return value, str(mode)
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -102,11 +104,9 @@ class SweepTracker:
         else:
             self.experiment_id = found.experiment_id
             for key, value in EXPERIMENT_KIND.items():
-                retry(lambda: self.client.set_experiment_tag(self.experiment_id, key, value), "tag experiment")
+                retry(partial(self.client.set_experiment_tag, self.experiment_id, key, value), "tag experiment")
         tags = {"sweep.name": sweep, "sweep.role": "parent", "sweep.status": "running"}
-        run = retry(
-            lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=sweep), "create parent run"
-        )
+        run = retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=sweep), "create parent run")
         self.parent_run_id = run.info.run_id
         self.log_params(self.parent_run_id, params)
         retry(lambda: self.client.log_text(self.parent_run_id, spec_text, "spec.yaml"), "log spec")
@@ -119,9 +119,11 @@ class SweepTracker:
         items = [Param(key, param_text(value)) for key, value in params.items()]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
-            retry(lambda: self.client.log_batch(run_id, params=chunk), "log params")
+            retry(partial(self.client.log_batch, run_id, params=chunk), "log params")
 
-    def create_trial_run(self, sweep: str, number: int, ray_id: str, params: dict[str, Any], sampled: dict[str, Any]) -> str:
+    def create_trial_run(
+        self, sweep: str, number: int, ray_id: str, params: dict[str, Any], sampled: dict[str, Any]
+    ) -> str:
         """Create the trial's child run under the parent with every resolved parameter."""
         tags = {
             "mlflow.parentRunId": self.parent_run_id,

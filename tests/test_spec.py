@@ -142,7 +142,11 @@ def test_conditional_parameter_exists_only_under_its_condition(tmp_path: Path) -
 
 
 def test_user_trainer_by_import_path_and_its_fields(tmp_path: Path) -> None:
-    data = {"trainer": "tests.toy_trainer:ToyTrainer", "metric": "val_anything", "params": {"lr": {"low": 1e-4, "high": 1, "log": True}}}
+    data = {
+        "trainer": "tests.toy_trainer:ToyTrainer",
+        "metric": "val_anything",
+        "params": {"lr": {"low": 1e-4, "high": 1, "log": True}},
+    }
     spec = load_spec(write(tmp_path, data))  # no declared metrics: checked on the first report
     assert spec.resolve({"lr": 0.1}) == {"lr": 0.1, "seed": 0}
     keys = {k for k, _ in problems_of(tmp_path, {**data, "params": {"kernel_size": [3]}})}
@@ -166,8 +170,9 @@ def test_cli_bad_input_starts_no_ray(tmp_path: Path) -> None:
         "import sys; from sweeps.cli import main; rc = main(sys.argv[1:]);"
         "sys.exit(rc if 'ray' not in sys.modules else 99)"
     )
-    missing = subprocess.run([sys.executable, "-c", code, "run", str(tmp_path / "nope.yaml")],
-                             capture_output=True, text=True, cwd=tmp_path)
+    missing = subprocess.run(
+        [sys.executable, "-c", code, "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True, cwd=tmp_path
+    )
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "cannot read spec file" in missing.stderr
     assert not (tmp_path / "mlflow.db").exists()

@@ -48,7 +48,10 @@ def toy_spec(name: str, trials: int, **extra: Any) -> dict[str, Any]:
         "budget": {"trials": trials, "epochs": 4, "concurrency": 1},
         "asha": {"grace_period": 1, "reduction_factor": 2},
         "search": {"n_startup_trials": 4},
-        "params": {"lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}, "width": {"type": "int", "low": 1, "high": 8}},
+        "params": {
+            "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
+            "width": {"type": "int", "low": 1, "high": 8},
+        },
     }
     spec.update(extra)
     return spec
@@ -62,8 +65,12 @@ def sweep(workdir: Path, data: dict[str, Any]) -> SweepResult:
 
 def runs_of(result: SweepResult) -> tuple[Any, list[Any]]:
     client = mlflow.MlflowClient(result.tracking_uri)
-    experiment = client.get_experiment_by_name(result.state.trials and next(iter([result.sweep.read_meta()["spec_name"]])))
-    runs = client.search_runs([experiment.experiment_id], f"tags.`sweep.name` = '{result.sweep.name}'", max_results=1000)
+    experiment = client.get_experiment_by_name(
+        result.state.trials and next(iter([result.sweep.read_meta()["spec_name"]]))
+    )
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`sweep.name` = '{result.sweep.name}'", max_results=1000
+    )
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     assert len(parents) == 1
     return parents[0], [r for r in runs if r.data.tags.get("sweep.role") == "trial"]

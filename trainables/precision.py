@@ -8,8 +8,9 @@ which is what apex calls opt level O1. ``O0`` and ``O1`` are accepted as aliases
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -69,9 +70,7 @@ class Precision:
         dtype = torch.bfloat16 if self.mode == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def step(
-        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]
-    ) -> StepStats:
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> StepStats:
         """Backward, unscale, measure the gradient norm, step and update the loss scale."""
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -30,6 +30,8 @@ def load_trainer(name: str) -> Any:
     missing = [m for m in ("train_epoch", "validate", "state_dict", "load_state_dict") if not hasattr(cls, m)]
     config = getattr(cls, "Config", None)
     if missing or config is None or not dataclasses.is_dataclass(config):
-        lacks = ", ".join(missing + ([] if config is not None and dataclasses.is_dataclass(config) else ["Config dataclass"]))
+        lacks = ", ".join(
+            missing + ([] if config is not None and dataclasses.is_dataclass(config) else ["Config dataclass"])
+        )
         raise TrainerLoadError(f"{path!r} is not a trainer: it lacks {lacks}")
     return cls

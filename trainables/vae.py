@@ -121,9 +121,7 @@ class VAETrainer:
         self.val_images = procedural_images(config.val_images, config.image_size, config.seed + 10_000)
         self.model = ConvVAE(config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.precision = Precision(
-            config.precision, self.device, config.init_scale, config.growth_interval
-        )
+        self.precision = Precision(config.precision, self.device, config.init_scale, config.growth_interval)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.step = 0
