@@ -17,7 +17,7 @@ from trainables import build_config, load_trainer
 TINY: dict[str, dict[str, Any]] = {
     "vae": {"image_size": 16, "train_images": 64, "val_images": 32, "width": 4, "batch_size": 16, "latent_dim": 4},
 }
-PRECISIONS = ["fp32", "bf16", "fp16", "O1"]
+PRECISIONS = ["fp32", "bf16", "fp16", "O1", "fp16-o2", "O2"]
 
 
 def make(name: str, **overrides: Any) -> Any:

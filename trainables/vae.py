@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.data import procedural_images
-from trainables.precision import Precision, precision_problem
+from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
+from trainables.images import dataset, folder_problem, make_grid
+from trainables.precision import AmpNetwork, ScalerSettings, precision_problem
 from trainables.runtime import pick_device, restore_rng, rng_state, seed_everything
 
 
@@ -32,12 +33,15 @@ class VAEConfig:
     precision: str = "fp32"
     init_scale: float = 65536.0
     growth_interval: int = 2000
+    min_loss_scale: float = 0.0
     batch_size: int = 32
     image_size: int = 32
     train_images: int = 512
     val_images: int = 128
     seed: int = 0
     device: str = "auto"
+    data_dir: str = ""
+    diagnostics: bool = True
 
     def problems(self) -> list[tuple[str, str]]:
         """Every value that cannot work, as ``(field, message)`` pairs."""
@@ -58,6 +62,8 @@ class VAEConfig:
         problem = precision_problem(self.precision, pick_device(self.device))
         if problem:
             found.append(("precision", problem))
+        if self.data_dir and (problem := folder_problem(self.data_dir)):
+            found.append(("data_dir", problem))
         return found
 
 
@@ -117,45 +123,72 @@ class VAETrainer:
         self.config = config
         self.device = pick_device(config.device)
         seed_everything(config.seed)
-        self.train_images = procedural_images(config.train_images, config.image_size, config.seed)
-        self.val_images = procedural_images(config.val_images, config.image_size, config.seed + 10_000)
-        self.model = ConvVAE(config).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.precision = Precision(config.precision, self.device, config.init_scale, config.growth_interval)
+        self.train_images = dataset(config.data_dir, config.train_images, config.image_size, config.seed)
+        self.val_images = dataset_split(config, self.train_images)
+        scaler = ScalerSettings(config.init_scale, config.growth_interval, config.min_loss_scale)
+        self.net = AmpNetwork(
+            ConvVAE(config),
+            lambda params: torch.optim.Adam(params, lr=config.lr),
+            config.precision,
+            self.device,
+            scaler,
+        )
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.step = 0
+        self.on_step: StepHook | None = None
 
-    def _losses(self, x: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.model.encode(x)
+    @property
+    def model(self) -> ConvVAE:
+        """The VAE being trained."""
+        return self.net.model  # type: ignore[return-value]
+
+    def _losses(self, x: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_in = x.to(self.net.input_dtype)
+        mu, logvar = self.model.encode(x_in)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
         recon = self.model.decode(z)
         recon_loss = _RECON[self.config.recon_loss](recon.float(), x)
-        kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
-        return recon_loss + self.config.kl_weight * kl.float(), recon, kl
+        mu32, logvar32 = mu.float(), logvar.float()
+        kl = -0.5 * torch.mean(torch.sum(1 + logvar32 - mu32.pow(2) - logvar32.exp(), dim=1))
+        return recon_loss + self.config.kl_weight * kl, recon_loss, kl, recon
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training images in a seeded random order."""
         self.model.train()
         order = torch.randperm(len(self.train_images), generator=self.shuffle)
-        total, batches, skipped = 0.0, 0, 0
-        stats = None
+        averages = EpochAverages()
+        skipped, scale = 0, self.net.loss_scale
         for start in range(0, len(order), self.config.batch_size):
             x = self.train_images[order[start : start + self.config.batch_size]].to(self.device)
-            with self.precision.autocast():
-                loss, _, _ = self._losses(x, sample=True)
-            stats = self.precision.step(loss, self.optimizer, self.model.parameters())
-            total += float(loss.detach())
-            batches += 1
-            skipped += int(stats.skipped)
+            self.net.zero_grad()
+            with self.net.autocast():
+                loss, recon_loss, kl, recon = self._losses(x, sample=True)
+            self.net.backward(loss)
+            stats = self.net.step(self.config.diagnostics)
             self.step += 1
+            skipped += int(stats.skipped)
+            scale = stats.loss_scale
+            metrics = {
+                "loss": float(loss.detach()),
+                "loss/recon": float(recon_loss.detach()),
+                "loss/kl": float(kl.detach()),
+            }
+            averages.add({**metrics, "grad_norm": stats.grad_norm})
+            if self.on_step is not None:
+                metrics.update(network_metrics("vae", self.net, stats, self.config.diagnostics))
+                if self.config.diagnostics:
+                    metrics.update(output_metrics(recon))
+                self.on_step(self.step, metrics)
         self.epoch += 1
-        assert stats is not None
+        means = averages.means()
         return {
-            "train_loss": total / batches,
-            "loss_scale": stats.loss_scale,
+            "train_loss": means["train_loss"],
+            "train_recon": means["train_loss_recon"],
+            "train_kl": means["train_loss_kl"],
+            "grad_norm": means["train_grad_norm"],
+            "loss_scale": scale,
             "skipped_steps": float(skipped),
-            "grad_norm": stats.grad_norm,
         }
 
     @torch.no_grad()
@@ -165,20 +198,27 @@ class VAETrainer:
         sums = {"val_loss": 0.0, "val_mse": 0.0, "val_kl": 0.0}
         for start in range(0, len(self.val_images), self.config.batch_size):
             x = self.val_images[start : start + self.config.batch_size].to(self.device)
-            with self.precision.autocast():
-                loss, recon, kl = self._losses(x, sample=False)
+            with self.net.autocast():
+                loss, _, kl, recon = self._losses(x, sample=False)
             n = len(x)
             sums["val_loss"] += float(loss) * n
             sums["val_mse"] += float(F.mse_loss(recon.float(), x)) * n
             sums["val_kl"] += float(kl) * n
         return {key: value / len(self.val_images) for key, value in sums.items()}
 
+    @torch.no_grad()
+    def sample_grid(self) -> torch.Tensor:
+        """Validation inputs (top) and their reconstructions (bottom) as one image."""
+        self.model.eval()
+        x = self.val_images[:8].to(self.device)
+        with self.net.autocast():
+            _, _, _, recon = self._losses(x, sample=False)
+        return make_grid([x, recon])
+
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, loss scaler, RNG states and counters."""
+        """Network (model, optimizer, scaler), RNG states and counters."""
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.precision.state_dict(),
+            "net": self.net.state_dict(),
             "shuffle": self.shuffle.get_state(),
             "rng": rng_state(),
             "epoch": self.epoch,
@@ -187,10 +227,16 @@ class VAETrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` so the next epoch is the one that would have run."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.precision.load_state_dict(state["scaler"])
+        self.net.load_state_dict(state["net"])
         self.shuffle.set_state(state["shuffle"])
         restore_rng(state["rng"])
         self.epoch = state["epoch"]
         self.step = state["step"]
+
+
+def dataset_split(config: VAEConfig, train: torch.Tensor) -> torch.Tensor:
+    """Validation images: procedural with another seed, or the folder's images after the training ones."""
+    if not config.data_dir:
+        return dataset("", config.val_images, config.image_size, config.seed + 10_000)
+    everything = dataset(config.data_dir, config.train_images + config.val_images, config.image_size, config.seed)
+    return everything[len(train) :] if len(everything) > len(train) else everything[-config.val_images :]

@@ -1,0 +1,76 @@
+"""Image data from a folder (PNG/JPEG through Pillow), and sample grids written as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from trainables.data import procedural_images
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def folder_problem(path: str) -> str | None:
+    """Why ``path`` cannot serve as an image folder, or None (checked before training starts)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"image folder {path!r} does not exist"
+    if not any(p.suffix.lower() in EXTENSIONS for p in folder.iterdir()):
+        return f"image folder {path!r} has no PNG or JPEG images"
+    return None
+
+
+def load_image_folder(path: str, size: int, limit: int | None = None) -> torch.Tensor:
+    """Load the folder's images (sorted by name), center-cropped and resized to ``size``.
+
+    Returns a float tensor (N, 3, size, size) in [0, 1]. Raises ValueError with one line
+    naming the folder or the file that cannot be used.
+    """
+    problem = folder_problem(path)
+    if problem:
+        raise ValueError(problem)
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in EXTENSIONS)[:limit]
+    images = np.empty((len(files), 3, size, size), dtype=np.float32)
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                rgb = image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ValueError(f"cannot read image {str(file)!r}: {exc}") from None
+        side = min(rgb.size)
+        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+        rgb = rgb.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+        images[i] = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return torch.from_numpy(images)
+
+
+def dataset(data_dir: str, count: int, size: int, seed: int) -> torch.Tensor:
+    """``count`` images: procedural ones when ``data_dir`` is empty, else from the folder."""
+    if not data_dir:
+        return procedural_images(count, size, seed)
+    return load_image_folder(data_dir, size, limit=count)
+
+
+def make_grid(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
+    """Lay out rows of images (each (N, 3, H, W), same H and W) as one (3, H', W') image."""
+    rows = [r.detach().float().clamp(0, 1).cpu() for r in rows]
+    n = max(len(r) for r in rows)
+    h, w = rows[0].shape[-2:]
+    grid = torch.ones(3, len(rows) * (h + pad) + pad, n * (w + pad) + pad)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            image = torch.nn.functional.interpolate(image[None], size=(h, w), mode="nearest")[0]
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[:, y : y + h, x : x + w] = image
+    return grid
+
+
+def save_png(grid: torch.Tensor, path: str | Path) -> Path:
+    """Write a (3, H, W) image in [0, 1] as PNG."""
+    array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    out = Path(path)
+    Image.fromarray(array).save(out)
+    return out
