@@ -52,4 +52,7 @@ class TrackingCallback(Callback):
             self.state.finish(record, FAILED, reason or "the trial process failed")
         if reason and not record.reason:
             record.reason = reason
-        self.tracker.finish_run(record.run_id, record.status, record.reason, {"sweep.epochs": str(record.epochs)})
+        tags = {"sweep.epochs": str(record.epochs)}
+        if record.signal:
+            tags.update({"sweep.signal": record.signal, "sweep.divergence_step": str(record.diverged_at)})
+        self.tracker.finish_run(record.run_id, record.status, record.reason, tags)

@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
         return 0
-    from sweeps.live import summary_table
+    from sweeps.live import divergence_summary, summary_table
     from sweeps.runner import run_sweep, start_ray
 
     start_ray(num_cpus=args.cpus)
@@ -87,11 +87,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(summary_table(state))
     print()
+    if divergence_summary(state):
+        print(divergence_summary(state))
+        print()
     print(f"sweep:   {result.sweep.name}  ({result.sweep.path})")
     print(f"MLflow:  {result.tracking_uri}  parent run {result.parent_run_id}")
     print(f"Optuna:  {result.sweep.storage_uri}  study {result.sweep.name}")
     if state.best is not None and state.best.value is not None:
-        print(f"best:    t{state.best.number:03d} {spec.metric}={state.best.value:.6g}")
+        print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         storage = "" if args.storage == DEFAULT_ROOT else f" --storage {args.storage}"
         print(f"next:    sweeps export {result.sweep.name}{storage} -o best.yaml && sweeps train best.yaml")
     return 130 if result.interrupted else 0

@@ -15,7 +15,7 @@ from sweeps.tracking import param_text
 def status_line(state: SweepState, total: int, elapsed: float) -> str:
     """One line: trials ended/planned, running, each ending's count, best so far."""
     ended = sum(state.counts.values())
-    counts = " · ".join(f"{name} {n}" for name, n in sorted(state.counts.items()))
+    counts = " · ".join(_count(state, name, n) for name, n in sorted(state.counts.items()))
     best = state.best
     best_text = (
         f"best {state.metric}={best.value:.4g} (t{best.number:03d})" if best and best.value is not None else "best -"
@@ -28,11 +28,34 @@ def status_line(state: SweepState, total: int, elapsed: float) -> str:
     return " · ".join(parts + ([counts] if counts else []) + [best_text])
 
 
+def _count(state: SweepState, name: str, n: int) -> str:
+    if name == "diverged" and state.diverged_by:
+        return f"diverged {n} (" + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items())) + ")"
+    return f"{name} {n}"
+
+
+def divergence_summary(state: SweepState) -> str:
+    """Diverged trials by signal, and what their precision rescues showed ('' when none diverged)."""
+    if not state.diverged_by:
+        return ""
+    lines = ["diverged by signal: " + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items()))]
+    rescued = [r for r in state.trials.values() if r.rescue is not None]
+    if rescued:
+        because = [r.label for r in rescued if r.rescue is not None and r.rescue.status == "completed"]
+        anyway = [r.label for r in rescued if r.rescue is not None and r.rescue.status == "diverged"]
+        other = len(rescued) - len(because) - len(anyway)
+        lines.append(f"diverged because of precision (the bf16/fp32 rescue completed): {len(because)} {because}")
+        lines.append(f"diverged anyway (the rescue diverged too): {len(anyway)} {anyway}")
+        if other:
+            lines.append(f"rescue cut short (pruned, failed or interrupted): {other}")
+    return "\n".join(lines)
+
+
 def event_line(record: TrialRecord, metric: str) -> str:
     """One line for a trial that just ended."""
     value = f"{metric}={record.value:.4g}" if record.value is not None else f"{metric}=-"
     reason = f" ({record.reason})" if record.reason else ""
-    return f"  t{record.number:03d} {record.status:<11} {value} after {record.epochs} epoch(s){reason}"
+    return f"  {record.label:<5} {record.status:<11} {value} after {record.epochs} epoch(s){reason}"
 
 
 class LiveView(Callback):
@@ -86,14 +109,14 @@ class LiveView(Callback):
 
 def summary_table(state: SweepState) -> str:
     """A plain-text table of every trial: number, status, metric, epochs, sampled values, reason."""
-    records = sorted(state.trials.values(), key=lambda r: r.number)
+    records = sorted(state.trials.values(), key=lambda r: (r.number, r.rescue_of is not None))
     names = list(dict.fromkeys(name for r in records for name in r.sampled))
     header = ["trial", "status", state.metric, "epochs", *names, "reason"]
     rows = [header]
     for r in records:
         mark = "*" if state.best is r else " "
         value = f"{r.value:.5g}" if r.value is not None else "-"
-        cells = [f"{mark}t{r.number:03d}", r.status, value, str(r.epochs)]
+        cells = [f"{mark}{r.label}", r.status, value, str(r.epochs)]
         cells += [param_text(r.sampled[n]) if n in r.sampled else "-" for n in names]
         rows.append([*cells, r.reason[:60]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

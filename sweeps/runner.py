@@ -90,7 +90,7 @@ def run_sweep(
             scheduler=make_scheduler(spec, state),
             metric=spec.metric,
             mode=spec.mode,
-            num_samples=spec.budget.trials,
+            num_samples=searcher.max_ray_trials,
             max_concurrent_trials=spec.budget.concurrency,
             reuse_actors=True,
         ),
@@ -167,10 +167,11 @@ def _close_open_trials(searcher: object, state: SweepState, tracker: SweepTracke
 def _finish_parent(
     tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool
 ) -> None:
-    from sweeps.live import summary_table
+    from sweeps.live import divergence_summary, summary_table
 
-    tracker.log_text(tracker.parent_run_id, summary_table(state), "summary.txt")
+    tracker.log_text(tracker.parent_run_id, summary_table(state) + "\n\n" + divergence_summary(state), "summary.txt")
     tags = {f"sweep.{status}": str(n) for status, n in state.counts.items()}
+    tags.update({f"sweep.diverged.{signal}": str(n) for signal, n in state.diverged_by.items()})
     if state.best is not None and state.best.value is not None:
         tags["sweep.best_trial"] = str(state.best.number)
         tags["sweep.best_run_id"] = state.best.run_id

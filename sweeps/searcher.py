@@ -2,11 +2,19 @@
 
 Each suggestion is an Optuna ``ask`` with the spec's (conditional) space sampled
 define-by-run; each epoch's metric is reported as an intermediate value; each ending is
-told back: completed trials as COMPLETE, trials ASHA cut as PRUNED, errors as FAIL.
+told back: completed trials as COMPLETE, trials ASHA cut as PRUNED, errors as FAIL, and
+diverged trials as COMPLETE but *infeasible* (an Optuna constraint > 0), which TPE ranks below
+every feasible trial, so the search moves away from where divergence lives.
+
+With ``divergence.rescue`` on, a trial that diverged by loss-scale collapse under fp16 or
+fp16-o2 is run once more with the same parameters at bf16 (fp32 where bf16 cannot run); the
+rescue is an extra Ray trial with its own MLflow run, linked to the first, outside the study.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Any
 
 import optuna
@@ -15,8 +23,18 @@ from ray.tune.search import Searcher
 
 from sweeps.params import sample
 from sweeps.spec import SweepSpec
-from sweeps.state import COMPLETED, ENGINE_KEY, FAILED, INTERRUPTED, PRUNED, SweepState, TrialRecord
+from sweeps.state import COMPLETED, DIVERGED, ENGINE_KEY, FAILED, INTERRUPTED, PRUNED, SweepState, TrialRecord
 from sweeps.tracking import SweepTracker
+from trainables.precision import canonical_precision, precision_problem
+from trainables.runtime import pick_device
+
+DIVERGED_KEY = "sweep/diverged"
+
+
+def rescue_precision(params: dict[str, Any]) -> str:
+    """bf16 where the trial's device runs it, else fp32."""
+    device = pick_device(str(params.get("device", "auto")))
+    return "bf16" if precision_problem("bf16", device) is None else "fp32"
 
 
 class OptunaSearcher(Searcher):
@@ -29,13 +47,26 @@ class OptunaSearcher(Searcher):
         self.spec, self.study, self.state, self.tracker, self.sweep = spec, study, state, tracker, sweep
         self.live: dict[str, optuna.Trial] = {}
         self.reported: dict[str, int] = {}
+        self.asked = 0
+        self.rescues: deque[TrialRecord] = deque()
+
+    @property
+    def max_ray_trials(self) -> int:
+        """Ray trials this searcher may need: the budget, plus one rescue each when rescue is on."""
+        return self.spec.budget.trials * (2 if self.spec.divergence.rescue else 1)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         """Accept Tune's metric and mode (the spec's own)."""
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """Ask Optuna for a point, open its MLflow run, and return the trial's config."""
+        """Ask Optuna for a point (or take a queued rescue), open its MLflow run, return the config."""
+        if self.rescues:
+            return self._suggest_rescue(trial_id, self.rescues.popleft())
+        if self.asked >= self.spec.budget.trials:
+            waiting = self.spec.divergence.rescue and any(r.status == "running" for r in self.state.trials.values())
+            return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
+        self.asked += 1
         trial = self.study.ask()
         sampled = sample(trial, self.spec.params, self.spec.fixed)
         params = self.spec.resolve(sampled)
@@ -44,6 +75,26 @@ class OptunaSearcher(Searcher):
             trial.set_user_attr(key, value)
         self.live[trial_id] = trial
         self.state.trials[trial_id] = TrialRecord(trial.number, trial_id, run_id, params, sampled)
+        return self._config(params, run_id)
+
+    def _suggest_rescue(self, trial_id: str, original: TrialRecord) -> dict[str, Any]:
+        precision = rescue_precision(original.params)
+        params = {**original.params, "precision": precision}
+        sampled = {**original.sampled, "precision": precision}
+        run_id = self.tracker.create_trial_run(
+            self.sweep,
+            original.number,
+            trial_id,
+            params,
+            sampled,
+            rescue_of=(original.label, original.run_id),
+        )
+        record = TrialRecord(original.number, trial_id, run_id, params, sampled, rescue_of=original)
+        original.rescue = record
+        self.state.trials[trial_id] = record
+        return self._config(params, run_id)
+
+    def _config(self, params: dict[str, Any], run_id: str) -> dict[str, Any]:
         engine = {
             "trainer": self.spec.trainer,
             "metric": self.spec.metric,
@@ -51,6 +102,11 @@ class OptunaSearcher(Searcher):
             "threads": max(1, int(self.spec.budget.cpus_per_trial)),
             "tracking_uri": self.tracker.uri,
             "run_id": run_id,
+            "divergence": {
+                "enabled": self.spec.divergence.enabled,
+                "signals": self.spec.divergence.signals,
+                "rescue": self.spec.divergence.rescue,
+            },
         }
         return {**params, ENGINE_KEY: engine}
 
@@ -64,27 +120,49 @@ class OptunaSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tell Optuna how the trial ended and record it in the sweep state."""
         record = self.state.trials.get(trial_id)
-        trial = self.live.get(trial_id)
-        if record is None or trial is None:
+        if record is None or record.status != "running":
             return
         self.state.observe(record, result)
         self._report(trial_id, record)
-        del self.live[trial_id]
         status, reason = self._outcome(trial_id, record, result, error)
-        trial.set_user_attr("status", status)
-        if status == COMPLETED:
+        self.state.finish(record, status, reason)
+        trial = self.live.pop(trial_id, None)
+        if trial is not None:
+            self._tell(trial, record)
+        if status == DIVERGED and self._wants_rescue(record):
+            self.rescues.append(record)
+
+    def _tell(self, trial: optuna.Trial, record: TrialRecord) -> None:
+        trial.set_user_attr("status", record.status)
+        if record.status == COMPLETED:
             self.study.tell(trial, record.value)
-        elif status == PRUNED:
+        elif record.status == PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
+        elif record.status == DIVERGED:
+            trial.set_user_attr("divergence", record.reason)
+            trial.set_constraint("diverged", 1.0)
+            worst = math.inf if self.spec.mode == "min" else -math.inf
+            self.study.tell(trial, record.value if record.value is not None else worst)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
-        self.state.finish(record, status, reason)
+
+    def _wants_rescue(self, record: TrialRecord) -> bool:
+        if not self.spec.divergence.rescue or record.rescue_of is not None or record.signal != "loss_scale":
+            return False
+        try:
+            return canonical_precision(str(record.params.get("precision", "fp32"))) in ("fp16", "fp16-o2")
+        except ValueError:
+            return False
 
     def _outcome(
         self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None, error: bool
     ) -> tuple[str, str]:
         if error:
             return FAILED, ""
+        if result and result.get(DIVERGED_KEY):
+            record.signal = str(result.get("sweep/signal", ""))
+            record.diverged_at = int(result.get("sweep/step", 0))
+            return DIVERGED, f"{record.signal}: {result.get('sweep/reason', '')} (step {record.diverged_at})"
         if trial_id in self.state.pruned:
             return PRUNED, f"stopped by ASHA after epoch {record.epochs}"
         if not result:

@@ -14,12 +14,15 @@ from typing import Any
 
 import yaml
 
+from sweeps.divergence import DEFAULTS, SIGNALS, DivergenceSettings
 from sweeps.params import ParamSpec, parse_params
 from sweeps.problems import Problems, as_int, as_number
 from trainables.config import ConfigError, build_config, coerce, field_types
 from trainables.registry import TrainerLoadError, load_trainer
 
-TOP_KEYS = {"name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "fixed", "params"}
+TOP_KEYS = {
+    "name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "divergence", "fixed", "params",
+}  # fmt: skip
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -74,6 +77,7 @@ class SweepSpec:
     budget: Budget
     asha: Asha
     search: Search
+    divergence: DivergenceSettings
     fixed: dict[str, Any]
     params: dict[str, ParamSpec]
     raw: dict[str, Any] = field(default_factory=dict)
@@ -175,6 +179,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     budget = _budget(raw.get("budget", {}), problems)
     asha = _asha(raw.get("asha", {}), budget, problems)
     search = _search(raw.get("search", {}), problems)
+    divergence = _divergence(raw.get("divergence", {}), problems)
     fixed = _fixed(raw.get("fixed", {}), types, problems)
     params = parse_params(raw.get("params", {}), types, fixed, problems)
     if trainer_cls is not None:
@@ -190,6 +195,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         budget=budget,
         asha=asha,
         search=search,
+        divergence=divergence,
         fixed=fixed,
         params=params,
         raw=raw,
@@ -290,6 +296,29 @@ def _search(value: Any, problems: Problems) -> Search:
     startup = as_int(section.get("n_startup_trials", 5), "search.n_startup_trials", problems, minimum=0)
     search.n_startup_trials = startup if startup is not None else 5
     return search
+
+
+def _divergence(value: Any, problems: Problems) -> DivergenceSettings:
+    if value is False:
+        return DivergenceSettings(enabled=False)
+    section = _section(value, "divergence", problems)
+    _unknown(section, {"enabled", "rescue", *SIGNALS}, "divergence", problems)
+    settings = DivergenceSettings(enabled=bool(section.get("enabled", True)), rescue=bool(section.get("rescue", False)))
+    for signal in SIGNALS:
+        entry = section.get(signal, {})
+        if entry is False:
+            settings.signals.pop(signal)
+            continue
+        entry = _section(entry, f"divergence.{signal}", problems)
+        _unknown(entry, set(DEFAULTS[signal]), f"divergence.{signal}", problems)
+        for key, raw_value in entry.items():
+            if key in DEFAULTS[signal]:
+                number = as_number(raw_value, f"divergence.{signal}.{key}", problems)
+                if number is not None and number < 0:
+                    problems.add(f"divergence.{signal}.{key}", f"must be >= 0, got {number}")
+                elif number is not None:
+                    settings.signals[signal][key] = number
+    return settings
 
 
 def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, Any]:

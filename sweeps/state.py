@@ -9,6 +9,7 @@ from typing import Any
 COMPLETED = "completed"
 PRUNED = "pruned"
 FAILED = "failed"
+DIVERGED = "diverged"
 INTERRUPTED = "interrupted"
 RUNNING = "running"
 
@@ -29,6 +30,15 @@ class TrialRecord:
     reason: str = ""
     value: float | None = None
     epochs: int = 0
+    signal: str = ""
+    diverged_at: int | None = None
+    rescue_of: TrialRecord | None = None
+    rescue: TrialRecord | None = None
+
+    @property
+    def label(self) -> str:
+        """How the trial is named to people: ``t003``, or ``t003r`` for its precision rescue."""
+        return f"t{self.number:03d}" + ("r" if self.rescue_of is not None else "")
 
 
 @dataclass
@@ -40,6 +50,7 @@ class SweepState:
     trials: dict[str, TrialRecord] = field(default_factory=dict)
     pruned: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=dict)
+    diverged_by: dict[str, int] = field(default_factory=dict)
     best: TrialRecord | None = None
 
     def better(self, value: float, than: float) -> bool:
@@ -59,6 +70,8 @@ class SweepState:
         """Mark a trial ended and update the counts and the best completed trial."""
         record.status, record.reason = status, reason
         self.counts[status] = self.counts.get(status, 0) + 1
+        if status == DIVERGED:
+            self.diverged_by[record.signal] = self.diverged_by.get(record.signal, 0) + 1
         if status == COMPLETED and record.value is not None:
             if self.best is None or self.best.value is None or self.better(record.value, self.best.value):
                 self.best = record

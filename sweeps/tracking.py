@@ -122,9 +122,19 @@ class SweepTracker:
             retry(partial(self.client.log_batch, run_id, params=chunk), "log params")
 
     def create_trial_run(
-        self, sweep: str, number: int, ray_id: str, params: dict[str, Any], sampled: dict[str, Any]
+        self,
+        sweep: str,
+        number: int,
+        ray_id: str,
+        params: dict[str, Any],
+        sampled: dict[str, Any],
+        rescue_of: tuple[str, str] | None = None,
     ) -> str:
-        """Create the trial's child run under the parent with every resolved parameter."""
+        """Create the trial's child run under the parent with every resolved parameter.
+
+        ``rescue_of`` is ``(label, run id)`` of the diverged trial a precision rescue re-runs;
+        the two runs are linked by tags both ways.
+        """
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "sweep.name": sweep,
@@ -134,11 +144,15 @@ class SweepTracker:
             "ray.trial_id": ray_id,
             "optuna.trial_number": str(number),
         }
-        run = retry(
-            lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=run_name(number, sampled)),
-            "create trial run",
-        )
+        name = run_name(number, sampled)
+        if rescue_of is not None:
+            tags.update({"sweep.trial": f"{number}r", "sweep.rescue_of": rescue_of[1], "sweep.role": "rescue"})
+            tags.pop("optuna.trial_number")
+            name = f"{rescue_of[0]}r rescue " + name.split(" ", 1)[-1]
+        run = retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name), "create trial run")
         self.log_params(run.info.run_id, params)
+        if rescue_of is not None:
+            retry(partial(self.client.set_tag, rescue_of[1], "sweep.rescued_by", run.info.run_id), "link rescue")
         return str(run.info.run_id)
 
     def finish_run(self, run_id: str, status: str, reason: str = "", tags: dict[str, str] | None = None) -> None:
@@ -156,16 +170,39 @@ class SweepTracker:
 
 
 class TrialLogger:
-    """A trial process's side: its metrics each epoch, its config, and its failure if any."""
+    """A trial process's side: step and epoch metrics, config, images, and its failure if any.
+
+    Step metrics are buffered and sent in batches (at 1,000 values, at each epoch's end and at
+    every way the trial ends), so logging costs one request per batch, not one per value.
+    """
+
+    BATCH = 1000
 
     def __init__(self, uri: str, run_id: str) -> None:
         self.client = client(uri)
         self.run_id = run_id
+        self.pending: list[Any] = []
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log finite metrics for ``step`` in one batch."""
+    def add_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Buffer one optimizer step's metrics."""
         from mlflow.entities import Metric
 
+        now = int(time.time() * 1000)
+        self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered step metrics."""
+        while self.pending:
+            chunk, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
+            retry(partial(self.client.log_batch, self.run_id, metrics=chunk), "log step metrics")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Flush step metrics, then log finite epoch metrics for ``step`` in one batch."""
+        from mlflow.entities import Metric
+
+        self.flush()
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v)]
         retry(lambda: self.client.log_batch(self.run_id, metrics=items), "log metrics")
@@ -175,12 +212,20 @@ class TrialLogger:
         text = yaml.safe_dump(config, sort_keys=False)
         retry(lambda: self.client.log_text(self.run_id, text, "config.yaml"), "log config")
 
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """Upload a file from the trial's own process (so it arrives from any node)."""
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), folder), f"log {path.name}")
+
     def log_failure(self, exc: BaseException) -> None:
         """Tag the run failed with the exception's one-line reason; store the traceback."""
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
         text = "".join(traceback.format_exception(exc))
         retry(lambda: self.client.log_text(self.run_id, text, "traceback.txt"), "log traceback")
         retry(lambda: self.client.set_tag(self.run_id, "sweep.reason", reason), "tag reason")
+
+    def close(self) -> None:
+        """Send whatever is still buffered."""
+        self.flush()
 
 
 def _numeric(value: Any) -> bool:

@@ -1,12 +1,16 @@
 """The Ray Tune trainable: runs one trainer for its epochs inside a trial process.
 
-It logs each epoch's metrics to the trial's MLflow run before reporting them to Ray (so a
-trial ASHA stops has lost nothing), checkpoints every epoch, resumes from Ray's checkpoint
-after a restart, and records its own failure with the traceback.
+Every optimizer step goes through the divergence detector and into a buffer of step metrics;
+each epoch's metrics are logged to the trial's MLflow run before they are reported to Ray (so a
+trial ASHA stops has lost nothing), with a checkpoint and a sample image grid. A diverged trial
+stops within the step that fired the signal and ends with a last report that says why; its last
+checkpoint, from before the onset, is kept. A failure is recorded with its traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,16 +18,37 @@ from typing import Any
 import torch
 from ray import tune
 
+from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
 from sweeps.state import ENGINE_KEY
 from sweeps.tracking import TrialLogger
 from trainables.config import build_config
 from trainables.registry import load_trainer
 
 CHECKPOINT_FILE = "trainer.pt"
+DIVERGED = "sweep/diverged"
 
 
 class MetricMissingError(RuntimeError):
     """The trainer's results lack the metric the sweep optimizes."""
+
+
+class DivergedError(Exception):
+    """Raised from the step hook to leave the trainer's loop at once."""
+
+    def __init__(self, divergence: Divergence) -> None:
+        super().__init__(divergence.reason)
+        self.divergence = divergence
+
+
+def divergence_result(divergence: Divergence) -> dict[str, Any]:
+    """The engine's keys in a diverged trial's last report."""
+    return {
+        DIVERGED: 1.0,
+        "sweep/signal": divergence.signal,
+        "sweep/reason": divergence.reason,
+        "sweep/step": divergence.step,
+        "sweep/onset": divergence.onset,
+    }
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -34,9 +59,18 @@ def run_trial(config: dict[str, Any]) -> None:
     try:
         _train(engine, params, logger)
     except BaseException as exc:
+        logger.flush()
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             logger.log_failure(exc)
         raise
+    finally:
+        logger.close()
+
+
+def _detector(engine: dict[str, Any]) -> DivergenceDetector:
+    raw = engine.get("divergence")
+    fields = {f.name for f in dataclasses.fields(DivergenceSettings)}
+    return DivergenceDetector(DivergenceSettings(**{k: v for k, v in raw.items() if k in fields}) if raw else None)
 
 
 def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger) -> None:
@@ -44,23 +78,55 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger) 
     trainer_cls = load_trainer(engine["trainer"])
     trainer = trainer_cls(build_config(trainer_cls.Config, params))
     metric, epochs = engine["metric"], int(engine["epochs"])
-    done = 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
-        trainer.load_state_dict(state["trainer"])
-        done = int(state["epoch"])
-    else:
+    detector = _detector(engine)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        logger.add_step(step, metrics)
+        found = detector.observe(step, metrics)
+        if found is not None:
+            raise DivergedError(found)
+
+    if hasattr(trainer, "on_step"):
+        trainer.on_step = on_step
+    done = _restore(trainer)
+    if done == 0:
         logger.log_config(params)
     for epoch in range(done + 1, epochs + 1):
-        metrics = {**trainer.train_epoch(), **trainer.validate()}
+        try:
+            metrics = {**trainer.train_epoch(), **trainer.validate()}
+        except DivergedError as diverged:
+            logger.flush()
+            tune.report({metric: math.nan, "epoch": epoch, **divergence_result(diverged.divergence)})
+            return
         if metric not in metrics:
             raise MetricMissingError(
                 f"metric {metric!r} not produced by trainer {engine['trainer']!r} "
                 f"(it reports: {', '.join(sorted(metrics))})"
             )
         logger.log_metrics(metrics, step=epoch)
+        _log_images(trainer, logger, epoch)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"trainer": trainer.state_dict(), "epoch": epoch}, Path(folder) / CHECKPOINT_FILE)
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _restore(trainer: Any) -> int:
+    """Load Ray's checkpoint if the trial is being restored; return the epochs already done."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+    trainer.load_state_dict(state["trainer"])
+    return int(state["epoch"])
+
+
+def _log_images(trainer: Any, logger: TrialLogger, epoch: int) -> None:
+    grid = getattr(trainer, "sample_grid", None)
+    if grid is None:
+        return
+    from trainables.images import save_png
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_png(grid(), Path(folder) / f"epoch_{epoch:03d}.png")
+        logger.log_artifact(path, "images")

@@ -1,0 +1,1 @@
+"""Examples of bringing your own trainer."""

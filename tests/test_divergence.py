@@ -1,0 +1,115 @@
+"""Real training driven into each divergence signal, and healthy runs that must not be stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
+from trainables import build_config, load_trainer
+
+TINY = {"image_size": 16, "train_images": 64, "val_images": 32, "width": 4, "batch_size": 8, "latent_dim": 4}
+
+
+class Stopped(Exception):
+    pass
+
+
+def train(settings: DivergenceSettings | None = None, epochs: int = 4, zero_last: bool = False, **config: Any) -> tuple[Divergence | None, list[dict[str, float]]]:
+    """Train the VAE with the detector as its step hook; return the divergence (if any) and every step's metrics."""
+    cls = load_trainer("vae")
+    trainer = cls(build_config(cls.Config, {**TINY, **config}))
+    if zero_last:  # a zeroed, frozen output layer
+        last = trainer.model.decoder[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+        last.requires_grad_(False)
+    detector = DivergenceDetector(settings)
+    steps: list[dict[str, float]] = []
+
+    def hook(step: int, metrics: dict[str, float]) -> None:
+        steps.append(metrics)
+        found = detector.observe(step, metrics)
+        if found is not None:
+            raise Stopped(found)
+
+    trainer.on_step = hook
+    try:
+        for _ in range(epochs):
+            trainer.train_epoch()
+    except Stopped as stop:
+        return stop.args[0], steps
+    return None, steps
+
+
+def only(signal: str, **overrides: float) -> DivergenceSettings:
+    return DivergenceSettings(signals={signal: {**DEFAULTS[signal], **overrides}})
+
+
+def test_fp16_with_huge_losses_collapses_the_loss_scale() -> None:
+    found, steps = train(precision="fp16", kl_weight=1e8)
+    assert found is not None and found.signal == "loss_scale" and "below floor" in found.reason
+    assert found.step <= 20 and all(s["vae/skipped"] for s in steps)
+
+
+def test_a_minimum_loss_scale_turns_collapse_into_consecutive_overflows() -> None:
+    found, _ = train(precision="fp16", kl_weight=1e8, min_loss_scale=128.0)
+    assert found is not None and found.signal == "loss_scale"
+    assert "overflow steps" in found.reason  # the scale sits at 128: the skips give it away
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_absurd_learning_rate_gives_non_finite_loss(precision: str) -> None:
+    found, steps = train(lr=1e6, precision=precision)
+    assert found is not None and found.signal == "non_finite"
+    assert found.step - found.onset == DEFAULTS["non_finite"]["steps"] - 1 and found.step < 10
+
+
+def test_too_high_learning_rate_explodes_the_loss() -> None:
+    found, steps = train(lr=0.1, output_activation="none", kl_weight=1e-4, epochs=6)
+    assert found is not None and found.signal == "loss_explosion", found
+    assert found.step > DEFAULTS["loss_explosion"]["warmup"]
+
+
+def test_gradient_norm_explosion_against_its_running_median() -> None:
+    found, _ = train(only("grad_explosion", factor=100), lr=0.1, kl_weight=1e-4, epochs=6)
+    assert found is not None and found.signal == "grad_explosion" and "median" in found.reason
+
+
+def test_runaway_last_layer_weights() -> None:
+    found, steps = train(only("runaway_weights", factor=3), lr=0.3, kl_weight=1e-4, epochs=6)
+    assert found is not None and found.signal == "runaway_weights"
+    assert steps[-1]["vae/weight_norm_last"] > 3 * steps[0]["vae/weight_norm_last"]
+
+
+@pytest.mark.parametrize(("activation", "what"), [("none", "all-zero output"), ("sigmoid", "constant output")])
+def test_a_zeroed_output_layer_is_a_collapse(activation: str, what: str) -> None:
+    found, _ = train(zero_last=True, output_activation=activation)
+    assert found is not None and found.signal == "collapse" and what in found.reason
+    assert found.step == DEFAULTS["collapse"]["steps"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"precision": "bf16", "lr": 3e-3},
+        {"precision": "fp16", "init_scale": 2.0**30},  # GradScaler calibrates down through many overflows
+        {"precision": "fp16", "init_scale": 2.0**20, "growth_interval": 3},  # isolated overflows as it grows
+        {"precision": "fp16-o2", "init_scale": 2.0**28},
+        {"lr": 0.02, "output_activation": "none"},
+    ],
+)
+def test_healthy_runs_are_not_stopped(config: dict[str, Any]) -> None:
+    found, steps = train(epochs=5, **config)
+    assert found is None, found
+    if config.get("precision", "").startswith("fp16"):
+        assert sum(s["vae/skipped"] for s in steps) > 0  # the overflows really happened
+
+
+def test_signals_can_be_switched_off() -> None:
+    found, _ = train(DivergenceSettings(enabled=False), lr=1e6)
+    assert found is None
