@@ -17,7 +17,9 @@ class Stopped(Exception):
     pass
 
 
-def train(settings: DivergenceSettings | None = None, epochs: int = 4, zero_last: bool = False, **config: Any) -> tuple[Divergence | None, list[dict[str, float]]]:
+def train(
+    settings: DivergenceSettings | None = None, epochs: int = 4, zero_last: bool = False, **config: Any
+) -> tuple[Divergence | None, list[dict[str, float]]]:
     """Train the VAE with the detector as its step hook; return the divergence (if any) and every step's metrics."""
     cls = load_trainer("vae")
     trainer = cls(build_config(cls.Config, {**TINY, **config}))

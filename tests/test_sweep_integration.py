@@ -153,3 +153,45 @@ def test_a_raising_trial_fails_alone(workdir: Path) -> None:
             assert run.data.tags["sweep.reason"].startswith("ValueError: toy failure at epoch 2")
     states = {t.state for t in study_of(result).trials}
     assert states <= {TrialState.COMPLETE, TrialState.FAIL} and len(study_of(result).trials) == 4
+
+
+def test_diverged_trials_are_recorded_infeasible_and_rescued_at_bf16(workdir: Path) -> None:
+    spec = {
+        "name": "it-diverge",
+        "trainer": "vae",
+        "metric": {"name": "val_mse", "mode": "min"},
+        "seed": 1,
+        "budget": {"trials": 3, "epochs": 2, "concurrency": 2},
+        "asha": False,
+        "search": {"sampler": "random"},
+        "divergence": {"rescue": True},
+        # fp16 with a huge loss: the loss scale collapses (bf16 copes); lr 1e6 diverges at any precision.
+        "fixed": {**VAE_SPEC["fixed"], "batch_size": 4, "precision": "fp16", "kl_weight": 1e8},
+        "params": {"lr": {"choices": [1e-3, 1e6]}},
+    }
+    result = sweep(workdir, spec)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name("it-diverge")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    originals = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    rescues = {r.data.tags["sweep.rescue_of"]: r for r in runs if r.data.tags.get("sweep.role") == "rescue"}
+    assert len(originals) == 3 and len(rescues) == 3
+    for run in originals:
+        tags = run.data.tags
+        assert tags["sweep.status"] == "diverged" and tags["sweep.signal"] == "loss_scale"
+        assert "loss scale" in tags["sweep.reason"] and int(tags["sweep.divergence_step"]) <= 20
+        rescue = rescues[run.info.run_id]
+        assert tags["sweep.rescued_by"] == rescue.info.run_id
+        assert rescue.data.params["precision"] == "bf16" and rescue.data.params["lr"] == run.data.params["lr"]
+        expected = "completed" if float(run.data.params["lr"]) < 1 else "diverged"
+        assert rescue.data.tags["sweep.status"] == expected
+        steps = client.get_metric_history(run.info.run_id, "vae/loss_scale")
+        assert len(steps) == int(tags["sweep.divergence_step"])  # every step up to the stop is recorded
+        ray_dirs = list((result.sweep.path / "ray").glob(f"*{tags['ray.trial_id']}*"))
+        assert ray_dirs and list(ray_dirs[0].glob("checkpoint_*"))  # the checkpoint before the stop is kept
+    study = study_of(result)
+    assert len(study.trials) == 3  # rescues run outside the study
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE and trial.constraints == {"diverged": 1.0}
+    text = Path(client.download_artifacts(result.parent_run_id, "summary.txt", str(workdir))).read_text()
+    assert "diverged because of precision" in text and "loss_scale 3" in text
