@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sweeps`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if os.getcwd() not in sys.path:  # trainers named by import path resolve from here
+        sys.path.insert(0, os.getcwd())
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # Trial errors reach the user as one line each (live view, summary, MLflow tags with the
     # traceback as an artifact), not as Ray's tracebacks on the console.

@@ -6,8 +6,9 @@ Each signal has a name, defaults, and a spec setting under ``divergence:``:
   overflow (are skipped), or more than ``max_share`` of the last ``window`` steps overflow.
   GradScaler's calibration (the run of overflows from 65536 down before the first good step,
   up to ``calibration`` of them) and isolated overflows later do not count.
-- ``non_finite``: the loss (any precision) or, without a loss scaler, the gradient norm is
-  NaN/inf for ``steps`` steps in a row.
+- ``non_finite``: the loss or, without a loss scaler, the gradient norm is NaN/inf for ``steps``
+  steps in a row. Under a loss scaler (fp16), a loss that stays non-finite that long counts as
+  ``loss_scale``: the forward pass overflows and no scale can fix it (bf16 can).
 - ``loss_explosion``: the smoothed loss exceeds ``factor`` x its best smoothed value, after
   ``warmup`` steps.
 - ``grad_explosion``: a gradient norm exceeds ``factor`` x its running median over ``window``
@@ -166,9 +167,15 @@ class DivergenceDetector:
         cfg = self._cfg("non_finite")
         if cfg is None:
             return None
-        if self.scales:
-            return None  # under a loss scaler, non-finite steps are skipped: the loss_scale signal judges them
         bad = [key for key, value in metrics.items() if _is_loss(key) and not _finite(value)]
+        if self.scales:
+            # Under a loss scaler a non-finite gradient is only a skipped step, but a non-finite loss
+            # is a forward pass that overflowed: lowering the scale cannot fix it.
+            run = self.non_finite.update(bool(bad), step)
+            if run >= cfg["steps"]:
+                reason = f"{', '.join(bad)} not finite for {run} steps under loss scaling"
+                return Divergence("loss_scale", reason, step, self.non_finite.start)
+            return None
         for net, norm in _per_net(metrics, "grad_norm").items():
             scale = metrics.get(f"{net}/loss_scale" if net else "loss_scale", 1.0)
             if not _finite(norm) and not _has_scaler(scale, False):

@@ -43,13 +43,16 @@ def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     os.environ.update(ENGINE_ENV)
     if ray.is_initialized():
         return
+    # Trainers named by import path (my_pkg.module:Class) resolve from the working directory.
+    paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     ray.init(
         address=address,
         num_cpus=num_cpus if address is None else None,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,
-        runtime_env={"env_vars": dict(ENGINE_ENV)},
+        runtime_env={"env_vars": {**ENGINE_ENV, "PYTHONPATH": os.environ["PYTHONPATH"]}},
     )
 
 

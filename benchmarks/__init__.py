@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side comparisons that print a table (see RESULTS.md)."""
