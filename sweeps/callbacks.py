@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import ray.cloudpickle as cloudpickle
 from ray.tune import Callback
 
 from sweeps.state import FAILED, RUNNING, SweepState
 from sweeps.tracking import SweepTracker
-
-
-def error_reason(trial: Any) -> str:
-    """The one-line cause of a Ray trial's error, e.g. ``ValueError: bad kernel``; '' if unknown."""
-    error: Any = None
-    path = getattr(trial, "pickled_error_file", None)
-    if path and Path(path).is_file():
-        try:
-            with open(path, "rb") as handle:
-                error = cloudpickle.load(handle)
-        except Exception:  # noqa: BLE001 - an unreadable error file still ends the trial
-            error = None
-    cause = getattr(error, "cause", None) or error
-    if cause is None:
-        return ""
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}".strip()
 
 
 class TrackingCallback(Callback):
@@ -42,7 +23,7 @@ class TrackingCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial raised (or its process died)."""
-        self._close(trial.trial_id, error_reason(trial))
+        self._close(trial.trial_id, self.state.errors.get(trial.trial_id, ""))
 
     def _close(self, trial_id: str, reason: str) -> None:
         record = self.state.trials.get(trial_id)

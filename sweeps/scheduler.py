@@ -6,11 +6,31 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from sweeps.errors import error_reason
 from sweeps.spec import SweepSpec
 from sweeps.state import SweepState
 
 
-class RecordingASHA(AsyncHyperBandScheduler):
+class _RecordsErrors:
+    """Records why a trial failed, before the searcher hears of it (Ray calls the scheduler first)."""
+
+    state: SweepState
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        """Keep the failure's one-line reason for the searcher and the record."""
+        self.state.errors[trial.trial_id] = error_reason(trial) or "the trial process failed"
+        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
+
+
+class RecordingFIFO(_RecordsErrors, FIFOScheduler):
+    """FIFO (every trial runs to the end) that records failure reasons."""
+
+    def __init__(self, state: SweepState) -> None:
+        super().__init__()
+        self.state = state
+
+
+class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
     """ASHA that records the trials it stops before their last epoch, so they count as pruned."""
 
     def __init__(self, state: SweepState, **kwargs: Any) -> None:
@@ -28,7 +48,7 @@ class RecordingASHA(AsyncHyperBandScheduler):
 def make_scheduler(spec: SweepSpec, state: SweepState) -> TrialScheduler:
     """ASHA over epochs (``training_iteration``) as the spec sets it, or FIFO when disabled."""
     if not spec.asha.enabled:
-        return FIFOScheduler()
+        return RecordingFIFO(state)
     return RecordingASHA(
         state,
         time_attr="training_iteration",

@@ -21,9 +21,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from sweeps.errors import is_oom
 from sweeps.params import sample
 from sweeps.spec import SweepSpec
-from sweeps.state import COMPLETED, DIVERGED, ENGINE_KEY, FAILED, INTERRUPTED, PRUNED, SweepState, TrialRecord
+from sweeps.state import COMPLETED, DIVERGED, ENGINE_KEY, FAILED, INTERRUPTED, OOM, PRUNED, SweepState, TrialRecord
 from sweeps.tracking import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
@@ -138,9 +139,10 @@ class OptunaSearcher(Searcher):
             self.study.tell(trial, record.value)
         elif record.status == PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
-        elif record.status == DIVERGED:
-            trial.set_user_attr("divergence", record.reason)
-            trial.set_constraint("diverged", 1.0)
+        elif record.status in (DIVERGED, OOM):
+            # Infeasible: TPE ranks it below every feasible trial and moves away from its region.
+            trial.set_user_attr("reason", record.reason)
+            trial.set_constraint(record.status, 1.0)
             worst = math.inf if self.spec.mode == "min" else -math.inf
             self.study.tell(trial, record.value if record.value is not None else worst)
         else:
@@ -158,7 +160,8 @@ class OptunaSearcher(Searcher):
         self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None, error: bool
     ) -> tuple[str, str]:
         if error:
-            return FAILED, ""
+            reason = self.state.errors.get(trial_id, "the trial process failed")
+            return (OOM if is_oom(reason) else FAILED), reason
         if result and result.get(DIVERGED_KEY):
             record.signal = str(result.get("sweep/signal", ""))
             record.diverged_at = int(result.get("sweep/step", 0))

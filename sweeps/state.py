@@ -10,6 +10,7 @@ COMPLETED = "completed"
 PRUNED = "pruned"
 FAILED = "failed"
 DIVERGED = "diverged"
+OOM = "oom"
 INTERRUPTED = "interrupted"
 RUNNING = "running"
 
@@ -49,6 +50,7 @@ class SweepState:
     mode: str
     trials: dict[str, TrialRecord] = field(default_factory=dict)
     pruned: set[str] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     diverged_by: dict[str, int] = field(default_factory=dict)
     best: TrialRecord | None = None

@@ -8,6 +8,10 @@ Every call is retried, so a busy SQLite file or a brief server outage loses noth
 from __future__ import annotations
 
 import logging
+import queue
+import shutil
+import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -24,7 +28,14 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+RUN_STATUS = {
+    "completed": "FINISHED",
+    "pruned": "FINISHED",
+    "diverged": "FINISHED",
+    "failed": "FAILED",
+    "oom": "FAILED",
+    "interrupted": "KILLED",
+}
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
@@ -169,19 +180,81 @@ class SweepTracker:
         retry(lambda: self.client.log_text(run_id, text, path), f"log {path}")
 
 
+class _Sender:
+    """Sends MLflow calls from a background thread, in order, retrying each until it succeeds.
+
+    Training never waits on the tracking store: a busy SQLite file or a tracking server that is
+    down for minutes only delays the calls, which go through when it is back.
+    """
+
+    def __init__(self, patience: float = 900.0) -> None:
+        self.jobs: queue.Queue[tuple[str, Callable[[], Any]] | None] = queue.Queue()
+        self.patience = patience
+        self.failed: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="mlflow-sender", daemon=True)
+        self.thread.start()
+
+    def submit(self, what: str, call: Callable[[], Any]) -> None:
+        """Queue one call."""
+        self.jobs.put((what, call))
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                if job is None:
+                    return
+                self._send(*job)
+            finally:
+                self.jobs.task_done()
+
+    def _send(self, what: str, call: Callable[[], Any]) -> None:
+        deadline = time.monotonic() + self.patience
+        attempt = 0
+        while True:
+            try:
+                call()
+                return
+            except Exception as exc:  # noqa: BLE001 - any store error is worth another try
+                if time.monotonic() > deadline:
+                    log.error("MLflow %s failed for %.0f s, giving up: %s", what, self.patience, exc)
+                    self.failed.append(what)
+                    return
+                if attempt == 0:
+                    log.warning("MLflow %s failed (%s); retrying in the background", what, exc)
+                time.sleep(min(0.5 * 2**attempt, 10.0))
+                attempt += 1
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every queued call went through (or ``timeout`` passed); True if drained."""
+        deadline = time.monotonic() + timeout
+        while self.jobs.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.jobs.unfinished_tasks
+
+    def close(self, timeout: float) -> bool:
+        """Drain, then stop the thread."""
+        drained = self.drain(timeout)
+        self.jobs.put(None)
+        return drained
+
+
 class TrialLogger:
     """A trial process's side: step and epoch metrics, config, images, and its failure if any.
 
-    Step metrics are buffered and sent in batches (at 1,000 values, at each epoch's end and at
-    every way the trial ends), so logging costs one request per batch, not one per value.
+    Everything is sent by a background thread (see :class:`_Sender`); step metrics are buffered
+    and sent in batches of up to 1,000 values. :meth:`close`, called on every way a trial ends,
+    waits until all of it is delivered.
     """
 
     BATCH = 1000
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    def __init__(self, uri: str, run_id: str, patience: float = 900.0) -> None:
         self.client = client(uri)
         self.run_id = run_id
         self.pending: list[Any] = []
+        self.sender = _Sender(patience)
+        self.spool = Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
 
     def add_step(self, step: int, metrics: dict[str, float]) -> None:
         """Buffer one optimizer step's metrics."""
@@ -190,42 +263,58 @@ class TrialLogger:
         now = int(time.time() * 1000)
         self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
         if len(self.pending) >= self.BATCH:
-            self.flush()
+            self._send_pending()
 
-    def flush(self) -> None:
-        """Send the buffered step metrics."""
+    def _send_pending(self) -> None:
         while self.pending:
             chunk, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
-            retry(partial(self.client.log_batch, self.run_id, metrics=chunk), "log step metrics")
+            self.sender.submit("log step metrics", partial(self.client.log_batch, self.run_id, metrics=chunk))
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        """Queue the buffered step metrics; wait up to ``timeout`` s for delivery; True if delivered."""
+        self._send_pending()
+        return self.sender.drain(timeout) if timeout > 0 else not self.sender.jobs.unfinished_tasks
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Flush step metrics, then log finite epoch metrics for ``step`` in one batch."""
+        """Queue the buffered step metrics, then the epoch metrics for ``step``."""
         from mlflow.entities import Metric
 
-        self.flush()
+        self._send_pending()
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v)]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=items), "log metrics")
+        self.sender.submit("log metrics", partial(self.client.log_batch, self.run_id, metrics=items))
+
+    def log_text(self, text: str, path: str) -> None:
+        """Queue ``text`` as an artifact file."""
+        self.sender.submit(f"log {path}", partial(self.client.log_text, self.run_id, text, path))
 
     def log_config(self, config: dict[str, Any]) -> None:
         """Store the trial's resolved config as ``config.yaml``."""
-        text = yaml.safe_dump(config, sort_keys=False)
-        retry(lambda: self.client.log_text(self.run_id, text, "config.yaml"), "log config")
+        self.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        """Upload a file from the trial's own process (so it arrives from any node)."""
-        retry(lambda: self.client.log_artifact(self.run_id, str(path), folder), f"log {path.name}")
+        """Upload a file from the trial's own process (so it arrives from any node).
+
+        The file is copied first, so the caller may delete it at once.
+        """
+        kept = self.spool / f"{len(list(self.spool.iterdir()))}-{path.name}"
+        kept.mkdir()
+        copy = kept / path.name
+        shutil.copy2(path, copy)
+        self.sender.submit(f"log {path.name}", partial(self.client.log_artifact, self.run_id, str(copy), folder))
 
     def log_failure(self, exc: BaseException) -> None:
-        """Tag the run failed with the exception's one-line reason; store the traceback."""
+        """Tag the run with the exception's one-line reason; store the traceback."""
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
-        text = "".join(traceback.format_exception(exc))
-        retry(lambda: self.client.log_text(self.run_id, text, "traceback.txt"), "log traceback")
-        retry(lambda: self.client.set_tag(self.run_id, "sweep.reason", reason), "tag reason")
+        self.log_text("".join(traceback.format_exception(exc)), "traceback.txt")
+        self.sender.submit("tag reason", partial(self.client.set_tag, self.run_id, "sweep.reason", reason))
 
-    def close(self) -> None:
-        """Send whatever is still buffered."""
-        self.flush()
+    def close(self, timeout: float = 900.0) -> bool:
+        """Deliver everything still queued (waiting up to ``timeout`` s); True if all went through."""
+        self._send_pending()
+        delivered = self.sender.close(timeout) and not self.sender.failed
+        shutil.rmtree(self.spool, ignore_errors=True)
+        return delivered
 
 
 def _numeric(value: Any) -> bool:

@@ -59,7 +59,6 @@ def run_trial(config: dict[str, Any]) -> None:
     try:
         _train(engine, params, logger)
     except BaseException as exc:
-        logger.flush()
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             logger.log_failure(exc)
         raise

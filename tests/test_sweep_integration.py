@@ -97,7 +97,9 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
         assert (status == "completed") == (len(steps) == 3)
         assert run.info.run_name.startswith(f"t{int(run.data.tags['sweep.trial']):03d} ")
         assert f"precision={run.data.params['precision']}" in run.info.run_name
-        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "images"}
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+        assert images == [f"images/epoch_{e:03d}.png" for e in steps]
     trials = study_of(result).trials
     assert len(trials) == 6
     by_number = {str(t.number): t for t in trials}
