@@ -38,10 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("sweep", help="sweep name (or its folder)")
     export.add_argument("-o", "--output", default="best.yaml", help="file to write (default: best.yaml)")
     export.add_argument("--storage", default=DEFAULT_ROOT)
+    export.add_argument("--top-k", type=int, default=1, help="export the k best (best.yaml, best.2.yaml, ...)")
+    export.add_argument(
+        "--skip-unstable",
+        action="store_true",
+        help="leave out trials with over 5%% overflowed steps (rescues are never exported)",
+    )
     train = sub.add_parser("train", help="train from an exported config")
     train.add_argument("config", help="a file written by 'sweeps export'")
     train.add_argument("--epochs", type=int, help="train this many epochs instead")
     train.add_argument("--save", help="write the final checkpoint here")
+    report = sub.add_parser("report", help="print a sweep's results and write its HTML report")
+    report.add_argument("sweep", help="sweep name (or its folder)")
+    report.add_argument("--storage", default=DEFAULT_ROOT)
+    report.add_argument("--html", help="write the HTML page here too (default: <sweep>/report/report.html)")
     listing = sub.add_parser("list", help="list the sweeps in the storage folder")
     listing.add_argument("--storage", default=DEFAULT_ROOT)
     ui = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store")
@@ -103,17 +113,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write the best trial's config."""
-    from sweeps.export import best_config, write_export
+    """Write the best trials' configs."""
+    from sweeps.export import best_configs, ranked_path, write_export
     from sweeps.store import open_sweep_dir
 
-    data = best_config(open_sweep_dir(args.storage, args.sweep))
-    out = write_export(data, args.output)
-    metric = data["metric"]
-    print(
-        f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']}, "
-        f"{metric['name']}={metric['value']:.6g}"
-    )
+    if args.top_k < 1:
+        raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
+    for data in best_configs(open_sweep_dir(args.storage, args.sweep), args.top_k, args.skip_unstable):
+        out = write_export(data, ranked_path(args.output, data["source"]["rank"]))
+        metric = data["metric"]
+        print(
+            f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']}, "
+            f"{metric['name']}={metric['value']:.6g}"
+        )
     return 0
 
 
@@ -124,6 +136,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs <= 0:
         raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
     train_from_file(load_run_file(args.config), epochs=args.epochs, save=args.save)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the results table and (re)write the HTML report."""
+    import shutil
+
+    from sweeps.report import html_page, read_results, terminal_table
+    from sweeps.store import open_sweep_dir
+
+    sweep = open_sweep_dir(args.storage, args.sweep)
+    meta, folder = sweep.read_meta(), sweep.path / "report"
+    rows = read_results(folder)
+    if not rows:
+        raise SweepStoreError(f"sweep {sweep.name!r} has no results yet (it is running or was stopped early)")
+    notes_file = folder / "divergence.txt"
+    notes = notes_file.read_text() if notes_file.exists() else ""
+    print(terminal_table(rows, str(meta["metric"])))
+    if notes:
+        print()
+        print(notes)
+    page = folder / "report.html"
+    page.write_text(html_page(sweep.name, meta, rows, notes, folder))
+    if args.html:
+        shutil.copy(page, args.html)
+    print(f"\nreport: {args.html or page}")
     return 0
 
 
@@ -165,7 +203,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
-COMMANDS = {"run": cmd_run, "export": cmd_export, "train": cmd_train, "list": cmd_list, "ui": cmd_ui}
+COMMANDS = {
+    "run": cmd_run,
+    "export": cmd_export,
+    "train": cmd_train,
+    "report": cmd_report,
+    "list": cmd_list,
+    "ui": cmd_ui,
+}
 
 
 if __name__ == "__main__":

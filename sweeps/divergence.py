@@ -32,9 +32,9 @@ from typing import Any, TypeGuard
 SIGNALS = ("loss_scale", "non_finite", "loss_explosion", "grad_explosion", "collapse", "runaway_weights")
 
 DEFAULTS: dict[str, dict[str, float]] = {
-    "loss_scale": {"floor": 1.0, "consecutive": 10, "window": 50, "max_share": 0.5, "calibration": 24},
-    "non_finite": {"steps": 3},
-    "loss_explosion": {"factor": 20.0, "warmup": 20, "smoothing": 0.8},
+    "loss_scale": {"floor": 1.0, "consecutive": 6, "window": 50, "max_share": 0.5, "calibration": 24},
+    "non_finite": {"steps": 2},
+    "loss_explosion": {"factor": 20.0, "warmup": 20, "smoothing": 0.5},
     "grad_explosion": {"factor": 1000.0, "window": 50, "steps": 3, "warmup": 20},
     "collapse": {"steps": 20},
     "runaway_weights": {"factor": 50.0},

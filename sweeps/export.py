@@ -1,4 +1,4 @@
-"""Export a sweep's best trial as a file ``sweeps train`` runs with no edits."""
+"""Export a sweep's best trials as files ``sweeps train`` runs with no edits, with provenance."""
 
 from __future__ import annotations
 
@@ -6,32 +6,64 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.store import SweepDir, SweepStoreError
 from sweeps.study import load_study
 
+UNSTABLE_SHARE = 0.05
+"""A trial with more than this share of overflowed (skipped) steps is unstable."""
+
+
+def ranked_trials(sweep: SweepDir, skip_unstable: bool = False) -> list[FrozenTrial]:
+    """Completed, feasible trials, best first; without unstable ones when asked."""
+    study = load_study(sweep)
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not any(v > 0 for v in t.constraints.values()) and t.value is not None
+    ]
+    if skip_unstable:
+        trials = [t for t in trials if float(t.user_attrs.get("skipped_share", 0.0)) <= UNSTABLE_SHARE]
+    reverse = study.direction.name == "MAXIMIZE"
+    return sorted(trials, key=lambda t: float(t.value or 0.0), reverse=reverse)
+
+
+def best_configs(sweep: SweepDir, top_k: int = 1, skip_unstable: bool = False) -> list[dict[str, Any]]:
+    """The ``top_k`` best trials' complete configs, each with where and how it was made."""
+    meta = sweep.read_meta()
+    trials = ranked_trials(sweep, skip_unstable)
+    if not trials:
+        which = "stable completed" if skip_unstable else "completed"
+        raise SweepStoreError(f"sweep {sweep.name!r} has no {which} trial to export")
+    return [_export(sweep, meta, trial, rank) for rank, trial in enumerate(trials[:top_k], start=1)]
+
 
 def best_config(sweep: SweepDir) -> dict[str, Any]:
-    """The best completed trial's complete config (fixed and sampled values) and its origin."""
-    meta = sweep.read_meta()
-    study = load_study(sweep)
-    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not completed:
-        raise SweepStoreError(f"sweep {sweep.name!r} has no completed trial to export")
-    best = study.best_trial
+    """The best trial's export (see :func:`best_configs`)."""
+    return best_configs(sweep)[0]
+
+
+def _export(sweep: SweepDir, meta: dict[str, Any], trial: FrozenTrial, rank: int) -> dict[str, Any]:
+    config = dict(trial.user_attrs["config"])
     return {
         "trainer": meta["trainer"],
         "epochs": int(meta["epochs"]),
         "threads": int(meta.get("threads", 1)),
-        "metric": {"name": meta["metric"], "mode": meta["mode"], "value": float(best.value or 0.0)},
-        "config": dict(best.user_attrs["config"]),
+        "metric": {"name": meta["metric"], "mode": meta["mode"], "value": float(trial.value or 0.0)},
+        "config": config,
         "source": {
             "sweep": sweep.name,
-            "trial": best.number,
-            "mlflow_run_id": best.user_attrs.get("mlflow_run_id", ""),
+            "rank": rank,
+            "trial": trial.number,
+            "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
             "tracking_uri": meta.get("tracking_uri", ""),
             "optuna_storage": sweep.storage_uri,
+            "seed": config.get("seed", meta.get("seed")),
+            "precision": config.get("precision", "fp32"),
+            "skipped_share": float(trial.user_attrs.get("skipped_share", 0.0)),
+            "git_commit": meta.get("git_commit", ""),
+            "version": meta.get("version", ""),
         },
     }
 
@@ -41,9 +73,15 @@ def write_export(data: dict[str, Any], path: str | Path) -> Path:
     out = Path(path)
     source, metric = data["source"], data["metric"]
     header = (
-        f"# Best trial of sweep {source['sweep']}: trial {source['trial']}, "
+        f"# Trial {source['trial']} of sweep {source['sweep']} (rank {source.get('rank', 1)}): "
         f"{metric['name']}={metric['value']:.6g} ({metric['mode']}).\n"
         f"# Train from it: sweeps train {out.name}\n"
     )
     out.write_text(header + yaml.safe_dump(data, sort_keys=False))
     return out
+
+
+def ranked_path(path: str | Path, rank: int) -> Path:
+    """``best.yaml`` for rank 1, ``best.2.yaml`` for rank 2, ..."""
+    out = Path(path)
+    return out if rank == 1 else out.with_name(f"{out.stem}.{rank}{out.suffix}")

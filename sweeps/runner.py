@@ -11,6 +11,8 @@ from typing import TextIO
 
 import yaml
 
+from sweeps import __version__
+from sweeps.record import git_commit
 from sweeps.spec import SweepSpec
 from sweeps.state import COMPLETED, INTERRUPTED, RUNNING, SweepState
 from sweeps.store import SweepDir, default_name, new_sweep_dir
@@ -108,13 +110,37 @@ def run_sweep(
     )
     interrupted = False
     try:
-        tuner.fit()
+        results = tuner.fit()
+        _log_best_checkpoints(results, state, tracker, spec)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         interrupted = _close_open_trials(searcher, state, tracker) or interrupted
-        _finish_parent(tracker, state, sweep, meta, interrupted)
+        _finish_parent(tracker, state, sweep, meta, interrupted, study)
     return SweepResult(sweep, state, parent, uri, interrupted)
+
+
+def _log_best_checkpoints(results: object, state: SweepState, tracker: SweepTracker, spec: SweepSpec) -> None:
+    """Upload the last checkpoint of the best completed trials, each under its size limit."""
+    from sweeps.state import ENGINE_KEY
+
+    sign = 1.0 if spec.mode == "min" else -1.0
+    done = [r for r in state.trials.values() if r.status == COMPLETED and r.value is not None]
+    ranked = sorted(done, key=lambda r: sign * float(r.value or 0.0))[: spec.record.checkpoints]
+    wanted = {r.run_id: r for r in ranked}
+    limit = spec.record.checkpoint_max_mb * 1024 * 1024
+    for result in results:  # type: ignore[attr-defined]
+        run_id = (result.config or {}).get(ENGINE_KEY, {}).get("run_id")
+        if run_id not in wanted or result.checkpoint is None:
+            continue
+        with result.checkpoint.as_directory() as folder:
+            size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+            if size > limit:
+                tracker.log_text(
+                    run_id, f"checkpoint of {size / 2**20:.1f} MB over the limit", "checkpoint/SKIPPED.txt"
+                )
+                continue
+            tracker.log_artifacts(run_id, Path(folder), "checkpoint")
 
 
 def _parent_params(spec: SweepSpec, sweep: SweepDir) -> dict[str, object]:
@@ -146,6 +172,8 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
         "parent_run_id": tracker.parent_run_id,
         "optuna_storage": sweep.storage_uri,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+        "version": __version__,
         "status": "running",
     }
 
@@ -168,11 +196,21 @@ def _close_open_trials(searcher: object, state: SweepState, tracker: SweepTracke
 
 
 def _finish_parent(
-    tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool
+    tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool, study: object
 ) -> None:
     from sweeps.live import divergence_summary, summary_table
+    from sweeps.report import result_rows, write_report
 
-    tracker.log_text(tracker.parent_run_id, summary_table(state) + "\n\n" + divergence_summary(state), "summary.txt")
+    notes = divergence_summary(state)
+    tracker.log_text(tracker.parent_run_id, summary_table(state) + "\n\n" + notes, "summary.txt")
+    status = INTERRUPTED if interrupted else COMPLETED
+    meta = {**meta, "status": status}
+    try:
+        files = write_report(sweep.name, meta, result_rows(state), notes, study, sweep.path / "report")  # type: ignore[arg-type]
+        for path in files:
+            tracker.log_artifact(tracker.parent_run_id, path, "report")
+    except Exception as exc:  # noqa: BLE001 - the report must not cost the sweep its record
+        tracker.log_text(tracker.parent_run_id, f"report failed: {exc!r}", "report/error.txt")
     tags = {f"sweep.{status}": str(n) for status, n in state.counts.items()}
     tags.update({f"sweep.diverged.{signal}": str(n) for signal, n in state.diverged_by.items()})
     if state.best is not None and state.best.value is not None:
@@ -180,6 +218,5 @@ def _finish_parent(
         tags["sweep.best_run_id"] = state.best.run_id
         tags[f"sweep.best_{state.metric}"] = f"{state.best.value:.6g}"
         tracker.log_text(tracker.parent_run_id, yaml.safe_dump(state.best.params, sort_keys=False), "best_config.yaml")
-    status = INTERRUPTED if interrupted else COMPLETED
     tracker.finish_run(tracker.parent_run_id, status, "", tags)
-    sweep.write_meta({**meta, "status": status})
+    sweep.write_meta(meta)

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
@@ -50,6 +51,7 @@ class OptunaSearcher(Searcher):
         self.reported: dict[str, int] = {}
         self.asked = 0
         self.rescues: deque[TrialRecord] = deque()
+        self.spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
 
     @property
     def max_ray_trials(self) -> int:
@@ -103,6 +105,7 @@ class OptunaSearcher(Searcher):
             "threads": max(1, int(self.spec.budget.cpus_per_trial)),
             "tracking_uri": self.tracker.uri,
             "run_id": run_id,
+            "spec_text": self.spec_text,
             "divergence": {
                 "enabled": self.spec.divergence.enabled,
                 "signals": self.spec.divergence.signals,
@@ -135,6 +138,8 @@ class OptunaSearcher(Searcher):
 
     def _tell(self, trial: optuna.Trial, record: TrialRecord) -> None:
         trial.set_user_attr("status", record.status)
+        trial.set_user_attr("steps", record.steps)
+        trial.set_user_attr("skipped_share", record.skipped_share)
         if record.status == COMPLETED:
             self.study.tell(trial, record.value)
         elif record.status == PRUNED:

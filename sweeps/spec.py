@@ -21,7 +21,8 @@ from trainables.config import ConfigError, build_config, coerce, field_types
 from trainables.registry import TrainerLoadError, load_trainer
 
 TOP_KEYS = {
-    "name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "divergence", "fixed", "params",
+    "name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "divergence", "record", "fixed",
+    "params",
 }  # fmt: skip
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -66,6 +67,14 @@ class Search:
 
 
 @dataclass
+class Record:
+    """What goes to MLflow beyond metrics: the best trials' checkpoints, within a size limit."""
+
+    checkpoints: int = 3
+    checkpoint_max_mb: float = 500.0
+
+
+@dataclass
 class SweepSpec:
     """A validated sweep spec. ``raw`` is the mapping it was built from, overrides applied."""
 
@@ -78,6 +87,7 @@ class SweepSpec:
     asha: Asha
     search: Search
     divergence: DivergenceSettings
+    record: Record
     fixed: dict[str, Any]
     params: dict[str, ParamSpec]
     raw: dict[str, Any] = field(default_factory=dict)
@@ -180,6 +190,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     asha = _asha(raw.get("asha", {}), budget, problems)
     search = _search(raw.get("search", {}), problems)
     divergence = _divergence(raw.get("divergence", {}), problems)
+    record = _record(raw.get("record", {}), problems)
     fixed = _fixed(raw.get("fixed", {}), types, problems)
     params = parse_params(raw.get("params", {}), types, fixed, problems)
     if trainer_cls is not None:
@@ -196,6 +207,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         asha=asha,
         search=search,
         divergence=divergence,
+        record=record,
         fixed=fixed,
         params=params,
         raw=raw,
@@ -296,6 +308,17 @@ def _search(value: Any, problems: Problems) -> Search:
     startup = as_int(section.get("n_startup_trials", 5), "search.n_startup_trials", problems, minimum=0)
     search.n_startup_trials = startup if startup is not None else 5
     return search
+
+
+def _record(value: Any, problems: Problems) -> Record:
+    section = _section(value, "record", problems)
+    _unknown(section, {"checkpoints", "checkpoint_max_mb"}, "record", problems)
+    record = Record()
+    count = as_int(section.get("checkpoints", record.checkpoints), "record.checkpoints", problems, minimum=0)
+    size = as_number(section.get("checkpoint_max_mb", record.checkpoint_max_mb), "record.checkpoint_max_mb", problems)
+    record.checkpoints = count if count is not None else record.checkpoints
+    record.checkpoint_max_mb = size if size is not None else record.checkpoint_max_mb
+    return record
 
 
 def _divergence(value: Any, problems: Problems) -> DivergenceSettings:

@@ -33,8 +33,15 @@ class TrialRecord:
     epochs: int = 0
     signal: str = ""
     diverged_at: int | None = None
+    steps: int = 0
+    skipped_steps: int = 0
     rescue_of: TrialRecord | None = None
     rescue: TrialRecord | None = None
+
+    @property
+    def skipped_share(self) -> float:
+        """Share of optimizer steps that overflowed (were skipped by the loss scaler)."""
+        return self.skipped_steps / self.steps if self.steps else 0.0
 
     @property
     def label(self) -> str:
@@ -64,6 +71,8 @@ class SweepState:
         if not result:
             return
         record.epochs = int(result.get("training_iteration", record.epochs) or record.epochs)
+        record.steps = int(result.get("sweep/steps", record.steps))
+        record.skipped_steps = int(result.get("sweep/skipped_steps", record.skipped_steps))
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             record.value = float(value)

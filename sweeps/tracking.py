@@ -179,6 +179,14 @@ class SweepTracker:
         """Store ``text`` as an artifact file of ``run_id``."""
         retry(lambda: self.client.log_text(run_id, text, path), f"log {path}")
 
+    def log_artifacts(self, run_id: str, folder: Path, into: str) -> None:
+        """Upload a folder's files as artifacts of ``run_id`` under ``into``."""
+        retry(lambda: self.client.log_artifacts(run_id, str(folder), into), f"log {into}")
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        """Upload a file as an artifact of ``run_id``."""
+        retry(lambda: self.client.log_artifact(run_id, str(path), folder), f"log {path.name}")
+
 
 class _Sender:
     """Sends MLflow calls from a background thread, in order, retrying each until it succeeds.

@@ -19,6 +19,7 @@ import torch
 from ray import tune
 
 from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
+from sweeps.record import CurveHistory, environment_json, trainer_source
 from sweeps.state import ENGINE_KEY
 from sweeps.tracking import TrialLogger
 from trainables.config import build_config
@@ -56,13 +57,15 @@ def run_trial(config: dict[str, Any]) -> None:
     engine = config[ENGINE_KEY]
     params = {key: value for key, value in config.items() if key != ENGINE_KEY}
     logger = TrialLogger(engine["tracking_uri"], engine["run_id"])
+    curves = CurveHistory()
     try:
-        _train(engine, params, logger)
+        _train(engine, params, logger, curves)
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             logger.log_failure(exc)
         raise
     finally:
+        _log_curves(curves, logger)
         logger.close()
 
 
@@ -72,15 +75,20 @@ def _detector(engine: dict[str, Any]) -> DivergenceDetector:
     return DivergenceDetector(DivergenceSettings(**{k: v for k, v in raw.items() if k in fields}) if raw else None)
 
 
-def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger) -> None:
+def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, curves: CurveHistory) -> None:
     torch.set_num_threads(max(1, int(engine.get("threads", 1))))
     trainer_cls = load_trainer(engine["trainer"])
     trainer = trainer_cls(build_config(trainer_cls.Config, params))
     metric, epochs = engine["metric"], int(engine["epochs"])
     detector = _detector(engine)
 
+    counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
+
     def on_step(step: int, metrics: dict[str, float]) -> None:
         logger.add_step(step, metrics)
+        curves.add(step, metrics)
+        counts["sweep/steps"] += 1
+        counts["sweep/skipped_steps"] += float(any(v for k, v in metrics.items() if k.endswith("skipped")))
         found = detector.observe(step, metrics)
         if found is not None:
             raise DivergedError(found)
@@ -89,13 +97,13 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger) 
         trainer.on_step = on_step
     done = _restore(trainer)
     if done == 0:
-        logger.log_config(params)
+        _log_provenance(engine, params, trainer_cls, trainer, logger)
     for epoch in range(done + 1, epochs + 1):
         try:
             metrics = {**trainer.train_epoch(), **trainer.validate()}
         except DivergedError as diverged:
             logger.flush()
-            tune.report({metric: math.nan, "epoch": epoch, **divergence_result(diverged.divergence)})
+            tune.report({metric: math.nan, "epoch": epoch, **counts, **divergence_result(diverged.divergence)})
             return
         if metric not in metrics:
             raise MetricMissingError(
@@ -106,7 +114,32 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger) 
         _log_images(trainer, logger, epoch)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"trainer": trainer.state_dict(), "epoch": epoch}, Path(folder) / CHECKPOINT_FILE)
-            tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+            report = {**metrics, "epoch": epoch, **counts}
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _log_provenance(
+    engine: dict[str, Any], params: dict[str, Any], trainer_cls: type, trainer: Any, logger: TrialLogger
+) -> None:
+    """Config, sweep spec, trainer source and environment: what it takes to rerun this trial."""
+    logger.log_config(params)
+    if engine.get("spec_text"):
+        logger.log_text(engine["spec_text"], "spec.yaml")
+    name, source = trainer_source(trainer_cls)
+    if source:
+        logger.log_text(source, f"source/{name}")
+    logger.log_text(environment_json(str(getattr(trainer, "device", ""))), "environment.json")
+
+
+def _log_curves(curves: CurveHistory, logger: TrialLogger) -> None:
+    if not curves.series:
+        return
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for path in curves.plot(Path(folder)):
+                logger.log_artifact(path, "curves")
+    except Exception as exc:  # noqa: BLE001 - a plot must never hide how the trial ended
+        logger.log_text(f"could not draw curves: {exc}", "curves/error.txt")
 
 
 def _restore(trainer: Any) -> int:

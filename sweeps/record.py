@@ -1,0 +1,120 @@
+"""What a trial records besides metrics: its environment, its trainer's source, its curves.
+
+Runs in the trial's own process (so it describes the node the trial ran on).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "ray", "optuna", "mlflow", "numpy", "pyarrow", "image-sweeps")
+CURVES = {"loss": ("loss",), "loss_scale": ("loss_scale",), "grad_norm": ("grad_norm",)}
+
+
+def git_commit(folder: str | Path = ".") -> str:
+    """The git commit of ``folder`` (with ``-dirty`` for uncommitted changes), or ''."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=folder, capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment(device: str = "") -> dict[str, Any]:
+    """Python, packages, host, device and git commit of the running process."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = ""
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+        "git_commit": git_commit(os.getcwd()),
+        "device": device,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def environment_json(device: str = "") -> str:
+    """:func:`environment` as indented JSON."""
+    return json.dumps(environment(device), indent=2, sort_keys=True)
+
+
+def trainer_source(trainer_cls: type) -> tuple[str, str]:
+    """``(file name, source)`` of the module that defines the trainer, or ``("", "")``."""
+    module = sys.modules.get(trainer_cls.__module__)
+    try:
+        path = inspect.getsourcefile(module) if module else None
+        return (Path(path).name, Path(path).read_text()) if path else ("", "")
+    except (OSError, TypeError):
+        return "", ""
+
+
+class CurveHistory:
+    """Per-step loss, loss-scale and gradient-norm values, kept to draw curves at the end."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, list[tuple[int, float]]] = {}
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        """Keep this step's curve values (keys ``loss``, ``*/loss_scale``, ``*/grad_norm``)."""
+        for key, value in metrics.items():
+            leaf = key.rsplit("/", 1)[-1]
+            if key == "loss" or leaf in ("loss_scale", "grad_norm"):
+                self.series.setdefault(key, []).append((step, float(value)))
+
+    def plot(self, folder: Path) -> list[Path]:
+        """Write ``loss.png``, ``loss_scale.png`` and ``grad_norm.png`` (those with data)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        written = []
+        for name in ("loss", "loss_scale", "grad_norm"):
+            keys = [k for k in self.series if k == name or k.endswith("/" + name)]
+            if not keys:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+            for key in sorted(keys):
+                points = [(s, v) for s, v in self.series[key] if math.isfinite(v)]
+                if points:
+                    ax.plot(*zip(*points, strict=True), label=key, linewidth=1)
+            ax.set_xlabel("step")
+            ax.set_title(name)
+            if name != "loss" or all(v > 0 for k in keys for _, v in self.series[k] if math.isfinite(v)):
+                ax.set_yscale("log")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = folder / f"{name}.png"
+            fig.savefig(path)
+            plt.close(fig)
+            written.append(path)
+        return written
