@@ -197,3 +197,36 @@ def test_diverged_trials_are_recorded_infeasible_and_rescued_at_bf16(workdir: Pa
         assert trial.state == TrialState.COMPLETE and trial.constraints == {"diverged": 1.0}
     text = Path(client.download_artifacts(result.parent_run_id, "summary.txt", str(workdir))).read_text()
     assert "diverged because of precision" in text and "loss_scale 3" in text
+
+
+def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(workdir: Path) -> None:
+    spec = toy_spec("it-every", trials=12, search={"sampler": "random"}, seed=5)
+    spec["asha"] = {"grace_period": 2, "reduction_factor": 2}  # every behavior happens before any cut
+    spec["params"]["behavior"] = {"choices": ["ok", "diverge", "raise", "oom"]}
+    spec["params"]["lr"] = {"type": "float", "low": 1e-4, "high": 1.0, "log": True}
+    result = sweep(workdir, spec)
+    parent, children = runs_of(result)
+    assert len(children) == 12  # exactly one child run per trial, all under the one parent
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    expected = {"diverge": {"diverged"}, "raise": {"failed"}, "oom": {"oom"}, "ok": {"completed", "pruned"}}
+    seen = set()
+    for run in children:
+        status = run.data.tags["sweep.status"]
+        seen.add(status)
+        assert status in expected[run.data.params["behavior"]], run.data.params
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "spec.yaml", "environment.json", "source"} <= artifacts
+        assert ("traceback.txt" in artifacts) == (status in ("failed", "oom"))
+        if status in ("failed", "oom", "diverged"):
+            assert run.data.tags["sweep.reason"]
+        if status == "oom":
+            assert run.data.tags["sweep.reason"].startswith("OutOfMemoryError: CUDA out of memory")
+        if status != "oom" and status != "failed":
+            assert "curves" in artifacts
+        steps = client.get_metric_history(run.info.run_id, "loss")
+        assert len(steps) >= 5  # the first epoch's steps are all there, whatever the ending
+    assert seen == {"completed", "pruned", "diverged", "failed", "oom"}
+    states = {t.user_attrs["status"]: t.state for t in study_of(result).trials}
+    assert states["oom"] == states["diverged"] == TrialState.COMPLETE  # infeasible, not ignored
+    assert states["failed"] == TrialState.FAIL and states["pruned"] == TrialState.PRUNED

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import math
+
+import torch
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,6 +19,8 @@ class ToyConfig:
     mode: str = "a"
     seed: int = 0
     fail_at_epoch: int = 0
+    behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), raise (epoch 2), oom (epoch 2)
+    steps_per_epoch: int = 5
 
 
 class ToyTrainer:
@@ -25,11 +29,22 @@ class ToyTrainer:
     def __init__(self, config: ToyConfig) -> None:
         self.config = config
         self.epoch = 0
+        self.step = 0
+        self.on_step: Any = None
 
     def train_epoch(self) -> dict[str, float]:
         self.epoch += 1
         if self.config.fail_at_epoch and self.epoch >= self.config.fail_at_epoch:
             raise ValueError(f"toy failure at epoch {self.epoch}")
+        if self.epoch == 2 and self.config.behavior == "raise":
+            raise RuntimeError("toy trainer raised")
+        if self.epoch == 2 and self.config.behavior == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        for _ in range(self.config.steps_per_epoch):
+            self.step += 1
+            loss = math.nan if self.epoch == 2 and self.config.behavior == "diverge" else self._loss()
+            if self.on_step is not None:
+                self.on_step(self.step, {"loss": loss, "grad_norm": 1.0})
         return {"train_loss": self._loss()}
 
     def _loss(self) -> float:
@@ -40,7 +55,7 @@ class ToyTrainer:
         return {"val_loss": self._loss()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch}
+        return {"epoch": self.epoch, "step": self.step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
+        self.epoch, self.step = state["epoch"], state["step"]

@@ -6,7 +6,11 @@ import dataclasses
 import importlib
 from typing import Any
 
-BUILTIN = {"vae": "trainables.vae:VAETrainer"}
+BUILTIN = {
+    "vae": "trainables.vae:VAETrainer",
+    "sr_gan": "trainables.sr_gan:SRGANTrainer",
+    "translation_gan": "trainables.translation_gan:TranslationGANTrainer",
+}
 
 
 class TrainerLoadError(ValueError):
