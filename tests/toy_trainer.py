@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import math
-
-import torch
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import torch
 
 
 @dataclass
