@@ -181,10 +181,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Run ``mlflow ui`` on the tracking store (Ctrl-C stops it)."""
-    from sweeps.tracking import resolve_tracking_uri
+    from sweeps.tracking import resolve_tracking_uri, ui_url
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    print(f"MLflow UI for {uri}: http://{args.host}:{args.port}", flush=True)
+    for experiment, experiment_id in _experiments(uri):
+        print(f"  {experiment}: {ui_url(f'http://{args.host}:{args.port}', experiment_id)}", flush=True)
     command = [
         sys.executable,
         "-m",
@@ -201,6 +203,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return subprocess.call(command, env=os.environ.copy())
     except KeyboardInterrupt:
         return 0
+
+
+def _experiments(uri: str) -> list[tuple[str, str]]:
+    """Names and ids of the store's experiments that hold sweeps."""
+    from sweeps.tracking import client
+
+    try:
+        found = client(uri).search_experiments()
+    except Exception:  # noqa: BLE001 - the UI can still start on an empty or new store
+        return []
+    return [(e.name, e.experiment_id) for e in found if e.tags.get("mlflow.experimentKind")]
 
 
 COMMANDS = {

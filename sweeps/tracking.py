@@ -60,6 +60,11 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def ui_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's training runs (not the GenAI overview)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def retry(call: Callable[[], T], what: str, attempts: int = 8, delay: float = 0.5) -> T:
     """Run ``call``, retrying with exponential backoff; re-raise after ``attempts`` failures."""
     for attempt in range(attempts):
