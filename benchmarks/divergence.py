@@ -4,8 +4,9 @@ The same space (lr up to 3, fp32 or fp16, kernel 3 or 5), budget and seed, over 
 with the same traced VAE trainer. Both are judged from the per-step traces:
 
 - a step is *bad* when its loss is not finite, it overflowed (skipped), or its loss is over 20x the
-  best loss so far (after 5 steps); a trial *diverged* when it ends in a run of >= 3 bad steps, or
-  when our detector stopped it; its *onset* is the first step of that final run;
+  best loss so far (after 5 steps); a trial *diverged* when it ends in a run of >= 3 bad steps
+  (>= 1 if it stopped in the middle of an epoch, which only a divergence detector does); its
+  *onset* is the first step of that final run;
 - steps after onset: all steps a diverged trial ran from its onset on, over all steps run;
 - stop latency: steps from onset to the trial's last step;
 - second-half share: diverged trials among the later half of each sweep (by start time);
@@ -119,7 +120,11 @@ def read_traces(trace_dir: Path) -> list[dict[str, Any]]:
 
 
 def onset_of(steps: list[dict[str, Any]]) -> int | None:
-    """Index of the first step of the final run of >= 3 bad steps, or None."""
+    """Index of the first step of the final run of bad steps, or None.
+
+    The run must be >= 3 steps long, except for a trial that stopped in the middle of an epoch
+    (only a divergence detector stops a trial there; ASHA stops at epoch ends): 1 step is enough.
+    """
     best = math.inf
     bad = []
     for i, row in enumerate(steps):
@@ -133,7 +138,8 @@ def onset_of(steps: list[dict[str, Any]]) -> int | None:
         if not flag:
             break
         run += 1
-    return len(steps) - run if run >= 3 else None
+    mid_epoch = len(steps) % (FIXED["train_images"] // FIXED["batch_size"]) != 0
+    return len(steps) - run if run >= (1 if mid_epoch else 3) else None
 
 
 def judge(trials: list[dict[str, Any]], stopped_by_detector: int = 0) -> dict[str, float]:
