@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", default=DEFAULT_ROOT, help=f"folder for sweep state (default: {DEFAULT_ROOT})")
     run.add_argument("--name", help="sweep name (default: the spec's name and the time)")
     run.add_argument("--cpus", type=int, help="CPUs local Ray may use (default: all)")
+    run.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="Ray cluster to run on: its head's host:port (e.g. 10.0.1.23:6379), 'auto', or 'local' for a new "
+        "local Ray (default: $RAY_ADDRESS, which 'ray job submit' sets for its jobs; else a cluster started on "
+        "this machine with 'ray start', else a new local Ray)",
+    )
     run.add_argument("--check", action="store_true", help="validate the spec and exit")
     export = sub.add_parser("export", help="export a sweep's best config")
     export.add_argument("sweep", help="sweep name (or its folder)")
@@ -88,7 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.live import divergence_summary, summary_table
     from sweeps.runner import run_sweep, start_ray
 
-    start_ray(num_cpus=args.cpus)
+    if args.cpus is not None and args.address not in (None, "local"):
+        print(f"note: --cpus sizes a new local Ray; ignored with --address {args.address}", file=sys.stderr)
+    start_ray(num_cpus=args.cpus, address=args.address)
     print(
         f"sweep {spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
         f"{spec.mode}imizing {spec.metric}",

@@ -206,19 +206,21 @@ class DivergenceDetector:
         if cfg is None:
             return None
         for net, norm in _per_net(metrics, "grad_norm").items():
-            if not _finite(norm):
-                continue
+            scaled = net in self.scales or _has_scaler(metrics.get(f"{net}/loss_scale" if net else "loss_scale"), False)
+            if not _finite(norm) and scaled:
+                continue  # an overflow under a loss scaler is the scaler's business
             history = self.grads.setdefault(net, deque(maxlen=int(cfg["window"])))
             streak = self.grad_streaks.setdefault(net, _Streak())
             if len(history) >= cfg["warmup"]:
                 median = statistics.median(history)
-                hit = median > 0 and float(norm) > cfg["factor"] * median
+                hit = not _finite(norm) or (median > 0 and norm > cfg["factor"] * median)
                 if streak.update(hit, step) >= cfg["steps"]:
                     reason = f"{net or 'model'}: grad norm {float(norm):.3g} > {cfg['factor']:g} x median {median:.3g}"
                     return Divergence("grad_explosion", reason, step, streak.start)
                 if hit:
                     continue  # keep spikes out of the median
-            history.append(float(norm))
+            if _finite(norm):
+                history.append(norm)
         return None
 
     def _collapse(self, step: int, metrics: dict[str, Any]) -> Divergence | None:

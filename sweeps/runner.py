@@ -39,7 +39,13 @@ class SweepResult:
 
 
 def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
-    """Start local Ray (all cores unless told) quietly, or connect to ``address``; no-op if started."""
+    """Start local Ray (all cores unless told) quietly, or connect to ``address``; no-op if started.
+
+    ``address`` is what ``ray.init`` takes: ``host:port`` of a running cluster's head (GCS), ``auto``,
+    or ``local`` (always a new local Ray). Without it, Ray's own default applies: ``$RAY_ADDRESS``,
+    else a cluster started on this machine with ``ray start``, else a new local Ray. ``num_cpus``
+    sizes a new local Ray only; a running cluster keeps its own resources.
+    """
     import ray
 
     os.environ.update(ENGINE_ENV)
@@ -50,7 +56,7 @@ def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     ray.init(
         address=address,
-        num_cpus=num_cpus if address is None else None,
+        num_cpus=num_cpus if address in (None, "local") else None,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,

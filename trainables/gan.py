@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
-from trainables.images import dataset, folder_problem, make_grid
-from trainables.precision import AmpNetwork, ScalerSettings, StepStats, precision_problem
+from trainables.images import dataset, make_grid
+from trainables.precision import AmpNetwork, StepStats
 from trainables.runtime import pick_device, restore_rng, rng_state
+from trainables.settings import RunSettings
 
 AdvLoss = Literal["ragan", "vanilla", "hinge", "wgan-gp"]
 ADV_LOSSES = ("ragan", "vanilla", "hinge", "wgan-gp")
@@ -217,7 +218,7 @@ def ssim(output: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: fl
 
 
 @dataclass
-class GANConfig:
+class GANConfig(RunSettings):
     """The fields every GAN trainer has; a trainer's config adds its generator's fields.
 
     Field names are the sweep's parameter names. ``gp_weight`` applies to ``wgan-gp`` only;
@@ -233,18 +234,10 @@ class GANConfig:
     noisy_labels: float = 0.0
     d_updates: int = 1
     d_width: int = 32
-    precision: str = "fp32"
-    init_scale: float = 65536.0
-    growth_interval: int = 2000
-    min_loss_scale: float = 0.0
     batch_size: int = 16
     image_size: int = 64
     train_images: int = 512
     val_images: int = 64
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str = ""
-    diagnostics: bool = True
 
     def problems(self) -> list[tuple[str, str]]:
         """Every shared value that cannot work, as ``(field, message)`` pairs."""
@@ -262,14 +255,7 @@ class GANConfig:
                 found.append((name, f"must be in [0, 0.5), got {getattr(self, name)}"))
         if self.d_updates < 1:
             found.append(("d_updates", f"must be >= 1, got {self.d_updates}"))
-        if self.init_scale <= 0:
-            found.append(("init_scale", f"must be > 0, got {self.init_scale}"))
-        problem = precision_problem(self.precision, pick_device(self.device))
-        if problem:
-            found.append(("precision", problem))
-        if self.data_dir and (problem := folder_problem(self.data_dir)):
-            found.append(("data_dir", problem))
-        return found
+        return found + self.run_problems()
 
 
 def validation_images(config: GANConfig, train_count: int) -> torch.Tensor:
@@ -322,7 +308,7 @@ class PairedGANTrainer:
         """Both networks with their Adam optimizers and loss scalers, the shuffle RNG, the counters."""
         config = self.config
         self.device = pick_device(config.device)
-        scaler = ScalerSettings(config.init_scale, config.growth_interval, config.min_loss_scale)
+        scaler = config.scaler
         self.g = AmpNetwork(
             generator,
             lambda params: torch.optim.Adam(params, lr=config.lr_g, betas=BETAS),

@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
-from trainables.images import dataset, folder_problem, make_grid
-from trainables.precision import AmpNetwork, ScalerSettings, precision_problem
+from trainables.images import dataset, make_grid
+from trainables.precision import AmpNetwork
 from trainables.runtime import pick_device, restore_rng, rng_state, seed_everything
+from trainables.settings import RunSettings
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(RunSettings):
     """Everything a VAE run depends on; field names are the sweep's parameter names."""
 
     lr: float = 1e-3
@@ -30,18 +31,10 @@ class VAEConfig:
     kl_weight: float = 1e-3
     recon_loss: Literal["mse", "l1", "smooth_l1"] = "mse"
     output_activation: Literal["none", "sigmoid", "tanh"] = "sigmoid"
-    precision: str = "fp32"
-    init_scale: float = 65536.0
-    growth_interval: int = 2000
-    min_loss_scale: float = 0.0
     batch_size: int = 32
     image_size: int = 32
     train_images: int = 512
     val_images: int = 128
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str = ""
-    diagnostics: bool = True
 
     def problems(self) -> list[tuple[str, str]]:
         """Every value that cannot work, as ``(field, message)`` pairs."""
@@ -57,14 +50,7 @@ class VAEConfig:
                 found.append((name, f"must be > 0, got {getattr(self, name)}"))
         if self.kl_weight < 0:
             found.append(("kl_weight", f"must be >= 0, got {self.kl_weight}"))
-        if self.init_scale <= 0:
-            found.append(("init_scale", f"must be > 0, got {self.init_scale}"))
-        problem = precision_problem(self.precision, pick_device(self.device))
-        if problem:
-            found.append(("precision", problem))
-        if self.data_dir and (problem := folder_problem(self.data_dir)):
-            found.append(("data_dir", problem))
-        return found
+        return found + self.run_problems()
 
 
 class ConvVAE(nn.Module):
@@ -125,13 +111,12 @@ class VAETrainer:
         seed_everything(config.seed)
         self.train_images = dataset(config.data_dir, config.train_images, config.image_size, config.seed)
         self.val_images = dataset_split(config, self.train_images)
-        scaler = ScalerSettings(config.init_scale, config.growth_interval, config.min_loss_scale)
         self.net = AmpNetwork(
             ConvVAE(config),
             lambda params: torch.optim.Adam(params, lr=config.lr),
             config.precision,
             self.device,
-            scaler,
+            config.scaler,
         )
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
