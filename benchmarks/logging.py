@@ -30,7 +30,7 @@ import torch
 METRICS = 10
 
 
-def calibrate(target_s: float = 0.018) -> int:
+def calibrate(target_s: float = 0.014) -> int:
     """Matrix multiplications per step for about ``target_s`` seconds per step."""
     torch.set_num_threads(1)
     a = torch.randn(192, 192)

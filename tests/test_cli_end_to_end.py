@@ -17,6 +17,7 @@ SPEC = {
     "trainer": "vae",
     "metric": "val_mse",
     "budget": {"trials": 3, "epochs": 2, "concurrency": 2},
+    "asha": False,
     "fixed": {"image_size": 16, "train_images": 64, "val_images": 32, "width": 4, "batch_size": 16},
     "params": {"lr": {"low": "1e-4", "high": "1e-2", "log": True}, "kernel_size": [3, 5]},
 }
@@ -38,10 +39,17 @@ def test_run_export_train(tmp_path: Path) -> None:
     again = sweeps("run", "spec.yaml", "--name", "s1", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
 
-    export = sweeps("export", "s1", "-o", "best.yaml", cwd=tmp_path)
+    report = sweeps("report", "s1", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "completed" in report.stdout and (tmp_path / "sweep_runs" / "s1" / "report" / "report.html").exists()
+
+    export = sweeps("export", "s1", "-o", "best.yaml", "--top-k", "2", "--skip-unstable", cwd=tmp_path)
     assert export.returncode == 0, export.stderr
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    second = yaml.safe_load((tmp_path / "best.2.yaml").read_text())
     assert best["config"]["precision"] == "bf16" and best["epochs"] == 2
+    assert best["metric"]["value"] <= second["metric"]["value"]
+    assert {"mlflow_run_id", "seed", "precision", "git_commit", "version"} <= set(best["source"])
 
     train = sweeps("train", "best.yaml", "--save", "model.pt", cwd=tmp_path)
     assert train.returncode == 0, train.stderr

@@ -100,6 +100,19 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "images"}
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
         assert images == [f"images/epoch_{e:03d}.png" for e in steps]
+    completed = sorted(
+        (r for r in children if r.data.tags["sweep.status"] == "completed"), key=lambda r: r.data.metrics["val_mse"]
+    )
+    for rank, run in enumerate(completed):  # the best 3 keep their checkpoint
+        has_checkpoint = "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert has_checkpoint == (rank < 3)
+        assert {"vae/lr", "vae/loss_scale", "vae/grad_norm", "loss/kl"} <= set(run.data.metrics)
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    expected = {"results.parquet", "results.csv", "importances.json", "report.html", "plots.html"}
+    assert {f"report/{name}" for name in expected} <= report
+    assert {"spec.yaml", "summary.txt", "best_config.yaml"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     trials = study_of(result).trials
     assert len(trials) == 6
     by_number = {str(t.number): t for t in trials}
@@ -230,3 +243,18 @@ def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(wor
     states = {t.user_attrs["status"]: t.state for t in study_of(result).trials}
     assert states["oom"] == states["diverged"] == TrialState.COMPLETE  # infeasible, not ignored
     assert states["failed"] == TrialState.FAIL and states["pruned"] == TrialState.PRUNED
+
+
+@pytest.mark.parametrize("name", ["sr_gan_demo", "translation_gan_demo"])
+def test_a_short_sweep_of_each_gan_trainer(workdir: Path, name: str) -> None:
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "search_spaces" / f"{name}.yaml").read_text())
+    data["name"] = f"it-{name}"
+    data["budget"] = {"trials": 2, "epochs": 2, "concurrency": 2}
+    data["fixed"].update({"image_size": 16, "train_images": 32, "val_images": 16, "batch_size": 8})
+    result = sweep(workdir, data)
+    assert result.state.counts.get("completed", 0) + result.state.counts.get("pruned", 0) == 2
+    _, children = runs_of(result)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    for run in children:
+        assert {"g/loss_scale", "d/grad_norm", "d/real_mean", "d/fake_mean"} <= set(run.data.metrics)
+        assert "images" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -1,7 +1,8 @@
 """Per-step diagnostics every trainer emits, under shared names the engine watches.
 
 Names: ``loss`` (the main network's total), ``loss/<term>`` for each loss term, and per network
-``<net>/loss_scale``, ``<net>/skipped``, ``<net>/grad_norm``, ``<net>/grad_norm_first``,
+``<net>/lr`` (the learning rate), ``<net>/loss_scale``, ``<net>/skipped``, ``<net>/grad_norm``,
+``<net>/grad_norm_first``,
 ``<net>/grad_norm_last``, ``<net>/weight_norm_last``; GANs add ``d/real_mean`` and
 ``d/fake_mean``; ``output_mean`` and ``output_std`` describe the generated images.
 """
@@ -21,6 +22,7 @@ StepHook = Callable[[int, dict[str, float]], None]
 def network_metrics(name: str, net: AmpNetwork, stats: StepStats, full: bool) -> dict[str, float]:
     """One network's step diagnostics; the per-layer ones only when ``full``."""
     metrics = {
+        f"{name}/lr": float(net.optimizer.param_groups[0]["lr"]),
         f"{name}/loss_scale": stats.loss_scale,
         f"{name}/skipped": float(stats.skipped),
         f"{name}/grad_norm": stats.grad_norm,
