@@ -75,7 +75,7 @@ def plain_tune(seed: int, trials: int, trace_dir: Path, storage: Path) -> float:
     return time.monotonic() - start
 
 
-def ours(seed: int, trials: int, trace_dir: Path, storage: Path) -> tuple[float, int]:
+def ours(seed: int, trials: int, trace_dir: Path, storage: Path, diverged_as: str = "infeasible") -> tuple[float, int]:
     """Our engine on the same space; returns wall time and how many trials the detector stopped."""
     from sweeps.runner import run_sweep
     from sweeps.spec import validate_spec
@@ -87,7 +87,7 @@ def ours(seed: int, trials: int, trace_dir: Path, storage: Path) -> tuple[float,
         "seed": seed,
         "budget": {"trials": trials, "epochs": EPOCHS, "concurrency": 2},
         "asha": {"grace_period": 1, "reduction_factor": 2},
-        "search": {"n_startup_trials": 10},  # OptunaSearch's TPE default
+        "search": {"n_startup_trials": 10, "diverged_as": diverged_as},  # 10: OptunaSearch's TPE default
         "fixed": {**FIXED, "trace_dir": str(trace_dir)},
         "params": {
             "lr": {"type": "float", "low": LR[0], "high": LR[1], "log": True},
@@ -211,7 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--systems", default="plain,ours", help="plain, ours, ours-fail (diverged told FAIL)")
     args = parser.parse_args()
+    systems = args.systems.split(",")
 
     import ray
 
@@ -221,7 +223,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="divergence-bench-"))
     rows = []
     for seed in range(args.seeds):
-        for system in ("plain", "ours"):
+        for system in systems:
             traces = root / f"{system}-{seed}" / "traces"
             traces.mkdir(parents=True)
             storage = root / f"{system}-{seed}" / "store"
@@ -229,7 +231,8 @@ def main() -> None:
             if system == "plain":
                 wall, detector_stops = plain_tune(seed, args.trials, traces, storage), 0
             else:
-                wall, detector_stops = ours(seed, args.trials, traces, storage)
+                diverged_as = "fail" if system == "ours-fail" else "infeasible"
+                wall, detector_stops = ours(seed, args.trials, traces, storage, diverged_as)
             figures = judge(read_traces(traces), detector_stops)
             rows.append(
                 {"system": system, "seed": seed, "wall_s": wall, "stopped_by_detector": detector_stops, **figures}
@@ -241,7 +244,7 @@ def main() -> None:
     print(_header())
     for row in rows:
         print(_row(row))
-    for system in ("plain", "ours"):
+    for system in systems:
         mine = [r for r in rows if r["system"] == system]
         print(_row(_mean(system, mine)))
     print()
@@ -252,7 +255,7 @@ def main() -> None:
 
 
 COLUMNS = [
-    ("system", 6, "{}"),
+    ("system", 9, "{}"),
     ("seed", 4, "{}"),
     ("trials", 6, "{:.0f}"),
     ("steps", 6, "{:.0f}"),

@@ -144,7 +144,7 @@ class OptunaSearcher(Searcher):
             self.study.tell(trial, record.value)
         elif record.status == PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
-        elif record.status in (DIVERGED, OOM):
+        elif record.status in (DIVERGED, OOM) and self.spec.search.diverged_as == "infeasible":
             # Infeasible: TPE ranks it below every feasible trial and moves away from its region.
             trial.set_user_attr("reason", record.reason)
             trial.set_constraint(record.status, 1.0)

@@ -60,10 +60,16 @@ class Asha:
 
 @dataclass
 class Search:
-    """The Optuna sampler and how many random trials it starts with."""
+    """The Optuna sampler, its random start-up trials, and how diverged trials are told to it.
+
+    ``diverged_as: infeasible`` (default) tells diverged and out-of-memory trials as infeasible
+    (an Optuna constraint), so TPE moves away from them; ``fail`` tells them FAIL, which TPE
+    ignores (what plain Ray Tune's OptunaSearch does); it exists to measure the difference.
+    """
 
     sampler: str = "tpe"
     n_startup_trials: int = 5
+    diverged_as: str = "infeasible"
 
 
 @dataclass
@@ -299,7 +305,10 @@ def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
 
 def _search(value: Any, problems: Problems) -> Search:
     section = _section(value, "search", problems)
-    _unknown(section, {"sampler", "n_startup_trials"}, "search", problems)
+    _unknown(section, {"sampler", "n_startup_trials", "diverged_as"}, "search", problems)
+    diverged_as = section.get("diverged_as", "infeasible")
+    if diverged_as not in ("infeasible", "fail"):
+        problems.add("search.diverged_as", f"must be 'infeasible' or 'fail', got {diverged_as!r}")
     search = Search()
     sampler = section.get("sampler", "tpe")
     if sampler not in ("tpe", "random"):
@@ -307,6 +316,7 @@ def _search(value: Any, problems: Problems) -> Search:
     search.sampler = str(sampler)
     startup = as_int(section.get("n_startup_trials", 5), "search.n_startup_trials", problems, minimum=0)
     search.n_startup_trials = startup if startup is not None else 5
+    search.diverged_as = str(diverged_as)
     return search
 
 

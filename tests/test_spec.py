@@ -90,6 +90,9 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__lr__high": None}, "params.lr.high", "missing"),
         ({"asha": {"grace_period": 9}}, "asha.grace_period", "more than budget.epochs"),
         ({"colour": "blue"}, "colour", "unknown key"),
+        ({"search": {"diverged_as": "ignore"}}, "search.diverged_as", "'infeasible' or 'fail'"),
+        ({"divergence": {"loss_scale": {"flor": 1}}}, "divergence.loss_scale.flor", "unknown key"),
+        ({"divergence": {"non_finite": {"steps": -1}}}, "divergence.non_finite.steps", "must be >= 0"),
     ],
 )
 def test_each_bad_input_names_its_key(tmp_path: Path, changes: dict[str, object], key: str, fragment: str) -> None:
