@@ -1,217 +1,49 @@
-"""What the GAN trainers share: adversarial losses, a discriminator, quality metrics, the training loop.
+"""What the GAN trainers share: their config and the training loop of a paired GAN.
 
-The training loop is that of a paired GAN (an input image to a target image); the discriminator
-is VGG-style, and PSNR and SSIM score the outputs.
-
-Adversarial losses (``adv_loss``): ``ragan`` (relativistic average, as in ESRGAN), ``vanilla``
-(binary cross-entropy on logits), ``hinge`` and ``wgan-gp`` (Wasserstein with a gradient penalty
-of weight ``gp_weight``). The discriminator's targets can be smoothed (real target
-``1 - label_smoothing``) and flipped at random (each sample with probability ``noisy_labels``).
+A paired GAN maps an input image to a target image; the losses are in ``gan_losses``, the
+discriminator in ``discriminator`` and the quality scores in ``quality`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
+from trainables.discriminator import Discriminator, d_levels
+from trainables.gan_losses import (
+    ADV_LOSSES,
+    AdvLoss,
+    discriminator_loss,
+    frozen,
+    generator_loss,
+    gradient_penalty,
+)
 from trainables.images import dataset, make_grid
 from trainables.precision import AmpNetwork, StepStats
+from trainables.quality import psnr, ssim
 from trainables.runtime import pick_device, restore_rng, rng_state
 from trainables.settings import RunSettings
 
-AdvLoss = Literal["ragan", "vanilla", "hinge", "wgan-gp"]
-ADV_LOSSES = ("ragan", "vanilla", "hinge", "wgan-gp")
+__all__ = [
+    "ADV_LOSSES",
+    "AdvLoss",
+    "Discriminator",
+    "GANConfig",
+    "PairedGANTrainer",
+    "d_levels",
+    "discriminator_loss",
+    "generator_loss",
+    "gradient_penalty",
+    "psnr",
+    "ssim",
+    "validation_images",
+]
+
 BETAS = (0.9, 0.99)
-
-
-# Adversarial losses ---------------------------------------------------------------------------
-
-
-def _targets(logits: torch.Tensor, real: bool, smoothing: float, noisy: float) -> torch.Tensor:
-    """Per-sample targets in [0, 1]: ``1 - smoothing`` for real, 0 for fake, some flipped."""
-    targets = torch.full_like(logits, 1.0 - smoothing if real else 0.0)
-    if noisy > 0:
-        flip = torch.rand(len(logits), device=logits.device) < noisy
-        flip = flip.view(-1, *[1] * (logits.dim() - 1))
-        targets = torch.where(flip, (1.0 - smoothing) - targets, targets)
-    return targets
-
-
-def discriminator_loss(
-    kind: str, real: torch.Tensor, fake: torch.Tensor, smoothing: float = 0.0, noisy: float = 0.0
-) -> torch.Tensor:
-    """The discriminator's loss from its logits on real and on generated samples.
-
-    For ``hinge`` and ``wgan-gp`` a target ``t`` acts as the sign ``2t - 1``, so smoothing
-    shrinks the real side's weight and a flipped label swaps sides. The gradient penalty is
-    not included (see :func:`gradient_penalty`).
-
-    Args:
-        kind: one of :data:`ADV_LOSSES`.
-        real: logits on real samples, float32, first dimension the batch.
-        fake: logits on generated samples, same shape.
-        smoothing: label smoothing; the real target is ``1 - smoothing``.
-        noisy: probability of flipping each sample's label.
-
-    Returns:
-        The scalar loss.
-    """
-    t_real, t_fake = _targets(real, True, smoothing, noisy), _targets(fake, False, smoothing, noisy)
-    if kind == "ragan":
-        real, fake = real - fake.mean(0, keepdim=True), fake - real.mean(0, keepdim=True)
-    if kind in ("ragan", "vanilla"):
-        return 0.5 * (
-            F.binary_cross_entropy_with_logits(real, t_real) + F.binary_cross_entropy_with_logits(fake, t_fake)
-        )
-    s_real, s_fake = 2 * t_real - 1, 2 * t_fake - 1
-    if kind == "hinge":
-        return F.relu(1 - s_real * real).mean() + F.relu(1 - s_fake * fake).mean()
-    if kind == "wgan-gp":
-        return -(s_real * real).mean() - (s_fake * fake).mean()
-    raise ValueError(f"unknown adversarial loss {kind!r} (known: {', '.join(ADV_LOSSES)})")
-
-
-def generator_loss(kind: str, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
-    """The generator's adversarial loss from the discriminator's logits.
-
-    Args:
-        kind: one of :data:`ADV_LOSSES`.
-        fake: logits on generated samples (gradients flow through them to the generator).
-        real: logits on real samples, needed by ``ragan`` only (treated as constants).
-
-    Returns:
-        The scalar loss.
-    """
-    if kind == "ragan":
-        if real is None:
-            raise ValueError("ragan needs the logits on real samples")
-        real = real.detach()
-        real_rel, fake_rel = real - fake.mean(0, keepdim=True), fake - real.mean(0, keepdim=True)
-        return 0.5 * (
-            F.binary_cross_entropy_with_logits(real_rel, torch.zeros_like(real_rel))
-            + F.binary_cross_entropy_with_logits(fake_rel, torch.ones_like(fake_rel))
-        )
-    if kind == "vanilla":
-        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-    if kind in ("hinge", "wgan-gp"):
-        return -fake.mean()
-    raise ValueError(f"unknown adversarial loss {kind!r} (known: {', '.join(ADV_LOSSES)})")
-
-
-def gradient_penalty(net: AmpNetwork, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP penalty ``(|grad D(x)| - 1)^2`` at random mixes of real and fake samples.
-
-    Computed outside autocast with float32 inputs (and, under fp16-o2 where the weights are
-    float16, with the gradient norm taken in float32), so it stays finite in every precision.
-    """
-    eps = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
-    mixed = (eps * real.detach().float() + (1 - eps) * fake.detach().float()).requires_grad_(True)
-    with torch.autocast(net.device.type, enabled=False):
-        out = net.model(mixed.to(net.input_dtype)).float()
-        (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)
-    return ((grad.float().flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Turn off gradients for ``model``'s parameters inside the block (inputs still get them)."""
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-
-
-# Discriminator ------------------------------------------------------------------------------
-
-
-def d_levels(image_size: int) -> int:
-    """Stride-2 levels of the discriminator: halve while the side stays >= 4 (at most 4 times)."""
-    levels, side = 0, image_size
-    while levels < 4 and side % 2 == 0 and side // 2 >= 4:
-        levels, side = levels + 1, side // 2
-    return levels
-
-
-class Discriminator(nn.Module):
-    """VGG-style discriminator: a 3x3 conv, then per level a stride-2 3x3 conv and a widening 3x3 conv.
-
-    Every conv is followed by LeakyReLU(0.2); there are no norm layers (the gradient penalty
-    needs per-sample gradients). Widths double per level from ``width`` (capped at
-    ``8 * width``); :func:`d_levels` says how many levels. The head is either
-    ``linear`` (flatten, Linear to 100, LeakyReLU, Linear to one logit per image, as in ESRGAN)
-    or ``patch`` (a 3x3 conv to one logit per location, as in pix2pix's PatchGAN).
-
-    Args:
-        in_channels: image channels (6 for a conditional discriminator on input and output).
-        width: channels of the first level.
-        image_size: side of the square inputs.
-        head: ``linear`` or ``patch``.
-    """
-
-    def __init__(self, in_channels: int, width: int, image_size: int, head: Literal["linear", "patch"]) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2)]
-        channels, side = width, image_size
-        for level in range(d_levels(image_size)):
-            out = width * 2 ** min(level + 1, 3)
-            layers += [nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.LeakyReLU(0.2)]
-            channels, side = out, side // 2
-        self.features = nn.Sequential(*layers)
-        if head == "linear":
-            self.head: nn.Module = nn.Sequential(
-                nn.Flatten(), nn.Linear(channels * side * side, 100), nn.LeakyReLU(0.2), nn.Linear(100, 1)
-            )
-        else:
-            self.head = nn.Conv2d(channels, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits: (N, 1) for the linear head, (N, 1, h, w) for the patch head."""
-        return self.head(self.features(x))
-
-
-# Image quality --------------------------------------------------------------------------------
-
-
-def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per image (values in [0, 1]); shape (N,)."""
-    mse = (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
-def ssim(output: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity per image with a Gaussian window (values in [0, 1]); shape (N,).
-
-    The window shrinks to the image side (kept odd) for small images; no padding is used.
-    """
-    x, y = output.float(), target.float()
-    size = min(window, x.shape[-1], x.shape[-2])
-    size -= 1 - size % 2
-    coords = torch.arange(size, dtype=torch.float32, device=x.device) - size // 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, size, size)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=x.shape[1])
-
-    c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return value.flatten(1).mean(dim=1)
 
 
 # Config ---------------------------------------------------------------------------------------
