@@ -104,6 +104,8 @@ def run_sweep(
             num_samples=searcher.max_ray_trials,
             max_concurrent_trials=spec.budget.concurrency,
             reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
             name="ray",
@@ -124,6 +126,11 @@ def run_sweep(
         interrupted = _close_open_trials(searcher, state, tracker) or interrupted
         _finish_parent(tracker, state, sweep, meta, interrupted, study)
     return SweepResult(sweep, state, parent, uri, interrupted)
+
+
+def _trial_name(trial: object) -> str:
+    """Ray's name and folder for a trial: its id (Ray's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"  # type: ignore[attr-defined]
 
 
 def _log_best_checkpoints(results: object, state: SweepState, tracker: SweepTracker, spec: SweepSpec) -> None:
