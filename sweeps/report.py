@@ -116,8 +116,9 @@ def _png_plots(study: optuna.Study, folder: Path) -> list[Path]:
             result = getattr(mpl_vis, f"plot_{name}")(study)
         except (ValueError, RuntimeError, ImportError):
             continue
+        panels = len(result.flat) if hasattr(result, "flat") else 1  # slice: one panel per parameter
         figure = result.flat[0].figure if hasattr(result, "flat") else result.figure
-        figure.set_size_inches(max(figure.get_size_inches()[0], 7), 4.5)
+        figure.set_size_inches(max(7.0, 3.2 * panels), 4.5)
         figure.tight_layout()
         path = folder / f"{name}.png"
         figure.savefig(path, dpi=90)
@@ -191,7 +192,7 @@ def html_page(title: str, meta: dict[str, Any], rows: list[dict[str, Any]], note
 body{{font:14px system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}} th{{background:#f3f3f3}}
 tr.best{{background:#e8f6e8}} tr.diverged{{background:#fdecea}} tr.pruned{{color:#777}}
-figure{{display:inline-block;margin:0 1em 1em 0}} img{{max-width:560px}} pre{{background:#f6f6f6;padding:.6em}}
+figure{{display:inline-block;margin:0 1em 1em 0}} img{{max-width:100%}} pre{{background:#f6f6f6;padding:.6em}}
 </style></head><body>
 <h1>Sweep {html.escape(title)}</h1>
 {_dl(facts)}
