@@ -9,7 +9,6 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from sweeps.state import SweepState, TrialRecord
-from sweeps.tracking import param_text
 
 
 def status_line(state: SweepState, total: int, elapsed: float) -> str:
@@ -109,16 +108,9 @@ class LiveView(Callback):
 
 def summary_table(state: SweepState) -> str:
     """A plain-text table of every trial: number, status, metric, epochs, sampled values, reason."""
+    from sweeps.report import result_rows, terminal_table
+
+    rows = result_rows(state)
     records = sorted(state.trials.values(), key=lambda r: (r.number, r.rescue_of is not None))
-    names = list(dict.fromkeys(name for r in records for name in r.sampled))
-    header = ["trial", "status", state.metric, "epochs", *names, "reason"]
-    rows = [header]
-    for r in records:
-        mark = "*" if state.best is r else " "
-        value = f"{r.value:.5g}" if r.value is not None else "-"
-        cells = [f"{mark}{r.label}", r.status, value, str(r.epochs)]
-        cells += [param_text(r.sampled[n]) if n in r.sampled else "-" for n in names]
-        rows.append([*cells, r.reason[:60]])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+    sampled = list(dict.fromkeys(name for r in records for name in r.sampled))
+    return terminal_table(rows, state.metric, sampled)

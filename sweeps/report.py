@@ -21,6 +21,7 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 
 from sweeps.state import SweepState
+from sweeps.tracking import param_text
 
 PLOTS = ("optimization_history", "parallel_coordinate", "slice")
 
@@ -146,9 +147,10 @@ def _html_plots(study: optuna.Study, folder: Path) -> list[Path]:
     return [path]
 
 
-def terminal_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The results as a plain-text table."""
-    params = list(dict.fromkeys(k for row in rows for k in row if k.startswith("param.")))
+def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | None = None) -> str:
+    """The results as a plain-text table; parameter columns ``names`` (default: every parameter)."""
+    every = [k[6:] for k in dict.fromkeys(k for row in rows for k in row if k.startswith("param."))]
+    params = [f"param.{name}" for name in (every if names is None else names)]
     header = ["trial", "status", metric, "epochs", *[p[6:] for p in params], "reason"]
     lines = [header]
     for row in rows:
@@ -163,11 +165,7 @@ def terminal_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def _short(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return "-" if value is None else param_text(value)
 
 
 def html_page(title: str, meta: dict[str, Any], rows: list[dict[str, Any]], notes: str, folder: Path) -> str:
