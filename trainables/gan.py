@@ -22,7 +22,7 @@ from trainables.gan_losses import (
     generator_loss,
     gradient_penalty,
 )
-from trainables.images import dataset, make_grid
+from trainables.images import make_grid, validation_images
 from trainables.precision import AmpNetwork, StepStats
 from trainables.quality import psnr, ssim
 from trainables.runtime import pick_device, restore_rng, rng_state
@@ -88,14 +88,6 @@ class GANConfig(RunSettings):
         if self.d_updates < 1:
             found.append(("d_updates", f"must be >= 1, got {self.d_updates}"))
         return found + self.run_problems()
-
-
-def validation_images(config: GANConfig, train_count: int) -> torch.Tensor:
-    """Validation images: procedural with another seed, or the folder's images after the training ones."""
-    if not config.data_dir:
-        return dataset("", config.val_images, config.image_size, config.seed + 10_000)
-    everything = dataset(config.data_dir, config.train_images + config.val_images, config.image_size, config.seed)
-    return everything[train_count:] if len(everything) > train_count else everything[-config.val_images :]
 
 
 # The paired GAN training loop -----------------------------------------------------------------

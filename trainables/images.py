@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,17 @@ def dataset(data_dir: str, count: int, size: int, seed: int) -> torch.Tensor:
     if not data_dir:
         return procedural_images(count, size, seed)
     return load_image_folder(data_dir, size, limit=count)
+
+
+def validation_images(config: Any, train_count: int) -> torch.Tensor:
+    """Validation images: procedural with another seed, or the folder's images after ``train_count``.
+
+    ``config`` has ``data_dir``, ``train_images``, ``val_images``, ``image_size`` and ``seed``.
+    """
+    if not config.data_dir:
+        return dataset("", config.val_images, config.image_size, config.seed + 10_000)
+    everything = dataset(config.data_dir, config.train_images + config.val_images, config.image_size, config.seed)
+    return everything[train_count:] if len(everything) > train_count else everything[-config.val_images :]
 
 
 def make_grid(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
-from trainables.images import dataset, make_grid
+from trainables.images import dataset, make_grid, validation_images
 from trainables.precision import AmpNetwork
 from trainables.runtime import pick_device, restore_rng, rng_state, seed_everything
 from trainables.settings import RunSettings
@@ -110,7 +110,7 @@ class VAETrainer:
         self.device = pick_device(config.device)
         seed_everything(config.seed)
         self.train_images = dataset(config.data_dir, config.train_images, config.image_size, config.seed)
-        self.val_images = dataset_split(config, self.train_images)
+        self.val_images = validation_images(config, len(self.train_images))
         self.net = AmpNetwork(
             ConvVAE(config),
             lambda params: torch.optim.Adam(params, lr=config.lr),
@@ -217,11 +217,3 @@ class VAETrainer:
         restore_rng(state["rng"])
         self.epoch = state["epoch"]
         self.step = state["step"]
-
-
-def dataset_split(config: VAEConfig, train: torch.Tensor) -> torch.Tensor:
-    """Validation images: procedural with another seed, or the folder's images after the training ones."""
-    if not config.data_dir:
-        return dataset("", config.val_images, config.image_size, config.seed + 10_000)
-    everything = dataset(config.data_dir, config.train_images + config.val_images, config.image_size, config.seed)
-    return everything[len(train) :] if len(everything) > len(train) else everything[-config.val_images :]
