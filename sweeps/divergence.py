@@ -192,10 +192,9 @@ class DivergenceDetector:
             return None
         alpha = cfg["smoothing"]
         self.loss_ema = float(loss) if self.loss_ema is None else alpha * self.loss_ema + (1 - alpha) * float(loss)
-        if self.steps_seen <= cfg["warmup"]:
-            self.best_ema = min(self.best_ema, self.loss_ema)
-            return None
         self.best_ema = min(self.best_ema, self.loss_ema)
+        if self.steps_seen <= cfg["warmup"]:
+            return None
         if self.best_ema > 0 and self.loss_ema > cfg["factor"] * self.best_ema:
             reason = f"smoothed loss {self.loss_ema:.4g} > {cfg['factor']:g} x its best {self.best_ema:.4g}"
             return Divergence("loss_explosion", reason, step, step)
