@@ -219,7 +219,7 @@ def main() -> None:
 
     from sweeps.runner import start_ray
 
-    start_ray(num_cpus=2)
+    start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     root = Path(tempfile.mkdtemp(prefix="divergence-bench-"))
     rows = []
     for seed in range(args.seeds):

@@ -159,7 +159,7 @@ def main() -> None:
     rows = [("floor", floor * 1000, floor * args.steps, 0)]
     times, wall, run_id = run_ours_in_process(uri, args.steps, repeats)
     rows.append(("ours", statistics.median(times) * 1000, wall, stored(uri, run_id)))
-    start_ray(num_cpus=2)
+    start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     for mode in ("report", "mlflow-cb", "ours"):
         step_ms, wall, run_id = run_ray(uri, mode, args.steps, repeats, folder / "ray")
         rows.append((f"ray-{mode}", step_ms, wall, stored(uri, run_id)))

@@ -116,7 +116,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="overhead-bench-"))
     rows = [("floor (optuna+mlflow)", floor(args.trials, folder))]
-    start_ray(num_cpus=2)
+    start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     plain = {reuse: ray_tune(args.trials, folder, reuse) for reuse in (False, True)}
     rows += [(f"ray-tune reuse_actors={reuse}", wall) for reuse, wall in plain.items()]
     mine, _ = ours(args.trials, folder)

@@ -18,7 +18,7 @@ def ray_session() -> Iterator[None]:
 
     # Trial processes import test trainers (tests.toy_trainer) by path.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    start_ray(num_cpus=2)
+    start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     yield
     ray.shutdown()
 
