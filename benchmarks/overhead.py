@@ -8,8 +8,10 @@ Each trial does almost nothing and reports 10 times (10 "epochs"). Compared:
 - ``ours``: our engine with full recording (MLflow parent/child runs, step logging, artifacts,
   checkpoints, Optuna study on disk).
 
-Prints seconds per trial, results per second and the ratios; ``--big N`` also runs N trials of
-ours and prints the driver's peak memory and time per trial for the first and last hundred.
+Prints seconds per trial, results per second and the ratios, and for ours the idle gap of each
+trial slot between one trial's last epoch and the next trial's first (median and max). ``--big N``
+also runs N trials of ours and prints the driver's peak memory and seconds per trial over the
+first and last hundred, and the sampler's time to suggest a trial around trial 100 and trial N.
 
 Run: .venv/bin/python -m benchmarks.overhead [--trials 40] [--big 0]
 """
@@ -18,13 +20,92 @@ from __future__ import annotations
 
 import argparse
 import io
-import resource
+import json
+import math
+import os
+import statistics
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from tests.toy_trainer import ToyConfig, ToyTrainer
 
 REPORTS = 10
+
+
+@dataclass
+class TimedConfig(ToyConfig):
+    """The toy trainer's config plus the folder its timing lines go to."""
+
+    trace_dir: str = ""
+
+
+class TimedToy(ToyTrainer):
+    """The toy trainer, writing when it was built and when its last epoch ended, with its pid."""
+
+    Config: ClassVar[type] = TimedConfig
+
+    def __init__(self, config: TimedConfig) -> None:
+        super().__init__(config)
+        self._write("start")
+
+    def validate(self) -> dict[str, float]:
+        metrics = super().validate()
+        if self.epoch == REPORTS:
+            self._write("end")
+        return metrics
+
+    def _write(self, event: str) -> None:
+        folder = getattr(self.config, "trace_dir", "")
+        if folder:
+            with open(Path(folder) / f"{os.getpid()}.jsonl", "a") as out:
+                out.write(json.dumps({"event": event, "t": time.time()}) + "\n")
+
+
+def slot_gaps(folder: Path) -> list[float]:
+    """Seconds each trial process sat between a trial's last epoch and the next trial's start."""
+    gaps = []
+    for path in folder.glob("*.jsonl"):
+        events = [json.loads(line) for line in path.read_text().splitlines()]
+        ends = [e["t"] for e in events if e["event"] == "end"]
+        starts = [e["t"] for e in events if e["event"] == "start"]
+        gaps += [min((s - end for s in starts if s > end), default=math.inf) for end in ends]
+    return [g for g in gaps if g != math.inf]
+
+
+def trial_ends(folder: Path) -> list[float]:
+    """Wall times at which trials ended, sorted."""
+    return sorted(
+        json.loads(line)["t"]
+        for path in folder.glob("*.jsonl")
+        for line in path.read_text().splitlines()
+        if json.loads(line)["event"] == "end"
+    )
+
+
+class RssSampler:
+    """Samples this process's resident memory every ``period`` seconds in a thread."""
+
+    def __init__(self, period: float = 0.5) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.period = period
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.done.wait(self.period):
+            with open("/proc/self/statm") as statm:
+                rss = int(statm.read().split()[1]) * page / 2**20
+            self.samples.append((time.time(), rss))
+
+    def peak(self, start: float, end: float) -> float:
+        """Peak RSS in MB between two wall times."""
+        return max((mb for t, mb in self.samples if start <= t <= end), default=math.nan)
 
 
 def floor(trials: int, folder: Path) -> float:
@@ -86,24 +167,57 @@ def ray_tune(trials: int, folder: Path, reuse: bool) -> float:
     return time.perf_counter() - start
 
 
-def ours(trials: int, folder: Path, name: str = "ours") -> tuple[float, Any]:
-    """Our engine with full recording on the toy trainer."""
+def ours(trials: int, folder: Path, name: str = "ours") -> tuple[float, Any, Path]:
+    """Our engine with full recording on the toy trainer; returns wall, result and trace folder."""
     from sweeps.runner import run_sweep
     from sweeps.spec import validate_spec
 
+    traces = folder / f"{name}-traces"
+    traces.mkdir()
     raw = {
         "name": name,
-        "trainer": "tests.toy_trainer:ToyTrainer",
+        "trainer": "benchmarks.overhead:TimedToy",
         "metric": {"name": "val_loss", "mode": "min"},
         "budget": {"trials": trials, "epochs": REPORTS},
         "asha": {"grace_period": REPORTS},  # like plain Tune's ASHA here: nothing is cut before the end
         "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
-        "fixed": {"steps_per_epoch": 1},
+        "fixed": {"steps_per_epoch": 1, "trace_dir": str(traces)},
     }
     spec = validate_spec(raw, "<benchmark>", [])
     start = time.perf_counter()
     result = run_sweep(spec, root=folder / "sweeps", tracking_uri=f"sqlite:///{folder}/ours.db", stream=io.StringIO())
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, result, traces
+
+
+def sampling_ms(result: Any, around: int, width: int = 10) -> float:
+    """Median milliseconds the sampler took to suggest trials ``around - width .. around``."""
+    records = sorted(result.state.trials.values(), key=lambda r: r.number)
+    window = [r.sampling_s for r in records if around - width <= r.number + 1 <= around]
+    return statistics.median(window) * 1000 if window else math.nan
+
+
+def big_run(trials: int, folder: Path) -> None:
+    """N trials of ours: driver memory and time per trial, first and last hundred; sampler cost."""
+    sampler = RssSampler()
+    wall, result, traces = ours(trials, folder, "ours-big")
+    sampler.done.set()
+    ends = trial_ends(traces)
+    first, last = ends[:101], ends[-101:]
+    at_100 = sampler.peak(0.0, first[-1])
+    late = sampler.peak(last[0], last[-1])
+    print(f"\n{trials} trials of ours: {wall:.0f} s ({wall / trials:.3f} s/trial)")
+    print(f"{'':<22} {'s/trial':>8} {'driver peak RSS MB':>19}")
+    print(f"{'trials 1-100':<22} {(first[-1] - first[0]) / 100:>8.3f} {at_100:>19.0f}")
+    print(f"{f'trials {trials - 99}-{trials}':<22} {(last[-1] - last[0]) / 100:>8.3f} {late:>19.0f}")
+    print(f"driver peak RSS growth from trial 100 to {trials}: {sampler.peak(first[-1], math.inf) - at_100:.0f} MB")
+    near_100, near_end = sampling_ms(result, 100), sampling_ms(result, trials)
+    slowest = max(r.sampling_s for r in result.state.trials.values()) * 1000
+    print(
+        f"sampler (TPE) median suggest time: trials 91-100 {near_100:.1f} ms, trials {trials - 9}-{trials} "
+        f"{near_end:.1f} ms ({near_end / near_100:.1f}x); slowest {slowest:.0f} ms"
+    )
+    gaps = slot_gaps(traces)
+    print(f"slot idle between trials: median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s")
 
 
 def main() -> None:
@@ -119,7 +233,7 @@ def main() -> None:
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     plain = {reuse: ray_tune(args.trials, folder, reuse) for reuse in (False, True)}
     rows += [(f"ray-tune reuse_actors={reuse}", wall) for reuse, wall in plain.items()]
-    mine, _ = ours(args.trials, folder)
+    mine, _, traces = ours(args.trials, folder)
     rows.append(("ours (full recording)", mine))
     best_plain = min(plain.values())
     print(f"{args.trials} tiny trials, {REPORTS} results each, 2 CPUs")
@@ -127,11 +241,10 @@ def main() -> None:
     for name, wall in rows:
         per = wall / args.trials
         print(f"{name:<28} {per:>8.3f} {args.trials * REPORTS / wall:>10.1f} {wall / best_plain:>16.2f}x")
+    gaps = slot_gaps(traces)
+    print(f"ours: slot idle between trials: median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s")
     if args.big:
-        wall, _ = ours(args.big, folder, "ours-big")
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        per = wall / args.big
-        print(f"\n{args.big} trials of ours: {wall:.0f} s ({per:.3f} s/trial), driver peak RSS {peak_mb:.0f} MB")
+        big_run(args.big, folder)
 
 
 if __name__ == "__main__":

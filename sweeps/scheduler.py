@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -45,13 +46,29 @@ class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
         return str(action)
 
 
+def rung_epochs(spec: SweepSpec) -> list[int]:
+    """The epochs at which ASHA compares trials (every bracket's rungs, below the last epoch).
+
+    Trials always report at these, so batching reports between rungs changes no ASHA decision.
+    The same formula as Ray's ``_Bracket``: ``grace * rf ** (k + s)`` for bracket ``s``.
+    """
+    if not spec.asha.enabled:
+        return []
+    grace, rf, last = spec.asha.grace_period, spec.asha.reduction_factor, spec.budget.epochs
+    epochs: set[int] = set()
+    for s in range(spec.asha.brackets):
+        rungs = int(math.log(last / grace) / math.log(rf) - s + 1)
+        epochs.update(math.ceil(grace * rf ** (k + s)) for k in range(rungs))
+    return sorted(e for e in epochs if e < last)
+
+
 def make_scheduler(spec: SweepSpec, state: SweepState) -> TrialScheduler:
-    """ASHA over epochs (``training_iteration``) as the spec sets it, or FIFO when disabled."""
+    """ASHA over epochs (the ``epoch`` each report carries) as the spec sets it, or FIFO when disabled."""
     if not spec.asha.enabled:
         return RecordingFIFO(state)
     return RecordingASHA(
         state,
-        time_attr="training_iteration",
+        time_attr="epoch",
         max_t=spec.budget.epochs,
         grace_period=spec.asha.grace_period,
         reduction_factor=spec.asha.reduction_factor,

@@ -25,8 +25,20 @@ from ray.tune.search import Searcher
 
 from sweeps.errors import is_oom
 from sweeps.params import sample
+from sweeps.scheduler import rung_epochs
 from sweeps.spec import SweepSpec
-from sweeps.state import COMPLETED, DIVERGED, ENGINE_KEY, FAILED, INTERRUPTED, OOM, PRUNED, SweepState, TrialRecord
+from sweeps.state import (
+    COMPLETED,
+    DIVERGED,
+    ENGINE_KEY,
+    FAILED,
+    HISTORY_KEY,
+    INTERRUPTED,
+    OOM,
+    PRUNED,
+    SweepState,
+    TrialRecord,
+)
 from sweeps.tracking import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
@@ -53,6 +65,7 @@ class OptunaSearcher(Searcher):
         self.asked = 0
         self.rescues: deque[TrialRecord] = deque()
         self.spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
+        self.report_epochs = rung_epochs(spec)
 
     @property
     def max_ray_trials(self) -> int:
@@ -109,6 +122,8 @@ class OptunaSearcher(Searcher):
             "tracking_uri": self.tracker.uri,
             "run_id": run_id,
             "spec_text": self.spec_text,
+            "report_epochs": self.report_epochs,
+            "report_every_s": self.spec.record.report_every_s,
             "divergence": {
                 "enabled": self.spec.divergence.enabled,
                 "signals": self.spec.divergence.signals,
@@ -122,7 +137,7 @@ class OptunaSearcher(Searcher):
         record = self.state.trials.get(trial_id)
         if record is not None:
             self.state.observe(record, result)
-            self._report(trial_id, record)
+            self._report(trial_id, record, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tell Optuna how the trial ended and record it in the sweep state."""
@@ -130,7 +145,7 @@ class OptunaSearcher(Searcher):
         if record is None or record.status != "running":
             return
         self.state.observe(record, result)
-        self._report(trial_id, record)
+        self._report(trial_id, record, result)
         status, reason = self._outcome(trial_id, record, result, error)
         self.state.finish(record, status, reason)
         trial = self.live.pop(trial_id, None)
@@ -184,9 +199,15 @@ class OptunaSearcher(Searcher):
             return INTERRUPTED, f"stopped after epoch {record.epochs} of {self.spec.budget.epochs}"
         return COMPLETED, ""
 
-    def _report(self, trial_id: str, record: TrialRecord) -> None:
+    def _report(self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None) -> None:
+        """Each epoch's metric as an Optuna intermediate value: a report carries the epochs since the last."""
         trial = self.live.get(trial_id)
-        if trial is None or record.value is None or record.epochs <= self.reported.get(trial_id, 0):
+        if trial is None:
             return
-        trial.report(record.value, step=record.epochs)
-        self.reported[trial_id] = record.epochs
+        history = (result or {}).get(HISTORY_KEY) or (
+            [(record.epochs, record.value)] if record.value is not None else []
+        )
+        for epoch, value in history:
+            if epoch > self.reported.get(trial_id, 0) and isinstance(value, (int, float)) and math.isfinite(value):
+                trial.report(float(value), step=int(epoch))
+                self.reported[trial_id] = int(epoch)

@@ -74,10 +74,17 @@ class Search:
 
 @dataclass
 class Record:
-    """What goes to MLflow beyond metrics: the best trials' checkpoints, within a size limit."""
+    """The best trials' checkpoints for MLflow (within a size limit), and how often trials report.
+
+    A trial reports to the driver (with a checkpoint) at each ASHA rung, at its last epoch, when it
+    diverges, and otherwise once ``report_every_s`` seconds have passed since its last report
+    (0: every epoch). Every epoch's metrics reach MLflow and Optuna either way; what the setting
+    trades is driver round trips against how much a restored trial repeats.
+    """
 
     checkpoints: int = 3
     checkpoint_max_mb: float = 500.0
+    report_every_s: float = 10.0
 
 
 @dataclass
@@ -322,12 +329,16 @@ def _search(value: Any, problems: Problems) -> Search:
 
 def _record(value: Any, problems: Problems) -> Record:
     section = _section(value, "record", problems)
-    _unknown(section, {"checkpoints", "checkpoint_max_mb"}, "record", problems)
+    _unknown(section, {"checkpoints", "checkpoint_max_mb", "report_every_s"}, "record", problems)
     record = Record()
     count = as_int(section.get("checkpoints", record.checkpoints), "record.checkpoints", problems, minimum=0)
     size = as_number(section.get("checkpoint_max_mb", record.checkpoint_max_mb), "record.checkpoint_max_mb", problems)
+    every = as_number(section.get("report_every_s", record.report_every_s), "record.report_every_s", problems)
+    if every is not None and every < 0:
+        problems.add("record.report_every_s", f"must be >= 0 (0: every epoch), got {every}")
     record.checkpoints = count if count is not None else record.checkpoints
     record.checkpoint_max_mb = size if size is not None else record.checkpoint_max_mb
+    record.report_every_s = every if every is not None and every >= 0 else record.report_every_s
     return record
 
 

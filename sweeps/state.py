@@ -17,6 +17,9 @@ RUNNING = "running"
 ENGINE_KEY = "__sweep__"
 """Key of the engine's own entry in a Ray trial config; every other key is a trainer parameter."""
 
+HISTORY_KEY = "sweep/history"
+"""A report's ``[(epoch, metric), ...]``: every epoch since the trial's previous report."""
+
 
 @dataclass
 class TrialRecord:
@@ -72,7 +75,7 @@ class SweepState:
         """Take a trial's latest result: its epoch and metric value."""
         if not result:
             return
-        record.epochs = int(result.get("training_iteration", record.epochs) or record.epochs)
+        record.epochs = int(result.get("epoch", result.get("training_iteration", record.epochs)) or record.epochs)
         record.steps = int(result.get("sweep/steps", record.steps))
         record.skipped_steps = int(result.get("sweep/skipped_steps", record.skipped_steps))
         value = result.get(self.metric)

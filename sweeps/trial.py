@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ray import tune
 
 from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
 from sweeps.record import CurveHistory, environment_json, trainer_source
-from sweeps.state import ENGINE_KEY
+from sweeps.state import ENGINE_KEY, HISTORY_KEY
 from sweeps.tracking import TrialLogger
 from trainables.config import build_config
 from trainables.registry import load_trainer
@@ -98,12 +99,15 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
     done = _restore(trainer)
     if done == 0:
         _log_provenance(engine, params, trainer_cls, trainer, logger)
+    cadence = ReportCadence(engine, epochs)
+    history: list[tuple[int, float]] = []  # (epoch, metric) since the last report
     for epoch in range(done + 1, epochs + 1):
         try:
             metrics = {**trainer.train_epoch(), **trainer.validate()}
         except DivergedError as diverged:
             logger.flush()
-            tune.report({metric: math.nan, "epoch": epoch, **counts, **divergence_result(diverged.divergence)})
+            result = {metric: math.nan, "epoch": epoch, **counts, **divergence_result(diverged.divergence)}
+            tune.report({**result, HISTORY_KEY: history})
             return
         if metric not in metrics:
             raise MetricMissingError(
@@ -112,10 +116,38 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
             )
         logger.log_metrics(metrics, step=epoch)
         _log_images(trainer, logger, epoch)
+        history.append((epoch, float(metrics[metric])))
+        if not cadence.due(epoch):
+            continue
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"trainer": trainer.state_dict(), "epoch": epoch}, Path(folder) / CHECKPOINT_FILE)
-            report = {**metrics, "epoch": epoch, **counts}
+            report = {**metrics, "epoch": epoch, **counts, HISTORY_KEY: history}
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+        history = []
+        cadence.reported()
+
+
+class ReportCadence:
+    """When a trial reports (and checkpoints): at ASHA's rungs, its last epoch, and every N seconds.
+
+    Between those, epochs run without a round trip to the driver; their metrics still go to
+    MLflow at once and to Optuna with the next report.
+    """
+
+    def __init__(self, engine: dict[str, Any], epochs: int) -> None:
+        self.rungs = {int(e) for e in engine.get("report_epochs", [])}
+        self.every = float(engine.get("report_every_s", 0.0))
+        self.last_epoch = epochs
+        self.since = time.monotonic()
+
+    def due(self, epoch: int) -> bool:
+        """Whether ``epoch``, just finished, is reported."""
+        late = time.monotonic() - self.since >= self.every
+        return epoch >= self.last_epoch or epoch in self.rungs or late
+
+    def reported(self) -> None:
+        """A report went out now."""
+        self.since = time.monotonic()
 
 
 def _log_provenance(

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import pytest
 from PIL import Image
+from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from sweeps.curves import draw_curves
 from sweeps.record import CurveHistory
-from sweeps.spec import validate_spec
+from sweeps.scheduler import rung_epochs
+from sweeps.spec import SpecError, SweepSpec, validate_spec
 from sweeps.store import new_sweep_dir
 from sweeps.study import create_study
 from sweeps.tracking import client
+from sweeps.trial import ReportCadence
 
 
 def journal_mode(path: Path) -> str:
@@ -68,3 +74,62 @@ def test_curves_with_no_finite_value_or_one_point_still_draw(tmp_path: Path) -> 
     path = draw_curves([("loss", {"loss": [(1, math.nan)]}), ("grad_norm", {"g": [(3, 2.0)]})], tmp_path / "c.png")
     assert Image.open(path).size == (480, 300)
     assert CurveHistory().plot(tmp_path) == []
+
+
+def spec_with(asha: dict[str, Any], epochs: int, record: dict[str, Any] | None = None) -> SweepSpec:
+    return validate_spec(
+        {
+            "name": "cadence",
+            "trainer": "tests.toy_trainer:ToyTrainer",
+            "metric": {"name": "val_loss", "mode": "min"},
+            "budget": {"epochs": epochs},
+            "asha": asha,
+            "record": record or {},
+            "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0}},
+        },
+        "<test>",
+        [],
+    )
+
+
+@pytest.mark.parametrize(
+    ("asha", "epochs"),
+    [
+        ({"grace_period": 1, "reduction_factor": 2}, 4),
+        ({"grace_period": 1, "reduction_factor": 3}, 30),
+        ({"grace_period": 2, "reduction_factor": 2, "brackets": 3}, 40),
+        ({"grace_period": 10, "reduction_factor": 2}, 10),
+    ],
+)
+def test_trials_report_at_every_epoch_ray_asha_compares(asha: dict[str, Any], epochs: int) -> None:
+    spec = spec_with(asha, epochs)
+    ray_asha = AsyncHyperBandScheduler(
+        time_attr="epoch",
+        max_t=epochs,
+        grace_period=spec.asha.grace_period,
+        reduction_factor=spec.asha.reduction_factor,
+        brackets=spec.asha.brackets,
+    )
+    milestones = {m for bracket in ray_asha._brackets for m, _ in bracket._rungs if m < epochs}
+    assert rung_epochs(spec) == sorted(milestones)
+
+
+def test_no_rungs_without_asha() -> None:
+    assert rung_epochs(spec_with({"enabled": False}, 10)) == []
+
+
+def test_report_cadence_reports_rungs_last_epoch_and_after_the_interval() -> None:
+    cadence = ReportCadence({"report_epochs": [1, 2, 4], "report_every_s": 0.3}, epochs=8)
+    assert [e for e in range(1, 9) if cadence.due(e)] == [1, 2, 4, 8]
+    time.sleep(0.35)
+    assert cadence.due(5)
+    cadence.reported()
+    assert not cadence.due(6)
+    every_epoch = ReportCadence({"report_epochs": [], "report_every_s": 0.0}, epochs=3)
+    assert all(every_epoch.due(e) for e in range(1, 4))
+
+
+def test_report_interval_must_not_be_negative() -> None:
+    with pytest.raises(SpecError, match=r"record.report_every_s: must be >= 0"):
+        spec_with({}, 4, {"report_every_s": -1})
+    assert spec_with({}, 4, {"report_every_s": "1e-1"}).record.report_every_s == pytest.approx(0.1)

@@ -143,6 +143,8 @@ def test_trials_cut_by_asha_are_pruned_in_optuna_mlflow_and_the_summary(workdir:
     for trial in study_of(result).trials:
         if trial.state == TrialState.PRUNED:
             assert max(trial.intermediate_values) < 4
+        else:  # epoch 3 is no rung: reported with epoch 4, and still an intermediate value of its own
+            assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
 
 
 def test_metric_missing_fails_each_trial_with_that_message_and_the_sweep_goes_on(workdir: Path) -> None:
@@ -183,6 +185,7 @@ def test_diverged_trials_are_recorded_infeasible_and_rescued_at_bf16(workdir: Pa
         "asha": False,
         "search": {"sampler": "random"},
         "divergence": {"rescue": True},
+        "record": {"report_every_s": 0},  # a checkpoint every epoch, so one from before the onset exists
         # fp16 with a huge loss: the loss scale collapses (bf16 copes); lr 1e6 diverges at any precision.
         "fixed": {**VAE_SPEC["fixed"], "batch_size": 4, "precision": "fp16", "kl_weight": 1e8},
         "params": {"lr": {"choices": [1e-3, 1e6]}},
