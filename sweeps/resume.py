@@ -6,12 +6,14 @@ and when it ends, never from Ray's snapshot (taken every few seconds, so it can 
 
 * a trial that ended in the study stays ended. If Ray's snapshot still calls it unfinished, it is
   not run again; if the driver died before closing its MLflow run, the run is closed now;
-* a trial running when the driver died that Ray's snapshot holds continues from its last
-  checkpoint, in the same Ray trial, Optuna trial and MLflow run;
-* a trial running when the driver died that Ray's snapshot does not hold (it started after the
-  last snapshot) cannot continue: it is recorded once as interrupted (Optuna FAIL with
-  ``status=interrupted``, MLflow KILLED) and does not count toward the budget, so a replacement
-  is asked.
+* a trial running when the driver died that Ray's snapshot holds with a checkpoint continues
+  from that checkpoint, in the same Ray trial, Optuna trial and MLflow run; so does one that had
+  not logged an epoch yet (it starts over, nothing recorded is repeated);
+* any other trial running when the driver died cannot continue without training again what its
+  MLflow run already holds: it started after Ray's last snapshot, or had logged an epoch before
+  Ray recorded a checkpoint. It is recorded once as interrupted (Optuna FAIL with
+  ``status=interrupted``, MLflow KILLED), is not run again, and does not count toward the
+  budget, so a replacement is asked.
 
 So a resumed sweep ends with ``budget.trials`` trials that ended on their own (completed, pruned,
 diverged, failed), each one Optuna trial and one MLflow run under the same parent, plus the
@@ -41,7 +43,7 @@ from sweeps.store import SweepDir, SweepStoreError, open_sweep_dir
 from sweeps.tracking import SweepTracker, retry
 
 ENDED = {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
-LOST_REASON = "the sweep's driver died before Ray recorded this trial; replaced on resume"
+LOST_REASON = "the sweep's driver died before Ray recorded a checkpoint of this trial; replaced on resume"
 
 
 @dataclass
@@ -131,7 +133,7 @@ def resume_sweep(
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     ray_dir = sweep.path / "ray"
     unfinished = _ray_unfinished(ray_dir)
-    plan = rebuild(searcher, _trial_runs(tracker), unfinished or set())
+    plan = rebuild(searcher, _trial_runs(tracker), unfinished or {})
     plan.ray_state = unfinished is not None
     _close_runs(tracker, plan.closed)
     meta = {**meta, "status": RUNNING, "driver": driver_identity(), "resumes": int(meta.get("resumes", 0)) + 1}
@@ -158,8 +160,11 @@ def _load_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
     return optuna.load_study(study_name=sweep.name, storage=sweep.storage_uri, sampler=make_sampler(spec))
 
 
-def _ray_unfinished(ray_dir: Path) -> set[str] | None:
-    """Ids of the trials Ray's last snapshot holds as unfinished; None when there is no snapshot."""
+def _ray_unfinished(ray_dir: Path) -> dict[str, bool] | None:
+    """Trials Ray's last snapshot holds as unfinished, and whether it has a checkpoint of each.
+
+    None when there is no snapshot.
+    """
     from ray.tune import ExperimentAnalysis
     from ray.tune.experiment import Trial
 
@@ -172,7 +177,7 @@ def _ray_unfinished(ray_dir: Path) -> set[str] | None:
         trials = ExperimentAnalysis(str(ray_dir)).trials
     finally:
         quiet.setLevel(level)
-    return {t.trial_id for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)}
+    return {t.trial_id: t.checkpoint is not None for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)}
 
 
 def _install(tuner: Any, configs: dict[str, Any]) -> None:
@@ -204,8 +209,11 @@ def _trial_runs(tracker: SweepTracker) -> list[Any]:
             return runs
 
 
-def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: set[str]) -> ResumePlan:
-    """Fill the searcher's state from its study and the MLflow runs; ``unfinished``: Ray's open trials."""
+def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, bool]) -> ResumePlan:
+    """Fill the searcher's state from its study and the MLflow runs.
+
+    ``unfinished``: the trials Ray's snapshot holds as open, each with whether Ray has a checkpoint.
+    """
     study, state, plan = searcher.study, searcher.state, ResumePlan()
     by_id = {run.info.run_id: run for run in runs}
     by_number = {run.data.tags.get("optuna.trial_number"): run for run in runs}
@@ -220,7 +228,7 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: set[str]) -> 
         state.trials[ray_id] = record
         if frozen.state == TrialState.RUNNING:
             trial = optuna.Trial(study, frozen._trial_id)
-            if ray_id in unfinished:
+            if _continues(ray_id, run, unfinished):
                 searcher.live[ray_id] = trial
                 searcher.reported[ray_id] = max(frozen.intermediate_values, default=0)
                 plan.continued.append(record)
@@ -267,7 +275,14 @@ def _fill_tags(record: TrialRecord, tags: dict[str, str]) -> None:
     record.diverged_at = int(step) if step.isdigit() else None
 
 
-def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: set[str], plan: ResumePlan) -> None:
+def _continues(ray_id: str, run: Any, unfinished: dict[str, bool]) -> bool:
+    """Whether Ray will continue the trial without repeating what its MLflow run holds."""
+    if ray_id not in unfinished:
+        return False
+    return unfinished[ray_id] or run is None or not run.data.metrics
+
+
+def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, bool], plan: ResumePlan) -> None:
     """Precision rescues live in MLflow only (they are outside the study); queue the ones never started."""
     state = searcher.state
     by_run = {r.run_id: r for r in state.trials.values()}
@@ -287,7 +302,7 @@ def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: set[
         record.value = value if value is not None and math.isfinite(value) else None
         if run.info.status != "RUNNING":
             state.finish(record, tags.get("sweep.status", FAILED), tags.get("sweep.reason", ""))
-        elif ray_id in unfinished:
+        elif _continues(ray_id, run, unfinished):
             plan.continued.append(record)
         else:
             state.finish(record, INTERRUPTED, LOST_REASON)

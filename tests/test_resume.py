@@ -155,14 +155,19 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
         if t.number in run_of:
             run = run_of[t.number]
             assert run.info.status == "KILLED" and run.data.tags["sweep.status"] == "interrupted"
+            steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+            assert set(steps.values()) <= {1}, f"t{t.number} was run again after it was recorded interrupted"
 
     # Ray: its trial table holds exactly the trials that ran, each once, all ended.
     from ray.tune import ExperimentAnalysis
 
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result.json: fine
     ray_trials = ExperimentAnalysis(str(sweep_dir / "ray")).trials
-    assert Counter(r.status for r in ray_trials) == Counter({"TERMINATED": TRIALS})
-    assert {r.trial_id for r in ray_trials} == {t.user_attrs["ray_trial_id"] for t in ended}
+    ray_ids = Counter(r.trial_id for r in ray_trials)
+    ended_ids = {t.user_attrs["ray_trial_id"] for t in ended}
+    lost_ids = {t.user_attrs.get("ray_trial_id") for t in interrupted}
+    assert all(r.status == "TERMINATED" for r in ray_trials) and set(ray_ids.values()) == {1}
+    assert ended_ids <= set(ray_ids) and set(ray_ids) - ended_ids <= lost_ids  # lost ones never ran again
 
     # Report and summary, covering every trial.
     results = (sweep_dir / "report" / "results.csv").read_text().strip().splitlines()
@@ -203,40 +208,45 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     from sweeps.study import create_study
     from sweeps.tracking import SweepTracker
 
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "budget": {"trials": 4, "epochs": 2}}))
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "budget": {"trials": 5, "epochs": 2}}))
     spec = load_spec(tmp_path / "spec.yaml")
     sweep = new_sweep_dir(tmp_path / "runs", "s")
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracker.start("resume", "s", "", {})
     first = OptunaSearcher(spec, create_study(sweep, spec), SweepState("val_loss", "min"), tracker, "s")
-    for ray_id in ("a", "b", "c"):
+    for ray_id in "abcde":
         assert first.suggest(ray_id) is not None
     for epoch in (1, 2):
         first.on_trial_result("a", {"val_loss": 1.0 / epoch, "training_iteration": epoch})
     first.on_trial_complete("a", {"val_loss": 0.5, "training_iteration": 2})  # its MLflow run left open
-    first.on_trial_result("b", {"val_loss": 2.0, "training_iteration": 1})  # c: asked, never reported
+    first.on_trial_result("b", {"val_loss": 2.0, "training_iteration": 1})
+    tracker.client.log_metric(first.state.trials["d"].run_id, "val_loss", 3.0, step=1)  # logged, not yet in Ray
 
     study = optuna.load_study(study_name="s", storage=sweep.storage_uri)
     again = OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s")
-    plan = rebuild(again, _trial_runs(tracker), unfinished={"a", "b"})  # Ray's snapshot: a and b open
+    # Ray's snapshot: a and b open with a checkpoint, d and e open without one; c unknown to it.
+    plan = rebuild(again, _trial_runs(tracker), unfinished={"a": True, "b": True, "d": False, "e": False})
     _close_runs(tracker, plan.closed)
 
-    assert [r.ray_id for r in plan.continued] == ["b"] and [r.ray_id for r in plan.interrupted] == ["c"]
-    assert [r.ray_id for r in plan.not_rerun] == ["a"] and {r.ray_id for r in plan.closed} == {"a", "c"}
+    assert [r.ray_id for r in plan.continued] == ["b", "e"]  # e logged nothing: it may start over
+    assert [r.ray_id for r in plan.interrupted] == ["c", "d"]
+    assert [r.ray_id for r in plan.not_rerun] == ["a"] and {r.ray_id for r in plan.closed} == {"a", "c", "d"}
     state = again.state
     assert state.trials["a"].status == "completed" and state.trials["a"].value == 0.5
     assert state.best is state.trials["a"]
-    assert state.trials["b"].status == "running" and state.trials["b"].epochs == 1 and again.reported == {"b": 1}
-    assert set(again.live) == {"b"} and again.asked == 2  # c does not count toward the budget
-    c = study.trials[2]
-    assert c.state == TrialState.FAIL and c.user_attrs["status"] == "interrupted"
-    assert c.user_attrs["reason"] == LOST_REASON
+    assert state.trials["b"].status == "running" and state.trials["b"].epochs == 1
+    assert again.reported == {"b": 1, "e": 0} and set(again.live) == {"b", "e"}
+    assert again.asked == 3  # c and d do not count toward the budget
+    for number in (2, 3):
+        lost = study.trials[number]
+        assert lost.state == TrialState.FAIL and lost.user_attrs["status"] == "interrupted"
+        assert lost.user_attrs["reason"] == LOST_REASON
     runs = {r.data.tags["ray.trial_id"]: r for r in _trial_runs(tracker)}
     assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["sweep.status"] == "completed"
-    assert runs["c"].info.status == "KILLED" and runs["b"].info.status == "RUNNING"
+    assert runs["c"].info.status == runs["d"].info.status == "KILLED" and runs["b"].info.status == "RUNNING"
 
-    assert again.suggest("d") is not None and again.suggest("e") is not None  # the budget: 4 that end on their own
-    assert again.suggest("f") == "FINISHED"
+    assert again.suggest("f") is not None and again.suggest("g") is not None  # the budget: 5 that end on their own
+    assert again.suggest("h") == "FINISHED"
     again.on_trial_result("b", {"val_loss": 1.5, "training_iteration": 2})
     again.on_trial_complete("b", {"val_loss": 1.5, "training_iteration": 2})
     b = study.trials[1]
