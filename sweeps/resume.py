@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -117,7 +118,11 @@ def _alive(driver: dict[str, Any]) -> bool:
 
 
 def resume_sweep(
-    root: str | Path, name: str, stream: TextIO | None = None, force: bool = False, say: Any = print
+    root: str | Path,
+    name: str,
+    stream: TextIO | None = None,
+    force: bool = False,
+    say: Callable[[str], object] = print,
 ) -> SweepResult:
     """Finish sweep ``name`` in ``root`` (see the module's docstring for what happens to each trial)."""
     from ray import tune
