@@ -1,4 +1,4 @@
-"""The ``sweeps`` command: run, export, train, list, ui."""
+"""The ``sweeps`` command: run, resume, export, train, report, list, ui."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweeps.spec import SpecError
 from sweeps.store import DEFAULT_ROOT, SweepStoreError
+
+if TYPE_CHECKING:
+    from sweeps.runner import SweepResult
+    from sweeps.spec import SweepSpec
 
 EXIT_BAD_INPUT = 2
 
@@ -41,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
         "this machine with 'ray start', else a new local Ray)",
     )
     run.add_argument("--check", action="store_true", help="validate the spec and exit")
+    resume = sub.add_parser("resume", help="finish a sweep whose driver died (killed, laptop closed)")
+    resume.add_argument("sweep", help="sweep name (or its folder)")
+    resume.add_argument("--storage", default=DEFAULT_ROOT)
+    resume.add_argument("--cpus", type=int, help="CPUs local Ray may use (default: all)")
+    resume.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="Ray cluster to run on, as for 'sweeps run' (default: $RAY_ADDRESS, else as Ray finds one)",
+    )
+    resume.add_argument("--force", action="store_true", help="resume even if the recorded driver process still runs")
     export = sub.add_parser("export", help="export a sweep's best config")
     export.add_argument("sweep", help="sweep name (or its folder)")
     export.add_argument("-o", "--output", default="best.yaml", help="file to write (default: best.yaml)")
@@ -92,7 +107,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
         return 0
-    from sweeps.live import divergence_summary, summary_table
     from sweeps.runner import run_sweep, start_ray
 
     if args.cpus is not None and args.address not in (None, "local"):
@@ -104,6 +118,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         flush=True,
     )
     result = run_sweep(spec, root=args.storage, name=args.name, tracking_uri=args.tracking_uri)
+    return _print_result(result, spec, args.storage)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Finish a sweep whose driver died: continue or replace its open trials, then summarize."""
+    from sweeps.resume import check_resumable, resume_sweep
+    from sweeps.runner import start_ray
+    from sweeps.spec import load_spec
+
+    sweep, _ = check_resumable(args.storage, args.sweep, args.force)  # refuse before Ray starts
+    spec = load_spec(sweep.spec_file)
+    start_ray(num_cpus=args.cpus, address=args.address)
+    print(f"resuming sweep {sweep.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs", flush=True)
+    result = resume_sweep(args.storage, args.sweep, force=args.force)
+    return _print_result(result, spec, args.storage)
+
+
+def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
+    """The end-of-sweep summary; exit code 130 when interrupted."""
+    from sweeps.live import divergence_summary, summary_table
+
     state = result.state
     print()
     print(summary_table(state))
@@ -116,8 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Optuna:  {result.sweep.storage_uri}  study {result.sweep.name}")
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
-        storage = "" if args.storage == DEFAULT_ROOT else f" --storage {args.storage}"
-        print(f"next:    sweeps export {result.sweep.name}{storage} -o best.yaml && sweeps train best.yaml")
+        where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
+        print(f"next:    sweeps export {result.sweep.name}{where} -o best.yaml && sweeps train best.yaml")
     return 130 if result.interrupted else 0
 
 
@@ -227,6 +262,7 @@ def _experiments(uri: str) -> list[tuple[str, str]]:
 
 COMMANDS = {
     "run": cmd_run,
+    "resume": cmd_resume,
     "export": cmd_export,
     "train": cmd_train,
     "report": cmd_report,

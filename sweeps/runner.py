@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
@@ -17,6 +17,9 @@ from sweeps.spec import SweepSpec
 from sweeps.state import COMPLETED, INTERRUPTED, RUNNING, SweepState
 from sweeps.store import SweepDir, default_name, new_sweep_dir
 from sweeps.tracking import SweepTracker, resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from sweeps.searcher import OptunaSearcher
 
 # Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; its console
 # output is replaced by our live view; trainers see the user's working directory. A reused
@@ -77,12 +80,8 @@ def run_sweep(
     """Run ``spec`` to its trial budget and return the result; records survive an interrupt."""
     from ray import tune
 
-    from sweeps.callbacks import CheckpointPruner, TrackingCallback
-    from sweeps.live import LiveView
-    from sweeps.scheduler import make_scheduler
     from sweeps.searcher import OptunaSearcher
     from sweeps.study import create_study
-    from sweeps.trial import run_trial
 
     sweep = new_sweep_dir(root, name or default_name(spec.name))
     uri = resolve_tracking_uri(tracking_uri)
@@ -96,22 +95,52 @@ def run_sweep(
     state = SweepState(metric=spec.metric, mode=spec.mode)
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     start_ray()
-    resources = {"cpu": spec.budget.cpus_per_trial, "gpu": spec.budget.gpus_per_trial}
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
-        tune_config=tune.TuneConfig(
+    tuner = tune.Tuner(sweep_trainable(spec), **engine_configs(spec, sweep, searcher, state, tracker, stream))
+    interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
+    return SweepResult(sweep, state, parent, uri, interrupted)
+
+
+def sweep_trainable(spec: SweepSpec) -> Any:
+    """Ray's trainable for the sweep's trials: ``run_trial`` with each trial's CPUs and GPUs."""
+    from ray import tune
+
+    from sweeps.trial import run_trial
+
+    return tune.with_resources(run_trial, {"cpu": spec.budget.cpus_per_trial, "gpu": spec.budget.gpus_per_trial})
+
+
+def engine_configs(
+    spec: SweepSpec,
+    sweep: SweepDir,
+    searcher: OptunaSearcher,
+    state: SweepState,
+    tracker: SweepTracker,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """The ``tune_config`` and ``run_config`` of a sweep's Tuner (a new one, or one restored by ``resume``).
+
+    ``num_samples`` is unbounded: the searcher ends the search itself once the budget is met (on
+    resume, interrupted trials are replaced, so the number of Ray trials is not known in advance).
+    """
+    from ray import tune
+
+    from sweeps.callbacks import CheckpointPruner, TrackingCallback
+    from sweeps.live import LiveView
+    from sweeps.scheduler import make_scheduler
+
+    return {
+        "tune_config": tune.TuneConfig(
             search_alg=searcher,
             scheduler=make_scheduler(spec, state),
             metric=spec.metric,
             mode=spec.mode,
-            num_samples=searcher.max_ray_trials,
+            num_samples=-1,
             max_concurrent_trials=spec.budget.concurrency,
             reuse_actors=True,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=tune.RunConfig(
+        "run_config": tune.RunConfig(
             name="ray",
             storage_path=str(sweep.path),
             verbose=0,
@@ -124,8 +153,21 @@ def run_sweep(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=0),
         ),
-    )
+    }
+
+
+def fit_and_finish(
+    tuner: Any,
+    spec: SweepSpec,
+    sweep: SweepDir,
+    meta: dict[str, object],
+    searcher: OptunaSearcher,
+    tracker: SweepTracker,
+) -> bool:
+    """Run ``tuner`` to the end, then close open trials and the parent run; True if interrupted."""
+    state = searcher.state
     interrupted = False
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))  # read when fit() starts
     try:
         results = tuner.fit()
         _log_best_checkpoints(results, state, tracker, spec)
@@ -133,8 +175,8 @@ def run_sweep(
         interrupted = True
     finally:
         interrupted = _close_open_trials(searcher, state, tracker) or interrupted
-        _finish_parent(tracker, state, sweep, meta, interrupted, study)
-    return SweepResult(sweep, state, parent, uri, interrupted)
+        _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study)
+    return interrupted
 
 
 def _pending_trials(spec: SweepSpec) -> int:
@@ -214,7 +256,15 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
         "git_commit": git_commit(),
         "version": __version__,
         "status": "running",
+        "driver": driver_identity(),
     }
+
+
+def driver_identity() -> dict[str, object]:
+    """Which process drives the sweep (``sweeps resume`` refuses a sweep whose driver still runs)."""
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _close_open_trials(searcher: object, state: SweepState, tracker: SweepTracker) -> bool:

@@ -5,17 +5,31 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from sweeps.errors import error_reason
 from sweeps.spec import SweepSpec
-from sweeps.state import SweepState
+from sweeps.state import RUNNING, SweepState
 
 
 class _RecordsErrors:
     """Records why a trial failed, before the searcher hears of it (Ray calls the scheduler first)."""
 
     state: SweepState
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """Keep a trial Ray restored from being run again when the study says it already ended.
+
+        Ray snapshots its trial table every few seconds; a trial that ended after the last
+        snapshot comes back from ``sweeps resume`` as unfinished. It is marked terminated (never
+        started), and its concurrency slot is freed as Ray frees it for an ended trial.
+        """
+        record = self.state.trials.get(trial.trial_id)
+        if record is not None and record.status != RUNNING and trial.status == Trial.PENDING:
+            trial.set_status(Trial.TERMINATED)
+            tune_controller.search_alg.on_trial_complete(trial.trial_id)
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         """Keep the failure's one-line reason for the searcher and the record."""

@@ -66,6 +66,8 @@ class OptunaSearcher(Searcher):
         self.rescues: deque[TrialRecord] = deque()
         self.spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
         self.report_epochs = rung_epochs(spec)
+        self.must_restore = False  # set by ``sweeps.resume``: Ray has to restore its experiment first
+        self.restored = False
 
     @property
     def max_ray_trials(self) -> int:
@@ -76,8 +78,20 @@ class OptunaSearcher(Searcher):
         """Accept Tune's metric and mode (the spec's own)."""
         return True
 
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's snapshot of the searcher: a marker only; the study and MLflow hold the real state."""
+        with open(checkpoint_path, "w") as f:
+            f.write(f"{self.sweep}: {self.asked} asked\n")
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray restored the experiment; the state was rebuilt from the study and MLflow (``sweeps.resume``)."""
+        self.restored = True
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """Ask Optuna for a point (or take a queued rescue), open its MLflow run, return the config."""
+        if self.must_restore and not self.restored:
+            # Ray starts afresh when it cannot restore; never run the sweep's trials twice.
+            raise RuntimeError("Ray could not restore the sweep's experiment state; nothing was run")
         if self.rescues:
             return self._suggest_rescue(trial_id, self.rescues.popleft())
         if self.asked >= self.spec.budget.trials:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ class ToyConfig:
     fail_at_epoch: int = 0
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), raise (epoch 2), oom (epoch 2)
     steps_per_epoch: int = 5
+    epoch_seconds: float = 0.0  # sleep per epoch, so a test can stop a sweep while trials run
 
 
 class ToyTrainer:
@@ -40,6 +42,7 @@ class ToyTrainer:
             raise RuntimeError("toy trainer raised")
         if self.epoch == 2 and self.config.behavior == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        time.sleep(self.config.epoch_seconds)
         for _ in range(self.config.steps_per_epoch):
             self.step += 1
             loss = math.nan if self.epoch == 2 and self.config.behavior == "diverge" else self._loss()

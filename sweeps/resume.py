@@ -1,0 +1,336 @@
+"""``sweeps resume``: finish a sweep whose driver died (killed, laptop closed, head node lost).
+
+Ray restores its trial table from ``<sweep>/ray``; what the engine knows about each trial is
+rebuilt from the Optuna study and the MLflow runs, which are written before Ray hears of a trial
+and when it ends, never from Ray's snapshot (taken every few seconds, so it can be behind):
+
+* a trial that ended in the study stays ended. If Ray's snapshot still calls it unfinished, it is
+  not run again; if the driver died before closing its MLflow run, the run is closed now;
+* a trial running when the driver died that Ray's snapshot holds with a checkpoint continues
+  from that checkpoint, in the same Ray trial, Optuna trial and MLflow run; so does one that had
+  not logged an epoch yet (it starts over, nothing recorded is repeated);
+* any other trial running when the driver died cannot continue without training again what its
+  MLflow run already holds: it started after Ray's last snapshot, or had logged an epoch before
+  Ray recorded a checkpoint. It is recorded once as interrupted (Optuna FAIL with
+  ``status=interrupted``, MLflow KILLED), is not run again, and does not count toward the
+  budget, so a replacement is asked.
+
+So a resumed sweep ends with ``budget.trials`` trials that ended on their own (completed, pruned,
+diverged, failed), each one Optuna trial and one MLflow run under the same parent, plus the
+interrupted ones, each recorded once. ASHA's rungs start empty again: trials that continue are
+judged against results reported after the resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.runner import SweepResult, driver_identity, engine_configs, fit_and_finish, sweep_trainable
+from sweeps.searcher import OptunaSearcher
+from sweeps.spec import SweepSpec, load_spec
+from sweeps.state import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED, RUNNING, SweepState, TrialRecord
+from sweeps.store import SweepDir, SweepStoreError, open_sweep_dir
+from sweeps.tracking import SweepTracker, retry
+
+ENDED = {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
+LOST_REASON = "the sweep's driver died before Ray recorded a checkpoint of this trial; replaced on resume"
+
+
+@dataclass
+class ResumePlan:
+    """What ``resume`` found: trials that continue, trials recorded as interrupted, runs it closed."""
+
+    continued: list[TrialRecord] = field(default_factory=list)
+    interrupted: list[TrialRecord] = field(default_factory=list)
+    closed: list[TrialRecord] = field(default_factory=list)
+    not_rerun: list[TrialRecord] = field(default_factory=list)
+    ended: int = 0
+    ray_state: bool = True
+
+    def lines(self) -> list[str]:
+        """A few lines for the console and the parent run."""
+        return [
+            f"ended before: {self.ended} trial(s)",
+            f"continue from their last checkpoint: {_labels(self.continued)}",
+            f"ended after Ray's last snapshot (not run again): {_labels(self.not_rerun)}",
+            f"interrupted, to be replaced: {_labels(self.interrupted)}",
+            f"MLflow runs closed now: {_labels(self.closed)}",
+            *([] if self.ray_state else ["Ray left no trial table: running trials cannot continue"]),
+        ]
+
+
+def _labels(records: list[TrialRecord]) -> str:
+    return ", ".join(r.label for r in records) or "none"
+
+
+def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[SweepDir, dict[str, Any]]:
+    """Find the sweep and refuse one that finished, still runs, or has no Ray experiment to resume."""
+    sweep = open_sweep_dir(root, name)
+    meta = sweep.read_meta()
+    status = meta.get("status")
+    if status == COMPLETED:
+        raise SweepStoreError(f"sweep {sweep.name!r} already finished ({status}); nothing to resume")
+    if status == INTERRUPTED:
+        raise SweepStoreError(
+            f"sweep {sweep.name!r} was stopped (Ctrl-C) and its open trials recorded as interrupted; "
+            "resume continues a sweep whose driver died"
+        )
+    if status != RUNNING:
+        raise SweepStoreError(f"sweep {sweep.name!r} has status {status!r}; only a sweep whose driver died resumes")
+    driver = meta.get("driver") or {}
+    if not force and _alive(driver):
+        raise SweepStoreError(
+            f"sweep {sweep.name!r} is still driven by pid {driver.get('pid')} on {driver.get('host')}; "
+            "stop it first (or pass --force if that process is not the sweep)"
+        )
+    if not (sweep.path / "ray" / "tuner.pkl").is_file():
+        raise SweepStoreError(f"sweep {sweep.name!r} has no Ray experiment in {sweep.path / 'ray'} to resume")
+    return sweep, meta
+
+
+def _alive(driver: dict[str, Any]) -> bool:
+    """Whether the recorded driver process still runs (only checkable on its own host)."""
+    pid = driver.get("pid")
+    if not isinstance(pid, int) or driver.get("host") != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except (OSError, IndexError):
+        return True
+
+
+def resume_sweep(
+    root: str | Path,
+    name: str,
+    stream: TextIO | None = None,
+    force: bool = False,
+    say: Callable[[str], object] = print,
+) -> SweepResult:
+    """Finish sweep ``name`` in ``root`` (see the module's docstring for what happens to each trial)."""
+    from ray import tune
+
+    from sweeps.runner import start_ray
+
+    sweep, meta = check_resumable(root, name, force)
+    spec = load_spec(sweep.spec_file)
+    tracker = SweepTracker(str(meta["tracking_uri"]))
+    tracker.experiment_id, tracker.parent_run_id = str(meta["experiment_id"]), str(meta["parent_run_id"])
+    study = _load_study(sweep, spec)
+    state = SweepState(metric=spec.metric, mode=spec.mode)
+    searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
+    ray_dir = sweep.path / "ray"
+    unfinished = _ray_unfinished(ray_dir)
+    plan = rebuild(searcher, _trial_runs(tracker), unfinished or {})
+    plan.ray_state = unfinished is not None
+    _close_runs(tracker, plan.closed)
+    meta = {**meta, "status": RUNNING, "driver": driver_identity(), "resumes": int(meta.get("resumes", 0)) + 1}
+    _reopen_parent(tracker, plan, int(meta["resumes"]))
+    sweep.write_meta(meta)
+    for line in plan.lines():
+        say(f"  {line}")
+    start_ray()
+    configs = engine_configs(spec, sweep, searcher, state, tracker, stream)
+    if unfinished is None:
+        tuner = tune.Tuner(sweep_trainable(spec), **configs)
+    else:
+        searcher.must_restore = True
+        tuner = tune.Tuner.restore(str(ray_dir), sweep_trainable(spec), resume_unfinished=True)
+        _install(tuner, configs)
+    interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
+    return SweepResult(sweep, state, tracker.parent_run_id, tracker.uri, interrupted)
+
+
+def _load_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
+    from sweeps.study import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=sweep.name, storage=sweep.storage_uri, sampler=make_sampler(spec))
+
+
+def _ray_unfinished(ray_dir: Path) -> dict[str, bool] | None:
+    """Trials Ray's last snapshot holds as unfinished, and whether it has a checkpoint of each.
+
+    None when there is no snapshot.
+    """
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    if not any(ray_dir.glob("experiment_state-*.json")):
+        return None
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns that trials have no result.json: MLflow keeps results
+    try:
+        trials = ExperimentAnalysis(str(ray_dir)).trials
+    finally:
+        quiet.setLevel(level)
+    return {t.trial_id: t.checkpoint is not None for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)}
+
+
+def _install(tuner: Any, configs: dict[str, Any]) -> None:
+    """Give the restored Tuner this driver's searcher, scheduler and callbacks.
+
+    ``Tuner.restore`` brings back the objects pickled when the sweep started (with empty state);
+    Ray has no public way to pass new ones, so they are set on its internal tuner here.
+    """
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "_tune_config") or not hasattr(internal, "_run_config"):
+        raise SweepStoreError("resume needs the driver on the cluster (Ray Client is not supported)")
+    internal._tune_config = configs["tune_config"]
+    internal._run_config = configs["run_config"]
+
+
+def _trial_runs(tracker: SweepTracker) -> list[Any]:
+    """Every MLflow run under the sweep's parent."""
+    runs: list[Any] = []
+    token = None
+    query = f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'"
+    while True:
+        page = retry(
+            partial(tracker.client.search_runs, [tracker.experiment_id], query, max_results=1000, page_token=token),
+            "list trial runs",
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, bool]) -> ResumePlan:
+    """Fill the searcher's state from its study and the MLflow runs.
+
+    ``unfinished``: the trials Ray's snapshot holds as open, each with whether Ray has a checkpoint.
+    """
+    study, state, plan = searcher.study, searcher.state, ResumePlan()
+    by_id = {run.info.run_id: run for run in runs}
+    by_number = {run.data.tags.get("optuna.trial_number"): run for run in runs}
+    for frozen in study.get_trials(deepcopy=False):
+        attrs = frozen.user_attrs
+        run = by_id.get(str(attrs.get("mlflow_run_id"))) or by_number.get(str(frozen.number))
+        tags = run.data.tags if run is not None else {}
+        ray_id = str(attrs.get("ray_trial_id") or tags.get("ray.trial_id") or f"unstarted-{frozen.number}")
+        run_id = run.info.run_id if run is not None else ""
+        record = TrialRecord(frozen.number, ray_id, run_id, dict(attrs.get("config") or {}), dict(frozen.params))
+        _fill(record, frozen, tags, state.metric)
+        state.trials[ray_id] = record
+        if frozen.state == TrialState.RUNNING:
+            trial = optuna.Trial(study, frozen._trial_id)
+            if _continues(ray_id, run, unfinished):
+                searcher.live[ray_id] = trial
+                searcher.reported[ray_id] = max(frozen.intermediate_values, default=0)
+                plan.continued.append(record)
+            else:
+                state.finish(record, INTERRUPTED, LOST_REASON)
+                trial.set_user_attr("status", INTERRUPTED)
+                trial.set_user_attr("reason", LOST_REASON)
+                study.tell(trial, state=TrialState.FAIL)
+                plan.interrupted.append(record)
+                plan.closed.extend([record] if run is not None else [])
+        else:
+            status = str(attrs.get("status") or ENDED.get(frozen.state, FAILED))
+            state.finish(record, status, tags.get("sweep.reason") or str(attrs.get("reason", "")))
+            plan.ended += 1
+            if ray_id in unfinished:
+                plan.not_rerun.append(record)
+            if run is not None and run.info.status == "RUNNING":
+                plan.closed.append(record)
+        if record.status != INTERRUPTED:
+            searcher.asked += 1
+    _rebuild_rescues(searcher, runs, unfinished, plan)
+    return plan
+
+
+def _fill(record: TrialRecord, frozen: FrozenTrial, tags: dict[str, str], metric: str) -> None:
+    """Epochs, metric value, step counts and divergence details as the trial left them."""
+    values = frozen.intermediate_values
+    if values:
+        record.epochs = max(values)
+        last = values[record.epochs]
+        record.value = last if math.isfinite(last) else None
+    if frozen.state == TrialState.COMPLETE and frozen.value is not None and math.isfinite(frozen.value):
+        record.value = frozen.value
+    record.steps = int(frozen.user_attrs.get("steps", 0))
+    record.skipped_steps = round(float(frozen.user_attrs.get("skipped_share", 0.0)) * record.steps)
+    _fill_tags(record, tags)
+
+
+def _fill_tags(record: TrialRecord, tags: dict[str, str]) -> None:
+    if tags.get("sweep.epochs", "").isdigit():
+        record.epochs = int(tags["sweep.epochs"])
+    record.signal = tags.get("sweep.signal", "")
+    step = tags.get("sweep.divergence_step", "")
+    record.diverged_at = int(step) if step.isdigit() else None
+
+
+def _continues(ray_id: str, run: Any, unfinished: dict[str, bool]) -> bool:
+    """Whether Ray will continue the trial without repeating what its MLflow run holds."""
+    if ray_id not in unfinished:
+        return False
+    return unfinished[ray_id] or run is None or not run.data.metrics
+
+
+def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, bool], plan: ResumePlan) -> None:
+    """Precision rescues live in MLflow only (they are outside the study); queue the ones never started."""
+    state = searcher.state
+    by_run = {r.run_id: r for r in state.trials.values()}
+    for run in runs:
+        tags = run.data.tags
+        original = by_run.get(tags.get("sweep.rescue_of", ""))
+        if tags.get("sweep.role") != "rescue" or original is None:
+            continue
+        precision = run.data.params.get("precision", "fp32")
+        ray_id = tags.get("ray.trial_id", f"rescue-{original.number}")
+        params, sampled = {**original.params, "precision": precision}, {**original.sampled, "precision": precision}
+        record = TrialRecord(original.number, ray_id, run.info.run_id, params, sampled, rescue_of=original)
+        original.rescue = record
+        state.trials[ray_id] = record
+        _fill_tags(record, tags)
+        value = run.data.metrics.get(state.metric)
+        record.value = value if value is not None and math.isfinite(value) else None
+        if run.info.status != "RUNNING":
+            state.finish(record, tags.get("sweep.status", FAILED), tags.get("sweep.reason", ""))
+        elif _continues(ray_id, run, unfinished):
+            plan.continued.append(record)
+        else:
+            state.finish(record, INTERRUPTED, LOST_REASON)
+            plan.interrupted.append(record)
+            plan.closed.append(record)
+    for record in sorted(state.trials.values(), key=lambda r: r.number):
+        if record.status == DIVERGED and record.rescue is None and searcher._wants_rescue(record):
+            searcher.rescues.append(record)
+
+
+def _close_runs(tracker: SweepTracker, records: list[TrialRecord]) -> None:
+    """End the MLflow runs of trials that ended (or were lost) while no driver could close them."""
+    for record in records:
+        tags = {"sweep.epochs": str(record.epochs)}
+        if record.signal:
+            tags.update({"sweep.signal": record.signal, "sweep.divergence_step": str(record.diverged_at)})
+        tracker.finish_run(record.run_id, record.status, record.reason, tags)
+
+
+def _reopen_parent(tracker: SweepTracker, plan: ResumePlan, resumes: int) -> None:
+    """Mark the parent run running again and keep what this resume found as an artifact."""
+    parent = tracker.parent_run_id
+    retry(lambda: tracker.client.update_run(parent, status="RUNNING"), "reopen parent run")
+    retry(lambda: tracker.client.set_tag(parent, "sweep.status", RUNNING), "tag parent run")
+    retry(lambda: tracker.client.set_tag(parent, "sweep.resumes", str(resumes)), "tag parent run")
+    tracker.log_text(parent, "\n".join(plan.lines()) + "\n", f"resume/resume_{resumes}.txt")

@@ -1,0 +1,253 @@
+"""``sweeps resume`` after the driver and its local Ray are killed with SIGKILL mid-sweep.
+
+The driver runs in its own session (process group); the test kills that whole group once some
+trials have ended and some are running with an epoch done, as when a laptop dies, then resumes
+the sweep with the real command and checks every record: the study, the MLflow runs under the
+parent, Ray's trial table, the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parent.parent
+TRIALS, EPOCHS = 8, 4
+SPEC = {
+    "name": "resume",
+    "trainer": "tests.toy_trainer:ToyTrainer",
+    "metric": {"name": "val_loss", "mode": "min"},
+    "seed": 0,
+    "budget": {"trials": TRIALS, "epochs": EPOCHS, "concurrency": 2},
+    "asha": False,
+    "search": {"n_startup_trials": 4},
+    "fixed": {"epoch_seconds": 0.8},
+    "params": {
+        "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
+        "width": {"type": "int", "low": 1, "high": 8},
+    },
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def sweeps(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sweeps", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=_env())
+
+
+def _progress(db: Path) -> tuple[int, int, int]:
+    """Completed trials; running trials with an epoch reported; running trials with none yet."""
+    if not db.exists():
+        return 0, 0, 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            done = con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+            running = con.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+            reported = con.execute(
+                "SELECT count(DISTINCT t.trial_id) FROM trials t JOIN trial_intermediate_values v "
+                "ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'"
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return 0, 0, 0
+    return int(done), int(reported), int(running) - int(reported)
+
+
+def _kill_mid_sweep(tmp_path: Path) -> None:
+    """Start ``sweeps run`` in its own process group; SIGKILL the group mid-sweep."""
+    log = (tmp_path / "run.log").open("w")
+    command = [sys.executable, "-m", "sweeps", "run", "spec.yaml", "--name", "s1", "--address", "local"]
+    driver = subprocess.Popen(
+        [*command, "--cpus", "2"],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        start_new_session=True,
+    )
+    db = tmp_path / "sweep_runs" / "s1" / "optuna.db"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            # Just after a trial ended and the next was asked: one trial has ended since Ray's last
+            # snapshot most likely, one runs with a checkpoint, one has just started.
+            done, reported, fresh = _progress(db)
+            if done >= 2 and reported >= 1 and fresh >= 1:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it was killed:\n" + (tmp_path / "run.log").read_text()
+        assert time.monotonic() < deadline, "the sweep made no progress"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        log.close()
+    time.sleep(2)  # let the killed session's processes go
+
+
+@pytest.mark.integration
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    _kill_mid_sweep(tmp_path)
+    sweep_dir = tmp_path / "sweep_runs" / "s1"
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    before = optuna.load_study(study_name="s1", storage=storage).get_trials()
+    running_at_kill = {t.number for t in before if t.state == TrialState.RUNNING}
+    assert running_at_kill and len(before) < TRIALS + 2
+
+    resumed = sweeps("resume", "s1", "--address", "local", "--cpus", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Traceback" not in resumed.stdout + resumed.stderr
+
+    # Optuna: the planned number of trials ended on their own; lost ones are recorded once, as interrupted.
+    trials = optuna.load_study(study_name="s1", storage=storage).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    ended = [t for t in trials if t.user_attrs.get("status") != "interrupted"]
+    interrupted = [t for t in trials if t.user_attrs.get("status") == "interrupted"]
+    assert len(ended) == TRIALS
+    assert all(t.state == TrialState.COMPLETE for t in ended)
+    assert all(t.state == TrialState.FAIL and t.number in running_at_kill for t in interrupted)
+    continued = running_at_kill - {t.number for t in interrupted}
+
+    # MLflow: one child run per Optuna trial under the parent, each closed with the trial's status.
+    meta = json.loads((sweep_dir / "sweep.json").read_text())
+    assert meta["status"] == "completed" and meta["resumes"] == 1
+    client = MlflowClient(meta["tracking_uri"])
+    parent = client.get_run(meta["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.status"] == "completed"
+    query = f"tags.`mlflow.parentRunId` = '{meta['parent_run_id']}'"
+    runs = client.search_runs([meta["experiment_id"]], query, max_results=1000)
+    per_number = Counter(r.data.tags["optuna.trial_number"] for r in runs)
+    assert all(n == 1 for n in per_number.values()), per_number
+    run_of = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+    assert set(run_of) <= {t.number for t in trials} and {t.number for t in ended} <= set(run_of)
+    retrained = 0
+    for t in ended:
+        run = run_of[t.number]
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.info.status == "FINISHED" and run.data.tags["sweep.status"] == "completed"
+        assert run.data.tags["sweep.epochs"] == str(EPOCHS)
+        steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert set(steps) == set(range(1, EPOCHS + 1)), steps
+        assert steps[1] == 1, f"t{t.number} was trained from scratch twice"
+        if t.number not in continued:  # ended before the kill, or started after the resume: trained once
+            assert set(steps.values()) == {1}, f"t{t.number} was trained again: {steps}"
+        retrained += sum(n - 1 for n in steps.values())
+    for t in interrupted:  # the driver may have died before the trial's run id reached the study
+        if t.number in run_of:
+            run = run_of[t.number]
+            assert run.info.status == "KILLED" and run.data.tags["sweep.status"] == "interrupted"
+            steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+            assert set(steps.values()) <= {1}, f"t{t.number} was run again after it was recorded interrupted"
+
+    # Ray: its trial table holds exactly the trials that ran, each once, all ended.
+    from ray.tune import ExperimentAnalysis
+
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result.json: fine
+    ray_trials = ExperimentAnalysis(str(sweep_dir / "ray")).trials
+    ray_ids = Counter(r.trial_id for r in ray_trials)
+    ended_ids = {t.user_attrs["ray_trial_id"] for t in ended}
+    lost_ids = {t.user_attrs.get("ray_trial_id") for t in interrupted}
+    assert all(r.status == "TERMINATED" for r in ray_trials) and set(ray_ids.values()) == {1}
+    assert ended_ids <= set(ray_ids) and set(ray_ids) - ended_ids <= lost_ids  # lost ones never ran again
+
+    # Report and summary, covering every trial.
+    results = (sweep_dir / "report" / "results.csv").read_text().strip().splitlines()
+    assert len(results) == 1 + len(trials)
+    artifacts = {a.path for a in client.list_artifacts(meta["parent_run_id"])}
+    assert {"summary.txt", "report", "resume"} <= artifacts
+    assert "continue from their last checkpoint" in resumed.stdout and "trials" in resumed.stdout
+
+    print(
+        f"\nRESUME-FAULT planned={TRIALS} ended={len(ended)} lost={TRIALS - len(ended)} "
+        f"duplicated_runs={sum(n - 1 for n in per_number.values())} running_at_kill={len(running_at_kill)} "
+        f"continued={len(continued)} interrupted_and_replaced={len(interrupted)} "
+        f"not_rerun={_plan_count(resumed.stdout, 'not run again')} "
+        f"epochs_retrained={retrained}"
+    )
+
+    again = sweeps("resume", "s1", cwd=tmp_path)
+    assert again.returncode == 2 and "already finished" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    missing = sweeps("resume", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr
+
+
+@pytest.mark.integration
+def _plan_count(output: str, words: str) -> int:
+    line = next(line for line in output.splitlines() if words in line)
+    listed = line.split(":", 1)[1].strip()
+    return 0 if listed == "none" else len(listed.split(","))
+
+
+def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
+    """Each way a trial can be left by a dead driver, rebuilt from a real study and MLflow store (no Ray)."""
+    from sweeps.resume import LOST_REASON, _close_runs, _trial_runs, rebuild
+    from sweeps.searcher import OptunaSearcher
+    from sweeps.spec import load_spec
+    from sweeps.state import SweepState
+    from sweeps.store import new_sweep_dir
+    from sweeps.study import create_study
+    from sweeps.tracking import SweepTracker
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "budget": {"trials": 5, "epochs": 2}}))
+    spec = load_spec(tmp_path / "spec.yaml")
+    sweep = new_sweep_dir(tmp_path / "runs", "s")
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start("resume", "s", "", {})
+    first = OptunaSearcher(spec, create_study(sweep, spec), SweepState("val_loss", "min"), tracker, "s")
+    for ray_id in "abcde":
+        assert first.suggest(ray_id) is not None
+    for epoch in (1, 2):
+        first.on_trial_result("a", {"val_loss": 1.0 / epoch, "training_iteration": epoch})
+    first.on_trial_complete("a", {"val_loss": 0.5, "training_iteration": 2})  # its MLflow run left open
+    first.on_trial_result("b", {"val_loss": 2.0, "training_iteration": 1})
+    tracker.client.log_metric(first.state.trials["d"].run_id, "val_loss", 3.0, step=1)  # logged, not yet in Ray
+
+    study = optuna.load_study(study_name="s", storage=sweep.storage_uri)
+    again = OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s")
+    # Ray's snapshot: a and b open with a checkpoint, d and e open without one; c unknown to it.
+    plan = rebuild(again, _trial_runs(tracker), unfinished={"a": True, "b": True, "d": False, "e": False})
+    _close_runs(tracker, plan.closed)
+
+    assert [r.ray_id for r in plan.continued] == ["b", "e"]  # e logged nothing: it may start over
+    assert [r.ray_id for r in plan.interrupted] == ["c", "d"]
+    assert [r.ray_id for r in plan.not_rerun] == ["a"] and {r.ray_id for r in plan.closed} == {"a", "c", "d"}
+    state = again.state
+    assert state.trials["a"].status == "completed" and state.trials["a"].value == 0.5
+    assert state.best is state.trials["a"]
+    assert state.trials["b"].status == "running" and state.trials["b"].epochs == 1
+    assert again.reported == {"b": 1, "e": 0} and set(again.live) == {"b", "e"}
+    assert again.asked == 3  # c and d do not count toward the budget
+    for number in (2, 3):
+        lost = study.trials[number]
+        assert lost.state == TrialState.FAIL and lost.user_attrs["status"] == "interrupted"
+        assert lost.user_attrs["reason"] == LOST_REASON
+    runs = {r.data.tags["ray.trial_id"]: r for r in _trial_runs(tracker)}
+    assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["sweep.status"] == "completed"
+    assert runs["c"].info.status == runs["d"].info.status == "KILLED" and runs["b"].info.status == "RUNNING"
+
+    assert again.suggest("f") is not None and again.suggest("g") is not None  # the budget: 5 that end on their own
+    assert again.suggest("h") == "FINISHED"
+    again.on_trial_result("b", {"val_loss": 1.5, "training_iteration": 2})
+    again.on_trial_complete("b", {"val_loss": 1.5, "training_iteration": 2})
+    b = study.trials[1]
+    assert b.state == TrialState.COMPLETE and b.intermediate_values == {1: 2.0, 2: 1.5}
