@@ -75,6 +75,7 @@ def run_sweep(
     from ray import tune
 
     from sweeps.callbacks import TrackingCallback
+    from sweeps.distributed import trial_concurrency, trial_resources
     from sweeps.live import LiveView
     from sweeps.scheduler import make_scheduler
     from sweeps.searcher import OptunaSearcher
@@ -93,17 +94,16 @@ def run_sweep(
     state = SweepState(metric=spec.metric, mode=spec.mode)
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     start_ray()
-    resources = {"cpu": spec.budget.cpus_per_trial, "gpu": spec.budget.gpus_per_trial}
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
+        tune.with_resources(run_trial, trial_resources(spec.budget)),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=make_scheduler(spec, state),
             metric=spec.metric,
             mode=spec.mode,
             num_samples=searcher.max_ray_trials,
-            max_concurrent_trials=spec.budget.concurrency,
-            reuse_actors=True,
+            max_concurrent_trials=trial_concurrency(spec.budget),
+            reuse_actors=spec.budget.workers_per_trial == 1,  # a stopped multi-worker trial's actor must end
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),

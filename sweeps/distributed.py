@@ -1,0 +1,312 @@
+"""Multi-worker trials (``budget.workers_per_trial > 1``): Ray Train's TorchTrainer inside a Tune trial.
+
+The Tune trial is a light driver (it holds no CPU or GPU): it starts a Ray Train V2 run of
+``workers_per_trial`` workers, each with ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, in
+their own placement group, with a torch process group (NCCL on GPUs, gloo on CPUs). Each worker
+runs the trainer; the trainer's plain ``torch.distributed`` hooks (``trainables/distributed.py``)
+average gradients, shard the training data and sum validation metrics over the ranks.
+
+- Every rank's step diagnostics are averaged over the ranks before the divergence detector sees
+  them, so every rank's detector sees the same values and stops at the same step: a NaN on one
+  rank stops them all.
+- Rank 0 alone logs to MLflow (steps, epochs, images, provenance, curves) and saves checkpoints.
+- Each epoch all ranks call ``ray.train.report``; a Ray Train callback in the controller relays
+  rank 0's metrics and checkpoint to the driver, which reports them to Tune (so ASHA, the Optuna
+  searcher and the checkpoint bookkeeping work as for one-worker trials). When Tune stops the
+  trial (ASHA, end of sweep), the driver kills the Train controller, and with it the workers.
+- A worker's exception ends the trial with that exception (out-of-memory is still ``oom``); its
+  traceback goes to the trial's MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray.train.v2.api.callback import UserCallback
+
+from sweeps.record import CurveHistory
+from sweeps.spec import Budget
+from sweeps.state import ENGINE_KEY
+from sweeps.tracking import TrialLogger
+from sweeps.trial import (
+    CHECKPOINT_FILE,
+    DivergedError,
+    MetricMissingError,
+    _detector,
+    _log_curves,
+    _log_images,
+    _log_provenance,
+    divergence_result,
+)
+from trainables.config import build_config
+from trainables.distributed import mean_over_ranks, rank
+from trainables.registry import load_trainer
+
+DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
+"""What the Tune trial itself asks for: nothing that workers need (Ray wants some resource)."""
+
+RELAY_TIMEOUT_S = 600.0
+
+
+def trial_resources(budget: Budget) -> dict[str, float]:
+    """Tune's resource request per trial: the trial's own, or the driver's when workers train."""
+    if budget.workers_per_trial <= 1:
+        return {"cpu": budget.cpus_per_trial, "gpu": budget.gpus_per_trial}
+    return dict(DRIVER_RESOURCES)
+
+
+def trial_concurrency(budget: Budget) -> int | None:
+    """Trials at once: the spec's, else (with workers) as many worker groups as the cluster holds now.
+
+    A Tune trial with workers holds no resources itself, so Tune alone would start every trial at
+    once; this bounds them by the CPUs (and GPUs) the cluster has when the sweep starts.
+    """
+    if budget.concurrency is not None or budget.workers_per_trial <= 1:
+        return budget.concurrency
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0.0) // (budget.workers_per_trial * budget.cpus_per_trial)]
+    if budget.gpus_per_trial > 0:
+        fits.append(total.get("GPU", 0.0) // (budget.workers_per_trial * budget.gpus_per_trial))
+    return max(1, int(min(fits)))
+
+
+def engine_settings(budget: Budget) -> dict[str, Any]:
+    """The entries of a trial's engine config that this module reads."""
+    return {"workers": budget.workers_per_trial, "gpus": budget.gpus_per_trial, "cpus": budget.cpus_per_trial}
+
+
+def is_distributed_trial(engine: dict[str, Any]) -> bool:
+    """Whether a trial's engine config asks for more than one worker."""
+    return int(engine.get("workers", 1)) > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The Tune trial: a driver for one Ray Train run
+# ---------------------------------------------------------------------------------------------
+
+
+def run_distributed_trial(config: dict[str, Any]) -> None:
+    """Run one trial on ``workers`` Ray Train workers; relay rank 0's reports to Tune."""
+    from ray import tune
+    from ray.util.queue import Queue
+
+    engine = config[ENGINE_KEY]
+    relay: Any = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    restore = tune.get_checkpoint()
+    trainer = _torch_trainer(config, engine, relay, restore)
+    outcome: dict[str, BaseException] = {}
+    thread = threading.Thread(target=_fit, args=(trainer, relay, outcome), daemon=True, name="ray-train-fit")
+    thread.start()
+    controller: Any = None
+    try:
+        while True:
+            item = relay.get()
+            if item is None:
+                break
+            metrics, checkpoint, controller = item
+            _report_to_tune(metrics, checkpoint)
+        thread.join()
+    finally:
+        if thread.is_alive() and controller is not None:  # Tune stopped the trial: stop its workers
+            import ray
+
+            ray.kill(controller, no_restart=True)
+    if "error" in outcome:
+        cause = _worker_cause(outcome["error"])
+        logger = TrialLogger(engine["tracking_uri"], engine["run_id"])
+        logger.log_failure(cause)
+        logger.close()
+        if cause is outcome["error"]:
+            raise cause
+        raise cause from outcome["error"]
+
+
+def _torch_trainer(config: dict[str, Any], engine: dict[str, Any], relay: Any, restore: Any) -> Any:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    gpus, cpus = float(engine.get("gpus", 0.0)), float(engine.get("cpus", 1.0))
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+    storage = tune.get_context().get_storage()
+    return TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config, "restore": restore},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=int(engine["workers"]), use_gpu=gpus > 0, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=f"{storage.storage_path}/{storage.experiment_dir_name}/{storage.trial_dir_name}",
+            storage_filesystem=storage.storage_filesystem,
+            callbacks=[_Relay(relay)],  # type: ignore[list-item]
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def _fit(trainer: Any, relay: Any, outcome: dict[str, BaseException]) -> None:
+    try:
+        trainer.fit()
+    except BaseException as exc:  # noqa: BLE001 - handed to the trial's thread, which raises it
+        outcome["error"] = exc
+    finally:
+        try:
+            relay.put(None, timeout=RELAY_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the driver is gone (the trial was stopped)
+            pass
+
+
+def _report_to_tune(metrics: dict[str, Any], checkpoint: Any) -> None:
+    """Report rank 0's metrics, with its checkpoint copied into the trial's own storage."""
+    from ray import tune
+
+    if checkpoint is None:
+        tune.report(metrics)
+        return
+    tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem))
+    try:  # Tune holds its copy now; Ray Train's would pile up one per epoch
+        checkpoint.filesystem.delete_dir(checkpoint.path)
+    except Exception:  # noqa: BLE001 - a leftover copy only costs disk
+        pass
+
+
+def _worker_cause(error: BaseException) -> BaseException:
+    """The exception of the lowest failed rank inside Ray Train's error, or the error itself."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        return failures[min(failures)]
+    return error
+
+
+class _Relay(UserCallback):
+    """Ray Train callback (runs in the Train controller): rank 0's report goes to the driver."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        """Hand rank 0's metrics, the checkpoint and this controller's handle to the driver."""
+        import ray
+
+        controller = ray.get_runtime_context().current_actor
+        self.queue.put((dict(metrics[0]), checkpoint, controller), timeout=RELAY_TIMEOUT_S)
+
+
+# ---------------------------------------------------------------------------------------------
+# One Ray Train worker
+# ---------------------------------------------------------------------------------------------
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    """Train on one rank: every rank trains and validates; rank 0 records."""
+    import ray.train.torch
+
+    config = loop_config["config"]
+    engine = config[ENGINE_KEY]
+    params = {key: value for key, value in config.items() if key != ENGINE_KEY}
+    if float(engine.get("gpus", 0.0)) > 0 and torch.cuda.is_available():
+        torch.cuda.set_device(ray.train.torch.get_device())  # "auto"/"cuda" then means this rank's GPU
+    logger = TrialLogger(engine["tracking_uri"], engine["run_id"]) if rank() == 0 else None
+    curves = CurveHistory()
+    try:
+        train_worker(engine, params, logger, curves, loop_config.get("restore"), _train_report)
+    finally:
+        if logger is not None:
+            _log_curves(curves, logger)
+            logger.close()
+
+
+def _train_report(metrics: dict[str, Any], trainer: Any | None) -> None:
+    """All ranks report each epoch (Ray Train's report is collective); rank 0 adds the checkpoint."""
+    import ray.train
+
+    if trainer is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank() == 0:
+            torch.save({"trainer": trainer.state_dict(), "epoch": metrics["epoch"]}, Path(folder) / CHECKPOINT_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def step_hook(detector: Any, counts: dict[str, float], logger: TrialLogger | None, curves: CurveHistory) -> Any:
+    """The engine's per-step hook on one rank: diagnostics averaged over ranks, then the detector.
+
+    Every rank gets the same averaged values, so every rank's detector fires at the same step
+    (a NaN on one rank makes the average NaN). Only the rank with a ``logger`` records them.
+    """
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        reduced = mean_over_ranks(metrics)
+        if logger is not None:
+            logger.add_step(step, reduced)
+            curves.add(step, reduced)
+        counts["sweep/steps"] += 1
+        counts["sweep/skipped_steps"] += float(any(v for k, v in reduced.items() if k.endswith("skipped")))
+        found = detector.observe(step, reduced)
+        if found is not None:
+            raise DivergedError(found)
+
+    return on_step
+
+
+def train_worker(
+    engine: dict[str, Any],
+    params: dict[str, Any],
+    logger: TrialLogger | None,
+    curves: CurveHistory,
+    restore: Any,
+    report: Any,
+) -> None:
+    """The epochs of one rank; ``report(metrics, trainer_or_None)`` is called on every rank each epoch."""
+    torch.set_num_threads(max(1, int(engine.get("threads", 1))))
+    trainer_cls = load_trainer(engine["trainer"])
+    trainer = trainer_cls(build_config(trainer_cls.Config, params))
+    metric, epochs = engine["metric"], int(engine["epochs"])
+    counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
+    if hasattr(trainer, "on_step"):
+        trainer.on_step = step_hook(_detector(engine), counts, logger, curves)
+    done = _restore(trainer, restore)
+    if done == 0 and logger is not None:
+        _log_provenance(engine, params, trainer_cls, trainer, logger)
+    for epoch in range(done + 1, epochs + 1):
+        try:
+            metrics = {**mean_over_ranks(trainer.train_epoch()), **trainer.validate()}
+        except DivergedError as diverged:
+            if logger is not None:
+                logger.flush()
+            report({metric: math.nan, "epoch": epoch, **counts, **divergence_result(diverged.divergence)}, None)
+            return
+        if metric not in metrics:
+            raise MetricMissingError(
+                f"metric {metric!r} not produced by trainer {engine['trainer']!r} "
+                f"(it reports: {', '.join(sorted(metrics))})"
+            )
+        if logger is not None:
+            logger.log_metrics(metrics, step=epoch)
+            _log_images(trainer, logger, epoch)
+        report({**metrics, "epoch": epoch, **counts}, trainer)
+
+
+def _restore(trainer: Any, checkpoint: Any) -> int:
+    """Load the trial's checkpoint on every rank, if it is being restored; return the epochs done."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint() or checkpoint
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+    trainer.load_state_dict(state["trainer"])
+    return int(state["epoch"])
