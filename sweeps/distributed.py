@@ -145,7 +145,7 @@ def _torch_trainer(config: dict[str, Any], engine: dict[str, Any], relay: Any, r
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=ray.train.RunConfig(
             name="train",
-            storage_path=f"{storage.storage_path}/{storage.experiment_dir_name}/{storage.trial_dir_name}",
+            storage_path=storage.trial_fs_path,
             storage_filesystem=storage.storage_filesystem,
             callbacks=[_Relay(relay)],  # type: ignore[list-item]
             failure_config=ray.train.FailureConfig(max_failures=0),

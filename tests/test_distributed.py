@@ -9,9 +9,9 @@ whose trials each train on two Ray Train workers and checks what MLflow recorded
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,7 @@ def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) ->
 
     (workdir / "spec.yaml").write_text(SWEEP_SPEC)
     spec = load_spec(workdir / "spec.yaml")
-    result = run_sweep(spec, root=workdir / "sweep_runs", name="ddp")
+    result = run_sweep(spec, root=workdir / "sweep_runs", name="ddp", stream=io.StringIO())
 
     assert result.state.counts.get("completed") == 2, result.state.trials
     mlflow = MlflowClient(result.tracking_uri)
@@ -190,4 +190,3 @@ def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) ->
     record = next(iter(result.state.trials.values()))
     assert math.isfinite(record.value or math.nan)
     assert any(mlflow.list_artifacts(run.info.run_id, "checkpoint") for run in children)
-    os.environ.pop("RAY_TRAIN_V2_ENABLED", None)
