@@ -30,7 +30,7 @@ import torch
 from ray.train.v2.api.callback import UserCallback
 
 from sweeps.record import CurveHistory
-from sweeps.spec import Budget
+from sweeps.spec import Budget, SpecError, SweepSpec
 from sweeps.state import ENGINE_KEY
 from sweeps.tracking import TrialLogger
 from sweeps.trial import (
@@ -75,6 +75,46 @@ def trial_concurrency(budget: Budget) -> int | None:
     if budget.gpus_per_trial > 0:
         fits.append(total.get("GPU", 0.0) // (budget.workers_per_trial * budget.gpus_per_trial))
     return max(1, int(min(fits)))
+
+
+def check_workers_fit(spec: SweepSpec) -> None:
+    """Raise SpecError (one line) when one trial's workers can never fit on the Ray cluster.
+
+    Ray Train would otherwise wait for them forever. The cluster's ceiling is its autoscaler's
+    maximum where it has one, else what it has now. Starts local Ray if none is running.
+    """
+    budget = spec.budget
+    if budget.workers_per_trial <= 1:
+        return
+    from sweeps.runner import start_ray
+
+    start_ray()
+    ceiling = _max_cluster_resources()
+    for name, each in (("CPU", budget.cpus_per_trial), ("GPU", budget.gpus_per_trial)):
+        need, have = budget.workers_per_trial * each, ceiling.get(name, 0.0)
+        if need > have:
+            raise SpecError(
+                spec.source,
+                [
+                    (
+                        "budget.workers_per_trial",
+                        f"{budget.workers_per_trial} workers x {each:g} {name} need {need:g} {name}s; "
+                        f"the Ray cluster has at most {have:g}",
+                    )
+                ],
+            )
+
+
+def _max_cluster_resources() -> dict[str, float]:
+    import ray
+
+    try:
+        from ray._private.state import state
+
+        ceiling = state.get_max_resources_from_cluster_config()  # an autoscaler's maximum
+    except Exception:  # noqa: BLE001 - a private API: fall back to what the cluster has
+        ceiling = None
+    return {k: float(v) for k, v in (ceiling or ray.cluster_resources()).items()}
 
 
 def engine_settings(budget: Budget) -> dict[str, Any]:

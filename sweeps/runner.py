@@ -75,13 +75,14 @@ def run_sweep(
     from ray import tune
 
     from sweeps.callbacks import TrackingCallback
-    from sweeps.distributed import trial_concurrency, trial_resources
+    from sweeps.distributed import check_workers_fit, trial_concurrency, trial_resources
     from sweeps.live import LiveView
     from sweeps.scheduler import make_scheduler
     from sweeps.searcher import OptunaSearcher
     from sweeps.study import create_study
     from sweeps.trial import run_trial
 
+    check_workers_fit(spec)  # budget.workers_per_trial: before anything is recorded
     sweep = new_sweep_dir(root, name or default_name(spec.name))
     uri = resolve_tracking_uri(tracking_uri)
     spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
