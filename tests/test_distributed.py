@@ -120,6 +120,30 @@ def _one_step_single(batch: list[list[float]], targets: list[float]) -> dict[str
     return {"weights": [p.detach().flatten().tolist() for p in net.model.parameters()], "grad_norm": stats.grad_norm}
 
 
+def _overflow_on_rank_one(rank: int, folder: Path, precision: str) -> dict[str, Any]:
+    from trainables.precision import AmpNetwork
+
+    torch.manual_seed(0)
+    net = AmpNetwork(torch.nn.Linear(3, 1), lambda p: torch.optim.SGD(p, lr=0.1), precision, torch.device("cpu"))
+    before = [p.detach().clone() for p in net.model.parameters()]
+    net.zero_grad()
+    with net.autocast():
+        loss = net.model(torch.ones(2, 3).to(net.input_dtype)).float().mean()
+    net.backward(loss * (math.inf if rank == 1 else 1.0))
+    stats = net.step()
+    unchanged = all(torch.equal(a, b.detach()) for a, b in zip(before, net.model.parameters(), strict=True))
+    return {"skipped": stats.skipped, "loss_scale": stats.loss_scale, "unchanged": unchanged}
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp16-o2"])
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, precision: str) -> None:
+    ranks = _spawn(_overflow_on_rank_one, tmp_path, precision)
+
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["skipped"] and ranks[0]["unchanged"]
+    assert ranks[0]["loss_scale"] == 32768.0  # halved from 65536 on both
+
+
 def _nan_on_rank_one(rank: int, folder: Path) -> dict[str, Any]:
     from sweeps.distributed import step_hook
     from sweeps.divergence import DivergenceDetector
