@@ -12,8 +12,11 @@ average gradients, shard the training data and sum validation metrics over the r
 - Rank 0 alone logs to MLflow (steps, epochs, images, provenance, curves) and saves checkpoints.
 - Each epoch all ranks call ``ray.train.report``; a Ray Train callback in the controller relays
   rank 0's metrics and checkpoint to the driver, which reports them to Tune (so ASHA, the Optuna
-  searcher and the checkpoint bookkeeping work as for one-worker trials). When Tune stops the
-  trial (ASHA, end of sweep), the driver kills the Train controller, and with it the workers.
+  searcher and the checkpoint bookkeeping work as for one-worker trials) and sends Tune's answer
+  back: rank 0 waits for it and every rank follows it, so a trial ASHA stops ends after that
+  epoch, as a one-worker trial does, with everything recorded and the workers' resources freed
+  by Ray Train itself (``fit`` runs in a detached launcher actor, which a stopped trial's end
+  does not take down).
 - A worker's exception ends the trial with that exception (out-of-memory is still ``oom``); its
   traceback goes to the trial's MLflow run.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ from sweeps.trial import (
     divergence_result,
 )
 from trainables.config import build_config
-from trainables.distributed import mean_over_ranks, rank
+from trainables.distributed import agree, mean_over_ranks, rank
 from trainables.registry import load_trainer
 
 DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
@@ -133,42 +136,81 @@ def is_distributed_trial(engine: dict[str, Any]) -> bool:
 
 
 def run_distributed_trial(config: dict[str, Any]) -> None:
-    """Run one trial on ``workers`` Ray Train workers; relay rank 0's reports to Tune."""
+    """Run one trial on ``workers`` Ray Train workers; relay rank 0's reports to Tune and Tune's answers back.
+
+    ``TorchTrainer.fit`` runs in a detached launcher actor, not in this trial's process: when Tune
+    stops the trial it ends this process, and a Train run owned by it would be killed with it,
+    its last records unsent and its placement group left behind. Instead rank 0 waits after each
+    epoch's report for the answer (go on, or stop), and on a stop, or when this process is gone,
+    every rank leaves its loop, rank 0 closes its MLflow logger, and Ray Train ends the run and
+    frees the workers' resources itself.
+    """
+    import ray
     from ray import tune
     from ray.util.queue import Queue
 
     engine = config[ENGINE_KEY]
     relay: Any = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    restore = tune.get_checkpoint()
-    trainer = _torch_trainer(config, engine, relay, restore)
-    outcome: dict[str, BaseException] = {}
-    thread = threading.Thread(target=_fit, args=(trainer, relay, outcome), daemon=True, name="ray-train-fit")
-    thread.start()
-    controller: Any = None
-    try:
-        while True:
-            item = relay.get()
-            if item is None:
-                break
-            metrics, checkpoint, controller = item
+    control: Any = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    trainer = _torch_trainer(config, engine, relay, control, tune.get_checkpoint())
+    # Outside the trial's placement group (Tune makes child actors join it by default): removing
+    # that group when the trial ends would kill the launcher and the Train run with it.
+    launcher = ray.remote(num_cpus=0)(_Launcher).options(lifetime="detached", scheduling_strategy="DEFAULT").remote()
+    launcher.run.remote(trainer, relay)  # type: ignore[attr-defined]
+    while True:
+        item = relay.get()
+        if item[0] == "done":
+            error = item[1]
+            break
+        _, metrics, checkpoint = item
+        try:
             _report_to_tune(metrics, checkpoint)
-        thread.join()
-    finally:
-        if thread.is_alive() and controller is not None:  # Tune stopped the trial: stop its workers
-            import ray
-
-            ray.kill(controller, no_restart=True)
-    if "error" in outcome:
-        cause = _worker_cause(outcome["error"])
+        except BaseException:  # Tune stopped the trial (ASHA, end of sweep): the workers stop too
+            _answer(control, STOP)
+            raise
+        _answer(control, GO)
+    if error is not None:
+        cause = _worker_cause(error)
         logger = TrialLogger(engine["tracking_uri"], engine["run_id"])
         logger.log_failure(cause)
         logger.close()
-        if cause is outcome["error"]:
+        if cause is error:
             raise cause
-        raise cause from outcome["error"]
+        raise cause from error
 
 
-def _torch_trainer(config: dict[str, Any], engine: dict[str, Any], relay: Any, restore: Any) -> Any:
+GO, STOP = "go", "stop"
+
+
+def _answer(control: Any, answer: str) -> None:
+    try:
+        control.put(answer, timeout=RELAY_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - no rank is waiting (the run ended): nothing to tell
+        pass
+
+
+class _Launcher:
+    """Runs ``TorchTrainer.fit`` as a detached actor (so it outlives a stopped trial), then exits."""
+
+    def run(self, trainer: Any, relay: Any) -> None:
+        """Fit; send ``("done", error or None)`` to the trial; end this actor."""
+        import ray
+
+        error: BaseException | None = None
+        try:
+            trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the trial, which raises it
+            error = exc
+        for item in (("done", error), ("done", RuntimeError(repr(error)) if error else None)):
+            try:
+                relay.put(item, timeout=RELAY_TIMEOUT_S)
+                break
+            except Exception:  # noqa: BLE001 - unpicklable error (try its text), or the trial is gone
+                continue
+        ray.actor.exit_actor()
+
+
+def _torch_trainer(config: dict[str, Any], engine: dict[str, Any], relay: Any, control: Any, restore: Any) -> Any:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -178,7 +220,7 @@ def _torch_trainer(config: dict[str, Any], engine: dict[str, Any], relay: Any, r
     storage = tune.get_context().get_storage()
     return TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config, "restore": restore},
+        train_loop_config={"config": config, "restore": restore, "control": control},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(engine["workers"]), use_gpu=gpus > 0, resources_per_worker=resources
         ),
@@ -193,18 +235,6 @@ def _torch_trainer(config: dict[str, Any], engine: dict[str, Any], relay: Any, r
     )
 
 
-def _fit(trainer: Any, relay: Any, outcome: dict[str, BaseException]) -> None:
-    try:
-        trainer.fit()
-    except BaseException as exc:  # noqa: BLE001 - handed to the trial's thread, which raises it
-        outcome["error"] = exc
-    finally:
-        try:
-            relay.put(None, timeout=RELAY_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - the driver is gone (the trial was stopped)
-            pass
-
-
 def _report_to_tune(metrics: dict[str, Any], checkpoint: Any) -> None:
     """Report rank 0's metrics, with its checkpoint copied into the trial's own storage."""
     from ray import tune
@@ -212,11 +242,13 @@ def _report_to_tune(metrics: dict[str, Any], checkpoint: Any) -> None:
     if checkpoint is None:
         tune.report(metrics)
         return
-    tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem))
-    try:  # Tune holds its copy now; Ray Train's would pile up one per epoch
-        checkpoint.filesystem.delete_dir(checkpoint.path)
-    except Exception:  # noqa: BLE001 - a leftover copy only costs disk
-        pass
+    try:
+        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem))
+    finally:  # Tune holds its copy now (or stopped the trial); Ray Train's would pile up one per epoch
+        try:
+            checkpoint.filesystem.delete_dir(checkpoint.path)
+        except Exception:  # noqa: BLE001 - a leftover copy only costs disk
+            pass
 
 
 def _worker_cause(error: BaseException) -> BaseException:
@@ -234,11 +266,11 @@ class _Relay(UserCallback):
         self.queue = queue
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        """Hand rank 0's metrics, the checkpoint and this controller's handle to the driver."""
-        import ray
-
-        controller = ray.get_runtime_context().current_actor
-        self.queue.put((dict(metrics[0]), checkpoint, controller), timeout=RELAY_TIMEOUT_S)
+        """Hand rank 0's metrics and the checkpoint to the trial."""
+        try:
+            self.queue.put(("report", dict(metrics[0]), checkpoint), timeout=RELAY_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the trial is gone; rank 0 then stops on its own
+            pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,26 +290,38 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     logger = TrialLogger(engine["tracking_uri"], engine["run_id"]) if rank() == 0 else None
     curves = CurveHistory()
     try:
-        train_worker(engine, params, logger, curves, loop_config.get("restore"), _train_report)
+        report = partial(_train_report, control=loop_config["control"])
+        train_worker(engine, params, logger, curves, loop_config.get("restore"), report)
     finally:
         if logger is not None:
             _log_curves(curves, logger)
             logger.close()
 
 
-def _train_report(metrics: dict[str, Any], trainer: Any | None) -> None:
-    """All ranks report each epoch (Ray Train's report is collective); rank 0 adds the checkpoint."""
+def _train_report(metrics: dict[str, Any], trainer: Any | None, control: Any) -> bool:
+    """Report an epoch on every rank (rank 0 adds the checkpoint); True if the trial goes on.
+
+    Without a trainer (a diverged trial's last report) nothing is saved and nothing awaited.
+    Otherwise rank 0 waits for Tune's answer, which every rank then follows.
+    """
     import ray.train
 
     if trainer is None:
         ray.train.report(metrics)
-        return
+        return False
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank() == 0:
             torch.save({"trainer": trainer.state_dict(), "epoch": metrics["epoch"]}, Path(folder) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
+    go = False
+    if rank() == 0:
+        try:
+            go = control.get(timeout=RELAY_TIMEOUT_S) == GO
+        except Exception:  # noqa: BLE001 - no answer, or the trial is gone: stop
+            go = False
+    return agree(go)
 
 
 def step_hook(detector: Any, counts: dict[str, float], logger: TrialLogger | None, curves: CurveHistory) -> Any:
@@ -309,7 +353,7 @@ def train_worker(
     restore: Any,
     report: Any,
 ) -> None:
-    """The epochs of one rank; ``report(metrics, trainer_or_None)`` is called on every rank each epoch."""
+    """The epochs of one rank; ``report(metrics, trainer_or_None)`` on every rank each epoch says whether to go on."""
     torch.set_num_threads(max(1, int(engine.get("threads", 1))))
     trainer_cls = load_trainer(engine["trainer"])
     trainer = trainer_cls(build_config(trainer_cls.Config, params))
@@ -336,7 +380,8 @@ def train_worker(
         if logger is not None:
             logger.log_metrics(metrics, step=epoch)
             _log_images(trainer, logger, epoch)
-        report({**metrics, "epoch": epoch, **counts}, trainer)
+        if not report({**metrics, "epoch": epoch, **counts}, trainer):
+            return
 
 
 def _restore(trainer: Any, checkpoint: Any) -> int:

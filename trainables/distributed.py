@@ -86,6 +86,15 @@ def mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, values.tolist(), strict=True))
 
 
+def agree(decision: bool) -> bool:
+    """Rank 0's decision on every rank (unchanged in one process)."""
+    if not is_distributed():
+        return decision
+    flag = torch.tensor([1.0 if decision else 0.0], device=_device())
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Replace each gradient by its mean over the ranks (one all-reduce per dtype)."""
     if not is_distributed():
