@@ -62,6 +62,7 @@ def _validate_weights(rank: int, folder: Path, name: str) -> dict[str, Any]:
     return trainer.validate()
 
 
+@pytest.mark.integration  # two spawned processes importing torch
 @pytest.mark.parametrize("name", ["vae", "sr_gan", "translation_gan"])
 def test_validation_on_two_ranks_is_over_the_whole_set(tmp_path: Path, name: str) -> None:
     torch.set_num_threads(1)
@@ -101,6 +102,7 @@ def _one_step(rank: int, folder: Path, batch: list[list[float]], targets: list[f
     return {"weights": [p.detach().flatten().tolist() for p in net.model.parameters()], "grad_norm": stats.grad_norm}
 
 
+@pytest.mark.integration  # two spawned processes importing torch
 def test_averaged_gradients_of_two_shards_equal_the_full_batch(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(1)
     batch = torch.randn(8, 3, generator=generator).tolist()
@@ -144,6 +146,7 @@ def _overflow_on_rank_one(rank: int, folder: Path, precision: str) -> dict[str, 
     return {"skipped": stats.skipped, "loss_scale": stats.loss_scale, "unchanged": unchanged}
 
 
+@pytest.mark.integration  # two spawned processes importing torch
 @pytest.mark.parametrize("precision", ["fp16", "fp16-o2"])
 def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, precision: str) -> None:
     ranks = _spawn(_overflow_on_rank_one, tmp_path, precision)
@@ -170,6 +173,7 @@ def _nan_on_rank_one(rank: int, folder: Path) -> dict[str, Any]:
     return {"step": None, "signal": ""}
 
 
+@pytest.mark.integration  # two spawned processes importing torch
 def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
     ranks = _spawn(_nan_on_rank_one, tmp_path)
 
