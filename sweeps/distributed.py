@@ -125,11 +125,6 @@ def engine_settings(budget: Budget) -> dict[str, Any]:
     return {"workers": budget.workers_per_trial, "gpus": budget.gpus_per_trial, "cpus": budget.cpus_per_trial}
 
 
-def is_distributed_trial(engine: dict[str, Any]) -> bool:
-    """Whether a trial's engine config asks for more than one worker."""
-    return int(engine.get("workers", 1)) > 1
-
-
 # ---------------------------------------------------------------------------------------------
 # The Tune trial: a driver for one Ray Train run
 # ---------------------------------------------------------------------------------------------
