@@ -165,9 +165,11 @@ def run_distributed_trial(config: dict[str, Any]) -> None:
             raise
         _answer(control, GO)
     if error is not None:
-        cause = _worker_cause(error)
+        cause, worker_traceback = _worker_cause(error)
         logger = TrialLogger(engine["tracking_uri"], engine["run_id"])
         logger.log_failure(cause)
+        if worker_traceback:  # where the worker raised, rather than where this process re-raises
+            logger.log_text(worker_traceback, "traceback.txt")
         logger.close()
         if cause is error:
             raise cause
@@ -246,12 +248,13 @@ def _report_to_tune(metrics: dict[str, Any], checkpoint: Any) -> None:
             pass
 
 
-def _worker_cause(error: BaseException) -> BaseException:
-    """The exception of the lowest failed rank inside Ray Train's error, or the error itself."""
+def _worker_cause(error: BaseException) -> tuple[BaseException, str]:
+    """The exception the lowest failed rank raised, and its traceback text, from Ray Train's error."""
     failures = getattr(error, "worker_failures", None)
-    if failures:
-        return failures[min(failures)]
-    return error
+    if not failures:
+        return error, ""
+    failure = failures[min(failures)]  # Ray Train wraps it: UserExceptionWithTraceback
+    return getattr(failure, "_base_exc", failure), str(getattr(failure, "_traceback_str", ""))
 
 
 class _Relay(UserCallback):

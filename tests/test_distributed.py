@@ -276,3 +276,35 @@ def test_workers_per_trial_is_checked(tmp_path: Path, override: str, message: st
     with pytest.raises(SpecError) as error:
         load_spec(tmp_path / "spec.yaml", [override])
     assert str(error.value) == f"{tmp_path / 'spec.yaml'}: {message}"
+
+
+FAILING_SPEC = """
+name: ddp-oom
+trainer: tests.toy_trainer:ToyTrainer
+metric: {name: val_loss, mode: min}
+budget: {trials: 1, epochs: 3, workers_per_trial: 2, cpus_per_trial: 1}
+asha: false
+fixed: {behavior: oom, steps_per_epoch: 2}
+params:
+  lr: {type: float, low: 1e-3, high: 1e-1, log: true}
+"""
+
+
+@pytest.mark.integration
+def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    (workdir / "spec.yaml").write_text(FAILING_SPEC)
+    result = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="oom", stream=io.StringIO())
+
+    (record,) = result.state.trials.values()
+    assert record.status == "oom", (record.status, record.reason)
+    assert record.reason.startswith("OutOfMemoryError: CUDA out of memory"), record.reason
+    assert record.epochs == 1
+    mlflow = MlflowClient(result.tracking_uri)
+    run = mlflow.get_run(record.run_id)
+    assert run.data.tags["sweep.status"] == "oom"
+    assert "traceback.txt" in {a.path for a in mlflow.list_artifacts(record.run_id)}
