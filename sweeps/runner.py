@@ -80,9 +80,11 @@ def run_sweep(
     """Run ``spec`` to its trial budget and return the result; records survive an interrupt."""
     from ray import tune
 
+    from sweeps.distributed import check_workers_fit
     from sweeps.searcher import OptunaSearcher
     from sweeps.study import create_study
 
+    check_workers_fit(spec)  # budget.workers_per_trial: before anything is recorded
     sweep = new_sweep_dir(root, name or default_name(spec.name))
     uri = resolve_tracking_uri(tracking_uri)
     spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
@@ -104,9 +106,10 @@ def sweep_trainable(spec: SweepSpec) -> Any:
     """Ray's trainable for the sweep's trials: ``run_trial`` with each trial's CPUs and GPUs."""
     from ray import tune
 
+    from sweeps.distributed import trial_resources
     from sweeps.trial import run_trial
 
-    return tune.with_resources(run_trial, {"cpu": spec.budget.cpus_per_trial, "gpu": spec.budget.gpus_per_trial})
+    return tune.with_resources(run_trial, trial_resources(spec.budget))
 
 
 def engine_configs(
@@ -125,6 +128,7 @@ def engine_configs(
     from ray import tune
 
     from sweeps.callbacks import CheckpointPruner, TrackingCallback
+    from sweeps.distributed import trial_concurrency
     from sweeps.live import LiveView
     from sweeps.scheduler import make_scheduler
 
@@ -135,8 +139,8 @@ def engine_configs(
             metric=spec.metric,
             mode=spec.mode,
             num_samples=-1,
-            max_concurrent_trials=spec.budget.concurrency,
-            reuse_actors=True,
+            max_concurrent_trials=trial_concurrency(spec.budget),
+            reuse_actors=spec.budget.workers_per_trial == 1,  # a stopped multi-worker trial's actor must end
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -183,17 +187,11 @@ def _pending_trials(spec: SweepSpec) -> int:
     """Trials Tune may ask for ahead of a free slot: one per slot, so no slot waits on a suggestion.
 
     With a concurrency limit, Tune uses that; without one, Tune asks a searcher for one trial at
-    a time, so the slots the cluster has now (CPUs, and GPUs when trials use them) are counted.
+    a time, so the slots the cluster has now are counted.
     """
-    if spec.budget.concurrency:
-        return spec.budget.concurrency
-    import ray
+    from sweeps.distributed import cluster_slots
 
-    available = ray.cluster_resources()
-    slots = available.get("CPU", 1.0) / max(spec.budget.cpus_per_trial, 1e-3)
-    if spec.budget.gpus_per_trial:
-        slots = min(slots, available.get("GPU", 0.0) / spec.budget.gpus_per_trial)
-    return max(1, int(slots))
+    return spec.budget.concurrency or cluster_slots(spec.budget)
 
 
 def _trial_name(trial: object) -> str:

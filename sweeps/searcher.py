@@ -23,6 +23,7 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from sweeps.distributed import engine_settings
 from sweeps.errors import is_oom
 from sweeps.params import sample
 from sweeps.scheduler import rung_epochs
@@ -133,6 +134,7 @@ class OptunaSearcher(Searcher):
             "metric": self.spec.metric,
             "epochs": self.spec.budget.epochs,
             "threads": max(1, int(self.spec.budget.cpus_per_trial)),
+            **engine_settings(self.spec.budget),
             "tracking_uri": self.tracker.uri,
             "run_id": run_id,
             "spec_text": self.spec_text,

@@ -46,6 +46,8 @@ class Budget:
     concurrency: int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+    """Data-parallel workers per trial (Ray Train); ``cpus_per_trial``/``gpus_per_trial`` are per worker."""
 
 
 @dataclass
@@ -276,7 +278,8 @@ def _unknown(section: dict[str, Any], known: set[str], key: str, problems: Probl
 
 def _budget(value: Any, problems: Problems) -> Budget:
     section = _section(value, "budget", problems)
-    _unknown(section, {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial"}, "budget", problems)
+    known = {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial"}
+    _unknown(section, known, "budget", problems)
     budget = Budget()
     budget.trials = as_int(section.get("trials", budget.trials), "budget.trials", problems, minimum=1) or 1
     budget.epochs = as_int(section.get("epochs", budget.epochs), "budget.epochs", problems, minimum=1) or 1
@@ -289,6 +292,14 @@ def _budget(value: Any, problems: Problems) -> Budget:
     if gpus is not None and gpus < 0:
         problems.add("budget.gpus_per_trial", f"must be >= 0, got {gpus}")
     budget.cpus_per_trial, budget.gpus_per_trial = cpus or 1.0, gpus or 0.0
+    workers = as_int(section.get("workers_per_trial", 1), "budget.workers_per_trial", problems, minimum=1)
+    budget.workers_per_trial = workers or 1
+    if budget.workers_per_trial > 1 and 0 < budget.gpus_per_trial < 1:
+        problems.add(
+            "budget.gpus_per_trial",
+            f"must be a whole number of GPUs per worker with workers_per_trial > 1 "
+            f"(NCCL needs a GPU per rank), got {budget.gpus_per_trial}",
+        )
     return budget
 
 

@@ -56,6 +56,11 @@ def divergence_result(divergence: Divergence) -> dict[str, Any]:
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds trainer parameters plus the engine's own entry."""
     engine = config[ENGINE_KEY]
+    if int(engine.get("workers", 1)) > 1:  # budget.workers_per_trial: Ray Train workers (sweeps/distributed.py)
+        from sweeps.distributed import run_distributed_trial
+
+        run_distributed_trial(config)
+        return
     params = {key: value for key, value in config.items() if key != ENGINE_KEY}
     logger = TrialLogger(engine["tracking_uri"], engine["run_id"])
     curves = CurveHistory()

@@ -14,6 +14,7 @@ from torch import nn
 
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
 from trainables.discriminator import Discriminator, d_levels
+from trainables.distributed import shard_order, shard_range, sum_over_ranks
 from trainables.gan_losses import (
     ADV_LOSSES,
     AdvLoss,
@@ -223,7 +224,7 @@ class PairedGANTrainer:
         config = self.config
         self.g.model.train()
         self.d.model.train()
-        order = torch.randperm(config.train_images, generator=self.shuffle)
+        order = shard_order(torch.randperm(config.train_images, generator=self.shuffle))
         averages = EpochAverages()
         applied: dict[str, list[float]] = {"grad_norm": [], "d_grad_norm": []}
         skipped = d_skipped = 0
@@ -278,15 +279,18 @@ class PairedGANTrainer:
     def validate(self) -> dict[str, float]:
         """The generator's outputs on the fixed validation inputs, scored by :meth:`_quality`."""
         self.g.model.eval()
-        sums: dict[str, float] = {}
-        for start in range(0, len(self.val_targets), self.config.batch_size):
-            x = self.val_inputs[start : start + self.config.batch_size].to(self.device)
-            y = self.val_targets[start : start + self.config.batch_size].to(self.device)
+        sums = {name: 0.0 for name in self.metrics if name.startswith("val_")}  # the same keys on every rank
+        part = shard_range(len(self.val_targets))
+        for start in range(part.start, part.stop, self.config.batch_size):
+            stop = min(start + self.config.batch_size, part.stop)
+            x = self.val_inputs[start:stop].to(self.device)
+            y = self.val_targets[start:stop].to(self.device)
             with self.g.autocast():
                 output = self._generate(x)
             for name, values in self._quality(output.float().clamp(0, 1), y).items():
                 sums[name] = sums.get(name, 0.0) + float(values.sum())
-        return {name: total / len(self.val_targets) for name, total in sums.items()}
+        totals, count = sum_over_ranks(sums, float(len(part)))
+        return {name: total / count for name, total in totals.items()}
 
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.distributed import average_gradients, broadcast_tensors, is_distributed
+
 PRECISIONS = ("fp32", "bf16", "fp16", "fp16-o2")
 ALIASES = {
     "o0": "fp32",
@@ -155,6 +157,7 @@ class AmpNetwork:
         settings = scaler or ScalerSettings()
         self.min_scale = settings.min_loss_scale
         self.model = model.to(device)
+        broadcast_tensors([*self.model.parameters(), *self.model.buffers()])  # every rank starts from rank 0's
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.first_index, self.last_index = _weight_indices(self.params)
         if self.mode == "fp16-o2":
@@ -210,6 +213,7 @@ class AmpNetwork:
         """Unscale, measure gradient norms, step (or skip on overflow), update the loss scale."""
         if self.o2_scaler is not None:
             return self._step_o2(diagnostics)
+        average_gradients(self.params)  # under a process group: every rank steps on the mean gradient
         self.grad_scaler.unscale_(self.optimizer)
         stats = self._norms(self.params, diagnostics)
         before = self.loss_scale
@@ -221,6 +225,7 @@ class AmpNetwork:
         stats.skipped = stats.loss_scale < before or (
             self.grad_scaler.is_enabled() and not math.isfinite(stats.grad_norm)
         )
+        self._sync_buffers()
         return stats
 
     def _step_o2(self, diagnostics: bool) -> StepStats:
@@ -228,6 +233,7 @@ class AmpNetwork:
         inverse = 1.0 / self.o2_scaler.scale
         for p, m in zip(self.params, self.master, strict=True):
             m.grad = None if p.grad is None else p.grad.float() * inverse
+        average_gradients(self.master)  # in fp32, after unscaling
         stats = self._norms(self.master, diagnostics)
         overflow = not math.isfinite(stats.grad_norm)
         if not overflow:
@@ -237,7 +243,13 @@ class AmpNetwork:
                     p.copy_(m.to(p.dtype))
         self.o2_scaler.update(overflow)
         stats.loss_scale, stats.skipped = self.o2_scaler.scale, overflow
+        self._sync_buffers()
         return stats
+
+    def _sync_buffers(self) -> None:
+        """Under a process group, rank 0's buffers (batchnorm statistics) everywhere, as DDP does."""
+        if is_distributed():
+            broadcast_tensors(self.model.buffers())
 
     def _norms(self, params: list[nn.Parameter], diagnostics: bool) -> StepStats:
         grads = [p.grad for p in params if p.grad is not None]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
+from trainables.distributed import shard_order, shard_range, sum_over_ranks
 from trainables.images import dataset, make_grid, validation_images
 from trainables.precision import AmpNetwork
 from trainables.runtime import pick_device, restore_rng, rng_state, seed_everything
@@ -139,9 +140,9 @@ class VAETrainer:
         return recon_loss + self.config.kl_weight * kl, recon_loss, kl, recon
 
     def train_epoch(self) -> dict[str, float]:
-        """One pass over the training images in a seeded random order."""
+        """One pass over the training images in a seeded random order (this rank's share of it)."""
         self.model.train()
-        order = torch.randperm(len(self.train_images), generator=self.shuffle)
+        order = shard_order(torch.randperm(len(self.train_images), generator=self.shuffle))
         averages = EpochAverages()
         skipped, scale = 0, self.net.loss_scale
         for start in range(0, len(order), self.config.batch_size):
@@ -178,18 +179,24 @@ class VAETrainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Deterministic validation: the latent mean is decoded, no sampling."""
+        """Deterministic validation: the latent mean is decoded, no sampling.
+
+        Under a process group each rank scores its part of the validation images; the sums and
+        counts are added over the ranks, so the means are over the whole set.
+        """
         self.model.eval()
         sums = {"val_loss": 0.0, "val_mse": 0.0, "val_kl": 0.0}
-        for start in range(0, len(self.val_images), self.config.batch_size):
-            x = self.val_images[start : start + self.config.batch_size].to(self.device)
+        part = shard_range(len(self.val_images))
+        for start in range(part.start, part.stop, self.config.batch_size):
+            x = self.val_images[start : min(start + self.config.batch_size, part.stop)].to(self.device)
             with self.net.autocast():
                 loss, _, kl, recon = self._losses(x, sample=False)
             n = len(x)
             sums["val_loss"] += float(loss) * n
             sums["val_mse"] += float(F.mse_loss(recon.float(), x)) * n
             sums["val_kl"] += float(kl) * n
-        return {key: value / len(self.val_images) for key, value in sums.items()}
+        totals, count = sum_over_ranks(sums, float(len(part)))
+        return {key: value / count for key, value in totals.items()}
 
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:

@@ -1,0 +1,310 @@
+"""Multi-worker trials: the torch.distributed hooks against one process, then a real 2-worker sweep.
+
+The first tests start two gloo ranks with ``torch.multiprocessing`` (no Ray): the same weights give
+the same validation metric over the whole validation set on two ranks as in one process (with
+shards of unequal size, where a mean of rank means would differ); averaged gradients of two
+half-batches equal the full batch's; a NaN on one rank stops both. The last runs a real sweep
+whose trials each train on two Ray Train workers and checks what MLflow recorded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trainables.vae import VAEConfig, VAETrainer
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(target: Any, folder: Path, *args: Any) -> list[dict[str, Any]]:
+    """Run ``target(rank, folder, *args)`` on two gloo ranks; return what each wrote."""
+    mp.spawn(_rank_main, args=(target, str(folder), _free_port(), args), nprocs=2, join=True)
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _rank_main(rank: int, target: Any, folder: str, port: int, args: tuple[Any, ...]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        result = target(rank, Path(folder), *args)
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _tiny(name: str) -> Any:
+    from tests.test_trainer_contract import TINY as CONTRACT_TINY
+    from trainables.config import build_config
+    from trainables.registry import load_trainer
+
+    cls = load_trainer(name)
+    values = {**CONTRACT_TINY[name], "train_images": 8, "val_images": 5, "batch_size": 2, "device": "cpu"}
+    return cls(build_config(cls.Config, values))
+
+
+def _validate_weights(rank: int, folder: Path, name: str) -> dict[str, Any]:
+    trainer = _tiny(name)
+    trainer.load_state_dict(torch.load(folder / "weights.pt", weights_only=False))
+    return trainer.validate()
+
+
+@pytest.mark.integration  # two spawned processes importing torch
+@pytest.mark.parametrize("name", ["vae", "sr_gan", "translation_gan"])
+def test_validation_on_two_ranks_is_over_the_whole_set(tmp_path: Path, name: str) -> None:
+    torch.set_num_threads(1)
+    trainer = _tiny(name)
+    trainer.train_epoch()  # weights that are not the initial ones
+    torch.save(trainer.state_dict(), tmp_path / "weights.pt")
+    whole = trainer.validate()
+
+    ranks = _spawn(_validate_weights, tmp_path, name)
+
+    for result in ranks:
+        assert set(result) == set(whole)
+        for key, value in whole.items():
+            assert result[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    if name == "vae":
+        # 5 images on 2 ranks: shards of 2 and 3. A mean of the two rank means is another number.
+        images = trainer.val_images
+        rank_means = []
+        for part in (images[:2], images[2:]):
+            trainer.val_images = part
+            rank_means.append(trainer.validate()["val_mse"])
+        assert abs(sum(rank_means) / 2 - whole["val_mse"]) > 1e-4 * whole["val_mse"]
+
+
+def _one_step(rank: int, folder: Path, batch: list[list[float]], targets: list[float]) -> dict[str, Any]:
+    from trainables.distributed import shard_order
+    from trainables.precision import AmpNetwork
+
+    torch.manual_seed(0)
+    net = AmpNetwork(torch.nn.Linear(3, 1), lambda p: torch.optim.SGD(p, lr=0.1), "fp32", torch.device("cpu"))
+    x, y = torch.tensor(batch), torch.tensor(targets)[:, None]
+    mine = shard_order(torch.arange(len(x)))
+    net.zero_grad()
+    loss = torch.nn.functional.mse_loss(net.model(x[mine]), y[mine])
+    net.backward(loss)
+    stats = net.step()
+    return {"weights": [p.detach().flatten().tolist() for p in net.model.parameters()], "grad_norm": stats.grad_norm}
+
+
+@pytest.mark.integration  # two spawned processes importing torch
+def test_averaged_gradients_of_two_shards_equal_the_full_batch(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(1)
+    batch = torch.randn(8, 3, generator=generator).tolist()
+    targets = torch.randn(8, generator=generator).tolist()
+    single = _one_step_single(batch, targets)
+
+    ranks = _spawn(_one_step, tmp_path, batch, targets)
+
+    for result in ranks:
+        assert result["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+        for got, want in zip(result["weights"], single["weights"], strict=True):
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    # Without the all-reduce each rank would have stepped on its own half: different weights.
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def _one_step_single(batch: list[list[float]], targets: list[float]) -> dict[str, Any]:
+    from trainables.precision import AmpNetwork
+
+    torch.manual_seed(0)
+    net = AmpNetwork(torch.nn.Linear(3, 1), lambda p: torch.optim.SGD(p, lr=0.1), "fp32", torch.device("cpu"))
+    x, y = torch.tensor(batch), torch.tensor(targets)[:, None]
+    net.zero_grad()
+    net.backward(torch.nn.functional.mse_loss(net.model(x), y))
+    stats = net.step()
+    return {"weights": [p.detach().flatten().tolist() for p in net.model.parameters()], "grad_norm": stats.grad_norm}
+
+
+def _overflow_on_rank_one(rank: int, folder: Path, precision: str) -> dict[str, Any]:
+    from trainables.precision import AmpNetwork
+
+    torch.manual_seed(0)
+    net = AmpNetwork(torch.nn.Linear(3, 1), lambda p: torch.optim.SGD(p, lr=0.1), precision, torch.device("cpu"))
+    before = [p.detach().clone() for p in net.model.parameters()]
+    net.zero_grad()
+    with net.autocast():
+        loss = net.model(torch.ones(2, 3).to(net.input_dtype)).float().mean()
+    net.backward(loss * (math.inf if rank == 1 else 1.0))
+    stats = net.step()
+    unchanged = all(torch.equal(a, b.detach()) for a, b in zip(before, net.model.parameters(), strict=True))
+    return {"skipped": stats.skipped, "loss_scale": stats.loss_scale, "unchanged": unchanged}
+
+
+@pytest.mark.integration  # two spawned processes importing torch
+@pytest.mark.parametrize("precision", ["fp16", "fp16-o2"])
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, precision: str) -> None:
+    ranks = _spawn(_overflow_on_rank_one, tmp_path, precision)
+
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["skipped"] and ranks[0]["unchanged"]
+    assert ranks[0]["loss_scale"] == 32768.0  # halved from 65536 on both
+
+
+def _nan_on_rank_one(rank: int, folder: Path) -> dict[str, Any]:
+    from sweeps.distributed import step_hook
+    from sweeps.divergence import DivergenceDetector
+    from sweeps.record import CurveHistory
+    from sweeps.trial import DivergedError
+
+    counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
+    hook = step_hook(DivergenceDetector(None), counts, None, CurveHistory())
+    for step in range(1, 30):
+        loss = math.nan if rank == 1 and step >= 5 else 1.0 / step
+        try:
+            hook(step, {"loss": loss, "vae/grad_norm": 1.0, "vae/skipped": 0.0})
+        except DivergedError as diverged:
+            return {"step": step, "signal": diverged.divergence.signal}
+    return {"step": None, "signal": ""}
+
+
+@pytest.mark.integration  # two spawned processes importing torch
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    ranks = _spawn(_nan_on_rank_one, tmp_path)
+
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["signal"] == "non_finite"
+    assert ranks[0]["step"] is not None and 5 <= ranks[0]["step"] <= 7
+
+
+SWEEP_SPEC = """
+name: ddp-sweep
+trainer: vae
+metric: {name: val_mse, mode: min}
+seed: 0
+budget: {trials: 2, epochs: 2, workers_per_trial: 2, cpus_per_trial: 1}
+asha: {grace_period: 1, reduction_factor: 2}
+search: {sampler: random}
+fixed: {image_size: 16, width: 4, latent_dim: 4, train_images: 16, val_images: 5, batch_size: 4, device: cpu}
+params:
+  lr: {type: float, low: 1e-3, high: 1e-2, log: true}
+"""
+
+
+@pytest.mark.integration
+def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    (workdir / "spec.yaml").write_text(SWEEP_SPEC)
+    spec = load_spec(workdir / "spec.yaml")
+    result = run_sweep(spec, root=workdir / "sweep_runs", name="ddp", stream=io.StringIO())
+
+    # ASHA stops every trial: at epoch 1 (pruned) or at its last epoch. Each stop reaches the
+    # workers, which end the Train run and free both CPUs: the second trial could start.
+    records = list(result.state.trials.values())
+    assert [r.status for r in records].count("completed") >= 1, result.state.trials
+    assert all(r.status in ("completed", "pruned") for r in records), result.state.trials
+    epochs = {r.run_id: 2 if r.status == "completed" else 1 for r in records}
+    mlflow = MlflowClient(result.tracking_uri)
+    children = mlflow.search_runs(
+        [mlflow.get_experiment_by_name("ddp-sweep").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
+    assert len(children) == 2
+    for run in children:
+        done = epochs[run.info.run_id]
+        history = mlflow.get_metric_history(run.info.run_id, "val_mse")
+        assert [m.step for m in history] == list(range(1, done + 1))  # once per epoch: rank 0 alone logs
+        steps = mlflow.get_metric_history(run.info.run_id, "loss")
+        # 16 images, 2 ranks of 8, batches of 4: 2 steps an epoch, each logged once
+        assert sorted(m.step for m in steps) == list(range(1, 2 * done + 1))
+        artifacts = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "images", "curves"} <= artifacts
+    # The recorded metric is the whole validation set's: the checkpoint (rank 0's weights after
+    # the last epoch, sent to Tune, then the best ones to MLflow) scored in one process gives it.
+    for record in (r for r in records if r.status == "completed"):
+        (workdir / record.run_id).mkdir()
+        folder = Path(mlflow.download_artifacts(record.run_id, "checkpoint", str(workdir / record.run_id)))
+        state = torch.load(folder / "trainer.pt", weights_only=False)
+        assert state["epoch"] == 2
+        trainer = VAETrainer(VAEConfig(**record.params))
+        trainer.load_state_dict(state["trainer"])
+        recorded = mlflow.get_metric_history(record.run_id, "val_mse")[-1].value
+        assert trainer.validate()["val_mse"] == pytest.approx(recorded, rel=1e-6)
+
+
+@pytest.mark.integration
+def test_workers_that_cannot_fit_are_a_spec_error(ray_session: None, workdir: Path) -> None:
+    from sweeps.runner import run_sweep
+    from sweeps.spec import SpecError, load_spec
+
+    (workdir / "spec.yaml").write_text(SWEEP_SPEC)
+    spec = load_spec(workdir / "spec.yaml", ["budget.workers_per_trial=3"])
+    with pytest.raises(SpecError) as error:
+        run_sweep(spec, root=workdir / "sweep_runs", name="too-big", stream=io.StringIO())
+    assert str(error.value) == (
+        f"{workdir / 'spec.yaml'}: budget.workers_per_trial: 3 workers x 1 CPU need 3 CPUs; "
+        "the Ray cluster has at most 2"
+    )
+    assert not (workdir / "sweep_runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("budget.workers_per_trial=0", "budget.workers_per_trial: must be >= 1, got 0"),
+        ("budget.workers_per_trial=1.5", "budget.workers_per_trial: 1.5 is not an integer"),
+        (
+            "budget.gpus_per_trial=0.5",
+            "budget.gpus_per_trial: must be a whole number of GPUs per worker with workers_per_trial > 1 "
+            "(NCCL needs a GPU per rank), got 0.5",
+        ),
+    ],
+)
+def test_workers_per_trial_is_checked(tmp_path: Path, override: str, message: str) -> None:
+    from sweeps.spec import SpecError, load_spec
+
+    (tmp_path / "spec.yaml").write_text(SWEEP_SPEC)
+    with pytest.raises(SpecError) as error:
+        load_spec(tmp_path / "spec.yaml", [override])
+    assert str(error.value) == f"{tmp_path / 'spec.yaml'}: {message}"
+
+
+FAILING_SPEC = """
+name: ddp-oom
+trainer: tests.toy_trainer:ToyTrainer
+metric: {name: val_loss, mode: min}
+budget: {trials: 1, epochs: 3, workers_per_trial: 2, cpus_per_trial: 1}
+asha: false
+fixed: {behavior: oom, steps_per_epoch: 2}
+params:
+  lr: {type: float, low: 1e-3, high: 1e-1, log: true}
+"""
+
+
+@pytest.mark.integration
+def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    (workdir / "spec.yaml").write_text(FAILING_SPEC)
+    result = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="oom", stream=io.StringIO())
+
+    (record,) = result.state.trials.values()
+    assert record.status == "oom", (record.status, record.reason)
+    assert record.reason.startswith("OutOfMemoryError: CUDA out of memory"), record.reason
+    assert record.epochs == 1
+    mlflow = MlflowClient(result.tracking_uri)
+    run = mlflow.get_run(record.run_id)
+    assert run.data.tags["sweep.status"] == "oom"
+    assert "traceback.txt" in {a.path for a in mlflow.list_artifacts(record.run_id)}
