@@ -15,6 +15,7 @@ from sweeps import __version__
 from sweeps.record import git_commit
 from sweeps.spec import SweepSpec
 from sweeps.state import COMPLETED, INTERRUPTED, RUNNING, SweepState
+from sweeps.storage import check_trial_storage, resolve_trial_storage
 from sweeps.store import SweepDir, default_name, new_sweep_dir
 from sweeps.tracking import SweepTracker, resolve_tracking_uri
 
@@ -81,13 +82,17 @@ def run_sweep(
     from sweeps.study import create_study
     from sweeps.trial import run_trial
 
+    trial_storage = resolve_trial_storage(spec.trial_storage) if spec.trial_storage else None
+    if trial_storage is not None:
+        check_trial_storage(trial_storage)  # a one-line error before anything is recorded
     sweep = new_sweep_dir(root, name or default_name(spec.name))
     uri = resolve_tracking_uri(tracking_uri)
     spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
     sweep.spec_file.write_text(spec_text)
     tracker = SweepTracker(uri)
     parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
-    meta = _meta(spec, sweep, uri, tracker)
+    storage_path, experiment = (trial_storage, sweep.name) if trial_storage else (str(sweep.path), "ray")
+    meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
     sweep.write_meta(meta)
     study = create_study(sweep, spec)
     state = SweepState(metric=spec.metric, mode=spec.mode)
@@ -108,12 +113,14 @@ def run_sweep(
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name="ray",
-            storage_path=str(sweep.path),
+            name=experiment,
+            storage_path=storage_path,
             verbose=0,
             callbacks=[LiveView(state, spec.budget.trials, stream), TrackingCallback(state, tracker)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A trial whose process or node dies restarts from its last checkpoint; exceptions
+            # raised in the trial end it at once (sweeps.trial reports them as a final result).
+            failure_config=tune.FailureConfig(max_failures=spec.budget.retries),
         ),
     )
     interrupted = False

@@ -37,6 +37,7 @@ class TrialRecord:
     skipped_steps: int = 0
     rescue_of: TrialRecord | None = None
     rescue: TrialRecord | None = None
+    restarts: int = 0
 
     @property
     def skipped_share(self) -> float:

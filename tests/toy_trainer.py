@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +22,18 @@ class ToyConfig:
     fail_at_epoch: int = 0
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), raise (epoch 2), oom (epoch 2)
     steps_per_epoch: int = 5
+    sleep_per_epoch: float = 0.0  # seconds: long enough trials to kill a node under one
+    trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid" to <trace_dir>/<lr>.txt
+
+
+def _trace(folder: str, lr: float, epoch: int) -> None:
+    import os
+
+    import ray
+
+    line = f"{epoch} {ray.get_runtime_context().get_node_id()} {os.getpid()}\n"
+    with open(os.path.join(folder, f"{lr!r}.txt"), "a") as handle:
+        handle.write(line)
 
 
 class ToyTrainer:
@@ -34,6 +47,9 @@ class ToyTrainer:
 
     def train_epoch(self) -> dict[str, float]:
         self.epoch += 1
+        if self.config.trace_dir:
+            _trace(self.config.trace_dir, self.config.lr, self.epoch)
+        time.sleep(self.config.sleep_per_epoch)
         if self.config.fail_at_epoch and self.epoch >= self.config.fail_at_epoch:
             raise ValueError(f"toy failure at epoch {self.epoch}")
         if self.epoch == 2 and self.config.behavior == "raise":
