@@ -53,7 +53,7 @@ def kill_node_under_a_trial(cluster: Any, trace: Path, outcome: dict[str, Any], 
             node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
             cluster.remove_node(node, allow_graceful=False)
             outcome["killed"] = {"trace": path.name, "node_id": node_id, "pid": int(pid), "epoch": int(epoch)}
-            outcome["killed_at"] = time.monotonic()
+            outcome["killed_s"] = time.monotonic() - outcome["started"]
             return
         time.sleep(0.05)
 
@@ -68,11 +68,11 @@ def main(workdir: Path, trial_storage: str | None) -> None:
 
     (workdir / "trace").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(3):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    outcome: dict[str, Any] = {"nodes": [n.node_id for n in cluster.worker_nodes]}
+    outcome: dict[str, Any] = {"nodes": [n.node_id for n in cluster.worker_nodes], "started": started}
     stop = threading.Event()
     killer = threading.Thread(
         target=kill_node_under_a_trial, args=(cluster, workdir / "trace", outcome, stop), daemon=True
