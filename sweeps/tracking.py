@@ -317,6 +317,11 @@ class TrialLogger:
         for metric in missing:
             self.logged[metric.key] = max(self.logged.get(metric.key, metric.step), metric.step)
 
+    def history(self, key: str) -> list[tuple[int, float]]:
+        """Every ``(step, value)`` of a metric already in the store, by step."""
+        found = retry(lambda: self.client.get_metric_history(self.run_id, key), f"read {key}")
+        return sorted((int(m.step), float(m.value)) for m in found)
+
     def has_artifact(self, path: str) -> bool:
         """Whether the run already has an artifact at ``path`` (a top-level file)."""
         found = retry(lambda: self.client.list_artifacts(self.run_id), "list artifacts")

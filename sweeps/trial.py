@@ -107,7 +107,7 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
 
     if hasattr(trainer, "on_step"):
         trainer.on_step = on_step
-    done = _restore(trainer, logger, counts)
+    done = _restore(trainer, logger, counts, curves)
     if done == 0 or not logger.has_artifact("config.yaml"):
         _log_provenance(engine, params, trainer_cls, trainer, logger)
     for epoch in range(done + 1, epochs + 1):
@@ -156,7 +156,7 @@ def _log_curves(curves: CurveHistory, logger: TrialLogger) -> None:
         logger.log_text(f"could not draw curves: {exc}", "curves/error.txt")
 
 
-def _restore(trainer: Any, logger: TrialLogger, counts: dict[str, float]) -> int:
+def _restore(trainer: Any, logger: TrialLogger, counts: dict[str, float], curves: CurveHistory) -> int:
     """Load Ray's checkpoint if the trial is being restored; return the epochs already done.
 
     The logger then resends what the previous process queued before the checkpoint but may not
@@ -169,8 +169,20 @@ def _restore(trainer: Any, logger: TrialLogger, counts: dict[str, float]) -> int
         state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
     trainer.load_state_dict(state["trainer"])
     counts.update(state.get("counts", {}))
-    logger.resume(state.get("undelivered", []))
+    undelivered = state.get("undelivered", [])
+    logger.resume(undelivered)
+    _reload_curves(logger, curves, undelivered)
     return int(state["epoch"])
+
+
+def _reload_curves(logger: TrialLogger, curves: CurveHistory, undelivered: list[tuple[str, float, int, int]]) -> None:
+    """Give a restarted trial's curves the steps before the restart: the store's, then the resent ones."""
+    for key in [k for k in logger.logged if curves.wants(k)]:
+        for step, value in logger.history(key):
+            curves.add(step, {key: value})
+    for key, value, _, step in undelivered:
+        if curves.wants(key):
+            curves.add(step, {key: value})
 
 
 def _log_images(trainer: Any, logger: TrialLogger, epoch: int) -> None:

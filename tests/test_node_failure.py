@@ -25,7 +25,9 @@ import yaml
 from optuna.trial import TrialState
 
 from sweeps.cli import main
+from sweeps.record import CurveHistory
 from sweeps.tracking import SweepTracker, TrialLogger
+from sweeps.trial import _reload_curves
 from tests.cluster_sweep import EPOCHS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +163,11 @@ def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did
     assert second.flush(timeout=60)
     third = TrialLogger(uri, run_id)
     third.resume(checkpoint)
-    epoch(third, 4, range(16, 21))  # epoch 4 again: steps 16-18 are in the store already
+    curves = CurveHistory()
+    _reload_curves(third, curves, checkpoint)
+    for step in range(16, 21):  # epoch 4 again: steps 16-18 are in the store already
+        curves.add(step, {"loss": float(step)})
+    epoch(third, 4, range(16, 21))
     assert third.close(timeout=60)  # (the first process stays dead: its gate never opens)
 
     client = mlflow.MlflowClient(uri)
@@ -169,3 +175,5 @@ def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did
     epochs = [m.step for m in client.get_metric_history(run_id, "val_loss")]
     assert sorted(steps) == list(range(1, 21)), collections.Counter(steps)
     assert sorted(epochs) == [1, 2, 3, 4]
+    drawn = [step for step, _ in curves.series["loss"]]  # the curve of the restarted trial starts at step 1
+    assert set(drawn) == set(range(1, 21)) and drawn == sorted(drawn)
