@@ -47,13 +47,14 @@ def kill_node_under_a_trial(cluster: Any, trace: Path, outcome: dict[str, Any], 
     while not stop.is_set():
         for path in sorted(trace.glob("*.txt")):
             lines = path.read_text().splitlines()
-            epoch, node_id, pid = lines[-1].split() if lines else ("0", "", "")
+            epoch, node_id, pid, _ = lines[-1].split() if lines else ("0", "", "", "")
             if int(epoch) < KILL_AT_EPOCH:
                 continue
             node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
             cluster.remove_node(node, allow_graceful=False)
             outcome["killed"] = {"trace": path.name, "node_id": node_id, "pid": int(pid), "epoch": int(epoch)}
             outcome["killed_s"] = time.monotonic() - outcome["started"]
+            outcome["killed_at"] = time.time()
             return
         time.sleep(0.05)
 
@@ -116,3 +117,41 @@ def main(workdir: Path, trial_storage: str | None) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
+
+
+def measure(workdir: Path) -> dict[str, Any]:
+    """What the sweep in ``workdir`` recorded, counted: trials lost, duplicated and restarted."""
+    import collections
+
+    import mlflow
+    import optuna
+
+    outcome = json.loads((workdir / "outcome.json").read_text())
+    client = mlflow.MlflowClient(outcome["tracking_uri"])
+    experiment = client.get_experiment_by_name("nodes")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
+    repeated = 0  # epoch or step values logged more than once, over all runs
+    for run in runs:
+        for key in ("val_loss", "loss"):
+            steps = collections.Counter(m.step for m in client.get_metric_history(run.info.run_id, key))
+            repeated += sum(n - 1 for n in steps.values())
+    study = optuna.load_study(study_name="nodes", storage=f"sqlite:///{Path(outcome['sweep']) / 'optuna.db'}")
+    planned = len(outcome["state"])
+    completed = sum(1 for r in runs if r.data.tags.get("sweep.status") == "completed")
+    killed = outcome["killed"]
+    lines = [line.split() for line in outcome["traces"][killed["trace"]]]
+    moved = [(int(e), float(t)) for e, node, _, t in lines if node != killed["node_id"]]
+    return {
+        "planned": planned,
+        "mlflow_runs": len(runs),
+        "optuna_trials": len(study.trials),
+        "lost": planned - completed,
+        "duplicated_runs": len(runs) - planned + len(study.trials) - planned,
+        "repeated_values": repeated,
+        "restarted": sum(1 for t in outcome["ray"].values() if t["failures"]),
+        "killed_in_epoch": killed["epoch"],
+        "resumed_at_epoch": moved[0][0] if moved else None,
+        "recovery_s": round(moved[0][1] - outcome["killed_at"], 1) if moved else None,
+        "cluster_s": round(outcome["cluster_s"], 1),
+        "total_s": round(outcome["sweep_s"], 1),
+    }

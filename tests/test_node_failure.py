@@ -59,7 +59,7 @@ def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tm
     # The trial restarted on another node and went on from its checkpoint, not from epoch 1.
     killed = outcome["killed"]
     lines = [line.split() for line in outcome["traces"][killed["trace"]]]
-    epochs, nodes = [int(e) for e, _, _ in lines], [n for _, n, _ in lines]
+    epochs, nodes = [int(e) for e, *_ in lines], [n for _, n, *_ in lines]
     first_after = next(i for i, node in enumerate(nodes) if node != killed["node_id"])
     assert epochs[:first_after] == list(range(1, killed["epoch"] + 1))
     resumed = epochs[first_after]
@@ -91,6 +91,8 @@ def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tm
         steps_logged = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
         assert sorted(epochs_logged) == list(range(1, EPOCHS + 1)), epochs_logged
         assert sorted(steps_logged) == list(range(1, 5 * EPOCHS + 1)), collections.Counter(steps_logged)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"checkpoint", "curves", "config.yaml"} <= artifacts  # checkpoints read back from the URI
     again = next(r for r in runs if r.info.run_id == outcome["state"][restarted]["run_id"])
     assert again.data.tags["sweep.restarts"] == "1" and "Actor" in again.data.tags["sweep.restart_reason"]
     assert "sweep.reason" not in again.data.tags

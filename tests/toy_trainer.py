@@ -23,7 +23,7 @@ class ToyConfig:
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), raise (epoch 2), oom (epoch 2)
     steps_per_epoch: int = 5
     sleep_per_epoch: float = 0.0  # seconds: long enough trials to kill a node under one
-    trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid" to <trace_dir>/<lr>.txt
+    trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid time" to <trace_dir>/<lr>.txt
 
 
 def _trace(folder: str, lr: float, epoch: int) -> None:
@@ -31,7 +31,7 @@ def _trace(folder: str, lr: float, epoch: int) -> None:
 
     import ray
 
-    line = f"{epoch} {ray.get_runtime_context().get_node_id()} {os.getpid()}\n"
+    line = f"{epoch} {ray.get_runtime_context().get_node_id()} {os.getpid()} {time.time():.3f}\n"
     with open(os.path.join(folder, f"{lr!r}.txt"), "a") as handle:
         handle.write(line)
 
