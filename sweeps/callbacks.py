@@ -1,7 +1,8 @@
-"""Ray Tune callbacks in the driver: close each trial's MLflow run with its final status."""
+"""Ray Tune callbacks in the driver: close each trial's MLflow run; prune superseded checkpoints."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
@@ -9,6 +10,8 @@ from ray.tune import Callback
 
 from sweeps.state import FAILED, RUNNING, SweepState
 from sweeps.tracking import SweepTracker, retry
+
+log = logging.getLogger(__name__)
 
 
 class TrackingCallback(Callback):
@@ -53,3 +56,53 @@ class TrackingCallback(Callback):
         if record.signal:
             tags.update({"sweep.signal": record.signal, "sweep.divergence_step": str(record.diverged_at)})
         self.tracker.finish_run(record.run_id, record.status, record.reason, tags)
+
+
+class CheckpointPruner(Callback):
+    """Keeps each trial's newest checkpoint and deletes the ones it superseded, once it is safe.
+
+    Ray's own ``CheckpointConfig(num_to_keep=1)`` forces a snapshot of the whole experiment state
+    (every trial's JSON, the searcher) on each new checkpoint, so that a resumed sweep never points
+    at a deleted one: work per epoch that grows with the number of trials. Instead, Tune keeps
+    every checkpoint (``num_to_keep=None``) and snapshots on its own period, and this callback
+    deletes a superseded checkpoint only after a snapshot that no longer refers to it has been
+    written and the next one has begun (Tune asks callbacks for their state inside each snapshot,
+    after the trials' state is written), and at the end of the sweep.
+    """
+
+    def __init__(self) -> None:
+        self.newest: dict[str, Any] = {}
+        self.superseded: list[Any] = []
+        self.deletable: list[Any] = []
+
+    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
+        """A trial saved a checkpoint: the one it replaces goes to the queue."""
+        previous = self.newest.get(trial.trial_id)
+        self.newest[trial.trial_id] = checkpoint
+        if previous is not None:
+            self.superseded.append(previous)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """An ended trial's newest checkpoint stays (best checkpoints, pre-divergence state)."""
+        self.newest.pop(trial.trial_id, None)
+
+    on_trial_error = on_trial_complete
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Called inside each snapshot: delete what the previous snapshot no longer referred to."""
+        _delete(self.deletable)
+        self.deletable, self.superseded = self.superseded, []
+        return None
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """The final snapshot is written: nothing superseded is needed any more."""
+        _delete(self.deletable + self.superseded)
+        self.deletable, self.superseded = [], []
+
+
+def _delete(checkpoints: list[Any]) -> None:
+    for checkpoint in checkpoints:
+        try:
+            checkpoint.filesystem.delete_dir(checkpoint.path)
+        except (OSError, FileNotFoundError) as exc:  # already gone, or storage briefly unreachable
+            log.warning("could not delete superseded checkpoint %s: %s", checkpoint.path, exc)

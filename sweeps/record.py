@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 import platform
 import socket
 import subprocess
 import sys
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,11 @@ def git_commit(folder: str | Path = ".") -> str:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+@lru_cache(maxsize=4)
+def _environment(device: str) -> str:
+    return json.dumps(environment(device), indent=2, sort_keys=True)
 
 
 def environment(device: str = "") -> dict[str, Any]:
@@ -63,8 +68,12 @@ def environment(device: str = "") -> dict[str, Any]:
 
 
 def environment_json(device: str = "") -> str:
-    """:func:`environment` as indented JSON."""
-    return json.dumps(environment(device), indent=2, sort_keys=True)
+    """:func:`environment` as indented JSON, worked out once per process and device.
+
+    A reused trial process runs many trials; asking git and the package metadata again for each
+    (two subprocesses, a scan of site-packages) cost more than a tiny trial's training.
+    """
+    return _environment(device)
 
 
 def trainer_source(trainer_cls: type) -> tuple[str, str]:
@@ -100,33 +109,9 @@ class CurveHistory:
                     series.append((step, float(value)))
 
     def plot(self, folder: Path) -> list[Path]:
-        """Write ``curves.png``: loss, loss scale and gradient norm against the step, one panel each.
-
-        Drawn on a bare Agg canvas (no pyplot, no layout engine): about 10x cheaper per trial.
-        """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        """Write ``curves.png``: loss, loss scale and gradient norm against the step, one panel each."""
+        from sweeps.curves import draw_curves
 
         panels = [(name, sorted(k for k in self.series if k == name or k.endswith("/" + name))) for name in CURVES]
-        panels = [(name, keys) for name, keys in panels if keys]
-        if not panels:
-            return []
-        figure = Figure(figsize=(6, 2.2 * len(panels)), dpi=80)
-        FigureCanvasAgg(figure)
-        figure.subplots_adjust(left=0.12, right=0.97, top=0.95, bottom=0.08, hspace=0.45)
-        for row, (name, keys) in enumerate(panels, start=1):
-            ax = figure.add_subplot(len(panels), 1, row)
-            positive = True
-            for key in keys:
-                points = [(s, v) for s, v in self.series[key] if math.isfinite(v)]
-                positive = positive and all(v > 0 for _, v in points)
-                if points:
-                    ax.plot(*zip(*points, strict=True), label=key, linewidth=1)
-            ax.set_title(name, fontsize=9)
-            if positive:
-                ax.set_yscale("log")
-            if len(keys) > 1:
-                ax.legend(fontsize=7)
-        path = folder / "curves.png"
-        figure.savefig(path)
-        return [path]
+        chosen = [(name, {key: self.series[key] for key in keys}) for name, keys in panels if keys]
+        return [draw_curves(chosen, folder / "curves.png")] if chosen else []

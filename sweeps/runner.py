@@ -20,9 +20,12 @@ from sweeps.store import SweepDir, default_name, new_sweep_dir
 from sweeps.tracking import SweepTracker, resolve_tracking_uri
 
 # Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; its console
-# output is replaced by our live view; trainers see the user's working directory.
+# output is replaced by our live view; trainers see the user's working directory. A reused
+# trial process waits for the previous trial's last records to be delivered (Ray's default,
+# 2 s, fails the next trial with "Could not re-use actor" when the store is slow).
 ENGINE_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "900",
     "RAY_AIR_NEW_OUTPUT": "0",
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
 }
@@ -75,7 +78,7 @@ def run_sweep(
     """Run ``spec`` to its trial budget and return the result; records survive an interrupt."""
     from ray import tune
 
-    from sweeps.callbacks import TrackingCallback
+    from sweeps.callbacks import CheckpointPruner, TrackingCallback
     from sweeps.live import LiveView
     from sweeps.scheduler import make_scheduler
     from sweeps.searcher import OptunaSearcher
@@ -99,6 +102,7 @@ def run_sweep(
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     start_ray()
     resources = {"cpu": spec.budget.cpus_per_trial, "gpu": spec.budget.gpus_per_trial}
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
         tune_config=tune.TuneConfig(
@@ -116,8 +120,13 @@ def run_sweep(
             name=experiment,
             storage_path=storage_path,
             verbose=0,
-            callbacks=[LiveView(state, spec.budget.trials, stream), TrackingCallback(state, tracker)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[
+                LiveView(state, spec.budget.trials, stream),
+                TrackingCallback(state, tracker),
+                CheckpointPruner(),
+            ],
+            # Every checkpoint is kept by Tune; CheckpointPruner deletes the superseded ones safely.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             # A trial whose process or node dies restarts from its last checkpoint; exceptions
             # raised in the trial end it at once (sweeps.trial reports them as a final result).
             failure_config=tune.FailureConfig(max_failures=spec.budget.retries),
@@ -133,6 +142,23 @@ def run_sweep(
         interrupted = _close_open_trials(searcher, state, tracker) or interrupted
         _finish_parent(tracker, state, sweep, meta, interrupted, study)
     return SweepResult(sweep, state, parent, uri, interrupted)
+
+
+def _pending_trials(spec: SweepSpec) -> int:
+    """Trials Tune may ask for ahead of a free slot: one per slot, so no slot waits on a suggestion.
+
+    With a concurrency limit, Tune uses that; without one, Tune asks a searcher for one trial at
+    a time, so the slots the cluster has now (CPUs, and GPUs when trials use them) are counted.
+    """
+    if spec.budget.concurrency:
+        return spec.budget.concurrency
+    import ray
+
+    available = ray.cluster_resources()
+    slots = available.get("CPU", 1.0) / max(spec.budget.cpus_per_trial, 1e-3)
+    if spec.budget.gpus_per_trial:
+        slots = min(slots, available.get("GPU", 0.0) / spec.budget.gpus_per_trial)
+    return max(1, int(slots))
 
 
 def _trial_name(trial: object) -> str:

@@ -14,6 +14,7 @@ rescue is an extra Ray trial with its own MLflow run, linked to the first, outsi
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from typing import Any
 
@@ -71,14 +72,16 @@ class OptunaSearcher(Searcher):
             waiting = self.spec.divergence.rescue and any(r.status == "running" for r in self.state.trials.values())
             return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
         self.asked += 1
+        started = time.perf_counter()
         trial = self.study.ask()
         sampled = sample(trial, self.spec.params, self.spec.fixed)
         params = self.spec.resolve(sampled)
+        sampling = time.perf_counter() - started
         run_id = self.tracker.create_trial_run(self.sweep, trial.number, trial_id, params, sampled)
         for key, value in (("ray_trial_id", trial_id), ("mlflow_run_id", run_id), ("config", params)):
             trial.set_user_attr(key, value)
         self.live[trial_id] = trial
-        self.state.trials[trial_id] = TrialRecord(trial.number, trial_id, run_id, params, sampled)
+        self.state.trials[trial_id] = TrialRecord(trial.number, trial_id, run_id, params, sampled, sampling_s=sampling)
         return self._config(params, run_id)
 
     def _suggest_rescue(self, trial_id: str, original: TrialRecord) -> dict[str, Any]:

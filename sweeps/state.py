@@ -35,6 +35,8 @@ class TrialRecord:
     diverged_at: int | None = None
     steps: int = 0
     skipped_steps: int = 0
+    sampling_s: float = 0.0
+    """Seconds the sampler took to suggest this trial's parameters (Optuna ``ask`` and sampling)."""
     rescue_of: TrialRecord | None = None
     rescue: TrialRecord | None = None
     restarts: int = 0

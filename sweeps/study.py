@@ -7,6 +7,7 @@ import warnings
 import optuna
 
 from sweeps.spec import SweepSpec
+from sweeps.sqlite import use_wal
 from sweeps.store import SweepDir
 
 
@@ -27,6 +28,7 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 
 def create_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
     """Create the sweep's study in ``<sweep>/optuna.db``."""
+    use_wal()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=sweep.storage_uri,
@@ -41,5 +43,6 @@ def create_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
 
 def load_study(sweep: SweepDir) -> optuna.Study:
     """Open a sweep's study for reading (export, report)."""
+    use_wal()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=sweep.name, storage=sweep.storage_uri)

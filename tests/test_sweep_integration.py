@@ -100,6 +100,9 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "images"}
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
         assert images == [f"images/epoch_{e:03d}.png" for e in steps]
+        # one checkpoint per epoch was saved; the superseded ones were deleted, the last one kept
+        [trial_dir] = (result.sweep.path / "ray").glob(f"trial_{run.data.tags['ray.trial_id']}")
+        assert [p.name for p in trial_dir.glob("checkpoint_*")] == [f"checkpoint_{len(steps) - 1:06d}"]
     completed = sorted(
         (r for r in children if r.data.tags["sweep.status"] == "completed"), key=lambda r: r.data.metrics["val_mse"]
     )
