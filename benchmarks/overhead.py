@@ -40,7 +40,7 @@ REPORTS = 10
 class TimedConfig(ToyConfig):
     """The toy trainer's config plus the folder its timing lines go to."""
 
-    trace_dir: str = ""
+    timing_dir: str = ""
 
 
 class TimedToy(ToyTrainer):
@@ -59,7 +59,7 @@ class TimedToy(ToyTrainer):
         return metrics
 
     def _write(self, event: str) -> None:
-        folder = getattr(self.config, "trace_dir", "")
+        folder = getattr(self.config, "timing_dir", "")
         if folder:
             with open(Path(folder) / f"{os.getpid()}.jsonl", "a") as out:
                 out.write(json.dumps({"event": event, "t": time.time()}) + "\n")
@@ -181,7 +181,7 @@ def ours(trials: int, folder: Path, name: str = "ours") -> tuple[float, Any, Pat
         "budget": {"trials": trials, "epochs": REPORTS},
         "asha": {"grace_period": REPORTS},  # like plain Tune's ASHA here: nothing is cut before the end
         "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
-        "fixed": {"steps_per_epoch": 1, "trace_dir": str(traces)},
+        "fixed": {"steps_per_epoch": 1, "timing_dir": str(traces)},
     }
     spec = validate_spec(raw, "<benchmark>", [])
     start = time.perf_counter()

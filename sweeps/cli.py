@@ -108,6 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
         return 0
     from sweeps.runner import run_sweep, start_ray
+    from sweeps.storage import check_trial_storage, resolve_trial_storage
+
+    if spec.trial_storage:  # before Ray starts: a storage trials cannot write to is a one-line error
+        check_trial_storage(resolve_trial_storage(spec.trial_storage))
 
     if args.cpus is not None and args.address not in (None, "local"):
         print(f"note: --cpus sizes a new local Ray; ignored with --address {args.address}", file=sys.stderr)

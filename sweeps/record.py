@@ -92,12 +92,21 @@ class CurveHistory:
     def __init__(self) -> None:
         self.series: dict[str, list[tuple[int, float]]] = {}
 
+    @staticmethod
+    def wants(key: str) -> bool:
+        """Whether a step metric is drawn: ``loss``, ``*/loss_scale``, ``*/grad_norm``."""
+        return key == "loss" or key.rsplit("/", 1)[-1] in ("loss_scale", "grad_norm")
+
     def add(self, step: int, metrics: dict[str, float]) -> None:
-        """Keep this step's curve values (keys ``loss``, ``*/loss_scale``, ``*/grad_norm``)."""
+        """Keep this step's curve values (keys ``loss``, ``*/loss_scale``, ``*/grad_norm``).
+
+        Steps before the last one kept are dropped: a restarted trial reruns steps it already has.
+        """
         for key, value in metrics.items():
-            leaf = key.rsplit("/", 1)[-1]
-            if key == "loss" or leaf in ("loss_scale", "grad_norm"):
-                self.series.setdefault(key, []).append((step, float(value)))
+            if self.wants(key):
+                series = self.series.setdefault(key, [])
+                if not series or step >= series[-1][0]:
+                    series.append((step, float(value)))
 
     def plot(self, folder: Path) -> list[Path]:
         """Write ``curves.png``: loss, loss scale and gradient norm against the step, one panel each."""

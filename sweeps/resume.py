@@ -94,8 +94,11 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
             f"sweep {sweep.name!r} is still driven by pid {driver.get('pid')} on {driver.get('host')}; "
             "stop it first (or pass --force if that process is not the sweep)"
         )
-    if not (sweep.path / "ray" / "tuner.pkl").is_file():
-        raise SweepStoreError(f"sweep {sweep.name!r} has no Ray experiment in {sweep.path / 'ray'} to resume")
+    ray_dir = ray_experiment(sweep, meta)
+    if "://" in str(meta.get("ray_experiment", "")):
+        raise SweepStoreError(f"sweep {sweep.name!r} keeps its trials at a URI; resume needs a path (not supported yet)")
+    if not (ray_dir / "tuner.pkl").is_file():
+        raise SweepStoreError(f"sweep {sweep.name!r} has no Ray experiment in {ray_dir} to resume")
     return sweep, meta
 
 
@@ -136,7 +139,7 @@ def resume_sweep(
     study = _load_study(sweep, spec)
     state = SweepState(metric=spec.metric, mode=spec.mode)
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
-    ray_dir = sweep.path / "ray"
+    ray_dir = ray_experiment(sweep, meta)
     unfinished = _ray_unfinished(ray_dir)
     plan = rebuild(searcher, _trial_runs(tracker), unfinished or {})
     plan.ray_state = unfinished is not None
@@ -156,6 +159,11 @@ def resume_sweep(
         _install(tuner, configs)
     interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
     return SweepResult(sweep, state, tracker.parent_run_id, tracker.uri, interrupted)
+
+
+def ray_experiment(sweep: SweepDir, meta: dict[str, Any]) -> Path:
+    """The folder of the sweep's Ray experiment (its ``trial_storage``, or ``<sweep>/ray``)."""
+    return Path(str(meta.get("ray_experiment") or sweep.path / "ray"))
 
 
 def _load_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:

@@ -15,6 +15,7 @@ from sweeps import __version__
 from sweeps.record import git_commit
 from sweeps.spec import SweepSpec
 from sweeps.state import COMPLETED, INTERRUPTED, RUNNING, SweepState
+from sweeps.storage import check_trial_storage, resolve_trial_storage
 from sweeps.store import SweepDir, default_name, new_sweep_dir
 from sweeps.tracking import SweepTracker, resolve_tracking_uri
 
@@ -85,13 +86,17 @@ def run_sweep(
     from sweeps.study import create_study
 
     check_workers_fit(spec)  # budget.workers_per_trial: before anything is recorded
+    trial_storage = resolve_trial_storage(spec.trial_storage) if spec.trial_storage else None
+    if trial_storage is not None:
+        check_trial_storage(trial_storage)  # a one-line error before anything is recorded
     sweep = new_sweep_dir(root, name or default_name(spec.name))
     uri = resolve_tracking_uri(tracking_uri)
     spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
     sweep.spec_file.write_text(spec_text)
     tracker = SweepTracker(uri)
     parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
-    meta = _meta(spec, sweep, uri, tracker)
+    storage_path, experiment = ray_location(spec, sweep)
+    meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
     sweep.write_meta(meta)
     study = create_study(sweep, spec)
     state = SweepState(metric=spec.metric, mode=spec.mode)
@@ -100,6 +105,16 @@ def run_sweep(
     tuner = tune.Tuner(sweep_trainable(spec), **engine_configs(spec, sweep, searcher, state, tracker, stream))
     interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
     return SweepResult(sweep, state, parent, uri, interrupted)
+
+
+def ray_location(spec: SweepSpec, sweep: SweepDir) -> tuple[str, str]:
+    """Where Ray keeps the sweep's trial records and checkpoints: ``(storage_path, experiment name)``.
+
+    ``trial_storage`` (a URI or a shared path) when the spec sets it, else the sweep's own folder.
+    """
+    if spec.trial_storage:
+        return resolve_trial_storage(spec.trial_storage), sweep.name
+    return str(sweep.path), "ray"
 
 
 def sweep_trainable(spec: SweepSpec) -> Any:
@@ -132,6 +147,7 @@ def engine_configs(
     from sweeps.live import LiveView
     from sweeps.scheduler import make_scheduler
 
+    storage_path, experiment = ray_location(spec, sweep)
     return {
         "tune_config": tune.TuneConfig(
             search_alg=searcher,
@@ -145,8 +161,8 @@ def engine_configs(
             trial_dirname_creator=_trial_name,
         ),
         "run_config": tune.RunConfig(
-            name="ray",
-            storage_path=str(sweep.path),
+            name=experiment,
+            storage_path=storage_path,
             verbose=0,
             callbacks=[
                 LiveView(state, spec.budget.trials, stream),
@@ -155,7 +171,9 @@ def engine_configs(
             ],
             # Every checkpoint is kept by Tune; CheckpointPruner deletes the superseded ones safely.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A trial whose process or node dies restarts from its last checkpoint; exceptions
+            # raised in the trial end it at once (sweeps.trial reports them as a final result).
+            failure_config=tune.FailureConfig(max_failures=spec.budget.retries),
         ),
     }
 

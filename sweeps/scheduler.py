@@ -32,7 +32,12 @@ class _RecordsErrors:
         super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        """Keep the failure's one-line reason for the searcher and the record."""
+        """Keep the failure's one-line reason for the searcher and the record.
+
+        Ray calls this on every failure of a trial's process. When it retries the trial (its
+        ``budget.retries`` not used up) the callbacks then get ``on_trial_recover`` and the
+        searcher nothing; on the last failure the searcher gets ``on_trial_complete(error=True)``.
+        """
         self.state.errors[trial.trial_id] = error_reason(trial) or "the trial process failed"
         super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
 

@@ -45,6 +45,7 @@ from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
 
 DIVERGED_KEY = "sweep/diverged"
+FAILED_KEY = "sweep/failed"
 
 
 def rescue_precision(params: dict[str, Any]) -> str:
@@ -151,7 +152,7 @@ class OptunaSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Record the epoch and report the metric to Optuna as an intermediate value."""
         record = self.state.trials.get(trial_id)
-        if record is not None:
+        if record is not None and not result.get(FAILED_KEY):  # a failure's report is no epoch
             self.state.observe(record, result)
             self._report(trial_id, record, result)
 
@@ -160,8 +161,9 @@ class OptunaSearcher(Searcher):
         record = self.state.trials.get(trial_id)
         if record is None or record.status != "running":
             return
-        self.state.observe(record, result)
-        self._report(trial_id, record, result)
+        if not (result or {}).get(FAILED_KEY):
+            self.state.observe(record, result)
+            self._report(trial_id, record, result)
         status, reason = self._outcome(trial_id, record, result, error)
         self.state.finish(record, status, reason)
         trial = self.live.pop(trial_id, None)
@@ -198,8 +200,9 @@ class OptunaSearcher(Searcher):
     def _outcome(
         self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None, error: bool
     ) -> tuple[str, str]:
-        if error:
-            reason = self.state.errors.get(trial_id, "the trial process failed")
+        if error or (result and result.get(FAILED_KEY)):
+            reason = str((result or {}).get("sweep/reason", "")) if not error else ""
+            reason = reason or self.state.errors.get(trial_id, "the trial process failed")
             return (OOM if is_oom(reason) else FAILED), reason
         if result and result.get(DIVERGED_KEY):
             record.signal = str(result.get("sweep/signal", ""))

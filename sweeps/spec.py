@@ -22,7 +22,7 @@ from trainables.registry import TrainerLoadError, load_trainer
 
 TOP_KEYS = {
     "name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "divergence", "record", "fixed",
-    "params",
+    "params", "trial_storage",
 }  # fmt: skip
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -48,6 +48,8 @@ class Budget:
     gpus_per_trial: float = 0.0
     workers_per_trial: int = 1
     """Data-parallel workers per trial (Ray Train); ``cpus_per_trial``/``gpus_per_trial`` are per worker."""
+    retries: int = 3
+    """Restarts of a trial from its last checkpoint after its process or node died (Ray's max_failures)."""
 
 
 @dataclass
@@ -108,6 +110,9 @@ class SweepSpec:
     raw: dict[str, Any] = field(default_factory=dict)
     source: str = "<spec>"
     trainer_fields: tuple[str, ...] = ()
+    trial_storage: str | None = None
+    """Where trials write checkpoints and Ray its records (a URI or a path every node reaches);
+    None: inside the sweep's folder on the driver."""
 
     def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """A trial's complete trainer parameters: fixed values, sampled values and the seed."""
@@ -206,6 +211,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     search = _search(raw.get("search", {}), problems)
     divergence = _divergence(raw.get("divergence", {}), problems)
     record = _record(raw.get("record", {}), problems)
+    trial_storage = _trial_storage(raw.get("trial_storage"), problems)
     fixed = _fixed(raw.get("fixed", {}), types, problems)
     params = parse_params(raw.get("params", {}), types, fixed, problems)
     if trainer_cls is not None:
@@ -228,6 +234,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         raw=raw,
         source=source,
         trainer_fields=tuple(types),
+        trial_storage=trial_storage,
     )
 
 
@@ -278,7 +285,7 @@ def _unknown(section: dict[str, Any], known: set[str], key: str, problems: Probl
 
 def _budget(value: Any, problems: Problems) -> Budget:
     section = _section(value, "budget", problems)
-    known = {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial"}
+    known = {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "retries"}
     _unknown(section, known, "budget", problems)
     budget = Budget()
     budget.trials = as_int(section.get("trials", budget.trials), "budget.trials", problems, minimum=1) or 1
@@ -300,7 +307,21 @@ def _budget(value: Any, problems: Problems) -> Budget:
             f"must be a whole number of GPUs per worker with workers_per_trial > 1 "
             f"(NCCL needs a GPU per rank), got {budget.gpus_per_trial}",
         )
+    retries = as_int(section.get("retries", budget.retries), "budget.retries", problems, minimum=0)
+    budget.retries = retries if retries is not None else budget.retries
     return budget
+
+
+def _trial_storage(value: Any, problems: Problems) -> str | None:
+    from sweeps.storage import storage_problem
+
+    if value is None:
+        return None
+    problem = storage_problem(value)
+    if problem:
+        problems.add("trial_storage", problem)
+        return None
+    return str(value)
 
 
 def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:

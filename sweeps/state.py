@@ -42,6 +42,7 @@ class TrialRecord:
     """Seconds the sampler took to suggest this trial's parameters (Optuna ``ask`` and sampling)."""
     rescue_of: TrialRecord | None = None
     rescue: TrialRecord | None = None
+    restarts: int = 0
 
     @property
     def skipped_share(self) -> float:

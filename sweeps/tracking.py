@@ -7,6 +7,7 @@ Every call is retried, so a busy SQLite file or a brief server outage loses noth
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import shutil
@@ -276,6 +277,63 @@ class TrialLogger:
         self.pending: list[Any] = []
         self.sender = _Sender(patience)
         self.spool = Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
+        self.queued: dict[int, list[Any]] = {}  # metric batches submitted and not yet delivered
+        self.lock = threading.Lock()
+        self.numbers = itertools.count()
+        self.logged: dict[str, int] = {}  # after a restart: per key, the last step already stored
+
+    def _submit_metrics(self, what: str, items: list[Any]) -> None:
+        items = [m for m in items if m.step > self.logged.get(m.key, m.step - 1)]
+        if not items:
+            return
+        with self.lock:
+            number = next(self.numbers)
+            self.queued[number] = items
+
+        def send() -> None:
+            self.client.log_batch(self.run_id, metrics=items)
+            with self.lock:
+                self.queued.pop(number, None)
+
+        self.sender.submit(what, send)
+
+    def undelivered(self) -> list[tuple[str, float, int, int]]:
+        """Metrics logged and not yet confirmed stored, as ``(key, value, timestamp, step)``.
+
+        A checkpoint keeps them, so that a trial restarted from it on another node can resend
+        whatever the process that died never delivered (see :meth:`resume`).
+        """
+        with self.lock:
+            batches = [list(batch) for _, batch in sorted(self.queued.items())]
+        items = [m for batch in batches for m in batch] + list(self.pending)
+        return [(m.key, m.value, m.timestamp, m.step) for m in items]
+
+    def resume(self, undelivered: list[tuple[str, float, int, int]]) -> None:
+        """Continue the run of a trial restarted from a checkpoint, losing and repeating nothing.
+
+        The store keeps, per metric, the last step it has. What the checkpoint lists as
+        undelivered beyond that is sent again; from then on, values at steps the store already
+        has (the dead process had logged part of the epoch being rerun) are not sent twice.
+        Relies on each metric's steps rising and on the sender delivering in order.
+        """
+        from mlflow.entities import Metric
+
+        run = retry(lambda: self.client.get_run(self.run_id), "read run")
+        self.logged = {m.key: int(m.step) for m in run.data._metric_objs}
+        missing = [Metric(k, v, t, s) for k, v, t, s in undelivered if s > self.logged.get(k, s - 1)]
+        self._submit_metrics("resend metrics", missing)
+        for metric in missing:
+            self.logged[metric.key] = max(self.logged.get(metric.key, metric.step), metric.step)
+
+    def history(self, key: str) -> list[tuple[int, float]]:
+        """Every ``(step, value)`` of a metric already in the store, by step."""
+        found = retry(lambda: self.client.get_metric_history(self.run_id, key), f"read {key}")
+        return sorted((int(m.step), float(m.value)) for m in found)
+
+    def has_artifact(self, path: str) -> bool:
+        """Whether the run already has an artifact at ``path`` (a top-level file)."""
+        found = retry(lambda: self.client.list_artifacts(self.run_id), "list artifacts")
+        return any(item.path == path for item in found)
 
     def add_step(self, step: int, metrics: dict[str, float]) -> None:
         """Buffer one optimizer step's metrics."""
@@ -289,7 +347,7 @@ class TrialLogger:
     def _send_pending(self) -> None:
         while self.pending:
             chunk, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
-            self.sender.submit("log step metrics", partial(self.client.log_batch, self.run_id, metrics=chunk))
+            self._submit_metrics("log step metrics", chunk)
 
     def flush(self, timeout: float = 0.0) -> bool:
         """Queue the buffered step metrics; wait up to ``timeout`` s for delivery; True if delivered."""
@@ -303,7 +361,7 @@ class TrialLogger:
         self._send_pending()
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v)]
-        self.sender.submit("log metrics", partial(self.client.log_batch, self.run_id, metrics=items))
+        self._submit_metrics("log metrics", items)
 
     def log_text(self, text: str, path: str) -> None:
         """Queue ``text`` as an artifact file."""

@@ -5,6 +5,12 @@ each epoch's metrics are logged to the trial's MLflow run before they are report
 trial ASHA stops has lost nothing), with a checkpoint and a sample image grid. A diverged trial
 stops within the step that fired the signal and ends with a last report that says why; its last
 checkpoint, from before the onset, is kept. A failure is recorded with its traceback.
+
+An exception raised in the trial (a bug, a bad config, out of memory) ends it at once: it is
+reported as the trial's last result, so Ray never retries it. Only a trial whose process or
+node died reaches Ray's failure handling, which restarts it from its last checkpoint (up to
+``budget.retries`` times) in a new process, on any node: epochs, step counts and the MLflow run
+continue where the checkpoint was, nothing logged is lost or logged twice.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from trainables.registry import load_trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED = "sweep/diverged"
+FAILED_KEY = "sweep/failed"
 
 
 class MetricMissingError(RuntimeError):
@@ -66,13 +73,18 @@ def run_trial(config: dict[str, Any]) -> None:
     curves = CurveHistory()
     try:
         _train(engine, params, logger, curves)
-    except BaseException as exc:
-        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            logger.log_failure(exc)
-        raise
+    except Exception as exc:  # noqa: BLE001 - any error in the trial ends it, recorded, without a retry
+        logger.log_failure(exc)
+        reason = failure_reason(exc)
+        tune.report({engine["metric"]: math.nan, FAILED_KEY: 1.0, "sweep/reason": reason})
     finally:
         _log_curves(curves, logger)
         logger.close()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An exception's one line, e.g. ``ValueError: bad kernel``."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
 
 
 def _detector(engine: dict[str, Any]) -> DivergenceDetector:
@@ -101,8 +113,8 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
 
     if hasattr(trainer, "on_step"):
         trainer.on_step = on_step
-    done = _restore(trainer)
-    if done == 0:
+    done = _restore(trainer, logger, counts, curves)
+    if done == 0 or not logger.has_artifact("config.yaml"):
         _log_provenance(engine, params, trainer_cls, trainer, logger)
     cadence = ReportCadence(engine, epochs)
     history: list[tuple[int, float]] = []  # (epoch, metric) since the last report
@@ -125,7 +137,9 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
         if not cadence.due(epoch):
             continue
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"trainer": trainer.state_dict(), "epoch": epoch}, Path(folder) / CHECKPOINT_FILE)
+            state = {"trainer": trainer.state_dict(), "epoch": epoch, "counts": counts}
+            state["undelivered"] = logger.undelivered()  # resent after a restart if they never arrived
+            torch.save(state, Path(folder) / CHECKPOINT_FILE)
             report = {**metrics, "epoch": epoch, **counts, HISTORY_KEY: history}
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
         history = []
@@ -179,15 +193,33 @@ def _log_curves(curves: CurveHistory, logger: TrialLogger) -> None:
         logger.log_text(f"could not draw curves: {exc}", "curves/error.txt")
 
 
-def _restore(trainer: Any) -> int:
-    """Load Ray's checkpoint if the trial is being restored; return the epochs already done."""
+def _restore(trainer: Any, logger: TrialLogger, counts: dict[str, float], curves: CurveHistory) -> int:
+    """Load Ray's checkpoint if the trial is being restored; return the epochs already done.
+
+    The logger then resends what the previous process queued before the checkpoint but may not
+    have delivered, and skips what that process logged after it (the epoch being rerun).
+    """
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
     trainer.load_state_dict(state["trainer"])
+    counts.update(state.get("counts", {}))
+    undelivered = state.get("undelivered", [])
+    logger.resume(undelivered)
+    _reload_curves(logger, curves, undelivered)
     return int(state["epoch"])
+
+
+def _reload_curves(logger: TrialLogger, curves: CurveHistory, undelivered: list[tuple[str, float, int, int]]) -> None:
+    """Give a restarted trial's curves the steps before the restart: the store's, then the resent ones."""
+    for key in [k for k in logger.logged if curves.wants(k)]:
+        for step, value in logger.history(key):
+            curves.add(step, {key: value})
+    for key, value, _, step in undelivered:
+        if curves.wants(key):
+            curves.add(step, {key: value})
 
 
 def _log_images(trainer: Any, logger: TrialLogger, epoch: int) -> None:

@@ -36,6 +36,7 @@ SPEC = {
     "asha": False,
     "search": {"n_startup_trials": 4},
     "fixed": {"epoch_seconds": 0.8},
+    "record": {"report_every_s": 0},  # a checkpoint every epoch: the kill falls between two
     "params": {
         "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
         "width": {"type": "int", "low": 1, "high": 8},

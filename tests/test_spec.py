@@ -93,6 +93,10 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"search": {"diverged_as": "ignore"}}, "search.diverged_as", "'infeasible' or 'fail'"),
         ({"divergence": {"loss_scale": {"flor": 1}}}, "divergence.loss_scale.flor", "unknown key"),
         ({"divergence": {"non_finite": {"steps": -1}}}, "divergence.non_finite.steps", "must be >= 0"),
+        ({"budget__retries": -1}, "budget.retries", "must be >= 0"),
+        ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),
+        ({"trial_storage": "s3://"}, "trial_storage", "names no bucket"),
+        ({"trial_storage": ["s3://a"]}, "trial_storage", "must be a URI"),
     ],
 )
 def test_each_bad_input_names_its_key(tmp_path: Path, changes: dict[str, object], key: str, fragment: str) -> None:
@@ -120,6 +124,13 @@ def test_missing_file_and_yaml_syntax_error_with_line(tmp_path: Path) -> None:
         load_spec(write(tmp_path, "trainer: vae\nmetric: val_mse\nseed: 1: 2\n"))
     with pytest.raises(SpecError, match="must be a YAML mapping"):
         load_spec(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_retries_and_trial_storage_default_and_override(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.budget.retries == 3 and spec.trial_storage is None
+    spec = load_spec(write(tmp_path, GOOD), ["budget.retries=0", "trial_storage=s3://bucket/sweeps"])
+    assert spec.budget.retries == 0 and spec.trial_storage == "s3://bucket/sweeps"
 
 
 def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:

@@ -22,7 +22,18 @@ class ToyConfig:
     fail_at_epoch: int = 0
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), raise (epoch 2), oom (epoch 2)
     steps_per_epoch: int = 5
-    epoch_seconds: float = 0.0  # sleep per epoch, so a test can stop a sweep while trials run
+    epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
+    trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid time" to <trace_dir>/<lr>.txt
+
+
+def _trace(folder: str, lr: float, epoch: int) -> None:
+    import os
+
+    import ray
+
+    line = f"{epoch} {ray.get_runtime_context().get_node_id()} {os.getpid()} {time.time():.3f}\n"
+    with open(os.path.join(folder, f"{lr!r}.txt"), "a") as handle:
+        handle.write(line)
 
 
 class ToyTrainer:
@@ -36,6 +47,8 @@ class ToyTrainer:
 
     def train_epoch(self) -> dict[str, float]:
         self.epoch += 1
+        if self.config.trace_dir:
+            _trace(self.config.trace_dir, self.config.lr, self.epoch)
         if self.config.fail_at_epoch and self.epoch >= self.config.fail_at_epoch:
             raise ValueError(f"toy failure at epoch {self.epoch}")
         if self.epoch == 2 and self.config.behavior == "raise":

@@ -1,0 +1,181 @@
+"""A node dies under a running trial; trial storage elsewhere than the sweep folder; bad storage.
+
+The cluster test runs ``tests/cluster_sweep.py`` in its own process: a local Ray cluster of a head
+with no CPUs and three one-CPU worker nodes (a raylet each), with trial storage at a ``file://``
+URI outside the sweep folder, and the node under a trial in its third epoch killed. What the
+sweep recorded is then read from MLflow, Optuna and Ray's own experiment state.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from sweeps.cli import main
+from sweeps.record import CurveHistory
+from sweeps.tracking import SweepTracker, TrialLogger
+from sweeps.trial import _reload_curves
+from tests.cluster_sweep import EPOCHS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.integration
+def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"  # stands for s3://...: reached by URI, not the sweep folder
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": str(ray_tmp),  # this cluster's address file is its own: nothing else attaches to it
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.cluster_sweep", str(tmp_path), shared.as_uri()],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+
+    # The trial restarted on another node and went on from its checkpoint, not from epoch 1.
+    killed = outcome["killed"]
+    lines = [line.split() for line in outcome["traces"][killed["trace"]]]
+    epochs, nodes = [int(e) for e, *_ in lines], [n for _, n, *_ in lines]
+    first_after = next(i for i, node in enumerate(nodes) if node != killed["node_id"])
+    assert epochs[:first_after] == list(range(1, killed["epoch"] + 1))
+    resumed = epochs[first_after]
+    assert 1 < resumed <= killed["epoch"]  # the epoch after the last checkpoint Ray had
+    assert epochs[first_after:] == list(range(resumed, EPOCHS + 1))
+    assert set(nodes[first_after:]) == {nodes[first_after]} and nodes[first_after] != killed["node_id"]
+
+    # Ray: every trial ended without error, one failure (the node) in all.
+    assert {t["status"] for t in outcome["ray"].values()} == {"TERMINATED"}
+    assert sorted(t["failures"] for t in outcome["ray"].values()) == [0, 0, 1]
+    restarted = next(tid for tid, t in outcome["ray"].items() if t["failures"])
+    assert outcome["state"][restarted]["restarts"] == 1
+    assert {r["status"] for r in outcome["state"].values()} == {"completed"}
+
+    # Ray's records and checkpoints are in the trial storage, none in the sweep folder.
+    sweep = Path(outcome["sweep"])
+    assert outcome["ray_experiment"] == f"{shared.as_uri()}/nodes"
+    assert list((shared / "nodes").glob(f"trial_{restarted}/checkpoint_*"))
+    assert not (sweep / "ray").exists() and (sweep / "optuna.db").is_file()
+
+    # MLflow: one run per trial, the restarted one continued: each epoch and step logged once.
+    client = mlflow.MlflowClient(outcome["tracking_uri"])
+    experiment = client.get_experiment_by_name("nodes")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
+    assert len(runs) == 3
+    for run in runs:
+        assert run.data.tags["sweep.status"] == "completed" and run.info.status == "FINISHED"
+        epochs_logged = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        steps_logged = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert sorted(epochs_logged) == list(range(1, EPOCHS + 1)), epochs_logged
+        assert sorted(steps_logged) == list(range(1, 5 * EPOCHS + 1)), collections.Counter(steps_logged)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"checkpoint", "curves", "config.yaml"} <= artifacts  # checkpoints read back from the URI
+    again = next(r for r in runs if r.info.run_id == outcome["state"][restarted]["run_id"])
+    assert again.data.tags["sweep.restarts"] == "1" and "Actor" in again.data.tags["sweep.restart_reason"]
+    assert "sweep.reason" not in again.data.tags
+
+    # Optuna: every trial once, complete, each epoch's value once; the step count went on.
+    study = optuna.load_study(study_name="nodes", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    for trial in study.trials:
+        assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1))
+        assert trial.user_attrs["steps"] == 5 * EPOCHS
+
+
+def test_storage_nobody_can_write_is_one_line_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bad-storage",
+                "trainer": "tests.toy_trainer:ToyTrainer",
+                "metric": "val_loss",
+                "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0}},
+            }
+        )
+    )
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    runs, db = tmp_path / "runs", tmp_path / "mlflow.db"
+    for storage, fragment in [
+        (f"{blocker}/sweeps", "cannot write there"),
+        (f"{blocker.as_uri()}/sweeps", "cannot write there"),
+        ("s4://bucket/sweeps", "unknown scheme 's4://'"),
+        ("file://relative/sweeps", "needs an absolute path"),
+    ]:
+        args = ["run", str(spec), "--set", f"trial_storage={storage}", "--storage", str(runs)]
+        assert main([*args, "--tracking-uri", f"sqlite:///{db}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err, err
+    assert not runs.exists() and not db.exists()  # no sweep folder, no MLflow run
+
+
+def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri)
+    tracker.start("resume", "resume-1", "", {})
+    run_id = tracker.create_trial_run("resume-1", 0, "t0", {"lr": 0.1}, {"lr": 0.1})
+
+    def epoch(logger: TrialLogger, number: int, steps: range) -> None:
+        for step in steps:
+            logger.add_step(step, {"loss": float(step)})
+        logger.log_metrics({"val_loss": 1.0 / number}, step=number)
+
+    first = TrialLogger(uri, run_id)
+    epoch(first, 1, range(1, 6))
+    assert first.flush(timeout=60) and first.undelivered() == []
+    gate = threading.Event()  # the store stops answering: epoch 2 stays queued in this process
+    first.sender.submit("store unreachable", gate.wait)
+    epoch(first, 2, range(6, 11))
+    checkpoint = first.undelivered()  # what the checkpoint of epoch 2 keeps
+    assert len(checkpoint) == 6
+    # the process dies here, epoch 2 never delivered; a new one restarts from the checkpoint
+    second = TrialLogger(uri, run_id)
+    second.resume(checkpoint)
+    epoch(second, 3, range(11, 16))
+    assert second.flush(timeout=60)
+    checkpoint = second.undelivered()  # the checkpoint of epoch 3: all delivered
+    for step in range(16, 19):  # part of epoch 4 arrives, then the node dies
+        second.add_step(step, {"loss": float(step)})
+    assert second.flush(timeout=60)
+    third = TrialLogger(uri, run_id)
+    third.resume(checkpoint)
+    curves = CurveHistory()
+    _reload_curves(third, curves, checkpoint)
+    for step in range(16, 21):  # epoch 4 again: steps 16-18 are in the store already
+        curves.add(step, {"loss": float(step)})
+    epoch(third, 4, range(16, 21))
+    assert third.close(timeout=60)  # (the first process stays dead: its gate never opens)
+
+    client = mlflow.MlflowClient(uri)
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    epochs = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+    assert sorted(steps) == list(range(1, 21)), collections.Counter(steps)
+    assert sorted(epochs) == [1, 2, 3, 4]
+    drawn = [step for step, _ in curves.series["loss"]]  # the curve of the restarted trial starts at step 1
+    assert set(drawn) == set(range(1, 21)) and drawn == sorted(drawn)
