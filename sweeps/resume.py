@@ -96,7 +96,7 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
         )
     ray_dir = ray_experiment(sweep, meta)
     if "://" in str(meta.get("ray_experiment", "")):
-        raise SweepStoreError(f"sweep {sweep.name!r} keeps its trials at a URI; resume needs a path (not supported yet)")
+        raise SweepStoreError(f"sweep {sweep.name!r} keeps its trials at a URI: resume supports paths only")
     if not (ray_dir / "tuner.pkl").is_file():
         raise SweepStoreError(f"sweep {sweep.name!r} has no Ray experiment in {ray_dir} to resume")
     return sweep, meta
