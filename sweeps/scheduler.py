@@ -65,7 +65,7 @@ class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
 
     def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` as ASHA should rank it: a diverged trial's metric becomes the worst value."""
-        if not result or not result.get(DIVERGED) or self._metric is None:
+        if not result or not result.get(DIVERGED) or self._metric is None or self._metric_op is None:
             return result
         return {**result, self._metric: -WORST * self._metric_op}
 
