@@ -23,6 +23,7 @@ import argparse
 import io
 import json
 import math
+import os
 import random
 import shutil
 import statistics
@@ -223,6 +224,10 @@ def main() -> None:
 
     from sweeps.runner import start_ray
 
+    # Ray reuses a trial's actor only if the last trial's thread ends within this many seconds
+    # (default 2); on a loaded machine ours' thread (curve plot, last MLflow sends) can take
+    # longer, the reuse fails, and the sweep was seen to stall. Set before Ray starts its workers.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     root = Path(tempfile.mkdtemp(prefix="divergence-bench-", dir=args.keep))
     rows = []
