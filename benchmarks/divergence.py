@@ -14,7 +14,9 @@ with the same traced VAE trainer. Both are judged from the per-step traces:
 
 Then 20 healthy configurations run through our detector alone: none may be stopped.
 
-Run: .venv/bin/python -m benchmarks.divergence [--seeds 3] [--trials 24]
+Run: .venv/bin/python -m benchmarks.divergence [--seeds 3] [--trials 24] [--systems plain,ours]
+(``--first-seed`` to run other seeds, ``--keep DIR`` to keep traces and stores, ``--json FILE`` for
+the rows, ``--no-healthy`` to skip the healthy check)
 """
 
 from __future__ import annotations
