@@ -14,7 +14,9 @@ with the same traced VAE trainer. Both are judged from the per-step traces:
 
 Then 20 healthy configurations run through our detector alone: none may be stopped.
 
-Run: .venv/bin/python -m benchmarks.divergence [--seeds 3] [--trials 24]
+Run: .venv/bin/python -m benchmarks.divergence [--seeds 3] [--trials 24] [--systems plain,ours]
+(``--first-seed`` to run other seeds, ``--keep DIR`` to keep traces and stores, ``--json FILE`` for
+the rows, ``--no-healthy`` to skip the healthy check)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import io
 import json
 import math
+import os
 import random
 import shutil
 import statistics
@@ -211,7 +214,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     parser.add_argument("--systems", default="plain,ours", help="plain, ours, ours-fail (diverged told FAIL)")
+    parser.add_argument("--keep", type=Path, help="keep every sweep's traces and stores under this folder")
+    parser.add_argument("--json", type=Path, help="also write the rows, one JSON object a line, to this file")
+    parser.add_argument("--no-healthy", action="store_true", help="skip the 20-configuration healthy check")
     args = parser.parse_args()
     systems = args.systems.split(",")
 
@@ -219,10 +226,14 @@ def main() -> None:
 
     from sweeps.runner import start_ray
 
+    # Ray reuses a trial's actor only if the last trial's thread ends within this many seconds
+    # (default 2); on a loaded machine ours' thread (curve plot, last MLflow sends) can take
+    # longer, the reuse fails, and the sweep was seen to stall. Set before Ray starts its workers.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
-    root = Path(tempfile.mkdtemp(prefix="divergence-bench-"))
+    root = Path(tempfile.mkdtemp(prefix="divergence-bench-", dir=args.keep))
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for system in systems:
             traces = root / f"{system}-{seed}" / "traces"
             traces.mkdir(parents=True)
@@ -238,6 +249,9 @@ def main() -> None:
                 {"system": system, "seed": seed, "wall_s": wall, "stopped_by_detector": detector_stops, **figures}
             )
             print(_row(rows[-1]), flush=True)
+            if args.json is not None:
+                with args.json.open("a") as out:
+                    out.write(json.dumps(rows[-1]) + "\n")
             if not rows[:-1]:
                 print(_header(), flush=True)
     print()
@@ -247,11 +261,15 @@ def main() -> None:
     for system in systems:
         mine = [r for r in rows if r["system"] == system]
         print(_row(_mean(system, mine)))
-    print()
-    stopped = healthy_check()
-    print(f"healthy configurations stopped by the detector: {stopped} of 20")
+    if not args.no_healthy:
+        print()
+        stopped = healthy_check()
+        print(f"healthy configurations stopped by the detector: {stopped} of 20")
     ray.shutdown()
-    shutil.rmtree(root, ignore_errors=True)
+    if args.keep is None:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"traces and stores kept in {root}")
 
 
 COLUMNS = [

@@ -1,4 +1,11 @@
-"""Ray Tune schedulers: ASHA that remembers which trials it cut, or FIFO when ASHA is off."""
+"""Ray Tune schedulers: ASHA that remembers which trials it cut, or FIFO when ASHA is off.
+
+A diverged trial's last report carries a NaN metric, which ASHA's rung quantile
+(``nanpercentile``) would skip: the rung would then hold healthy trials only and cut half of
+them, so the more of the space diverges the fewer healthy trials ASHA would promote. Our ASHA
+records a diverged trial at its rung as worse than every result instead, so each rung keeps the
+share of trials the reduction factor says, counted over every trial that got there.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,13 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from sweeps.errors import error_reason
 from sweeps.spec import SweepSpec
 from sweeps.state import RUNNING, SweepState
+from sweeps.trial import DIVERGED
+
+WORST = 1e300
+"""A finite stand-in for a diverged trial's metric at an ASHA rung: worse than any real result.
+
+Finite because ``nanpercentile`` over -inf rewards yields NaN cut-offs, which stop nothing.
+"""
 
 
 class _RecordsErrors:
@@ -59,10 +73,21 @@ class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         """Decide as ASHA does; a stop before ``max_t`` is recorded as a prune."""
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+        diverged = bool(result.get(DIVERGED))
+        action = super().on_trial_result(tune_controller, trial, self._ranked(result))
+        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t and not diverged:
             self.state.pruned.add(trial.trial_id)
         return str(action)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        """As ASHA does, with a diverged trial ranked last."""
+        super().on_trial_complete(tune_controller, trial, self._ranked(result))
+
+    def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` as ASHA should rank it: a diverged trial's metric becomes the worst value."""
+        if not result or not result.get(DIVERGED) or self._metric is None or self._metric_op is None:
+            return result
+        return {**result, self._metric: -WORST * self._metric_op}
 
 
 def rung_epochs(spec: SweepSpec) -> list[int]:
