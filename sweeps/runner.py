@@ -19,11 +19,15 @@ from sweeps.store import SweepDir, default_name, new_sweep_dir
 from sweeps.tracking import SweepTracker, resolve_tracking_uri
 
 # Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; its console
-# output is replaced by our live view; trainers see the user's working directory.
+# output is replaced by our live view; trainers see the user's working directory. A reused trial
+# actor waits for the previous trial's thread, which ends only once its MLflow records are
+# delivered (TrialLogger.close): Ray's 2 s default fails the next trial when the server is remote
+# or slow ("Trainable runner reuse requires reset_config()"), and Tune tells no callback of it.
 ENGINE_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "900",
 }
 
 
