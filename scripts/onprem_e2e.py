@@ -379,16 +379,20 @@ def check_mlflow(uri: str, login: tuple[str, str]) -> list[str]:
         f"    parent  {parent.info.run_name}  {parent.info.status}  sweep.status={parent.data.tags.get('sweep.status')}"
     )
     for trial in sorted(trials, key=lambda r: r.info.run_name or ""):
+        # Every epoch the trial ran (the driver's count, tag sweep.epochs) has its val_mse and image.
+        epochs = int(trial.data.tags.get("sweep.epochs", "0"))
+        steps = sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val_mse"))
+        images = [a.path for a in client.list_artifacts(trial.info.run_id, "images")]
         metric = trial.data.metrics.get("val_mse")
         shown = f"{metric:.5f}" if metric is not None else "-"
         print(
             f"    trial   {trial.info.run_name}  {trial.info.status}  val_mse={shown}  "
-            f"{trial.data.tags.get('sweep.status')}"
+            f"{trial.data.tags.get('sweep.status')}  epochs={epochs} val_mse_steps={steps} images={len(images)}"
         )
+        if epochs < 1 or steps != list(range(1, epochs + 1)) or len(images) != epochs:
+            problems.append(f"{trial.info.run_name}: {epochs} epochs, val_mse at {steps}, {len(images)} images")
     if len(trials) != TRIALS:
         problems.append(f"{len(trials)} trial runs under the parent (want {TRIALS})")
-    if not all(t.data.metrics.get("val_mse") is not None for t in trials):
-        problems.append("a trial run has no val_mse")
     if parent.info.status != "FINISHED":
         problems.append(f"the parent run is {parent.info.status}")
     return problems

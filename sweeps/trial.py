@@ -27,6 +27,7 @@ from trainables.registry import load_trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED = "sweep/diverged"
+DELIVERY_TIMEOUT_S = 900.0  # as long as TrialLogger waits at the end of a trial
 
 
 class MetricMissingError(RuntimeError):
@@ -112,6 +113,9 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
             )
         logger.log_metrics(metrics, step=epoch)
         _log_images(trainer, logger, epoch)
+        # Tune may stop the trial at this report (ASHA, at a rung or at the last epoch) and end this
+        # process without waiting for this thread: deliver what the epoch recorded first.
+        logger.flush(timeout=DELIVERY_TIMEOUT_S)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"trainer": trainer.state_dict(), "epoch": epoch}, Path(folder) / CHECKPOINT_FILE)
             report = {**metrics, "epoch": epoch, **counts}

@@ -69,7 +69,7 @@ def test_ray_up_sweep_on_the_head_then_ray_down() -> None:
     assert "job API through the forwarded port without the token: HTTP 401" in output
     assert "trials 3/3" in output and "succeeded" in output
     assert "without a login: HTTP 401" in output
-    assert len(re.findall(r"^    trial   t\d{3} .* FINISHED  val_mse=\d", output, re.M)) == 3
+    assert len(re.findall(r"^    trial   t\d{3} .* FINISHED  val_mse=\d.* epochs=[12] ", output, re.M)) == 3
     assert "MLflow tracking server stopped" in output
     assert re.search(r"processes of \S+ after ray down \(SSH sessions aside\): 0$", output, re.M)
     assert re.search(r"passed in \d+ s$", output, re.M)
