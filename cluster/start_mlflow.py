@@ -21,6 +21,10 @@ Optional settings, as plain ``KEY=value`` lines in ~/.sweeps-cluster/settings.en
 ``MLFLOW_ARTIFACTS_DESTINATION``, ``MLFLOW_HOST`` (the head's private address, when the detected
 one is not the interface the workers use) and ``MLFLOW_PORT`` (default 5000). The tracking URI
 to pass to ``sweeps run --tracking-uri`` is printed and written to ~/mlflow/tracking_uri.
+
+``ray down`` stops Ray, not this server: on AWS the head goes with it, but an on-prem head keeps
+serving. ``python ~/image-sweeps/cluster/start_mlflow.py --stop`` (through ``ray exec``) stops it;
+the runs stay in ~/mlflow.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ SETTINGS = HOME / ".sweeps-cluster" / "settings.env"
 CREDENTIALS = HOME / ".mlflow" / "credentials"
 AUTH_CONFIG = Path(__file__).resolve().parent / "basic_auth.ini"
 DEFAULT_PORT = 5000
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 300.0  # a loaded head may take minutes to import the server in each worker
 
 
 class StartError(RuntimeError):
@@ -156,24 +160,25 @@ def server_command(python: str, host: str, port: int, state: Path, artifacts: st
     ]
 
 
-def stop_previous(pid_file: Path, timeout: float = 15.0) -> None:
-    """Stop the server this script started before (its whole process group), if it still runs."""
+def stop_previous(pid_file: Path, timeout: float = 15.0) -> bool:
+    """Stop the server this script started before (its whole process group); False if none ran."""
     try:
         pid = int(pid_file.read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return
+        return False
     if b"mlflow" not in cmdline:  # the id was reused by another process: leave that alone
-        return
+        return False
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.2)
     os.killpg(pid, signal.SIGKILL)
+    return True
 
 
 def wait_until_listening(process: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> None:
@@ -190,8 +195,14 @@ def wait_until_listening(process: subprocess.Popen[bytes], host: str, port: int,
     raise StartError(f"mlflow server did not listen on {host}:{port} within {timeout:.0f} s")
 
 
-def main() -> int:
-    """Start the server; print its tracking URI."""
+def main(argv: list[str]) -> int:
+    """Start the server and print its tracking URI; with ``--stop``, stop it."""
+    if argv == ["--stop"]:
+        stopped = stop_previous(STATE / "server.pid")
+        print("MLflow tracking server stopped" if stopped else "no MLflow tracking server was running")
+        return 0
+    if argv:
+        raise StartError(f"unknown arguments {' '.join(argv)} (use none, or --stop)")
     settings = read_settings(SETTINGS)
     host = private_host(settings.get("MLFLOW_HOST") or detect_host())
     port = int(settings.get("MLFLOW_PORT") or DEFAULT_PORT)
@@ -232,7 +243,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        sys.exit(main(sys.argv[1:]))
     except StartError as exc:
         print(f"start_mlflow.py: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -91,6 +91,12 @@ class CurveHistory:
 
     def __init__(self) -> None:
         self.series: dict[str, list[tuple[int, float]]] = {}
+        self.drawn = 0  # points in the last plot
+
+    @property
+    def points(self) -> int:
+        """How many values are kept, over every series."""
+        return sum(len(values) for values in self.series.values())
 
     @staticmethod
     def wants(key: str) -> bool:

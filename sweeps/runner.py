@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from sweeps.searcher import OptunaSearcher
 
 # Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; its console
-# output is replaced by our live view; trainers see the user's working directory. A reused
-# trial process waits for the previous trial's last records to be delivered (Ray's default,
-# 2 s, fails the next trial with "Could not re-use actor" when the store is slow).
+# output is replaced by our live view; trainers see the user's working directory. A reused trial
+# actor waits for the previous trial's thread, which ends only once its MLflow records are
+# delivered (TrialLogger.close): Ray's 2 s default fails the next trial when the server is remote
+# or slow ("Trainable runner reuse requires reset_config()"), and Tune tells no callback of it.
 ENGINE_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "900",

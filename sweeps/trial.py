@@ -35,6 +35,7 @@ from trainables.registry import load_trainer
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED = "sweep/diverged"
 FAILED_KEY = "sweep/failed"
+DELIVERY_TIMEOUT_S = 900.0  # as long as TrialLogger waits at the end of a trial
 
 
 class MetricMissingError(RuntimeError):
@@ -136,6 +137,10 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
         history.append((epoch, float(metrics[metric])))
         if not cadence.due(epoch):
             continue
+        # Tune may stop the trial at this report (ASHA, at a rung or at the last epoch) and end this
+        # process without waiting for this thread: deliver what the epochs recorded first, curves too.
+        _log_curves(curves, logger)
+        logger.flush(timeout=DELIVERY_TIMEOUT_S)
         with tempfile.TemporaryDirectory() as folder:
             state = {"trainer": trainer.state_dict(), "epoch": epoch, "counts": counts}
             state["undelivered"] = logger.undelivered()  # resent after a restart if they never arrived
@@ -183,12 +188,14 @@ def _log_provenance(
 
 
 def _log_curves(curves: CurveHistory, logger: TrialLogger) -> None:
-    if not curves.series:
+    """Draw and queue ``curves/curves.png`` when there are points it has not shown yet."""
+    if not curves.series or curves.points == curves.drawn:
         return
     try:
         with tempfile.TemporaryDirectory() as folder:
             for path in curves.plot(Path(folder)):
                 logger.log_artifact(path, "curves")
+            curves.drawn = curves.points
     except Exception as exc:  # noqa: BLE001 - a plot must never hide how the trial ended
         logger.log_text(f"could not draw curves: {exc}", "curves/error.txt")
 

@@ -223,6 +223,22 @@ def test_mlflow_login_comes_from_the_credentials_file(tmp_path: Path) -> None:
     assert module.read_login(path) == ("admin", "not-a-real-one")
 
 
+def test_mlflow_stop_stops_only_its_own_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`start_mlflow.py --stop` (on-prem, before `ray down`): nothing running is fine; a reused pid is left alone."""
+    module = start_mlflow()
+    monkeypatch.setattr(module, "STATE", tmp_path)
+    assert module.main(["--stop"]) == 0  # no pid file
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (tmp_path / "server.pid").write_text(str(sleeper.pid))  # not an mlflow process: not stopped
+        assert module.main(["--stop"]) == 0 and sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.raises(module.StartError):
+        module.main(["--restart"])
+
+
 def test_mlflow_csrf_key_is_made_once_and_private(tmp_path: Path) -> None:
     module = start_mlflow()
     path = tmp_path / "flask_secret_key"
