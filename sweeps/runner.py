@@ -191,6 +191,9 @@ def fit_and_finish(
     state = searcher.state
     interrupted = False
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))  # read when fit() starts
+    from sweeps.report import prewarm
+
+    prewarm()
     try:
         results = tuner.fit()
         _log_best_checkpoints(results, state, tracker, spec)
