@@ -13,7 +13,7 @@ trial slot between one trial's last epoch and the next trial's first (median and
 also runs N trials of ours and prints the driver's peak memory and seconds per trial over the
 first and last hundred, and the sampler's time to suggest a trial around trial 100 and trial N.
 
-Run: .venv/bin/python -m benchmarks.overhead [--trials 40] [--big 0]
+Run: .venv/bin/python -m benchmarks.overhead [--trials 40] [--big 0] [--every-epoch]
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def ray_tune(trials: int, folder: Path, reuse: bool) -> float:
     return time.perf_counter() - start
 
 
-def ours(trials: int, folder: Path, name: str = "ours") -> tuple[float, Any, Path]:
+def ours(trials: int, folder: Path, name: str = "ours", report_every_s: float = 10.0) -> tuple[float, Any, Path]:
     """Our engine with full recording on the toy trainer; returns wall, result and trace folder."""
     from sweeps.runner import run_sweep
     from sweeps.spec import validate_spec
@@ -182,6 +182,7 @@ def ours(trials: int, folder: Path, name: str = "ours") -> tuple[float, Any, Pat
         "asha": {"grace_period": REPORTS},  # like plain Tune's ASHA here: nothing is cut before the end
         "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
         "fixed": {"steps_per_epoch": 1, "timing_dir": str(traces)},
+        "record": {"report_every_s": report_every_s},
     }
     spec = validate_spec(raw, "<benchmark>", [])
     start = time.perf_counter()
@@ -225,6 +226,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--big", type=int, default=0, help="also run this many trials of ours (e.g. 1000)")
+    parser.add_argument("--every-epoch", action="store_true", help="also ours with record.report_every_s: 0")
     args = parser.parse_args()
     from sweeps.runner import start_ray
 
@@ -235,6 +237,9 @@ def main() -> None:
     rows += [(f"ray-tune reuse_actors={reuse}", wall) for reuse, wall in plain.items()]
     mine, _, traces = ours(args.trials, folder)
     rows.append(("ours (full recording)", mine))
+    if args.every_epoch:
+        every, _, _ = ours(args.trials, folder, "ours-every-epoch", report_every_s=0.0)
+        rows.append(("ours, a report per epoch", every))
     best_plain = min(plain.values())
     print(f"{args.trials} tiny trials, {REPORTS} results each, 2 CPUs")
     print(f"{'setup':<28} {'s/trial':>8} {'results/s':>10} {'vs best ray-tune':>17}")

@@ -38,6 +38,7 @@ from sweeps.state import ENGINE_KEY
 from sweeps.tracking import TrialLogger
 from sweeps.trial import (
     CHECKPOINT_FILE,
+    FAILED_KEY,
     DivergedError,
     MetricMissingError,
     _detector,
@@ -45,6 +46,7 @@ from sweeps.trial import (
     _log_images,
     _log_provenance,
     divergence_result,
+    failure_reason,
 )
 from trainables.config import build_config
 from trainables.distributed import agree, mean_over_ranks, rank
@@ -176,9 +178,9 @@ def run_distributed_trial(config: dict[str, Any]) -> None:
         if worker_traceback:  # where the worker raised, rather than where this process re-raises
             logger.log_text(worker_traceback, "traceback.txt")
         logger.close()
-        if cause is error:
-            raise cause
-        raise cause from error
+        # Reported as the trial's last result, as one-worker trials do: raised, Ray would retry
+        # the trial (budget.retries), rerunning a worker's bug or out-of-memory error.
+        tune.report({engine["metric"]: math.nan, FAILED_KEY: 1.0, "sweep/reason": failure_reason(cause)})
 
 
 GO, STOP = "go", "stop"
