@@ -47,6 +47,7 @@ from sweeps.trial import (
     _log_provenance,
     divergence_result,
     failure_reason,
+    step_hook,
 )
 from trainables.config import build_config
 from trainables.distributed import agree, mean_over_ranks, rank
@@ -329,27 +330,6 @@ def _train_report(metrics: dict[str, Any], trainer: Any | None, control: Any) ->
     return agree(go)
 
 
-def step_hook(detector: Any, counts: dict[str, float], logger: TrialLogger | None, curves: CurveHistory) -> Any:
-    """The engine's per-step hook on one rank: diagnostics averaged over ranks, then the detector.
-
-    Every rank gets the same averaged values, so every rank's detector fires at the same step
-    (a NaN on one rank makes the average NaN). Only the rank with a ``logger`` records them.
-    """
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        reduced = mean_over_ranks(metrics)
-        if logger is not None:
-            logger.add_step(step, reduced)
-            curves.add(step, reduced)
-        counts["sweep/steps"] += 1
-        counts["sweep/skipped_steps"] += float(any(v for k, v in reduced.items() if k.endswith("skipped")))
-        found = detector.observe(step, reduced)
-        if found is not None:
-            raise DivergedError(found)
-
-    return on_step
-
-
 def train_worker(
     engine: dict[str, Any],
     params: dict[str, Any],
@@ -365,7 +345,8 @@ def train_worker(
     metric, epochs = engine["metric"], int(engine["epochs"])
     counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
     if hasattr(trainer, "on_step"):
-        trainer.on_step = step_hook(_detector(engine), counts, logger, curves)
+        # diagnostics averaged over ranks: every rank's detector fires at the same step
+        trainer.on_step = step_hook(_detector(engine), counts, logger, curves, mean_over_ranks)
     done = _restore(trainer, restore)
     if done == 0 and logger is not None:
         _log_provenance(engine, params, trainer_cls, trainer, logger)

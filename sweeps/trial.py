@@ -19,6 +19,7 @@ import dataclasses
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,33 @@ def run_trial(config: dict[str, Any]) -> None:
         logger.close()
 
 
+def step_hook(
+    detector: DivergenceDetector,
+    counts: dict[str, float],
+    logger: TrialLogger | None,
+    curves: CurveHistory,
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+) -> Callable[[int, dict[str, float]], None]:
+    """The trainer's per-step hook: record the step (where there is a logger), count it, watch it.
+
+    ``reduce`` turns one rank's values into the values every rank agrees on (multi-worker
+    trials average them over ranks), so every rank's detector fires at the same step.
+    """
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        values = reduce(metrics) if reduce is not None else metrics
+        if logger is not None:
+            logger.add_step(step, values)
+            curves.add(step, values)
+        counts["sweep/steps"] += 1
+        counts["sweep/skipped_steps"] += float(any(v for k, v in values.items() if k.endswith("skipped")))
+        found = detector.observe(step, values)
+        if found is not None:
+            raise DivergedError(found)
+
+    return on_step
+
+
 def failure_reason(exc: BaseException) -> str:
     """An exception's one line, e.g. ``ValueError: bad kernel``."""
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
@@ -102,16 +130,7 @@ def _train(engine: dict[str, Any], params: dict[str, Any], logger: TrialLogger, 
     detector = _detector(engine)
 
     counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        logger.add_step(step, metrics)
-        curves.add(step, metrics)
-        counts["sweep/steps"] += 1
-        counts["sweep/skipped_steps"] += float(any(v for k, v in metrics.items() if k.endswith("skipped")))
-        found = detector.observe(step, metrics)
-        if found is not None:
-            raise DivergedError(found)
-
+    on_step = step_hook(detector, counts, logger, curves)
     if hasattr(trainer, "on_step"):
         trainer.on_step = on_step
     done = _restore(trainer, logger, counts, curves)

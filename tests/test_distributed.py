@@ -157,13 +157,13 @@ def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, pr
 
 
 def _nan_on_rank_one(rank: int, folder: Path) -> dict[str, Any]:
-    from sweeps.distributed import step_hook
     from sweeps.divergence import DivergenceDetector
     from sweeps.record import CurveHistory
-    from sweeps.trial import DivergedError
+    from sweeps.trial import DivergedError, step_hook
+    from trainables.distributed import mean_over_ranks
 
     counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
-    hook = step_hook(DivergenceDetector(None), counts, None, CurveHistory())
+    hook = step_hook(DivergenceDetector(None), counts, None, CurveHistory(), mean_over_ranks)
     for step in range(1, 30):
         loss = math.nan if rank == 1 and step >= 5 else 1.0 / step
         try:
