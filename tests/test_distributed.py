@@ -34,8 +34,9 @@ def _spawn(target: Any, folder: Path, *args: Any) -> list[dict[str, Any]]:
     """Run ``target(rank, folder, *args)`` on two gloo ranks; return what each wrote.
 
     Gloo sometimes aborts a process while it exits ("terminate called without an active
-    exception", SIGABRT), after both ranks are done: seen 2 times in about 10 runs on this
-    machine. A rank that crashed before writing its result still fails the test.
+    exception", SIGABRT): seen twice in four full runs of these tests on this
+    machine. Only an abort after both ranks passed the final barrier is let through; a rank that
+    crashed before then still fails the test.
     """
     try:
         mp.spawn(_rank_main, args=(target, str(folder), _free_port(), args), nprocs=2, join=True)
