@@ -71,11 +71,6 @@ class OptunaSearcher(Searcher):
         self.must_restore = False  # set by ``sweeps.resume``: Ray has to restore its experiment first
         self.restored = False
 
-    @property
-    def max_ray_trials(self) -> int:
-        """Ray trials this searcher may need: the budget, plus one rescue each when rescue is on."""
-        return self.spec.budget.trials * (2 if self.spec.divergence.rescue else 1)
-
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         """Accept Tune's metric and mode (the spec's own)."""
         return True
