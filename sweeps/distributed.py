@@ -34,11 +34,10 @@ from ray.train.v2.api.callback import UserCallback
 
 from sweeps.record import CurveHistory
 from sweeps.spec import Budget, SpecError, SweepSpec
-from sweeps.state import ENGINE_KEY
+from sweeps.state import ENGINE_KEY, FAILED_KEY
 from sweeps.tracking import TrialLogger
 from sweeps.trial import (
     CHECKPOINT_FILE,
-    FAILED_KEY,
     DivergedError,
     MetricMissingError,
     _detector,

@@ -17,8 +17,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 
 from sweeps.errors import error_reason
 from sweeps.spec import SweepSpec
-from sweeps.state import RUNNING, SweepState
-from sweeps.trial import DIVERGED
+from sweeps.state import DIVERGED_KEY, RUNNING, SweepState
 
 WORST = 1e300
 """A finite stand-in for a diverged trial's metric at an ASHA rung: worse than any real result.
@@ -73,7 +72,7 @@ class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         """Decide as ASHA does; a stop before ``max_t`` is recorded as a prune."""
-        diverged = bool(result.get(DIVERGED))
+        diverged = bool(result.get(DIVERGED_KEY))
         action = super().on_trial_result(tune_controller, trial, self._ranked(result))
         if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t and not diverged:
             self.state.pruned.add(trial.trial_id)
@@ -85,7 +84,7 @@ class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
 
     def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` as ASHA should rank it: a diverged trial's metric becomes the worst value."""
-        if not result or not result.get(DIVERGED) or self._metric is None or self._metric_op is None:
+        if not result or not result.get(DIVERGED_KEY) or self._metric is None or self._metric_op is None:
             return result
         return {**result, self._metric: -WORST * self._metric_op}
 

@@ -31,8 +31,10 @@ from sweeps.spec import SweepSpec
 from sweeps.state import (
     COMPLETED,
     DIVERGED,
+    DIVERGED_KEY,
     ENGINE_KEY,
     FAILED,
+    FAILED_KEY,
     HISTORY_KEY,
     INTERRUPTED,
     OOM,
@@ -43,9 +45,6 @@ from sweeps.state import (
 from sweeps.tracking import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
-
-DIVERGED_KEY = "sweep/diverged"
-FAILED_KEY = "sweep/failed"
 
 
 def rescue_precision(params: dict[str, Any]) -> str:

@@ -17,6 +17,12 @@ RUNNING = "running"
 ENGINE_KEY = "__sweep__"
 """Key of the engine's own entry in a Ray trial config; every other key is a trainer parameter."""
 
+DIVERGED_KEY = "sweep/diverged"
+"""Set in a trial's last report when it diverged (with ``sweep/signal``, ``sweep/reason``, ``sweep/step``)."""
+
+FAILED_KEY = "sweep/failed"
+"""Set in a trial's last report when it raised (with ``sweep/reason``): recorded, not retried by Ray."""
+
 HISTORY_KEY = "sweep/history"
 """A report's ``[(epoch, metric), ...]``: every epoch since the trial's previous report."""
 

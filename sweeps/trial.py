@@ -28,14 +28,12 @@ from ray import tune
 
 from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
 from sweeps.record import CurveHistory, environment_json, trainer_source
-from sweeps.state import ENGINE_KEY, HISTORY_KEY
+from sweeps.state import DIVERGED_KEY, ENGINE_KEY, FAILED_KEY, HISTORY_KEY
 from sweeps.tracking import TrialLogger
 from trainables.config import build_config
 from trainables.registry import load_trainer
 
 CHECKPOINT_FILE = "trainer.pt"
-DIVERGED = "sweep/diverged"
-FAILED_KEY = "sweep/failed"
 DELIVERY_TIMEOUT_S = 900.0  # as long as TrialLogger waits at the end of a trial
 
 
@@ -54,7 +52,7 @@ class DivergedError(Exception):
 def divergence_result(divergence: Divergence) -> dict[str, Any]:
     """The engine's keys in a diverged trial's last report."""
     return {
-        DIVERGED: 1.0,
+        DIVERGED_KEY: 1.0,
         "sweep/signal": divergence.signal,
         "sweep/reason": divergence.reason,
         "sweep/step": divergence.step,

@@ -11,9 +11,8 @@ from ray.tune.schedulers import TrialScheduler
 
 from sweeps.scheduler import RecordingASHA
 from sweeps.spec import validate_spec
-from sweeps.state import SweepState
+from sweeps.state import DIVERGED_KEY, SweepState
 from sweeps.study import make_sampler
-from sweeps.trial import DIVERGED
 
 
 def asha_after(first: list[dict[str, float]], last: float) -> tuple[str, SweepState]:
@@ -32,7 +31,7 @@ def asha_after(first: list[dict[str, float]], last: float) -> tuple[str, SweepSt
 
 def test_asha_ranks_a_diverged_trial_last_at_its_rung() -> None:
     healthy = [{"val_mse": 0.030}, {"val_mse": 0.020}]
-    diverged = {"val_mse": math.nan, DIVERGED: 1.0}
+    diverged = {"val_mse": math.nan, DIVERGED_KEY: 1.0}
     # Without the diverged trial, 0.028 is in the worse half of {0.030, 0.020} and is cut ...
     assert asha_after(healthy, 0.028)[0] == TrialScheduler.STOP
     # ... with it counted as the worst of the rung, 0.028 is in the better half and goes on.
