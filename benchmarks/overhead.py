@@ -1,19 +1,26 @@
 """Engine overhead on tiny trials, side by side in one run.
 
-Each trial does almost nothing and reports 10 times (10 "epochs"). Compared:
+Each trial builds the toy trainer and runs its 10 one-step epochs, reporting each (10 results).
+Compared:
 
 - ``floor``: plain Optuna + MLflow in one process (ask, 10 ``log_metric``, tell);
-- ``ray-tune``: plain Ray Tune as a user sets it up (OptunaSearch + ASHA + MLflowLoggerCallback),
-  with ``reuse_actors`` off and on (the better one counts);
+- ``ray-tune``: plain Ray Tune as a user sets it up for the same trainer (OptunaSearch + ASHA +
+  MLflowLoggerCallback), with ``reuse_actors`` off and on (the better one counts);
 - ``ours``: our engine with full recording (MLflow parent/child runs, step logging, artifacts,
-  checkpoints, Optuna study on disk).
+  checkpoints, Optuna study on disk, the report at the end).
 
-Prints seconds per trial, results per second and the ratios, and for ours the idle gap of each
-trial slot between one trial's last epoch and the next trial's first (median and max). ``--big N``
-also runs N trials of ours and prints the driver's peak memory and seconds per trial over the
-first and last hundred, and the sampler's time to suggest a trial around trial 100 and trial N.
+Every setup's MLflow store is created before its clock starts, as a user's ``mlflow.db`` exists
+after the first sweep. Each setup runs twice, with ``--small`` and with ``--trials`` trials: the
+difference gives what one more trial costs (the slope) apart from what a sweep costs once (start,
+report: the intercept). Printed per setup: seconds per trial at ``--trials`` and against the
+better plain Ray Tune, seconds per extra trial and against it, the fixed cost, and when the first
+trainer was built. Plain Tune with ``reuse_actors=False`` runs only at ``--small`` unless
+``--reuse-off-full``. For ours also the idle gap of each trial slot between one trial's last epoch
+and the next trial's start (median and max). ``--big N`` also runs N trials of ours and prints the
+driver's peak memory and seconds per trial over the first and last hundred, and the sampler's
+time to suggest a trial around trial 100 and trial N.
 
-Run: .venv/bin/python -m benchmarks.overhead [--trials 40] [--big 0] [--every-epoch]
+Run: .venv/bin/python -m benchmarks.overhead [--trials 40] [--small 10] [--big 0] [--every-epoch]
 """
 
 from __future__ import annotations
@@ -76,14 +83,30 @@ def slot_gaps(folder: Path) -> list[float]:
     return [g for g in gaps if g != math.inf]
 
 
-def trial_ends(folder: Path) -> list[float]:
-    """Wall times at which trials ended, sorted."""
+def trial_times(folder: Path, event: str = "end") -> list[float]:
+    """Wall times at which trainers were built (``start``) or ended their last epoch (``end``), sorted."""
     return sorted(
         json.loads(line)["t"]
         for path in folder.glob("*.jsonl")
         for line in path.read_text().splitlines()
-        if json.loads(line)["event"] == "end"
+        if json.loads(line)["event"] == event
     )
+
+
+@dataclass
+class Timed:
+    """One setup's run: wall seconds, when it began (wall clock) and its trainers' timing folder."""
+
+    wall: float
+    begun: float
+    traces: Path | None = None
+
+    def split(self, trials: int) -> tuple[float, float]:
+        """Seconds from the start to the first trainer built, and seconds per trial after that."""
+        if self.traces is None:
+            return math.nan, self.wall / trials
+        first = trial_times(self.traces, "start")[0] - self.begun
+        return first, (self.wall - first) / trials
 
 
 class RssSampler:
@@ -108,16 +131,17 @@ class RssSampler:
         return max((mb for t, mb in self.samples if start <= t <= end), default=math.nan)
 
 
-def floor(trials: int, folder: Path) -> float:
+def floor(trials: int, folder: Path) -> Timed:
     """Plain Optuna + MLflow in-process: seconds for ``trials`` trials."""
     import mlflow
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder.mkdir(parents=True)
     client = mlflow.MlflowClient(f"sqlite:///{folder}/floor.db")
     experiment = client.create_experiment("floor")
     study = optuna.create_study(storage=f"sqlite:///{folder}/floor-optuna.db")
-    start = time.perf_counter()
+    begun, start = time.time(), time.perf_counter()
     for _ in range(trials):
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
@@ -127,28 +151,41 @@ def floor(trials: int, folder: Path) -> float:
             client.log_metric(run, "val_loss", lr / step, step=step)
         client.set_terminated(run)
         study.tell(trial, lr / REPORTS)
-    return time.perf_counter() - start
+    return Timed(time.perf_counter() - start, begun)
 
 
 def tiny(config: dict[str, Any]) -> None:
-    """The plain Ray Tune trainable: report 10 times."""
+    """The plain Ray Tune trainable: the same trainer as ours, reporting each of its 10 epochs."""
     from ray import tune
 
-    for step in range(1, REPORTS + 1):
-        tune.report({"val_loss": config["lr"] / step})
+    trainer = TimedToy(TimedConfig(lr=config["lr"], steps_per_epoch=1, timing_dir=config["timing_dir"]))
+    for _ in range(REPORTS):
+        trainer.train_epoch()
+        tune.report(trainer.validate())
 
 
-def ray_tune(trials: int, folder: Path, reuse: bool) -> float:
-    """Plain Ray Tune: OptunaSearch + ASHA + MLflowLoggerCallback."""
+def ready_db(uri: str) -> str:
+    """Create the MLflow store at ``uri`` now, as a user's ``mlflow.db`` exists after the first sweep."""
+    import mlflow
+
+    mlflow.MlflowClient(uri).search_experiments()
+    return uri
+
+
+def ray_tune(trials: int, folder: Path, reuse: bool) -> Timed:
+    """Plain Ray Tune: OptunaSearch + ASHA + MLflowLoggerCallback; returns wall and trace folder."""
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     name = f"ray-{int(reuse)}"
+    traces = folder / f"{name}-traces"
+    traces.mkdir(parents=True)
+    uri = ready_db(f"sqlite:///{folder}/{name}.db")
     tuner = tune.Tuner(
         tiny,
-        param_space={"lr": tune.loguniform(1e-4, 1.0)},
+        param_space={"lr": tune.loguniform(1e-4, 1.0), "timing_dir": str(traces)},
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(metric="val_loss", mode="min", seed=0),
             scheduler=ASHAScheduler(metric="val_loss", mode="min", max_t=REPORTS),
@@ -159,15 +196,15 @@ def ray_tune(trials: int, folder: Path, reuse: bool) -> float:
             storage_path=str(folder / "ray"),
             name=name,
             verbose=0,
-            callbacks=[MLflowLoggerCallback(tracking_uri=f"sqlite:///{folder}/ray.db", experiment_name=name)],
+            callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=name)],
         ),
     )
-    start = time.perf_counter()
+    begun, start = time.time(), time.perf_counter()
     tuner.fit()
-    return time.perf_counter() - start
+    return Timed(time.perf_counter() - start, begun, traces)
 
 
-def ours(trials: int, folder: Path, name: str = "ours", report_every_s: float = 10.0) -> tuple[float, Any, Path]:
+def ours(trials: int, folder: Path, name: str = "ours", report_every_s: float = 10.0) -> tuple[Timed, Any]:
     """Our engine with full recording on the toy trainer; returns wall, result and trace folder."""
     from sweeps.runner import run_sweep
     from sweeps.spec import validate_spec
@@ -185,9 +222,10 @@ def ours(trials: int, folder: Path, name: str = "ours", report_every_s: float = 
         "record": {"report_every_s": report_every_s},
     }
     spec = validate_spec(raw, "<benchmark>", [])
-    start = time.perf_counter()
-    result = run_sweep(spec, root=folder / "sweeps", tracking_uri=f"sqlite:///{folder}/ours.db", stream=io.StringIO())
-    return time.perf_counter() - start, result, traces
+    uri = ready_db(f"sqlite:///{folder}/{name}.db")
+    begun, start = time.time(), time.perf_counter()
+    result = run_sweep(spec, root=folder / "sweeps", tracking_uri=uri, stream=io.StringIO())
+    return Timed(time.perf_counter() - start, begun, traces), result
 
 
 def sampling_ms(result: Any, around: int, width: int = 10) -> float:
@@ -200,9 +238,11 @@ def sampling_ms(result: Any, around: int, width: int = 10) -> float:
 def big_run(trials: int, folder: Path) -> None:
     """N trials of ours: driver memory and time per trial, first and last hundred; sampler cost."""
     sampler = RssSampler()
-    wall, result, traces = ours(trials, folder, "ours-big")
+    timed, result = ours(trials, folder, "ours-big")
+    wall, traces = timed.wall, timed.traces
+    assert traces is not None
     sampler.done.set()
-    ends = trial_ends(traces)
+    ends = trial_times(traces)
     first, last = ends[:101], ends[-101:]
     at_100 = sampler.peak(0.0, first[-1])
     late = sampler.peak(last[0], last[-1])
@@ -221,32 +261,82 @@ def big_run(trials: int, folder: Path) -> None:
     print(f"slot idle between trials: median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s")
 
 
+@dataclass
+class Setup:
+    """One setup's runs at the small and the full number of trials."""
+
+    name: str
+    small: Timed
+    full: Timed | None
+
+    def slope(self, small: int, trials: int) -> float:
+        """Seconds each trial beyond ``small`` added: the per-trial cost without the per-sweep one."""
+        return (self.full.wall - self.small.wall) / (trials - small) if self.full else math.nan
+
+    def fixed(self, small: int, trials: int) -> float:
+        """What the sweep costs besides its trials (start and end): the line's intercept."""
+        return self.small.wall - small * self.slope(small, trials)
+
+
+def _cell(value: float, digits: int = 3, suffix: str = "") -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}{suffix}"
+
+
+def print_table(setups: list[Setup], small: int, trials: int) -> None:
+    """Seconds per trial at ``trials``, per extra trial (slope), fixed cost, first trainer, ratios."""
+    plain = [s for s in setups if s.name.startswith("ray-tune") and s.full is not None]
+    best_wall = min(plain, key=lambda s: s.full.wall if s.full else math.inf)
+    best_slope = min(plain, key=lambda s: s.slope(small, trials))
+    print(f"tiny trials, {REPORTS} results each, 2 CPUs; each setup run with {small} and with {trials} trials")
+    print(
+        f"{'setup':<28} {f's/trial@{trials}':>12} {'vs best':>8} {'s/extra trial':>14} {'vs best':>8} "
+        f"{'fixed s':>8} {f'first trainer@{trials}':>18}"
+    )
+    for setup in setups:
+        full = setup.full
+        per = full.wall / trials if full else math.nan
+        first = full.split(trials)[0] if full else math.nan
+        slope, fixed = setup.slope(small, trials), setup.fixed(small, trials)
+        ratio = per / (best_wall.full.wall / trials) if full and best_wall.full else math.nan
+        print(
+            f"{setup.name:<28} {_cell(per):>12} {_cell(ratio, 2, 'x'):>8} {_cell(slope):>14} "
+            f"{_cell(slope / best_slope.slope(small, trials), 2, 'x'):>8} {_cell(fixed, 1):>8} {_cell(first, 2):>18}"
+        )
+        if full is None:
+            print(f"{'':<28} (run with {small} trials only: {setup.small.wall / small:.3f} s/trial)")
+
+
 def main() -> None:
-    """Run each setup and print the table."""
+    """Run each setup at two sizes and print the table."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--small", type=int, default=10, help="the smaller run of each setup, for the slope")
     parser.add_argument("--big", type=int, default=0, help="also run this many trials of ours (e.g. 1000)")
     parser.add_argument("--every-epoch", action="store_true", help="also ours with record.report_every_s: 0")
+    parser.add_argument(
+        "--reuse-off-full", action="store_true", help="run plain Tune with reuse_actors=False at --trials too (slow)"
+    )
     args = parser.parse_args()
+    if not 0 < args.small < args.trials:
+        parser.error("--small must be above 0 and below --trials")
     from sweeps.runner import start_ray
 
     folder = Path(tempfile.mkdtemp(prefix="overhead-bench-"))
-    rows = [("floor (optuna+mlflow)", floor(args.trials, folder))]
+    sizes = (args.small, args.trials)
+    setups = [Setup("floor (optuna+mlflow)", *(floor(n, folder / f"floor-{n}") for n in sizes))]
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
-    plain = {reuse: ray_tune(args.trials, folder, reuse) for reuse in (False, True)}
-    rows += [(f"ray-tune reuse_actors={reuse}", wall) for reuse, wall in plain.items()]
-    mine, _, traces = ours(args.trials, folder)
-    rows.append(("ours (full recording)", mine))
+    for reuse in (False, True):
+        small = ray_tune(args.small, folder / f"small-{reuse}", reuse)
+        full = ray_tune(args.trials, folder / f"full-{reuse}", reuse) if reuse or args.reuse_off_full else None
+        setups.append(Setup(f"ray-tune reuse_actors={reuse}", small, full))
+    mine = Setup("ours (full recording)", *(ours(n, folder, f"ours-{n}")[0] for n in sizes))
+    setups.append(mine)
     if args.every_epoch:
-        every, _, _ = ours(args.trials, folder, "ours-every-epoch", report_every_s=0.0)
-        rows.append(("ours, a report per epoch", every))
-    best_plain = min(plain.values())
-    print(f"{args.trials} tiny trials, {REPORTS} results each, 2 CPUs")
-    print(f"{'setup':<28} {'s/trial':>8} {'results/s':>10} {'vs best ray-tune':>17}")
-    for name, wall in rows:
-        per = wall / args.trials
-        print(f"{name:<28} {per:>8.3f} {args.trials * REPORTS / wall:>10.1f} {wall / best_plain:>16.2f}x")
-    gaps = slot_gaps(traces)
+        runs = [ours(n, folder, f"ours-every-epoch-{n}", report_every_s=0.0)[0] for n in sizes]
+        setups.append(Setup("ours, a report per epoch", *runs))
+    print_table(setups, *sizes)
+    assert mine.full is not None and mine.full.traces is not None
+    gaps = slot_gaps(mine.full.traces)
     print(f"ours: slot idle between trials: median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s")
     if args.big:
         big_run(args.big, folder)
