@@ -42,6 +42,7 @@ from sweeps.state import (
     SweepState,
     TrialRecord,
 )
+from sweeps.study import record_trial
 from sweeps.tracking import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
@@ -100,8 +101,7 @@ class OptunaSearcher(Searcher):
         params = self.spec.resolve(sampled)
         sampling = time.perf_counter() - started
         run_id = self.tracker.create_trial_run(self.sweep, trial.number, trial_id, params, sampled)
-        for key, value in (("ray_trial_id", trial_id), ("mlflow_run_id", run_id), ("config", params)):
-            trial.set_user_attr(key, value)
+        record_trial(trial, attrs={"ray_trial_id": trial_id, "mlflow_run_id": run_id, "config": params})
         self.live[trial_id] = trial
         self.state.trials[trial_id] = TrialRecord(trial.number, trial_id, run_id, params, sampled, sampling_s=sampling)
         return self._config(params, run_id)
@@ -167,16 +167,15 @@ class OptunaSearcher(Searcher):
             self.rescues.append(record)
 
     def _tell(self, trial: optuna.Trial, record: TrialRecord) -> None:
-        trial.set_user_attr("status", record.status)
-        trial.set_user_attr("steps", record.steps)
-        trial.set_user_attr("skipped_share", record.skipped_share)
+        attrs = {"status": record.status, "steps": record.steps, "skipped_share": record.skipped_share}
+        infeasible = record.status in (DIVERGED, OOM) and self.spec.search.diverged_as == "infeasible"
+        record_trial(trial, attrs={**attrs, **({"reason": record.reason} if infeasible else {})})
         if record.status == COMPLETED:
             self.study.tell(trial, record.value)
         elif record.status == PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
-        elif record.status in (DIVERGED, OOM) and self.spec.search.diverged_as == "infeasible":
+        elif infeasible:
             # Infeasible: TPE ranks it below every feasible trial and moves away from its region.
-            trial.set_user_attr("reason", record.reason)
             trial.set_constraint(record.status, 1.0)
             worst = math.inf if self.spec.mode == "min" else -math.inf
             self.study.tell(trial, record.value if record.value is not None else worst)
@@ -220,7 +219,12 @@ class OptunaSearcher(Searcher):
         history = (result or {}).get(HISTORY_KEY) or (
             [(record.epochs, record.value)] if record.value is not None else []
         )
-        for epoch, value in history:
-            if epoch > self.reported.get(trial_id, 0) and isinstance(value, (int, float)) and math.isfinite(value):
-                trial.report(float(value), step=int(epoch))
-                self.reported[trial_id] = int(epoch)
+        last = self.reported.get(trial_id, 0)
+        fresh = [
+            (int(epoch), float(value))
+            for epoch, value in history
+            if epoch > last and isinstance(value, (int, float)) and math.isfinite(value)
+        ]
+        record_trial(trial, fresh)
+        if fresh:
+            self.reported[trial_id] = max(epoch for epoch, _ in fresh)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import optuna
 
@@ -46,3 +48,61 @@ def load_study(sweep: SweepDir) -> optuna.Study:
     use_wal()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=sweep.name, storage=sweep.storage_uri)
+
+
+def record_trial(
+    trial: optuna.Trial, values: Iterable[tuple[int, float]] = (), attrs: dict[str, Any] | None = None
+) -> None:
+    """Intermediate values (``(step, value)``) and user attributes of a running trial, in one commit.
+
+    What ``Trial.report`` and ``Trial.set_user_attr`` write, one commit each (about 3 ms apiece on
+    SQLite, a few dozen per trial in the driver). On Optuna's RDB storage it is written in one
+    transaction through the storage's own per-row writers; on any other storage, or an Optuna
+    without them, through the public calls. A step already reported is skipped, as ``report`` does.
+    """
+    reported = trial._cached_frozen_trial.intermediate_values
+    fresh = [(int(step), float(value)) for step, value in values if int(step) not in reported]
+    attrs = attrs or {}
+    backend = _rdb_backend(trial.study)
+    if backend is None:
+        _one_by_one(trial, fresh, attrs)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with _create_scoped_session(backend.scoped_session) as session:
+            for step, value in fresh:
+                backend._set_trial_intermediate_value_without_commit(session, trial._trial_id, step, value)
+            for key, value in attrs.items():
+                model = models.TrialUserAttributeModel
+                backend._set_trial_attr_without_commit(session, model, trial._trial_id, key, value)
+    except IntegrityError:  # another writer got there first (rolled back): one row at a time, as Optuna does
+        _one_by_one(trial, fresh, attrs)
+        return
+    cached = trial._cached_frozen_trial  # as report and set_user_attr keep it
+    cached.intermediate_values.update(fresh)
+    cached.user_attrs.update(attrs)
+
+
+def _one_by_one(trial: optuna.Trial, values: list[tuple[int, float]], attrs: dict[str, Any]) -> None:
+    for step, value in values:
+        trial.report(value, step=step)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def _rdb_backend(study: optuna.Study) -> Any:
+    """The study's RDB storage if this Optuna has the writers :func:`record_trial` uses, else None."""
+    storage = getattr(study, "_storage", None)
+    backend = getattr(storage, "_backend", storage)
+    needed = ("scoped_session", "_set_trial_intermediate_value_without_commit", "_set_trial_attr_without_commit")
+    if not isinstance(backend, optuna.storages.RDBStorage) or not all(hasattr(backend, n) for n in needed):
+        return None
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session  # noqa: F401
+    except ImportError:
+        return None
+    return backend if hasattr(models, "TrialUserAttributeModel") else None

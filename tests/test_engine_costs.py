@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import optuna
 import pytest
 from PIL import Image
 from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -18,7 +19,7 @@ from sweeps.record import CurveHistory
 from sweeps.scheduler import rung_epochs
 from sweeps.spec import SpecError, SweepSpec, validate_spec
 from sweeps.store import new_sweep_dir
-from sweeps.study import create_study
+from sweeps.study import create_study, record_trial
 from sweeps.tracking import client
 from sweeps.trial import ReportCadence
 
@@ -133,3 +134,54 @@ def test_report_interval_must_not_be_negative() -> None:
     with pytest.raises(SpecError, match=r"record.report_every_s: must be >= 0"):
         spec_with({}, 4, {"report_every_s": -1})
     assert spec_with({}, 4, {"report_every_s": "1e-1"}).record.report_every_s == pytest.approx(0.1)
+
+
+def _commits(study: Any) -> list[int]:
+    """A list that grows by one on each commit to the study's SQLite storage."""
+    from sqlalchemy import event
+
+    seen: list[int] = []
+    event.listen(study._storage._backend.engine, "commit", lambda _: seen.append(1))
+    return seen
+
+
+def test_intermediate_values_and_user_attrs_of_a_trial_are_written_in_one_commit(tmp_path: Path) -> None:
+    """What the searcher writes per trial: as the public calls would, in one commit, not one per row."""
+    batched = optuna.create_study(storage=f"sqlite:///{tmp_path}/a.db")
+    one_by_one = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    values, attrs = [(1, 0.5), (2, 0.25), (3, math.inf)], {"status": "completed", "config": {"lr": 0.1}}
+    commits = _commits(batched)
+    for study in (batched, one_by_one):
+        trial = study.ask()
+        before = len(commits)
+        record_trial(trial, values, attrs)
+        record_trial(trial, [(3, 9.0), (4, 0.125)])  # step 3 is kept as first reported, as Trial.report does
+        if study is batched:
+            assert len(commits) - before == 2  # one per call; one per row before (6)
+        assert trial._cached_frozen_trial.intermediate_values == {1: 0.5, 2: 0.25, 3: math.inf, 4: 0.125}
+        study.tell(trial, 0.125)
+    stored = [optuna.load_study(study_name=s.study_name, storage=s._storage).trials[0] for s in (batched, one_by_one)]
+    assert stored[0].intermediate_values == stored[1].intermediate_values == {1: 0.5, 2: 0.25, 3: math.inf, 4: 0.125}
+    assert stored[0].user_attrs == stored[1].user_attrs == attrs
+
+
+def test_a_batch_that_hits_an_integrity_error_is_rolled_back_and_written_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer inserting the same row between Optuna's check and insert: nothing is lost."""
+    from sqlalchemy.exc import IntegrityError
+
+    storage = f"sqlite:///{tmp_path}/a.db"
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    backend = study._storage._backend
+    write = backend._set_trial_attr_without_commit
+
+    def collide_once(*args: Any) -> None:
+        monkeypatch.setattr(backend, "_set_trial_attr_without_commit", write)
+        raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+
+    monkeypatch.setattr(backend, "_set_trial_attr_without_commit", collide_once)  # after the values were added
+    record_trial(trial, [(1, 0.5), (2, 0.25)], {"status": "running"})
+    frozen = optuna.load_study(study_name=study.study_name, storage=storage).trials[0]
+    assert frozen.intermediate_values == {1: 0.5, 2: 0.25} and frozen.user_attrs == {"status": "running"}
