@@ -55,10 +55,11 @@ def record_trial(
 ) -> None:
     """Intermediate values (``(step, value)``) and user attributes of a running trial, in one commit.
 
-    What ``Trial.report`` and ``Trial.set_user_attr`` write, one commit each (about 3 ms apiece on
-    SQLite, a few dozen per trial in the driver). On Optuna's RDB storage it is written in one
-    transaction through the storage's own per-row writers; on any other storage, or an Optuna
-    without them, through the public calls. A step already reported is skipped, as ``report`` does.
+    What ``Trial.report`` and ``Trial.set_user_attr`` write, one commit and a few queries each
+    (about 3 ms apiece on SQLite, a dozen or more per trial in the driver). On Optuna's RDB storage
+    it is one transaction: the values inserted as rows of Optuna's table in one statement, the
+    attributes through the storage's own writer. On any other storage, or an Optuna without those
+    parts, through the public calls. A step already reported is skipped, as ``report`` does.
     """
     reported = trial._cached_frozen_trial.intermediate_values
     fresh = [(int(step), float(value)) for step, value in values if int(step) not in reported]
@@ -73,8 +74,7 @@ def record_trial(
 
     try:
         with _create_scoped_session(backend.scoped_session) as session:
-            for step, value in fresh:
-                backend._set_trial_intermediate_value_without_commit(session, trial._trial_id, step, value)
+            _add_values(backend, session, trial._trial_id, fresh)
             for key, value in attrs.items():
                 model = models.TrialUserAttributeModel
                 backend._set_trial_attr_without_commit(session, model, trial._trial_id, key, value)
@@ -84,6 +84,27 @@ def record_trial(
     cached = trial._cached_frozen_trial  # as report and set_user_attr keep it
     cached.intermediate_values.update(fresh)
     cached.user_attrs.update(attrs)
+
+
+def _add_values(backend: Any, session: Any, trial_id: int, values: list[tuple[int, float]]) -> None:
+    """Insert intermediate values as rows of Optuna's table in one statement; update steps it has."""
+    if not values:
+        return
+    from optuna.storages._rdb import models
+
+    model = models.TrialIntermediateValueModel
+    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+    backend.check_trial_is_updatable(trial_id, trial.state)
+    steps = [step for step, _ in values]
+    stored = {row[0] for row in session.query(model.step).filter(model.trial_id == trial_id, model.step.in_(steps))}
+    rows = []
+    for step, value in values:
+        if step in stored:
+            backend._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+            continue
+        number, kind = model.intermediate_value_to_stored_repr(value)
+        rows.append(model(trial_id=trial_id, step=step, intermediate_value=number, intermediate_value_type=kind))
+    session.add_all(rows)
 
 
 def _one_by_one(trial: optuna.Trial, values: list[tuple[int, float]], attrs: dict[str, Any]) -> None:
@@ -97,7 +118,12 @@ def _rdb_backend(study: optuna.Study) -> Any:
     """The study's RDB storage if this Optuna has the writers :func:`record_trial` uses, else None."""
     storage = getattr(study, "_storage", None)
     backend = getattr(storage, "_backend", storage)
-    needed = ("scoped_session", "_set_trial_intermediate_value_without_commit", "_set_trial_attr_without_commit")
+    needed = (
+        "scoped_session",
+        "check_trial_is_updatable",
+        "_set_trial_intermediate_value_without_commit",
+        "_set_trial_attr_without_commit",
+    )
     if not isinstance(backend, optuna.storages.RDBStorage) or not all(hasattr(backend, n) for n in needed):
         return None
     try:
@@ -105,4 +131,5 @@ def _rdb_backend(study: optuna.Study) -> Any:
         from optuna.storages._rdb.storage import _create_scoped_session  # noqa: F401
     except ImportError:
         return None
-    return backend if hasattr(models, "TrialUserAttributeModel") else None
+    wanted = ("TrialModel", "TrialUserAttributeModel", "TrialIntermediateValueModel")
+    return backend if all(hasattr(models, name) for name in wanted) else None

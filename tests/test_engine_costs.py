@@ -185,3 +185,14 @@ def test_a_batch_that_hits_an_integrity_error_is_rolled_back_and_written_row_by_
     record_trial(trial, [(1, 0.5), (2, 0.25)], {"status": "running"})
     frozen = optuna.load_study(study_name=study.study_name, storage=storage).trials[0]
     assert frozen.intermediate_values == {1: 0.5, 2: 0.25} and frozen.user_attrs == {"status": "running"}
+
+
+def test_a_step_stored_by_another_writer_is_updated_as_trial_report_would(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/a.db"
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    other = optuna.load_study(study_name=study.study_name, storage=storage)
+    other._storage.set_trial_intermediate_value(trial._trial_id, 2, 7.0)  # not in ``trial``'s cache
+    record_trial(trial, [(1, 0.5), (2, 0.25), (3, -math.inf)])
+    frozen = optuna.load_study(study_name=study.study_name, storage=storage).trials[0]
+    assert frozen.intermediate_values == {1: 0.5, 2: 0.25, 3: -math.inf}
