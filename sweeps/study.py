@@ -64,6 +64,8 @@ def record_trial(
     reported = trial._cached_frozen_trial.intermediate_values
     fresh = [(int(step), float(value)) for step, value in values if int(step) not in reported]
     attrs = attrs or {}
+    if not fresh and not attrs:
+        return
     backend = _rdb_backend(trial.study)
     if backend is None:
         _one_by_one(trial, fresh, attrs)
