@@ -7,10 +7,13 @@ Each signal has a name, defaults, and a spec setting under ``divergence:``:
   GradScaler's calibration (the run of overflows from 65536 down before the first good step,
   up to ``calibration`` of them) and isolated overflows later do not count.
 - ``non_finite``: the loss or, without a loss scaler, the gradient norm is NaN/inf for ``steps``
-  steps in a row. Under a loss scaler (fp16), a loss that stays non-finite that long counts as
-  ``loss_scale``: the forward pass overflows and no scale can fix it (bf16 can).
+  steps in a row (default 1: without a scaler the optimizer has already stepped on it, so the
+  weights are NaN and no later step recovers). Under a loss scaler (fp16) the step was skipped
+  instead; a loss that stays non-finite ``scaled_steps`` steps in a row counts as ``loss_scale``:
+  the forward pass overflows and no scale can fix it (bf16 can).
 - ``loss_explosion``: the smoothed loss exceeds ``factor`` x its best smoothed value, after
-  ``warmup`` steps.
+  ``warmup`` steps (the best is tracked from the first step; the warm-up only holds the signal
+  back, so a first update that throws the loss up 20-fold is caught within a few steps).
 - ``grad_explosion``: a gradient norm exceeds ``factor`` x its running median over ``window``
   steps for ``steps`` steps in a row, after ``warmup`` steps.
 - ``collapse``: generated output constant (``output_std`` == 0) or all zero, or a loss of exactly
@@ -33,8 +36,8 @@ SIGNALS = ("loss_scale", "non_finite", "loss_explosion", "grad_explosion", "coll
 
 DEFAULTS: dict[str, dict[str, float]] = {
     "loss_scale": {"floor": 1.0, "consecutive": 6, "window": 50, "max_share": 0.5, "calibration": 24},
-    "non_finite": {"steps": 2},
-    "loss_explosion": {"factor": 20.0, "warmup": 20, "smoothing": 0.5},
+    "non_finite": {"steps": 1, "scaled_steps": 2},
+    "loss_explosion": {"factor": 20.0, "warmup": 5, "smoothing": 0.5},
     "grad_explosion": {"factor": 1000.0, "window": 50, "steps": 3, "warmup": 20},
     "collapse": {"steps": 20},
     "runaway_weights": {"factor": 50.0},
@@ -172,7 +175,7 @@ class DivergenceDetector:
             # Under a loss scaler a non-finite gradient is only a skipped step, but a non-finite loss
             # is a forward pass that overflowed: lowering the scale cannot fix it.
             run = self.non_finite.update(bool(bad), step)
-            if run >= cfg["steps"]:
+            if run >= cfg["scaled_steps"]:
                 reason = f"{', '.join(bad)} not finite for {run} steps under loss scaling"
                 return Divergence("loss_scale", reason, step, self.non_finite.start)
             return None

@@ -76,6 +76,19 @@ def test_absurd_learning_rate_gives_non_finite_loss(precision: str) -> None:
     assert found.step - found.onset == DEFAULTS["non_finite"]["steps"] - 1 and found.step < 10
 
 
+def test_without_a_loss_scaler_the_first_non_finite_step_already_ruined_the_weights() -> None:
+    # Why non_finite stops at once without a scaler: the optimizer has stepped on the NaN gradient,
+    # so stopping one step later would only waste it. (Under fp16 the scaler skips that step instead.)
+    weights: list[bool] = []
+
+    def check(trainer: Any, step: int) -> None:
+        weights.append(all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()))
+
+    found, steps = train(lr=1e6, on_step=check)
+    assert found is not None and found.signal == "non_finite" and found.step == found.onset
+    assert weights[-1] is False and weights[0] is True
+
+
 def test_too_high_learning_rate_explodes_the_loss() -> None:
     found, steps = train(lr=0.1, output_activation="none", kl_weight=1e-4, epochs=6)
     assert found is not None and found.signal == "loss_explosion", found
