@@ -14,13 +14,15 @@ after the first sweep. Each setup runs twice, with ``--small`` and with ``--tria
 difference gives what one more trial costs (the slope) apart from what a sweep costs once (start,
 report: the intercept). Printed per setup: seconds per trial at ``--trials`` and against the
 better plain Ray Tune, seconds per extra trial and against it, the fixed cost, and when the first
-trainer was built. Plain Tune with ``reuse_actors=False`` runs only at ``--small`` unless
-``--reuse-off-full``. For ours also the idle gap of each trial slot between one trial's last epoch
-and the next trial's start (median and max). ``--big N`` also runs N trials of ours and prints the
-driver's peak memory and seconds per trial over the first and last hundred, and the sampler's
-time to suggest a trial around trial 100 and trial N.
+trainer was built. With ``--repeat R`` every setup runs R times at both sizes, interleaved; the
+figures are from the median walls, and the slope ratio is also printed repeat by repeat. Plain
+Tune with ``reuse_actors=False`` runs only at ``--small`` (first repeat) unless ``--reuse-off-full``.
+For ours also the idle gap of each trial slot between one trial's last epoch and the next trial's
+start (median and max). ``--big N`` also runs N trials of ours and prints the driver's peak memory
+and seconds per trial over the first and last hundred, and the sampler's time to suggest a trial
+around trial 100 and trial N.
 
-Run: .venv/bin/python -m benchmarks.overhead [--trials 40] [--small 10] [--big 0] [--every-epoch]
+Run: .venv/bin/python -m benchmarks.overhead [--trials 40] [--small 10] [--repeat 1] [--big 0] [--every-epoch]
 """
 
 from __future__ import annotations
@@ -263,19 +265,31 @@ def big_run(trials: int, folder: Path) -> None:
 
 @dataclass
 class Setup:
-    """One setup's runs at the small and the full number of trials."""
+    """One setup's runs at the small and the full number of trials, one of each per repeat."""
 
     name: str
-    small: Timed
-    full: Timed | None
+    small: list[Timed]
+    full: list[Timed]
 
-    def slope(self, small: int, trials: int) -> float:
-        """Seconds each trial beyond ``small`` added: the per-trial cost without the per-sweep one."""
-        return (self.full.wall - self.small.wall) / (trials - small) if self.full else math.nan
+    def _wall(self, runs: list[Timed], repeat: int | None) -> float:
+        if not runs:
+            return math.nan
+        return runs[repeat].wall if repeat is not None else statistics.median(r.wall for r in runs)
+
+    def slope(self, small: int, trials: int, repeat: int | None = None) -> float:
+        """Seconds each trial beyond ``small`` added: the per-trial cost without the per-sweep one.
+
+        From the median walls over the repeats, or from one repeat's pair of runs.
+        """
+        return (self._wall(self.full, repeat) - self._wall(self.small, repeat)) / (trials - small)
 
     def fixed(self, small: int, trials: int) -> float:
         """What the sweep costs besides its trials (start and end): the line's intercept."""
-        return self.small.wall - small * self.slope(small, trials)
+        return self._wall(self.small, None) - small * self.slope(small, trials)
+
+    def per_trial(self, trials: int) -> float:
+        """Median seconds per trial of the full-size runs."""
+        return self._wall(self.full, None) / trials
 
 
 def _cell(value: float, digits: int = 3, suffix: str = "") -> str:
@@ -284,26 +298,34 @@ def _cell(value: float, digits: int = 3, suffix: str = "") -> str:
 
 def print_table(setups: list[Setup], small: int, trials: int) -> None:
     """Seconds per trial at ``trials``, per extra trial (slope), fixed cost, first trainer, ratios."""
-    plain = [s for s in setups if s.name.startswith("ray-tune") and s.full is not None]
-    best_wall = min(plain, key=lambda s: s.full.wall if s.full else math.inf)
+    plain = [s for s in setups if s.name.startswith("ray-tune") and s.full]
+    best_wall = min(plain, key=lambda s: s.per_trial(trials))
     best_slope = min(plain, key=lambda s: s.slope(small, trials))
-    print(f"tiny trials, {REPORTS} results each, 2 CPUs; each setup run with {small} and with {trials} trials")
+    repeats = len(best_slope.full)
+    print(f"tiny trials, {REPORTS} results each, 2 CPUs; each setup run with {small} and with {trials} trials", end="")
+    print(f", {repeats} times (medians)" if repeats > 1 else "")
     print(
         f"{'setup':<28} {f's/trial@{trials}':>12} {'vs best':>8} {'s/extra trial':>14} {'vs best':>8} "
         f"{'fixed s':>8} {f'first trainer@{trials}':>18}"
     )
     for setup in setups:
-        full = setup.full
-        per = full.wall / trials if full else math.nan
-        first = full.split(trials)[0] if full else math.nan
+        per = setup.per_trial(trials)
+        first = statistics.median(f.split(trials)[0] for f in setup.full) if setup.full else math.nan
         slope, fixed = setup.slope(small, trials), setup.fixed(small, trials)
-        ratio = per / (best_wall.full.wall / trials) if full and best_wall.full else math.nan
         print(
-            f"{setup.name:<28} {_cell(per):>12} {_cell(ratio, 2, 'x'):>8} {_cell(slope):>14} "
-            f"{_cell(slope / best_slope.slope(small, trials), 2, 'x'):>8} {_cell(fixed, 1):>8} {_cell(first, 2):>18}"
+            f"{setup.name:<28} {_cell(per):>12} {_cell(per / best_wall.per_trial(trials), 2, 'x'):>8} "
+            f"{_cell(slope):>14} {_cell(slope / best_slope.slope(small, trials), 2, 'x'):>8} {_cell(fixed, 1):>8} "
+            f"{_cell(first, 2):>18}"
         )
-        if full is None:
-            print(f"{'':<28} (run with {small} trials only: {setup.small.wall / small:.3f} s/trial)")
+        if not setup.full:
+            wall = statistics.median(r.wall for r in setup.small)
+            print(f"{'':<28} (run with {small} trials only: {wall / small:.3f} s/trial)")
+    if repeats > 1:
+        for setup in setups:
+            if setup.full and not setup.name.startswith("ray-tune"):
+                ratios = [setup.slope(small, trials, i) / best_slope.slope(small, trials, i) for i in range(repeats)]
+                shown = ", ".join(f"{r:.2f}x" for r in ratios)
+                print(f"{setup.name}: s/extra trial against {best_slope.name}, repeat by repeat: {shown}")
 
 
 def main() -> None:
@@ -311,6 +333,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--small", type=int, default=10, help="the smaller run of each setup, for the slope")
+    parser.add_argument("--repeat", type=int, default=1, help="run every setup at both sizes this many times")
     parser.add_argument("--big", type=int, default=0, help="also run this many trials of ours (e.g. 1000)")
     parser.add_argument("--every-epoch", action="store_true", help="also ours with record.report_every_s: 0")
     parser.add_argument(
@@ -323,20 +346,23 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="overhead-bench-"))
     sizes = (args.small, args.trials)
-    setups = [Setup("floor (optuna+mlflow)", *(floor(n, folder / f"floor-{n}") for n in sizes))]
+    names = ["floor (optuna+mlflow)", "ray-tune reuse_actors=False", "ray-tune reuse_actors=True"]
+    names += ["ours (full recording)"] + (["ours, a report per epoch"] if args.every_epoch else [])
+    setups = {name: Setup(name, [], []) for name in names}
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
-    for reuse in (False, True):
-        small = ray_tune(args.small, folder / f"small-{reuse}", reuse)
-        full = ray_tune(args.trials, folder / f"full-{reuse}", reuse) if reuse or args.reuse_off_full else None
-        setups.append(Setup(f"ray-tune reuse_actors={reuse}", small, full))
-    mine = Setup("ours (full recording)", *(ours(n, folder, f"ours-{n}")[0] for n in sizes))
-    setups.append(mine)
-    if args.every_epoch:
-        runs = [ours(n, folder, f"ours-every-epoch-{n}", report_every_s=0.0)[0] for n in sizes]
-        setups.append(Setup("ours, a report per epoch", *runs))
-    print_table(setups, *sizes)
-    assert mine.full is not None and mine.full.traces is not None
-    gaps = slot_gaps(mine.full.traces)
+    for repeat in range(args.repeat):  # interleaved, so a slow spell of the machine hits every setup
+        for n, runs in zip(sizes, ("small", "full"), strict=True):
+            getattr(setups[names[0]], runs).append(floor(n, folder / f"floor-{repeat}-{n}"))
+            off = runs == "small" and repeat == 0 or args.reuse_off_full
+            for reuse in (False, True) if off else (True,):
+                getattr(setups[names[1 + reuse]], runs).append(ray_tune(n, folder / f"ray-{repeat}-{n}-{reuse}", reuse))
+            getattr(setups[names[3]], runs).append(ours(n, folder, f"ours-{repeat}-{n}")[0])
+            if args.every_epoch:
+                timed = ours(n, folder, f"ours-every-epoch-{repeat}-{n}", report_every_s=0.0)[0]
+                getattr(setups[names[4]], runs).append(timed)
+    mine = setups[names[3]]
+    print_table(list(setups.values()), *sizes)
+    gaps = [g for timed in mine.full if timed.traces is not None for g in slot_gaps(timed.traces)]
     print(f"ours: slot idle between trials: median {statistics.median(gaps):.3f} s, max {max(gaps):.3f} s")
     if args.big:
         big_run(args.big, folder)

@@ -122,10 +122,15 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return written
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        written += _png_plots(study, folder)
-        written += _html_plots(study, folder)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # not a line per diverged (inf) trial left out
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            written += _png_plots(study, folder)
+            written += _html_plots(study, folder)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return written
 
 
