@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -87,6 +88,18 @@ def test_without_a_loss_scaler_the_first_non_finite_step_already_ruined_the_weig
     found, steps = train(lr=1e6, on_step=check)
     assert found is not None and found.signal == "non_finite" and found.step == found.onset
     assert weights[-1] is False and weights[0] is True
+
+
+def test_under_a_loss_scaler_a_non_finite_loss_needs_scaled_steps_in_a_row() -> None:
+    detector = DivergenceDetector()
+    good = {"loss": 0.5, "vae/loss_scale": 1024.0, "vae/skipped": 0.0, "vae/grad_norm": 1.0}
+    bad = {"loss": math.inf, "vae/loss_scale": 512.0, "vae/skipped": 1.0, "vae/grad_norm": math.inf}
+    steps = [good] * 30 + [bad, good] * 3 + [bad] * int(DEFAULTS["non_finite"]["scaled_steps"])
+    found = [detector.observe(i + 1, metrics) for i, metrics in enumerate(steps)]
+    assert found[:-1] == [None] * (len(steps) - 1)  # one overflowed forward pass at a time: skipped steps
+    last = found[-1]
+    assert last is not None and last.signal == "loss_scale" and "under loss scaling" in last.reason
+    assert last.onset == len(steps) - DEFAULTS["non_finite"]["scaled_steps"] + 1
 
 
 def test_too_high_learning_rate_explodes_the_loss() -> None:
