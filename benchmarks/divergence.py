@@ -45,6 +45,7 @@ def plain_tune(seed: int, trials: int, trace_dir: Path, storage: Path) -> float:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from benchmarks.plain_env import plain_tune_env
     from benchmarks.traced import TracedVAE
     from trainables import build_config
 
@@ -74,7 +75,8 @@ def plain_tune(seed: int, trials: int, trace_dir: Path, storage: Path) -> float:
         run_config=tune.RunConfig(storage_path=str(storage), name=f"plain-{seed}", verbose=0),
     )
     start = time.monotonic()
-    tuner.fit()
+    with plain_tune_env():  # Tune's default loggers on, as in a user's plain Tune
+        tuner.fit()
     return time.monotonic() - start
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from benchmarks.plain_env import plain_tune_env
 from tests.toy_trainer import ToyConfig, ToyTrainer
 
 REPORTS = 10
@@ -202,7 +203,8 @@ def ray_tune(trials: int, folder: Path, reuse: bool) -> Timed:
         ),
     )
     begun, start = time.time(), time.perf_counter()
-    tuner.fit()
+    with plain_tune_env():  # Tune's default loggers on, as in a user's plain Tune
+        tuner.fit()
     return Timed(time.perf_counter() - start, begun, traces)
 
 
@@ -321,6 +323,13 @@ def print_table(setups: list[Setup], small: int, trials: int) -> None:
             wall = statistics.median(r.wall for r in setup.small)
             print(f"{'':<28} (run with {small} trials only: {wall / small:.3f} s/trial)")
     if repeats > 1:
+        for setup in setups:
+            walls = "; ".join(
+                f"{n} trials " + ", ".join(f"{r.wall:.1f}" for r in runs)
+                for n, runs in ((small, setup.small), (trials, setup.full))
+                if runs
+            )
+            print(f"{setup.name}: wall s by repeat: {walls}")
         for setup in setups:
             if setup.full and not setup.name.startswith("ray-tune"):
                 ratios = [setup.slope(small, trials, i) / best_slope.slope(small, trials, i) for i in range(repeats)]
