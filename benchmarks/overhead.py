@@ -104,12 +104,9 @@ class Timed:
     begun: float
     traces: Path | None = None
 
-    def split(self, trials: int) -> tuple[float, float]:
-        """Seconds from the start to the first trainer built, and seconds per trial after that."""
-        if self.traces is None:
-            return math.nan, self.wall / trials
-        first = trial_times(self.traces, "start")[0] - self.begun
-        return first, (self.wall - first) / trials
+    def first_trainer(self) -> float:
+        """Seconds from the start to the first trainer built (NaN without a timing folder)."""
+        return trial_times(self.traces, "start")[0] - self.begun if self.traces is not None else math.nan
 
 
 class RssSampler:
@@ -312,7 +309,7 @@ def print_table(setups: list[Setup], small: int, trials: int) -> None:
     )
     for setup in setups:
         per = setup.per_trial(trials)
-        first = statistics.median(f.split(trials)[0] for f in setup.full) if setup.full else math.nan
+        first = statistics.median(f.first_trainer() for f in setup.full) if setup.full else math.nan
         slope, fixed = setup.slope(small, trials), setup.fixed(small, trials)
         print(
             f"{setup.name:<28} {_cell(per):>12} {_cell(per / best_wall.per_trial(trials), 2, 'x'):>8} "
@@ -358,17 +355,21 @@ def main() -> None:
     names = ["floor (optuna+mlflow)", "ray-tune reuse_actors=False", "ray-tune reuse_actors=True"]
     names += ["ours (full recording)"] + (["ours, a report per epoch"] if args.every_epoch else [])
     setups = {name: Setup(name, [], []) for name in names}
+
+    def add(name: str, n: int, timed: Timed) -> None:
+        setup = setups[name]
+        (setup.small if n == args.small else setup.full).append(timed)
+
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     for repeat in range(args.repeat):  # interleaved, so a slow spell of the machine hits every setup
-        for n, runs in zip(sizes, ("small", "full"), strict=True):
-            getattr(setups[names[0]], runs).append(floor(n, folder / f"floor-{repeat}-{n}"))
-            off = runs == "small" and repeat == 0 or args.reuse_off_full
+        for n in sizes:
+            add(names[0], n, floor(n, folder / f"floor-{repeat}-{n}"))
+            off = (n == args.small and repeat == 0) or args.reuse_off_full
             for reuse in (False, True) if off else (True,):
-                getattr(setups[names[1 + reuse]], runs).append(ray_tune(n, folder / f"ray-{repeat}-{n}-{reuse}", reuse))
-            getattr(setups[names[3]], runs).append(ours(n, folder, f"ours-{repeat}-{n}")[0])
+                add(f"ray-tune reuse_actors={reuse}", n, ray_tune(n, folder / f"ray-{repeat}-{n}-{reuse}", reuse))
+            add(names[3], n, ours(n, folder, f"ours-{repeat}-{n}")[0])
             if args.every_epoch:
-                timed = ours(n, folder, f"ours-every-epoch-{repeat}-{n}", report_every_s=0.0)[0]
-                getattr(setups[names[4]], runs).append(timed)
+                add(names[4], n, ours(n, folder, f"ours-every-epoch-{repeat}-{n}", report_every_s=0.0)[0])
     mine = setups[names[3]]
     print_table(list(setups.values()), *sizes)
     gaps = [g for timed in mine.full if timed.traces is not None for g in slot_gaps(timed.traces)]
