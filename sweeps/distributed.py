@@ -364,6 +364,7 @@ def train_worker(
             )
         if logger is not None:
             logger.log_metrics(metrics, step=epoch)
+            logger.flush()  # queued now: this epoch's report may be the trial's last
             _log_images(trainer, logger, epoch)
         if not report({**metrics, "epoch": epoch, **counts}, trainer):
             return

@@ -20,8 +20,6 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
-
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -264,17 +262,22 @@ class _Sender:
 class TrialLogger:
     """A trial process's side: step and epoch metrics, config, images, and its failure if any.
 
-    Everything is sent by a background thread (see :class:`_Sender`); step metrics are buffered
-    and sent in batches of up to 1,000 values. :meth:`close`, called on every way a trial ends,
-    waits until all of it is delivered.
+    Everything is sent by a background thread (see :class:`_Sender`). Step and epoch metrics are
+    buffered and sent together, in batches of up to 1,000 values, when a step or an epoch ends
+    ``every_s`` seconds or more after the last send (and on :meth:`flush`): a trial whose epochs
+    take a second or more sends each epoch as it ends, a trial of short epochs one batch for
+    several (one store write where it made one per epoch). :meth:`close`, called on every way a
+    trial ends, waits until all of it is delivered.
     """
 
     BATCH = 1000
 
-    def __init__(self, uri: str, run_id: str, patience: float = 900.0) -> None:
+    def __init__(self, uri: str, run_id: str, patience: float = 900.0, every_s: float = 1.0) -> None:
         self.client = client(uri)
         self.run_id = run_id
         self.pending: list[Any] = []
+        self.every_s = every_s
+        self.sent_at = time.monotonic()
         self.sender = _Sender(patience)
         self.spool = Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
         self.queued: dict[int, list[Any]] = {}  # metric batches submitted and not yet delivered
@@ -341,10 +344,14 @@ class TrialLogger:
 
         now = int(time.time() * 1000)
         self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
-        if len(self.pending) >= self.BATCH:
+        self._send_if_due()
+
+    def _send_if_due(self) -> None:
+        if len(self.pending) >= self.BATCH or time.monotonic() - self.sent_at >= self.every_s:
             self._send_pending()
 
     def _send_pending(self) -> None:
+        self.sent_at = time.monotonic()
         while self.pending:
             chunk, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
             self._submit_metrics("log step metrics", chunk)
@@ -355,32 +362,41 @@ class TrialLogger:
         return self.sender.drain(timeout) if timeout > 0 else not self.sender.jobs.unfinished_tasks
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Queue the buffered step metrics, then the epoch metrics for ``step``."""
+        """Buffer the epoch metrics for ``step`` after the step metrics; send them all if it is time."""
         from mlflow.entities import Metric
 
-        self._send_pending()
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v)]
-        self._submit_metrics("log metrics", items)
+        self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
+        self._send_if_due()
 
     def log_text(self, text: str, path: str) -> None:
         """Queue ``text`` as an artifact file."""
         self.sender.submit(f"log {path}", partial(self.client.log_text, self.run_id, text, path))
 
-    def log_config(self, config: dict[str, Any]) -> None:
-        """Store the trial's resolved config as ``config.yaml``."""
-        self.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    def log_texts(self, texts: dict[str, str]) -> None:
+        """Queue several texts as artifact files (``{path: text}``), stored in one call."""
+        folder = self._spooled()
+        for path, text in texts.items():
+            target = folder / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        what = f"log {', '.join(texts)}"
+        self.sender.submit(what, partial(self.client.log_artifacts, self.run_id, str(folder)))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         """Upload a file from the trial's own process (so it arrives from any node).
 
         The file is copied first, so the caller may delete it at once.
         """
-        kept = self.spool / f"{len(list(self.spool.iterdir()))}-{path.name}"
-        kept.mkdir()
-        copy = kept / path.name
+        copy = self._spooled() / path.name
         shutil.copy2(path, copy)
         self.sender.submit(f"log {path.name}", partial(self.client.log_artifact, self.run_id, str(copy), folder))
+
+    def _spooled(self) -> Path:
+        """A new empty folder in the spool, for files waiting to be sent."""
+        folder = self.spool / str(len(list(self.spool.iterdir())))
+        folder.mkdir()
+        return folder
 
     def log_failure(self, exc: BaseException) -> None:
         """Tag the run with the exception's one-line reason; store the traceback."""

@@ -1,10 +1,11 @@
 """The Ray Tune trainable: runs one trainer for its epochs inside a trial process.
 
 Every optimizer step goes through the divergence detector and into a buffer of step metrics;
-each epoch's metrics are logged to the trial's MLflow run before they are reported to Ray (so a
-trial ASHA stops has lost nothing), with a checkpoint and a sample image grid. A diverged trial
-stops within the step that fired the signal and ends with a last report that says why; its last
-checkpoint, from before the onset, is kept. A failure is recorded with its traceback.
+each epoch's metrics join it. The buffer goes to the trial's MLflow run when a step or an epoch
+ends a second or more after the last send, and always before a report to Ray (so a trial ASHA
+stops has lost nothing); each report comes with a checkpoint, each epoch with a sample image
+grid. A diverged trial stops within the step that fired the signal and ends with a last report
+that says why; its last checkpoint, from before the onset, is kept. A failure is recorded with its traceback.
 
 An exception raised in the trial (a bug, a bad config, out of memory) ends it at once: it is
 reported as the trial's last result, so Ray never retries it. Only a trial whose process or
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from ray import tune
 
 from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
@@ -172,7 +174,7 @@ class ReportCadence:
     """When a trial reports (and checkpoints): at ASHA's rungs, its last epoch, and every N seconds.
 
     Between those, epochs run without a round trip to the driver; their metrics still go to
-    MLflow at once and to Optuna with the next report.
+    MLflow about every second (see ``TrialLogger``) and to Optuna with the next report.
     """
 
     def __init__(self, engine: dict[str, Any], epochs: int) -> None:
@@ -194,14 +196,15 @@ class ReportCadence:
 def _log_provenance(
     engine: dict[str, Any], params: dict[str, Any], trainer_cls: type, trainer: Any, logger: TrialLogger
 ) -> None:
-    """Config, sweep spec, trainer source and environment: what it takes to rerun this trial."""
-    logger.log_config(params)
+    """Config, sweep spec, trainer source and environment: what it takes to rerun this trial (one upload)."""
+    texts = {"config.yaml": yaml.safe_dump(params, sort_keys=False)}
     if engine.get("spec_text"):
-        logger.log_text(engine["spec_text"], "spec.yaml")
+        texts["spec.yaml"] = engine["spec_text"]
     name, source = trainer_source(trainer_cls)
     if source:
-        logger.log_text(source, f"source/{name}")
-    logger.log_text(environment_json(str(getattr(trainer, "device", ""))), "environment.json")
+        texts[f"source/{name}"] = source
+    texts["environment.json"] = environment_json(str(getattr(trainer, "device", "")))
+    logger.log_texts(texts)
 
 
 def _log_curves(curves: CurveHistory, logger: TrialLogger) -> None:

@@ -20,7 +20,7 @@ from sweeps.scheduler import rung_epochs
 from sweeps.spec import SpecError, SweepSpec, validate_spec
 from sweeps.store import new_sweep_dir
 from sweeps.study import create_study, record_trial
-from sweeps.tracking import client
+from sweeps.tracking import TrialLogger, client
 from sweeps.trial import ReportCadence
 
 
@@ -196,3 +196,27 @@ def test_a_step_stored_by_another_writer_is_updated_as_trial_report_would(tmp_pa
     record_trial(trial, [(1, 0.5), (2, 0.25), (3, -math.inf)])
     frozen = optuna.load_study(study_name=study.study_name, storage=storage).trials[0]
     assert frozen.intermediate_values == {1: 0.5, 2: 0.25, 3: -math.inf}
+
+
+def test_short_epochs_reach_mlflow_in_one_batch_and_long_ones_each_as_it_ends(tmp_path: Path) -> None:
+    """Epoch metrics wait in the step buffer until ``every_s`` has passed since the last send, or a flush."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = client(uri)
+    experiment = store.create_experiment("batch")
+    stored = {}
+    for every_s in (60.0, 0.0):
+        run_id = store.create_run(experiment).info.run_id
+        logger = TrialLogger(uri, run_id, every_s=every_s)
+        for epoch in (1, 2, 3):
+            logger.add_step(epoch, {"loss": 1.0 / epoch})
+            logger.log_metrics({"val_loss": 2.0 / epoch}, step=epoch)
+        assert logger.sender.drain(timeout=60)
+        stored[every_s] = len(store.get_metric_history(run_id, "val_loss"))
+        assert logger.flush(timeout=60) and logger.undelivered() == []
+        assert [m.step for m in store.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
+        assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2, 3]
+        logger.log_texts({"config.yaml": "lr: 0.1\n", "source/toy.py": "x = 1\n"})
+        assert logger.close(timeout=60)
+    assert stored == {60.0: 0, 0.0: 3}  # nothing sent before the flush; each epoch at once
+    files = {f.path for f in store.list_artifacts(run_id)} | {f.path for f in store.list_artifacts(run_id, "source")}
+    assert files == {"config.yaml", "source", "source/toy.py"}
