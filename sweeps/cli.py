@@ -152,7 +152,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print()
     print(f"sweep:   {result.sweep.name}  ({result.sweep.path})")
     print(f"MLflow:  {result.tracking_uri}  parent run {result.parent_run_id}")
-    print(f"Optuna:  {result.sweep.storage_uri}  study {result.sweep.name}")
+    print(f"Optuna:  {result.sweep.storage_location}  study {result.sweep.name}")
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"

@@ -58,7 +58,7 @@ def _export(sweep: SweepDir, meta: dict[str, Any], trial: FrozenTrial, rank: int
             "trial": trial.number,
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
             "tracking_uri": meta.get("tracking_uri", ""),
-            "optuna_storage": sweep.storage_uri,
+            "optuna_storage": sweep.storage_location,
             "seed": config.get("seed", meta.get("seed")),
             "precision": config.get("precision", "fp32"),
             "skipped_share": float(trial.user_attrs.get("skipped_share", 0.0)),

@@ -167,10 +167,9 @@ def ray_experiment(sweep: SweepDir, meta: dict[str, Any]) -> Path:
 
 
 def _load_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
-    from sweeps.study import make_sampler
+    from sweeps.study import load_study, make_sampler
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=sweep.name, storage=sweep.storage_uri, sampler=make_sampler(spec))
+    return load_study(sweep, make_sampler(spec))
 
 
 def _ray_unfinished(ray_dir: Path) -> dict[str, bool] | None:

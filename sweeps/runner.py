@@ -271,7 +271,7 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
         "tracking_uri": uri,
         "experiment_id": tracker.experiment_id,
         "parent_run_id": tracker.parent_run_id,
-        "optuna_storage": sweep.storage_uri,
+        "optuna_storage": sweep.storage_location,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_commit": git_commit(),
         "version": __version__,

@@ -28,14 +28,24 @@ class SweepDir:
         return self.root / self.name
 
     @property
+    def optuna_journal(self) -> Path:
+        """The Optuna study's journal file (Optuna's ``JournalFileBackend``: one JSON line per write)."""
+        return self.path / "optuna-journal.log"
+
+    @property
     def optuna_db(self) -> Path:
-        """The Optuna study's SQLite file."""
+        """Where a sweep made before the journal keeps its Optuna study (SQLite)."""
         return self.path / "optuna.db"
 
     @property
-    def storage_uri(self) -> str:
-        """The Optuna storage URL (``optuna-dashboard`` and ``optuna.load_study`` take it)."""
-        return f"sqlite:///{self.optuna_db}"
+    def storage_location(self) -> str:
+        """The study's storage as ``optuna-dashboard`` and ``optuna --storage`` take it.
+
+        The journal file's path; a SQLite URL for a sweep made before the journal.
+        """
+        if self.optuna_db.is_file():
+            return f"sqlite:///{self.optuna_db}"
+        return str(self.optuna_journal)
 
     @property
     def spec_file(self) -> Path:

@@ -125,7 +125,9 @@ def measure(workdir: Path) -> dict[str, Any]:
     import collections
 
     import mlflow
-    import optuna
+
+    from sweeps.store import SweepDir
+    from sweeps.study import load_study
 
     outcome = json.loads((workdir / "outcome.json").read_text())
     client = mlflow.MlflowClient(outcome["tracking_uri"])
@@ -136,7 +138,7 @@ def measure(workdir: Path) -> dict[str, Any]:
         for key in ("val_loss", "loss"):
             steps = collections.Counter(m.step for m in client.get_metric_history(run.info.run_id, key))
             repeated += sum(n - 1 for n in steps.values())
-    study = optuna.load_study(study_name="nodes", storage=f"sqlite:///{Path(outcome['sweep']) / 'optuna.db'}")
+    study = load_study(SweepDir(Path(outcome["sweep"]).parent, "nodes"))
     planned = len(outcome["state"])
     completed = sum(1 for r in runs if r.data.tags.get("sweep.status") == "completed")
     killed = outcome["killed"]

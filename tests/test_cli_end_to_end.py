@@ -34,7 +34,7 @@ def test_run_export_train(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "trials 3/3" in run.stdout and "Traceback" not in run.stdout + run.stderr
     assert re.search(r"^\*t\d{3}\s+completed", run.stdout, re.M)  # summary table marks the best
-    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "sweep_runs" / "s1" / "optuna.db").exists()
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "sweep_runs" / "s1" / "optuna-journal.log").exists()
 
     again = sweeps("run", "spec.yaml", "--name", "s1", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr

@@ -19,7 +19,7 @@ from sweeps.record import CurveHistory
 from sweeps.scheduler import rung_epochs
 from sweeps.spec import SpecError, SweepSpec, validate_spec
 from sweeps.store import new_sweep_dir
-from sweeps.study import create_study, record_trial
+from sweeps.study import create_study, load_study, open_storage, record_trial
 from sweeps.tracking import TrialLogger, client
 from sweeps.trial import ReportCadence
 
@@ -29,7 +29,7 @@ def journal_mode(path: Path) -> str:
         return str(connection.execute("PRAGMA journal_mode").fetchone()[0])
 
 
-def test_mlflow_and_optuna_sqlite_stores_are_written_in_wal_mode(tmp_path: Path) -> None:
+def test_mlflow_store_is_written_in_wal_mode_and_the_study_in_its_journal(tmp_path: Path) -> None:
     client(f"sqlite:///{tmp_path}/mlflow.db").create_experiment("wal")
     spec = validate_spec(
         {
@@ -44,7 +44,10 @@ def test_mlflow_and_optuna_sqlite_stores_are_written_in_wal_mode(tmp_path: Path)
     sweep = new_sweep_dir(tmp_path / "runs", "wal")
     create_study(sweep, spec).ask()
     assert journal_mode(tmp_path / "mlflow.db") == "wal"
-    assert journal_mode(sweep.path / "optuna.db") == "wal"
+    assert sweep.optuna_journal.is_file() and not sweep.optuna_db.exists()
+    # Optuna's own reader, as its CLI and optuna-dashboard open it, finds the study and its trial
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(sweep.storage_location))
+    assert len(optuna.load_study(study_name="wal", storage=journal).trials) == 1
     # and MLflow's own reader (no use_wal in this process path) still reads what was written
     assert mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("wal") is not None
 
@@ -220,3 +223,27 @@ def test_short_epochs_reach_mlflow_in_one_batch_and_long_ones_each_as_it_ends(tm
     assert stored == {60.0: 0, 0.0: 3}  # nothing sent before the flush; each epoch at once
     files = {f.path for f in store.list_artifacts(run_id)} | {f.path for f in store.list_artifacts(run_id, "source")}
     assert files == {"config.yaml", "source", "source/toy.py"}
+
+
+def test_a_trials_values_and_attrs_are_one_journal_append_and_read_back_as_the_public_calls_write_them(
+    tmp_path: Path,
+) -> None:
+    """On the journal, record_trial appends the lines Trial.report and set_user_attr would, under one lock."""
+    sweep = new_sweep_dir(tmp_path / "runs", "journal")
+    study = optuna.create_study(storage=open_storage(sweep), study_name="journal")
+    values, attrs = [(1, 0.5), (2, 0.25), (3, math.inf)], {"status": "completed", "config": {"lr": 0.1}}
+    trial = study.ask()
+    backend = study._storage._backend  # type: ignore[attr-defined]
+    appends: list[int] = []
+    append_logs = backend.append_logs
+    backend.append_logs = lambda logs: (appends.append(len(logs)), append_logs(logs))
+    record_trial(trial, values, attrs)
+    assert appends == [5]  # one line each, as the public calls write them; one append (5 before)
+    backend.append_logs = append_logs
+    record_trial(trial, [(3, 9.0), (4, 0.125)])  # step 3 is kept as first reported, as Trial.report does
+    study.tell(trial, 0.125)
+    stored = load_study(sweep).trials[0]
+    assert stored.intermediate_values == {1: 0.5, 2: 0.25, 3: math.inf, 4: 0.125}
+    assert stored.user_attrs == attrs
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        record_trial(trial, [(5, 1.0)])  # an ended trial, as Trial.report refuses it

@@ -19,13 +19,14 @@ import threading
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from sweeps.cli import main
 from sweeps.record import CurveHistory
+from sweeps.store import SweepDir
+from sweeps.study import load_study
 from sweeps.tracking import SweepTracker, TrialLogger
 from sweeps.trial import _reload_curves
 from tests.cluster_sweep import EPOCHS
@@ -78,7 +79,7 @@ def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tm
     sweep = Path(outcome["sweep"])
     assert outcome["ray_experiment"] == f"{shared.as_uri()}/nodes"
     assert list((shared / "nodes").glob(f"trial_{restarted}/checkpoint_*"))
-    assert not (sweep / "ray").exists() and (sweep / "optuna.db").is_file()
+    assert not (sweep / "ray").exists() and (sweep / "optuna-journal.log").is_file()
 
     # MLflow: one run per trial, the restarted one continued: each epoch and step logged once.
     client = mlflow.MlflowClient(outcome["tracking_uri"])
@@ -98,7 +99,7 @@ def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tm
     assert "sweep.reason" not in again.data.tags
 
     # Optuna: every trial once, complete, each epoch's value once; the step count went on.
-    study = optuna.load_study(study_name="nodes", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    study = load_study(SweepDir(sweep.parent, "nodes"))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     for trial in study.trials:
         assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1))

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,11 +19,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+
+from sweeps.store import SweepDir
+from sweeps.study import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS, EPOCHS = 8, 4
@@ -57,21 +58,18 @@ def sweeps(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=_env())
 
 
-def _progress(db: Path) -> tuple[int, int, int]:
+def _progress(journal: Path) -> tuple[int, int, int]:
     """Completed trials; running trials with an epoch reported; running trials with none yet."""
-    if not db.exists():
+    if not journal.exists():
         return 0, 0, 0
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            done = con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-            running = con.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
-            reported = con.execute(
-                "SELECT count(DISTINCT t.trial_id) FROM trials t JOIN trial_intermediate_values v "
-                "ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'"
-            ).fetchone()[0]
-    except sqlite3.Error:
+        trials = load_study(SweepDir(journal.parent.parent, journal.parent.name)).get_trials(deepcopy=False)
+    except (KeyError, ValueError):  # the study is not created yet
         return 0, 0, 0
-    return int(done), int(reported), int(running) - int(reported)
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    reported = sum(bool(t.intermediate_values) for t in running)
+    return done, reported, len(running) - reported
 
 
 def _kill_mid_sweep(tmp_path: Path) -> None:
@@ -86,13 +84,13 @@ def _kill_mid_sweep(tmp_path: Path) -> None:
         env=_env(),
         start_new_session=True,
     )
-    db = tmp_path / "sweep_runs" / "s1" / "optuna.db"
+    journal = tmp_path / "sweep_runs" / "s1" / "optuna-journal.log"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and driver.poll() is None:
             # Just after a trial ended and the next was asked: one trial has ended since Ray's last
             # snapshot most likely, one runs with a checkpoint, one has just started.
-            done, reported, fresh = _progress(db)
+            done, reported, fresh = _progress(journal)
             if done >= 2 and reported >= 1 and fresh >= 1:
                 break
             time.sleep(0.2)
@@ -110,8 +108,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     _kill_mid_sweep(tmp_path)
     sweep_dir = tmp_path / "sweep_runs" / "s1"
-    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
-    before = optuna.load_study(study_name="s1", storage=storage).get_trials()
+    before = load_study(SweepDir(sweep_dir.parent, "s1")).get_trials()
     running_at_kill = {t.number for t in before if t.state == TrialState.RUNNING}
     ended_at_kill = {t.user_attrs["ray_trial_id"] for t in before if t.state.is_finished()}
     assert running_at_kill and len(before) < TRIALS + 2
@@ -122,7 +119,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert "Traceback" not in resumed.stdout + resumed.stderr
 
     # Optuna: the planned number of trials ended on their own; lost ones are recorded once, as interrupted.
-    trials = optuna.load_study(study_name="s1", storage=storage).get_trials()
+    trials = load_study(SweepDir(sweep_dir.parent, "s1")).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     ended = [t for t in trials if t.user_attrs.get("status") != "interrupted"]
     interrupted = [t for t in trials if t.user_attrs.get("status") == "interrupted"]
@@ -217,7 +214,7 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     from sweeps.spec import load_spec
     from sweeps.state import SweepState
     from sweeps.store import new_sweep_dir
-    from sweeps.study import create_study
+    from sweeps.study import create_study, load_study
     from sweeps.tracking import SweepTracker
 
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "budget": {"trials": 5, "epochs": 2}}))
@@ -234,7 +231,7 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     first.on_trial_result("b", {"val_loss": 2.0, "training_iteration": 1})
     tracker.client.log_metric(first.state.trials["d"].run_id, "val_loss", 3.0, step=1)  # logged, not yet in Ray
 
-    study = optuna.load_study(study_name="s", storage=sweep.storage_uri)
+    study = load_study(sweep)
     again = OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s")
     # Ray's snapshot: a and b open with a checkpoint, d and e open without one; c unknown to it.
     plan = rebuild(again, _trial_runs(tracker), unfinished={"a": True, "b": True, "d": False, "e": False})

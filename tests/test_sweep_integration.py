@@ -16,6 +16,7 @@ from sweeps.export import best_config, write_export
 from sweeps.runner import SweepResult, run_sweep
 from sweeps.spec import load_spec
 from sweeps.store import open_sweep_dir
+from sweeps.study import load_study
 from sweeps.train import load_run_file, train_from_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
@@ -77,7 +78,7 @@ def runs_of(result: SweepResult) -> tuple[Any, list[Any]]:
 
 
 def study_of(result: SweepResult) -> optuna.Study:
-    return optuna.load_study(study_name=result.sweep.name, storage=result.sweep.storage_uri)
+    return load_study(result.sweep)
 
 
 def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: Path) -> None:
