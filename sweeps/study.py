@@ -3,8 +3,8 @@
 Optuna's ``JournalStorage`` on a ``JournalFileBackend``: each write is one JSON line appended to
 ``<sweep>/optuna-journal.log`` (flushed to disk before the call returns), and reads are served from
 the log replayed in memory. The driver asks, reports and tells for every trial; on SQLite
-(Optuna's RDB storage) each of those re-read the running trials through SQLAlchemy: 36 ms of the
-driver's time per tiny trial here against 11 ms on the journal (``benchmarks/RESULTS.md``).
+(Optuna's RDB storage) each of those re-read the running trials through SQLAlchemy: 48 ms of the
+driver's time per trial here against 6.5 ms on the journal (``benchmarks/study_storage.py``).
 ``optuna-dashboard <file>`` and ``optuna ... --storage <file>`` read it. A sweep made before the
 journal keeps its SQLite ``optuna.db``.
 """
