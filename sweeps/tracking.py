@@ -354,7 +354,7 @@ class TrialLogger:
         self.sent_at = time.monotonic()
         while self.pending:
             chunk, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
-            self._submit_metrics("log step metrics", chunk)
+            self._submit_metrics("log metrics", chunk)
 
     def flush(self, timeout: float = 0.0) -> bool:
         """Queue the buffered step metrics; wait up to ``timeout`` s for delivery; True if delivered."""

@@ -5,7 +5,8 @@ each epoch's metrics join it. The buffer goes to the trial's MLflow run when a s
 ends a second or more after the last send, and always before a report to Ray (so a trial ASHA
 stops has lost nothing); each report comes with a checkpoint, each epoch with a sample image
 grid. A diverged trial stops within the step that fired the signal and ends with a last report
-that says why; its last checkpoint, from before the onset, is kept. A failure is recorded with its traceback.
+that says why; its last checkpoint, from before the onset, is kept. A failure is recorded with
+its traceback.
 
 An exception raised in the trial (a bug, a bad config, out of memory) ends it at once: it is
 reported as the trial's last result, so Ray never retries it. Only a trial whose process or
