@@ -13,12 +13,14 @@ Every setup's MLflow store is created before its clock starts, as a user's ``mlf
 after the first sweep. Each setup runs twice, with ``--small`` and with ``--trials`` trials: the
 difference gives what one more trial costs (the slope) apart from what a sweep costs once (start,
 report: the intercept). Printed per setup: seconds per trial at ``--trials`` and against the
-better plain Ray Tune, seconds per extra trial and against it, the fixed cost, and when the first
-trainer was built. With ``--repeat R`` every setup runs R times at both sizes, interleaved; the
-figures are from the median walls, and the slope ratio is also printed repeat by repeat. Plain
+better plain Ray Tune, seconds per extra trial and against it, the fixed cost, when the first
+trainer was built, and the driver's (this process's) CPU seconds per extra trial. With
+``--repeat R`` every setup runs R times at both sizes, interleaved; the figures are from the
+median walls, and the slope ratio is also printed repeat by repeat. Plain
 Tune with ``reuse_actors=False`` runs only at ``--small`` (first repeat) unless ``--reuse-off-full``.
 For ours also the idle gap of each trial slot between one trial's last epoch and the next trial's
-start (median and max). ``--big N`` also runs N trials of ours and prints the driver's peak memory
+start (median and max). Before any of it, each setup runs 2 trials unmeasured (first-use costs).
+``--big N`` also runs N trials of ours and prints the driver's peak memory
 and seconds per trial over the first and last hundred, and the sampler's time to suggest a trial
 around trial 100 and trial N.
 
@@ -98,15 +100,22 @@ def trial_times(folder: Path, event: str = "end") -> list[float]:
 
 @dataclass
 class Timed:
-    """One setup's run: wall seconds, when it began (wall clock) and its trainers' timing folder."""
+    """One setup's run: wall seconds, when it began, its trainers' timing folder, the driver's CPU seconds."""
 
     wall: float
     begun: float
     traces: Path | None = None
+    cpu: float = math.nan
 
     def first_trainer(self) -> float:
         """Seconds from the start to the first trainer built (NaN without a timing folder)."""
         return trial_times(self.traces, "start")[0] - self.begun if self.traces is not None else math.nan
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 class RssSampler:
@@ -141,7 +150,7 @@ def floor(trials: int, folder: Path) -> Timed:
     client = mlflow.MlflowClient(f"sqlite:///{folder}/floor.db")
     experiment = client.create_experiment("floor")
     study = optuna.create_study(storage=f"sqlite:///{folder}/floor-optuna.db")
-    begun, start = time.time(), time.perf_counter()
+    begun, start, cpu = time.time(), time.perf_counter(), cpu_seconds()
     for _ in range(trials):
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
@@ -151,7 +160,7 @@ def floor(trials: int, folder: Path) -> Timed:
             client.log_metric(run, "val_loss", lr / step, step=step)
         client.set_terminated(run)
         study.tell(trial, lr / REPORTS)
-    return Timed(time.perf_counter() - start, begun)
+    return Timed(time.perf_counter() - start, begun, cpu=cpu_seconds() - cpu)
 
 
 def tiny(config: dict[str, Any]) -> None:
@@ -199,10 +208,10 @@ def ray_tune(trials: int, folder: Path, reuse: bool) -> Timed:
             callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=name)],
         ),
     )
-    begun, start = time.time(), time.perf_counter()
+    begun, start, cpu = time.time(), time.perf_counter(), cpu_seconds()
     with plain_tune_env():  # Tune's default loggers on, as in a user's plain Tune
         tuner.fit()
-    return Timed(time.perf_counter() - start, begun, traces)
+    return Timed(time.perf_counter() - start, begun, traces, cpu_seconds() - cpu)
 
 
 def ours(trials: int, folder: Path, name: str = "ours", report_every_s: float = 10.0) -> tuple[Timed, Any]:
@@ -224,9 +233,9 @@ def ours(trials: int, folder: Path, name: str = "ours", report_every_s: float = 
     }
     spec = validate_spec(raw, "<benchmark>", [])
     uri = ready_db(f"sqlite:///{folder}/{name}.db")
-    begun, start = time.time(), time.perf_counter()
+    begun, start, cpu = time.time(), time.perf_counter(), cpu_seconds()
     result = run_sweep(spec, root=folder / "sweeps", tracking_uri=uri, stream=io.StringIO())
-    return Timed(time.perf_counter() - start, begun, traces), result
+    return Timed(time.perf_counter() - start, begun, traces, cpu_seconds() - cpu), result
 
 
 def sampling_ms(result: Any, around: int, width: int = 10) -> float:
@@ -282,6 +291,13 @@ class Setup:
         """
         return (self._wall(self.full, repeat) - self._wall(self.small, repeat)) / (trials - small)
 
+    def cpu_slope(self, small: int, trials: int) -> float:
+        """The driver's CPU seconds each trial beyond ``small`` added (from the median CPU seconds)."""
+        if not self.full or not self.small:
+            return math.nan
+        full, few = (statistics.median(r.cpu for r in runs) for runs in (self.full, self.small))
+        return (full - few) / (trials - small)
+
     def fixed(self, small: int, trials: int) -> float:
         """What the sweep costs besides its trials (start and end): the line's intercept."""
         return self._wall(self.small, None) - small * self.slope(small, trials)
@@ -296,7 +312,10 @@ def _cell(value: float, digits: int = 3, suffix: str = "") -> str:
 
 
 def print_table(setups: list[Setup], small: int, trials: int) -> None:
-    """Seconds per trial at ``trials``, per extra trial (slope), fixed cost, first trainer, ratios."""
+    """Seconds per trial at ``trials``, per extra trial (slope), fixed cost, first trainer, ratios.
+
+    Also the driver's CPU seconds per extra trial: near the slope, the driver is what limits it.
+    """
     plain = [s for s in setups if s.name.startswith("ray-tune") and s.full]
     best_wall = min(plain, key=lambda s: s.per_trial(trials))
     best_slope = min(plain, key=lambda s: s.slope(small, trials))
@@ -305,7 +324,7 @@ def print_table(setups: list[Setup], small: int, trials: int) -> None:
     print(f", {repeats} times (medians)" if repeats > 1 else "")
     print(
         f"{'setup':<28} {f's/trial@{trials}':>12} {'vs best':>8} {'s/extra trial':>14} {'vs best':>8} "
-        f"{'fixed s':>8} {f'first trainer@{trials}':>18}"
+        f"{'fixed s':>8} {f'first trainer@{trials}':>18} {'driver CPU s/extra':>19}"
     )
     for setup in setups:
         per = setup.per_trial(trials)
@@ -314,7 +333,7 @@ def print_table(setups: list[Setup], small: int, trials: int) -> None:
         print(
             f"{setup.name:<28} {_cell(per):>12} {_cell(per / best_wall.per_trial(trials), 2, 'x'):>8} "
             f"{_cell(slope):>14} {_cell(slope / best_slope.slope(small, trials), 2, 'x'):>8} {_cell(fixed, 1):>8} "
-            f"{_cell(first, 2):>18}"
+            f"{_cell(first, 2):>18} {_cell(setup.cpu_slope(small, trials)):>19}"
         )
         if not setup.full:
             wall = statistics.median(r.wall for r in setup.small)
@@ -361,6 +380,11 @@ def main() -> None:
         (setup.small if n == args.small else setup.full).append(timed)
 
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
+    # Unmeasured: each setup's first run in a process pays imports and first-use costs once (about
+    # 2 s for ours), which would otherwise land in the first repeat's small run and bend its slope.
+    floor(2, folder / "warm-floor")
+    ray_tune(2, folder / "warm-ray", reuse=True)
+    ours(2, folder, "warm-ours")
     for repeat in range(args.repeat):  # interleaved, so a slow spell of the machine hits every setup
         for n in sizes:
             add(names[0], n, floor(n, folder / f"floor-{repeat}-{n}"))
