@@ -18,7 +18,7 @@ from sweeps.curves import draw_curves
 from sweeps.record import CurveHistory
 from sweeps.scheduler import rung_epochs
 from sweeps.spec import SpecError, SweepSpec, validate_spec
-from sweeps.store import new_sweep_dir
+from sweeps.store import SweepStoreError, new_sweep_dir
 from sweeps.study import create_study, load_study, open_storage, record_trial
 from sweeps.tracking import TrialLogger, client
 from sweeps.trial import ReportCadence
@@ -247,3 +247,15 @@ def test_a_trials_values_and_attrs_are_one_journal_append_and_read_back_as_the_p
     assert stored.user_attrs == attrs
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         record_trial(trial, [(5, 1.0)])  # an ended trial, as Trial.report refuses it
+
+
+def test_a_sweep_made_before_the_journal_is_read_from_its_sqlite_study(tmp_path: Path) -> None:
+    """An older sweep folder holds ``optuna.db``: it is opened there, not beside it in a new journal."""
+    sweep = new_sweep_dir(tmp_path / "runs", "older")
+    old = optuna.create_study(storage=f"sqlite:///{sweep.optuna_db}", study_name="older")
+    old.tell(old.ask(), 0.5)
+    assert sweep.storage_location == f"sqlite:///{sweep.optuna_db}"
+    assert [t.value for t in load_study(sweep).trials] == [0.5]
+    assert not sweep.optuna_journal.exists()
+    with pytest.raises(SweepStoreError, match="no Optuna study"):
+        load_study(new_sweep_dir(tmp_path / "runs", "empty"))
