@@ -280,6 +280,7 @@ class TrialLogger:
         self.sent_at = time.monotonic()
         self.sender = _Sender(patience)
         self.spool = Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
+        self.spool_names = itertools.count()  # one folder per queued upload
         self.queued: dict[int, list[Any]] = {}  # metric batches submitted and not yet delivered
         self.lock = threading.Lock()
         self.numbers = itertools.count()
@@ -394,7 +395,7 @@ class TrialLogger:
 
     def _spooled(self) -> Path:
         """A new empty folder in the spool, for files waiting to be sent."""
-        folder = self.spool / str(len(list(self.spool.iterdir())))
+        folder = self.spool / str(next(self.spool_names))
         folder.mkdir()
         return folder
 
