@@ -82,8 +82,8 @@ def plain_tune(seed: int, trials: int, trace_dir: Path, storage: Path) -> float:
 
 def ours(seed: int, trials: int, trace_dir: Path, storage: Path, diverged_as: str = "infeasible") -> tuple[float, int]:
     """Our engine on the same space; returns wall time and how many trials the detector stopped."""
-    from sweeps.runner import run_sweep
-    from sweeps.spec import validate_spec
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import validate_spec
 
     raw = {
         "name": f"ours-{seed}",
@@ -226,7 +226,7 @@ def main() -> None:
 
     import ray
 
-    from sweeps.runner import start_ray
+    from sweeps.engine.cluster import start_ray
 
     # Ray reuses a trial's actor only if the last trial's thread ends within this many seconds
     # (default 2); on a loaded machine ours' thread (curve plot, last MLflow sends) can take

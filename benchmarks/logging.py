@@ -72,7 +72,7 @@ def run_ours_in_process(uri: str, steps: int, repeats: int) -> tuple[list[float]
     """Our logger in-process: step times, seconds until delivered, run id."""
     from mlflow import MlflowClient
 
-    from sweeps.tracking import TrialLogger
+    from sweeps.tracking.trial_logger import TrialLogger
 
     client = MlflowClient(uri)
     experiment = client.create_experiment(f"ours-{time.time_ns()}")
@@ -89,7 +89,7 @@ def ray_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     if config["mode"] == "ours":
-        from sweeps.tracking import TrialLogger
+        from sweeps.tracking.trial_logger import TrialLogger
 
         logger = TrialLogger(config["uri"], config["run_id"])
         start = time.perf_counter()
@@ -150,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args()
-    from sweeps.runner import start_ray
+    from sweeps.engine.cluster import start_ray
 
     folder = Path(tempfile.mkdtemp(prefix="logging-bench-"))
     uri = f"sqlite:///{folder}/mlflow.db"

@@ -216,8 +216,8 @@ def ray_tune(trials: int, folder: Path, reuse: bool) -> Timed:
 
 def ours(trials: int, folder: Path, name: str = "ours", report_every_s: float = 10.0) -> tuple[Timed, Any]:
     """Our engine with full recording on the toy trainer; returns wall, result and trace folder."""
-    from sweeps.runner import run_sweep
-    from sweeps.spec import validate_spec
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import validate_spec
 
     traces = folder / f"{name}-traces"
     traces.mkdir()
@@ -367,7 +367,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.small < args.trials:
         parser.error("--small must be above 0 and below --trials")
-    from sweeps.runner import start_ray
+    from sweeps.engine.cluster import start_ray
 
     folder = Path(tempfile.mkdtemp(prefix="overhead-bench-"))
     sizes = (args.small, args.trials)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sweeps.runner import ENGINE_ENV
+from sweeps.engine.cluster import ENGINE_ENV
 
 
 @contextmanager

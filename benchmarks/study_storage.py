@@ -21,8 +21,8 @@ from pathlib import Path
 
 import optuna
 
-from sweeps.sqlite import use_wal
-from sweeps.study import record_trial
+from sweeps.store.sqlite_wal import use_wal
+from sweeps.store.study import record_trial
 
 PARTS = ("ask + suggest", "attrs", "values + tell")
 

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweeps.spec import SpecError
-from sweeps.store import DEFAULT_ROOT, SweepStoreError
+from sweeps.spec.sweep_spec import SpecError
+from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError
 
 if TYPE_CHECKING:
-    from sweeps.runner import SweepResult
-    from sweeps.spec import SweepSpec
+    from sweeps.engine.runner import SweepResult
+    from sweeps.spec.sweep_spec import SweepSpec
 
 EXIT_BAD_INPUT = 2
 
@@ -101,14 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the spec, run the sweep, print the summary."""
-    from sweeps.spec import load_spec
+    from sweeps.spec.sweep_spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, args.trials)
     if args.check:
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
         return 0
-    from sweeps.runner import run_sweep, start_ray
-    from sweeps.storage import check_trial_storage, resolve_trial_storage
+    from sweeps.engine.cluster import start_ray
+    from sweeps.engine.runner import run_sweep
+    from sweeps.store.trial_storage import check_trial_storage, resolve_trial_storage
 
     if spec.trial_storage:  # before Ray starts: a storage trials cannot write to is a one-line error
         check_trial_storage(resolve_trial_storage(spec.trial_storage))
@@ -127,9 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Finish a sweep whose driver died: continue or replace its open trials, then summarize."""
-    from sweeps.resume import check_resumable, resume_sweep
-    from sweeps.runner import start_ray
-    from sweeps.spec import load_spec
+    from sweeps.engine.cluster import start_ray
+    from sweeps.engine.resume import check_resumable, resume_sweep
+    from sweeps.spec.sweep_spec import load_spec
 
     sweep, _ = check_resumable(args.storage, args.sweep, args.force)  # refuse before Ray starts
     spec = load_spec(sweep.spec_file)
@@ -141,7 +142,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     """The end-of-sweep summary; exit code 130 when interrupted."""
-    from sweeps.live import divergence_summary, summary_table
+    from sweeps.results.summary import divergence_summary, summary_table
 
     state = result.state
     print()
@@ -162,8 +163,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the best trials' configs."""
-    from sweeps.export import best_configs, ranked_path, write_export
-    from sweeps.store import open_sweep_dir
+    from sweeps.results.export import best_configs, ranked_path, write_export
+    from sweeps.store.sweep_dir import open_sweep_dir
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
@@ -179,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from an exported config."""
-    from sweeps.train import load_run_file, train_from_file
+    from sweeps.trial.from_file import load_run_file, train_from_file
 
     if args.epochs is not None and args.epochs <= 0:
         raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
@@ -191,8 +192,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the results table and (re)write the HTML report."""
     import shutil
 
-    from sweeps.report import html_page, read_results, terminal_table
-    from sweeps.store import open_sweep_dir
+    from sweeps.results.report import html_page, read_results, terminal_table
+    from sweeps.store.sweep_dir import open_sweep_dir
 
     sweep = open_sweep_dir(args.storage, args.sweep)
     meta, folder = sweep.read_meta(), sweep.path / "report"
@@ -215,7 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List sweeps with their status and best value."""
-    from sweeps.store import open_sweep_dir
+    from sweeps.store.sweep_dir import open_sweep_dir
 
     root = Path(args.storage)
     names = sorted(p.parent.name for p in root.glob("*/sweep.json")) if root.is_dir() else []
@@ -229,7 +230,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Run ``mlflow ui`` on the tracking store (Ctrl-C stops it)."""
-    from sweeps.tracking import resolve_tracking_uri, ui_url
+    from sweeps.tracking.mlflow_client import resolve_tracking_uri, ui_url
 
     uri = resolve_tracking_uri(args.tracking_uri)
     print(f"MLflow UI for {uri}: http://{args.host}:{args.port}", flush=True)
@@ -255,7 +256,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def _experiments(uri: str) -> list[tuple[str, str]]:
     """Names and ids of the store's experiments that hold sweeps."""
-    from sweeps.tracking import client
+    from sweeps.tracking.mlflow_client import client
 
     try:
         found = client(uri).search_experiments()

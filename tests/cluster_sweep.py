@@ -65,8 +65,9 @@ def main(workdir: Path, trial_storage: str | None) -> None:
     from ray.cluster_utils import Cluster
     from ray.tune import ExperimentAnalysis
 
-    from sweeps.runner import run_sweep, start_ray
-    from sweeps.spec import load_spec
+    from sweeps.engine.cluster import start_ray
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
 
     (workdir / "trace").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -126,8 +127,8 @@ def measure(workdir: Path) -> dict[str, Any]:
 
     import mlflow
 
-    from sweeps.store import SweepDir
-    from sweeps.study import load_study
+    from sweeps.store.study import load_study
+    from sweeps.store.sweep_dir import SweepDir
 
     outcome = json.loads((workdir / "outcome.json").read_text())
     client = mlflow.MlflowClient(outcome["tracking_uri"])

@@ -14,7 +14,7 @@ def ray_session() -> Iterator[None]:
     """One real local Ray with 2 CPUs for every integration test."""
     import ray
 
-    from sweeps.runner import start_ray
+    from sweeps.engine.cluster import start_ray
 
     # Trial processes import test trainers (tests.toy_trainer) by path.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

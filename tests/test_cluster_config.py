@@ -452,7 +452,7 @@ def test_sweeps_run_address_defaults_to_ray_address(monkeypatch: pytest.MonkeyPa
 def test_start_ray_passes_the_address_and_sizes_only_a_local_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from sweeps import runner
+    from sweeps.engine import cluster as runner
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -100,7 +100,7 @@ def test_validation_on_two_ranks_is_over_the_whole_set(tmp_path: Path, name: str
 
 
 def _one_step(rank: int, folder: Path, batch: list[list[float]], targets: list[float]) -> dict[str, Any]:
-    from trainables.distributed import shard_order
+    from trainables.data_parallel import shard_order
     from trainables.precision import AmpNetwork
 
     torch.manual_seed(0)
@@ -170,9 +170,9 @@ def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, pr
 
 def _nan_on_rank_one(rank: int, folder: Path) -> dict[str, Any]:
     from sweeps.divergence import DivergenceDetector
-    from sweeps.record import CurveHistory
-    from sweeps.trial import DivergedError, step_hook
-    from trainables.distributed import mean_over_ranks
+    from sweeps.tracking.curves import CurveHistory
+    from sweeps.trial.epoch_loop import DivergedError, step_hook
+    from trainables.data_parallel import mean_over_ranks
 
     counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
     hook = step_hook(DivergenceDetector(None), counts, None, CurveHistory(), mean_over_ranks)
@@ -212,8 +212,8 @@ params:
 def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) -> None:
     from mlflow import MlflowClient
 
-    from sweeps.runner import run_sweep
-    from sweeps.spec import load_spec
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
 
     (workdir / "spec.yaml").write_text(SWEEP_SPEC)
     spec = load_spec(workdir / "spec.yaml")
@@ -255,8 +255,8 @@ def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) ->
 
 @pytest.mark.integration
 def test_workers_that_cannot_fit_are_a_spec_error(ray_session: None, workdir: Path) -> None:
-    from sweeps.runner import run_sweep
-    from sweeps.spec import SpecError, load_spec
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import SpecError, load_spec
 
     (workdir / "spec.yaml").write_text(SWEEP_SPEC)
     spec = load_spec(workdir / "spec.yaml", ["budget.workers_per_trial=3"])
@@ -282,7 +282,7 @@ def test_workers_that_cannot_fit_are_a_spec_error(ray_session: None, workdir: Pa
     ],
 )
 def test_workers_per_trial_is_checked(tmp_path: Path, override: str, message: str) -> None:
-    from sweeps.spec import SpecError, load_spec
+    from sweeps.spec.sweep_spec import SpecError, load_spec
 
     (tmp_path / "spec.yaml").write_text(SWEEP_SPEC)
     with pytest.raises(SpecError) as error:
@@ -306,8 +306,8 @@ params:
 def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: Path) -> None:
     from mlflow import MlflowClient
 
-    from sweeps.runner import run_sweep
-    from sweeps.spec import load_spec
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
 
     (workdir / "spec.yaml").write_text(FAILING_SPEC)
     result = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="oom", stream=io.StringIO())

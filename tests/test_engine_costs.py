@@ -14,14 +14,15 @@ import pytest
 from PIL import Image
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from sweeps.curves import draw_curves
-from sweeps.record import CurveHistory
-from sweeps.scheduler import rung_epochs
-from sweeps.spec import SpecError, SweepSpec, validate_spec
-from sweeps.store import SweepStoreError, new_sweep_dir
-from sweeps.study import create_study, load_study, open_storage, record_trial
-from sweeps.tracking import TrialLogger, client
-from sweeps.trial import ReportCadence
+from sweeps.core.plan import TrialPlan
+from sweeps.engine.scheduler import rung_epochs
+from sweeps.spec.sweep_spec import SpecError, SweepSpec, validate_spec
+from sweeps.store.study import create_study, load_study, open_storage, record_trial
+from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
+from sweeps.tracking.curves import CurveHistory, draw_curves
+from sweeps.tracking.mlflow_client import client
+from sweeps.tracking.trial_logger import TrialLogger
+from sweeps.trial.epoch_loop import ReportCadence
 
 
 def journal_mode(path: Path) -> str:
@@ -123,13 +124,13 @@ def test_no_rungs_without_asha() -> None:
 
 
 def test_report_cadence_reports_rungs_last_epoch_and_after_the_interval() -> None:
-    cadence = ReportCadence({"report_epochs": [1, 2, 4], "report_every_s": 0.3}, epochs=8)
+    cadence = ReportCadence(TrialPlan("toy", "val_loss", 8, report_epochs=[1, 2, 4], report_every_s=0.3))
     assert [e for e in range(1, 9) if cadence.due(e)] == [1, 2, 4, 8]
     time.sleep(0.35)
     assert cadence.due(5)
     cadence.reported()
     assert not cadence.due(6)
-    every_epoch = ReportCadence({"report_epochs": [], "report_every_s": 0.0}, epochs=3)
+    every_epoch = ReportCadence(TrialPlan("toy", "val_loss", 3))
     assert all(every_epoch.due(e) for e in range(1, 4))
 
 

@@ -11,9 +11,9 @@ import mlflow
 import pytest
 import yaml
 
-from sweeps.runner import run_sweep
-from sweeps.spec import load_spec
-from sweeps.tracking import ui_url
+from sweeps.engine.runner import run_sweep
+from sweeps.spec.sweep_spec import load_spec
+from sweeps.tracking.mlflow_client import ui_url
 from tests.mlflow_server import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]

@@ -24,11 +24,12 @@ import yaml
 from optuna.trial import TrialState
 
 from sweeps.cli import main
-from sweeps.record import CurveHistory
-from sweeps.store import SweepDir
-from sweeps.study import load_study
-from sweeps.tracking import SweepTracker, TrialLogger
-from sweeps.trial import _reload_curves
+from sweeps.store.study import load_study
+from sweeps.store.sweep_dir import SweepDir
+from sweeps.tracking.curves import CurveHistory
+from sweeps.tracking.sweep_tracker import SweepTracker
+from sweeps.tracking.trial_logger import TrialLogger
+from sweeps.trial.epoch_loop import reload_curves
 from tests.cluster_sweep import EPOCHS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +168,7 @@ def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did
     third = TrialLogger(uri, run_id)
     third.resume(checkpoint)
     curves = CurveHistory()
-    _reload_curves(third, curves, checkpoint)
+    reload_curves(third, curves, checkpoint)
     for step in range(16, 21):  # epoch 4 again: steps 16-18 are in the store already
         curves.add(step, {"loss": float(step)})
     epoch(third, 4, range(16, 21))

@@ -12,8 +12,8 @@ import mlflow
 import pytest
 import yaml
 
-from sweeps.runner import SweepResult, run_sweep
-from sweeps.spec import load_spec
+from sweeps.engine.runner import SweepResult, run_sweep
+from sweeps.spec.sweep_spec import load_spec
 from tests.mlflow_server import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]

@@ -24,8 +24,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeps.store import SweepDir
-from sweeps.study import load_study
+from sweeps.store.study import load_study
+from sweeps.store.sweep_dir import SweepDir
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS, EPOCHS = 8, 4
@@ -209,13 +209,13 @@ def _plan_count(output: str, words: str) -> int:
 
 def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     """Each way a trial can be left by a dead driver, rebuilt from a real study and MLflow store (no Ray)."""
-    from sweeps.resume import LOST_REASON, _close_runs, _trial_runs, rebuild
-    from sweeps.searcher import OptunaSearcher
-    from sweeps.spec import load_spec
-    from sweeps.state import SweepState
-    from sweeps.store import new_sweep_dir
-    from sweeps.study import create_study, load_study
-    from sweeps.tracking import SweepTracker
+    from sweeps.core.records import SweepState
+    from sweeps.engine.resume import LOST_REASON, _close_runs, _trial_runs, rebuild
+    from sweeps.engine.searcher import OptunaSearcher
+    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.store.study import create_study, load_study
+    from sweeps.store.sweep_dir import new_sweep_dir
+    from sweeps.tracking.sweep_tracker import SweepTracker
 
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "budget": {"trials": 5, "epochs": 2}}))
     spec = load_spec(tmp_path / "spec.yaml")

@@ -9,10 +9,11 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps.scheduler import RecordingASHA
-from sweeps.spec import validate_spec
-from sweeps.state import DIVERGED_KEY, SweepState
-from sweeps.study import make_sampler
+from sweeps.core.keys import DIVERGED_KEY
+from sweeps.core.records import SweepState
+from sweeps.engine.scheduler import RecordingASHA
+from sweeps.spec.sweep_spec import validate_spec
+from sweeps.store.study import make_sampler
 
 
 def asha_after(first: list[dict[str, float]], last: float) -> tuple[str, SweepState]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps.params import sample
-from sweeps.spec import load_spec
+from sweeps.spec.params import sample
+from sweeps.spec.sweep_spec import load_spec
 from trainables import build_config, load_trainer
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from sweeps.cli import main
-from sweeps.params import sample
-from sweeps.spec import SpecError, load_spec
+from sweeps.spec.params import sample
+from sweeps.spec.sweep_spec import SpecError, load_spec
 
 GOOD = {
     "name": "unit",

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sweeps.export import best_config, write_export
-from sweeps.runner import SweepResult, run_sweep
-from sweeps.spec import load_spec
-from sweeps.store import open_sweep_dir
-from sweeps.study import load_study
-from sweeps.train import load_run_file, train_from_file
+from sweeps.engine.runner import SweepResult, run_sweep
+from sweeps.results.export import best_config, write_export
+from sweeps.spec.sweep_spec import load_spec
+from sweeps.store.study import load_study
+from sweeps.store.sweep_dir import open_sweep_dir
+from sweeps.trial.from_file import load_run_file, train_from_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 

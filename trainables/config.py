@@ -10,6 +10,8 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
+from trainables.protocol import config_problems
+
 T = TypeVar("T")
 
 
@@ -89,9 +91,7 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     if problems:
         raise ConfigError(problems)
     config = cls(**kwargs)
-    check = getattr(config, "problems", None)
-    if check is not None:
-        problems = [(prefix + key, msg) for key, msg in check()]
-        if problems:
-            raise ConfigError(problems)
+    problems = [(prefix + key, msg) for key, msg in config_problems(config)]
+    if problems:
+        raise ConfigError(problems)
     return config

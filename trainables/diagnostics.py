@@ -9,14 +9,12 @@ Names: ``loss`` (the main network's total), ``loss/<term>`` for each loss term, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from trainables.precision import AmpNetwork, StepStats
+from trainables.protocol import StepHook
 
-StepHook = Callable[[int, dict[str, float]], None]
-"""Called by a trainer after every optimizer step with the step number and its diagnostics."""
+__all__ = ["EpochAverages", "StepHook", "network_metrics", "output_metrics"]
 
 
 def network_metrics(name: str, net: AmpNetwork, stats: StepStats, full: bool) -> dict[str, float]:

@@ -12,9 +12,9 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from trainables.data_parallel import shard_order, shard_range, sum_over_ranks
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
 from trainables.discriminator import Discriminator, d_levels
-from trainables.distributed import shard_order, shard_range, sum_over_ranks
 from trainables.gan_losses import (
     ADV_LOSSES,
     AdvLoss,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.distributed import average_gradients, broadcast_tensors, is_distributed
+from trainables.data_parallel import average_gradients, broadcast_tensors, is_distributed
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp16-o2")
 ALIASES = {

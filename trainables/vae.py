@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.data_parallel import shard_order, shard_range, sum_over_ranks
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
-from trainables.distributed import shard_order, shard_range, sum_over_ranks
 from trainables.images import dataset, make_grid, validation_images
 from trainables.precision import AmpNetwork
 from trainables.runtime import pick_device, restore_rng, rng_state, seed_everything

@@ -15,9 +15,10 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from sweeps.errors import error_reason
-from sweeps.spec import SweepSpec
-from sweeps.state import DIVERGED_KEY, RUNNING, SweepState
+from sweeps.compat.ray_internals import error_reason
+from sweeps.core.keys import DIVERGED_KEY, RUNNING
+from sweeps.core.records import SweepState
+from sweeps.spec.sweep_spec import SweepSpec
 
 WORST = 1e300
 """A finite stand-in for a diverged trial's metric at an ASHA rung: worse than any real result.

@@ -1,100 +1,47 @@
-"""The Optuna study of a sweep: a journal file in the sweep's folder, named after the sweep.
+"""Optuna's private parts the engine uses: writing a trial's progress in one journal append or transaction.
 
-Optuna's ``JournalStorage`` on a ``JournalFileBackend``: each write is one JSON line appended to
-``<sweep>/optuna-journal.log`` (flushed to disk before the call returns), and reads are served from
-the log replayed in memory. The driver asks, reports and tells for every trial; on SQLite
-(Optuna's RDB storage) each of those re-read the running trials through SQLAlchemy: 48 ms of the
-driver's time per trial here against 6.5 ms on the journal (``benchmarks/study_storage.py``).
-``optuna-dashboard <file>`` and ``optuna ... --storage <file>`` read it. A sweep made before the
-journal keeps its SQLite ``optuna.db``.
+``Trial.report`` and ``Trial.set_user_attr`` write one commit (or one journal append, each under a
+file lock and flushed to disk) apiece, a dozen or more per trial in the driver. These write the
+same records together. Each capability check returns None where this Optuna lacks a part, and
+the caller then uses the public calls.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import optuna
 
-from sweeps.spec import SweepSpec
-from sweeps.sqlite import use_wal
-from sweeps.store import SweepDir, SweepStoreError
+
+def cached_trial(trial: optuna.Trial) -> Any:
+    """The trial's frozen copy that ``report`` and ``set_user_attr`` keep up to date in memory."""
+    return trial._cached_frozen_trial
 
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """TPE (grouped and multivariate, for conditional spaces; constant liar for parallel trials)."""
-    if spec.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=spec.seed,
-            n_startup_trials=spec.search.n_startup_trials,
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-        )
+def trial_id(trial: optuna.Trial) -> int:
+    """The storage's id of ``trial`` (not its number)."""
+    return trial._trial_id
 
 
-def open_storage(sweep: SweepDir) -> optuna.storages.BaseStorage | str:
-    """The sweep's study storage: its journal (created if missing), or a SQLite URL for an older sweep."""
-    if sweep.optuna_db.is_file():
-        use_wal()
-        return sweep.storage_location
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(sweep.optuna_journal)))
+def running_trial(study: optuna.Study, frozen: Any) -> optuna.Trial:
+    """A live ``Trial`` for a frozen RUNNING trial of ``study`` (to report to and tell it later)."""
+    return optuna.Trial(study, frozen._trial_id)
 
 
-def create_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
-    """Create the sweep's study in ``<sweep>/optuna-journal.log``."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=open_storage(sweep),
-        study_name=sweep.name,
-        direction="minimize" if spec.mode == "min" else "maximize",
-        sampler=make_sampler(spec),
-    )
-    study.set_user_attr("metric", spec.metric)
-    study.set_user_attr("trainer", spec.trainer)
-    return study
+def write_progress(trial: optuna.Trial, values: list[tuple[int, float]], attrs: dict[str, Any]) -> None:
+    """Write a running trial's new intermediate values and user attributes together.
 
-
-def load_study(sweep: SweepDir, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Open a sweep's study (export, report, resume)."""
-    if not sweep.optuna_db.is_file() and not sweep.optuna_journal.is_file():
-        raise SweepStoreError(f"no Optuna study in {sweep.path}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=sweep.name, storage=open_storage(sweep), sampler=sampler)
-
-
-def record_trial(
-    trial: optuna.Trial, values: Iterable[tuple[int, float]] = (), attrs: dict[str, Any] | None = None
-) -> None:
-    """Intermediate values (``(step, value)``) and user attributes of a running trial, in one write.
-
-    What ``Trial.report`` and ``Trial.set_user_attr`` write, one commit (or one journal append,
-    each under a file lock and flushed to disk) apiece, a dozen or more per trial in the driver.
-    On the journal it is one append of the same lines. On Optuna's RDB storage it is one
-    transaction: the values inserted as rows of Optuna's table in one statement, the
-    attributes through the storage's own writer. On any other storage, or an Optuna without those
-    parts, through the public calls. A step already reported is skipped, as ``report`` does.
+    One journal append on a journal storage, one transaction on an RDB storage, else one public
+    call per value and attribute (as on any storage where this Optuna lacks the parts used here).
     """
-    reported = trial._cached_frozen_trial.intermediate_values
-    fresh = [(int(step), float(value)) for step, value in values if int(step) not in reported]
-    attrs = attrs or {}
-    if not fresh and not attrs:
-        return
-    journal = _journal(trial.study)
-    if journal is not None:
-        _append_to_journal(journal, trial._trial_id, fresh, attrs)
-        _cache(trial, fresh, attrs)
+    storage = _journal(trial.study)
+    if storage is not None:
+        _append_to_journal(storage, trial._trial_id, values, attrs)
+        _cache(trial, values, attrs)
         return
     backend = _rdb_backend(trial.study)
     if backend is None:
-        _one_by_one(trial, fresh, attrs)
+        _one_by_one(trial, values, attrs)
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -102,14 +49,14 @@ def record_trial(
 
     try:
         with _create_scoped_session(backend.scoped_session) as session:
-            _add_values(backend, session, trial._trial_id, fresh)
+            _add_values(backend, session, trial._trial_id, values)
             for key, value in attrs.items():
                 model = models.TrialUserAttributeModel
                 backend._set_trial_attr_without_commit(session, model, trial._trial_id, key, value)
     except IntegrityError:  # another writer got there first (rolled back): one row at a time, as Optuna does
-        _one_by_one(trial, fresh, attrs)
+        _one_by_one(trial, values, attrs)
         return
-    _cache(trial, fresh, attrs)
+    _cache(trial, values, attrs)
 
 
 def _cache(trial: optuna.Trial, values: list[tuple[int, float]], attrs: dict[str, Any]) -> None:
@@ -176,7 +123,7 @@ def _one_by_one(trial: optuna.Trial, values: list[tuple[int, float]], attrs: dic
 
 
 def _rdb_backend(study: optuna.Study) -> Any:
-    """The study's RDB storage if this Optuna has the writers :func:`record_trial` uses, else None."""
+    """The study's RDB storage if this Optuna has the writers :func:`write_progress` uses, else None."""
     storage = getattr(study, "_storage", None)
     backend = getattr(storage, "_backend", storage)
     needed = (

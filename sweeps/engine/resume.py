@@ -36,12 +36,35 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.runner import SweepResult, driver_identity, engine_configs, fit_and_finish, sweep_trainable
-from sweeps.searcher import OptunaSearcher
-from sweeps.spec import SweepSpec, load_spec
-from sweeps.state import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED, RUNNING, SweepState, TrialRecord
-from sweeps.store import SweepDir, SweepStoreError, open_sweep_dir
-from sweeps.tracking import SweepTracker, retry
+from sweeps.compat.optuna_internals import running_trial
+from sweeps.compat.ray_internals import replace_tuner_configs
+from sweeps.core.keys import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    PRUNED,
+    ROLE_RESCUE,
+    RUNNING,
+    TAG_DIVERGENCE_STEP,
+    TAG_EPOCHS,
+    TAG_OPTUNA_NUMBER,
+    TAG_RAY_TRIAL_ID,
+    TAG_REASON,
+    TAG_RESCUE_OF,
+    TAG_RESUMES,
+    TAG_ROLE,
+    TAG_SIGNAL,
+    TAG_STATUS,
+)
+from sweeps.core.records import SweepState, TrialRecord
+from sweeps.engine.cluster import start_ray
+from sweeps.engine.runner import SweepResult, driver_identity, engine_configs, fit_and_finish, sweep_trainable
+from sweeps.engine.searcher import OptunaSearcher
+from sweeps.spec.sweep_spec import SweepSpec, load_spec
+from sweeps.store.study import load_study, make_sampler
+from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
+from sweeps.tracking.mlflow_client import retry
+from sweeps.tracking.sweep_tracker import SweepTracker
 
 ENDED = {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
 LOST_REASON = "the sweep's driver died before Ray recorded a checkpoint of this trial; replaced on resume"
@@ -130,8 +153,6 @@ def resume_sweep(
     """Finish sweep ``name`` in ``root`` (see the module's docstring for what happens to each trial)."""
     from ray import tune
 
-    from sweeps.runner import start_ray
-
     sweep, meta = check_resumable(root, name, force)
     spec = load_spec(sweep.spec_file)
     tracker = SweepTracker(str(meta["tracking_uri"]))
@@ -167,8 +188,6 @@ def ray_experiment(sweep: SweepDir, meta: dict[str, Any]) -> Path:
 
 
 def _load_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
-    from sweeps.study import load_study, make_sampler
-
     return load_study(sweep, make_sampler(spec))
 
 
@@ -193,16 +212,9 @@ def _ray_unfinished(ray_dir: Path) -> dict[str, bool] | None:
 
 
 def _install(tuner: Any, configs: dict[str, Any]) -> None:
-    """Give the restored Tuner this driver's searcher, scheduler and callbacks.
-
-    ``Tuner.restore`` brings back the objects pickled when the sweep started (with empty state);
-    Ray has no public way to pass new ones, so they are set on its internal tuner here.
-    """
-    internal = getattr(tuner, "_local_tuner", None)
-    if internal is None or not hasattr(internal, "_tune_config") or not hasattr(internal, "_run_config"):
+    """Give the restored Tuner this driver's searcher, scheduler and callbacks (Ray has no public way)."""
+    if not replace_tuner_configs(tuner, configs["tune_config"], configs["run_config"]):
         raise SweepStoreError("resume needs the driver on the cluster (Ray Client is not supported)")
-    internal._tune_config = configs["tune_config"]
-    internal._run_config = configs["run_config"]
 
 
 def _trial_runs(tracker: SweepTracker) -> list[Any]:
@@ -228,21 +240,20 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
     """
     study, state, plan = searcher.study, searcher.state, ResumePlan()
     by_id = {run.info.run_id: run for run in runs}
-    by_number = {run.data.tags.get("optuna.trial_number"): run for run in runs}
+    by_number = {run.data.tags.get(TAG_OPTUNA_NUMBER): run for run in runs}
     for frozen in study.get_trials(deepcopy=False):
         attrs = frozen.user_attrs
         run = by_id.get(str(attrs.get("mlflow_run_id"))) or by_number.get(str(frozen.number))
         tags = run.data.tags if run is not None else {}
-        ray_id = str(attrs.get("ray_trial_id") or tags.get("ray.trial_id") or f"unstarted-{frozen.number}")
+        ray_id = str(attrs.get("ray_trial_id") or tags.get(TAG_RAY_TRIAL_ID) or f"unstarted-{frozen.number}")
         run_id = run.info.run_id if run is not None else ""
         record = TrialRecord(frozen.number, ray_id, run_id, dict(attrs.get("config") or {}), dict(frozen.params))
         _fill(record, frozen, tags, state.metric)
         state.trials[ray_id] = record
         if frozen.state == TrialState.RUNNING:
-            trial = optuna.Trial(study, frozen._trial_id)
+            trial = running_trial(study, frozen)
             if _continues(ray_id, run, unfinished):
-                searcher.live[ray_id] = trial
-                searcher.reported[ray_id] = max(frozen.intermediate_values, default=0)
+                searcher.continue_trial(record, trial, max(frozen.intermediate_values, default=0))
                 plan.continued.append(record)
             else:
                 state.finish(record, INTERRUPTED, LOST_REASON)
@@ -253,14 +264,14 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
                 plan.closed.extend([record] if run is not None else [])
         else:
             status = str(attrs.get("status") or ENDED.get(frozen.state, FAILED))
-            state.finish(record, status, tags.get("sweep.reason") or str(attrs.get("reason", "")))
+            state.finish(record, status, tags.get(TAG_REASON) or str(attrs.get("reason", "")))
             plan.ended += 1
             if ray_id in unfinished:
                 plan.not_rerun.append(record)
             if run is not None and run.info.status == "RUNNING":
                 plan.closed.append(record)
         if record.status != INTERRUPTED:
-            searcher.asked += 1
+            searcher.count_started()
     _rebuild_rescues(searcher, runs, unfinished, plan)
     return plan
 
@@ -280,10 +291,10 @@ def _fill(record: TrialRecord, frozen: FrozenTrial, tags: dict[str, str], metric
 
 
 def _fill_tags(record: TrialRecord, tags: dict[str, str]) -> None:
-    if tags.get("sweep.epochs", "").isdigit():
-        record.epochs = int(tags["sweep.epochs"])
-    record.signal = tags.get("sweep.signal", "")
-    step = tags.get("sweep.divergence_step", "")
+    if tags.get(TAG_EPOCHS, "").isdigit():
+        record.epochs = int(tags[TAG_EPOCHS])
+    record.signal = tags.get(TAG_SIGNAL, "")
+    step = tags.get(TAG_DIVERGENCE_STEP, "")
     record.diverged_at = int(step) if step.isdigit() else None
 
 
@@ -300,11 +311,11 @@ def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: dict
     by_run = {r.run_id: r for r in state.trials.values()}
     for run in runs:
         tags = run.data.tags
-        original = by_run.get(tags.get("sweep.rescue_of", ""))
-        if tags.get("sweep.role") != "rescue" or original is None:
+        original = by_run.get(tags.get(TAG_RESCUE_OF, ""))
+        if tags.get(TAG_ROLE) != ROLE_RESCUE or original is None:
             continue
         precision = run.data.params.get("precision", "fp32")
-        ray_id = tags.get("ray.trial_id", f"rescue-{original.number}")
+        ray_id = tags.get(TAG_RAY_TRIAL_ID, f"rescue-{original.number}")
         params, sampled = {**original.params, "precision": precision}, {**original.sampled, "precision": precision}
         record = TrialRecord(original.number, ray_id, run.info.run_id, params, sampled, rescue_of=original)
         original.rescue = record
@@ -313,7 +324,7 @@ def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: dict
         value = run.data.metrics.get(state.metric)
         record.value = value if value is not None and math.isfinite(value) else None
         if run.info.status != "RUNNING":
-            state.finish(record, tags.get("sweep.status", FAILED), tags.get("sweep.reason", ""))
+            state.finish(record, tags.get(TAG_STATUS, FAILED), tags.get(TAG_REASON, ""))
         elif _continues(ray_id, run, unfinished):
             plan.continued.append(record)
         else:
@@ -321,23 +332,20 @@ def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: dict
             plan.interrupted.append(record)
             plan.closed.append(record)
     for record in sorted(state.trials.values(), key=lambda r: r.number):
-        if record.status == DIVERGED and record.rescue is None and searcher._wants_rescue(record):
-            searcher.rescues.append(record)
+        if record.rescue is None:
+            searcher.rescue_if_wanted(record)
 
 
 def _close_runs(tracker: SweepTracker, records: list[TrialRecord]) -> None:
     """End the MLflow runs of trials that ended (or were lost) while no driver could close them."""
     for record in records:
-        tags = {"sweep.epochs": str(record.epochs)}
-        if record.signal:
-            tags.update({"sweep.signal": record.signal, "sweep.divergence_step": str(record.diverged_at)})
-        tracker.finish_run(record.run_id, record.status, record.reason, tags)
+        tracker.finish_trial(record)
 
 
 def _reopen_parent(tracker: SweepTracker, plan: ResumePlan, resumes: int) -> None:
     """Mark the parent run running again and keep what this resume found as an artifact."""
     parent = tracker.parent_run_id
     retry(lambda: tracker.client.update_run(parent, status="RUNNING"), "reopen parent run")
-    retry(lambda: tracker.client.set_tag(parent, "sweep.status", RUNNING), "tag parent run")
-    retry(lambda: tracker.client.set_tag(parent, "sweep.resumes", str(resumes)), "tag parent run")
+    retry(lambda: tracker.client.set_tag(parent, TAG_STATUS, RUNNING), "tag parent run")
+    retry(lambda: tracker.client.set_tag(parent, TAG_RESUMES, str(resumes)), "tag parent run")
     tracker.log_text(parent, "\n".join(plan.lines()) + "\n", f"resume/resume_{resumes}.txt")

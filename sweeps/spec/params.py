@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sweeps.problems import Problems, as_int, as_number
+from sweeps.core.problems import Problems, as_int, as_number
 from trainables.config import coerce
 
 if TYPE_CHECKING:

@@ -8,8 +8,10 @@ from typing import Any
 
 from ray.tune import Callback
 
-from sweeps.state import FAILED, RUNNING, SweepState
-from sweeps.tracking import SweepTracker, retry
+from sweeps.core.keys import FAILED, RUNNING, TAG_RESTART_REASON, TAG_RESTARTS
+from sweeps.core.records import SweepState
+from sweeps.tracking.mlflow_client import retry
+from sweeps.tracking.sweep_tracker import SweepTracker
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class TrackingCallback(Callback):
 
         record.restarts += 1
         cause = self.state.errors.pop(trial.trial_id, "") or "the trial process died"
-        tags = {"sweep.restarts": str(record.restarts), "sweep.restart_reason": cause[:5000]}
+        tags = {TAG_RESTARTS: str(record.restarts), TAG_RESTART_REASON: cause[:5000]}
         items = [RunTag(key, value) for key, value in tags.items()]
         retry(partial(self.tracker.client.log_batch, record.run_id, tags=items), "tag restart")
 
@@ -50,12 +52,7 @@ class TrackingCallback(Callback):
             self.state.finish(record, FAILED, reason or "the trial process failed")
         if reason and not record.reason:
             record.reason = reason
-        tags = {"sweep.epochs": str(record.epochs)}
-        if record.restarts:
-            tags["sweep.restarts"] = str(record.restarts)
-        if record.signal:
-            tags.update({"sweep.signal": record.signal, "sweep.divergence_step": str(record.diverged_at)})
-        self.tracker.finish_run(record.run_id, record.status, record.reason, tags)
+        self.tracker.finish_trial(record)
 
 
 class CheckpointPruner(Callback):

@@ -1,16 +1,20 @@
-"""Train from an exported config (``sweeps train best.yaml``): the same loop a trial runs."""
+"""Train from an exported config (``sweeps train best.yaml``): the same epoch loop a trial runs."""
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
-from sweeps.problems import Problems, as_int
-from sweeps.spec import SpecError, read_yaml
+from sweeps.core.keys import EPOCH
+from sweeps.core.plan import TrialPlan
+from sweeps.core.problems import Problems, as_int
+from sweeps.spec.sweep_spec import SpecError, read_yaml
+from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
 from trainables.config import ConfigError, build_config
 from trainables.registry import TrainerLoadError, load_trainer
 
@@ -37,24 +41,43 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class PrintChannel:
+    """The loop's channel in ``sweeps train``: each epoch printed, nothing checkpointed, never stopped."""
+
+    def __init__(self, metric: str, total: int, out: TextIO) -> None:
+        self.metric, self.total, self.out = metric, total, out
+
+    def restore(self) -> CheckpointState | None:
+        """A fresh start."""
+        return None
+
+    def agree(self, decision: bool) -> bool:
+        """One process agrees with itself."""
+        return decision
+
+    def report(self, result: dict[str, Any], state: Callable[[], CheckpointState] | None) -> bool:
+        """Print the epoch's metric and validation metrics; go on."""
+        shown = {k: v for k, v in result.items() if k == self.metric or k.startswith("val")}
+        text = "  ".join(f"{k}={v:.5g}" for k, v in shown.items())
+        self.out.write(f"epoch {result[EPOCH]}/{self.total}  {text}\n")
+        self.out.flush()
+        return True
+
+
 def train_from_file(
     data: dict[str, Any], epochs: int | None = None, save: str | Path | None = None, stream: TextIO | None = None
 ) -> dict[str, float]:
     """Train the exported config for its epochs; print each epoch; return the last metrics."""
     out = stream or sys.stdout
-    torch.set_num_threads(max(1, int(data.get("threads", 1))))
-    trainer_cls = load_trainer(str(data["trainer"]))
-    trainer = trainer_cls(build_config(trainer_cls.Config, data["config"]))
-    metric = data.get("metric", {}).get("name")
+    metric = str(data.get("metric", {}).get("name") or "")
     total = int(epochs or data["epochs"])
-    metrics: dict[str, float] = {}
-    for epoch in range(1, total + 1):
-        metrics = {**trainer.train_epoch(), **trainer.validate()}
-        shown = {k: v for k, v in metrics.items() if k == metric or k.startswith("val")}
-        out.write(f"epoch {epoch}/{total}  " + "  ".join(f"{k}={v:.5g}" for k, v in shown.items()) + "\n")
-        out.flush()
+    # The sweep's loop without a driver: every epoch reported (printed), no detector stopping it.
+    plan = TrialPlan(str(data["trainer"]), metric, total, threads=int(data.get("threads", 1)))
+    plan.divergence = {"enabled": False}
+    loop = EpochLoop(plan, dict(data["config"]))
+    metrics = loop.run(PrintChannel(metric, total, out))
     if save:
-        torch.save({"trainer": trainer.state_dict(), "config": data["config"], "epoch": total}, save)
+        torch.save({"trainer": loop.trainer.state_dict(), "config": data["config"], "epoch": total}, save)
         out.write(f"saved {save}\n")
     recorded = data.get("metric", {}).get("value")
     if metric in metrics and isinstance(recorded, (int, float)) and total == int(data["epochs"]):

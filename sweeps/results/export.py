@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.store import SweepDir, SweepStoreError
-from sweeps.study import load_study
+from sweeps.store.study import load_study
+from sweeps.store.sweep_dir import SweepDir, SweepStoreError
 
 UNSTABLE_SHARE = 0.05
 """A trial with more than this share of overflowed (skipped) steps is unstable."""

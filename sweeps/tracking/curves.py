@@ -79,3 +79,41 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str
     draw.text((4, box[3] - 10), f"{axes.low:.3g}", fill="black")
     draw.text((box[0], box[3] + 3), f"step {axes.first}", fill="black")
     draw.text((box[2] - 60, box[3] + 3), f"step {axes.last}", fill="black")
+
+
+CURVES = ("loss", "loss_scale", "grad_norm")
+
+
+class CurveHistory:
+    """Per-step loss, loss-scale and gradient-norm values, kept to draw curves at the end."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, list[tuple[int, float]]] = {}
+        self.drawn = 0  # points in the last plot
+
+    @property
+    def points(self) -> int:
+        """How many values are kept, over every series."""
+        return sum(len(values) for values in self.series.values())
+
+    @staticmethod
+    def wants(key: str) -> bool:
+        """Whether a step metric is drawn: ``loss``, ``*/loss_scale``, ``*/grad_norm``."""
+        return key == "loss" or key.rsplit("/", 1)[-1] in ("loss_scale", "grad_norm")
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        """Keep this step's curve values (keys ``loss``, ``*/loss_scale``, ``*/grad_norm``).
+
+        Steps before the last one kept are dropped: a restarted trial reruns steps it already has.
+        """
+        for key, value in metrics.items():
+            if self.wants(key):
+                series = self.series.setdefault(key, [])
+                if not series or step >= series[-1][0]:
+                    series.append((step, float(value)))
+
+    def plot(self, folder: Path) -> list[Path]:
+        """Write ``curves.png``: loss, loss scale and gradient norm against the step, one panel each."""
+        panels = [(name, sorted(k for k in self.series if k == name or k.endswith("/" + name))) for name in CURVES]
+        chosen = [(name, {key: self.series[key] for key in keys}) for name, keys in panels if keys]
+        return [draw_curves(chosen, folder / "curves.png")] if chosen else []

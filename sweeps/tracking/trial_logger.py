@@ -1,9 +1,4 @@
-"""MLflow records: one parent run per sweep, one nested child run per trial.
-
-The driver creates the runs and closes them with their final status; each trial's own
-process logs its metrics and artifacts to its run, so artifacts arrive from any node.
-Every call is retried, so a busy SQLite file or a brief server outage loses nothing.
-"""
+"""A trial's own MLflow records, sent from its process in the background: steps, epochs, artifacts, failure."""
 
 from __future__ import annotations
 
@@ -16,188 +11,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
+from sweeps.compat.mlflow_internals import latest_steps
+from sweeps.core.keys import TAG_REASON
+from sweeps.tracking.mlflow_client import client, retry
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-RUN_STATUS = {
-    "completed": "FINISHED",
-    "pruned": "FINISHED",
-    "diverged": "FINISHED",
-    "failed": "FAILED",
-    "oom": "FAILED",
-    "interrupted": "KILLED",
-}
-DEFAULT_URI = "sqlite:///mlflow.db"
-
-
-def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
-    """Return ``uri`` with local paths made absolute (trial processes run in other folders)."""
-    uri = uri or DEFAULT_URI
-    base = base or Path.cwd()
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        if path != ":memory:" and not Path(path).is_absolute():
-            return "sqlite:///" + str((base / path).resolve())
-        return uri
-    if "://" not in uri:
-        return (base / uri).resolve().as_uri()
-    return uri
-
-
-def artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: beside a SQLite file, else the server's default."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-    return None
-
-
-def ui_url(server: str, experiment_id: str) -> str:
-    """The MLflow UI page of an experiment's training runs (not the GenAI overview)."""
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-def retry(call: Callable[[], T], what: str, attempts: int = 8, delay: float = 0.5) -> T:
-    """Run ``call``, retrying with exponential backoff; re-raise after ``attempts`` failures."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - any store error is worth another try
-            if attempt == attempts - 1:
-                raise
-            log.warning("MLflow %s failed (%s); retrying", what, exc)
-            time.sleep(min(delay * 2**attempt, 30.0))
-    raise AssertionError("unreachable")
-
-
-@lru_cache(maxsize=8)
-def client(uri: str) -> MlflowClient:
-    """The process's MLflow client bound to ``uri`` (no global MLflow state is touched).
-
-    One per URI and process: building a client opens and checks the store (0.1 to 0.6 s for
-    SQLite here), which a reused trial process would otherwise pay for every trial.
-    """
-    from mlflow import MlflowClient
-
-    from sweeps.sqlite import use_wal
-
-    use_wal()
-    return MlflowClient(tracking_uri=uri)
-
-
-def param_text(value: Any) -> str:
-    """How a parameter value is written as an MLflow param and in a run name."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def run_name(number: int, sampled: dict[str, Any]) -> str:
-    """A child run's name: trial number and its sampled values, e.g. ``t003 lr=0.0012 kernel_size=5``."""
-    text = " ".join(f"{key}={param_text(value)}" for key, value in sampled.items())
-    return f"t{number:03d} {text}"[:240].strip()
-
-
-class SweepTracker:
-    """The driver's side: experiment, parent run, child runs and their final status."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.client = client(uri)
-        self.experiment_id = ""
-        self.parent_run_id = ""
-
-    def start(self, experiment: str, sweep: str, spec_text: str, params: dict[str, Any]) -> str:
-        """Create (or reuse) the experiment and start the sweep's parent run; return its id."""
-        found = retry(lambda: self.client.get_experiment_by_name(experiment), "get experiment")
-        if found is None:
-            self.experiment_id = retry(
-                lambda: self.client.create_experiment(
-                    experiment, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND
-                ),
-                "create experiment",
-            )
-        else:
-            self.experiment_id = found.experiment_id
-            for key, value in EXPERIMENT_KIND.items():
-                retry(partial(self.client.set_experiment_tag, self.experiment_id, key, value), "tag experiment")
-        tags = {"sweep.name": sweep, "sweep.role": "parent", "sweep.status": "running"}
-        run = retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=sweep), "create parent run")
-        self.parent_run_id = run.info.run_id
-        self.log_params(self.parent_run_id, params)
-        retry(lambda: self.client.log_text(self.parent_run_id, spec_text, "spec.yaml"), "log spec")
-        return self.parent_run_id
-
-    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        """Log parameters in one batch."""
-        from mlflow.entities import Param
-
-        items = [Param(key, param_text(value)) for key, value in params.items()]
-        for start in range(0, len(items), 100):
-            chunk = items[start : start + 100]
-            retry(partial(self.client.log_batch, run_id, params=chunk), "log params")
-
-    def create_trial_run(
-        self,
-        sweep: str,
-        number: int,
-        ray_id: str,
-        params: dict[str, Any],
-        sampled: dict[str, Any],
-        rescue_of: tuple[str, str] | None = None,
-    ) -> str:
-        """Create the trial's child run under the parent with every resolved parameter.
-
-        ``rescue_of`` is ``(label, run id)`` of the diverged trial a precision rescue re-runs;
-        the two runs are linked by tags both ways.
-        """
-        tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            "sweep.name": sweep,
-            "sweep.role": "trial",
-            "sweep.trial": str(number),
-            "sweep.status": "running",
-            "ray.trial_id": ray_id,
-            "optuna.trial_number": str(number),
-        }
-        name = run_name(number, sampled)
-        if rescue_of is not None:
-            tags.update({"sweep.trial": f"{number}r", "sweep.rescue_of": rescue_of[1], "sweep.role": "rescue"})
-            tags.pop("optuna.trial_number")
-            name = f"{rescue_of[0]}r rescue " + name.split(" ", 1)[-1]
-        run = retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name), "create trial run")
-        self.log_params(run.info.run_id, params)
-        if rescue_of is not None:
-            retry(partial(self.client.set_tag, rescue_of[1], "sweep.rescued_by", run.info.run_id), "link rescue")
-        return str(run.info.run_id)
-
-    def finish_run(self, run_id: str, status: str, reason: str = "", tags: dict[str, str] | None = None) -> None:
-        """Tag a run with its final status (reason and other tags too), and end it."""
-        from mlflow.entities import RunTag
-
-        items = {"sweep.status": status, **({"sweep.reason": reason[:5000]} if reason else {}), **(tags or {})}
-        run_tags = [RunTag(key, value) for key, value in items.items()]
-        retry(lambda: self.client.log_batch(run_id, tags=run_tags), "tag run")
-        retry(lambda: self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED")), "end run")
-
-    def log_text(self, run_id: str, text: str, path: str) -> None:
-        """Store ``text`` as an artifact file of ``run_id``."""
-        retry(lambda: self.client.log_text(run_id, text, path), f"log {path}")
-
-    def log_artifacts(self, run_id: str, folder: Path, into: str) -> None:
-        """Upload a folder's files as artifacts of ``run_id`` under ``into``."""
-        retry(lambda: self.client.log_artifacts(run_id, str(folder), into), f"log {into}")
-
-    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
-        """Upload a file as an artifact of ``run_id``."""
-        retry(lambda: self.client.log_artifact(run_id, str(path), folder), f"log {path.name}")
 
 
 class _Sender:
@@ -323,7 +145,7 @@ class TrialLogger:
         from mlflow.entities import Metric
 
         run = retry(lambda: self.client.get_run(self.run_id), "read run")
-        self.logged = {m.key: int(m.step) for m in run.data._metric_objs}
+        self.logged = latest_steps(run)
         missing = [Metric(k, v, t, s) for k, v, t, s in undelivered if s > self.logged.get(k, s - 1)]
         self._submit_metrics("resend metrics", missing)
         for metric in missing:
@@ -403,7 +225,7 @@ class TrialLogger:
         """Tag the run with the exception's one-line reason; store the traceback."""
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
         self.log_text("".join(traceback.format_exception(exc)), "traceback.txt")
-        self.sender.submit("tag reason", partial(self.client.set_tag, self.run_id, "sweep.reason", reason))
+        self.sender.submit("tag reason", partial(self.client.set_tag, self.run_id, TAG_REASON, reason))
 
     def close(self, timeout: float = 900.0) -> bool:
         """Deliver everything still queued (waiting up to ``timeout`` s); True if all went through."""

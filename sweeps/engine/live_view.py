@@ -1,4 +1,4 @@
-"""The compact live view of a running sweep, and the summary table at its end."""
+"""The compact live view of a running sweep: one status line, and a line per trial as it ends."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from sweeps.state import SweepState, TrialRecord
+from sweeps.core.records import SweepState, TrialRecord
 
 
 def status_line(state: SweepState, total: int, elapsed: float) -> str:
@@ -31,23 +31,6 @@ def _count(state: SweepState, name: str, n: int) -> str:
     if name == "diverged" and state.diverged_by:
         return f"diverged {n} (" + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items())) + ")"
     return f"{name} {n}"
-
-
-def divergence_summary(state: SweepState) -> str:
-    """Diverged trials by signal, and what their precision rescues showed ('' when none diverged)."""
-    if not state.diverged_by:
-        return ""
-    lines = ["diverged by signal: " + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items()))]
-    rescued = [r for r in state.trials.values() if r.rescue is not None]
-    if rescued:
-        because = [r.label for r in rescued if r.rescue is not None and r.rescue.status == "completed"]
-        anyway = [r.label for r in rescued if r.rescue is not None and r.rescue.status == "diverged"]
-        other = len(rescued) - len(because) - len(anyway)
-        lines.append(f"diverged because of precision (the bf16/fp32 rescue completed): {len(because)} {because}")
-        lines.append(f"diverged anyway (the rescue diverged too): {len(anyway)} {anyway}")
-        if other:
-            lines.append(f"rescue cut short (pruned, failed or interrupted): {other}")
-    return "\n".join(lines)
 
 
 def event_line(record: TrialRecord, metric: str) -> str:
@@ -104,13 +87,3 @@ class LiveView(Callback):
             self._draw(force=True)
             self.stream.write("\n")
             self.stream.flush()
-
-
-def summary_table(state: SweepState) -> str:
-    """A plain-text table of every trial: number, status, metric, epochs, sampled values, reason."""
-    from sweeps.report import result_rows, terminal_table
-
-    rows = result_rows(state)
-    records = sorted(state.trials.values(), key=lambda r: (r.number, r.rescue_of is not None))
-    sampled = list(dict.fromkeys(name for r in records for name in r.sampled))
-    return terminal_table(rows, state.metric, sampled)

@@ -23,27 +23,24 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweeps.distributed import engine_settings
-from sweeps.errors import is_oom
-from sweeps.params import sample
-from sweeps.scheduler import rung_epochs
-from sweeps.spec import SweepSpec
-from sweeps.state import (
-    COMPLETED,
-    DIVERGED,
-    DIVERGED_KEY,
-    ENGINE_KEY,
-    FAILED,
-    FAILED_KEY,
-    HISTORY_KEY,
-    INTERRUPTED,
-    OOM,
-    PRUNED,
-    SweepState,
-    TrialRecord,
+from sweeps.core.keys import DIVERGED, ENGINE_KEY, FAILED_KEY, HISTORY_KEY, INTERRUPTED, RUNNING
+from sweeps.core.outcome import (
+    TELL_COMPLETE,
+    TELL_INFEASIBLE,
+    TELL_PRUNED,
+    Ending,
+    decide_outcome,
+    fresh_intermediate_values,
+    study_verdict,
+    wants_rescue,
 )
-from sweeps.study import record_trial
-from sweeps.tracking import SweepTracker
+from sweeps.core.plan import TrialPlan
+from sweeps.core.records import SweepState, TrialRecord
+from sweeps.engine.scheduler import rung_epochs
+from sweeps.spec.params import sample
+from sweeps.spec.sweep_spec import SweepSpec
+from sweeps.store.study import record_trial
+from sweeps.tracking.sweep_tracker import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
 
@@ -92,7 +89,7 @@ class OptunaSearcher(Searcher):
         if self.rescues:
             return self._suggest_rescue(trial_id, self.rescues.popleft())
         if self.asked >= self.spec.budget.trials:
-            waiting = self.spec.divergence.rescue and any(r.status == "running" for r in self.state.trials.values())
+            waiting = self.spec.divergence.rescue and any(r.status == RUNNING for r in self.state.trials.values())
             return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
         self.asked += 1
         started = time.perf_counter()
@@ -124,24 +121,30 @@ class OptunaSearcher(Searcher):
         return self._config(params, run_id)
 
     def _config(self, params: dict[str, Any], run_id: str) -> dict[str, Any]:
-        engine = {
-            "trainer": self.spec.trainer,
-            "metric": self.spec.metric,
-            "epochs": self.spec.budget.epochs,
-            "threads": max(1, int(self.spec.budget.cpus_per_trial)),
-            **engine_settings(self.spec.budget),
-            "tracking_uri": self.tracker.uri,
-            "run_id": run_id,
-            "spec_text": self.spec_text,
-            "report_epochs": self.report_epochs,
-            "report_every_s": self.spec.record.report_every_s,
-            "divergence": {
-                "enabled": self.spec.divergence.enabled,
-                "signals": self.spec.divergence.signals,
-                "rescue": self.spec.divergence.rescue,
+        return {**params, ENGINE_KEY: self.plan(run_id).as_config()}
+
+    def plan(self, run_id: str) -> TrialPlan:
+        """The plan every trial of this sweep gets, for the trial whose MLflow run is ``run_id``."""
+        spec, budget = self.spec, self.spec.budget
+        return TrialPlan(
+            trainer=spec.trainer,
+            metric=spec.metric,
+            epochs=budget.epochs,
+            tracking_uri=self.tracker.uri,
+            run_id=run_id,
+            threads=max(1, int(budget.cpus_per_trial)),
+            workers=budget.workers_per_trial,
+            cpus=budget.cpus_per_trial,
+            gpus=budget.gpus_per_trial,
+            spec_text=self.spec_text,
+            report_epochs=self.report_epochs,
+            report_every_s=spec.record.report_every_s,
+            divergence={
+                "enabled": spec.divergence.enabled,
+                "signals": spec.divergence.signals,
+                "rescue": spec.divergence.rescue,
             },
-        }
-        return {**params, ENGINE_KEY: engine}
+        )
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Record the epoch and report the metric to Optuna as an intermediate value."""
@@ -153,63 +156,73 @@ class OptunaSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tell Optuna how the trial ended and record it in the sweep state."""
         record = self.state.trials.get(trial_id)
-        if record is None or record.status != "running":
+        if record is None or record.status != RUNNING:
             return
         if not (result or {}).get(FAILED_KEY):
             self.state.observe(record, result)
             self._report(trial_id, record, result)
-        status, reason = self._outcome(trial_id, record, result, error)
-        self.state.finish(record, status, reason)
+        ending = Ending(
+            result,
+            error=error,
+            error_reason=self.state.errors.get(trial_id, ""),
+            pruned=trial_id in self.state.pruned,
+            epochs=record.epochs,
+            value=record.value,
+        )
+        outcome = decide_outcome(ending, self.spec.metric, self.spec.budget.epochs)
+        if outcome.status == DIVERGED:
+            record.signal, record.diverged_at = outcome.signal, outcome.step
+        self.state.finish(record, outcome.status, outcome.reason)
         trial = self.live.pop(trial_id, None)
         if trial is not None:
             self._tell(trial, record)
-        if status == DIVERGED and self._wants_rescue(record):
+        self.rescue_if_wanted(record)
+
+    def rescue_if_wanted(self, record: TrialRecord) -> None:
+        """Queue a precision rescue of ``record`` if the spec asks for one and the rules allow it."""
+        try:
+            precision = canonical_precision(str(record.params.get("precision", "fp32")))
+        except ValueError:
+            return
+        enabled, is_rescue = self.spec.divergence.rescue, record.rescue_of is not None
+        if wants_rescue(record.status, record.signal, precision, enabled=enabled, is_rescue=is_rescue):
             self.rescues.append(record)
 
+    def continue_trial(self, record: TrialRecord, trial: optuna.Trial, reported_epoch: int) -> None:
+        """Resume: a trial still running in the study goes on, told of the epochs after ``reported_epoch``."""
+        self.live[record.ray_id] = trial
+        self.reported[record.ray_id] = reported_epoch
+
+    def count_started(self, trials: int = 1) -> None:
+        """Resume: ``trials`` trials already asked before count toward the budget."""
+        self.asked += trials
+
+    def interrupt_open_trials(self, reason: str) -> list[TrialRecord]:
+        """End every trial still running as interrupted (Optuna FAIL with ``status=interrupted``); return them."""
+        open_records = [r for r in self.state.trials.values() if r.status == RUNNING]
+        for record in open_records:
+            self.state.finish(record, INTERRUPTED, reason)
+            trial = self.live.pop(record.ray_id, None)
+            if trial is not None:
+                trial.set_user_attr("status", INTERRUPTED)
+                self.study.tell(trial, state=TrialState.FAIL)
+        return open_records
+
     def _tell(self, trial: optuna.Trial, record: TrialRecord) -> None:
+        verdict = study_verdict(record.status, self.spec.search.diverged_as)
         attrs = {"status": record.status, "steps": record.steps, "skipped_share": record.skipped_share}
-        infeasible = record.status in (DIVERGED, OOM) and self.spec.search.diverged_as == "infeasible"
-        record_trial(trial, attrs={**attrs, **({"reason": record.reason} if infeasible else {})})
-        if record.status == COMPLETED:
+        record_trial(trial, attrs={**attrs, **({"reason": record.reason} if verdict == TELL_INFEASIBLE else {})})
+        if verdict == TELL_COMPLETE:
             self.study.tell(trial, record.value)
-        elif record.status == PRUNED:
+        elif verdict == TELL_PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
-        elif infeasible:
+        elif verdict == TELL_INFEASIBLE:
             # Infeasible: TPE ranks it below every feasible trial and moves away from its region.
             trial.set_constraint(record.status, 1.0)
             worst = math.inf if self.spec.mode == "min" else -math.inf
             self.study.tell(trial, record.value if record.value is not None else worst)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
-
-    def _wants_rescue(self, record: TrialRecord) -> bool:
-        if not self.spec.divergence.rescue or record.rescue_of is not None or record.signal != "loss_scale":
-            return False
-        try:
-            return canonical_precision(str(record.params.get("precision", "fp32"))) in ("fp16", "fp16-o2")
-        except ValueError:
-            return False
-
-    def _outcome(
-        self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None, error: bool
-    ) -> tuple[str, str]:
-        if error or (result and result.get(FAILED_KEY)):
-            reason = str((result or {}).get("sweep/reason", "")) if not error else ""
-            reason = reason or self.state.errors.get(trial_id, "the trial process failed")
-            return (OOM if is_oom(reason) else FAILED), reason
-        if result and result.get(DIVERGED_KEY):
-            record.signal = str(result.get("sweep/signal", ""))
-            record.diverged_at = int(result.get("sweep/step", 0))
-            return DIVERGED, f"{record.signal}: {result.get('sweep/reason', '')} (step {record.diverged_at})"
-        if trial_id in self.state.pruned:
-            return PRUNED, f"stopped by ASHA after epoch {record.epochs}"
-        if not result:
-            return INTERRUPTED, "stopped before it reported"
-        if record.value is None:
-            return FAILED, f"no finite {self.spec.metric} reported"
-        if record.epochs < self.spec.budget.epochs:
-            return INTERRUPTED, f"stopped after epoch {record.epochs} of {self.spec.budget.epochs}"
-        return COMPLETED, ""
 
     def _report(self, trial_id: str, record: TrialRecord, result: dict[str, Any] | None) -> None:
         """Each epoch's metric as an Optuna intermediate value: a report carries the epochs since the last."""
@@ -219,12 +232,7 @@ class OptunaSearcher(Searcher):
         history = (result or {}).get(HISTORY_KEY) or (
             [(record.epochs, record.value)] if record.value is not None else []
         )
-        last = self.reported.get(trial_id, 0)
-        fresh = [
-            (int(epoch), float(value))
-            for epoch, value in history
-            if epoch > last and isinstance(value, (int, float)) and math.isfinite(value)
-        ]
+        fresh = fresh_intermediate_values(history, self.reported.get(trial_id, 0))
         record_trial(trial, fresh)
         if fresh:
             self.reported[trial_id] = max(epoch for epoch, _ in fresh)

@@ -1,4 +1,4 @@
-"""What a trial records besides metrics: its environment, its trainer's source, its curves.
+"""Where a trial ran and from what: its environment (packages, host, device, git commit) and its trainer's source.
 
 Runs in the trial's own process (so it describes the node the trial ran on).
 """
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("torch", "ray", "optuna", "mlflow", "numpy", "pyarrow", "image-sweeps")
-CURVES = ("loss", "loss_scale", "grad_norm")
 
 
 def git_commit(folder: str | Path = ".") -> str:
@@ -84,40 +83,3 @@ def trainer_source(trainer_cls: type) -> tuple[str, str]:
         return (Path(path).name, Path(path).read_text()) if path else ("", "")
     except (OSError, TypeError):
         return "", ""
-
-
-class CurveHistory:
-    """Per-step loss, loss-scale and gradient-norm values, kept to draw curves at the end."""
-
-    def __init__(self) -> None:
-        self.series: dict[str, list[tuple[int, float]]] = {}
-        self.drawn = 0  # points in the last plot
-
-    @property
-    def points(self) -> int:
-        """How many values are kept, over every series."""
-        return sum(len(values) for values in self.series.values())
-
-    @staticmethod
-    def wants(key: str) -> bool:
-        """Whether a step metric is drawn: ``loss``, ``*/loss_scale``, ``*/grad_norm``."""
-        return key == "loss" or key.rsplit("/", 1)[-1] in ("loss_scale", "grad_norm")
-
-    def add(self, step: int, metrics: dict[str, float]) -> None:
-        """Keep this step's curve values (keys ``loss``, ``*/loss_scale``, ``*/grad_norm``).
-
-        Steps before the last one kept are dropped: a restarted trial reruns steps it already has.
-        """
-        for key, value in metrics.items():
-            if self.wants(key):
-                series = self.series.setdefault(key, [])
-                if not series or step >= series[-1][0]:
-                    series.append((step, float(value)))
-
-    def plot(self, folder: Path) -> list[Path]:
-        """Write ``curves.png``: loss, loss scale and gradient norm against the step, one panel each."""
-        from sweeps.curves import draw_curves
-
-        panels = [(name, sorted(k for k in self.series if k == name or k.endswith("/" + name))) for name in CURVES]
-        chosen = [(name, {key: self.series[key] for key in keys}) for name, keys in panels if keys]
-        return [draw_curves(chosen, folder / "curves.png")] if chosen else []

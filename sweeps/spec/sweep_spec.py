@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
+from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, SIGNALS, DivergenceSettings
-from sweeps.params import ParamSpec, parse_params
-from sweeps.problems import Problems, as_int, as_number
+from sweeps.spec.params import ParamSpec, parse_params
 from trainables.config import ConfigError, build_config, coerce, field_types
+from trainables.protocol import declared_metrics
 from trainables.registry import TrainerLoadError, load_trainer
 
 TOP_KEYS = {
@@ -260,7 +261,7 @@ def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[
         value = ""
     if mode not in ("min", "max"):
         problems.add("metric.mode", f"must be 'min' or 'max', got {mode!r}")
-    declared = getattr(trainer_cls, "metrics", None)
+    declared = declared_metrics(trainer_cls)
     if value and declared and value not in declared:
         problems.add(
             "metric", f"{value!r} is not produced by trainer {raw.get('trainer')!r} (it reports: {', '.join(declared)})"
@@ -313,7 +314,7 @@ def _budget(value: Any, problems: Problems) -> Budget:
 
 
 def _trial_storage(value: Any, problems: Problems) -> str | None:
-    from sweeps.storage import storage_problem
+    from sweeps.store.trial_storage import storage_problem
 
     if value is None:
         return None

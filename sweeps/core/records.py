@@ -6,25 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-COMPLETED = "completed"
-PRUNED = "pruned"
-FAILED = "failed"
-DIVERGED = "diverged"
-OOM = "oom"
-INTERRUPTED = "interrupted"
-RUNNING = "running"
-
-ENGINE_KEY = "__sweep__"
-"""Key of the engine's own entry in a Ray trial config; every other key is a trainer parameter."""
-
-DIVERGED_KEY = "sweep/diverged"
-"""Set in a trial's last report when it diverged (with ``sweep/signal``, ``sweep/reason``, ``sweep/step``)."""
-
-FAILED_KEY = "sweep/failed"
-"""Set in a trial's last report when it raised (with ``sweep/reason``): recorded, not retried by Ray."""
-
-HISTORY_KEY = "sweep/history"
-"""A report's ``[(epoch, metric), ...]``: every epoch since the trial's previous report."""
+from sweeps.core.keys import COMPLETED, DIVERGED, RUNNING, SKIPPED_KEY, STEPS_KEY
 
 
 @dataclass
@@ -83,8 +65,8 @@ class SweepState:
         if not result:
             return
         record.epochs = int(result.get("epoch", result.get("training_iteration", record.epochs)) or record.epochs)
-        record.steps = int(result.get("sweep/steps", record.steps))
-        record.skipped_steps = int(result.get("sweep/skipped_steps", record.skipped_steps))
+        record.steps = int(result.get(STEPS_KEY, record.steps))
+        record.skipped_steps = int(result.get(SKIPPED_KEY, record.skipped_steps))
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             record.value = float(value)

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sweeps.store import SweepStoreError
+from sweeps.store.sweep_dir import SweepStoreError
 
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 
-from sweeps.state import SweepState
-from sweeps.tracking import param_text
+from sweeps.core.records import SweepState
+from sweeps.tracking.mlflow_client import param_text
 
 PLOTS = ("optimization_history", "parallel_coordinate", "slice")
 

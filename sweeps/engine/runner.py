@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
-import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import yaml
+from ray import tune
 
-from sweeps import __version__
-from sweeps.record import git_commit
-from sweeps.spec import SweepSpec
-from sweeps.state import COMPLETED, INTERRUPTED, RUNNING, SweepState
-from sweeps.storage import check_trial_storage, resolve_trial_storage
-from sweeps.store import SweepDir, default_name, new_sweep_dir
-from sweeps.tracking import SweepTracker, resolve_tracking_uri
-
-if TYPE_CHECKING:
-    from sweeps.searcher import OptunaSearcher
-
-# Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; its console
-# output is replaced by our live view; trainers see the user's working directory. A reused trial
-# actor waits for the previous trial's thread, which ends only once its MLflow records are
-# delivered (TrialLogger.close): Ray's 2 s default fails the next trial when the server is remote
-# or slow ("Trainable runner reuse requires reset_config()"), and Tune tells no callback of it.
-ENGINE_ENV = {
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "900",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
-}
+from sweeps.core.keys import (
+    COMPLETED,
+    ENGINE_KEY,
+    INTERRUPTED,
+    TAG_BEST_RUN_ID,
+    TAG_BEST_TRIAL,
+    best_metric_tag,
+    count_tag,
+    diverged_by_tag,
+)
+from sweeps.core.records import SweepState
+from sweeps.engine.callbacks import CheckpointPruner, TrackingCallback
+from sweeps.engine.cluster import check_workers_fit, cluster_slots, start_ray, trial_concurrency, trial_resources
+from sweeps.engine.live_view import LiveView
+from sweeps.engine.scheduler import make_scheduler
+from sweeps.engine.searcher import OptunaSearcher
+from sweeps.results.report import prewarm, result_rows, write_report
+from sweeps.results.summary import divergence_summary, summary_table
+from sweeps.spec.sweep_spec import SweepSpec
+from sweeps.store.study import create_study
+from sweeps.store.sweep_dir import SweepDir, default_name, new_sweep_dir
+from sweeps.store.trial_storage import check_trial_storage, resolve_trial_storage
+from sweeps.tracking.mlflow_client import resolve_tracking_uri
+from sweeps.tracking.provenance import git_commit
+from sweeps.tracking.sweep_tracker import SweepTracker
+from sweeps.trial.one_worker import run_trial
+from sweeps.version import __version__
 
 
 @dataclass
@@ -46,32 +52,6 @@ class SweepResult:
     interrupted: bool = False
 
 
-def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
-    """Start local Ray (all cores unless told) quietly, or connect to ``address``; no-op if started.
-
-    ``address`` is what ``ray.init`` takes: ``host:port`` of a running cluster's head (GCS), ``auto``,
-    or ``local`` (always a new local Ray). Without it, Ray's own default applies: ``$RAY_ADDRESS``,
-    else a cluster started on this machine with ``ray start``, else a new local Ray. ``num_cpus``
-    sizes a new local Ray only; a running cluster keeps its own resources.
-    """
-    import ray
-
-    os.environ.update(ENGINE_ENV)
-    if ray.is_initialized():
-        return
-    # Trainers named by import path (my_pkg.module:Class) resolve from the working directory.
-    paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    ray.init(
-        address=address,
-        num_cpus=num_cpus if address in (None, "local") else None,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        runtime_env={"env_vars": {**ENGINE_ENV, "PYTHONPATH": os.environ["PYTHONPATH"]}},
-    )
-
-
 def run_sweep(
     spec: SweepSpec,
     root: str | Path = "sweep_runs",
@@ -80,12 +60,6 @@ def run_sweep(
     stream: TextIO | None = None,
 ) -> SweepResult:
     """Run ``spec`` to its trial budget and return the result; records survive an interrupt."""
-    from ray import tune
-
-    from sweeps.distributed import check_workers_fit
-    from sweeps.searcher import OptunaSearcher
-    from sweeps.study import create_study
-
     check_workers_fit(spec)  # budget.workers_per_trial: before anything is recorded
     trial_storage = resolve_trial_storage(spec.trial_storage) if spec.trial_storage else None
     if trial_storage is not None:
@@ -119,11 +93,11 @@ def ray_location(spec: SweepSpec, sweep: SweepDir) -> tuple[str, str]:
 
 
 def sweep_trainable(spec: SweepSpec) -> Any:
-    """Ray's trainable for the sweep's trials: ``run_trial`` with each trial's CPUs and GPUs."""
-    from ray import tune
+    """Ray's trainable for the sweep's trials, one-worker or multi-worker, with each trial's CPUs and GPUs."""
+    if spec.budget.workers_per_trial > 1:  # Ray Train workers, driven by a light Tune trial
+        from sweeps.trial.multi_worker import run_multi_worker_trial  # imports Ray Train: only when used
 
-    from sweeps.distributed import trial_resources
-    from sweeps.trial import run_trial
+        return tune.with_resources(run_multi_worker_trial, trial_resources(spec.budget))
 
     return tune.with_resources(run_trial, trial_resources(spec.budget))
 
@@ -141,13 +115,6 @@ def engine_configs(
     ``num_samples`` is unbounded: the searcher ends the search itself once the budget is met (on
     resume, interrupted trials are replaced, so the number of Ray trials is not known in advance).
     """
-    from ray import tune
-
-    from sweeps.callbacks import CheckpointPruner, TrackingCallback
-    from sweeps.distributed import trial_concurrency
-    from sweeps.live import LiveView
-    from sweeps.scheduler import make_scheduler
-
     storage_path, experiment = ray_location(spec, sweep)
     return {
         "tune_config": tune.TuneConfig(
@@ -191,7 +158,6 @@ def fit_and_finish(
     state = searcher.state
     interrupted = False
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))  # read when fit() starts
-    from sweeps.report import prewarm
 
     prewarm()
     try:
@@ -200,7 +166,7 @@ def fit_and_finish(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        interrupted = _close_open_trials(searcher, state, tracker) or interrupted
+        interrupted = _close_open_trials(searcher, tracker) or interrupted
         _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study)
     return interrupted
 
@@ -211,8 +177,6 @@ def _pending_trials(spec: SweepSpec) -> int:
     With a concurrency limit, Tune uses that; without one, Tune asks a searcher for one trial at
     a time, so the slots the cluster has now are counted.
     """
-    from sweeps.distributed import cluster_slots
-
     return spec.budget.concurrency or cluster_slots(spec.budget)
 
 
@@ -223,8 +187,6 @@ def _trial_name(trial: object) -> str:
 
 def _log_best_checkpoints(results: object, state: SweepState, tracker: SweepTracker, spec: SweepSpec) -> None:
     """Upload the last checkpoint of the best completed trials, each under its size limit."""
-    from sweeps.state import ENGINE_KEY
-
     sign = 1.0 if spec.mode == "min" else -1.0
     done = [r for r in state.trials.values() if r.status == COMPLETED and r.value is not None]
     ranked = sorted(done, key=lambda r: sign * float(r.value or 0.0))[: spec.record.checkpoints]
@@ -282,33 +244,20 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
 
 def driver_identity() -> dict[str, object]:
     """Which process drives the sweep (``sweeps resume`` refuses a sweep whose driver still runs)."""
-    import socket
-
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _close_open_trials(searcher: object, state: SweepState, tracker: SweepTracker) -> bool:
+def _close_open_trials(searcher: OptunaSearcher, tracker: SweepTracker) -> bool:
     """Trials still open when Tune returned were interrupted: record them so."""
-    from optuna.trial import TrialState
-
-    open_ids = [tid for tid, r in state.trials.items() if r.status == RUNNING]
-    live = getattr(searcher, "live", {})
-    for trial_id in open_ids:
-        record = state.trials[trial_id]
-        state.finish(record, INTERRUPTED, "the sweep stopped before this trial ended")
-        trial = live.pop(trial_id, None)
-        if trial is not None:
-            trial.set_user_attr("status", INTERRUPTED)
-            searcher.study.tell(trial, state=TrialState.FAIL)  # type: ignore[attr-defined]
-        tracker.finish_run(record.run_id, INTERRUPTED, record.reason, {"sweep.epochs": str(record.epochs)})
-    return bool(open_ids)
+    interrupted = searcher.interrupt_open_trials("the sweep stopped before this trial ended")
+    for record in interrupted:
+        tracker.finish_trial(record)
+    return bool(interrupted)
 
 
 def _finish_parent(
     tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool, study: object
 ) -> None:
-    from sweeps.live import divergence_summary, summary_table
-    from sweeps.report import result_rows, write_report
 
     notes = divergence_summary(state)
     tracker.log_text(tracker.parent_run_id, summary_table(state) + "\n\n" + notes, "summary.txt")
@@ -320,12 +269,12 @@ def _finish_parent(
             tracker.log_artifact(tracker.parent_run_id, path, "report")
     except Exception as exc:  # noqa: BLE001 - the report must not cost the sweep its record
         tracker.log_text(tracker.parent_run_id, f"report failed: {exc!r}", "report/error.txt")
-    tags = {f"sweep.{status}": str(n) for status, n in state.counts.items()}
-    tags.update({f"sweep.diverged.{signal}": str(n) for signal, n in state.diverged_by.items()})
+    tags = {count_tag(status): str(n) for status, n in state.counts.items()}
+    tags.update({diverged_by_tag(signal): str(n) for signal, n in state.diverged_by.items()})
     if state.best is not None and state.best.value is not None:
-        tags["sweep.best_trial"] = str(state.best.number)
-        tags["sweep.best_run_id"] = state.best.run_id
-        tags[f"sweep.best_{state.metric}"] = f"{state.best.value:.6g}"
+        tags[TAG_BEST_TRIAL] = str(state.best.number)
+        tags[TAG_BEST_RUN_ID] = state.best.run_id
+        tags[best_metric_tag(state.metric)] = f"{state.best.value:.6g}"
         tracker.log_text(tracker.parent_run_id, yaml.safe_dump(state.best.params, sort_keys=False), "best_config.yaml")
     tracker.finish_run(tracker.parent_run_id, status, "", tags)
     sweep.write_meta(meta)

@@ -1,0 +1,61 @@
+"""Ray's private parts the engine uses: trial and Train-worker errors, the autoscaler's ceiling, a restored Tuner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def error_reason(trial: Any) -> str:
+    """The one-line cause of a Ray trial's error, e.g. ``ValueError: bad kernel``; '' if unknown."""
+    import ray.cloudpickle as cloudpickle
+
+    error: Any = None
+    path = getattr(trial, "pickled_error_file", None)
+    if path and Path(path).is_file():
+        try:
+            with open(path, "rb") as handle:
+                error = cloudpickle.load(handle)
+        except Exception:  # noqa: BLE001 - an unreadable error file still ends the trial
+            error = None
+    cause = getattr(error, "cause", None) or error
+    if cause is None:
+        return ""
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}".strip()
+
+
+def max_cluster_resources() -> dict[str, float]:
+    """The most CPUs, GPUs, ... the cluster can have: its autoscaler's maximum, else what it has now."""
+    import ray
+
+    try:
+        from ray._private.state import state
+
+        ceiling = state.get_max_resources_from_cluster_config()  # an autoscaler's maximum
+    except Exception:  # noqa: BLE001 - a private API: fall back to what the cluster has
+        ceiling = None
+    return {k: float(v) for k, v in (ceiling or ray.cluster_resources()).items()}
+
+
+def replace_tuner_configs(tuner: Any, tune_config: Any, run_config: Any) -> bool:
+    """Give a ``Tuner.restore``-d tuner new ``TuneConfig`` and ``RunConfig``; False where Ray has no way.
+
+    ``Tuner.restore`` brings back the objects pickled when the sweep started (with empty state);
+    Ray has no public way to pass new ones, so they are set on its internal tuner.
+    """
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "_tune_config") or not hasattr(internal, "_run_config"):
+        return False
+    internal._tune_config = tune_config
+    internal._run_config = run_config
+    return True
+
+
+def worker_cause(error: BaseException) -> tuple[BaseException, str]:
+    """The exception the lowest failed rank raised, and its traceback text, from Ray Train's error."""
+    failures = getattr(error, "worker_failures", None)
+    if not failures:
+        return error, ""
+    failure = failures[min(failures)]  # Ray Train wraps it: UserExceptionWithTraceback
+    return getattr(failure, "_base_exc", failure), str(getattr(failure, "_traceback_str", ""))

@@ -1,0 +1,74 @@
+"""Every name the driver, the trials and the records share: statuses, report keys, MLflow tags.
+
+One place for the contract between the driver and a trial (the keys a trial's report carries)
+and for the tags a trial's MLflow run gets. The engine's report keys start with ``sweep/`` and its
+tags with ``sweep.``, so they never clash with a trainer's own metric names.
+"""
+
+from __future__ import annotations
+
+# How a trial ended (MLflow tag ``sweep.status``, Optuna user attribute ``status``).
+COMPLETED = "completed"
+PRUNED = "pruned"
+FAILED = "failed"
+DIVERGED = "diverged"
+OOM = "oom"
+INTERRUPTED = "interrupted"
+RUNNING = "running"
+STATUSES = (COMPLETED, PRUNED, DIVERGED, FAILED, OOM, INTERRUPTED)
+
+ENGINE_KEY = "__sweep__"
+"""Key of the engine's own entry (a :class:`sweeps.core.plan.TrialPlan` as a dict) in a Ray trial config."""
+
+# Keys of a trial's report to the driver.
+REPORT_PREFIX = "sweep/"
+EPOCH = "epoch"
+STEPS_KEY = "sweep/steps"
+"""Optimizer steps the trial has taken so far."""
+SKIPPED_KEY = "sweep/skipped_steps"
+"""Of those, the steps a loss scaler skipped (overflowed)."""
+DIVERGED_KEY = "sweep/diverged"
+"""Set in a trial's last report when it diverged (with the signal, reason, step and onset keys)."""
+FAILED_KEY = "sweep/failed"
+"""Set in a trial's last report when it raised (with the reason key): recorded, not retried by Ray."""
+REASON_KEY = "sweep/reason"
+SIGNAL_KEY = "sweep/signal"
+STEP_KEY = "sweep/step"
+ONSET_KEY = "sweep/onset"
+HISTORY_KEY = "sweep/history"
+"""A report's ``[(epoch, metric), ...]``: every epoch since the trial's previous report."""
+
+# MLflow tags of a trial's run (and the parent's summary tags).
+TAG_STATUS = "sweep.status"
+TAG_REASON = "sweep.reason"
+TAG_EPOCHS = "sweep.epochs"
+TAG_SIGNAL = "sweep.signal"
+TAG_DIVERGENCE_STEP = "sweep.divergence_step"
+TAG_RESTARTS = "sweep.restarts"
+TAG_RESTART_REASON = "sweep.restart_reason"
+TAG_ROLE = "sweep.role"
+TAG_RESCUE_OF = "sweep.rescue_of"
+TAG_RESCUED_BY = "sweep.rescued_by"
+TAG_TRIAL = "sweep.trial"
+TAG_NAME = "sweep.name"
+TAG_RESUMES = "sweep.resumes"
+TAG_BEST_TRIAL = "sweep.best_trial"
+TAG_BEST_RUN_ID = "sweep.best_run_id"
+TAG_RAY_TRIAL_ID = "ray.trial_id"
+TAG_OPTUNA_NUMBER = "optuna.trial_number"
+ROLE_TRIAL, ROLE_RESCUE, ROLE_PARENT = "trial", "rescue", "parent"
+
+
+def count_tag(status: str) -> str:
+    """The parent run's tag counting trials that ended with ``status``."""
+    return f"sweep.{status}"
+
+
+def diverged_by_tag(signal: str) -> str:
+    """The parent run's tag counting trials stopped by divergence ``signal``."""
+    return f"sweep.diverged.{signal}"
+
+
+def best_metric_tag(metric: str) -> str:
+    """The parent run's tag holding the best trial's ``metric``."""
+    return f"sweep.best_{metric}"

@@ -1,0 +1,52 @@
+"""The trial plan: everything the driver hands a trial besides the trainer's parameters, with its defaults.
+
+The driver puts it in each Ray trial's config under :data:`sweeps.core.keys.ENGINE_KEY` as a
+plain dict (:meth:`TrialPlan.as_config`), so Ray's records and a resumed sweep's restored configs
+hold nothing but built-in types; the trial reads it back with :meth:`TrialPlan.from_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrialPlan:
+    """What one trial runs and where it records: trainer, metric, epochs, resources, reports, detector."""
+
+    trainer: str
+    """Built-in trainer name or ``module:Class`` import path."""
+    metric: str
+    """The metric the sweep optimizes; every report carries it."""
+    epochs: int
+    tracking_uri: str = ""
+    run_id: str = ""
+    """The trial's MLflow run, created by the driver before the trial starts ('' records nothing)."""
+    threads: int = 1
+    """Torch intra-op threads (the trial's CPUs)."""
+    workers: int = 1
+    """Ray Train workers; more than one makes it a multi-worker trial."""
+    cpus: float = 1.0
+    """CPUs of each worker."""
+    gpus: float = 0.0
+    """GPUs of each worker."""
+    spec_text: str = ""
+    """The sweep spec as YAML, logged with the trial's provenance."""
+    report_epochs: list[int] = field(default_factory=list)
+    """Epochs at which the trial always reports (ASHA's rungs); the last epoch always reports too."""
+    report_every_s: float = 0.0
+    """Between those, report when this many seconds passed since the last report (0: every epoch)."""
+    divergence: dict[str, Any] = field(default_factory=dict)
+    """The detector's settings (fields of ``DivergenceSettings``); empty for its defaults."""
+
+    def as_config(self) -> dict[str, Any]:
+        """The plan as the plain dict a Ray trial config carries."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any]) -> TrialPlan:
+        """Read a plan back from a trial config's engine entry; unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})

@@ -1,0 +1,32 @@
+"""The end-of-sweep summary in plain text: the trial table and what the divergence stops showed."""
+
+from __future__ import annotations
+
+from sweeps.core.keys import COMPLETED, DIVERGED
+from sweeps.core.records import SweepState
+from sweeps.results.report import result_rows, terminal_table
+
+
+def summary_table(state: SweepState) -> str:
+    """A plain-text table of every trial: number, status, metric, epochs, sampled values, reason."""
+    rows = result_rows(state)
+    records = sorted(state.trials.values(), key=lambda r: (r.number, r.rescue_of is not None))
+    sampled = list(dict.fromkeys(name for r in records for name in r.sampled))
+    return terminal_table(rows, state.metric, sampled)
+
+
+def divergence_summary(state: SweepState) -> str:
+    """Diverged trials by signal, and what their precision rescues showed ('' when none diverged)."""
+    if not state.diverged_by:
+        return ""
+    lines = ["diverged by signal: " + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items()))]
+    rescued = [r for r in state.trials.values() if r.rescue is not None]
+    if rescued:
+        because = [r.label for r in rescued if r.rescue is not None and r.rescue.status == COMPLETED]
+        anyway = [r.label for r in rescued if r.rescue is not None and r.rescue.status == DIVERGED]
+        other = len(rescued) - len(because) - len(anyway)
+        lines.append(f"diverged because of precision (the bf16/fp32 rescue completed): {len(because)} {because}")
+        lines.append(f"diverged anyway (the rescue diverged too): {len(anyway)} {anyway}")
+        if other:
+            lines.append(f"rescue cut short (pruned, failed or interrupted): {other}")
+    return "\n".join(lines)

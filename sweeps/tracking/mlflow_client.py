@@ -1,0 +1,97 @@
+"""The engine's MLflow client: tracking URIs, one client per process, retries, and how values are named.
+
+Every call is retried, so a busy SQLite file or a brief server outage loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+RUN_STATUS = {
+    "completed": "FINISHED",
+    "pruned": "FINISHED",
+    "diverged": "FINISHED",
+    "failed": "FAILED",
+    "oom": "FAILED",
+    "interrupted": "KILLED",
+}
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
+    """Return ``uri`` with local paths made absolute (trial processes run in other folders)."""
+    uri = uri or DEFAULT_URI
+    base = base or Path.cwd()
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path != ":memory:" and not Path(path).is_absolute():
+            return "sqlite:///" + str((base / path).resolve())
+        return uri
+    if "://" not in uri:
+        return (base / uri).resolve().as_uri()
+    return uri
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside a SQLite file, else the server's default."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def ui_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's training runs (not the GenAI overview)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def retry(call: Callable[[], T], what: str, attempts: int = 8, delay: float = 0.5) -> T:
+    """Run ``call``, retrying with exponential backoff; re-raise after ``attempts`` failures."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - any store error is worth another try
+            if attempt == attempts - 1:
+                raise
+            log.warning("MLflow %s failed (%s); retrying", what, exc)
+            time.sleep(min(delay * 2**attempt, 30.0))
+    raise AssertionError("unreachable")
+
+
+@lru_cache(maxsize=8)
+def client(uri: str) -> MlflowClient:
+    """The process's MLflow client bound to ``uri`` (no global MLflow state is touched).
+
+    One per URI and process: building a client opens and checks the store (0.1 to 0.6 s for
+    SQLite here), which a reused trial process would otherwise pay for every trial.
+    """
+    from mlflow import MlflowClient
+
+    from sweeps.store.sqlite_wal import use_wal
+
+    use_wal()
+    return MlflowClient(tracking_uri=uri)
+
+
+def param_text(value: Any) -> str:
+    """How a parameter value is written as an MLflow param and in a run name."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def run_name(number: int, sampled: dict[str, Any]) -> str:
+    """A child run's name: trial number and its sampled values, e.g. ``t003 lr=0.0012 kernel_size=5``."""
+    text = " ".join(f"{key}={param_text(value)}" for key, value in sampled.items())
+    return f"t{number:03d} {text}"[:240].strip()

@@ -1,0 +1,146 @@
+"""The driver's MLflow records: one parent run per sweep, one nested child run per trial, and how each ended.
+
+The driver creates the runs and closes them with their final status; each trial's own process
+logs its metrics and artifacts to its run (``sweeps.tracking.trial_logger``), so artifacts arrive
+from any node.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sweeps.core.keys import (
+    ROLE_PARENT,
+    ROLE_RESCUE,
+    ROLE_TRIAL,
+    RUNNING,
+    TAG_DIVERGENCE_STEP,
+    TAG_EPOCHS,
+    TAG_NAME,
+    TAG_OPTUNA_NUMBER,
+    TAG_RAY_TRIAL_ID,
+    TAG_REASON,
+    TAG_RESCUE_OF,
+    TAG_RESCUED_BY,
+    TAG_RESTARTS,
+    TAG_ROLE,
+    TAG_SIGNAL,
+    TAG_STATUS,
+    TAG_TRIAL,
+)
+from sweeps.core.records import TrialRecord
+from sweeps.tracking.mlflow_client import (
+    EXPERIMENT_KIND,
+    RUN_STATUS,
+    artifact_root,
+    client,
+    param_text,
+    retry,
+    run_name,
+)
+
+
+class SweepTracker:
+    """The driver's side: experiment, parent run, child runs and their final status."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = client(uri)
+        self.experiment_id = ""
+        self.parent_run_id = ""
+
+    def start(self, experiment: str, sweep: str, spec_text: str, params: dict[str, Any]) -> str:
+        """Create (or reuse) the experiment and start the sweep's parent run; return its id."""
+        found = retry(lambda: self.client.get_experiment_by_name(experiment), "get experiment")
+        if found is None:
+            self.experiment_id = retry(
+                lambda: self.client.create_experiment(
+                    experiment, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND
+                ),
+                "create experiment",
+            )
+        else:
+            self.experiment_id = found.experiment_id
+            for key, value in EXPERIMENT_KIND.items():
+                retry(partial(self.client.set_experiment_tag, self.experiment_id, key, value), "tag experiment")
+        tags = {TAG_NAME: sweep, TAG_ROLE: ROLE_PARENT, TAG_STATUS: RUNNING}
+        run = retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=sweep), "create parent run")
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, params)
+        retry(lambda: self.client.log_text(self.parent_run_id, spec_text, "spec.yaml"), "log spec")
+        return self.parent_run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log parameters in one batch."""
+        from mlflow.entities import Param
+
+        items = [Param(key, param_text(value)) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            chunk = items[start : start + 100]
+            retry(partial(self.client.log_batch, run_id, params=chunk), "log params")
+
+    def create_trial_run(
+        self,
+        sweep: str,
+        number: int,
+        ray_id: str,
+        params: dict[str, Any],
+        sampled: dict[str, Any],
+        rescue_of: tuple[str, str] | None = None,
+    ) -> str:
+        """Create the trial's child run under the parent with every resolved parameter.
+
+        ``rescue_of`` is ``(label, run id)`` of the diverged trial a precision rescue re-runs;
+        the two runs are linked by tags both ways.
+        """
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            TAG_NAME: sweep,
+            TAG_ROLE: ROLE_TRIAL,
+            TAG_TRIAL: str(number),
+            TAG_STATUS: RUNNING,
+            TAG_RAY_TRIAL_ID: ray_id,
+            TAG_OPTUNA_NUMBER: str(number),
+        }
+        name = run_name(number, sampled)
+        if rescue_of is not None:
+            tags.update({TAG_TRIAL: f"{number}r", TAG_RESCUE_OF: rescue_of[1], TAG_ROLE: ROLE_RESCUE})
+            tags.pop(TAG_OPTUNA_NUMBER)
+            name = f"{rescue_of[0]}r rescue " + name.split(" ", 1)[-1]
+        run = retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name), "create trial run")
+        self.log_params(run.info.run_id, params)
+        if rescue_of is not None:
+            retry(partial(self.client.set_tag, rescue_of[1], TAG_RESCUED_BY, run.info.run_id), "link rescue")
+        return str(run.info.run_id)
+
+    def finish_run(self, run_id: str, status: str, reason: str = "", tags: dict[str, str] | None = None) -> None:
+        """Tag a run with its final status (reason and other tags too), and end it."""
+        from mlflow.entities import RunTag
+
+        items = {TAG_STATUS: status, **({TAG_REASON: reason[:5000]} if reason else {}), **(tags or {})}
+        run_tags = [RunTag(key, value) for key, value in items.items()]
+        retry(lambda: self.client.log_batch(run_id, tags=run_tags), "tag run")
+        retry(lambda: self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED")), "end run")
+
+    def finish_trial(self, record: TrialRecord) -> None:
+        """End a trial's run with how it ended: status, reason, epochs, restarts, divergence signal and step."""
+        tags = {TAG_EPOCHS: str(record.epochs)}
+        if record.restarts:
+            tags[TAG_RESTARTS] = str(record.restarts)
+        if record.signal:
+            tags.update({TAG_SIGNAL: record.signal, TAG_DIVERGENCE_STEP: str(record.diverged_at)})
+        self.finish_run(record.run_id, record.status, record.reason, tags)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        """Store ``text`` as an artifact file of ``run_id``."""
+        retry(lambda: self.client.log_text(run_id, text, path), f"log {path}")
+
+    def log_artifacts(self, run_id: str, folder: Path, into: str) -> None:
+        """Upload a folder's files as artifacts of ``run_id`` under ``into``."""
+        retry(lambda: self.client.log_artifacts(run_id, str(folder), into), f"log {into}")
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        """Upload a file as an artifact of ``run_id``."""
+        retry(lambda: self.client.log_artifact(run_id, str(path), folder), f"log {path.name}")

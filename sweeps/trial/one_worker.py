@@ -1,0 +1,79 @@
+"""The Ray Tune trainable of a sweep: one trial in one process, reporting to Tune.
+
+The trial runs the :class:`~sweeps.trial.epoch_loop.EpochLoop`; its channel is Ray Tune
+(``tune.report`` with a checkpoint, ``tune.get_checkpoint`` on a restart). A multi-worker trial
+(``budget.workers_per_trial > 1``) has its own trainable, ``sweeps.trial.multi_worker``.
+
+An exception raised in the trial (a bug, a bad config, out of memory) ends it at once: it is
+reported as the trial's last result, so Ray never retries it. Only a trial whose process or
+node died reaches Ray's failure handling, which restarts it from its last checkpoint (up to
+``budget.retries`` times) in a new process, on any node: epochs, step counts and the MLflow run
+continue where the checkpoint was, nothing logged is lost or logged twice.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+
+from sweeps.core.failures import failure_reason
+from sweeps.core.keys import ENGINE_KEY, FAILED_KEY, REASON_KEY
+from sweeps.core.plan import TrialPlan
+from sweeps.tracking.trial_logger import TrialLogger
+from sweeps.trial.epoch_loop import CheckpointState, EpochLoop, load_checkpoint, save_checkpoint
+
+
+def split_config(config: dict[str, Any]) -> tuple[TrialPlan, dict[str, Any]]:
+    """A Ray trial config as ``(the engine's plan, the trainer's parameters)``."""
+    params = {key: value for key, value in config.items() if key != ENGINE_KEY}
+    return TrialPlan.from_config(config[ENGINE_KEY]), params
+
+
+def failure_result(plan: TrialPlan, exc: BaseException) -> dict[str, Any]:
+    """A failed trial's last report: recorded as failed (or oom) by the driver, not retried by Ray."""
+    return {plan.metric: math.nan, FAILED_KEY: 1.0, REASON_KEY: failure_reason(exc)}
+
+
+class TuneChannel:
+    """The loop's channel in a one-worker trial: Ray Tune's reports and checkpoints."""
+
+    def restore(self) -> CheckpointState | None:
+        """Ray's checkpoint when the trial is being restored, else None."""
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return load_checkpoint(folder)
+
+    def agree(self, decision: bool) -> bool:
+        """One worker agrees with itself."""
+        return decision
+
+    def report(self, result: dict[str, Any], state: Callable[[], CheckpointState] | None) -> bool:
+        """``tune.report``, with the checkpoint; Tune ends the trial there if it stops it."""
+        if state is None:
+            tune.report(result)
+            return False
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(state(), folder)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        return True
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
+    plan, params = split_config(config)
+    logger = TrialLogger(plan.tracking_uri, plan.run_id)
+    loop = EpochLoop(plan, params, logger)
+    try:
+        loop.run(TuneChannel())
+    except Exception as exc:  # noqa: BLE001 - any error in the trial ends it, recorded, without a retry
+        logger.log_failure(exc)
+        tune.report(failure_result(plan, exc))
+    finally:
+        loop.log_curves()
+        logger.close()
