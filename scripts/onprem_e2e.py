@@ -7,7 +7,7 @@ else one started here), a throwaway unprivileged user as the SSH user, and a con
 cluster-onprem.yaml with only test-specific overrides (cluster name, head_ip 127.0.0.1, no workers,
 ssh user and key, Ray's ports). Everything else (file_mounts, cluster/setup.sh --head,
 cluster/start_mlflow.py, token auth, the MLflow server with basic auth) runs as written. Then it
-follows README, "Running on a cluster": the tracking URI with `ray exec`, the dashboard forwarded
+follows docs/cluster.md: the tracking URI with `ray exec`, the dashboard forwarded
 with `ray dashboard`, a small VAE sweep with `ray job submit --working-dir .` (Ray token auth), its
 runs read back from the head's MLflow server with the login in ~/.sweeps-cluster/mlflow-credentials,
 and `ray down`.
@@ -327,7 +327,7 @@ def client_environment(home: Path, base: Path) -> dict[str, str]:
 
 
 def make_secrets(home: Path, env: dict[str, str], mlflow_port: int) -> None:
-    """README step 1 in ``home``: Ray's token, the MLflow login (a new random password), settings.env."""
+    """docs/cluster.md step 1 in ``home``: Ray's token, the MLflow login (a new random password), settings.env."""
     run(["ray", "get-auth-token", "--generate"], env=env)
     (home / ".ray" / "auth_token").chmod(0o600)
     secrets_dir = home / ".sweeps-cluster"
@@ -341,7 +341,7 @@ def make_secrets(home: Path, env: dict[str, str], mlflow_port: int) -> None:
 
 
 def read_login(home: Path) -> tuple[str, str]:
-    """The MLflow login from ~/.sweeps-cluster/mlflow-credentials, as README step 4 says to use it."""
+    """The MLflow login from ~/.sweeps-cluster/mlflow-credentials, as docs/cluster.md step 4 says to use it."""
     parser = configparser.ConfigParser()
     parser.read(home / ".sweeps-cluster" / "mlflow-credentials")
     return parser["mlflow"]["mlflow_tracking_username"], parser["mlflow"]["mlflow_tracking_password"]
@@ -478,7 +478,7 @@ def main() -> int:
         uri = next(line.strip() for line in reversed(uri.splitlines()) if line.strip().startswith("http://"))
         log(f"tracking URI on the head: {uri}")
 
-        # README step 3: forward the dashboard (job API) over SSH, submit with Ray's token.
+        # docs/cluster.md step 3: forward the dashboard (job API) over SSH, submit with Ray's token.
         forward = subprocess.Popen(
             [
                 "ray",
@@ -545,7 +545,7 @@ def main() -> int:
         if up:
             t = time.monotonic()
             try:
-                # An on-prem head outlives `ray down`: stop its MLflow server first (README step 5).
+                # An on-prem head outlives `ray down`: stop its MLflow server first (docs/cluster.md step 5).
                 stop = "python ~/image-sweeps/cluster/start_mlflow.py --stop"
                 run(["ray", "exec", "--no-config-cache", str(config_path), stop], env=env)
                 run(["ray", "down", "-y", "--log-color", "false", str(config_path)], env=env)

@@ -2,7 +2,7 @@
 
 The work is scripts/onprem_e2e.py (see its docstring); this runs it and checks what it printed. Opt-in
 with RUN_RAY_UP=1: it needs root, openssh-server and rsync, PyPI, a free 127.0.0.1:22 (or a running
-sshd there), and takes minutes, more than CI's test budget leaves (README, "Tests").
+sshd there), and takes minutes, more than CI's test budget leaves (docs/testing.md).
 """
 
 from __future__ import annotations
