@@ -320,3 +320,76 @@ def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: 
     run = mlflow.get_run(record.run_id)
     assert run.data.tags["sweep.status"] == "oom"
     assert "traceback.txt" in {a.path for a in mlflow.list_artifacts(record.run_id)}
+
+
+class _FolderChannel:
+    """The multi-worker channel's protocol without Ray Train: rank 0 saves each report's state in a folder.
+
+    ``stop_after`` ends the run after that epoch (every rank follows rank 0's decision, as with
+    Tune's answer); ``restore_from`` is the checkpoint a restarted trial gets.
+    """
+
+    def __init__(self, folder: Path, stop_after: int, restore_from: int | None) -> None:
+        self.folder, self.stop_after, self.restore_from = folder, stop_after, restore_from
+        self.reports: list[dict[str, Any]] = []
+
+    def restore(self) -> dict[str, Any] | None:
+        from sweeps.trial.epoch_loop import load_checkpoint
+
+        return None if self.restore_from is None else load_checkpoint(self.folder / f"epoch_{self.restore_from}")
+
+    def agree(self, decision: bool) -> bool:
+        from trainables.data_parallel import agree
+
+        return agree(decision)
+
+    def report(self, result: dict[str, Any], state: Any) -> bool:
+        from sweeps.trial.epoch_loop import save_checkpoint
+        from trainables.data_parallel import agree, rank
+
+        self.reports.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        if rank() == 0 and state is not None:
+            (self.folder / f"epoch_{result['epoch']}").mkdir()
+            save_checkpoint(state(), self.folder / f"epoch_{result['epoch']}")
+        return agree(result["epoch"] < self.stop_after)
+
+
+def _loop_on_two_ranks(rank: int, folder: Path, uri: str, run_id: str, stop_after: int, restore_from: Any) -> Any:
+    from sweeps.core.plan import TrialPlan
+    from sweeps.tracking.trial_logger import TrialLogger
+    from sweeps.trial.epoch_loop import EpochLoop
+    from trainables.data_parallel import mean_over_ranks
+
+    plan = TrialPlan("vae", "val_mse", 3, tracking_uri=uri, run_id=run_id)
+    params = {"image_size": 16, "width": 4, "latent_dim": 4, "train_images": 16, "val_images": 5}
+    logger = TrialLogger(uri, run_id) if rank == 0 else None
+    channel = _FolderChannel(folder, stop_after, restore_from)
+    loop = EpochLoop(plan, {**params, "batch_size": 4, "device": "cpu"}, logger, reduce=mean_over_ranks)
+    try:
+        loop.run(channel)
+    finally:
+        if logger is not None:
+            logger.close(timeout=60)
+    return {"reports": channel.reports}
+
+
+@pytest.mark.integration  # two spawned processes importing torch, a real MLflow store
+def test_a_restored_multi_worker_trial_continues_its_step_count_and_logs_no_step_twice(tmp_path: Path) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("restore")).info.run_id
+    (tmp_path / "first").mkdir()
+    first = _spawn(_loop_on_two_ranks, tmp_path / "first", uri, run_id, 2, None)
+    # 16 images, 2 ranks of 8, batches of 4: 2 steps an epoch
+    assert [r["sweep/steps"] for r in first[0]["reports"]] == [2, 4]
+    # The trial dies after epoch 2 was logged, before Ray recorded its checkpoint: it restarts from epoch 1.
+    (tmp_path / "second").mkdir()
+    (tmp_path / "first" / "epoch_1").rename(tmp_path / "second" / "epoch_1")
+    second = _spawn(_loop_on_two_ranks, tmp_path / "second", uri, run_id, 3, 1)
+    for rank in (0, 1):  # every rank's count went on from the checkpoint's, not from 0
+        assert [(r["epoch"], r["sweep/steps"]) for r in second[rank]["reports"]] == [(2, 4), (3, 6)]
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(steps) == list(range(1, 7)), steps  # epoch 2 trained twice, its steps logged once
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val_mse")) == [1, 2, 3]

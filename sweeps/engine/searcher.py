@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweeps.core.keys import DIVERGED, ENGINE_KEY, FAILED_KEY, HISTORY_KEY, INTERRUPTED, RUNNING
+from sweeps.core.keys import DIVERGED, ENGINE_KEY, EPOCH, FAILED_KEY, HISTORY_KEY, INTERRUPTED, RUNNING
 from sweeps.core.outcome import (
     TELL_COMPLETE,
     TELL_INFEASIBLE,
@@ -149,7 +149,7 @@ class OptunaSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Record the epoch and report the metric to Optuna as an intermediate value."""
         record = self.state.trials.get(trial_id)
-        if record is not None and not result.get(FAILED_KEY):  # a failure's report is no epoch
+        if record is not None and not result.get(FAILED_KEY):  # a failure's report is no epoch's result
             self.state.observe(record, result)
             self._report(trial_id, record, result)
 
@@ -161,6 +161,8 @@ class OptunaSearcher(Searcher):
         if not (result or {}).get(FAILED_KEY):
             self.state.observe(record, result)
             self._report(trial_id, record, result)
+        else:  # it says how many epochs ended before the failure, some perhaps never reported
+            record.epochs = max(record.epochs, int((result or {}).get(EPOCH, 0)))
         ending = Ending(
             result,
             error=error,

@@ -17,6 +17,7 @@ import yaml
 from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, parse_params
+from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, field_types
 from trainables.protocol import declared_metrics
 from trainables.registry import TrainerLoadError, load_trainer
@@ -314,8 +315,6 @@ def _budget(value: Any, problems: Problems) -> Budget:
 
 
 def _trial_storage(value: Any, problems: Problems) -> str | None:
-    from sweeps.store.trial_storage import storage_problem
-
     if value is None:
         return None
     problem = storage_problem(value)

@@ -21,6 +21,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,6 +162,8 @@ class EpochLoop:
         self.curves = CurveHistory()
         self.counts = {STEPS_KEY: 0.0, SKIPPED_KEY: 0.0}
         self.trainer: Any = None
+        self.epochs_done = 0
+        """Epochs trained and validated so far (a restored trial's count includes the checkpoint's)."""
 
     def run(self, channel: Channel) -> dict[str, float]:
         """Train from the channel's checkpoint (or from scratch) until the last epoch or a stop; the last metrics."""
@@ -170,7 +173,7 @@ class EpochLoop:
         trainer = self.trainer = trainer_cls(build_config(trainer_cls.Config, self.params))
         if isinstance(trainer, ObservesSteps):
             trainer.on_step = step_hook(detector_for(plan), self.counts, logger, self.curves, self.reduce)
-        done = self._restore(trainer, channel.restore())
+        done = self.epochs_done = self._restore(trainer, channel.restore())
         if logger is not None and (done == 0 or not logger.has_artifact("config.yaml")):
             self._log_provenance(trainer_cls, trainer)
         cadence = ReportCadence(plan)
@@ -187,6 +190,7 @@ class EpochLoop:
                 channel.report({**result, HISTORY_KEY: history}, None)
                 return metrics
             self._check_metric(metrics)
+            self.epochs_done = epoch
             if logger is not None:
                 logger.log_metrics(metrics, step=epoch)
                 self._log_images(trainer, epoch)
@@ -201,7 +205,7 @@ class EpochLoop:
                 logger.flush(timeout=DELIVERY_TIMEOUT_S)
             go_on = channel.report(
                 {**metrics, EPOCH: epoch, **self.counts, HISTORY_KEY: history},
-                lambda epoch=epoch: self._state(trainer, epoch),  # type: ignore[misc]
+                partial(self._state, trainer, epoch),
             )
             history = []
             cadence.reported()

@@ -41,6 +41,8 @@ from sweeps.trial.one_worker import failure_result, split_config
 from trainables.data_parallel import agree, mean_over_ranks, rank
 
 RELAY_TIMEOUT_S = 600.0
+EPOCHS_DONE_ATTR = "sweep_epochs_done"
+"""Set on a worker's exception: the epochs its rank finished before it raised."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +93,7 @@ def run_multi_worker_trial(config: dict[str, Any]) -> None:
         logger.close()
         # Reported as the trial's last result, as one-worker trials do: raised, Ray would retry
         # the trial (budget.retries), rerunning a worker's bug or out-of-memory error.
-        tune.report(failure_result(plan, cause))
+        tune.report(failure_result(plan, cause, int(getattr(cause, EPOCHS_DONE_ATTR, 0))))
 
 
 GO, STOP = "go", "stop"
@@ -197,6 +199,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     loop = EpochLoop(plan, params, logger, reduce=mean_over_ranks)
     try:
         loop.run(TrainChannel(loop_config["control"], loop_config.get("restore")))
+    except Exception as exc:
+        setattr(exc, EPOCHS_DONE_ATTR, loop.epochs_done)  # travels with the error to the Tune trial
+        raise
     finally:
         if logger is not None:
             loop.log_curves()

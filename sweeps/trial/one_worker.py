@@ -21,7 +21,7 @@ from typing import Any
 from ray import tune
 
 from sweeps.core.failures import failure_reason
-from sweeps.core.keys import ENGINE_KEY, FAILED_KEY, REASON_KEY
+from sweeps.core.keys import ENGINE_KEY, EPOCH, FAILED_KEY, REASON_KEY
 from sweeps.core.plan import TrialPlan
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop, load_checkpoint, save_checkpoint
@@ -33,9 +33,9 @@ def split_config(config: dict[str, Any]) -> tuple[TrialPlan, dict[str, Any]]:
     return TrialPlan.from_config(config[ENGINE_KEY]), params
 
 
-def failure_result(plan: TrialPlan, exc: BaseException) -> dict[str, Any]:
+def failure_result(plan: TrialPlan, exc: BaseException, epochs_done: int) -> dict[str, Any]:
     """A failed trial's last report: recorded as failed (or oom) by the driver, not retried by Ray."""
-    return {plan.metric: math.nan, FAILED_KEY: 1.0, REASON_KEY: failure_reason(exc)}
+    return {plan.metric: math.nan, EPOCH: epochs_done, FAILED_KEY: 1.0, REASON_KEY: failure_reason(exc)}
 
 
 class TuneChannel:
@@ -73,7 +73,7 @@ def run_trial(config: dict[str, Any]) -> None:
         loop.run(TuneChannel())
     except Exception as exc:  # noqa: BLE001 - any error in the trial ends it, recorded, without a retry
         logger.log_failure(exc)
-        tune.report(failure_result(plan, exc))
+        tune.report(failure_result(plan, exc, loop.epochs_done))
     finally:
         loop.log_curves()
         logger.close()
