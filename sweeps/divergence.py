@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+MODES = ("stop", "observe")
 SIGNALS = ("loss_scale", "non_finite", "loss_explosion", "grad_explosion", "collapse", "runaway_weights")
 
 DEFAULTS: dict[str, dict[str, float]] = {
@@ -61,6 +62,8 @@ class DivergenceSettings:
     enabled: bool = True
     signals: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULTS.items()})
     rescue: bool = False
+    mode: str = "stop"
+    """``stop``: a signal ends the trial; ``observe``: it is recorded (signal, step) and the trial goes on."""
 
     def on(self, signal: str) -> bool:
         """Whether ``signal`` is checked."""

@@ -19,6 +19,9 @@ from sweeps.core.keys import (
     FAILED,
     FAILED_KEY,
     INTERRUPTED,
+    OBSERVED_REASON_KEY,
+    OBSERVED_SIGNAL_KEY,
+    OBSERVED_STEP_KEY,
     OOM,
     PRUNED,
     REASON_KEY,
@@ -76,6 +79,13 @@ def decide_outcome(ending: Ending, metric: str, epochs_budget: int) -> Outcome:
         return Outcome(PRUNED, f"stopped by ASHA after epoch {ending.epochs}")
     if not ending.result:
         return Outcome(INTERRUPTED, "stopped before it reported")
+    last = result.get(metric)
+    final_bad = not (isinstance(last, (int, float)) and math.isfinite(last))
+    if result.get(OBSERVED_SIGNAL_KEY) and (ending.value is None or final_bad):
+        # observe mode: the detector's signal was right, the trial ran on to a non-finite end
+        signal, step = str(result[OBSERVED_SIGNAL_KEY]), int(result.get(OBSERVED_STEP_KEY, 0))
+        reason = f"{signal}: {result.get(OBSERVED_REASON_KEY, '')} (step {step}; observed, not stopped)"
+        return Outcome(DIVERGED, reason, signal, step)
     if ending.value is None:
         return Outcome(FAILED, f"no finite {metric} reported")
     if ending.epochs < epochs_budget:

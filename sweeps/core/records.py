@@ -6,7 +6,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps.core.keys import COMPLETED, DIVERGED, RUNNING, SKIPPED_KEY, STEPS_KEY
+from sweeps.core.keys import (
+    COMPLETED,
+    DIVERGED,
+    OBSERVED_SIGNAL_KEY,
+    OBSERVED_STEP_KEY,
+    RUNNING,
+    SKIPPED_KEY,
+    STEPS_KEY,
+)
 
 
 @dataclass
@@ -28,6 +36,8 @@ class TrialRecord:
     skipped_steps: int = 0
     sampling_s: float = 0.0
     """Seconds the sampler took to suggest this trial's parameters (Optuna ``ask`` and sampling)."""
+    would_stop: str = ""
+    """With ``divergence.mode: observe``: ``signal@step`` of the stop the detector would have made."""
     rescue_of: TrialRecord | None = None
     rescue: TrialRecord | None = None
     restarts: int = 0
@@ -67,6 +77,8 @@ class SweepState:
         record.epochs = int(result.get("epoch", result.get("training_iteration", record.epochs)) or record.epochs)
         record.steps = int(result.get(STEPS_KEY, record.steps))
         record.skipped_steps = int(result.get(SKIPPED_KEY, record.skipped_steps))
+        if result.get(OBSERVED_SIGNAL_KEY):
+            record.would_stop = f"{result[OBSERVED_SIGNAL_KEY]}@{result.get(OBSERVED_STEP_KEY, '?')}"
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             record.value = float(value)

@@ -143,6 +143,7 @@ class OptunaSearcher(Searcher):
                 "enabled": spec.divergence.enabled,
                 "signals": spec.divergence.signals,
                 "rescue": spec.divergence.rescue,
+                "mode": spec.divergence.mode,
             },
         )
 

@@ -16,9 +16,10 @@ def summary_table(state: SweepState) -> str:
 
 
 def divergence_summary(state: SweepState) -> str:
-    """Diverged trials by signal, and what their precision rescues showed ('' when none diverged)."""
+    """Diverged trials by signal, what their precision rescues showed, and would-be stops ('' when none)."""
+    observed = observed_stops(state)
     if not state.diverged_by:
-        return ""
+        return "\n".join(observed)
     lines = ["diverged by signal: " + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items()))]
     rescued = [r for r in state.trials.values() if r.rescue is not None]
     if rescued:
@@ -29,4 +30,27 @@ def divergence_summary(state: SweepState) -> str:
         lines.append(f"diverged anyway (the rescue diverged too): {len(anyway)} {anyway}")
         if other:
             lines.append(f"rescue cut short (pruned, failed or interrupted): {other}")
-    return "\n".join(lines)
+    return "\n".join(lines + observed)
+
+
+def observed_stops(state: SweepState) -> list[str]:
+    """With ``divergence.mode: observe``: each trial the detector would have stopped, and how it ended.
+
+    A would-be stop of a trial that completed among the best is a stop the defaults would have
+    got wrong on this loop: the line to read when calibrating the signals.
+    """
+    watched = sorted((r for r in state.trials.values() if r.would_stop), key=lambda r: r.number)
+    if not watched:
+        return []
+    done = sorted(r.value for r in state.trials.values() if r.status == COMPLETED and r.value is not None)
+    if state.mode == "max":
+        done.reverse()
+    lines = [f"would have stopped (observe mode): {len(watched)}"]
+    for r in watched:
+        end, rank = r.status, ""
+        if r.value is not None:
+            end = f"{r.status} {state.metric}={r.value:.4g}"
+            if r.status == COMPLETED:
+                rank = f", rank {done.index(r.value) + 1} of {len(done)} completed"
+        lines.append(f"  {r.label} {r.would_stop} -> {end}{rank}")
+    return lines

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sweeps.core.problems import Problems, as_int, as_number
-from sweeps.divergence import DEFAULTS, SIGNALS, DivergenceSettings
+from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, parse_params
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, field_types
@@ -378,8 +378,13 @@ def _divergence(value: Any, problems: Problems) -> DivergenceSettings:
     if value is False:
         return DivergenceSettings(enabled=False)
     section = _section(value, "divergence", problems)
-    _unknown(section, {"enabled", "rescue", *SIGNALS}, "divergence", problems)
+    _unknown(section, {"enabled", "rescue", "mode", *SIGNALS}, "divergence", problems)
     settings = DivergenceSettings(enabled=bool(section.get("enabled", True)), rescue=bool(section.get("rescue", False)))
+    mode = section.get("mode", "stop")
+    if mode in MODES:
+        settings.mode = str(mode)
+    else:
+        problems.add("divergence.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     for signal in SIGNALS:
         entry = section.get(signal, {})
         if entry is False:

@@ -221,6 +221,13 @@ class TrialLogger:
         folder.mkdir()
         return folder
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Queue tags for the run (one call)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, value[:5000]) for key, value in tags.items()]
+        self.sender.submit("tag run", partial(self.client.log_batch, self.run_id, tags=items))
+
     def log_failure(self, exc: BaseException) -> None:
         """Tag the run with the exception's one-line reason; store the traceback."""
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]

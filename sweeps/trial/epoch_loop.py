@@ -32,12 +32,18 @@ from sweeps.core.keys import (
     DIVERGED_KEY,
     EPOCH,
     HISTORY_KEY,
+    OBSERVED_REASON_KEY,
+    OBSERVED_SIGNAL_KEY,
+    OBSERVED_STEP_KEY,
     ONSET_KEY,
     REASON_KEY,
     SIGNAL_KEY,
     SKIPPED_KEY,
     STEP_KEY,
     STEPS_KEY,
+    TAG_WOULD_STOP_REASON,
+    TAG_WOULD_STOP_SIGNAL,
+    TAG_WOULD_STOP_STEP,
 )
 from sweeps.core.plan import TrialPlan
 from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
@@ -102,31 +108,64 @@ def detector_for(plan: TrialPlan) -> DivergenceDetector:
     return DivergenceDetector(DivergenceSettings(**{k: v for k, v in raw.items() if k in known}) if raw else None)
 
 
+class StepWatch:
+    """The trainer's per-step hook: record the step (where there is a logger), count it, watch it.
+
+    ``reduce`` turns one rank's values into the values every rank agrees on (multi-worker
+    trials average them over ranks), so every rank's detector fires at the same step. In
+    ``observe`` mode the first signal is kept in :attr:`observed` (and tagged on the trial's run)
+    instead of stopping the trial; later signals are ignored.
+    """
+
+    def __init__(
+        self,
+        detector: DivergenceDetector,
+        counts: dict[str, float],
+        logger: TrialLogger | None,
+        curves: CurveHistory,
+        reduce: Reduce | None = None,
+    ) -> None:
+        self.detector, self.counts, self.logger, self.curves, self.reduce = detector, counts, logger, curves, reduce
+        self.observe_only = detector.settings.mode == "observe"
+        self.observed: Divergence | None = None
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
+        values = self.reduce(metrics) if self.reduce is not None else metrics
+        if self.logger is not None:
+            self.logger.add_step(step, values)
+            self.curves.add(step, values)
+        self.counts[STEPS_KEY] += 1
+        self.counts[SKIPPED_KEY] += float(any(v for k, v in values.items() if k.endswith("skipped")))
+        if self.observed is not None:
+            return
+        found = self.detector.observe(step, values)
+        if found is None:
+            return
+        if not self.observe_only:
+            raise DivergedError(found)
+        self.observed = found
+        if self.logger is not None:
+            tags = {TAG_WOULD_STOP_SIGNAL: found.signal, TAG_WOULD_STOP_STEP: str(found.step)}
+            self.logger.set_tags({**tags, TAG_WOULD_STOP_REASON: found.reason})
+
+    def result(self) -> dict[str, Any]:
+        """The report keys of the stop observed so far (none before one)."""
+        if self.observed is None:
+            return {}
+        found = self.observed
+        return {OBSERVED_SIGNAL_KEY: found.signal, OBSERVED_STEP_KEY: found.step, OBSERVED_REASON_KEY: found.reason}
+
+
 def step_hook(
     detector: DivergenceDetector,
     counts: dict[str, float],
     logger: TrialLogger | None,
     curves: CurveHistory,
     reduce: Reduce | None = None,
-) -> Callable[[int, dict[str, float]], None]:
-    """The trainer's per-step hook: record the step (where there is a logger), count it, watch it.
-
-    ``reduce`` turns one rank's values into the values every rank agrees on (multi-worker
-    trials average them over ranks), so every rank's detector fires at the same step.
-    """
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        values = reduce(metrics) if reduce is not None else metrics
-        if logger is not None:
-            logger.add_step(step, values)
-            curves.add(step, values)
-        counts[STEPS_KEY] += 1
-        counts[SKIPPED_KEY] += float(any(v for k, v in values.items() if k.endswith("skipped")))
-        found = detector.observe(step, values)
-        if found is not None:
-            raise DivergedError(found)
-
-    return on_step
+) -> StepWatch:
+    """A :class:`StepWatch` (the hook a trainer calls after every optimizer step)."""
+    return StepWatch(detector, counts, logger, curves, reduce)
 
 
 class ReportCadence:
@@ -162,6 +201,7 @@ class EpochLoop:
         self.curves = CurveHistory()
         self.counts = {STEPS_KEY: 0.0, SKIPPED_KEY: 0.0}
         self.trainer: Any = None
+        self.watch: StepWatch | None = None
         self.epochs_done = 0
         """Epochs trained and validated so far (a restored trial's count includes the checkpoint's)."""
 
@@ -172,7 +212,7 @@ class EpochLoop:
         trainer_cls = load_trainer(plan.trainer)
         trainer = self.trainer = trainer_cls(build_config(trainer_cls.Config, self.params))
         if isinstance(trainer, ObservesSteps):
-            trainer.on_step = step_hook(detector_for(plan), self.counts, logger, self.curves, self.reduce)
+            self.watch = trainer.on_step = step_hook(detector_for(plan), self.counts, logger, self.curves, self.reduce)
         done = self.epochs_done = self._restore(trainer, channel.restore())
         if logger is not None and (done == 0 or not logger.has_artifact("config.yaml")):
             self._log_provenance(trainer_cls, trainer)
@@ -203,8 +243,9 @@ class EpochLoop:
                 # this process without waiting: deliver what the epochs recorded first, curves too.
                 self.log_curves()
                 logger.flush(timeout=DELIVERY_TIMEOUT_S)
+            observed = self.watch.result() if self.watch is not None else {}
             go_on = channel.report(
-                {**metrics, EPOCH: epoch, **self.counts, HISTORY_KEY: history},
+                {**metrics, EPOCH: epoch, **self.counts, **observed, HISTORY_KEY: history},
                 partial(self._state, trainer, epoch),
             )
             history = []

@@ -1,0 +1,96 @@
+"""``divergence.mode: observe``: the detector records what it would have stopped, and stops nothing."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.core.keys import COMPLETED, DIVERGED, OBSERVED_REASON_KEY, OBSERVED_SIGNAL_KEY, OBSERVED_STEP_KEY
+from sweeps.core.outcome import Ending, decide_outcome
+from sweeps.divergence import DivergenceDetector, DivergenceSettings
+from sweeps.spec.sweep_spec import SpecError, validate_spec
+from sweeps.tracking.curves import CurveHistory
+from sweeps.trial.epoch_loop import DivergedError, StepWatch
+
+TOY = {
+    "name": "observe",
+    "trainer": "tests.toy_trainer:ToyTrainer",
+    "metric": "val_loss",
+    "budget": {"trials": 2, "epochs": 3, "concurrency": 2},
+    "asha": False,
+    "search": {"sampler": "random"},
+    "divergence": {"mode": "observe"},
+    "fixed": {"lr": 0.01},
+    "params": {"behavior": {"choices": ["ok", "diverge"]}},
+}
+
+
+def watch(mode: str) -> StepWatch:
+    counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
+    return StepWatch(DivergenceDetector(DivergenceSettings(mode=mode)), counts, None, CurveHistory())
+
+
+def test_in_stop_mode_a_nan_loss_stops_at_once() -> None:
+    hook = watch("stop")
+    hook(1, {"loss": 0.5})
+    with pytest.raises(DivergedError):
+        hook(2, {"loss": math.nan})
+
+
+def test_in_observe_mode_the_first_signal_is_kept_and_training_goes_on() -> None:
+    hook = watch("observe")
+    hook(1, {"loss": 0.5})
+    assert hook.result() == {}
+    hook(2, {"loss": math.nan})
+    for step in range(3, 30):
+        hook(step, {"loss": math.nan if step < 10 else 0.4})
+    assert hook.counts["sweep/steps"] == 29
+    result = hook.result()
+    assert result[OBSERVED_SIGNAL_KEY] == "non_finite" and result[OBSERVED_STEP_KEY] == 2
+    assert "not finite" in result[OBSERVED_REASON_KEY]
+
+
+def test_an_observed_signal_with_a_non_finite_end_is_a_divergence_and_a_healthy_end_completes() -> None:
+    seen = {OBSERVED_SIGNAL_KEY: "loss_explosion", OBSERVED_STEP_KEY: 12, OBSERVED_REASON_KEY: "smoothed loss up"}
+    bad = decide_outcome(Ending({"val_loss": math.nan, **seen}, epochs=4, value=0.3), "val_loss", 4)
+    assert (bad.status, bad.signal, bad.step) == (DIVERGED, "loss_explosion", 12)
+    assert "observed, not stopped" in bad.reason
+    good = decide_outcome(Ending({"val_loss": 0.2, **seen}, epochs=4, value=0.2), "val_loss", 4)
+    assert good.status == COMPLETED
+
+
+def test_the_mode_is_checked_with_the_spec() -> None:
+    assert validate_spec({**TOY}, "s.yaml", []).divergence.mode == "observe"
+    with pytest.raises(SpecError, match=r"divergence.mode: must be one of stop, observe, got 'watch'"):
+        validate_spec({**TOY, "divergence": {"mode": "watch"}}, "s.yaml", [])
+
+
+@pytest.mark.integration
+def test_an_observed_sweep_stops_nothing_and_records_the_would_be_stops(ray_session: None, workdir: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeps.engine.runner import run_sweep
+    from sweeps.results.summary import divergence_summary
+    from sweeps.spec.sweep_spec import load_spec
+
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(TOY))
+    spec = load_spec(workdir / "spec.yaml", overrides=["budget.trials=4"])
+    result = run_sweep(spec, root=workdir / "runs", name="observe", stream=io.StringIO())
+
+    records = list(result.state.trials.values())
+    assert {r.status for r in records} == {COMPLETED}  # the NaN steps of epoch 2 stopped nothing
+    flagged = [r for r in records if r.params["behavior"] == "diverge"]
+    assert flagged and all(r.would_stop == "non_finite@6" and r.epochs == 3 for r in flagged)
+    assert all(not r.would_stop for r in records if r.params["behavior"] == "ok")
+    client = MlflowClient(result.tracking_uri)
+    for record in flagged:
+        tags = client.get_run(record.run_id).data.tags
+        assert tags["sweep.would_stop.signal"] == "non_finite" and tags["sweep.would_stop.step"] == "6"
+        assert tags["sweep.status"] == COMPLETED
+    summary = divergence_summary(result.state)
+    assert f"would have stopped (observe mode): {len(flagged)}" in summary
+    assert "non_finite@6 -> completed" in summary
