@@ -56,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
         help="Ray cluster to run on, as for 'sweeps run' (default: $RAY_ADDRESS, else as Ray finds one)",
     )
     resume.add_argument("--force", action="store_true", help="resume even if the recorded driver process still runs")
+    audit = sub.add_parser(
+        "audit", help="re-run the trials a heuristic divergence signal stopped, to the end, and judge each stop"
+    )
+    audit.add_argument("sweep", help="sweep name (or its folder)")
+    audit.add_argument("--storage", default=DEFAULT_ROOT)
+    audit.add_argument(
+        "--top-k", type=int, default=1, help="say whether a re-run would have entered the top k (default 1)"
+    )
+    audit.add_argument("--cpus", type=int, help="CPUs local Ray may use (default: all)")
+    audit.add_argument(
+        "--address", default=os.environ.get("RAY_ADDRESS") or None, help="Ray cluster, as for 'sweeps run'"
+    )
     export = sub.add_parser("export", help="export a sweep's best config")
     export.add_argument("sweep", help="sweep name (or its folder)")
     export.add_argument("-o", "--output", default="best.yaml", help="file to write (default: best.yaml)")
@@ -159,6 +171,17 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
         print(f"next:    sweeps export {result.sweep.name}{where} -o best.yaml && sweeps train best.yaml")
     return 130 if result.interrupted else 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Re-run the heuristic stops of a finished sweep to the end; print each verdict."""
+    from sweeps.engine.audit import audit_sweep
+
+    if args.top_k < 1:
+        raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
+    result = audit_sweep(args.storage, args.sweep, args.top_k, address=args.address, cpus=args.cpus)
+    print(result.text() if result.stops else f"{result.sweep}: no trial was stopped by a heuristic signal")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -268,6 +291,7 @@ def _experiments(uri: str) -> list[tuple[str, str]]:
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
+    "audit": cmd_audit,
     "export": cmd_export,
     "train": cmd_train,
     "report": cmd_report,

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 MODES = ("stop", "observe")
+HEURISTIC_SIGNALS = ("loss_explosion", "grad_explosion", "collapse", "runaway_weights")
+"""Signals that judge from a trend (and can be wrong); the others see damage that no later step undoes."""
 SIGNALS = ("loss_scale", "non_finite", "loss_explosion", "grad_explosion", "collapse", "runaway_weights")
 
 DEFAULTS: dict[str, dict[str, float]] = {

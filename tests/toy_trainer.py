@@ -20,7 +20,7 @@ class ToyConfig:
     mode: str = "a"
     seed: int = 0
     fail_at_epoch: int = 0
-    behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), raise (epoch 2), oom (epoch 2)
+    behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), zeros (loss 0 at epoch 2), raise, oom (epoch 2)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid time" to <trace_dir>/<lr>.txt
@@ -59,6 +59,8 @@ class ToyTrainer:
         for _ in range(self.config.steps_per_epoch):
             self.step += 1
             loss = math.nan if self.epoch == 2 and self.config.behavior == "diverge" else self._loss()
+            if self.epoch == 2 and self.config.behavior == "zeros":  # looks like a collapse, and recovers
+                loss = 0.0
             if self.on_step is not None:
                 self.on_step(self.step, {"loss": loss, "grad_norm": 1.0})
         return {"train_loss": self._loss()}

@@ -29,7 +29,6 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -155,14 +154,13 @@ def resume_sweep(
 
     sweep, meta = check_resumable(root, name, force)
     spec = load_spec(sweep.spec_file)
-    tracker = SweepTracker(str(meta["tracking_uri"]))
-    tracker.experiment_id, tracker.parent_run_id = str(meta["experiment_id"]), str(meta["parent_run_id"])
+    tracker = SweepTracker.of_sweep(meta)
     study = _load_study(sweep, spec)
     state = SweepState(metric=spec.metric, mode=spec.mode)
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     ray_dir = ray_experiment(sweep, meta)
     unfinished = _ray_unfinished(ray_dir)
-    plan = rebuild(searcher, _trial_runs(tracker), unfinished or {})
+    plan = rebuild(searcher, tracker.trial_runs(), unfinished or {})
     plan.ray_state = unfinished is not None
     _close_runs(tracker, plan.closed)
     meta = {**meta, "status": RUNNING, "driver": driver_identity(), "resumes": int(meta.get("resumes", 0)) + 1}
@@ -215,22 +213,6 @@ def _install(tuner: Any, configs: dict[str, Any]) -> None:
     """Give the restored Tuner this driver's searcher, scheduler and callbacks (Ray has no public way)."""
     if not replace_tuner_configs(tuner, configs["tune_config"], configs["run_config"]):
         raise SweepStoreError("resume needs the driver on the cluster (Ray Client is not supported)")
-
-
-def _trial_runs(tracker: SweepTracker) -> list[Any]:
-    """Every MLflow run under the sweep's parent."""
-    runs: list[Any] = []
-    token = None
-    query = f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'"
-    while True:
-        page = retry(
-            partial(tracker.client.search_runs, [tracker.experiment_id], query, max_results=1000, page_token=token),
-            "list trial runs",
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, bool]) -> ResumePlan:

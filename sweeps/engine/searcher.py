@@ -45,6 +45,31 @@ from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
 
 
+def trial_plan(spec: SweepSpec, tracking_uri: str, run_id: str, spec_text: str) -> TrialPlan:
+    """The plan a trial of ``spec`` gets: trainer, metric, epochs, resources, report cadence, detector."""
+    budget = spec.budget
+    return TrialPlan(
+        trainer=spec.trainer,
+        metric=spec.metric,
+        epochs=budget.epochs,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        threads=max(1, int(budget.cpus_per_trial)),
+        workers=budget.workers_per_trial,
+        cpus=budget.cpus_per_trial,
+        gpus=budget.gpus_per_trial,
+        spec_text=spec_text,
+        report_epochs=rung_epochs(spec),
+        report_every_s=spec.record.report_every_s,
+        divergence={
+            "enabled": spec.divergence.enabled,
+            "signals": spec.divergence.signals,
+            "rescue": spec.divergence.rescue,
+            "mode": spec.divergence.mode,
+        },
+    )
+
+
 def rescue_precision(params: dict[str, Any]) -> str:
     """bf16 where the trial's device runs it, else fp32."""
     device = pick_device(str(params.get("device", "auto")))
@@ -64,7 +89,6 @@ class OptunaSearcher(Searcher):
         self.asked = 0
         self.rescues: deque[TrialRecord] = deque()
         self.spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
-        self.report_epochs = rung_epochs(spec)
         self.must_restore = False  # set by ``sweeps.resume``: Ray has to restore its experiment first
         self.restored = False
 
@@ -125,27 +149,7 @@ class OptunaSearcher(Searcher):
 
     def plan(self, run_id: str) -> TrialPlan:
         """The plan every trial of this sweep gets, for the trial whose MLflow run is ``run_id``."""
-        spec, budget = self.spec, self.spec.budget
-        return TrialPlan(
-            trainer=spec.trainer,
-            metric=spec.metric,
-            epochs=budget.epochs,
-            tracking_uri=self.tracker.uri,
-            run_id=run_id,
-            threads=max(1, int(budget.cpus_per_trial)),
-            workers=budget.workers_per_trial,
-            cpus=budget.cpus_per_trial,
-            gpus=budget.gpus_per_trial,
-            spec_text=self.spec_text,
-            report_epochs=self.report_epochs,
-            report_every_s=spec.record.report_every_s,
-            divergence={
-                "enabled": spec.divergence.enabled,
-                "signals": spec.divergence.signals,
-                "rescue": spec.divergence.rescue,
-                "mode": spec.divergence.mode,
-            },
-        )
+        return trial_plan(self.spec, self.tracker.uri, run_id, self.spec_text)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Record the epoch and report the metric to Optuna as an intermediate value."""

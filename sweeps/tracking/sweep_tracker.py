@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.core.keys import (
+    ROLE_AUDIT,
     ROLE_PARENT,
     ROLE_RESCUE,
     ROLE_TRIAL,
     RUNNING,
+    TAG_AUDIT_OF,
+    TAG_AUDIT_RUN,
     TAG_DIVERGENCE_STEP,
     TAG_EPOCHS,
     TAG_NAME,
@@ -50,6 +53,28 @@ class SweepTracker:
         self.client = client(uri)
         self.experiment_id = ""
         self.parent_run_id = ""
+
+    @classmethod
+    def of_sweep(cls, meta: dict[str, Any]) -> SweepTracker:
+        """The tracker of an existing sweep, from its ``sweep.json`` (tracking URI, experiment, parent run)."""
+        tracker = cls(str(meta["tracking_uri"]))
+        tracker.experiment_id, tracker.parent_run_id = str(meta["experiment_id"]), str(meta["parent_run_id"])
+        return tracker
+
+    def trial_runs(self) -> list[Any]:
+        """Every MLflow run under the sweep's parent run (trials, rescues, audits)."""
+        runs: list[Any] = []
+        token = None
+        query = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
+        while True:
+            page = retry(
+                partial(self.client.search_runs, [self.experiment_id], query, max_results=1000, page_token=token),
+                "list trial runs",
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def start(self, experiment: str, sweep: str, spec_text: str, params: dict[str, Any]) -> str:
         """Create (or reuse) the experiment and start the sweep's parent run; return its id."""
@@ -114,6 +139,29 @@ class SweepTracker:
         if rescue_of is not None:
             retry(partial(self.client.set_tag, rescue_of[1], TAG_RESCUED_BY, run.info.run_id), "link rescue")
         return str(run.info.run_id)
+
+    def create_audit_run(self, sweep: str, number: int, params: dict[str, Any], audited: tuple[str, str]) -> str:
+        """A run under the parent that re-runs a stopped trial (``audited``: its label and run id), linked both ways."""
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            TAG_NAME: sweep,
+            TAG_ROLE: ROLE_AUDIT,
+            TAG_TRIAL: f"{number}a",
+            TAG_STATUS: RUNNING,
+            TAG_AUDIT_OF: audited[1],
+        }
+        name = f"{audited[0]}a audit of a stopped trial"
+        run = retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name), "create audit run")
+        self.log_params(run.info.run_id, params)
+        retry(partial(self.client.set_tag, audited[1], TAG_AUDIT_RUN, run.info.run_id), "link audit")
+        return str(run.info.run_id)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tag a run (one call)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, value[:5000]) for key, value in tags.items()]
+        retry(lambda: self.client.log_batch(run_id, tags=items), "tag run")
 
     def finish_run(self, run_id: str, status: str, reason: str = "", tags: dict[str, str] | None = None) -> None:
         """Tag a run with its final status (reason and other tags too), and end it."""

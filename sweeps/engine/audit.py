@@ -1,0 +1,263 @@
+"""``sweeps audit``: re-run the trials a heuristic divergence signal stopped, to their last epoch, and judge each stop.
+
+A stop is a claim: "this trial would not have ended among the good ones". The audit checks it.
+Every trial of the sweep that a *heuristic* signal stopped (``loss_explosion``,
+``grad_explosion``, ``collapse``, ``runaway_weights``; the irrecoverable ones, non-finite weights
+and loss-scale collapse, are not re-run) is trained again with the same parameters and seed to
+the sweep's last epoch, with the detector off, on the sweep's Ray cluster. Each re-run is an
+MLflow run under the sweep's parent (``sweep.role=audit``), linked both ways to the trial it
+re-runs.
+
+Verdicts, against the sweep's completed trials:
+
+- ``false_stop``: the re-run ended with a finite metric at least as good as the median completed
+  trial (it would have ended among the good ones);
+- ``true_stop``: it ended non-finite, failed, or worse than that median.
+
+The audit also says where each re-run would have ranked and whether the sweep's best (or top
+``k``) would have changed. The stopped trial's run gets ``sweep.audit.verdict``,
+``sweep.audit.metric`` and ``sweep.audit.run_id``; the parent run gets the table as
+``audit/audit_<n>.txt`` and counts as tags; the sweep's report folder keeps ``audit.txt``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from sweeps.core.keys import (
+    AUDIT_FALSE_STOP,
+    AUDIT_TRUE_STOP,
+    COMPLETED,
+    DIVERGED,
+    ENGINE_KEY,
+    EPOCH,
+    FAILED,
+    FAILED_KEY,
+    REASON_KEY,
+    ROLE_TRIAL,
+    RUNNING,
+    TAG_AUDIT_METRIC,
+    TAG_AUDIT_RUN,
+    TAG_AUDIT_VERDICT,
+    TAG_DIVERGENCE_STEP,
+    TAG_EPOCHS,
+    TAG_ROLE,
+    TAG_SIGNAL,
+    TAG_STATUS,
+)
+from sweeps.divergence import HEURISTIC_SIGNALS
+from sweeps.engine.cluster import start_ray, trial_concurrency, trial_resources
+from sweeps.engine.searcher import trial_plan
+from sweeps.spec.sweep_spec import SweepSpec, load_spec
+from sweeps.store.study import load_study
+from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
+from sweeps.tracking.sweep_tracker import SweepTracker
+from sweeps.trial.one_worker import run_trial
+
+
+@dataclass
+class AuditedStop:
+    """One stopped trial and what its re-run to the last epoch showed."""
+
+    label: str
+    number: int
+    run_id: str
+    signal: str
+    step: str
+    stopped_value: float | None
+    audit_run_id: str = ""
+    value: float | None = None
+    epochs: int = 0
+    failure: str = ""
+    rank: int | None = None
+    """Where the re-run would have ranked among the completed trials (1 = best)."""
+    verdict: str = ""
+
+    def line(self, metric: str, completed: int) -> str:
+        """One line of the audit table."""
+        end = f"{metric}={self.value:.5g}" if self.value is not None else (self.failure or "no finite metric")
+        rank = f"rank {self.rank} of {completed + 1}" if self.rank is not None else "-"
+        return f"{self.label:<6} {self.signal + '@' + self.step:<22} {end:<28} {rank:<14} {self.verdict}"
+
+
+@dataclass
+class AuditResult:
+    """Every audited stop, the sweep's completed values, and the verdicts' summary."""
+
+    sweep: str
+    metric: str
+    mode: str
+    stops: list[AuditedStop]
+    completed: list[float]
+    top_k: int
+
+    @property
+    def false_stops(self) -> list[AuditedStop]:
+        """The stops whose re-run would have ended among the good ones."""
+        return [s for s in self.stops if s.verdict == AUDIT_FALSE_STOP]
+
+    @property
+    def best_changed(self) -> list[AuditedStop]:
+        """Re-runs that would have entered the sweep's top ``k`` (with ``k=1``: beaten its best)."""
+        return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k]
+
+    def text(self) -> str:
+        """The audit as a table and a closing line."""
+        head = f"{'trial':<6} {'stopped by':<22} {'re-run to the last epoch':<28} {'rank':<14} verdict"
+        lines = [head, "-" * len(head)]
+        lines += [s.line(self.metric, len(self.completed)) for s in self.stops]
+        return "\n".join([*lines, "", self.summary()])
+
+    def summary(self) -> str:
+        """One line: how many stops were re-run, how many were wrong, and whether the best changed."""
+        changed = ", ".join(s.label for s in self.best_changed) or "no"
+        what = "best" if self.top_k == 1 else f"top {self.top_k}"
+        return (
+            f"audit of {self.sweep}: {len(self.stops)} heuristic stop(s) re-run, {len(self.false_stops)} false; "
+            f"the sweep's {what} would have changed: {changed}"
+        )
+
+
+def audit_sweep(
+    root: str | Path,
+    name: str,
+    top_k: int = 1,
+    address: str | None = None,
+    cpus: int | None = None,
+) -> AuditResult:
+    """Re-run the sweep's heuristic stops to the last epoch and record the verdicts (see the module docstring)."""
+    sweep = open_sweep_dir(root, name)
+    meta = sweep.read_meta()
+    if meta.get("status") == RUNNING:
+        raise SweepStoreError(f"sweep {sweep.name!r} is still running (or its driver died: resume it first)")
+    spec = load_spec(sweep.spec_file)
+    tracker = SweepTracker.of_sweep(meta)
+    runs = tracker.trial_runs()
+    stops, configs = _stopped_trials(sweep, spec, runs)
+    completed = _completed_values(runs, spec.metric)
+    result = AuditResult(sweep.name, spec.metric, spec.mode, stops, completed, top_k)
+    if stops:
+        spec_text = sweep.spec_file.read_text()
+        plans = []
+        for stop, params in zip(stops, configs, strict=True):
+            stop.audit_run_id = tracker.create_audit_run(sweep.name, stop.number, params, (stop.label, stop.run_id))
+            plan = trial_plan(spec, tracker.uri, stop.audit_run_id, spec_text)
+            plan.divergence, plan.report_epochs = {"enabled": False}, []
+            plans.append({**params, ENGINE_KEY: plan.as_config()})
+        start_ray(num_cpus=cpus, address=address)
+        number = int(meta.get("audits", 0)) + 1
+        _rerun(spec, sweep, plans, stops, number)
+        _judge(result)
+        _record(result, tracker, sweep, number)
+        sweep.write_meta({**meta, "audits": number})
+    return result
+
+
+def audit_trial(config: dict[str, Any]) -> None:
+    """Ray's trainable for an audit: one stopped trial's config, run to its last epoch."""
+    run_trial(config["trial"])
+
+
+def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[list[AuditedStop], list[dict]]:
+    """The trials a heuristic signal stopped, with the parameters they ran with (from the Optuna study)."""
+    study = load_study(sweep)
+    config_of = {str(t.user_attrs.get("mlflow_run_id")): dict(t.user_attrs.get("config") or {}) for t in study.trials}
+    stops, configs = [], []
+    for run in sorted(runs, key=lambda r: int(r.data.tags.get("optuna.trial_number", 0))):
+        tags = run.data.tags
+        if tags.get(TAG_ROLE) != ROLE_TRIAL or tags.get(TAG_STATUS) != DIVERGED:
+            continue
+        if tags.get(TAG_SIGNAL) not in HEURISTIC_SIGNALS or run.info.run_id not in config_of:
+            continue
+        number = int(tags.get("optuna.trial_number", 0))
+        stopped = run.data.metrics.get(spec.metric)
+        stops.append(
+            AuditedStop(
+                f"t{number:03d}",
+                number,
+                run.info.run_id,
+                tags[TAG_SIGNAL],
+                tags.get(TAG_DIVERGENCE_STEP, "?"),
+                stopped if stopped is not None and math.isfinite(stopped) else None,
+            )
+        )
+        configs.append(config_of[run.info.run_id])
+    return stops, configs
+
+
+def _completed_values(runs: list[Any], metric: str) -> list[float]:
+    values = []
+    for run in runs:
+        value = run.data.metrics.get(metric)
+        if (
+            run.data.tags.get(TAG_ROLE) == ROLE_TRIAL
+            and run.data.tags.get(TAG_STATUS) == COMPLETED
+            and value is not None
+        ):
+            values.append(float(value))
+    return values
+
+
+def _rerun(
+    spec: SweepSpec, sweep: SweepDir, plans: list[dict[str, Any]], stops: list[AuditedStop], number: int
+) -> None:
+    """Train every plan to its last epoch on Ray (trials at once as the sweep ran them); fill in the results."""
+    if spec.budget.workers_per_trial > 1:
+        raise SweepStoreError("audit of multi-worker sweeps is not supported yet: re-run the stopped configs alone")
+    trainable = tune.with_resources(audit_trial, trial_resources(spec.budget))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(plans)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=trial_concurrency(spec.budget)),
+        run_config=tune.RunConfig(name=f"audit_{number}", storage_path=str(sweep.path), verbose=0),
+    )
+    by_run = {stop.audit_run_id: stop for stop in stops}
+    results = tuner.fit()
+    for result in (results[i] for i in range(len(results))):
+        run_id = (result.config or {})["trial"][ENGINE_KEY]["run_id"]
+        stop, metrics = by_run[run_id], result.metrics or {}
+        stop.epochs = int(metrics.get(EPOCH, 0))
+        if metrics.get(FAILED_KEY):
+            stop.failure = str(metrics.get(REASON_KEY, "failed"))
+            continue
+        value = metrics.get(spec.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value) and stop.epochs >= spec.budget.epochs:
+            stop.value = float(value)
+
+
+def _judge(result: AuditResult) -> None:
+    """Rank each re-run among the completed trials and give its verdict."""
+    sign = 1.0 if result.mode == "min" else -1.0
+    ranked = sorted(sign * v for v in result.completed)
+    median = ranked[(len(ranked) - 1) // 2] if ranked else math.inf
+    for stop in result.stops:
+        if stop.value is None:
+            stop.verdict = AUDIT_TRUE_STOP
+            continue
+        score = sign * stop.value
+        stop.rank = 1 + sum(1 for v in ranked if v < score)
+        stop.verdict = AUDIT_FALSE_STOP if score <= median else AUDIT_TRUE_STOP
+
+
+def _record(result: AuditResult, tracker: SweepTracker, sweep: SweepDir, number: int) -> None:
+    """Close the audit runs; tag the stopped trials and the parent; keep the table beside the report."""
+    for stop in result.stops:
+        status = COMPLETED if stop.value is not None else (FAILED if stop.failure else DIVERGED)
+        reason = stop.failure or ("" if stop.value is not None else f"no finite {result.metric} at the last epoch")
+        tracker.finish_run(stop.audit_run_id, status, reason, {TAG_EPOCHS: str(stop.epochs)})
+        tags = {TAG_AUDIT_VERDICT: stop.verdict, TAG_AUDIT_RUN: stop.audit_run_id}
+        if stop.value is not None:
+            tags[TAG_AUDIT_METRIC] = f"{stop.value:.6g}"
+        tracker.set_tags(stop.run_id, tags)
+    text = result.text() + "\n"
+    tracker.log_text(tracker.parent_run_id, text, f"audit/audit_{number}.txt")
+    counts = {"sweep.audit.stops": str(len(result.stops)), "sweep.audit.false_stops": str(len(result.false_stops))}
+    tracker.set_tags(tracker.parent_run_id, {**counts, "sweep.audit.best_changed": str(bool(result.best_changed))})
+    folder = sweep.path / "report"
+    folder.mkdir(exist_ok=True)
+    (folder / "audit.txt").write_text(text)

@@ -1,0 +1,70 @@
+"""``sweeps audit``: a trial a heuristic signal stopped is re-run to the end, and a wrong stop is called so."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+SPEC = {
+    "name": "audited",
+    "trainer": "tests.toy_trainer:ToyTrainer",
+    "metric": "val_loss",
+    "seed": 7,  # the random sampler then draws two of each behavior
+    "budget": {"trials": 4, "epochs": 3, "concurrency": 2},
+    "asha": False,
+    "search": {"sampler": "random"},
+    # a collapse after 3 steps of zero loss: the toy's epoch-2 zeros trip it, and the trial would recover
+    "divergence": {"collapse": {"steps": 3}},
+    "fixed": {"lr": 0.01, "width": 4},
+    "params": {"behavior": {"choices": ["ok", "zeros"]}},
+}
+
+
+def test_audit_reruns_the_heuristic_stops_and_finds_the_false_one(ray_session: None, workdir: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeps.engine.audit import audit_sweep
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
+
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    swept = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="audited", stream=io.StringIO())
+    stopped = [r for r in swept.state.trials.values() if r.status == "diverged"]
+    assert stopped and all(r.signal == "collapse" and r.params["behavior"] == "zeros" for r in stopped)
+    assert any(r.status == "completed" for r in swept.state.trials.values())
+
+    result = audit_sweep(workdir / "runs", "audited")
+    assert [s.run_id for s in result.stops] == [r.run_id for r in sorted(stopped, key=lambda r: r.number)]
+    for stop, record in zip(result.stops, sorted(stopped, key=lambda r: r.number), strict=True):
+        # the same loss as the completed trials: it would have tied for the best
+        assert stop.epochs == 3 and stop.value == pytest.approx(0.04 + 1 / 3)
+        assert stop.verdict == "false_stop" and stop.rank == 1
+    assert len(result.false_stops) == len(stopped) and result.best_changed == result.stops
+    assert result.summary().endswith("would have changed: " + ", ".join(s.label for s in result.stops))
+
+    client = MlflowClient(swept.tracking_uri)
+    for stop in result.stops:
+        tags = client.get_run(stop.run_id).data.tags
+        assert tags["sweep.audit.verdict"] == "false_stop" and tags["sweep.audit.run_id"] == stop.audit_run_id
+        rerun = client.get_run(stop.audit_run_id)
+        assert rerun.data.tags["sweep.role"] == "audit" and rerun.data.tags["sweep.audit_of"] == stop.run_id
+        assert rerun.data.tags["mlflow.parentRunId"] == swept.parent_run_id and rerun.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(stop.audit_run_id, "val_loss")] == [1, 2, 3]
+    parent = client.get_run(swept.parent_run_id)
+    assert parent.data.tags["sweep.audit.false_stops"] == str(len(stopped))
+    assert "audit/audit_1.txt" in {a.path for a in client.list_artifacts(swept.parent_run_id, "audit")}
+    assert (workdir / "runs" / "audited" / "report" / "audit.txt").read_text().startswith("trial")
+
+
+def test_audit_of_a_sweep_that_does_not_exist_is_one_line(workdir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps", "audit", "nope"], cwd=workdir, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr
