@@ -67,15 +67,15 @@ class RecordingFIFO(_RecordsErrors, FIFOScheduler):
 class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
     """ASHA that records the trials it stops before their last epoch, so they count as pruned."""
 
-    def __init__(self, state: SweepState, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.state = state
+    def __init__(self, state: SweepState, time_attr: str, max_t: int, **kwargs: Any) -> None:
+        super().__init__(time_attr=time_attr, max_t=max_t, **kwargs)
+        self.state, self.time_attr, self.max_t = state, time_attr, max_t
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         """Decide as ASHA does; a stop before ``max_t`` is recorded as a prune."""
         diverged = bool(result.get(DIVERGED_KEY))
         action = super().on_trial_result(tune_controller, trial, self._ranked(result))
-        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t and not diverged:
+        if action == TrialScheduler.STOP and result.get(self.time_attr, 0) < self.max_t and not diverged:
             self.state.pruned.add(trial.trial_id)
         return str(action)
 
@@ -84,10 +84,10 @@ class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
         super().on_trial_complete(tune_controller, trial, self._ranked(result))
 
     def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
-        """``result`` as ASHA should rank it: a diverged trial's metric becomes the worst value."""
-        if not result or not result.get(DIVERGED_KEY) or self._metric is None or self._metric_op is None:
+        """``result`` as ASHA should rank it: a diverged trial's metric becomes the worst value (the sweep's metric)."""
+        if not result or not result.get(DIVERGED_KEY):
             return result
-        return {**result, self._metric: -WORST * self._metric_op}
+        return {**result, self.state.metric: WORST if self.state.mode == "min" else -WORST}
 
 
 def rung_epochs(spec: SweepSpec) -> list[int]:
