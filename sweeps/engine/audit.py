@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
 from sweeps.core.keys import (
     AUDIT_FALSE_STOP,
     AUDIT_TRUE_STOP,
@@ -51,7 +49,8 @@ from sweeps.core.keys import (
     TAG_STATUS,
 )
 from sweeps.divergence import HEURISTIC_SIGNALS
-from sweeps.engine.cluster import start_ray, trial_concurrency, trial_resources
+from sweeps.engine.cluster import start_ray
+from sweeps.engine.runner import configs_tuner
 from sweeps.engine.searcher import trial_plan
 from sweeps.spec.sweep_spec import SweepSpec, load_spec
 from sweeps.store.study import load_study
@@ -209,13 +208,7 @@ def _rerun(
     """Train every plan to its last epoch on Ray (trials at once as the sweep ran them); fill in the results."""
     if spec.budget.workers_per_trial > 1:
         raise SweepStoreError("audit of multi-worker sweeps is not supported yet: re-run the stopped configs alone")
-    trainable = tune.with_resources(audit_trial, trial_resources(spec.budget))
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(plans)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=trial_concurrency(spec.budget)),
-        run_config=tune.RunConfig(name=f"audit_{number}", storage_path=str(sweep.path), verbose=0),
-    )
+    tuner = configs_tuner(spec, sweep, audit_trial, plans, f"audit_{number}")
     by_run = {stop.audit_run_id: stop for stop in stops}
     results = tuner.fit()
     for result in (results[i] for i in range(len(results))):

@@ -36,7 +36,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.compat.optuna_internals import running_trial
-from sweeps.compat.ray_internals import replace_tuner_configs
 from sweeps.core.keys import (
     COMPLETED,
     FAILED,
@@ -57,7 +56,7 @@ from sweeps.core.keys import (
 )
 from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.cluster import start_ray
-from sweeps.engine.runner import SweepResult, driver_identity, engine_configs, fit_and_finish, sweep_trainable
+from sweeps.engine.runner import SweepResult, driver_identity, fit_and_finish, sweep_tuner
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.spec.sweep_spec import SweepSpec, load_spec
 from sweeps.store.study import load_study, make_sampler
@@ -150,8 +149,6 @@ def resume_sweep(
     say: Callable[[str], object] = print,
 ) -> SweepResult:
     """Finish sweep ``name`` in ``root`` (see the module's docstring for what happens to each trial)."""
-    from ray import tune
-
     sweep, meta = check_resumable(root, name, force)
     spec = load_spec(sweep.spec_file)
     tracker = SweepTracker.of_sweep(meta)
@@ -169,13 +166,9 @@ def resume_sweep(
     for line in plan.lines():
         say(f"  {line}")
     start_ray()
-    configs = engine_configs(spec, sweep, searcher, state, tracker, stream)
-    if unfinished is None:
-        tuner = tune.Tuner(sweep_trainable(spec), **configs)
-    else:
+    if unfinished is not None:
         searcher.must_restore = True
-        tuner = tune.Tuner.restore(str(ray_dir), sweep_trainable(spec), resume_unfinished=True)
-        _install(tuner, configs)
+    tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream, restore=None if unfinished is None else ray_dir)
     interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
     return SweepResult(sweep, state, tracker.parent_run_id, tracker.uri, interrupted)
 
@@ -207,12 +200,6 @@ def _ray_unfinished(ray_dir: Path) -> dict[str, bool] | None:
     finally:
         quiet.setLevel(level)
     return {t.trial_id: t.checkpoint is not None for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)}
-
-
-def _install(tuner: Any, configs: dict[str, Any]) -> None:
-    """Give the restored Tuner this driver's searcher, scheduler and callbacks (Ray has no public way)."""
-    if not replace_tuner_configs(tuner, configs["tune_config"], configs["run_config"]):
-        raise SweepStoreError("resume needs the driver on the cluster (Ray Client is not supported)")
 
 
 def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, bool]) -> ResumePlan:

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import yaml
 from ray import tune
 
+from sweeps.compat.ray_internals import replace_tuner_configs
 from sweeps.core.keys import (
     COMPLETED,
     ENGINE_KEY,
@@ -32,7 +33,7 @@ from sweeps.results.report import prewarm, result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import create_study
-from sweeps.store.sweep_dir import SweepDir, default_name, new_sweep_dir
+from sweeps.store.sweep_dir import SweepDir, SweepStoreError, default_name, new_sweep_dir
 from sweeps.store.trial_storage import check_trial_storage, resolve_trial_storage
 from sweeps.tracking.mlflow_client import resolve_tracking_uri
 from sweeps.tracking.provenance import git_commit
@@ -77,9 +78,41 @@ def run_sweep(
     state = SweepState(metric=spec.metric, mode=spec.mode)
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     start_ray()
-    tuner = tune.Tuner(sweep_trainable(spec), **engine_configs(spec, sweep, searcher, state, tracker, stream))
+    tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream)
     interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
     return SweepResult(sweep, state, parent, uri, interrupted)
+
+
+def sweep_tuner(
+    spec: SweepSpec,
+    sweep: SweepDir,
+    searcher: OptunaSearcher,
+    state: SweepState,
+    tracker: SweepTracker,
+    stream: TextIO | None = None,
+    restore: Path | None = None,
+) -> tune.Tuner:
+    """The sweep's Tuner: a new one, or (``restore``: its Ray experiment folder) the one a dead driver left."""
+    configs = engine_configs(spec, sweep, searcher, state, tracker, stream)
+    if restore is None:
+        return tune.Tuner(sweep_trainable(spec), **configs)
+    tuner = tune.Tuner.restore(str(restore), sweep_trainable(spec), resume_unfinished=True)
+    # Tuner.restore brings back the objects pickled when the sweep started, with empty state
+    if not replace_tuner_configs(tuner, configs["tune_config"], configs["run_config"]):
+        raise SweepStoreError("resume needs the driver on the cluster (Ray Client is not supported)")
+    return tuner
+
+
+def configs_tuner(
+    spec: SweepSpec, sweep: SweepDir, trainable: Any, configs: list[dict[str, Any]], name: str
+) -> tune.Tuner:
+    """A Tuner that runs each of ``configs`` once (as ``{"trial": config}``), as many at once as the sweep ran."""
+    return tune.Tuner(
+        tune.with_resources(trainable, trial_resources(spec.budget)),
+        param_space={"trial": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=trial_concurrency(spec.budget)),
+        run_config=tune.RunConfig(name=name, storage_path=str(sweep.path), verbose=0),
+    )
 
 
 def ray_location(spec: SweepSpec, sweep: SweepDir) -> tuple[str, str]:
