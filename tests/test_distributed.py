@@ -171,11 +171,11 @@ def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, pr
 def _nan_on_rank_one(rank: int, folder: Path) -> dict[str, Any]:
     from sweeps.divergence import DivergenceDetector
     from sweeps.tracking.curves import CurveHistory
-    from sweeps.trial.epoch_loop import DivergedError, step_hook
+    from sweeps.trial.epoch_loop import DivergedError, StepWatch
     from trainables.data_parallel import mean_over_ranks
 
     counts = {"sweep/steps": 0.0, "sweep/skipped_steps": 0.0}
-    hook = step_hook(DivergenceDetector(None), counts, None, CurveHistory(), mean_over_ranks)
+    hook = StepWatch(DivergenceDetector(None), counts, None, CurveHistory(), mean_over_ranks)
     for step in range(1, 30):
         loss = math.nan if rank == 1 and step >= 5 else 1.0 / step
         try:

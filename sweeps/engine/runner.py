@@ -93,7 +93,7 @@ def sweep_tuner(
     restore: Path | None = None,
 ) -> tune.Tuner:
     """The sweep's Tuner: a new one, or (``restore``: its Ray experiment folder) the one a dead driver left."""
-    configs = engine_configs(spec, sweep, searcher, state, tracker, stream)
+    configs = _engine_configs(spec, sweep, searcher, state, tracker, stream)
     if restore is None:
         return tune.Tuner(sweep_trainable(spec), **configs)
     tuner = tune.Tuner.restore(str(restore), sweep_trainable(spec), resume_unfinished=True)
@@ -135,7 +135,7 @@ def sweep_trainable(spec: SweepSpec) -> Any:
     return tune.with_resources(run_trial, trial_resources(spec.budget))
 
 
-def engine_configs(
+def _engine_configs(
     spec: SweepSpec,
     sweep: SweepDir,
     searcher: OptunaSearcher,

@@ -157,17 +157,6 @@ class StepWatch:
         return {OBSERVED_SIGNAL_KEY: found.signal, OBSERVED_STEP_KEY: found.step, OBSERVED_REASON_KEY: found.reason}
 
 
-def step_hook(
-    detector: DivergenceDetector,
-    counts: dict[str, float],
-    logger: TrialLogger | None,
-    curves: CurveHistory,
-    reduce: Reduce | None = None,
-) -> StepWatch:
-    """A :class:`StepWatch` (the hook a trainer calls after every optimizer step)."""
-    return StepWatch(detector, counts, logger, curves, reduce)
-
-
 class ReportCadence:
     """When a trial reports (and checkpoints): at ASHA's rungs, its last epoch, and every N seconds.
 
@@ -212,7 +201,7 @@ class EpochLoop:
         trainer_cls = load_trainer(plan.trainer)
         trainer = self.trainer = trainer_cls(build_config(trainer_cls.Config, self.params))
         if isinstance(trainer, ObservesSteps):
-            self.watch = trainer.on_step = step_hook(detector_for(plan), self.counts, logger, self.curves, self.reduce)
+            self.watch = trainer.on_step = StepWatch(detector_for(plan), self.counts, logger, self.curves, self.reduce)
         done = self.epochs_done = self._restore(trainer, channel.restore())
         if logger is not None and (done == 0 or not logger.has_artifact("config.yaml")):
             self._log_provenance(trainer_cls, trainer)
