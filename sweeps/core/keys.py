@@ -70,8 +70,13 @@ TAG_AUDIT_METRIC = "sweep.audit.metric"
 """On a stopped trial's run after an audit: the metric its re-run reached at the last epoch."""
 TAG_AUDIT_RUN = "sweep.audit.run_id"
 AUDIT_FALSE_STOP, AUDIT_TRUE_STOP = "false_stop", "true_stop"
+TAG_AUDIT_STOPS = "sweep.audit.stops"
+"""On the parent run after an audit: heuristic stops re-run, false ones, and whether the best would have changed."""
+TAG_AUDIT_FALSE_STOPS = "sweep.audit.false_stops"
+TAG_AUDIT_BEST_CHANGED = "sweep.audit.best_changed"
 TAG_RAY_TRIAL_ID = "ray.trial_id"
 TAG_OPTUNA_NUMBER = "optuna.trial_number"
+TAG_PARENT_RUN = "mlflow.parentRunId"
 ROLE_TRIAL, ROLE_RESCUE, ROLE_PARENT, ROLE_AUDIT = "trial", "rescue", "parent", "audit"
 
 

@@ -39,11 +39,15 @@ from sweeps.core.keys import (
     REASON_KEY,
     ROLE_TRIAL,
     RUNNING,
+    TAG_AUDIT_BEST_CHANGED,
+    TAG_AUDIT_FALSE_STOPS,
     TAG_AUDIT_METRIC,
     TAG_AUDIT_RUN,
+    TAG_AUDIT_STOPS,
     TAG_AUDIT_VERDICT,
     TAG_DIVERGENCE_STEP,
     TAG_EPOCHS,
+    TAG_OPTUNA_NUMBER,
     TAG_ROLE,
     TAG_SIGNAL,
     TAG_STATUS,
@@ -167,13 +171,13 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
     study = load_study(sweep)
     config_of = {str(t.user_attrs.get("mlflow_run_id")): dict(t.user_attrs.get("config") or {}) for t in study.trials}
     stops, configs = [], []
-    for run in sorted(runs, key=lambda r: int(r.data.tags.get("optuna.trial_number", 0))):
+    for run in sorted(runs, key=lambda r: int(r.data.tags.get(TAG_OPTUNA_NUMBER, 0))):
         tags = run.data.tags
         if tags.get(TAG_ROLE) != ROLE_TRIAL or tags.get(TAG_STATUS) != DIVERGED:
             continue
         if tags.get(TAG_SIGNAL) not in HEURISTIC_SIGNALS or run.info.run_id not in config_of:
             continue
-        number = int(tags.get("optuna.trial_number", 0))
+        number = int(tags.get(TAG_OPTUNA_NUMBER, 0))
         stopped = run.data.metrics.get(spec.metric)
         stops.append(
             AuditedStop(
@@ -249,8 +253,8 @@ def _record(result: AuditResult, tracker: SweepTracker, sweep: SweepDir, number:
         tracker.set_tags(stop.run_id, tags)
     text = result.text() + "\n"
     tracker.log_text(tracker.parent_run_id, text, f"audit/audit_{number}.txt")
-    counts = {"sweep.audit.stops": str(len(result.stops)), "sweep.audit.false_stops": str(len(result.false_stops))}
-    tracker.set_tags(tracker.parent_run_id, {**counts, "sweep.audit.best_changed": str(bool(result.best_changed))})
+    counts = {TAG_AUDIT_STOPS: str(len(result.stops)), TAG_AUDIT_FALSE_STOPS: str(len(result.false_stops))}
+    tracker.set_tags(tracker.parent_run_id, {**counts, TAG_AUDIT_BEST_CHANGED: str(bool(result.best_changed))})
     folder = sweep.path / "report"
     folder.mkdir(exist_ok=True)
     (folder / "audit.txt").write_text(text)

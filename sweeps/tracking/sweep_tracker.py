@@ -23,6 +23,7 @@ from sweeps.core.keys import (
     TAG_EPOCHS,
     TAG_NAME,
     TAG_OPTUNA_NUMBER,
+    TAG_PARENT_RUN,
     TAG_RAY_TRIAL_ID,
     TAG_REASON,
     TAG_RESCUE_OF,
@@ -121,7 +122,7 @@ class SweepTracker:
         the two runs are linked by tags both ways.
         """
         tags = {
-            "mlflow.parentRunId": self.parent_run_id,
+            TAG_PARENT_RUN: self.parent_run_id,
             TAG_NAME: sweep,
             TAG_ROLE: ROLE_TRIAL,
             TAG_TRIAL: str(number),
@@ -143,7 +144,7 @@ class SweepTracker:
     def create_audit_run(self, sweep: str, number: int, params: dict[str, Any], audited: tuple[str, str]) -> str:
         """A run under the parent that re-runs a stopped trial (``audited``: its label and run id), linked both ways."""
         tags = {
-            "mlflow.parentRunId": self.parent_run_id,
+            TAG_PARENT_RUN: self.parent_run_id,
             TAG_NAME: sweep,
             TAG_ROLE: ROLE_AUDIT,
             TAG_TRIAL: f"{number}a",
