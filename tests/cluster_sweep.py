@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tests.helpers import minimal_toy_spec, trial_runs, write_spec
 
 EPOCHS = 5
 KILL_AT_EPOCH = 3
@@ -27,17 +27,15 @@ KILL_AT_EPOCH = 3
 
 def spec(workdir: Path, trial_storage: str | None) -> dict[str, Any]:
     """Three toy trials of five 1-second epochs, two at a time, every trial run to the end."""
-    data: dict[str, Any] = {
-        "name": "nodes",
-        "trainer": "tests.toy_trainer:ToyTrainer",
-        "metric": {"name": "val_loss", "mode": "min"},
-        "budget": {"trials": 3, "epochs": EPOCHS, "concurrency": 2},
-        "asha": False,
-        "search": {"sampler": "random"},
-        "fixed": {"epoch_seconds": 1.0, "trace_dir": str(workdir / "trace")},
-        "record": {"report_every_s": 0},  # a checkpoint every epoch: the kill falls between two
-        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
-    }
+    data = minimal_toy_spec(
+        "nodes",
+        budget={"trials": 3, "epochs": EPOCHS, "concurrency": 2},
+        asha=False,
+        search={"sampler": "random"},
+        fixed={"epoch_seconds": 1.0, "trace_dir": str(workdir / "trace")},
+        record={"report_every_s": 0},  # a checkpoint every epoch: the kill falls between two
+        params__lr__log=True,
+    )
     if trial_storage:
         data["trial_storage"] = trial_storage
     return data
@@ -82,8 +80,7 @@ def main(workdir: Path, trial_storage: str | None) -> None:
     )
     try:
         start_ray(address=cluster.address)
-        path = workdir / "nodes.yaml"
-        path.write_text(yaml.safe_dump(spec(workdir, trial_storage)))
+        path = write_spec(workdir, spec(workdir, trial_storage), "nodes.yaml")
         outcome["cluster_s"] = time.monotonic() - started
         killer.start()
         result = run_sweep(
@@ -133,7 +130,7 @@ def measure(workdir: Path) -> dict[str, Any]:
     outcome = json.loads((workdir / "outcome.json").read_text())
     client = mlflow.MlflowClient(outcome["tracking_uri"])
     experiment = client.get_experiment_by_name("nodes")
-    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
+    runs = trial_runs(client, experiment.experiment_id)
     repeated = 0  # epoch or step values logged more than once, over all runs
     for run in runs:
         for key in ("val_loss", "loss"):

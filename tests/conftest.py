@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import project_env
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def ray_session() -> Iterator[None]:
     from sweeps.engine.cluster import start_ray
 
     # Trial processes import test trainers (tests.toy_trainer) by path.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = project_env()["PYTHONPATH"]
     start_ray(num_cpus=2, address="local")  # never attach to a cluster another process started here
     yield
     ray.shutdown()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers import run_cli, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -23,27 +23,22 @@ SPEC = {
 }
 
 
-def sweeps(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "sweeps", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 def test_run_export_train(tmp_path: Path) -> None:
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    run = sweeps("run", "spec.yaml", "--name", "s1", "--cpus", "2", "--set", "precision=bf16", cwd=tmp_path)
+    write_spec(tmp_path, SPEC)
+    run = run_cli("run", "spec.yaml", "--name", "s1", "--cpus", "2", "--set", "precision=bf16", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "trials 3/3" in run.stdout and "Traceback" not in run.stdout + run.stderr
     assert re.search(r"^\*t\d{3}\s+completed", run.stdout, re.M)  # summary table marks the best
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "sweep_runs" / "s1" / "optuna-journal.log").exists()
 
-    again = sweeps("run", "spec.yaml", "--name", "s1", cwd=tmp_path)
+    again = run_cli("run", "spec.yaml", "--name", "s1", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
 
-    report = sweeps("report", "s1", cwd=tmp_path)
+    report = run_cli("report", "s1", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "completed" in report.stdout and (tmp_path / "sweep_runs" / "s1" / "report" / "report.html").exists()
 
-    export = sweeps("export", "s1", "-o", "best.yaml", "--top-k", "2", "--skip-unstable", cwd=tmp_path)
+    export = run_cli("export", "s1", "-o", "best.yaml", "--top-k", "2", "--skip-unstable", cwd=tmp_path)
     assert export.returncode == 0, export.stderr
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
     second = yaml.safe_load((tmp_path / "best.2.yaml").read_text())
@@ -51,11 +46,11 @@ def test_run_export_train(tmp_path: Path) -> None:
     assert best["metric"]["value"] <= second["metric"]["value"]
     assert {"mlflow_run_id", "seed", "precision", "git_commit", "version"} <= set(best["source"])
 
-    train = sweeps("train", "best.yaml", "--save", "model.pt", cwd=tmp_path)
+    train = run_cli("train", "best.yaml", "--save", "model.pt", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     apart = re.search(r"\(([\d.]+)% apart\)", train.stdout)
     assert apart and float(apart.group(1)) < 1.0, train.stdout
     assert (tmp_path / "model.pt").exists()
 
-    missing = sweeps("export", "nope", cwd=tmp_path)
+    missing = run_cli("export", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr and "s1" in missing.stderr

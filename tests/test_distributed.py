@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.helpers import TINY_CONFIGS, free_port, write_spec
 from trainables.vae import VAEConfig, VAETrainer
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _spawn(target: Any, folder: Path, *args: Any) -> list[dict[str, Any]]:
@@ -39,7 +33,7 @@ def _spawn(target: Any, folder: Path, *args: Any) -> list[dict[str, Any]]:
     crashed before then still fails the test.
     """
     try:
-        mp.spawn(_rank_main, args=(target, str(folder), _free_port(), args), nprocs=2, join=True)
+        mp.spawn(_rank_main, args=(target, str(folder), free_port(), args), nprocs=2, join=True)
     except mp.ProcessExitedException:
         if not all((folder / f"rank{r}.done").exists() for r in range(2)):
             raise
@@ -59,12 +53,11 @@ def _rank_main(rank: int, target: Any, folder: str, port: int, args: tuple[Any, 
 
 
 def _tiny(name: str) -> Any:
-    from tests.test_trainer_contract import TINY as CONTRACT_TINY
     from trainables.config import build_config
     from trainables.registry import load_trainer
 
     cls = load_trainer(name)
-    values = {**CONTRACT_TINY[name], "train_images": 8, "val_images": 5, "batch_size": 2, "device": "cpu"}
+    values = {**TINY_CONFIGS[name], "train_images": 8, "val_images": 5, "batch_size": 2, "device": "cpu"}
     return cls(build_config(cls.Config, values))
 
 
@@ -215,8 +208,7 @@ def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) ->
     from sweeps.engine.runner import run_sweep
     from sweeps.spec.sweep_spec import load_spec
 
-    (workdir / "spec.yaml").write_text(SWEEP_SPEC)
-    spec = load_spec(workdir / "spec.yaml")
+    spec = load_spec(write_spec(workdir, SWEEP_SPEC))
     result = run_sweep(spec, root=workdir / "sweep_runs", name="ddp", stream=io.StringIO())
 
     # ASHA stops every trial: at epoch 1 (pruned) or at its last epoch. Each stop reaches the
@@ -258,8 +250,7 @@ def test_workers_that_cannot_fit_are_a_spec_error(ray_session: None, workdir: Pa
     from sweeps.engine.runner import run_sweep
     from sweeps.spec.sweep_spec import SpecError, load_spec
 
-    (workdir / "spec.yaml").write_text(SWEEP_SPEC)
-    spec = load_spec(workdir / "spec.yaml", ["budget.workers_per_trial=3"])
+    spec = load_spec(write_spec(workdir, SWEEP_SPEC), ["budget.workers_per_trial=3"])
     with pytest.raises(SpecError) as error:
         run_sweep(spec, root=workdir / "sweep_runs", name="too-big", stream=io.StringIO())
     assert str(error.value) == (
@@ -284,9 +275,9 @@ def test_workers_that_cannot_fit_are_a_spec_error(ray_session: None, workdir: Pa
 def test_workers_per_trial_is_checked(tmp_path: Path, override: str, message: str) -> None:
     from sweeps.spec.sweep_spec import SpecError, load_spec
 
-    (tmp_path / "spec.yaml").write_text(SWEEP_SPEC)
+    path = write_spec(tmp_path, SWEEP_SPEC)
     with pytest.raises(SpecError) as error:
-        load_spec(tmp_path / "spec.yaml", [override])
+        load_spec(path, [override])
     assert str(error.value) == f"{tmp_path / 'spec.yaml'}: {message}"
 
 
@@ -309,8 +300,9 @@ def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: 
     from sweeps.engine.runner import run_sweep
     from sweeps.spec.sweep_spec import load_spec
 
-    (workdir / "spec.yaml").write_text(FAILING_SPEC)
-    result = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="oom", stream=io.StringIO())
+    result = run_sweep(
+        load_spec(write_spec(workdir, FAILING_SPEC)), root=workdir / "runs", name="oom", stream=io.StringIO()
+    )
 
     (record,) = result.state.trials.values()
     assert record.status == "oom", (record.status, record.reason)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.test_trainer_contract import TINY, make, run_epochs
+from tests.helpers import TINY_CONFIGS, run_epochs, tiny_trainer
 from trainables import ConfigError, build_config, load_trainer
 from trainables.gan import Discriminator, discriminator_loss, generator_loss, gradient_penalty, psnr, ssim
 from trainables.precision import AmpNetwork
@@ -28,21 +28,22 @@ def finite(metrics: dict[str, float]) -> bool:
 def problem_keys(name: str, **values: Any) -> set[str]:
     cls = load_trainer(name)
     with pytest.raises(ConfigError) as info:
-        build_config(cls.Config, {**TINY[name], **values})
+        build_config(cls.Config, {**TINY_CONFIGS[name], **values})
     return {key for key, _ in info.value.problems}
 
 
 @pytest.mark.parametrize("name", ["sr_gan", "translation_gan"])
 @pytest.mark.parametrize("adv_loss", ADV_LOSSES)
 def test_every_adversarial_loss_trains_an_epoch(name: str, adv_loss: str) -> None:
-    metrics = run_epochs(make(name, adv_loss=adv_loss, label_smoothing=0.1, noisy_labels=0.2, d_updates=2), 1)[0]
+    trainer = tiny_trainer(name, adv_loss=adv_loss, label_smoothing=0.1, noisy_labels=0.2, d_updates=2)
+    metrics = run_epochs(trainer, 1)[0]
     assert finite(metrics), metrics
     assert metrics["train_d_loss"] != 0.0
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp16-o2"])
 def test_gradient_penalty_runs_in_every_precision(precision: str) -> None:
-    metrics = run_epochs(make("sr_gan", adv_loss="wgan-gp", precision=precision), 1)[0]
+    metrics = run_epochs(tiny_trainer("sr_gan", adv_loss="wgan-gp", precision=precision), 1)[0]
     assert finite(metrics), metrics
 
 
@@ -78,7 +79,7 @@ def test_adversarial_losses_on_known_logits() -> None:
 @pytest.mark.parametrize("upsampler", ["nearest_conv", "pixel_shuffle", "transposed"])
 @pytest.mark.parametrize("scale", [2, 4])
 def test_every_upsampler_and_scale(upsampler: str, scale: int) -> None:
-    trainer = make("sr_gan", upsampler=upsampler, scale=scale, kernel_size=3)
+    trainer = tiny_trainer("sr_gan", upsampler=upsampler, scale=scale, kernel_size=3)
     assert finite(run_epochs(trainer, 1)[0])
     lr = trainer.val_inputs[:2]
     assert lr.shape[-1] == 16 // scale
@@ -88,7 +89,7 @@ def test_every_upsampler_and_scale(upsampler: str, scale: int) -> None:
 @pytest.mark.parametrize("norm", ["batch", "instance", "none", "demod"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16-o2"])
 def test_every_norm(norm: str, precision: str) -> None:
-    assert finite(run_epochs(make("translation_gan", norm=norm, precision=precision), 1)[0])
+    assert finite(run_epochs(tiny_trainer("translation_gan", norm=norm, precision=precision), 1)[0])
 
 
 def test_demod_conv_normalises_each_output_channel() -> None:
@@ -131,7 +132,7 @@ def test_feature_weights_load_from_a_file(tmp_path: Path) -> None:
     assert all(torch.equal(value, state[key]) for key, value in loaded.state_dict().items())
     assert not torch.equal(loaded.features[0].weight, reference.features[0].weight)
     assert all(not p.requires_grad for p in loaded.parameters())
-    trainer = make("sr_gan", feature_weights_path=str(path))
+    trainer = tiny_trainer("sr_gan", feature_weights_path=str(path))
     assert trainer.features is not None
     assert torch.equal(trainer.features.features[7].weight, state["features.7.weight"])
     assert finite(run_epochs(trainer, 1)[0])
@@ -151,7 +152,7 @@ def test_random_feature_extractor_is_the_same_for_every_seed() -> None:
 
 @pytest.mark.parametrize("name", ["sr_gan", "translation_gan"])
 def test_step_hook_gets_the_shared_diagnostic_names(name: str) -> None:
-    trainer = make(name)
+    trainer = tiny_trainer(name)
     seen: list[dict[str, float]] = []
     trainer.on_step = lambda step, metrics: seen.append(metrics)
     trainer.train_epoch()
@@ -167,7 +168,7 @@ def test_step_hook_gets_the_shared_diagnostic_names(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["sr_gan", "translation_gan"])
 def test_sample_grid_has_input_output_and_target_rows(name: str) -> None:
-    grid = make(name).sample_grid()
+    grid = tiny_trainer(name).sample_grid()
     assert grid.shape == (3, 3 * 18 + 2, 8 * 18 + 2)
 
 

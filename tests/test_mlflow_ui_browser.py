@@ -9,11 +9,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
 from sweeps.engine.runner import run_sweep
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.tracking.mlflow_client import ui_url
+from tests.helpers import TOY_TRAINER, trial_runs, write_spec
 from tests.mlflow_server import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
@@ -32,18 +32,17 @@ ARGS = [
 def swept(workdir: Path) -> Iterator[tuple[Server, str, list[mlflow.entities.Run]]]:
     spec = {
         "name": "ui-check",
-        "trainer": "tests.toy_trainer:ToyTrainer",
+        "trainer": TOY_TRAINER,
         "metric": "val_loss",
         "budget": {"trials": 4, "epochs": 2, "concurrency": 2},
         "params": {"lr": {"low": 1e-4, "high": 1.0, "log": True}, "width": {"type": "int", "low": 1, "high": 8}},
     }
-    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
-    result = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="ui1", stream=io.StringIO())
+    result = run_sweep(load_spec(write_spec(workdir, spec)), root=workdir / "runs", name="ui1", stream=io.StringIO())
     server = Server(workdir, backend=result.tracking_uri)
     server.start()
     client = mlflow.MlflowClient(server.uri)
     experiment = client.get_experiment_by_name("ui-check")
-    children = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
+    children = trial_runs(client, experiment.experiment_id)
     yield server, experiment.experiment_id, children
     server.stop()
 

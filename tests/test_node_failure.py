@@ -10,40 +10,28 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from sweeps.cli import main
 from sweeps.store.study import load_study
 from sweeps.store.sweep_dir import SweepDir
-from sweeps.tracking.curves import CurveHistory
-from sweeps.tracking.sweep_tracker import SweepTracker
-from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.epoch_loop import reload_curves
 from tests.cluster_sweep import EPOCHS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, minimal_toy_spec, project_env, trial_runs, write_spec
 
 
 @pytest.mark.integration
 def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tmp_path: Path) -> None:
     shared = tmp_path / "shared"  # stands for s3://...: reached by URI, not the sweep folder
     ray_tmp = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {
-        **os.environ,
-        "RAY_TMPDIR": str(ray_tmp),  # this cluster's address file is its own: nothing else attaches to it
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    env = project_env(RAY_TMPDIR=str(ray_tmp))  # this cluster's address file is its own: nothing else attaches to it
     try:
         done = subprocess.run(
             [sys.executable, "-m", "tests.cluster_sweep", str(tmp_path), shared.as_uri()],
@@ -85,7 +73,7 @@ def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tm
     # MLflow: one run per trial, the restarted one continued: each epoch and step logged once.
     client = mlflow.MlflowClient(outcome["tracking_uri"])
     experiment = client.get_experiment_by_name("nodes")
-    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
+    runs = trial_runs(client, experiment.experiment_id)
     assert len(runs) == 3
     for run in runs:
         assert run.data.tags["sweep.status"] == "completed" and run.info.status == "FINISHED"
@@ -110,17 +98,7 @@ def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tm
 def test_storage_nobody_can_write_is_one_line_before_anything_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "name": "bad-storage",
-                "trainer": "tests.toy_trainer:ToyTrainer",
-                "metric": "val_loss",
-                "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0}},
-            }
-        )
-    )
+    spec = write_spec(tmp_path, minimal_toy_spec("bad-storage", metric="val_loss"))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     runs, db = tmp_path / "runs", tmp_path / "mlflow.db"
@@ -135,49 +113,3 @@ def test_storage_nobody_can_write_is_one_line_before_anything_starts(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err, err
     assert not runs.exists() and not db.exists()  # no sweep folder, no MLflow run
-
-
-def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = SweepTracker(uri)
-    tracker.start("resume", "resume-1", "", {})
-    run_id = tracker.create_trial_run("resume-1", 0, "t0", {"lr": 0.1}, {"lr": 0.1})
-
-    def epoch(logger: TrialLogger, number: int, steps: range) -> None:
-        for step in steps:
-            logger.add_step(step, {"loss": float(step)})
-        logger.log_metrics({"val_loss": 1.0 / number}, step=number)
-
-    first = TrialLogger(uri, run_id)
-    epoch(first, 1, range(1, 6))
-    assert first.flush(timeout=60) and first.undelivered() == []
-    gate = threading.Event()  # the store stops answering: epoch 2 stays queued in this process
-    first.sender.submit("store unreachable", gate.wait)
-    epoch(first, 2, range(6, 11))
-    checkpoint = first.undelivered()  # what the checkpoint of epoch 2 keeps
-    assert len(checkpoint) == 6
-    # the process dies here, epoch 2 never delivered; a new one restarts from the checkpoint
-    second = TrialLogger(uri, run_id)
-    second.resume(checkpoint)
-    epoch(second, 3, range(11, 16))
-    assert second.flush(timeout=60)
-    checkpoint = second.undelivered()  # the checkpoint of epoch 3: all delivered
-    for step in range(16, 19):  # part of epoch 4 arrives, then the node dies
-        second.add_step(step, {"loss": float(step)})
-    assert second.flush(timeout=60)
-    third = TrialLogger(uri, run_id)
-    third.resume(checkpoint)
-    curves = CurveHistory()
-    reload_curves(third, curves, checkpoint)
-    for step in range(16, 21):  # epoch 4 again: steps 16-18 are in the store already
-        curves.add(step, {"loss": float(step)})
-    epoch(third, 4, range(16, 21))
-    assert third.close(timeout=60)  # (the first process stays dead: its gate never opens)
-
-    client = mlflow.MlflowClient(uri)
-    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
-    epochs = [m.step for m in client.get_metric_history(run_id, "val_loss")]
-    assert sorted(steps) == list(range(1, 21)), collections.Counter(steps)
-    assert sorted(epochs) == [1, 2, 3, 4]
-    drawn = [step for step, _ in curves.series["loss"]]  # the curve of the restarted trial starts at step 1
-    assert set(drawn) == set(range(1, 21)) and drawn == sorted(drawn)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
 from sweeps.engine.runner import SweepResult, run_sweep
 from sweeps.spec.sweep_spec import load_spec
+from tests.helpers import trial_runs, write_spec
 from tests.mlflow_server import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
@@ -39,8 +39,7 @@ def test_server_down_for_30s_mid_sweep_loses_no_metric_step(server: Server, tmp_
         "fixed": {"image_size": 16, "train_images": 384, "val_images": 32, "width": 4, "batch_size": 8},
         "params": {"lr": {"low": 1e-4, "high": 1e-3, "log": True}},
     }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_data))
-    spec = load_spec(tmp_path / "spec.yaml")
+    spec = load_spec(write_spec(tmp_path, spec_data))
     outcome: dict[str, SweepResult] = {}
 
     def sweep() -> None:
@@ -53,7 +52,7 @@ def test_server_down_for_30s_mid_sweep_loses_no_metric_step(server: Server, tmp_
     client = mlflow.MlflowClient(server.uri)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until trials are logging step metrics
-        runs = client.search_runs(["1"], "tags.`sweep.role` = 'trial'")
+        runs = trial_runs(client, "1")
         if runs and any(client.get_metric_history(r.info.run_id, "loss") for r in runs):
             break
         time.sleep(0.5)
@@ -65,7 +64,7 @@ def test_server_down_for_30s_mid_sweep_loses_no_metric_step(server: Server, tmp_
 
     result = outcome["result"]
     assert result.state.counts == {"completed": 3}
-    runs = client.search_runs(["1"], "tags.`sweep.role` = 'trial'")
+    runs = trial_runs(client, "1")
     assert len(runs) == 3
     steps_per_epoch = 384 // 8
     for run in runs:

@@ -20,42 +20,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from sweeps.store.study import load_study
 from sweeps.store.sweep_dir import SweepDir
+from tests.helpers import changed, project_env, run_cli, toy_spec, write_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 TRIALS, EPOCHS = 8, 4
-SPEC = {
-    "name": "resume",
-    "trainer": "tests.toy_trainer:ToyTrainer",
-    "metric": {"name": "val_loss", "mode": "min"},
-    "seed": 0,
-    "budget": {"trials": TRIALS, "epochs": EPOCHS, "concurrency": 2},
-    "asha": False,
-    "search": {"n_startup_trials": 4},
-    "fixed": {"epoch_seconds": 0.8},
-    "record": {"report_every_s": 0},  # a checkpoint every epoch: the kill falls between two
-    "params": {
-        "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
-        "width": {"type": "int", "low": 1, "high": 8},
-    },
-}
+SPEC = toy_spec(
+    "resume",
+    budget={"trials": TRIALS, "epochs": EPOCHS, "concurrency": 2},
+    asha=False,
+    fixed={"epoch_seconds": 0.8},
+    record={"report_every_s": 0},  # a checkpoint every epoch: the kill falls between two
+)
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = project_env()
     env.pop("RAY_ADDRESS", None)
     return env
 
 
 def sweeps(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "sweeps", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=_env())
+    return run_cli(*args, cwd=cwd, env=_env())
 
 
 def _progress(journal: Path) -> tuple[int, int, int]:
@@ -105,7 +94,7 @@ def _kill_mid_sweep(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_resume_after_sigkill(tmp_path: Path) -> None:
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    write_spec(tmp_path, SPEC)
     _kill_mid_sweep(tmp_path)
     sweep_dir = tmp_path / "sweep_runs" / "s1"
     before = load_study(SweepDir(sweep_dir.parent, "s1")).get_trials()
@@ -217,8 +206,7 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     from sweeps.store.sweep_dir import new_sweep_dir
     from sweeps.tracking.sweep_tracker import SweepTracker
 
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "budget": {"trials": 5, "epochs": 2}}))
-    spec = load_spec(tmp_path / "spec.yaml")
+    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": 5, "epochs": 2})))
     sweep = new_sweep_dir(tmp_path / "runs", "s")
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracker.start("resume", "s", "", {})

@@ -12,8 +12,8 @@ from ray.tune.schedulers import TrialScheduler
 from sweeps.core.keys import DIVERGED_KEY
 from sweeps.core.records import SweepState
 from sweeps.engine.scheduler import RecordingASHA
-from sweeps.spec.sweep_spec import validate_spec
 from sweeps.store.study import make_sampler
+from tests.helpers import spec_from_dict
 
 
 def asha_after(first: list[dict[str, float]], last: float) -> tuple[str, SweepState]:
@@ -53,7 +53,7 @@ def test_tpe_moves_away_from_trials_told_infeasible(told: str) -> None:
     mostly x >= 0.5 (the best trials sit at the edge, so some samples still fall just below it);
     told FAIL, it never hears of x < 0.5 and, finding nothing there, samples only there.
     """
-    spec = validate_spec(
+    spec = spec_from_dict(
         {
             "name": "unit",
             "trainer": "vae",
@@ -64,7 +64,6 @@ def test_tpe_moves_away_from_trials_told_infeasible(told: str) -> None:
             "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
         },
         "<unit>",
-        [],
     )
     sampler = make_sampler(spec)
     assert isinstance(sampler, optuna.samplers.TPESampler)

@@ -9,9 +9,10 @@ import pytest
 
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import load_spec
+from tests.helpers import ROOT
 from trainables import build_config, load_trainer
 
-SPECS = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))
+SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 
 def test_there_are_shipped_specs() -> None:

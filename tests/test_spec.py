@@ -8,11 +8,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
 from sweeps.cli import main
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import SpecError, load_spec
+from tests.helpers import changed, write_spec
 
 GOOD = {
     "name": "unit",
@@ -28,40 +28,20 @@ GOOD = {
 }
 
 
-def write(tmp_path: Path, data: object, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    return path
-
-
 def problems_of(tmp_path: Path, data: object, **kwargs: object) -> list[tuple[str, str]]:
     with pytest.raises(SpecError) as info:
-        load_spec(write(tmp_path, data), **kwargs)  # type: ignore[arg-type]
+        load_spec(write_spec(tmp_path, data), **kwargs)  # type: ignore[arg-type]
     return info.value.problems
 
 
-def with_changes(**changes: object) -> dict[str, object]:
-    data = yaml.safe_load(yaml.safe_dump(GOOD))
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return data
-
-
 def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, GOOD))
+    spec = load_spec(write_spec(tmp_path, GOOD))
     assert spec.params["lr"].low == pytest.approx(1e-5)
     order = list(spec.params)
     assert sorted(order) == ["init_scale", "kernel_size", "lr", "precision"]
     assert order.index("precision") < order.index("init_scale")  # a condition's parent comes first
     text = "trainer: vae\nmetric: val_mse\nfixed: {lr: 1e-5, kl_weight: 3.0e-4}\n"
-    spec = load_spec(write(tmp_path, text, "e.yaml"))
+    spec = load_spec(write_spec(tmp_path, text, "e.yaml"))
     assert spec.fixed == {"lr": 1e-5, "kl_weight": 3e-4}  # YAML read both as strings
     assert spec.resolve({})["lr"] == 1e-5
 
@@ -100,12 +80,13 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
     ],
 )
 def test_each_bad_input_names_its_key(tmp_path: Path, changes: dict[str, object], key: str, fragment: str) -> None:
-    problems = problems_of(tmp_path, with_changes(**changes))
+    problems = problems_of(tmp_path, changed(GOOD, **changes))
     assert any(k == key and fragment in msg for k, msg in problems), problems
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
-    data = with_changes(
+    data = changed(
+        GOOD,
         budget__trials=0,
         params__lr={"low": 1, "high": 0.1},
         params__kernel_size={"choices": []},
@@ -121,20 +102,20 @@ def test_missing_file_and_yaml_syntax_error_with_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read spec file"):
         load_spec(tmp_path)  # a folder is not readable as a file
     with pytest.raises(SpecError, match=r"YAML syntax error at line 3, column 8"):
-        load_spec(write(tmp_path, "trainer: vae\nmetric: val_mse\nseed: 1: 2\n"))
+        load_spec(write_spec(tmp_path, "trainer: vae\nmetric: val_mse\nseed: 1: 2\n"))
     with pytest.raises(SpecError, match="must be a YAML mapping"):
-        load_spec(write(tmp_path, "- just\n- a list\n"))
+        load_spec(write_spec(tmp_path, "- just\n- a list\n"))
 
 
 def test_retries_and_trial_storage_default_and_override(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, GOOD))
+    spec = load_spec(write_spec(tmp_path, GOOD))
     assert spec.budget.retries == 3 and spec.trial_storage is None
-    spec = load_spec(write(tmp_path, GOOD), ["budget.retries=0", "trial_storage=s3://bucket/sweeps"])
+    spec = load_spec(write_spec(tmp_path, GOOD), ["budget.retries=0", "trial_storage=s3://bucket/sweeps"])
     assert spec.budget.retries == 0 and spec.trial_storage == "s3://bucket/sweeps"
 
 
 def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, GOOD), ["budget.epochs=4", "lr=3e-4", "seed=7"], trials=9)
+    spec = load_spec(write_spec(tmp_path, GOOD), ["budget.epochs=4", "lr=3e-4", "seed=7"], trials=9)
     assert spec.budget.epochs == 4 and spec.budget.trials == 9 and spec.seed == 7
     assert "lr" not in spec.params and spec.fixed["lr"] == pytest.approx(3e-4)
     keys = {k for k, _ in problems_of(tmp_path, GOOD, overrides=["nonsense", "dropout=0.5"])}
@@ -142,7 +123,7 @@ def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:
 
 
 def test_conditional_parameter_exists_only_under_its_condition(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, GOOD))
+    spec = load_spec(write_spec(tmp_path, GOOD))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = []
     for _ in range(20):
@@ -161,21 +142,21 @@ def test_user_trainer_by_import_path_and_its_fields(tmp_path: Path) -> None:
         "metric": "val_anything",
         "params": {"lr": {"low": 1e-4, "high": 1, "log": True}},
     }
-    spec = load_spec(write(tmp_path, data))  # no declared metrics: checked on the first report
+    spec = load_spec(write_spec(tmp_path, data))  # no declared metrics: checked on the first report
     assert spec.resolve({"lr": 0.1}) == {"lr": 0.1, "seed": 0}
     keys = {k for k, _ in problems_of(tmp_path, {**data, "params": {"kernel_size": [3]}})}
     assert keys == {"params.kernel_size"}
     with pytest.raises(SpecError, match="is not a trainer"):
-        load_spec(write(tmp_path, {**data, "trainer": "tests.toy_trainer:ToyConfig"}))
+        load_spec(write_spec(tmp_path, {**data, "trainer": "tests.toy_trainer:ToyConfig"}))
 
 
 def test_cli_bad_spec_exits_2_with_one_line_per_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, with_changes(budget__trials=0, params__lr={"low": 1, "high": 0.1}))
+    path = write_spec(tmp_path, changed(GOOD, budget__trials=0, params__lr={"low": 1, "high": 0.1}))
     assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(str(path) in line for line in err)
     assert not (tmp_path / "runs").exists()
-    assert main(["run", str(write(tmp_path, GOOD, "g.yaml")), "--trials", "0"]) == 2
+    assert main(["run", str(write_spec(tmp_path, GOOD, "g.yaml")), "--trials", "0"]) == 2
     assert "budget.trials: must be >= 1" in capsys.readouterr().err
 
 

@@ -1,28 +1,23 @@
-"""The engine's cheap paths: SQLite stores in WAL mode, curves drawn without matplotlib."""
+"""The sweep's stores: the study in its journal (an older sweep's in SQLite), one write per trial's results.
+
+Also MLflow's SQLite store, written in WAL mode.
+"""
 
 from __future__ import annotations
 
 import math
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
 import pytest
-from PIL import Image
-from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from sweeps.core.plan import TrialPlan
-from sweeps.engine.scheduler import rung_epochs
-from sweeps.spec.sweep_spec import SpecError, SweepSpec, validate_spec
 from sweeps.store.study import create_study, load_study, open_storage, record_trial
 from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
-from sweeps.tracking.curves import CurveHistory, draw_curves
 from sweeps.tracking.mlflow_client import client
-from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.epoch_loop import ReportCadence
+from tests.helpers import minimal_toy_spec, spec_from_dict
 
 
 def journal_mode(path: Path) -> str:
@@ -32,16 +27,7 @@ def journal_mode(path: Path) -> str:
 
 def test_mlflow_store_is_written_in_wal_mode_and_the_study_in_its_journal(tmp_path: Path) -> None:
     client(f"sqlite:///{tmp_path}/mlflow.db").create_experiment("wal")
-    spec = validate_spec(
-        {
-            "name": "wal",
-            "trainer": "tests.toy_trainer:ToyTrainer",
-            "metric": {"name": "val_loss", "mode": "min"},
-            "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0}},
-        },
-        "<test>",
-        [],
-    )
+    spec = spec_from_dict(minimal_toy_spec("wal"))
     sweep = new_sweep_dir(tmp_path / "runs", "wal")
     create_study(sweep, spec).ask()
     assert journal_mode(tmp_path / "mlflow.db") == "wal"
@@ -51,93 +37,6 @@ def test_mlflow_store_is_written_in_wal_mode_and_the_study_in_its_journal(tmp_pa
     assert len(optuna.load_study(study_name="wal", storage=journal).trials) == 1
     # and MLflow's own reader (no use_wal in this process path) still reads what was written
     assert mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("wal") is not None
-
-
-def test_curves_png_has_a_panel_per_curve_with_lines_drawn(tmp_path: Path) -> None:
-    history = CurveHistory()
-    for step in range(1, 101):
-        history.add(
-            step,
-            {
-                "loss": 1.0 / step,
-                "g/loss_scale": 2.0 ** (16 - min(step, 40) // 4),
-                "d/loss_scale": 65536.0,
-                "g/grad_norm": math.nan if step > 90 else 1.0 + step % 5,
-                "output_std": 0.5,  # not a curve
-            },
-        )
-    [path] = history.plot(tmp_path)
-    image = Image.open(path).convert("RGB")
-    assert image.size[1] == 3 * 150  # loss, loss_scale, grad_norm
-    for panel in range(3):
-        crop = image.crop((60, panel * 150 + 20, 470, panel * 150 + 130))
-        colours = {c for _, c in crop.getcolors(maxcolors=100_000) or []}
-        assert colours - {(255, 255, 255), (120, 120, 120), (0, 0, 0)}, f"panel {panel} has no line"
-
-
-def test_curves_with_no_finite_value_or_one_point_still_draw(tmp_path: Path) -> None:
-    path = draw_curves([("loss", {"loss": [(1, math.nan)]}), ("grad_norm", {"g": [(3, 2.0)]})], tmp_path / "c.png")
-    assert Image.open(path).size == (480, 300)
-    assert CurveHistory().plot(tmp_path) == []
-
-
-def spec_with(asha: dict[str, Any], epochs: int, record: dict[str, Any] | None = None) -> SweepSpec:
-    return validate_spec(
-        {
-            "name": "cadence",
-            "trainer": "tests.toy_trainer:ToyTrainer",
-            "metric": {"name": "val_loss", "mode": "min"},
-            "budget": {"epochs": epochs},
-            "asha": asha,
-            "record": record or {},
-            "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0}},
-        },
-        "<test>",
-        [],
-    )
-
-
-@pytest.mark.parametrize(
-    ("asha", "epochs"),
-    [
-        ({"grace_period": 1, "reduction_factor": 2}, 4),
-        ({"grace_period": 1, "reduction_factor": 3}, 30),
-        ({"grace_period": 2, "reduction_factor": 2, "brackets": 3}, 40),
-        ({"grace_period": 10, "reduction_factor": 2}, 10),
-    ],
-)
-def test_trials_report_at_every_epoch_ray_asha_compares(asha: dict[str, Any], epochs: int) -> None:
-    spec = spec_with(asha, epochs)
-    ray_asha = AsyncHyperBandScheduler(
-        time_attr="epoch",
-        max_t=epochs,
-        grace_period=spec.asha.grace_period,
-        reduction_factor=spec.asha.reduction_factor,
-        brackets=spec.asha.brackets,
-    )
-    milestones = {m for bracket in ray_asha._brackets for m, _ in bracket._rungs if m < epochs}
-    assert rung_epochs(spec) == sorted(milestones)
-
-
-def test_no_rungs_without_asha() -> None:
-    assert rung_epochs(spec_with({"enabled": False}, 10)) == []
-
-
-def test_report_cadence_reports_rungs_last_epoch_and_after_the_interval() -> None:
-    cadence = ReportCadence(TrialPlan("toy", "val_loss", 8, report_epochs=[1, 2, 4], report_every_s=0.3))
-    assert [e for e in range(1, 9) if cadence.due(e)] == [1, 2, 4, 8]
-    time.sleep(0.35)
-    assert cadence.due(5)
-    cadence.reported()
-    assert not cadence.due(6)
-    every_epoch = ReportCadence(TrialPlan("toy", "val_loss", 3))
-    assert all(every_epoch.due(e) for e in range(1, 4))
-
-
-def test_report_interval_must_not_be_negative() -> None:
-    with pytest.raises(SpecError, match=r"record.report_every_s: must be >= 0"):
-        spec_with({}, 4, {"report_every_s": -1})
-    assert spec_with({}, 4, {"report_every_s": "1e-1"}).record.report_every_s == pytest.approx(0.1)
 
 
 def _commits(study: Any) -> list[int]:
@@ -200,30 +99,6 @@ def test_a_step_stored_by_another_writer_is_updated_as_trial_report_would(tmp_pa
     record_trial(trial, [(1, 0.5), (2, 0.25), (3, -math.inf)])
     frozen = optuna.load_study(study_name=study.study_name, storage=storage).trials[0]
     assert frozen.intermediate_values == {1: 0.5, 2: 0.25, 3: -math.inf}
-
-
-def test_short_epochs_reach_mlflow_in_one_batch_and_long_ones_each_as_it_ends(tmp_path: Path) -> None:
-    """Epoch metrics wait in the step buffer until ``every_s`` has passed since the last send, or a flush."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    store = client(uri)
-    experiment = store.create_experiment("batch")
-    stored = {}
-    for every_s in (60.0, 0.0):
-        run_id = store.create_run(experiment).info.run_id
-        logger = TrialLogger(uri, run_id, every_s=every_s)
-        for epoch in (1, 2, 3):
-            logger.add_step(epoch, {"loss": 1.0 / epoch})
-            logger.log_metrics({"val_loss": 2.0 / epoch}, step=epoch)
-        assert logger.sender.drain(timeout=60)
-        stored[every_s] = len(store.get_metric_history(run_id, "val_loss"))
-        assert logger.flush(timeout=60) and logger.undelivered() == []
-        assert [m.step for m in store.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
-        assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2, 3]
-        logger.log_texts({"config.yaml": "lr: 0.1\n", "source/toy.py": "x = 1\n"})
-        assert logger.close(timeout=60)
-    assert stored == {60.0: 0, 0.0: 3}  # nothing sent before the flush; each epoch at once
-    files = {f.path for f in store.list_artifacts(run_id)} | {f.path for f in store.list_artifacts(run_id, "source")}
-    assert files == {"config.yaml", "source", "source/toy.py"}
 
 
 def test_a_trials_values_and_attrs_are_one_journal_append_and_read_back_as_the_public_calls_write_them(

@@ -18,6 +18,7 @@ from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import load_study
 from sweeps.store.sweep_dir import open_sweep_dir
 from sweeps.trial.from_file import load_run_file, train_from_file
+from tests.helpers import ROOT, toy_spec, write_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
@@ -40,27 +41,8 @@ VAE_SPEC = {
 }
 
 
-def toy_spec(name: str, trials: int, **extra: Any) -> dict[str, Any]:
-    spec = {
-        "name": name,
-        "trainer": "tests.toy_trainer:ToyTrainer",
-        "metric": {"name": "val_loss", "mode": "min"},
-        "seed": 0,
-        "budget": {"trials": trials, "epochs": 4, "concurrency": 1},
-        "asha": {"grace_period": 1, "reduction_factor": 2},
-        "search": {"n_startup_trials": 4},
-        "params": {
-            "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
-            "width": {"type": "int", "low": 1, "high": 8},
-        },
-    }
-    spec.update(extra)
-    return spec
-
-
 def sweep(workdir: Path, data: dict[str, Any]) -> SweepResult:
-    path = workdir / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = write_spec(workdir, data, f"{data['name']}.yaml")
     return run_sweep(load_spec(path), root=workdir / "runs", name=data["name"], stream=io.StringIO())
 
 
@@ -134,7 +116,7 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
 
 
 def test_trials_cut_by_asha_are_pruned_in_optuna_mlflow_and_the_summary(workdir: Path) -> None:
-    result = sweep(workdir, toy_spec("it-prune", trials=8))
+    result = sweep(workdir, toy_spec("it-prune", budget__trials=8))
     _, children = runs_of(result)
     mlflow_pruned = {r.data.tags["sweep.trial"] for r in children if r.data.tags["sweep.status"] == "pruned"}
     optuna_pruned = {str(t.number) for t in study_of(result).trials if t.state == TrialState.PRUNED}
@@ -149,7 +131,7 @@ def test_trials_cut_by_asha_are_pruned_in_optuna_mlflow_and_the_summary(workdir:
 
 
 def test_metric_missing_fails_each_trial_with_that_message_and_the_sweep_goes_on(workdir: Path) -> None:
-    result = sweep(workdir, toy_spec("it-nometric", trials=2, metric={"name": "val_psnr", "mode": "max"}))
+    result = sweep(workdir, toy_spec("it-nometric", budget__trials=2, metric={"name": "val_psnr", "mode": "max"}))
     _, children = runs_of(result)
     assert len(children) == 2
     client = mlflow.MlflowClient(result.tracking_uri)
@@ -163,8 +145,7 @@ def test_metric_missing_fails_each_trial_with_that_message_and_the_sweep_goes_on
 
 
 def test_a_raising_trial_fails_alone(workdir: Path) -> None:
-    spec = toy_spec("it-raise", trials=4, asha={"enabled": False})
-    spec["params"]["fail_at_epoch"] = {"choices": [0, 2]}
+    spec = toy_spec("it-raise", budget__trials=4, asha={"enabled": False}, params__fail_at_epoch={"choices": [0, 2]})
     result = sweep(workdir, spec)
     _, children = runs_of(result)
     for run in children:
@@ -220,10 +201,15 @@ def test_diverged_trials_are_recorded_infeasible_and_rescued_at_bf16(workdir: Pa
 
 
 def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(workdir: Path) -> None:
-    spec = toy_spec("it-every", trials=12, search={"sampler": "random"}, seed=5)
-    spec["asha"] = {"grace_period": 2, "reduction_factor": 2}  # every behavior happens before any cut
-    spec["params"]["behavior"] = {"choices": ["ok", "diverge", "raise", "oom"]}
-    spec["params"]["lr"] = {"type": "float", "low": 1e-4, "high": 1.0, "log": True}
+    spec = toy_spec(
+        "it-every",
+        budget__trials=12,
+        search={"sampler": "random"},
+        seed=5,
+        asha={"grace_period": 2, "reduction_factor": 2},  # every behavior happens before any cut
+        params__behavior={"choices": ["ok", "diverge", "raise", "oom"]},
+        params__lr={"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+    )
     result = sweep(workdir, spec)
     parent, children = runs_of(result)
     assert len(children) == 12  # exactly one child run per trial, all under the one parent
@@ -254,7 +240,7 @@ def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(wor
 
 @pytest.mark.parametrize("name", ["sr_gan_demo", "translation_gan_demo"])
 def test_a_short_sweep_of_each_gan_trainer(workdir: Path, name: str) -> None:
-    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "search_spaces" / f"{name}.yaml").read_text())
+    data = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())
     data["name"] = f"it-{name}"
     data["budget"] = {"trials": 2, "epochs": 2, "concurrency": 2}
     data["fixed"].update({"image_size": 16, "train_images": 32, "val_images": 16, "batch_size": 8})

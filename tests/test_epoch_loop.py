@@ -1,0 +1,30 @@
+"""The epoch loop's report cadence: at each rung, at the last epoch, and once the report interval has passed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sweeps.core.plan import TrialPlan
+from sweeps.spec.sweep_spec import SpecError
+from sweeps.trial.epoch_loop import ReportCadence
+from tests.helpers import minimal_toy_spec, spec_from_dict
+
+
+def test_report_cadence_reports_rungs_last_epoch_and_after_the_interval() -> None:
+    cadence = ReportCadence(TrialPlan("toy", "val_loss", 8, report_epochs=[1, 2, 4], report_every_s=0.3))
+    assert [e for e in range(1, 9) if cadence.due(e)] == [1, 2, 4, 8]
+    time.sleep(0.35)
+    assert cadence.due(5)
+    cadence.reported()
+    assert not cadence.due(6)
+    every_epoch = ReportCadence(TrialPlan("toy", "val_loss", 3))
+    assert all(every_epoch.due(e) for e in range(1, 4))
+
+
+def test_report_interval_must_not_be_negative() -> None:
+    with pytest.raises(SpecError, match=r"record.report_every_s: must be >= 0"):
+        spec_from_dict(minimal_toy_spec("cadence", budget={"epochs": 4}, record={"report_every_s": -1}))
+    spec = spec_from_dict(minimal_toy_spec("cadence", budget={"epochs": 4}, record={"report_every_s": "1e-1"}))
+    assert spec.record.report_every_s == pytest.approx(0.1)

@@ -1,0 +1,85 @@
+"""The MLflow trial logger: epoch metrics sent with the step batches; a restarted trial resends what never arrived."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from pathlib import Path
+
+import mlflow
+
+from sweeps.tracking.curves import CurveHistory
+from sweeps.tracking.mlflow_client import client
+from sweeps.tracking.sweep_tracker import SweepTracker
+from sweeps.tracking.trial_logger import TrialLogger
+from sweeps.trial.epoch_loop import reload_curves
+
+
+def test_short_epochs_reach_mlflow_in_one_batch_and_long_ones_each_as_it_ends(tmp_path: Path) -> None:
+    """Epoch metrics wait in the step buffer until ``every_s`` has passed since the last send, or a flush."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = client(uri)
+    experiment = store.create_experiment("batch")
+    stored = {}
+    for every_s in (60.0, 0.0):
+        run_id = store.create_run(experiment).info.run_id
+        logger = TrialLogger(uri, run_id, every_s=every_s)
+        for epoch in (1, 2, 3):
+            logger.add_step(epoch, {"loss": 1.0 / epoch})
+            logger.log_metrics({"val_loss": 2.0 / epoch}, step=epoch)
+        assert logger.sender.drain(timeout=60)
+        stored[every_s] = len(store.get_metric_history(run_id, "val_loss"))
+        assert logger.flush(timeout=60) and logger.undelivered() == []
+        assert [m.step for m in store.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
+        assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2, 3]
+        logger.log_texts({"config.yaml": "lr: 0.1\n", "source/toy.py": "x = 1\n"})
+        assert logger.close(timeout=60)
+    assert stored == {60.0: 0, 0.0: 3}  # nothing sent before the flush; each epoch at once
+    files = {f.path for f in store.list_artifacts(run_id)} | {f.path for f in store.list_artifacts(run_id, "source")}
+    assert files == {"config.yaml", "source", "source/toy.py"}
+
+
+def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri)
+    tracker.start("resume", "resume-1", "", {})
+    run_id = tracker.create_trial_run("resume-1", 0, "t0", {"lr": 0.1}, {"lr": 0.1})
+
+    def epoch(logger: TrialLogger, number: int, steps: range) -> None:
+        for step in steps:
+            logger.add_step(step, {"loss": float(step)})
+        logger.log_metrics({"val_loss": 1.0 / number}, step=number)
+
+    first = TrialLogger(uri, run_id)
+    epoch(first, 1, range(1, 6))
+    assert first.flush(timeout=60) and first.undelivered() == []
+    gate = threading.Event()  # the store stops answering: epoch 2 stays queued in this process
+    first.sender.submit("store unreachable", gate.wait)
+    epoch(first, 2, range(6, 11))
+    checkpoint = first.undelivered()  # what the checkpoint of epoch 2 keeps
+    assert len(checkpoint) == 6
+    # the process dies here, epoch 2 never delivered; a new one restarts from the checkpoint
+    second = TrialLogger(uri, run_id)
+    second.resume(checkpoint)
+    epoch(second, 3, range(11, 16))
+    assert second.flush(timeout=60)
+    checkpoint = second.undelivered()  # the checkpoint of epoch 3: all delivered
+    for step in range(16, 19):  # part of epoch 4 arrives, then the node dies
+        second.add_step(step, {"loss": float(step)})
+    assert second.flush(timeout=60)
+    third = TrialLogger(uri, run_id)
+    third.resume(checkpoint)
+    curves = CurveHistory()
+    reload_curves(third, curves, checkpoint)
+    for step in range(16, 21):  # epoch 4 again: steps 16-18 are in the store already
+        curves.add(step, {"loss": float(step)})
+    epoch(third, 4, range(16, 21))
+    assert third.close(timeout=60)  # (the first process stays dead: its gate never opens)
+
+    client = mlflow.MlflowClient(uri)
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    epochs = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+    assert sorted(steps) == list(range(1, 21)), collections.Counter(steps)
+    assert sorted(epochs) == [1, 2, 3, 4]
+    drawn = [step for step, _ in curves.series["loss"]]  # the curve of the restarted trial starts at step 1
+    assert set(drawn) == set(range(1, 21)) and drawn == sorted(drawn)
