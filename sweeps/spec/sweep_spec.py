@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sweeps.core.errors import InputError
 from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, parse_params
@@ -29,7 +30,7 @@ TOP_KEYS = {
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A sweep spec has one or more problems; ``str()`` lists them all, one per line."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
