@@ -109,10 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     # traceback as an artifact), not as Ray's tracebacks on the console.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     try:
+        _refuse_nul(args)
         return int(COMMANDS[args.command](args))
     except InputError as exc:  # a spec's problems, one per line; any other bad input, one line
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _refuse_nul(args: argparse.Namespace) -> None:
+    """Refuse an argument with a NUL character: no file name, URI, address or name can hold one."""
+    for dest, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and "\x00" in text:
+                raise InputError(
+                    f"{dest.replace('_', '-')} {text!r}: holds a NUL character (\\x00), which no path, URI or name can"
+                )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeps.spec.sweep_spec import SweepSpec
-from sweeps.store.sweep_dir import check_new_sweep
+from sweeps.store.sweep_dir import check_new_sweep, check_root
 from sweeps.store.trial_storage import check_trial_storage, resolve_trial_storage
 from sweeps.tracking.mlflow_client import resolve_tracking_uri
 from sweeps.tracking.store_check import check_tracking_uri
@@ -14,10 +14,12 @@ from sweeps.tracking.store_check import check_tracking_uri
 def check_sweep_start(spec: SweepSpec, root: str | Path, name: str | None, tracking_uri: str | None) -> str:
     """Check a new sweep's inputs and return the resolved tracking URI; create nothing.
 
-    The sweep's name (one folder name, not taken in ``root``), its trial storage (a file written
+    The storage folder (a folder, or one that can be made, and writable), the sweep's name
+    (one folder name, not taken in ``root``), its trial storage (a file written
     there and deleted), and the tracking URI (scheme, SQLite file or server, within a bounded
     time). Raises an ``InputError`` (one line) on the first problem.
     """
+    check_root(root)
     if name is not None:
         check_new_sweep(root, name)
     if spec.trial_storage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -95,9 +96,22 @@ def check_sweep_name(name: str) -> str:
     return name
 
 
+def check_root(root: str | Path) -> Path:
+    """The storage folder, resolved; refuse one that is a file or cannot be made or written. Creates nothing."""
+    path = Path(root).resolve()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SweepStoreError(f"storage {str(root)!r}: {existing} is a file, not a folder; pass another --storage")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SweepStoreError(f"storage {str(root)!r}: cannot write in {existing}; pass another --storage")
+    return path
+
+
 def check_new_sweep(root: str | Path, name: str) -> SweepDir:
     """The folder a new sweep ``name`` would get; refuse a bad name or one that exists. Creates nothing."""
-    sweep = SweepDir(Path(root).resolve(), check_sweep_name(name))
+    sweep = SweepDir(check_root(root), check_sweep_name(name))
     if sweep.path.exists():
         raise SweepStoreError(f"sweep {name!r} already exists in {sweep.root}; choose another --name")
     return sweep
