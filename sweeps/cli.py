@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
+from sweeps.core.errors import InputError
 from sweeps.spec.sweep_spec import SpecError
-from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError
+from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name
 
 if TYPE_CHECKING:
     from sweeps.engine.runner import SweepResult
     from sweeps.spec.sweep_spec import SweepSpec
 
 EXIT_BAD_INPUT = 2
+UI_PORT = 5000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose error is one line: ``error: sweeps run: <what> ('sweeps run --help' lists the options)``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one line and exit 2 (argparse prints a usage block first)."""
+        text = " ".join(message.split())
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {text} ('{self.prog} --help' lists the options)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sweeps", description="Hyperparameter sweeps for PyTorch image models.")
+    parser = _Parser(prog="sweeps", description="Hyperparameter sweeps for PyTorch image models.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a sweep from a YAML spec")
     run.add_argument("spec", help="the sweep spec, e.g. search_spaces/vae_demo.yaml")
@@ -90,14 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--storage", default=DEFAULT_ROOT)
     ui = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store")
     ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, help=f"port to serve on (default: {UI_PORT}, else a free one)")
     ui.add_argument("--host", default="127.0.0.1")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sweeps`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a command line argparse cannot parse (2, one line)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     if os.getcwd() not in sys.path:  # trainers named by import path resolve from here
         sys.path.insert(0, os.getcwd())
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -105,10 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     # traceback as an artifact), not as Ray's tracebacks on the console.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     try:
+        _refuse_nul(args)
         return int(COMMANDS[args.command](args))
-    except (SpecError, SweepStoreError) as exc:
+    except InputError as exc:  # a spec's problems, one per line; any other bad input, one line
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _refuse_nul(args: argparse.Namespace) -> None:
+    """Refuse an argument with a NUL character: no file name, URI, address or name can hold one."""
+    for dest, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and "\x00" in text:
+                raise InputError(
+                    f"{dest.replace('_', '-')} {text!r}: holds a NUL character (\\x00), which no path, URI or name can"
+                )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,19 +143,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec.sweep_spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, args.trials)
+    if args.name is not None:
+        check_sweep_name(args.name)
+    if args.cpus is not None and args.cpus < 1:
+        raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
     if args.check:
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
         return 0
-    from sweeps.engine.cluster import start_ray
+    from sweeps.engine.preflight import check_sweep_start
+
+    # Before Ray starts and before anything is made: the name, trial storage, the tracking store.
+    check_sweep_start(spec, args.storage, args.name, args.tracking_uri)
+    from sweeps.engine.cluster import check_ray_address, start_ray
+
+    address = check_ray_address(args.address)  # before Ray (and the engine) is imported: seconds, not minutes
     from sweeps.engine.runner import run_sweep
-    from sweeps.store.trial_storage import check_trial_storage, resolve_trial_storage
 
-    if spec.trial_storage:  # before Ray starts: a storage trials cannot write to is a one-line error
-        check_trial_storage(resolve_trial_storage(spec.trial_storage))
-
-    if args.cpus is not None and args.address not in (None, "local"):
-        print(f"note: --cpus sizes a new local Ray; ignored with --address {args.address}", file=sys.stderr)
-    start_ray(num_cpus=args.cpus, address=args.address)
+    if args.cpus is not None and address not in (None, "local"):
+        print(f"note: --cpus sizes a new local Ray; ignored with --address {address}", file=sys.stderr)
+    start_ray(num_cpus=args.cpus, address=address)
     print(
         f"sweep {spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
         f"{spec.mode}imizing {spec.metric}",
@@ -140,13 +173,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Finish a sweep whose driver died: continue or replace its open trials, then summarize."""
-    from sweeps.engine.cluster import start_ray
+    from sweeps.engine.cluster import check_ray_address, start_ray
     from sweeps.engine.resume import check_resumable, resume_sweep
     from sweeps.spec.sweep_spec import load_spec
 
+    if args.cpus is not None and args.cpus < 1:
+        raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
     sweep, _ = check_resumable(args.storage, args.sweep, args.force)  # refuse before Ray starts
     spec = load_spec(sweep.spec_file)
-    start_ray(num_cpus=args.cpus, address=args.address)
+    start_ray(num_cpus=args.cpus, address=check_ray_address(args.address))
     print(f"resuming sweep {sweep.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs", flush=True)
     result = resume_sweep(args.storage, args.sweep, force=args.force)
     return _print_result(result, spec, args.storage)
@@ -207,7 +242,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs <= 0:
         raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
-    train_from_file(load_run_file(args.config), epochs=args.epochs, save=args.save)
+    data = load_run_file(args.config)
+    source = data.get("source")
+    if isinstance(source, dict) and "sweep" in source:  # its provenance names the sweep it came from
+        try:
+            check_sweep_name(source["sweep"])
+        except SweepStoreError as exc:
+            raise SpecError(args.config, [("source.sweep", str(exc))]) from None
+    train_from_file(data, epochs=args.epochs, save=args.save)
     return 0
 
 
@@ -254,11 +296,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     """Run ``mlflow ui`` on the tracking store (Ctrl-C stops it)."""
     from sweeps.tracking.mlflow_client import resolve_tracking_uri, ui_url
+    from sweeps.tracking.store_check import check_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    print(f"MLflow UI for {uri}: http://{args.host}:{args.port}", flush=True)
+    check_tracking_uri(uri, must_exist=True)  # a store to read: never an empty one made here
+    port = _ui_port(args.host, args.port)
+    print(f"MLflow UI for {uri}: http://{args.host}:{port}", flush=True)
     for experiment, experiment_id in _experiments(uri):
-        print(f"  {experiment}: {ui_url(f'http://{args.host}:{args.port}', experiment_id)}", flush=True)
+        print(f"  {experiment}: {ui_url(f'http://{args.host}:{port}', experiment_id)}", flush=True)
     command = [
         sys.executable,
         "-m",
@@ -269,12 +314,47 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--host",
         args.host,
         "--port",
-        str(args.port),
+        str(port),
     ]
     try:
         return subprocess.call(command, env=os.environ.copy())
     except KeyboardInterrupt:
         return 0
+
+
+def _ui_port(host: str, port: int | None) -> int:
+    """The port the UI serves on: ``port`` if free (else an error), or 5000 if free, else a free one."""
+    if port is not None and not 0 < port < 65536:
+        raise SpecError("--port", [("", f"must be 1 to 65535, got {port}")])
+    wanted = port or UI_PORT
+    if _can_listen(host, wanted):
+        return wanted
+    free = _can_listen(host, 0)
+    if port is not None:
+        raise InputError(
+            f"port {port} on {host} is in use (another MLflow UI?): stop what serves there, or pass another "
+            f"--port (port {free} is free)"
+        )
+    print(f"note: port {UI_PORT} on {host} is in use; serving on port {free}", file=sys.stderr, flush=True)
+    return free
+
+
+def _can_listen(host: str, port: int) -> int:
+    """The port a socket bound to ``host:port`` gets (a free one for 0); 0 if ``port`` is in use."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as exc:
+        raise InputError(f"--host {host!r}: not an address of this machine ({exc})") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is free
+        try:
+            sock.bind(address)
+            sock.listen(1)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return 0
+            raise InputError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        return int(sock.getsockname()[1])
 
 
 def _experiments(uri: str) -> list[tuple[str, str]]:

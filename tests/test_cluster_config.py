@@ -457,6 +457,8 @@ def test_start_ray_passes_the_address_and_sizes_only_a_local_ray(monkeypatch: py
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(runner, "_answers", lambda host, port, timeout: True)  # no network: every head answers
+    monkeypatch.setattr(runner, "default_ray_address", lambda: None)  # no earlier `ray start` here
     for key, value in {**runner.ENGINE_ENV, "PYTHONPATH": ""}.items():  # start_ray sets them; undone after
         monkeypatch.setenv(key, value)
     runner.start_ray(num_cpus=2, address="10.0.1.23:6379")

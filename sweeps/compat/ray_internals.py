@@ -59,3 +59,27 @@ def worker_cause(error: BaseException) -> tuple[BaseException, str]:
         return error, ""
     failure = failures[min(failures)]  # Ray Train wraps it: UserExceptionWithTraceback
     return getattr(failure, "_base_exc", failure), str(getattr(failure, "_traceback_str", ""))
+
+
+def default_ray_address() -> tuple[str, str] | None:
+    """The address Ray's default-address file names, and that file; None where there is no such file.
+
+    ``ray start`` writes the file (``/tmp/ray/ray_current_cluster``, under ``$RAY_TMPDIR`` if set)
+    and ``ray stop`` removes it; ``ray.init()`` with no address joins the cluster it names. A
+    head that is gone leaves it behind. Without Ray's helpers, the file is looked for where Ray 2
+    keeps it.
+    """
+    import os
+
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        path = Path(get_ray_address_file(None))
+    except Exception:  # noqa: BLE001 - a private API: look where Ray 2 keeps it
+        base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        path = Path(base) / "ray" / "ray_current_cluster"
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return None
+    return (address, str(path)) if address else None

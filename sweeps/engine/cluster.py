@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 
-from sweeps.compat.ray_internals import max_cluster_resources
+from sweeps.compat.ray_internals import default_ray_address, max_cluster_resources
+from sweeps.core.errors import InputError
+from sweeps.core.failures import failure_reason
 from sweeps.spec.sweep_spec import Budget, SpecError, SweepSpec
 
 # Ray's own per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; its console
@@ -24,6 +28,13 @@ ENGINE_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
 }
+GCS_TIMEOUT_S = 3.0
+"""How long a Ray cluster's head (its GCS port) has to accept a connection before ``ray.init`` is tried."""
+LOCAL_HINT = "pass --address local for a new local Ray"
+
+
+class RayAddressError(InputError):
+    """The Ray cluster to join does not answer, or its address is not one."""
 
 
 def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
@@ -39,17 +50,82 @@ def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     os.environ.update(ENGINE_ENV)
     if ray.is_initialized():
         return
+    address = check_ray_address(address)
     # Trainers named by import path (my_pkg.module:Class) resolve from the working directory.
     paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    ray.init(
-        address=address,
-        num_cpus=num_cpus if address in (None, "local") else None,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        runtime_env={"env_vars": {**ENGINE_ENV, "PYTHONPATH": os.environ["PYTHONPATH"]}},
-    )
+    try:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address in (None, "local") else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            runtime_env={"env_vars": {**ENGINE_ENV, "PYTHONPATH": os.environ["PYTHONPATH"]}},
+        )
+    except ConnectionError as exc:  # e.g. 'auto' with no cluster on this machine, or a head that just went away
+        where = f"at {address}" if address not in (None, "auto") else "on this machine"
+        raise RayAddressError(f"cannot join a Ray cluster {where}: {failure_reason(exc)}; {LOCAL_HINT}") from None
+
+
+def check_ray_address(address: str | None, timeout: float = GCS_TIMEOUT_S) -> str | None:
+    """The address to give ``ray.init``, checked before Ray starts; raise RayAddressError (one line) if none answers.
+
+    A cluster's head answers when its GCS port accepts a TCP connection within ``timeout``. An
+    address given (``--address``, ``$RAY_ADDRESS``) that does not answer is an error. With no
+    address, Ray joins the cluster its default-address file names (written by ``ray start``);
+    when that head is gone, a new local Ray starts instead, with a note saying so and that
+    ``ray stop`` clears the file. With ``auto``, such a file is an error (a cluster was asked for).
+    """
+    if address == "local":
+        return address
+    env = os.environ.get("RAY_ADDRESS") or None
+    wanted = (env or address) if address in (None, "auto") else address
+    if wanted not in (None, "auto"):
+        origin = "$RAY_ADDRESS" if wanted == env else "--address"
+        host, port = _host_port(wanted, origin)
+        if not _answers(host, port, timeout):
+            raise RayAddressError(
+                f"no Ray cluster answers at {wanted} ({origin}) within {timeout:g} s: start it ('ray start --head' "
+                f"on its head node) or fix the address, or {LOCAL_HINT}"
+            )
+        return address
+    found = default_ray_address()
+    if found is None:
+        return address  # None: a new local Ray; auto: Ray looks for one on this machine
+    named, file = found
+    try:
+        answers = _answers(*_host_port(named, file), timeout)
+    except RayAddressError:
+        answers = False
+    if answers:
+        return address
+    stale = f"Ray's default-address file {file} names {named} (from an earlier 'ray start'), where no Ray answers"
+    if address is None:
+        print(f"note: {stale}; starting a new local Ray ('ray stop' clears the file)", file=sys.stderr, flush=True)
+        return "local"
+    raise RayAddressError(f"--address auto: {stale}: run 'ray stop' to clear it, or {LOCAL_HINT}")
+
+
+def _host_port(address: str, origin: str) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port``, ``[v6]:port`` or ``ray://host:port``."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise RayAddressError(
+            f"Ray address {address!r} ({origin}) is not HOST:PORT (e.g. 10.0.1.23:6379), 'auto' or 'local'"
+        )
+    return host, int(port)
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` accepts a TCP connection within ``timeout``."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 DRIVER_RESOURCES = {"cpu": 0, "memory": 1}

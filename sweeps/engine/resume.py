@@ -62,6 +62,7 @@ from sweeps.spec.sweep_spec import SweepSpec, load_spec
 from sweeps.store.study import load_study, make_sampler
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
 from sweeps.tracking.mlflow_client import retry
+from sweeps.tracking.store_check import check_tracking_uri, open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
 
 ENDED = {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
@@ -120,6 +121,7 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
         raise SweepStoreError(f"sweep {sweep.name!r} keeps its trials at a URI: resume supports paths only")
     if not (ray_dir / "tuner.pkl").is_file():
         raise SweepStoreError(f"sweep {sweep.name!r} has no Ray experiment in {ray_dir} to resume")
+    check_tracking_uri(str(meta.get("tracking_uri") or ""), must_exist=True)  # its runs are there
     return sweep, meta
 
 
@@ -151,6 +153,7 @@ def resume_sweep(
     """Finish sweep ``name`` in ``root`` (see the module's docstring for what happens to each trial)."""
     sweep, meta = check_resumable(root, name, force)
     spec = load_spec(sweep.spec_file)
+    open_store(str(meta["tracking_uri"]))  # a one-line error if it cannot open
     tracker = SweepTracker.of_sweep(meta)
     study = _load_study(sweep, spec)
     state = SweepState(metric=spec.metric, mode=spec.mode)

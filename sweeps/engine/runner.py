@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from sweeps.core.records import SweepState
 from sweeps.engine.callbacks import CheckpointPruner, TrackingCallback
 from sweeps.engine.cluster import check_workers_fit, cluster_slots, start_ray, trial_concurrency, trial_resources
 from sweeps.engine.live_view import LiveView
+from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.results.report import prewarm, result_rows, write_report
@@ -34,9 +36,9 @@ from sweeps.results.summary import divergence_summary, summary_table
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import create_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, default_name, new_sweep_dir
-from sweeps.store.trial_storage import check_trial_storage, resolve_trial_storage
-from sweeps.tracking.mlflow_client import resolve_tracking_uri
+from sweeps.store.trial_storage import resolve_trial_storage
 from sweeps.tracking.provenance import git_commit
+from sweeps.tracking.store_check import open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
 from sweeps.trial.one_worker import run_trial
 from sweeps.version import __version__
@@ -60,25 +62,32 @@ def run_sweep(
     tracking_uri: str | None = None,
     stream: TextIO | None = None,
 ) -> SweepResult:
-    """Run ``spec`` to its trial budget and return the result; records survive an interrupt."""
+    """Run ``spec`` to its trial budget and return the result; records survive an interrupt.
+
+    Bad input (a sweep name, the tracking URI or its store, the Ray address, trial storage) is
+    refused with a one-line ``InputError`` before anything is made; a start that fails after the
+    sweep's folder was made removes it and the parent run again.
+    """
     check_workers_fit(spec)  # budget.workers_per_trial: before anything is recorded
-    trial_storage = resolve_trial_storage(spec.trial_storage) if spec.trial_storage else None
-    if trial_storage is not None:
-        check_trial_storage(trial_storage)  # a one-line error before anything is recorded
-    sweep = new_sweep_dir(root, name or default_name(spec.name))
-    uri = resolve_tracking_uri(tracking_uri)
-    spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
-    sweep.spec_file.write_text(spec_text)
-    tracker = SweepTracker(uri)
-    parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
-    storage_path, experiment = ray_location(spec, sweep)
-    meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
-    sweep.write_meta(meta)
-    study = create_study(sweep, spec)
-    state = SweepState(metric=spec.metric, mode=spec.mode)
-    searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
+    uri = check_sweep_start(spec, root, name, tracking_uri)
     start_ray()
-    tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream)
+    open_store(uri)  # a one-line error if it cannot open; a new SQLite store gets MLflow's tables once
+    tracker = SweepTracker(uri)
+    sweep = new_sweep_dir(root, name or default_name(spec.name), unique=name is None)
+    try:
+        spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
+        sweep.spec_file.write_text(spec_text)
+        parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
+        storage_path, experiment = ray_location(spec, sweep)
+        meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
+        sweep.write_meta(meta)
+        study = create_study(sweep, spec)
+        state = SweepState(metric=spec.metric, mode=spec.mode)
+        searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
+        tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream)
+    except BaseException:
+        _undo_start(sweep, tracker)
+        raise
     interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
     return SweepResult(sweep, state, parent, uri, interrupted)
 
@@ -113,6 +122,16 @@ def configs_tuner(
         tune_config=tune.TuneConfig(max_concurrent_trials=trial_concurrency(spec.budget)),
         run_config=tune.RunConfig(name=name, storage_path=str(sweep.path), verbose=0),
     )
+
+
+def _undo_start(sweep: SweepDir, tracker: SweepTracker) -> None:
+    """Remove what a start that failed made: the parent run (if created) and the sweep's folder."""
+    if tracker.parent_run_id:
+        try:
+            tracker.client.delete_run(tracker.parent_run_id)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+    shutil.rmtree(sweep.path, ignore_errors=True)
 
 
 def ray_location(spec: SweepSpec, sweep: SweepDir) -> tuple[str, str]:

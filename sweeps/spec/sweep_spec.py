@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sweeps.core.errors import InputError
 from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, parse_params
@@ -29,14 +30,19 @@ TOP_KEYS = {
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A sweep spec has one or more problems; ``str()`` lists them all, one per line."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
         self.problems = problems
         lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(_one_line(line) for line in lines))
+
+
+def _one_line(text: str) -> str:
+    """A problem's line with line breaks written out (a key or value given with one stays on its line)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass
@@ -141,6 +147,14 @@ def read_yaml(path: str | Path) -> Any:
         raise SpecError(source, [("", f"YAML syntax error at {where}{problem}")]) from None
 
 
+def _override_value(text: str) -> Any:
+    """A ``--set`` value as YAML reads it (``3`` is a number), or the text as written."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: set[str]) -> list[tuple[str, str]]:
     """Apply ``key=value`` overrides in place; return the problems with malformed ones.
 
@@ -154,10 +168,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: s
         if not sep or not key:
             problems.append((f"--set {item}", "expected key=value"))
             continue
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
+        value = _override_value(text)
         if "." in key:
             node = raw
             *parents, leaf = key.split(".")
@@ -197,6 +208,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, trials: int 
 def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> SweepSpec:
     """Validate a spec mapping (after overrides) and build a :class:`SweepSpec`."""
     problems = Problems()
+    for item in overrides:  # `--set trainer=...` first: the trainer's fields tell the other overrides apart
+        key, sep, text = item.partition("=")
+        if sep and key.strip() == "trainer":
+            raw["trainer"] = _override_value(text)
     trainer_cls = _trainer(raw.get("trainer"), problems)
     types = field_types(trainer_cls.Config) if trainer_cls is not None else {}
     problems.extend(apply_overrides(raw, overrides, set(types)))

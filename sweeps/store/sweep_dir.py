@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeps.core.errors import InputError
+
 DEFAULT_ROOT = "sweep_runs"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""A sweep's name: one folder name of safe characters (no ``/``, no ``..``, no spaces), at most 128."""
 
 
-class SweepStoreError(ValueError):
-    """A sweep folder is missing, already exists, or is unreadable."""
+class SweepStoreError(InputError):
+    """A sweep folder is missing, already exists, or is unreadable; or a sweep name is not allowed."""
 
 
 @dataclass(frozen=True)
@@ -76,21 +82,71 @@ def default_name(spec_name: str) -> str:
     return f"{spec_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def new_sweep_dir(root: str | Path, name: str) -> SweepDir:
-    """Create a fresh sweep folder; refuse one that already exists."""
-    sweep = SweepDir(Path(root).resolve(), name)
+def check_sweep_name(name: str) -> str:
+    """Return ``name`` if it is a sweep name: one path component of letters, digits, ``.``, ``_`` and ``-``.
+
+    Raise SweepStoreError otherwise (``../x``, ``a/b``, an empty or hidden name, spaces, over 128
+    characters): a sweep's folder is ``<storage>/<name>`` and nowhere else.
+    """
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SweepStoreError(
+            f"sweep name {name!r} is not allowed: use one folder name of letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit, at most 128 characters), e.g. vae-lr-sweep-1"
+        )
+    return name
+
+
+def check_root(root: str | Path) -> Path:
+    """The storage folder, resolved; refuse one that is a file or cannot be made or written. Creates nothing."""
+    path = Path(root).resolve()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SweepStoreError(f"storage {str(root)!r}: {existing} is a file, not a folder; pass another --storage")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SweepStoreError(f"storage {str(root)!r}: cannot write in {existing}; pass another --storage")
+    return path
+
+
+def check_new_sweep(root: str | Path, name: str) -> SweepDir:
+    """The folder a new sweep ``name`` would get; refuse a bad name or one that exists. Creates nothing."""
+    sweep = SweepDir(check_root(root), check_sweep_name(name))
     if sweep.path.exists():
         raise SweepStoreError(f"sweep {name!r} already exists in {sweep.root}; choose another --name")
-    sweep.path.mkdir(parents=True)
     return sweep
 
 
+def new_sweep_dir(root: str | Path, name: str, unique: bool = False) -> SweepDir:
+    """Create a fresh sweep folder; refuse a bad name or one that already exists.
+
+    With ``unique`` (a default name, e.g. two sweeps of one spec started in the same second), a
+    name that exists gets a suffix instead: ``name-2``, ``name-3``, ...
+    """
+    check_sweep_name(name)
+    root_path = Path(root).resolve()
+    root_path.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000 if unique else 2):
+        sweep = SweepDir(root_path, name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            sweep.path.mkdir()  # atomic: of two sweeps asking for one name, one gets it
+        except FileExistsError:
+            continue
+        return sweep
+    raise SweepStoreError(f"sweep {name!r} already exists in {root_path}; choose another --name")
+
+
 def open_sweep_dir(root: str | Path, name: str) -> SweepDir:
-    """Find an existing sweep by name (or a path to its folder)."""
+    """Find an existing sweep by name (a sweep in ``root``) or by the path of its folder."""
     candidate = Path(name)
     if (candidate / "sweep.json").is_file():
         candidate = candidate.resolve()
         return SweepDir(candidate.parent, candidate.name)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SweepStoreError(
+            f"{name!r} is neither a sweep's folder (it holds no sweep.json) nor a sweep name "
+            "(one folder name of letters, digits, '.', '_' and '-'); 'sweeps list' shows the sweeps"
+        )
     sweep = SweepDir(Path(root).resolve(), name)
     if not sweep.meta_file.is_file():
         known = sorted(p.parent.name for p in sweep.root.glob("*/sweep.json")) if sweep.root.is_dir() else []

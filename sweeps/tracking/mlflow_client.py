@@ -5,7 +5,10 @@ Every call is retried, so a busy SQLite file or a brief server outage loses noth
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -74,14 +77,32 @@ def client(uri: str) -> MlflowClient:
     """The process's MLflow client bound to ``uri`` (no global MLflow state is touched).
 
     One per URI and process: building a client opens and checks the store (0.1 to 0.6 s for
-    SQLite here), which a reused trial process would otherwise pay for every trial.
+    SQLite here), which a reused trial process would otherwise pay for every trial. A SQLite store
+    is opened under a lock (:func:`schema_lock`): on a new file, MLflow creates its tables then.
     """
     from mlflow import MlflowClient
 
     from sweeps.store.sqlite_wal import use_wal
 
     use_wal()
-    return MlflowClient(tracking_uri=uri)
+    with schema_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
+def schema_lock(uri: str, timeout: float = 300.0) -> contextlib.AbstractContextManager[object]:
+    """A lock, across this host's processes, held while a SQLite store is opened.
+
+    MLflow creates its tables when it opens a new database, and checks first without a lock: two
+    sweeps started at once on a new ``mlflow.db`` both created them and the second failed
+    (``table alembic_version already exists``). The lock file is in the system's temp folder,
+    named after the URI, so nothing is added beside the store. Other stores need no lock.
+    """
+    if not uri.startswith("sqlite:"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    key = hashlib.sha256(uri.encode()).hexdigest()[:20]
+    return FileLock(str(Path(tempfile.gettempdir()) / f"sweeps-mlflow-open-{key}.lock"), timeout=timeout)
 
 
 def param_text(value: Any) -> str:

@@ -81,12 +81,7 @@ class SweepTracker:
         """Create (or reuse) the experiment and start the sweep's parent run; return its id."""
         found = retry(lambda: self.client.get_experiment_by_name(experiment), "get experiment")
         if found is None:
-            self.experiment_id = retry(
-                lambda: self.client.create_experiment(
-                    experiment, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND
-                ),
-                "create experiment",
-            )
+            self.experiment_id = retry(partial(self._create_experiment, experiment), "create experiment")
         else:
             self.experiment_id = found.experiment_id
             for key, value in EXPERIMENT_KIND.items():
@@ -97,6 +92,20 @@ class SweepTracker:
         self.log_params(self.parent_run_id, params)
         retry(lambda: self.client.log_text(self.parent_run_id, spec_text, "spec.yaml"), "log spec")
         return self.parent_run_id
+
+    def _create_experiment(self, experiment: str) -> str:
+        """Create the experiment; if another sweep started at the same time created it first, use that one."""
+        try:
+            return str(
+                self.client.create_experiment(
+                    experiment, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND
+                )
+            )
+        except Exception:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return str(found.experiment_id)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Log parameters in one batch."""
