@@ -113,15 +113,18 @@ class StepProbe:
             metrics[f"{net}/lr"] = float(lr.item() if torch.is_tensor(lr) else lr)
         grad_norm: float | None = None
         if self.params:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            first, last = self.params[self.first], self.params[self.last]
-            norms = [torch.linalg.vector_norm(last.detach().float())]
-            if grads:
-                norms.append(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
-                norms += [_grad_norm(first), _grad_norm(last)]
+            present = [i for i, p in enumerate(self.params) if p.grad is not None]
+            norms = [torch.linalg.vector_norm(self.params[self.last].detach().float())]
+            if present:  # one norm per gradient (one kernel for all), the total from them
+                grads = [self.params[i].grad.detach() for i in present]
+                per_grad = list(_norms(grads))
+                norms.append(torch.linalg.vector_norm(torch.stack(per_grad)))
+                index = {param: at for at, param in enumerate(present)}
+                zero = torch.zeros((), device=norms[0].device)
+                norms += [per_grad[index[i]] if i in index else zero for i in (self.first, self.last)]
             values = torch.stack([n.float().reshape(()) for n in norms]).tolist()
             metrics[f"{net}/weight_norm_last"] = values[0]
-            if grads:
+            if present:
                 grad_norm = values[1]
                 metrics[f"{net}/grad_norm"] = grad_norm
                 metrics[f"{net}/grad_norm_first"], metrics[f"{net}/grad_norm_last"] = values[2], values[3]
@@ -138,6 +141,10 @@ class StepProbe:
         return metrics
 
 
-def _grad_norm(param: Any) -> torch.Tensor:
-    grad = param.grad
-    return torch.zeros((), device=param.device) if grad is None else torch.linalg.vector_norm(grad.detach().float())
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each tensor, in float32: one fused kernel where torch has it."""
+    same = all(t.dtype == tensors[0].dtype and t.device == tensors[0].device for t in tensors)
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is not None and same and tensors[0].dtype == torch.float32:
+        return list(foreach(tensors))
+    return [torch.linalg.vector_norm(t.float()) for t in tensors]
