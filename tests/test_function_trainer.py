@@ -219,8 +219,9 @@ def test_only_the_cadences_epochs_report_and_the_last_one_always_does() -> None:
 
 
 def test_a_function_that_ends_early_still_reports_its_last_epochs() -> None:
-    _, channel = run_loop("tests.function_trainers:no_checkpoint", {}, epochs=3, report_every_s=3600.0)
-    assert [r["epoch"] for r in channel.reports] == [3]
+    _, channel = run_loop("tests.function_trainers:no_checkpoint", {"epochs": 2}, epochs=3, report_every_s=3600.0)
+    assert [r["epoch"] for r in channel.reports] == [2]  # epochs 1 and 2 fell between reports
+    assert [e for e, _ in channel.reports[0]["sweep/history"]] == [1, 2]
 
 
 def test_without_a_checkpoint_a_restored_function_trial_starts_over() -> None:
@@ -359,3 +360,17 @@ def test_stop_trial_imports_without_ray_mlflow_or_torch() -> None:
         "bad = [m for m in ('ray', 'mlflow', 'optuna', 'torch') if m in sys.modules]; sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_the_docs_show_the_step_contract_and_the_examples_whole_diff() -> None:
+    text = (ROOT / "docs" / "trainers.md").read_text()
+    assert all(f"`{key.name}`" in text for key in STEP_CONTRACT)
+    block = text.split("```diff\n", 1)[1].split("```", 1)[0]  # the first diff: the function example's
+    plain = (ROOT / "examples" / "plain_loop.py").read_text().splitlines()
+    sweepable = (ROOT / "examples" / "plain_loop_sweepable.py").read_text().splitlines()
+    added = [line[1:] for line in block.splitlines() if line.startswith("+")]
+    removed = [line[1:] for line in block.splitlines() if line.startswith("-")]
+    assert set(added) <= set(sweepable) and set(removed) <= set(plain)
+    # nothing else changed: every other line of the sweepable file is a line of the plain loop, re-indented
+    assert {line.strip() for line in sweepable if line not in added} <= {line.strip() for line in plain}
+    assert len(added) <= 15

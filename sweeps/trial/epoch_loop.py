@@ -41,6 +41,7 @@ from sweeps.trial.stops import DivergedError, MetricMissingError, divergence_res
 from trainables.config import build_config
 from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer
+from trainables.runtime import pick_device
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -194,10 +195,13 @@ class EpochLoop:
 
     def _run_function(self, train: Callable[..., Any]) -> dict[str, float]:
         """A function trainer: ``train(config, run)`` runs its own loop; ``run.report`` ends each epoch here."""
-        run = FunctionRun(self.params, self.plan.epochs, self.step_hook(), self.end_epoch, reduce=self.reduce)
-        saved = self._begin(train, str(run.device))
-        if saved is not None:  # applied when (if) the function calls run.restore(); else it starts over
-            run._saved, run._on_restore = saved, lambda: self._take_counts(saved)
+        saved = self._begin(train, str(pick_device(str(self.params.get("device", "auto")))))
+
+        def restored() -> None:  # the function called run.restore() (else it starts over)
+            assert saved is not None
+            self._take_counts(saved)
+
+        run = FunctionRun(self.params, self.plan.epochs, self.step_hook(), self.end_epoch, saved, restored, self.reduce)
         self.trainer, self.trainer_state = run, run.checkpoint_state
         try:
             train(run.config, run)
