@@ -290,6 +290,10 @@ def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Pat
             "fixed.precision: trainer 'examples.plain_loop_sweepable:train' does not run 'bf16' (it runs: fp32",
         ),
         ({"params": {"precision": {"choices": ["fp32", "fp16"]}}}, "params.precision.choices[1]: trainer"),
+        (  # a function declaring its metrics (train.metrics) is checked before the sweep too
+            {"trainer": "tests.function_trainers:amp_train", "metric": "val_psnr"},
+            "metric: 'val_psnr' is not produced by trainer 'tests.function_trainers:amp_train' (it reports: val_loss)",
+        ),
         (
             {"params": {"precision": {"choices": ["fp32", "fp64"]}}},
             "params.precision.choices[1]: unknown precision 'fp64'",
