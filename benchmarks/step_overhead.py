@@ -11,10 +11,13 @@ repeat on the same weights' shapes and data:
 - ``run.step+mlflow``: the same with the trial's MLflow logger buffering every step's values
   (SQLite in a temp folder, sent by its background thread about every second), as in a sweep.
 
-Printed per mode: the median seconds per step over ``--repeats`` epochs of ``--steps`` steps,
-its difference from ``plain``, and the time spent inside the ``run.step`` calls themselves
-(timed around each call: the overhead without the noise of the loop around it) as a share of
-the plain step.
+Printed per mode: the median wall seconds per step over ``--repeats`` epochs of ``--steps`` steps
+and its difference from ``plain``; the same for this process's CPU seconds (all its threads, the
+MLflow sender's too: on a machine shared with other work, less disturbed by it than the wall
+clock); and the CPU time of the calling thread inside the ``run.step`` calls themselves (timed
+around each call: the overhead without the noise of the loop around it) as a share of the plain
+step's CPU time. On a busy machine read the last column: the loop-level columns then move by
+several percent from one run to the next whatever the mode.
 
 Run: .venv/bin/python -m benchmarks.step_overhead [--repeats 15] [--steps 16] [--width 16] [--threads 1]
 """
@@ -64,9 +67,11 @@ class Loop:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.start = 0
 
-    def steps(self, count: int, run: FunctionRun | None) -> tuple[float, float]:
-        """Seconds per step over ``count`` steps, and of that the seconds per step inside ``run.step``."""
+    def steps(self, count: int, run: FunctionRun | None) -> tuple[float, float, float]:
+        """Per step over ``count`` steps: wall seconds, this process's CPU seconds (all its threads),
+        and the CPU seconds of this thread inside ``run.step``."""
         inside = 0.0
+        cpu = time.process_time()
         began = time.perf_counter()
         for _ in range(count):
             x = self.train[self.start : self.start + 32]
@@ -76,10 +81,11 @@ class Loop:
             loss.backward()
             self.optimizer.step()
             if run is not None:
-                before = time.perf_counter()
+                before = time.thread_time()
                 run.step(loss=loss, optimizer=self.optimizer)
-                inside += time.perf_counter() - before
-        return (time.perf_counter() - began) / count, inside / count
+                inside += time.thread_time() - before
+        wall = time.perf_counter() - began
+        return wall / count, (time.process_time() - cpu) / count, inside / count
 
 
 def measure(repeats: int, steps: int, width: int) -> dict[str, dict[str, Any]]:
@@ -96,17 +102,23 @@ def measure(repeats: int, steps: int, width: int) -> dict[str, dict[str, Any]]:
         loops = {mode: Loop(width) for mode in MODES}
         for mode in MODES:  # warm-up: first-use costs out of the clock
             loops[mode].steps(steps, runs[mode])
-        times: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+        times: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in MODES}
         for _ in range(repeats):
             for mode in MODES:
                 times[mode].append(loops[mode].steps(steps, runs[mode]))
         logger.close(timeout=120)
-    plain = statistics.median(t for t, _ in times["plain"])
+    plain, plain_cpu = (statistics.median(t[i] for t in times["plain"]) for i in (0, 1))
     table = {}
     for mode in MODES:
-        step = statistics.median(t for t, _ in times[mode])
-        inside = statistics.median(i for _, i in times[mode])
-        table[mode] = {"step_s": step, "vs_plain": step / plain - 1.0, "inside_s": inside, "share": inside / plain}
+        step, cpu, inside = (statistics.median(t[i] for t in times[mode]) for i in (0, 1, 2))
+        table[mode] = {
+            "step_s": step,
+            "vs_plain": step / plain - 1.0,
+            "cpu_s": cpu,
+            "cpu_vs_plain": cpu / plain_cpu - 1.0,
+            "inside_s": inside,
+            "share": inside / plain_cpu,
+        }
     return table
 
 
@@ -122,11 +134,17 @@ def main() -> None:
     table = measure(args.repeats, args.steps, args.width)
     print(f"plain loop, width {args.width}, batch 32, 32 px, {args.threads} thread(s): "
           f"{args.repeats} x {args.steps} steps per mode, interleaved")  # fmt: skip
-    print(f"{'mode':<17} {'ms/step':>8} {'vs plain':>9} {'run.step ms':>12} {'of a step':>10}")
+    print(
+        f"{'mode':<17} {'ms/step':>8} {'vs plain':>9} {'cpu ms/step':>12} {'vs plain':>9} "
+        f"{'run.step cpu ms':>16} {'of a step':>10}"
+    )
     for mode, row in table.items():
-        inside = f"{row['inside_s'] * 1e3:12.3f}" if mode != "plain" else f"{'-':>12}"
+        inside = f"{row['inside_s'] * 1e3:16.3f}" if mode != "plain" else f"{'-':>16}"
         share = f"{row['share']:10.2%}" if mode != "plain" else f"{'-':>10}"
-        print(f"{mode:<17} {row['step_s'] * 1e3:8.3f} {row['vs_plain']:+9.2%} {inside} {share}")
+        print(
+            f"{mode:<17} {row['step_s'] * 1e3:8.3f} {row['vs_plain']:+9.2%} {row['cpu_s'] * 1e3:12.3f} "
+            f"{row['cpu_vs_plain']:+9.2%} {inside} {share}"
+        )
 
 
 if __name__ == "__main__":
