@@ -30,7 +30,7 @@ from sweeps.trial.function_run import FunctionRun, trial_config
 from tests.function_trainers import MemoryChannel
 from trainables.diagnostics import StepProbe, loss_metrics
 from trainables.mixed_precision import loss_scaler
-from trainables.protocol import STEP_CONTRACT, StopTrial, declared_precisions
+from trainables.protocol import STEP_CONTRACT, Run, StopTrial, declared_precisions
 
 EXAMPLE = "examples.plain_loop_sweepable:train"
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,7 @@ def recording_run(epochs: int = 3, answers: list[bool] | None = None) -> tuple[F
 
 
 def test_config_has_attribute_and_key_access_with_seed_and_precision() -> None:
+    assert isinstance(recording_run()[0], Run)  # the run a function gets is the protocol's
     config = trial_config({"lr": 0.1, "precision": "O1"})
     assert config.lr == config["lr"] == 0.1
     assert config.seed == 0 and config.precision == "fp16"  # always there; precision canonical
@@ -378,3 +379,14 @@ def test_the_docs_show_the_step_contract_and_the_examples_whole_diff() -> None:
     # nothing else changed: every other line of the sweepable file is a line of the plain loop, re-indented
     assert {line.strip() for line in sweepable if line not in added} <= {line.strip() for line in plain}
     assert len(added) <= 15
+
+
+def test_untyped_numbers_written_1e_3_reach_a_function_as_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"trainer: {EXAMPLE}\nmetric: val_loss\nfixed: {{noise: 1e-1, name_like: abc}}\n"
+        "params:\n  lr: {choices: [1e-3, 2e-3]}\n"
+    )
+    spec = load_spec(path, overrides=["width=1e1"])
+    assert spec.fixed == {"noise": 0.1, "name_like": "abc", "width": 10.0}
+    assert spec.params["lr"].choices == [0.001, 0.002]

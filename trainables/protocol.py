@@ -113,6 +113,7 @@ class Run(Protocol):
         scaler: Any = None,
         model: Any = None,
         output: Any = None,
+        net: str = "model",
         **extra: float,
     ) -> None:
         """After each optimizer step: derive the step contract's diagnostics, record and watch them."""

@@ -16,7 +16,7 @@ import yaml
 
 from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, SIGNALS, DivergenceSettings
-from sweeps.spec.params import ParamSpec, parse_params
+from sweeps.spec.params import ParamSpec, parse_params, untyped
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, field_types
 from trainables.precision import canonical_precision
@@ -418,7 +418,7 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
             problems.add(f"fixed.{key}", "unknown parameter for this trainer")
             continue
         try:
-            fixed[str(key)] = coerce(item, types[key]) if types else item
+            fixed[str(key)] = coerce(item, types[key]) if types else untyped(item)
         except ValueError as exc:
             problems.add(f"fixed.{key}", str(exc))
     return fixed
