@@ -10,6 +10,9 @@ The public API (each name is imported on first use, so ``import sweeps`` stays c
     best = sweeps.best_configs(sweep, top_k=3)           # what ``sweeps export`` writes
     sweeps.resume_sweep("sweep_runs", "vae-demo-...")    # finish a sweep whose driver died
 
+``sweeps.StopTrial`` is what ``run.report`` / ``run.step`` raise in a function trainer when the
+sweep ends its trial (``trainables.protocol``; importing it loads neither Ray nor MLflow).
+
 See ``docs/architecture.md`` for the packages behind these names.
 """
 
@@ -27,9 +30,11 @@ if TYPE_CHECKING:
     from sweeps.spec.sweep_spec import SpecError, SweepSpec, load_spec
     from sweeps.store.sweep_dir import SweepDir, SweepStoreError
     from sweeps.store.sweep_dir import open_sweep_dir as open_sweep
+    from trainables.protocol import StopTrial
 
 _PUBLIC = {
     "SpecError": ("sweeps.spec.sweep_spec", "SpecError"),
+    "StopTrial": ("trainables.protocol", "StopTrial"),
     "SweepSpec": ("sweeps.spec.sweep_spec", "SweepSpec"),
     "load_spec": ("sweeps.spec.sweep_spec", "load_spec"),
     "run_sweep": ("sweeps.engine.runner", "run_sweep"),
@@ -42,6 +47,7 @@ _PUBLIC = {
 }
 __all__ = [
     "SpecError",
+    "StopTrial",
     "SweepDir",
     "SweepResult",
     "SweepSpec",

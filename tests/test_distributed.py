@@ -385,3 +385,30 @@ def test_a_restored_multi_worker_trial_continues_its_step_count_and_logs_no_step
     steps = [m.step for m in client.get_metric_history(run_id, "loss")]
     assert sorted(steps) == list(range(1, 7)), steps  # epoch 2 trained twice, its steps logged once
     assert sorted(m.step for m in client.get_metric_history(run_id, "val_mse")) == [1, 2, 3]
+
+
+def _function_on_two_ranks(rank: int, folder: Path, lrs: list[float], stop_after: int) -> Any:
+    import contextlib
+
+    from sweeps.core.plan import TrialPlan
+    from sweeps.trial.epoch_loop import EpochLoop
+    from trainables.data_parallel import mean_over_ranks
+
+    plan = TrialPlan("examples.plain_loop_sweepable:train", "val_loss", 3)
+    channel = _FolderChannel(folder, stop_after, None)
+    loop = EpochLoop(plan, {"lr": lrs[rank]}, None, reduce=mean_over_ranks)
+    with contextlib.redirect_stdout(io.StringIO()):
+        loop.run(channel)
+    return {"reports": channel.reports, "epochs_done": loop.epochs_done}
+
+
+@pytest.mark.integration  # two spawned processes importing torch
+def test_a_function_trainer_on_two_ranks_follows_rank_0_and_diverges_on_both_at_once(tmp_path: Path) -> None:
+    (tmp_path / "same").mkdir()
+    same = _spawn(_function_on_two_ranks, tmp_path / "same", [1e-3, 1e-3], 2)
+    assert same[0] == same[1] and [r["epoch"] for r in same[0]["reports"]] == [1, 2]  # stopped after 2, both
+    assert sorted(p.name for p in (tmp_path / "same").glob("epoch_*")) == ["epoch_1", "epoch_2"]  # rank 0 saves
+    (tmp_path / "apart").mkdir()
+    apart = _spawn(_function_on_two_ranks, tmp_path / "apart", [1e-3, 1.0], 3)  # rank 1 alone diverges
+    last = [rank["reports"][-1] for rank in apart]
+    assert last[0] == last[1] and last[0]["sweep/diverged"] == 1.0 and last[0]["sweep/step"] <= 8

@@ -251,3 +251,45 @@ def test_a_short_sweep_of_each_gan_trainer(workdir: Path, name: str) -> None:
     for run in children:
         assert {"g/loss_scale", "d/grad_norm", "d/real_mean", "d/fake_mean"} <= set(run.data.metrics)
         assert "images" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_plain_loop_kept_as_a_function_sweeps_and_its_diverging_trial_stops_within_steps(workdir: Path) -> None:
+    spec = {
+        "name": "it-function",
+        "trainer": "examples.plain_loop_sweepable:train",  # examples/plain_loop.py with 14 lines changed
+        "metric": {"name": "val_loss", "mode": "min"},
+        "seed": 2,  # the random sampler then draws each lr once
+        "budget": {"trials": 3, "epochs": 2, "concurrency": 2},
+        "asha": False,
+        "search": {"sampler": "random"},
+        "params": {"lr": {"choices": [1e-3, 3e-3, 1.0]}},  # 1.0 diverges
+    }
+    result = sweep(workdir, spec)
+    _, children = runs_of(result)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    assert sorted(float(r.data.params["lr"]) for r in children) == [1e-3, 3e-3, 1.0]
+    for run in children:
+        tags, lr = run.data.tags, float(run.data.params["lr"])
+        assert run.data.params["seed"] == "2"  # the seed reaches a function trainer's config
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "spec.yaml", "source", "environment.json", "curves"} <= artifacts
+        assert {"loss", "model/lr", "model/grad_norm", "model/weight_norm_last"} <= set(run.data.metrics)
+        if lr == 1.0:
+            assert tags["sweep.status"] == "diverged" and tags["sweep.signal"] == "loss_explosion"
+            assert int(tags["sweep.divergence_step"]) <= 8  # within the first epoch's 8 steps
+            assert len(client.get_metric_history(run.info.run_id, "loss")) == int(tags["sweep.divergence_step"])
+        else:
+            assert tags["sweep.status"] == "completed"
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+            assert len(client.get_metric_history(run.info.run_id, "loss")) == 16
+            assert "checkpoint" in artifacts  # run.checkpoint's state, as a class trainer's
+    study = study_of(result)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 3
+    assert [t.constraints for t in study.trials if float(t.params["lr"]) == 1.0] == [{"diverged": 1.0}]
+    # export and retrain: the same loop, the same seed, the same metric
+    data = load_run_file(
+        write_export(best_config(open_sweep_dir(workdir / "runs", result.sweep.name)), workdir / "b.yaml")
+    )
+    out = io.StringIO()
+    assert train_from_file(data, save=workdir / "model.pt", stream=out)["val_loss"] == data["metric"]["value"]
+    assert "saved" in out.getvalue() and (workdir / "model.pt").exists()

@@ -9,8 +9,10 @@ import pytest
 
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import load_spec
+from sweeps.trial.function_run import trial_config
 from tests.helpers import ROOT
 from trainables import build_config, load_trainer
+from trainables.protocol import is_function_trainer
 
 SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
@@ -25,5 +27,5 @@ def test_spec_loads_and_a_sampled_point_builds_a_config(path: Path) -> None:
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     params = spec.resolve(sample(trial, spec.params, spec.fixed))
     cls = load_trainer(spec.trainer)
-    config = build_config(cls.Config, params)
+    config = trial_config(params) if is_function_trainer(cls) else build_config(cls.Config, params)
     assert all(getattr(config, key) is not None for key in params)

@@ -1,20 +1,29 @@
 """Per-step diagnostics every trainer emits, under shared names the engine watches.
 
-Names: ``loss`` (the main network's total), ``loss/<term>`` for each loss term, and per network
-``<net>/lr`` (the learning rate), ``<net>/loss_scale``, ``<net>/skipped``, ``<net>/grad_norm``,
-``<net>/grad_norm_first``,
+Names (``trainables.protocol.STEP_CONTRACT``): ``loss`` (the main network's total),
+``loss/<term>`` for each loss term, and per network ``<net>/lr`` (the learning rate),
+``<net>/loss_scale``, ``<net>/skipped``, ``<net>/grad_norm``, ``<net>/grad_norm_first``,
 ``<net>/grad_norm_last``, ``<net>/weight_norm_last``; GANs add ``d/real_mean`` and
 ``d/fake_mean``; ``output_mean`` and ``output_std`` describe the generated images.
+
+The built-in trainers fill them from their :class:`~trainables.precision.AmpNetwork`
+(:func:`network_metrics`); a loop of one's own, with a plain optimizer and perhaps a
+``GradScaler``, gets them from :func:`loss_metrics` and a :class:`StepProbe` (what a function
+trainer's ``run.step`` uses).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 from trainables.precision import AmpNetwork, StepStats
 from trainables.protocol import StepHook
 
-__all__ = ["EpochAverages", "StepHook", "network_metrics", "output_metrics"]
+__all__ = ["EpochAverages", "StepHook", "StepProbe", "loss_metrics", "network_metrics", "output_metrics"]
 
 
 def network_metrics(name: str, net: AmpNetwork, stats: StepStats, full: bool) -> dict[str, float]:
@@ -54,3 +63,88 @@ class EpochAverages:
     def means(self, prefix: str = "train_") -> dict[str, float]:
         """Epoch means, keys prefixed (``loss`` -> ``train_loss``)."""
         return {prefix + key.replace("/", "_"): value / max(self.count, 1) for key, value in self.sums.items()}
+
+
+def loss_metrics(loss: Any) -> dict[str, float]:
+    """``loss`` as step metrics, fetched with one device sync.
+
+    A number or tensor is ``loss``; a dict of terms is ``loss/<term>`` each and ``loss`` their sum.
+    """
+    if isinstance(loss, dict):
+        names = [str(name) for name in loss]
+        values = _floats(list(loss.values()))
+        return {"loss": math.fsum(values), **{f"loss/{name}": value for name, value in zip(names, values, strict=True)}}
+    return {"loss": _floats([loss])[0]}
+
+
+def _floats(values: list[Any]) -> list[float]:
+    tensors = [v.detach().float().reshape(()) for v in values if torch.is_tensor(v)]
+    fetched = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [float(next(fetched)) if torch.is_tensor(v) else float(v) for v in values]
+
+
+class StepProbe:
+    """One network's step diagnostics in a loop of one's own: learning rate, gradient and weight norms, loss scale.
+
+    Built once per network from its optimizer (or its model), then called after each optimizer
+    step. Gradients are read as they are after the step: a ``GradScaler``'s ``step`` has unscaled
+    them (call ``run.step`` before the next ``zero_grad``). ``skipped`` is the scaler's own
+    ``last_skipped`` where it keeps one (``run.scaler()``'s do), else a loss scale that fell or a
+    non-finite gradient under an enabled scaler.
+    """
+
+    def __init__(self, net: str, optimizer: Any = None, model: Any = None) -> None:
+        self.net, self.optimizer, self.model = net, optimizer, model
+        params: Iterable[Any] = ()
+        if optimizer is not None:
+            params = (p for group in optimizer.param_groups for p in group["params"])
+        elif model is not None:
+            params = model.parameters()
+        self.params = [p for p in params if p.requires_grad]
+        weights = [i for i, p in enumerate(self.params) if p.dim() >= 2] or list(range(len(self.params)))
+        self.first, self.last = (weights[0], weights[-1]) if weights else (-1, -1)
+        self.scale: float | None = None
+
+    def __call__(self, scaler: Any = None) -> dict[str, float]:
+        """The step's ``<net>/...`` diagnostics (those it has what to derive them from)."""
+        net, metrics = self.net, {}
+        if self.optimizer is not None:
+            lr = self.optimizer.param_groups[0]["lr"]
+            metrics[f"{net}/lr"] = float(lr.item() if torch.is_tensor(lr) else lr)
+        grad_norm: float | None = None
+        if self.params:
+            present = [i for i, p in enumerate(self.params) if p.grad is not None]
+            norms = [torch.linalg.vector_norm(self.params[self.last].detach().float())]
+            if present:  # one norm per gradient (one kernel for all), the total from them
+                grads = [self.params[i].grad.detach() for i in present]
+                per_grad = list(_norms(grads))
+                norms.append(torch.linalg.vector_norm(torch.stack(per_grad)))
+                index = {param: at for at, param in enumerate(present)}
+                zero = torch.zeros((), device=norms[0].device)
+                norms += [per_grad[index[i]] if i in index else zero for i in (self.first, self.last)]
+            values = torch.stack([n.float().reshape(()) for n in norms]).tolist()
+            metrics[f"{net}/weight_norm_last"] = values[0]
+            if present:
+                grad_norm = values[1]
+                metrics[f"{net}/grad_norm"] = grad_norm
+                metrics[f"{net}/grad_norm_first"], metrics[f"{net}/grad_norm_last"] = values[2], values[3]
+        if scaler is not None:
+            enabled = scaler.is_enabled()
+            scale = float(scaler.get_scale()) if enabled else 1.0
+            skipped = getattr(scaler, "last_skipped", None)
+            if skipped is None:
+                overflowed = enabled and grad_norm is not None and not math.isfinite(grad_norm)
+                skipped = (self.scale is not None and scale < self.scale) or overflowed
+            self.scale = scale
+            metrics[f"{net}/loss_scale"] = scale
+            metrics[f"{net}/skipped"] = float(bool(skipped))
+        return metrics
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each tensor, in float32: one fused kernel where torch has it."""
+    same = all(t.dtype == tensors[0].dtype and t.device == tensors[0].device for t in tensors)
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is not None and same and tensors[0].dtype == torch.float32:
+        return list(foreach(tensors))
+    return [torch.linalg.vector_norm(t.float()) for t in tensors]

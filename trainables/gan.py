@@ -24,7 +24,7 @@ from trainables.gan_losses import (
     gradient_penalty,
 )
 from trainables.images import make_grid, validation_images
-from trainables.precision import AmpNetwork, StepStats
+from trainables.precision import PRECISIONS, AmpNetwork, StepStats
 from trainables.quality import psnr, ssim
 from trainables.runtime import pick_device, restore_rng, rng_state
 from trainables.settings import RunSettings
@@ -123,6 +123,7 @@ class PairedGANTrainer:
 
     Config: ClassVar[type]
     metrics: ClassVar[tuple[str, ...]]
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     loss_terms: ClassVar[tuple[str, ...]]
     """Names of the terms :meth:`_generator_terms` returns (``adv`` is added)."""
     config: GANConfig

@@ -1,10 +1,12 @@
-"""Trainers by name, and user trainers by import path (``my_pkg.my_module:MyTrainer``)."""
+"""Trainers by name, and user trainers by import path (``my_pkg.my_module:MyTrainer`` or ``my_module:train``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
 from typing import Any
+
+from trainables.protocol import is_function_trainer, signature_problem
 
 BUILTIN = {
     "vae": "trainables.vae:VAETrainer",
@@ -18,11 +20,11 @@ class TrainerLoadError(ValueError):
 
 
 def load_trainer(name: str) -> Any:
-    """Return the trainer class for a built-in name or a ``module:Class`` import path."""
+    """Return the trainer for a built-in name or an import path: a class, or a function ``train(config, run)``."""
     path = BUILTIN.get(name, name)
     if ":" not in path:
         known = ", ".join(sorted(BUILTIN))
-        raise TrainerLoadError(f"unknown trainer {name!r} (built-in: {known}; or use module:Class)")
+        raise TrainerLoadError(f"unknown trainer {name!r} (built-in: {known}; or use module:Class or module:function)")
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -31,6 +33,11 @@ def load_trainer(name: str) -> Any:
     cls = getattr(module, attr, None)
     if cls is None:
         raise TrainerLoadError(f"module {module_name!r} has no attribute {attr!r}")
+    if is_function_trainer(cls):
+        problem = signature_problem(cls)
+        if problem:
+            raise TrainerLoadError(f"{path!r} is not a trainer: {problem}")
+        return cls
     missing = [m for m in ("train_epoch", "validate", "state_dict", "load_state_dict") if not hasattr(cls, m)]
     config = getattr(cls, "Config", None)
     if missing or config is None or not dataclasses.is_dataclass(config):

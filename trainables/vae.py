@@ -16,7 +16,7 @@ from torch import nn
 from trainables.data_parallel import shard_order, shard_range, sum_over_ranks
 from trainables.diagnostics import EpochAverages, StepHook, network_metrics, output_metrics
 from trainables.images import dataset, make_grid, validation_images
-from trainables.precision import AmpNetwork
+from trainables.precision import PRECISIONS, AmpNetwork
 from trainables.runtime import pick_device, restore_rng, rng_state, seed_everything
 from trainables.settings import RunSettings
 
@@ -105,6 +105,7 @@ class VAETrainer:
 
     Config: ClassVar[type] = VAEConfig
     metrics: ClassVar[tuple[str, ...]] = ("val_loss", "val_mse", "val_kl", "train_loss")
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
 
     def __init__(self, config: VAEConfig) -> None:
         self.config = config

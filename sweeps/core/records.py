@@ -65,6 +65,8 @@ class SweepState:
     counts: dict[str, int] = field(default_factory=dict)
     diverged_by: dict[str, int] = field(default_factory=dict)
     best: TrialRecord | None = None
+    rescues_ended: int = 0
+    """Of the ended trials, the precision rescues (extra trials, outside the budget's count)."""
 
     def better(self, value: float, than: float) -> bool:
         """Whether ``value`` beats ``than`` in this sweep's direction."""
@@ -87,6 +89,8 @@ class SweepState:
         """Mark a trial ended and update the counts and the best completed trial."""
         record.status, record.reason = status, reason
         self.counts[status] = self.counts.get(status, 0) + 1
+        if record.rescue_of is not None:
+            self.rescues_ended += 1
         if status == DIVERGED:
             self.diverged_by[record.signal] = self.diverged_by.get(record.signal, 0) + 1
         if status == COMPLETED and record.value is not None:

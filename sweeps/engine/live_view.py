@@ -12,8 +12,15 @@ from sweeps.core.records import SweepState, TrialRecord
 
 
 def status_line(state: SweepState, total: int, elapsed: float) -> str:
-    """One line: trials ended/planned, running, each ending's count, best so far."""
-    ended = sum(state.counts.values())
+    """One line: trials ended/planned, running, each ending's count, best so far.
+
+    Precision rescues are extra trials: ``trials`` counts the budget's trials only (never more
+    than planned), and the rescues that ended are counted beside it.
+    """
+    ended = sum(state.counts.values()) - state.rescues_ended
+    rescues = (
+        f" (+{state.rescues_ended} rescue{'s' if state.rescues_ended != 1 else ''})" if state.rescues_ended else ""
+    )
     counts = " · ".join(_count(state, name, n) for name, n in sorted(state.counts.items()))
     best = state.best
     best_text = (
@@ -21,7 +28,7 @@ def status_line(state: SweepState, total: int, elapsed: float) -> str:
     )
     parts = [
         f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}]",
-        f"trials {ended}/{total}",
+        f"trials {ended}/{total}{rescues}",
         f"running {state.running}",
     ]
     return " · ".join(parts + ([counts] if counts else []) + [best_text])

@@ -70,10 +70,17 @@ def trial_plan(spec: SweepSpec, tracking_uri: str, run_id: str, spec_text: str) 
     )
 
 
-def rescue_precision(params: dict[str, Any]) -> str:
-    """bf16 where the trial's device runs it, else fp32."""
+def rescue_precision(params: dict[str, Any], supported: tuple[str, ...] | None = None) -> str | None:
+    """bf16 where the trainer and the trial's device run it, else fp32 where the trainer runs it, else None.
+
+    ``supported``: the precisions the trainer runs (None: any; the spec refuses a rescue of a
+    trainer that does not say).
+    """
     device = pick_device(str(params.get("device", "auto")))
-    return "bf16" if precision_problem("bf16", device) is None else "fp32"
+    runs = supported if supported is not None else ("fp32", "bf16")
+    if "bf16" in runs and precision_problem("bf16", device) is None:
+        return "bf16"
+    return "fp32" if "fp32" in runs else None
 
 
 class OptunaSearcher(Searcher):
@@ -128,7 +135,7 @@ class OptunaSearcher(Searcher):
         return self._config(params, run_id)
 
     def _suggest_rescue(self, trial_id: str, original: TrialRecord) -> dict[str, Any]:
-        precision = rescue_precision(original.params)
+        precision = rescue_precision(original.params, self.spec.trainer_precisions) or "fp32"
         params = {**original.params, "precision": precision}
         sampled = {**original.sampled, "precision": precision}
         run_id = self.tracker.create_trial_run(
@@ -192,7 +199,9 @@ class OptunaSearcher(Searcher):
         except ValueError:
             return
         enabled, is_rescue = self.spec.divergence.rescue, record.rescue_of is not None
-        if wants_rescue(record.status, record.signal, precision, enabled=enabled, is_rescue=is_rescue):
+        target = rescue_precision(record.params, self.spec.trainer_precisions)  # only one the trainer runs
+        wanted = wants_rescue(record.status, record.signal, precision, enabled=enabled, is_rescue=is_rescue)
+        if wanted and target is not None:
             self.rescues.append(record)
 
     def continue_trial(self, record: TrialRecord, trial: optuna.Trial, reported_epoch: int) -> None:

@@ -8,6 +8,7 @@ parameter has one of the listed values (``init_scale`` only under ``precision: f
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     import optuna
 
 KINDS = ("float", "int", "categorical")
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 
 
@@ -127,7 +129,7 @@ def _categorical(
             problems.add(f"{key}[{i}]", f"{choice!r} is not a number, string or boolean")
             continue
         try:
-            converted.append(coerce(choice, kind_hint) if kind_hint is not None else choice)
+            converted.append(coerce(choice, kind_hint) if kind_hint is not None else untyped(choice))
         except ValueError as exc:
             problems.add(f"{key}[{i}]", str(exc))
     if len(set(map(repr, converted))) != len(converted):
@@ -165,6 +167,17 @@ def _numeric(
     if len(problems) > before or low is None or high is None:
         return None
     return ParamSpec(name=name, kind=kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def untyped(value: Any) -> Any:
+    """A value of a parameter with no declared type (a function trainer's), as YAML 1.2 reads it.
+
+    PyYAML reads an unquoted ``1e-3`` as the string ``'1e-3'``; with no config field to say it is
+    a number, it would reach the trainer as a string. Such a string is a number here.
+    """
+    if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def _parse_when(value: Any, key: str, problems: Problems) -> dict[str, list[Any]]:

@@ -17,10 +17,11 @@ import yaml
 from sweeps.core.errors import InputError
 from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
-from sweeps.spec.params import ParamSpec, parse_params
+from sweeps.spec.params import ParamSpec, parse_params, untyped
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, field_types
-from trainables.protocol import declared_metrics
+from trainables.precision import canonical_precision
+from trainables.protocol import declared_metrics, declared_precisions, is_function_trainer
 from trainables.registry import TrainerLoadError, load_trainer
 
 TOP_KEYS = {
@@ -121,11 +122,19 @@ class SweepSpec:
     trial_storage: str | None = None
     """Where trials write checkpoints and Ray its records (a URI or a path every node reaches);
     None: inside the sweep's folder on the driver."""
+    function_trainer: bool = False
+    """The trainer is a function ``train(config, run)`` (its config takes any parameter, and the seed)."""
+    trainer_precisions: tuple[str, ...] | None = None
+    """The precisions the trainer runs (``trainables.protocol.declared_precisions``); None: it does not say."""
 
     def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        """A trial's complete trainer parameters: fixed values, sampled values and the seed."""
+        """A trial's complete trainer parameters: fixed values, sampled values and the seed.
+
+        The seed goes to a class trainer whose ``Config`` has a ``seed`` field, and always to a
+        function trainer (``config.seed``).
+        """
         params = {**self.fixed, **sampled}
-        if "seed" in self.trainer_fields and "seed" not in params:
+        if ("seed" in self.trainer_fields or self.function_trainer) and "seed" not in params:
             params["seed"] = self.seed
         return params
 
@@ -213,7 +222,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         if sep and key.strip() == "trainer":
             raw["trainer"] = _override_value(text)
     trainer_cls = _trainer(raw.get("trainer"), problems)
-    types = field_types(trainer_cls.Config) if trainer_cls is not None else {}
+    function = trainer_cls is not None and is_function_trainer(trainer_cls)
+    types = field_types(trainer_cls.Config) if trainer_cls is not None and not function else {}
     problems.extend(apply_overrides(raw, overrides, set(types)))
     for key in raw:
         if key not in TOP_KEYS:
@@ -231,8 +241,9 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     trial_storage = _trial_storage(raw.get("trial_storage"), problems)
     fixed = _fixed(raw.get("fixed", {}), types, problems)
     params = parse_params(raw.get("params", {}), types, fixed, problems)
-    if trainer_cls is not None:
+    if trainer_cls is not None and not function:
         _check_configs(trainer_cls, fixed, params, seed, problems)
+    precisions = _precisions(trainer_cls, raw.get("trainer"), fixed, params, divergence, problems)
     if problems:
         raise SpecError(source, problems.items)
     return SweepSpec(
@@ -252,12 +263,14 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         source=source,
         trainer_fields=tuple(types),
         trial_storage=trial_storage,
+        function_trainer=function,
+        trainer_precisions=precisions,
     )
 
 
 def _trainer(value: Any, problems: Problems) -> Any:
     if value is None:
-        problems.add("trainer", "missing (a built-in name such as 'vae', or module:Class)")
+        problems.add("trainer", "missing (a built-in name such as 'vae', module:Class or module:function)")
         return None
     try:
         return load_trainer(str(value))
@@ -425,7 +438,7 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
             problems.add(f"fixed.{key}", "unknown parameter for this trainer")
             continue
         try:
-            fixed[str(key)] = coerce(item, types[key]) if types else item
+            fixed[str(key)] = coerce(item, types[key]) if types else untyped(item)
         except ValueError as exc:
             problems.add(f"fixed.{key}", str(exc))
     return fixed
@@ -452,3 +465,51 @@ def _check_configs(
                 for key, msg in exc.problems:
                     where = f"params.{name}.{label}" if key == name else f"params.{name}.{label} (with {key})"
                     problems.add(where, msg)
+
+
+def _precisions(
+    trainer: Any,
+    name: Any,
+    fixed: dict[str, Any],
+    params: dict[str, ParamSpec],
+    divergence: DivergenceSettings,
+    problems: Problems,
+) -> tuple[str, ...] | None:
+    """The precisions the trainer runs; each precision the spec asks for must be one of them.
+
+    A ``divergence.rescue`` re-runs a trial at bf16 (or fp32) only where the trainer runs it, so a
+    trainer that does not say what it runs cannot be rescued.
+    """
+    if trainer is None:
+        return None
+    try:
+        supported = declared_precisions(trainer)
+    except ValueError as exc:
+        problems.add("trainer", f"precisions: {exc}")
+        return None
+    asked = [("fixed.precision", fixed["precision"])] if "precision" in fixed else []
+    if "precision" in params:
+        asked += [(f"params.precision.{label}", value) for label, value in params["precision"].probe_values()]
+    for key, value in asked:
+        try:
+            precision = canonical_precision(str(value))
+        except ValueError as exc:
+            if is_function_trainer(trainer):  # a class trainer's own config check says so already
+                problems.add(key, str(exc))
+            continue
+        if supported is not None and precision not in supported:
+            problems.add(
+                key,
+                f"trainer {name!r} does not run {value!r} (it runs: {', '.join(supported)}; "
+                "a trainer declares more in a `precisions` attribute)",
+            )
+    if divergence.enabled and divergence.rescue:
+        if supported is None:
+            problems.add(
+                "divergence.rescue",
+                f"trainer {name!r} does not say which precisions it runs (a `precisions` attribute), "
+                "so a rescue could run one it ignores",
+            )
+        elif "bf16" not in supported and "fp32" not in supported:
+            problems.add("divergence.rescue", f"trainer {name!r} runs neither bf16 nor fp32 to rescue a trial at")
+    return supported

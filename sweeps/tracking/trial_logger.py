@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.compat.mlflow_internals import latest_steps
-from sweeps.core.keys import TAG_REASON
+from sweeps.core.keys import TAG_REASON, TAG_WARNING
 from sweeps.tracking.mlflow_client import client, retry
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class TrialLogger:
     def _spooled(self) -> Path:
         """A new empty folder in the spool, for files waiting to be sent."""
         folder = self.spool / str(next(self.spool_names))
-        folder.mkdir()
+        folder.mkdir(parents=True)
         return folder
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -227,6 +227,19 @@ class TrialLogger:
 
         items = [RunTag(key, value[:5000]) for key, value in tags.items()]
         self.sender.submit("tag run", partial(self.client.log_batch, self.run_id, tags=items))
+
+    def spool_folder(self) -> Path:
+        """A new empty folder to write a file into, then hand to :meth:`log_spooled` (no copy made)."""
+        return self._spooled()
+
+    def log_spooled(self, path: Path, folder: str | None = None) -> None:
+        """Upload a file written into a :meth:`spool_folder` (which this logger removes when closed)."""
+        self.sender.submit(f"log {path.name}", partial(self.client.log_artifact, self.run_id, str(path), folder))
+
+    def warn(self, message: str) -> None:
+        """Something went wrong that does not end the trial: a warning in the trial's log and a tag on its run."""
+        log.warning("trial run %s: %s", self.run_id, message)
+        self.sender.submit("tag warning", partial(self.client.set_tag, self.run_id, TAG_WARNING, message[:5000]))
 
     def log_failure(self, exc: BaseException) -> None:
         """Tag the run with the exception's one-line reason; store the traceback."""

@@ -1,6 +1,9 @@
 """The one epoch loop every trial runs: one-worker trials, each rank of a multi-worker trial, and ``sweeps train``.
 
-Per epoch the trainer trains and validates. Every optimizer step goes through the trainer's
+Per epoch the trainer trains and validates: a class trainer's ``train_epoch`` and ``validate``
+called from here, or a function trainer's own loop, which calls ``run.step`` and ``run.report``
+(``sweeps.trial.function_run``); either way the end of an epoch is :meth:`EpochLoop.end_epoch`.
+Every optimizer step goes through the trainer's
 ``on_step`` hook into the divergence detector and, where the loop has a logger, into a buffer of
 step metrics; each epoch's metrics join it. The buffer goes to the trial's MLflow run when a step
 or an epoch ends a second or more after the last send, and always before a report (so a trial
@@ -18,7 +21,6 @@ channel makes every rank follow rank 0's decisions; only rank 0 has a logger.
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -29,17 +31,12 @@ import torch
 import yaml
 
 from sweeps.core.keys import (
-    DIVERGED_KEY,
     EPOCH,
     HISTORY_KEY,
     OBSERVED_REASON_KEY,
     OBSERVED_SIGNAL_KEY,
     OBSERVED_STEP_KEY,
-    ONSET_KEY,
-    REASON_KEY,
-    SIGNAL_KEY,
     SKIPPED_KEY,
-    STEP_KEY,
     STEPS_KEY,
     TAG_WOULD_STOP_REASON,
     TAG_WOULD_STOP_SIGNAL,
@@ -50,9 +47,29 @@ from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_source
 from sweeps.tracking.trial_logger import TrialLogger
+from sweeps.trial.function_run import FunctionRun
+from sweeps.trial.stops import DivergedError, MetricMissingError, divergence_result
 from trainables.config import build_config
-from trainables.protocol import ObservesSteps, SamplesImages, trainer_device
+from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer
+from trainables.runtime import pick_device
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "DELIVERY_TIMEOUT_S",
+    "Channel",
+    "CheckpointState",
+    "DivergedError",
+    "EpochLoop",
+    "MetricMissingError",
+    "ReportCadence",
+    "detector_for",
+    "divergence_result",
+    "load_checkpoint",
+    "reload_curves",
+    "save_checkpoint",
+    "StepWatch",
+]
 
 CHECKPOINT_FILE = "trainer.pt"
 DELIVERY_TIMEOUT_S = 900.0  # as long as TrialLogger waits at the end of a trial
@@ -60,18 +77,6 @@ DELIVERY_TIMEOUT_S = 900.0  # as long as TrialLogger waits at the end of a trial
 Reduce = Callable[[dict[str, float]], dict[str, float]]
 CheckpointState = dict[str, Any]
 """``{"trainer": state_dict, "epoch": n, "counts": {...}, "undelivered": [...]}``, saved as :data:`CHECKPOINT_FILE`."""
-
-
-class MetricMissingError(RuntimeError):
-    """The trainer's results lack the metric the sweep optimizes."""
-
-
-class DivergedError(Exception):
-    """Raised from the step hook to leave the trainer's loop at once."""
-
-    def __init__(self, divergence: Divergence) -> None:
-        super().__init__(divergence.reason)
-        self.divergence = divergence
 
 
 class Channel(Protocol):
@@ -90,17 +95,6 @@ class Channel(Protocol):
         ...
 
 
-def divergence_result(divergence: Divergence) -> dict[str, Any]:
-    """The engine's keys in a diverged trial's last report."""
-    return {
-        DIVERGED_KEY: 1.0,
-        SIGNAL_KEY: divergence.signal,
-        REASON_KEY: divergence.reason,
-        STEP_KEY: divergence.step,
-        ONSET_KEY: divergence.onset,
-    }
-
-
 def detector_for(plan: TrialPlan) -> DivergenceDetector:
     """The divergence detector the plan asks for (the detector's defaults where it sets nothing)."""
     raw = plan.divergence
@@ -109,7 +103,7 @@ def detector_for(plan: TrialPlan) -> DivergenceDetector:
 
 
 class StepWatch:
-    """The trainer's per-step hook: record the step (where there is a logger), count it, watch it.
+    """The per-step hook: record the step (where there is a logger), count it, watch it.
 
     ``reduce`` turns one rank's values into the values every rank agrees on (multi-worker
     trials average them over ranks), so every rank's detector fires at the same step. In
@@ -190,121 +184,195 @@ class EpochLoop:
         self.curves = CurveHistory()
         self.counts = {STEPS_KEY: 0.0, SKIPPED_KEY: 0.0}
         self.trainer: Any = None
-        self.watch: StepWatch | None = None
+        """The class trainer, or a function trainer's :class:`FunctionRun`."""
         self.epochs_done = 0
         """Epochs trained and validated so far (a restored trial's count includes the checkpoint's)."""
+        self.metrics: dict[str, float] = {}
+        """The last epoch's metrics."""
+        self.channel: Channel | None = None
+        self.cadence = ReportCadence(plan)
+        self.history: list[tuple[int, float]] = []  # (epoch, metric) since the last report
+        self.unreported = False  # an epoch ended since the last report
+        self.trainer_state: Callable[[], Any] | None = None
+        self.watch: StepWatch | None = None
 
     def run(self, channel: Channel) -> dict[str, float]:
         """Train from the channel's checkpoint (or from scratch) until the last epoch or a stop; the last metrics."""
-        plan, logger = self.plan, self.logger
-        torch.set_num_threads(max(1, int(plan.threads)))
-        trainer_cls = load_trainer(plan.trainer)
+        torch.set_num_threads(max(1, int(self.plan.threads)))
+        self.channel = channel
+        trainer = load_trainer(self.plan.trainer)
+        if is_function_trainer(trainer):
+            return self._run_function(trainer)
+        return self._run_class(trainer)
+
+    def _run_class(self, trainer_cls: Any) -> dict[str, float]:
+        """A class trainer: ``train_epoch`` and ``validate`` per epoch, called from here."""
         trainer = self.trainer = trainer_cls(build_config(trainer_cls.Config, self.params))
         if isinstance(trainer, ObservesSteps):
-            self.watch = trainer.on_step = StepWatch(detector_for(plan), self.counts, logger, self.curves, self.reduce)
-        done = self.epochs_done = self._restore(trainer, channel.restore())
-        if logger is not None and (done == 0 or not logger.has_artifact("config.yaml")):
-            self._log_provenance(trainer_cls, trainer)
-        cadence = ReportCadence(plan)
-        history: list[tuple[int, float]] = []  # (epoch, metric) since the last report
-        metrics: dict[str, float] = {}
-        for epoch in range(done + 1, plan.epochs + 1):
+            trainer.on_step = self.step_hook()
+        self.trainer_state = trainer.state_dict
+        saved = self._begin(trainer_cls, trainer_device(trainer))
+        if saved is not None:
+            trainer.load_state_dict(saved["trainer"])
+            self._take_counts(saved)
+        image = trainer.sample_grid if isinstance(trainer, SamplesImages) else None
+        for epoch in range(self.epochs_done + 1, self.plan.epochs + 1):
             try:
                 trained = trainer.train_epoch()
                 metrics = {**(self.reduce(trained) if self.reduce else trained), **trainer.validate()}
             except DivergedError as diverged:
-                if logger is not None:
-                    logger.flush()
-                result = {plan.metric: math.nan, EPOCH: epoch, **self.counts, **divergence_result(diverged.divergence)}
-                channel.report({**result, HISTORY_KEY: history}, None)
-                return metrics
-            self._check_metric(metrics)
-            self.epochs_done = epoch
-            if logger is not None:
-                logger.log_metrics(metrics, step=epoch)
-                self._log_images(trainer, epoch)
-            if plan.metric in metrics:
-                history.append((epoch, float(metrics[plan.metric])))
-            if not channel.agree(cadence.due(epoch)):
-                continue
-            if logger is not None:
-                # Tune may stop the trial at this report (ASHA, at a rung or at the last epoch) and end
-                # this process without waiting: deliver what the epochs recorded first, curves too.
-                self.log_curves()
-                logger.flush(timeout=DELIVERY_TIMEOUT_S)
-            observed = self.watch.result() if self.watch is not None else {}
-            go_on = channel.report(
-                {**metrics, EPOCH: epoch, **self.counts, **observed, HISTORY_KEY: history},
-                partial(self._state, trainer, epoch),
-            )
-            history = []
-            cadence.reported()
-            if not go_on:
+                self.end_diverged(epoch, diverged.divergence)
+                return self.metrics
+            if not self.end_epoch(epoch, metrics, image):
                 break
-        return metrics
+        return self.metrics
+
+    def _run_function(self, train: Callable[..., Any]) -> dict[str, float]:
+        """A function trainer: ``train(config, run)`` runs its own loop; ``run.report`` ends each epoch here."""
+        saved = self._begin(train, str(pick_device(str(self.params.get("device", "auto")))))
+
+        def restored() -> None:  # the function called run.restore() (else it starts over)
+            assert saved is not None
+            self._take_counts(saved)
+
+        run = FunctionRun(self.params, self.plan.epochs, self.step_hook(), self.end_epoch, saved, restored, self.reduce)
+        self.trainer, self.trainer_state = run, run.checkpoint_state
+        try:
+            train(run.config, run)
+        except DivergedError as diverged:
+            self.end_diverged(diverged.epoch or self.epochs_done + 1, diverged.divergence)
+            return self.metrics
+        except StopTrial:
+            pass  # the sweep stopped it at a report (or the function did): what it reported is recorded
+        if run.reports == 0:
+            raise MetricMissingError(
+                f"trainer {self.plan.trainer!r} returned without calling run.report: "
+                f"metric {self.plan.metric!r} was never reported"
+            )
+        if self.unreported:  # the function ended between reports: its last epochs still go out
+            self._report(self.epochs_done)
+        return self.metrics
+
+    def step_hook(self) -> StepWatch:
+        """The hook every optimizer step goes through (a class trainer's ``on_step``, a function's ``run.step``)."""
+        self.watch = StepWatch(detector_for(self.plan), self.counts, self.logger, self.curves, self.reduce)
+        return self.watch
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float], image: Callable[[], Any] | None = None) -> bool:
+        """The end of an epoch, whoever trained it: its metrics and image recorded, a report at the cadence.
+
+        True if the trial goes on.
+        """
+        assert self.channel is not None
+        self._check_metric(metrics)
+        self.epochs_done, self.metrics = epoch, metrics
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=epoch)
+            self._log_image(image, epoch)
+        if self.plan.metric in metrics:
+            self.history.append((epoch, float(metrics[self.plan.metric])))
+        if not self.channel.agree(self.cadence.due(epoch)):
+            self.unreported = True
+            return True
+        return self._report(epoch)
+
+    def end_diverged(self, epoch: int, divergence: Divergence) -> None:
+        """A diverged trial's last report: everything it recorded delivered first, then why it stopped."""
+        assert self.channel is not None
+        self._deliver()
+        result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **divergence_result(divergence)}
+        self.channel.report({**result, HISTORY_KEY: self.history}, None)
+
+    def _report(self, epoch: int) -> bool:
+        assert self.channel is not None
+        # Tune may stop the trial at this report (ASHA, at a rung or at the last epoch) and end
+        # this process without waiting: deliver what the epochs recorded first, curves too.
+        self._deliver()
+        observed = self.watch.result() if self.watch is not None else {}
+        result = {**self.metrics, EPOCH: epoch, **self.counts, **observed, HISTORY_KEY: self.history}
+        go_on = self.channel.report(result, partial(self._state, epoch))
+        self.history, self.unreported = [], False
+        self.cadence.reported()
+        return go_on
+
+    def _deliver(self) -> None:
+        """Queue the curves; wait until everything recorded reached MLflow (a report may end the process)."""
+        if self.logger is not None:
+            self.log_curves()
+            self.logger.flush(timeout=DELIVERY_TIMEOUT_S)
 
     def log_curves(self) -> None:
-        """Draw and queue ``curves/curves.png`` when there are points it has not shown yet."""
+        """Draw and queue ``curves/curves.png`` when there are points it has not shown yet.
+
+        Drawn into the logger's own spool folder (no temporary folder that interpreter shutdown
+        could remove under it). A plot that cannot be drawn never hides how the trial ended: it is
+        a warning in the trial's log and on its run (tag ``sweep.warning``).
+        """
         if self.logger is None or not self.curves.series or self.curves.points == self.curves.drawn:
             return
         try:
-            with tempfile.TemporaryDirectory() as folder:
-                for path in self.curves.plot(Path(folder)):
-                    self.logger.log_artifact(path, "curves")
-                self.curves.drawn = self.curves.points
+            for path in self.curves.plot(self.logger.spool_folder()):
+                self.logger.log_spooled(path, "curves")
+            self.curves.drawn = self.curves.points
         except Exception as exc:  # noqa: BLE001 - a plot must never hide how the trial ended
-            self.logger.log_text(f"could not draw curves: {exc}", "curves/error.txt")
+            self.logger.warn(f"could not draw curves: {type(exc).__name__}: {exc}")
 
     def _check_metric(self, metrics: dict[str, float]) -> None:
         metric = self.plan.metric
         if metric and metric not in metrics:
             raise MetricMissingError(
                 f"metric {metric!r} not produced by trainer {self.plan.trainer!r} "
-                f"(it reports: {', '.join(sorted(metrics))})"
+                f"(it reports: {', '.join(sorted(metrics)) or 'nothing'})"
             )
 
-    def _state(self, trainer: Any, epoch: int) -> CheckpointState:
+    def _state(self, epoch: int) -> CheckpointState:
         # the undelivered metrics are resent after a restart if they never arrived
         undelivered = self.logger.undelivered() if self.logger is not None else []
-        counts = dict(self.counts)
-        return {"trainer": trainer.state_dict(), "epoch": epoch, "counts": counts, "undelivered": undelivered}
+        trainer = self.trainer_state() if self.trainer_state is not None else None
+        return {"trainer": trainer, "epoch": epoch, "counts": dict(self.counts), "undelivered": undelivered}
 
-    def _restore(self, trainer: Any, state: CheckpointState | None) -> int:
-        """Load a checkpoint's state into the trainer and the counts; return the epochs already done.
+    def _begin(self, source: Any, device: str) -> CheckpointState | None:
+        """The channel's checkpoint (None: a fresh start); the logger resumed from it; provenance on a fresh run.
 
-        The logger then resends what the previous process queued before the checkpoint but may not
-        have delivered, and skips what that process logged after it (the epoch being rerun).
+        The logger resends what the previous process queued before the checkpoint but may not have
+        delivered, and skips what that process logged after it (the epoch being rerun).
         """
-        if state is None:
-            return 0
-        trainer.load_state_dict(state["trainer"])
-        self.counts.update(state.get("counts", {}))
-        if self.logger is not None:
-            undelivered = state.get("undelivered", [])
-            self.logger.resume(undelivered)
-            reload_curves(self.logger, self.curves, undelivered)
-        return int(state["epoch"])
+        assert self.channel is not None
+        saved = self.channel.restore()
+        logger = self.logger
+        if saved is not None and logger is not None:
+            undelivered = saved.get("undelivered", [])
+            logger.resume(undelivered)
+            reload_curves(logger, self.curves, undelivered)
+        if logger is not None and (saved is None or not logger.has_artifact("config.yaml")):
+            self._log_provenance(source, device)
+        self.cadence = ReportCadence(self.plan)
+        return saved
 
-    def _log_provenance(self, trainer_cls: type, trainer: Any) -> None:
+    def _take_counts(self, saved: CheckpointState) -> None:
+        """A checkpoint's epochs and step counts, once its trainer state is loaded."""
+        self.counts.update(saved.get("counts", {}))
+        self.epochs_done = int(saved["epoch"])
+
+    def _log_provenance(self, source: Any, device: str) -> None:
         """Config, sweep spec, trainer source and environment: what it takes to rerun this trial (one upload)."""
         assert self.logger is not None
         texts = {"config.yaml": yaml.safe_dump(self.params, sort_keys=False)}
         if self.plan.spec_text:
             texts["spec.yaml"] = self.plan.spec_text
-        name, source = trainer_source(trainer_cls)
-        if source:
-            texts[f"source/{name}"] = source
-        texts["environment.json"] = environment_json(trainer_device(trainer))
+        name, text = trainer_source(source)
+        if text:
+            texts[f"source/{name}"] = text
+        texts["environment.json"] = environment_json(device)
         self.logger.log_texts(texts)
 
-    def _log_images(self, trainer: Any, epoch: int) -> None:
-        if self.logger is None or not isinstance(trainer, SamplesImages):
+    def _log_image(self, image: Callable[[], Any] | None, epoch: int) -> None:
+        if self.logger is None or image is None:
             return
         from trainables.images import save_png
 
-        with tempfile.TemporaryDirectory() as folder:
-            path = save_png(trainer.sample_grid(), Path(folder) / f"epoch_{epoch:03d}.png")
-            self.logger.log_artifact(path, "images")
+        path = save_png(image(), self.logger.spool_folder() / f"epoch_{epoch:03d}.png")
+        self.logger.log_spooled(path, "images")
 
 
 def reload_curves(logger: TrialLogger, curves: CurveHistory, undelivered: list[tuple[str, float, int, int]]) -> None:

@@ -16,6 +16,7 @@ from sweeps.core.problems import Problems, as_int
 from sweeps.spec.sweep_spec import SpecError, read_yaml
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
 from trainables.config import ConfigError, build_config
+from trainables.protocol import is_function_trainer
 from trainables.registry import TrainerLoadError, load_trainer
 
 
@@ -30,7 +31,7 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     as_int(data.get("epochs"), "epochs", problems, minimum=1)
     try:
         trainer_cls = load_trainer(str(data.get("trainer")))
-        if isinstance(data.get("config"), dict):
+        if isinstance(data.get("config"), dict) and not is_function_trainer(trainer_cls):
             build_config(trainer_cls.Config, data["config"], prefix="config.")
     except TrainerLoadError as exc:
         problems.add("trainer", str(exc))
@@ -77,8 +78,12 @@ def train_from_file(
     loop = EpochLoop(plan, dict(data["config"]))
     metrics = loop.run(PrintChannel(metric, total, out))
     if save:
-        torch.save({"trainer": loop.trainer.state_dict(), "config": data["config"], "epoch": total}, save)
-        out.write(f"saved {save}\n")
+        state = loop.trainer_state() if loop.trainer_state is not None else None
+        if state is None:  # a function trainer that keeps no checkpoint (run.checkpoint)
+            out.write(f"not saved: {data['trainer']} keeps no state to save (it never calls run.checkpoint)\n")
+        else:
+            torch.save({"trainer": state, "config": data["config"], "epoch": total}, save)
+            out.write(f"saved {save}\n")
     recorded = data.get("metric", {}).get("value")
     if metric in metrics and isinstance(recorded, (int, float)) and total == int(data["epochs"]):
         diff = abs(metrics[metric] - recorded) / max(abs(recorded), 1e-12) * 100

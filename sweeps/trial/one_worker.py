@@ -24,7 +24,13 @@ from sweeps.core.failures import failure_reason
 from sweeps.core.keys import ENGINE_KEY, EPOCH, FAILED_KEY, REASON_KEY
 from sweeps.core.plan import TrialPlan
 from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.epoch_loop import CheckpointState, EpochLoop, load_checkpoint, save_checkpoint
+from sweeps.trial.epoch_loop import (
+    DELIVERY_TIMEOUT_S,
+    CheckpointState,
+    EpochLoop,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def split_config(config: dict[str, Any]) -> tuple[TrialPlan, dict[str, Any]]:
@@ -73,6 +79,8 @@ def run_trial(config: dict[str, Any]) -> None:
         loop.run(TuneChannel())
     except Exception as exc:  # noqa: BLE001 - any error in the trial ends it, recorded, without a retry
         logger.log_failure(exc)
+        loop.log_curves()  # Tune may end this process at the report: deliver first
+        logger.flush(timeout=DELIVERY_TIMEOUT_S)
         tune.report(failure_result(plan, exc, loop.epochs_done))
     finally:
         loop.log_curves()

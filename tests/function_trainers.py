@@ -1,0 +1,133 @@
+"""Function trainers for tests, and a channel that keeps every report and checkpoint in memory.
+
+``amp_train`` is a loop of one's own with every precision through ``run.autocast()`` and
+``run.scaler()``, loss terms as a dict, an image per epoch and checkpoints; the others are the
+ways a function trainer can go wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def amp_train(config: Any, run: Any) -> None:
+    """A small convolutional autoencoder in the trial's precision; ``lr`` high enough diverges."""
+    torch.manual_seed(config.seed)
+    images = torch.rand(32, 3, 16, 16)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)
+    ).to(run.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.get("lr", 1e-3))
+    scaler = run.scaler(model, optimizer)
+    run.checkpoint({"model": model, "optimizer": optimizer, "scaler": scaler})
+    for epoch in range(run.restore(), run.epochs):
+        for start in range(0, len(images), 8):
+            x = images[start : start + 8].to(run.device)
+            with run.autocast():
+                out = model(x + 0.1 * torch.randn_like(x))
+                terms = {"mse": F.mse_loss(out.float(), x), "l1": 0.1 * F.l1_loss(out.float(), x)}
+            optimizer.zero_grad()
+            scaler.scale(terms["mse"] + terms["l1"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            run.step(loss=terms, optimizer=optimizer, scaler=scaler, model=model, output=out)
+        with torch.no_grad(), run.autocast():
+            val = F.mse_loss(model(images[:8].to(run.device)).float(), images[:8].to(run.device)).item()
+        run.image(out[:4].detach().float().clamp(0, 1))
+        run.report(epoch + 1, val_loss=val)
+
+
+amp_train.precisions = ("fp32", "bf16", "fp16", "fp16-o2")  # type: ignore[attr-defined]
+amp_train.metrics = ("val_loss",)  # type: ignore[attr-defined]
+
+
+def no_checkpoint(config: Any, run: Any) -> None:
+    """Reports each epoch, keeps no checkpoint: a restarted trial starts over."""
+    torch.manual_seed(config.seed)
+    weight = torch.zeros(4, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=config.get("lr", 0.1))
+    for epoch in range(config.get("epochs", run.epochs)):  # fewer than the trial's, if asked
+        for _ in range(3):
+            loss = ((weight - torch.randn(4)) ** 2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.step(loss=loss, optimizer=optimizer)
+        run.report(epoch + 1, val_loss=loss)  # a tensor is fine
+
+
+def nan_at_epoch_two(config: Any, run: Any) -> None:
+    """A validation metric that is not finite at epoch 2."""
+    for epoch in range(run.epochs):
+        run.step(loss=1.0)
+        run.report(epoch + 1, val_loss=math.nan if epoch == 1 else 1.0 / (epoch + 1))
+
+
+def never_reports(config: Any, run: Any) -> None:
+    """Trains and returns without a report."""
+    run.step(loss=1.0)
+
+
+def reports_other_metric(config: Any, run: Any) -> None:
+    """Reports ``val_psnr`` where the sweep asks for ``val_loss``."""
+    run.report(1, val_psnr=20.0)
+
+
+def two_networks(config: Any, run: Any) -> None:
+    """A GAN-shaped step: two networks, two optimizers, one call."""
+    g, d = nn.Linear(2, 2), nn.Linear(2, 1)
+    opt_g, opt_d = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.2)
+    for epoch in range(run.epochs):
+        loss_d = d(g(torch.ones(1, 2)).detach()).sum()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = -d(g(torch.ones(1, 2))).sum()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        run.step(loss={"g": loss_g, "d": loss_d}, optimizer={"g": opt_g, "d": opt_d}, **{"d/real_mean": 0.5})
+        run.report(epoch + 1, val_loss=1.0)
+
+
+def wrong_signature(config: Any) -> None:
+    """Takes no ``run``: not a trainer."""
+
+
+class MemoryChannel:
+    """The loop's channel in memory: every report, and each checkpoint as ``torch.save`` would store it.
+
+    ``stop_after``: the driver stops the trial after that epoch's report (as ASHA would);
+    ``restore_from``: the checkpoint state a restarted trial gets.
+    """
+
+    def __init__(self, stop_after: int | None = None, restore_from: dict[str, Any] | None = None) -> None:
+        self.stop_after, self.restore_from = stop_after, restore_from
+        self.reports: list[dict[str, Any]] = []
+        self.checkpoints: dict[int, dict[str, Any]] = {}
+
+    def restore(self) -> dict[str, Any] | None:
+        return copy.deepcopy(self.restore_from)
+
+    def agree(self, decision: bool) -> bool:
+        return decision
+
+    def report(self, result: dict[str, Any], state: Any) -> bool:
+        self.reports.append(dict(result))
+        if state is None:
+            return False
+        buffer = io.BytesIO()
+        torch.save(state(), buffer)
+        buffer.seek(0)
+        self.checkpoints[int(result["epoch"])] = torch.load(buffer, weights_only=False)
+        return self.stop_after is None or int(result["epoch"]) < self.stop_after
+
+    def metric(self, name: str = "val_loss") -> list[tuple[int, float]]:
+        return [(int(r["epoch"]), r[name]) for r in self.reports if name in r]

@@ -1,0 +1,392 @@
+"""Function trainers ``train(config, run)``: the run's calls, the one epoch loop around them, and bad input.
+
+No Ray: the loop runs with an in-memory channel (``tests.function_trainers.MemoryChannel``), as
+``sweeps train`` runs it with its printing one. The sweep itself is in ``test_sweep_integration``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from sweeps.cli import main
+from sweeps.core.keys import DIVERGED_KEY, REASON_KEY, SIGNAL_KEY, STEP_KEY, STEPS_KEY
+from sweeps.core.plan import TrialPlan
+from sweeps.engine.searcher import rescue_precision
+from sweeps.spec.sweep_spec import SpecError, load_spec
+from sweeps.trial.epoch_loop import EpochLoop, MetricMissingError
+from sweeps.trial.function_run import FunctionRun, trial_config
+from tests.function_trainers import MemoryChannel
+from trainables.diagnostics import StepProbe, loss_metrics
+from trainables.mixed_precision import loss_scaler
+from trainables.protocol import STEP_CONTRACT, Run, StopTrial, declared_precisions
+
+EXAMPLE = "examples.plain_loop_sweepable:train"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_loop(trainer: str, params: dict[str, Any], epochs: int = 3, channel: MemoryChannel | None = None, **plan: Any):
+    channel = channel or MemoryChannel()
+    loop = EpochLoop(TrialPlan(trainer, plan.pop("metric", "val_loss"), epochs, **plan), params)
+    with contextlib.redirect_stdout(io.StringIO()):
+        loop.run(channel)
+    return loop, channel
+
+
+def recording_run(epochs: int = 3, answers: list[bool] | None = None) -> tuple[FunctionRun, list[Any], list[Any]]:
+    steps: list[Any] = []
+    ends: list[Any] = []
+    answers = list(answers or [])
+
+    def end_epoch(epoch: int, metrics: dict[str, float], image: Any) -> bool:
+        ends.append((epoch, metrics, image))
+        return answers.pop(0) if answers else True
+
+    run = FunctionRun({"lr": 0.1}, epochs, lambda step, metrics: steps.append((step, metrics)), end_epoch)
+    return run, steps, ends
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_config_has_attribute_and_key_access_with_seed_and_precision() -> None:
+    assert isinstance(recording_run()[0], Run)  # the run a function gets is the protocol's
+    config = trial_config({"lr": 0.1, "precision": "O1"})
+    assert config.lr == config["lr"] == 0.1
+    assert config.seed == 0 and config.precision == "fp16"  # always there; precision canonical
+    assert config.get("width", 16) == 16
+    with pytest.raises(AttributeError, match="config has no 'width'.*config.get"):
+        _ = config.width
+
+
+# -- run.step: the step contract derived ---------------------------------------------------------
+
+
+def test_step_derives_loss_terms_lr_and_norms_of_the_optimizers_parameters() -> None:
+    run, steps, _ = recording_run()
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.25)
+    loss = model(torch.ones(5, 3)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    run.step(loss={"a": loss, "b": 0.5}, optimizer=optimizer, output=torch.zeros(2, 3))
+    step, metrics = steps[0]
+    first, last = model[0].weight, model[2].weight
+    grads = [p.grad for p in model.parameters()]
+    assert step == 1 and metrics["loss"] == pytest.approx(loss.item() + 0.5)
+    assert metrics["loss/a"] == pytest.approx(loss.item()) and metrics["loss/b"] == 0.5
+    assert metrics["model/lr"] == 0.25
+    assert metrics["model/grad_norm"] == pytest.approx(float(torch.nn.utils.get_total_norm(grads)))
+    assert metrics["model/grad_norm_first"] == pytest.approx(float(first.grad.norm()))
+    assert metrics["model/grad_norm_last"] == pytest.approx(float(last.grad.norm()))
+    assert metrics["model/weight_norm_last"] == pytest.approx(float(last.detach().norm()))
+    assert metrics["output_mean"] == 0.0 and metrics["output_std"] == 0.0
+    names = {key.name for key in STEP_CONTRACT}
+    assert {k.replace("model/", "<net>/").replace("loss/a", "loss/<term>") for k in metrics} - {"loss/b"} <= names
+
+
+def test_step_reads_loss_scale_and_skipped_steps_from_a_grad_scaler() -> None:
+    run, steps, _ = recording_run()
+    weight = nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # a plain GradScaler, not run.scaler()
+    for value in (1.0, math.inf, 1.0):
+        optimizer.zero_grad()
+        scaler.scale((weight * value).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        run.step(loss=float((weight * value).sum().detach()), optimizer=optimizer, scaler=scaler)
+    seen = [(m["model/loss_scale"], m["model/skipped"]) for _, m in steps]
+    assert seen == [(1024.0, 0.0), (512.0, 1.0), (512.0, 0.0)]
+    assert math.isinf(steps[1][1]["model/grad_norm"])  # unscaled by the scaler's step: the overflow shows
+
+
+def test_runs_scaler_records_its_own_skipped_steps_even_at_its_floor() -> None:
+    weight = nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    run = FunctionRun({"precision": "fp16", "init_scale": 2.0, "min_loss_scale": 2.0}, 1, lambda s, m: None, None)  # type: ignore[arg-type]
+    scaler = run.scaler()
+    probe = StepProbe("model", optimizer)
+    for _ in range(2):
+        optimizer.zero_grad()
+        scaler.scale((weight * math.inf).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        assert probe(scaler)["model/skipped"] == 1.0 and scaler.get_scale() == 2.0  # the floor holds
+
+
+def test_several_networks_in_one_step() -> None:
+    loop, channel = run_loop("tests.function_trainers:two_networks", {}, epochs=1)
+    assert channel.reports[-1]["epoch"] == 1
+    # the loop's curves keep what the step hook saw when it records; here, read the names off a run
+    run, steps, _ = recording_run()
+    g, d = nn.Linear(2, 2), nn.Linear(2, 1)
+    opt_g, opt_d = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.2)
+    (g(torch.ones(1, 2)).sum() + d(torch.ones(1, 2)).sum()).backward()
+    run.step(loss={"g": 1.0, "d": 2.0}, optimizer={"g": opt_g, "d": opt_d}, **{"d/real_mean": 0.5})
+    metrics = steps[0][1]
+    assert metrics["g/lr"] == 0.1 and metrics["d/lr"] == 0.2 and metrics["d/real_mean"] == 0.5
+    assert {"g/grad_norm", "d/grad_norm", "loss/g", "loss/d"} <= set(metrics) and metrics["loss"] == 3.0
+
+
+def test_loss_metrics_fetch_every_term_at_once() -> None:
+    assert loss_metrics(torch.tensor(2.0)) == {"loss": 2.0}
+    assert loss_metrics({"x": torch.tensor(1.0), "y": 2}) == {"loss": 3.0, "loss/x": 1.0, "loss/y": 2.0}
+
+
+# -- run.report ----------------------------------------------------------------------------------
+
+
+def test_report_goes_on_then_ends_at_the_last_epoch_then_stops() -> None:
+    run, _, ends = recording_run(epochs=2)
+    assert run.report(1, val_loss=torch.tensor(0.5)) is True
+    assert run.report(2, val_loss=0.25) is False  # the budget's last epoch
+    assert [(e, m) for e, m, _ in ends] == [(1, {"val_loss": 0.5}), (2, {"val_loss": 0.25})]
+    with pytest.raises(StopTrial, match="past the trial's last epoch"):
+        run.report(3, val_loss=0.1)
+
+
+def test_report_raises_stop_trial_when_the_sweep_stops_the_trial() -> None:
+    run, _, _ = recording_run(epochs=5, answers=[True, False])
+    run.report(1, val_loss=1.0)
+    with pytest.raises(StopTrial, match="stopped by the sweep after epoch 2"):
+        run.report(2, val_loss=1.0)
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 1.5])
+def test_report_epochs_count_from_one_and_rise(epoch: Any) -> None:
+    run, _, _ = recording_run()
+    if epoch == 1:
+        run.report(1, val_loss=1.0)
+    with pytest.raises(ValueError, match="report epoch \\+ 1"):
+        run.report(epoch, val_loss=1.0)
+
+
+def test_report_of_a_string_is_refused() -> None:
+    run, _, _ = recording_run()
+    with pytest.raises(TypeError, match="val_loss is a str, not a number"):
+        run.report(1, val_loss="0.1")
+
+
+def test_a_non_finite_report_ends_the_trial_as_diverged_not_failed() -> None:
+    loop, channel = run_loop("tests.function_trainers:nan_at_epoch_two", {}, epochs=3)
+    last = channel.reports[-1]
+    assert last[DIVERGED_KEY] == 1.0 and last[SIGNAL_KEY] == "non_finite" and last["epoch"] == 2
+    assert last[REASON_KEY] == "val_loss not finite at epoch 2" and math.isnan(last["val_loss"])
+    assert channel.metric()[:1] == [(1, 1.0)]
+
+
+def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:
+    with pytest.raises(MetricMissingError, match=r"metric 'val_loss' not produced by .* \(it reports: val_psnr\)"):
+        run_loop("tests.function_trainers:reports_other_metric", {})
+    with pytest.raises(MetricMissingError, match="returned without calling run.report"):
+        run_loop("tests.function_trainers:never_reports", {})
+
+
+# -- the epoch loop around a function -------------------------------------------------------------
+
+
+def test_a_diverging_learning_rate_is_stopped_within_steps() -> None:
+    loop, channel = run_loop(EXAMPLE, {"lr": 1.0}, epochs=3)
+    last = channel.reports[-1]
+    assert last[DIVERGED_KEY] == 1.0 and last["epoch"] == 1
+    assert last[STEP_KEY] <= 8 and last[STEPS_KEY] == last[STEP_KEY]  # within the first epoch's 8 steps
+
+
+def test_the_function_example_gives_the_class_examples_metrics() -> None:
+    params = {"lr": 2e-3, "width": 8, "noise": 0.15, "seed": 4}
+    _, function = run_loop(EXAMPLE, params)
+    _, cls = run_loop("examples.denoiser:DenoiserTrainer", params)
+    assert function.metric() == cls.metric() and len(function.metric()) == 3
+    assert [r[STEPS_KEY] for r in function.reports] == [r[STEPS_KEY] for r in cls.reports] == [8, 16, 24]
+
+
+def test_only_the_cadences_epochs_report_and_the_last_one_always_does() -> None:
+    # report_every_s large, no rungs: only the last epoch reports, with the others in its history
+    _, channel = run_loop(EXAMPLE, {"lr": 1e-3}, epochs=3, report_every_s=3600.0)
+    assert [r["epoch"] for r in channel.reports] == [3]
+    assert [e for e, _ in channel.reports[0]["sweep/history"]] == [1, 2, 3]
+
+
+def test_a_function_that_ends_early_still_reports_its_last_epochs() -> None:
+    _, channel = run_loop("tests.function_trainers:no_checkpoint", {"epochs": 2}, epochs=3, report_every_s=3600.0)
+    assert [r["epoch"] for r in channel.reports] == [2]  # epochs 1 and 2 fell between reports
+    assert [e for e, _ in channel.reports[0]["sweep/history"]] == [1, 2]
+
+
+def test_without_a_checkpoint_a_restored_function_trial_starts_over() -> None:
+    _, first = run_loop("tests.function_trainers:no_checkpoint", {}, epochs=3)
+    assert first.checkpoints[2]["trainer"] is None
+    _, again = run_loop(
+        "tests.function_trainers:no_checkpoint", {}, epochs=3, channel=MemoryChannel(restore_from=first.checkpoints[2])
+    )
+    assert again.metric() == first.metric() and [r[STEPS_KEY] for r in again.reports] == [3, 6, 9]
+
+
+def test_the_sweep_stopping_a_function_trial_ends_it_cleanly() -> None:
+    loop, channel = run_loop(EXAMPLE, {"lr": 1e-3}, epochs=5, channel=MemoryChannel(stop_after=2))
+    assert [r["epoch"] for r in channel.reports] == [1, 2] and loop.epochs_done == 2
+
+
+def test_fp16_o2_keeps_fp32_master_weights_and_its_checkpoint_resumes_bit_exact() -> None:
+    params = {"precision": "fp16-o2", "device": "cpu", "init_scale": 1024.0, "seed": 1}
+    _, full = run_loop("tests.function_trainers:amp_train", params, epochs=3)
+    state = full.checkpoints[1]["trainer"]["state"]
+    assert state["model"]["0.weight"].dtype == torch.float16 and state["model"]["1.weight"].dtype == torch.float32
+    assert all(m.dtype == torch.float32 for m in state["scaler"]["master"])
+    _, restarted = run_loop(
+        "tests.function_trainers:amp_train", params, epochs=3, channel=MemoryChannel(restore_from=full.checkpoints[1])
+    )
+    assert restarted.metric() == full.metric()[1:]
+
+
+def test_o2_needs_the_model_and_its_optimizer() -> None:
+    with pytest.raises(ValueError, match="run.scaler\\(model, optimizer\\)"):
+        loss_scaler("fp16-o2", "cpu")
+
+
+# -- bad input, before Ray ------------------------------------------------------------------------
+
+
+def write_spec(tmp_path: Path, **changes: Any) -> Path:
+    data = {
+        "name": "fn",
+        "trainer": EXAMPLE,
+        "metric": {"name": "val_loss", "mode": "min"},
+        "budget": {"trials": 2, "epochs": 2},
+        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+        **changes,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, fixed={"width": 8}, seed=7), overrides=["noise=0.2"])
+    assert spec.function_trainer and spec.trainer_precisions == ("fp32",)
+    assert spec.resolve({"lr": 0.01}) == {"width": 8, "noise": 0.2, "lr": 0.01, "seed": 7}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"trainer": "tests.function_trainers:wrong_signature"},
+            "it takes (config); a function trainer takes (config, run)",
+        ),
+        (
+            {"fixed": {"precision": "bf16"}},
+            "fixed.precision: trainer 'examples.plain_loop_sweepable:train' does not run 'bf16' (it runs: fp32",
+        ),
+        ({"params": {"precision": {"choices": ["fp32", "fp16"]}}}, "params.precision.choices[1]: trainer"),
+        (  # a function declaring its metrics (train.metrics) is checked before the sweep too
+            {"trainer": "tests.function_trainers:amp_train", "metric": "val_psnr"},
+            "metric: 'val_psnr' is not produced by trainer 'tests.function_trainers:amp_train' (it reports: val_loss)",
+        ),
+        (
+            {"params": {"precision": {"choices": ["fp32", "fp64"]}}},
+            "params.precision.choices[1]: unknown precision 'fp64'",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any], message: str
+) -> None:
+    path = write_spec(tmp_path, **changes)
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_trainer_declaring_its_precisions_gets_them_and_rescues_only_to_them(tmp_path: Path) -> None:
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            trainer="tests.function_trainers:amp_train",
+            params={"precision": {"choices": ["fp16", "O2"]}},
+            divergence={"rescue": True},
+        )
+    )
+    assert spec.trainer_precisions == ("fp32", "bf16", "fp16", "fp16-o2")
+    assert rescue_precision({"device": "cpu"}, ("fp32", "fp16")) == "fp32"  # bf16 is not among them
+    assert rescue_precision({"device": "cpu"}, ("bf16", "fp16")) == "bf16"
+    assert rescue_precision({"device": "cpu"}, ("fp16",)) is None
+
+
+@dataclass
+class _PrecisionConfig:
+    precision: str = "fp32"
+
+
+class UndeclaredPrecision:
+    """A class trainer with a free ``precision`` field and no ``precisions``: what it runs is unknown."""
+
+    Config = _PrecisionConfig
+
+    def __init__(self, config: Any) -> None: ...
+    def train_epoch(self) -> dict[str, float]: ...
+    def validate(self) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def test_a_rescue_of_a_trainer_that_does_not_say_what_it_runs_is_refused(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, trainer="tests.test_function_trainer:UndeclaredPrecision", divergence={"rescue": True})
+    with pytest.raises(SpecError, match="divergence.rescue: trainer .* does not say which precisions it runs"):
+        load_spec(path)
+
+
+def test_declared_precisions() -> None:
+    from tests.function_trainers import amp_train, no_checkpoint
+    from trainables.vae import VAETrainer
+
+    assert declared_precisions(no_checkpoint) == ("fp32",)  # a function says, or runs fp32
+    assert declared_precisions(amp_train) == ("fp32", "bf16", "fp16", "fp16-o2")
+    assert declared_precisions(VAETrainer) == ("fp32", "bf16", "fp16", "fp16-o2")
+    assert declared_precisions(UndeclaredPrecision) is None
+
+
+def test_stop_trial_imports_without_ray_mlflow_or_torch() -> None:
+    code = (
+        "import sys, sweeps; from sweeps import StopTrial; assert StopTrial.__name__ == 'StopTrial';"
+        "bad = [m for m in ('ray', 'mlflow', 'optuna', 'torch') if m in sys.modules]; sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_the_docs_show_the_step_contract_and_the_examples_whole_diff() -> None:
+    text = (ROOT / "docs" / "trainers.md").read_text()
+    assert all(f"`{key.name}`" in text for key in STEP_CONTRACT)
+    block = text.split("```diff\n", 1)[1].split("```", 1)[0]  # the first diff: the function example's
+    plain = (ROOT / "examples" / "plain_loop.py").read_text().splitlines()
+    sweepable = (ROOT / "examples" / "plain_loop_sweepable.py").read_text().splitlines()
+    added = [line[1:] for line in block.splitlines() if line.startswith("+")]
+    removed = [line[1:] for line in block.splitlines() if line.startswith("-")]
+    assert set(added) <= set(sweepable) and set(removed) <= set(plain)
+    # nothing else changed: every other line of the sweepable file is a line of the plain loop, re-indented
+    assert {line.strip() for line in sweepable if line not in added} <= {line.strip() for line in plain}
+    assert len(added) <= 15
+
+
+def test_untyped_numbers_written_1e_3_reach_a_function_as_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"trainer: {EXAMPLE}\nmetric: val_loss\nfixed: {{noise: 1e-1, name_like: abc}}\n"
+        "params:\n  lr: {choices: [1e-3, 2e-3]}\n"
+    )
+    spec = load_spec(path, overrides=["width=1e1"])
+    assert spec.fixed == {"noise": 0.1, "name_like": "abc", "width": 10.0}
+    assert spec.params["lr"].choices == [0.001, 0.002]

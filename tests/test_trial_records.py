@@ -1,0 +1,135 @@
+"""What a trial leaves besides its metrics: curves (drawn before a report that may end it, a warning when they
+cannot be), and the live status line's count of trials with precision rescues."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweeps.core.keys import DIVERGED_KEY, TAG_WARNING
+from sweeps.core.plan import TrialPlan
+from sweeps.core.records import SweepState, TrialRecord
+from sweeps.engine.live_view import status_line
+from sweeps.tracking.curves import CurveHistory
+from sweeps.tracking.trial_logger import TrialLogger
+from sweeps.trial.epoch_loop import EpochLoop
+from tests.function_trainers import MemoryChannel
+
+
+def test_the_status_line_counts_rescues_beside_the_budgets_trials() -> None:
+    state = SweepState(metric="val_loss", mode="min")
+    first, second = TrialRecord(0, "a", "r0", {}, {}), TrialRecord(1, "b", "r1", {}, {})
+    rescue = TrialRecord(0, "c", "r2", {}, {}, rescue_of=first)
+    for record in (first, second, rescue):
+        state.trials[record.ray_id] = record
+    state.finish(first, "diverged")
+    state.finish(second, "completed")
+    assert "trials 2/2 · running 1" in status_line(state, 2, 0.0)
+    state.finish(rescue, "completed")
+    line = status_line(state, 2, 0.0)
+    assert "trials 2/2 (+1 rescue) · running 0" in line and "3/2" not in line
+
+
+class _Events:
+    """A logger and a channel writing what happens, in order, to one list."""
+
+    def __init__(self, root: Path) -> None:
+        self.events: list[str] = []
+        self.logged: dict[str, int] = {}
+        self.root, self.folders = root, 0
+
+    # the logger's side
+    def add_step(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.events.append(f"epoch {step}")
+
+    def log_texts(self, texts: dict[str, str]) -> None:
+        pass
+
+    def spool_folder(self) -> Path:
+        self.folders += 1
+        (self.root / str(self.folders)).mkdir()
+        return self.root / str(self.folders)
+
+    def log_spooled(self, path: Path, folder: str | None = None) -> None:
+        self.events.append(f"upload {folder}/{path.name}")
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        self.events.append(f"flush {timeout:g}")
+        return True
+
+    def undelivered(self) -> list[Any]:
+        return []
+
+    def warn(self, message: str) -> None:
+        self.events.append(f"warn {message}")
+
+    # the channel's side
+    def restore(self) -> None:
+        return None
+
+    def agree(self, decision: bool) -> bool:
+        return decision
+
+    def report(self, result: dict[str, Any], state: Any) -> bool:
+        self.events.append("report diverged" if result.get(DIVERGED_KEY) else f"report {result['epoch']}")
+        return state is not None
+
+
+def test_a_diverged_trials_curves_and_steps_are_delivered_before_its_last_report(tmp_path: Path) -> None:
+    events = _Events(tmp_path)
+    plan = TrialPlan("examples.plain_loop_sweepable:train", "val_loss", 3, report_every_s=0.0)
+    loop = EpochLoop(plan, {"lr": 1.0}, logger=events)  # type: ignore[arg-type]
+    with contextlib.redirect_stdout(io.StringIO()):
+        loop.run(events)
+    # Tune may end the process at the last report: nothing may be left to draw or send after it
+    assert events.events[-3:] == ["upload curves/curves.png", "flush 900", "report diverged"]
+
+
+def test_a_plot_that_cannot_be_drawn_is_a_warning_in_the_trials_log_and_a_tag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("curves")).info.run_id
+    logger = TrialLogger(uri, run_id)
+    loop = EpochLoop(TrialPlan("x:y", "val_loss", 1), {}, logger)
+    loop.curves.add(1, {"loss": 1.0})
+    loop.log_curves()  # drawn into the logger's own spool folder, no temporary one
+    loop.curves.add(2, {"loss": 0.5})
+
+    def broken(self: CurveHistory, folder: Path) -> list[Path]:
+        raise FileNotFoundError(2, "No such file or directory", str(folder / "curves.png"))
+
+    monkeypatch.setattr(CurveHistory, "plot", broken)
+    with caplog.at_level(logging.WARNING):
+        loop.log_curves()
+    assert logger.close(timeout=60)
+    assert "could not draw curves: FileNotFoundError" in caplog.text
+    run = client.get_run(run_id)
+    assert run.data.tags[TAG_WARNING].startswith("could not draw curves: FileNotFoundError")
+    assert [a.path for a in client.list_artifacts(run_id, "curves")] == ["curves/curves.png"]  # the first plot
+
+
+def test_a_function_trials_image_is_logged_each_epoch(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("images")).info.run_id
+    logger = TrialLogger(uri, run_id)
+    plan = TrialPlan("tests.function_trainers:amp_train", "val_loss", 2, report_every_s=0.0)
+    EpochLoop(plan, {"device": "cpu"}, logger).run(MemoryChannel())
+    assert logger.close(timeout=60)
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert images == ["images/epoch_001.png", "images/epoch_002.png"]
+    assert {"loss", "loss/mse", "loss/l1", "model/loss_scale", "output_std"} <= set(client.get_run(run_id).data.metrics)
