@@ -52,7 +52,7 @@ from sweeps.core.keys import (
     TAG_SIGNAL,
     TAG_STATUS,
 )
-from sweeps.divergence import HEURISTIC_SIGNALS
+from sweeps.divergence import HEURISTIC
 from sweeps.engine.cluster import start_ray
 from sweeps.engine.runner import configs_tuner
 from sweeps.engine.searcher import trial_plan
@@ -175,7 +175,7 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
         tags = run.data.tags
         if tags.get(TAG_ROLE) != ROLE_TRIAL or tags.get(TAG_STATUS) != DIVERGED:
             continue
-        if tags.get(TAG_SIGNAL) not in HEURISTIC_SIGNALS or run.info.run_id not in config_of:
+        if tags.get(TAG_SIGNAL) not in HEURISTIC or run.info.run_id not in config_of:
             continue
         number = int(tags.get(TAG_OPTUNA_NUMBER, 0))
         stopped = run.data.metrics.get(spec.metric)
