@@ -199,7 +199,7 @@ def _plan_count(output: str, words: str) -> int:
 def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     """Each way a trial can be left by a dead driver, rebuilt from a real study and MLflow store (no Ray)."""
     from sweeps.core.records import SweepState
-    from sweeps.engine.resume import LOST_REASON, _close_runs, _trial_runs, rebuild
+    from sweeps.engine.resume import LOST_REASON, _close_runs, rebuild
     from sweeps.engine.searcher import OptunaSearcher
     from sweeps.spec.sweep_spec import load_spec
     from sweeps.store.study import create_study, load_study
@@ -222,7 +222,7 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     study = load_study(sweep)
     again = OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s")
     # Ray's snapshot: a and b open with a checkpoint, d and e open without one; c unknown to it.
-    plan = rebuild(again, _trial_runs(tracker), unfinished={"a": True, "b": True, "d": False, "e": False})
+    plan = rebuild(again, tracker.trial_runs(), unfinished={"a": True, "b": True, "d": False, "e": False})
     _close_runs(tracker, plan.closed)
 
     assert [r.ray_id for r in plan.continued] == ["b", "e"]  # e logged nothing: it may start over
@@ -238,7 +238,7 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
         lost = study.trials[number]
         assert lost.state == TrialState.FAIL and lost.user_attrs["status"] == "interrupted"
         assert lost.user_attrs["reason"] == LOST_REASON
-    runs = {r.data.tags["ray.trial_id"]: r for r in _trial_runs(tracker)}
+    runs = {r.data.tags["ray.trial_id"]: r for r in tracker.trial_runs()}
     assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["sweep.status"] == "completed"
     assert runs["c"].info.status == runs["d"].info.status == "KILLED" and runs["b"].info.status == "RUNNING"
 
