@@ -195,6 +195,7 @@ def test_ui_views_open_the_sweeps_trials_and_its_top_trials_compared() -> None:
     assert trials["searchFilter"] == "tags.`sweep.name` = 's\\'1' AND tags.`sweep.role` != 'parent'"
     assert trials["orderByKey"] == "metrics.`val_mse`" and trials["orderByAsc"] is True
     assert trials["selectedColumns"][:3] == ["metrics.`val_mse`", "params.`lr`", "params.`precision`"]
+    assert trials["columnOrder"] == trials["selectedColumns"]  # in that order, not MLflow's alphabetical one
     top = top_view("psnr", "max", ["lr"], ["a1", "b2"])
     assert top["searchFilter"] == "attributes.run_id IN ('a1', 'b2')" and top["orderByAsc"] is False
     parallel, per_epoch = top["compareRunCharts"]

@@ -89,6 +89,16 @@ def test_the_sweep_has_a_divergence_a_prune_and_completed_trials(swept: tuple[Pa
     assert counts.get("diverged") == 1 and counts.get("pruned", 0) >= 1 and counts.get("completed", 0) >= TOP_K
 
 
+def test_the_parent_runs_description_links_the_sweeps_views(swept: tuple[Path, SweepResult]) -> None:
+    import mlflow
+
+    _, result = swept
+    note = mlflow.MlflowClient(result.tracking_uri).get_run(result.parent_run_id).data.tags["mlflow.note.content"]
+    best = result.state.best
+    assert best is not None and f"Best: {best.label}" in note
+    assert "viewStateShareKey=sweep-" in note and "compareRunsMode=CHART" in note
+
+
 def test_report_page_shows_curves_samples_and_stops(swept: tuple[Path, SweepResult], shots: Path) -> None:
     _, result = swept
     folder = result.sweep.path / "report"
@@ -167,6 +177,14 @@ def close_assistant(page: Any) -> None:
         close.first.click()
 
 
+def headers_on_screen(page: Any) -> list[str]:
+    """The runs table's column headers from left to right as drawn (the grid's DOM order may differ)."""
+    script = "cells => cells.map(c => [c.getBoundingClientRect().left, c.offsetWidth, c.innerText.trim()])"
+    cells = page.locator("[role=columnheader]").evaluate_all(script)
+    drawn = sorted((left, text) for left, width, text in cells if width > 0)  # hidden copies have no width
+    return list(dict.fromkeys(text for _, text in drawn))
+
+
 def link(lines: list[str], words: str) -> str:
     [line] = [line for line in lines if words in line]
     found = re.search(r"https?://\S+", line)
@@ -203,12 +221,15 @@ def test_ui_prints_a_link_to_the_top_trials_compared_on_the_swept_parameters(
         page.goto(trials, wait_until="load")
         page.get_by_text(f"{len(result.state.trials)} matching runs").first.wait_for(timeout=90_000)
         close_assistant(page)
-        headers = [h.strip() for h in page.locator("[role=columnheader]").all_inner_texts()]
-        assert {"val_loss", "lr", "width", "behavior"} <= set(headers), headers
+        wanted = ["val_loss", "lr", "width", "behavior", "sweep.status", "sweep.reason"]
+        deadline = time.monotonic() + 30  # the view's column order is applied once the grid has drawn
+        while (shown := [h for h in headers_on_screen(page) if h in wanted]) != wanted and time.monotonic() < deadline:
+            time.sleep(1)
+        trials_path = shots / "mlflow_trials.png"
+        page.screenshot(path=str(trials_path))
+        assert shown == wanted, headers_on_screen(page)  # the metric, the swept parameters in order, status, reason
         rows = page.locator("[role=row]").all_inner_texts()
         labels = [found.group(0) for found in (re.search(r"\bt\d{3}\b", r) for r in rows) if found]
         assert labels[:TOP_K] == [r.label for r in top], rows  # best first
-        trials_path = shots / "mlflow_trials.png"
-        page.screenshot(path=str(trials_path))
         browser.close()
     print(f"\nscreenshots of the MLflow UI: {path} {trials_path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -281,6 +282,7 @@ def write_samples(folder: Path, meta: dict[str, Any], rows: list[dict[str, Any]]
     best = [r for r in ordered(rows, metric, mode) if r["status"] == COMPLETED and r.get("epochs")][:count]
     uri = str(meta.get("tracking_uri") or "")
     wanted = [(r["trial"], str(r["mlflow_run_id"]), f"images/epoch_{int(r['epochs']):03d}.png") for r in best]
+    shutil.rmtree(folder / "samples", ignore_errors=True)  # a resumed sweep's best may have changed
     found = download_images(uri, wanted, folder / "samples") if uri and wanted else {}
     names = searched(meta, rows)
     listed = [

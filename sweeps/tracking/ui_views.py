@@ -8,7 +8,8 @@ experiment tag ``mlflow.sharedViewState.<key>`` holding the view as JSON (search
 columns, charts), opened by ``#/experiments/<id>/runs?viewStateShareKey=<key>``. Two per sweep:
 
 - ``trials``: the sweep's trials only (no parent to expand), best first by the sweep's metric,
-  the metric and the swept parameters as the first columns, then status and reason;
+  the metric and the swept parameters (in the spec's order) as the first columns, then status and
+  the reason, wide enough to read;
 - ``top``: the top-k completed trials in the chart view, a section first holding a parallel-
   coordinates chart of the swept parameters against the metric and the metric per epoch.
 
@@ -84,6 +85,8 @@ def trials_view(sweep: str, metric: str, mode: str, params: list[str]) -> dict[s
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": mode == "min",
         "selectedColumns": _columns(metric, params),
+        "columnOrder": _columns(metric, params),
+        "columnWidths": {f"tags.`{TAG_REASON}`": 360},  # a stop's reason, readable
     }
 
 
@@ -132,6 +135,7 @@ def top_view(metric: str, mode: str, params: list[str], run_ids: list[str]) -> d
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": mode == "min",
         "selectedColumns": _columns(metric, params),
+        "columnOrder": _columns(metric, params),
         "compareRunCharts": [parallel, per_epoch],
         "compareRunSections": [section],
         "isAccordionReordered": True,
