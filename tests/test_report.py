@@ -88,6 +88,12 @@ def test_stop_decisions_list_divergence_then_would_be_stops_then_asha_with_audit
     assert stops[2]["verdict"] == AUDIT_TRUE_STOP and stops[3]["verdict"] == ""
 
 
+def test_a_would_be_stop_without_its_tags_comes_from_the_rows_signal_at_step() -> None:
+    rows = [row(0, "completed", 0.5, 4, would_stop="collapse@17")]
+    [stop] = stop_decisions(rows, {})
+    assert (stop["decision"], stop["signal"], stop["step"]) == ("would stop (observe)", "collapse", 17)
+
+
 def test_the_page_shows_the_stop_table_with_verdicts_and_a_sorted_trial_table(tmp_path: Path) -> None:
     tags = {"run2": {TAG_AUDIT_VERDICT: AUDIT_FALSE_STOP, TAG_AUDIT_METRIC: "0.35"}}
     (tmp_path / "stops.json").write_text(json.dumps(stop_decisions(ROWS, tags)))
@@ -106,6 +112,8 @@ def test_without_an_audit_the_page_says_so_and_has_no_audit_column(tmp_path: Pat
     (tmp_path / "stops.json").write_text(json.dumps(stop_decisions(ROWS, {})))
     page = html_page("s1", META, ROWS, "", tmp_path)
     assert "No audit recorded" in page and "<th>audit</th>" not in page
+    (tmp_path / "audit.txt").write_text("t002 loss_explosion: false stop\n")  # what sweeps audit writes
+    assert "t002 loss_explosion: false stop" in html_page("s1", META, ROWS, "", tmp_path)
 
 
 def test_stops_written_before_are_kept_when_mlflow_cannot_be_read(tmp_path: Path) -> None:

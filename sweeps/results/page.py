@@ -212,6 +212,8 @@ def _samples(folder: Path, metric: str) -> str:
 def _stops(folder: Path, notes: str, rows: list[dict[str, Any]], metric: str, mode: str) -> str:
     listing = folder / "stops.json"
     stops = json.loads(listing.read_text()) if listing.exists() else []
+    audit = folder / "audit.txt"  # written by ``sweeps audit``
+    notes = "\n\n".join(text for text in (notes, audit.read_text().strip() if audit.exists() else "") if text)
     summary = f"<pre>{html.escape(notes)}</pre>" if notes else ""
     if not stops:
         return summary + "<p class='muted'>No trial was stopped: every trial ran to its last epoch.</p>"

@@ -187,15 +187,30 @@ def stop_decisions(rows: list[dict[str, Any]], tags: dict[str, dict[str, str]]) 
                 "step": row.get("diverged_at_step"),
             }
             found.append((0, {**base, **stop, "reason": row.get("reason") or ""}))
-        if run_tags.get(TAG_WOULD_STOP_SIGNAL):
-            step = _number(run_tags.get(TAG_WOULD_STOP_STEP))
-            stop = {"decision": "would stop (observe)", "signal": run_tags[TAG_WOULD_STOP_SIGNAL]}
-            stop.update(step=int(step) if step is not None else None, reason=run_tags.get(TAG_WOULD_STOP_REASON, ""))
-            found.append((1, {**base, **stop}))
+        observed = _observed(row, run_tags)
+        if observed is not None:
+            found.append((1, {**base, "decision": "would stop (observe)", **observed}))
         if row["status"] == PRUNED:
             stop = {"decision": "stopped: pruned", "signal": "ASHA", "step": None, "reason": row.get("reason") or ""}
             found.append((2, {**base, **stop}))
     return [stop for _, stop in sorted(found, key=lambda item: (item[0], item[1]["number"], item[1]["trial"]))]
+
+
+def _observed(row: dict[str, Any], tags: dict[str, str]) -> dict[str, Any] | None:
+    """A would-be stop of ``divergence.mode: observe``: from the run's tags, else the row's ``signal@step``."""
+    if tags.get(TAG_WOULD_STOP_SIGNAL):
+        step = _number(tags.get(TAG_WOULD_STOP_STEP))
+        return {
+            "signal": tags[TAG_WOULD_STOP_SIGNAL],
+            "step": int(step) if step is not None else None,
+            "reason": tags.get(TAG_WOULD_STOP_REASON, ""),
+        }
+    text = str(row.get("would_stop") or "")
+    if not text:
+        return None
+    signal, _, step_text = text.partition("@")
+    step = _number(step_text)
+    return {"signal": signal, "step": int(step) if step is not None else None, "reason": ""}
 
 
 def _number(text: str | None) -> float | None:
