@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
     ui.add_argument("--port", type=int, help=f"port to serve on (default: {UI_PORT}, else a free one)")
     ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--top-k", type=int, default=5, help="trials the comparison link opens on (default: 5)")
+    ui.add_argument("--sweep", help="the sweep whose links are printed (default: each experiment's latest)")
     return parser
 
 
@@ -257,7 +259,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the results table and (re)write the HTML report."""
     import shutil
 
-    from sweeps.results.report import html_page, read_results, terminal_table
+    from sweeps.results.report import html_page, read_results, terminal_table, write_stops
     from sweeps.store.sweep_dir import open_sweep_dir
 
     sweep = open_sweep_dir(args.storage, args.sweep)
@@ -271,6 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if notes:
         print()
         print(notes)
+    write_stops(folder, meta, rows)  # with the audit verdicts and would-be stops MLflow holds now
     page = folder / "report.html"
     page.write_text(html_page(sweep.name, meta, rows, notes, folder))
     if args.html:
@@ -294,16 +297,25 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Run ``mlflow ui`` on the tracking store (Ctrl-C stops it)."""
+    """Run ``mlflow ui`` on the tracking store (Ctrl-C stops it), after printing where to click.
+
+    Per experiment: its page; and for its latest sweep (or ``--sweep``), the sweep's trials best
+    first, and its top ``--top-k`` trials compared on the swept parameters against the metric.
+    """
     from sweeps.tracking.mlflow_client import resolve_tracking_uri, ui_url
     from sweeps.tracking.store_check import check_tracking_uri
 
+    if args.top_k < 1:
+        raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri, must_exist=True)  # a store to read: never an empty one made here
     port = _ui_port(args.host, args.port)
-    print(f"MLflow UI for {uri}: http://{args.host}:{port}", flush=True)
+    server = f"http://{args.host}:{port}"
+    print(f"MLflow UI for {uri}: {server}", flush=True)
     for experiment, experiment_id in _experiments(uri):
-        print(f"  {experiment}: {ui_url(f'http://{args.host}:{port}', experiment_id)}", flush=True)
+        print(f"  {experiment}: {ui_url(server, experiment_id)}", flush=True)
+        for line in _sweep_links(uri, experiment_id, server, args.top_k, args.sweep):
+            print(f"    {line}", flush=True)
     command = [
         sys.executable,
         "-m",
@@ -355,6 +367,23 @@ def _can_listen(host: str, port: int) -> int:
                 return 0
             raise InputError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
         return int(sock.getsockname()[1])
+
+
+def _sweep_links(uri: str, experiment_id: str, server: str, top_k: int, sweep: str | None) -> list[str]:
+    """Lines with the links to a sweep's views in the UI (none when the experiment has no such sweep)."""
+    from sweeps.tracking.ui_views import sweep_views
+
+    try:
+        views = sweep_views(uri, experiment_id, top_k, sweep)
+    except Exception as exc:  # noqa: BLE001 - the UI still starts; the experiment's link is printed
+        return [f"(no sweep links: {exc})"]
+    if views is None:
+        return []
+    swept = ", ".join(views.params) or "the parameters"
+    return [
+        f"sweep {views.sweep}, its trials by {views.metric}: {views.trials_url(server)}",
+        f"its top {views.top} compared on {swept} against {views.metric}: {views.top_url(server)}",
+    ]
 
 
 def _experiments(uri: str) -> list[tuple[str, str]]:

@@ -77,3 +77,21 @@ class ToyTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.step = state["epoch"], state["step"]
+
+
+class ImageToyTrainer(ToyTrainer):
+    """The toy trainer with a sample grid: four procedural images, noisier the higher the loss.
+
+    Its images are logged each epoch as ``images/epoch_NNN.png``, so the report can show them.
+    """
+
+    def sample_grid(self) -> torch.Tensor:
+        from trainables.data import procedural_images
+
+        images = procedural_images(4, 24, seed=self.config.seed)
+        generator = torch.Generator().manual_seed(self.epoch)
+        noise = torch.rand(images.shape, generator=generator)
+        amount = min(1.0, self._loss() / 4.0)
+        images = (1 - amount) * images + amount * noise
+        row = torch.cat(list(images), dim=2)  # (3, 24, 96): the four side by side
+        return row.clamp(0, 1)

@@ -11,8 +11,8 @@ from ray.tune import Callback
 from sweeps.core.records import SweepState, TrialRecord
 
 
-def status_line(state: SweepState, total: int, elapsed: float) -> str:
-    """One line: trials ended/planned, running, each ending's count, best so far.
+def status_line(state: SweepState, total: int, elapsed: float, left: float | None = None) -> str:
+    """One line: trials ended/planned, running, each ending's count, best so far, time left (when known).
 
     Precision rescues are extra trials: ``trials`` counts the budget's trials only (never more
     than planned), and the rescues that ended are counted beside it.
@@ -27,11 +27,35 @@ def status_line(state: SweepState, total: int, elapsed: float) -> str:
         f"best {state.metric}={best.value:.4g} (t{best.number:03d})" if best and best.value is not None else "best -"
     )
     parts = [
-        f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}]",
-        f"trials {ended}/{total}{rescues}",
+        f"[{_clock(elapsed)}]",
+        f"trials {ended}/{total} done{rescues}",
         f"running {state.running}",
     ]
-    return " · ".join(parts + ([counts] if counts else []) + [best_text])
+    return " · ".join(parts + ([counts] if counts else []) + [best_text, _left(left, ended, total)])
+
+
+def estimate_left(ended_here: int, since_first_start: float, remaining: int) -> float | None:
+    """Seconds until the last trial ends, at the pace of the trials that ended so far (None before one ended).
+
+    The pace is trials ended per second since the first trial started: it counts the trials that
+    run at once, and the short ones ASHA or divergence stopped as the sweep met them so far.
+    """
+    if ended_here <= 0 or since_first_start <= 0:
+        return None
+    return max(0.0, since_first_start / ended_here * remaining)
+
+
+def _left(left: float | None, ended: int, total: int) -> str:
+    if ended >= total:
+        return "finishing"
+    return "time left ?" if left is None else f"~{_clock(left)} left"
+
+
+def _clock(seconds: float) -> str:
+    """``mm:ss``, or ``h:mm:ss`` from an hour."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _count(state: SweepState, name: str, n: int) -> str:
@@ -57,24 +81,41 @@ class LiveView(Callback):
         self.interval = interval
         self.started = time.monotonic()
         self.last_draw = 0.0
+        self.first_start: float | None = None
+        """When the first trial of this run started (the pace of trials is measured from there)."""
+        self.ended_here = 0
+        """Trials that ended since then (a resumed sweep's earlier trials do not count to its pace)."""
+
+    def line(self) -> str:
+        """The status line now."""
+        now = time.monotonic()
+        since = now - self.first_start if self.first_start is not None else 0.0
+        remaining = max(0, self.total - sum(self.state.counts.values()))
+        return status_line(self.state, self.total, now - self.started, estimate_left(self.ended_here, since, remaining))
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
         if not self.tty or (not force and now - self.last_draw < self.interval):
             return
         self.last_draw = now
-        self.stream.write("\r\x1b[2K" + status_line(self.state, self.total, now - self.started))
+        self.stream.write("\r\x1b[2K" + self.line())
         self.stream.flush()
 
     def _ended(self, trial_id: str) -> None:
         record = self.state.trials.get(trial_id)
+        self.ended_here += 1
         if record is not None:
             prefix = "\r\x1b[2K" if self.tty else ""
             self.stream.write(prefix + event_line(record, self.state.metric) + "\n")
         if not self.tty:
-            self.stream.write(status_line(self.state, self.total, time.monotonic() - self.started) + "\n")
+            self.stream.write(self.line() + "\n")
         self.stream.flush()
         self._draw(force=True)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Start the clock of the trials' pace at the first trial."""
+        if self.first_start is None:
+            self.first_start = time.monotonic()
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         """Redraw the status line (throttled)."""

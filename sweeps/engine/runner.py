@@ -29,7 +29,7 @@ from sweeps.engine.callbacks import CheckpointPruner, TrackingCallback
 from sweeps.engine.cluster import check_workers_fit, cluster_slots, start_ray, trial_concurrency, trial_resources
 from sweeps.engine.live_view import LiveView
 from sweeps.engine.preflight import check_sweep_start
-from sweeps.engine.scheduler import make_scheduler
+from sweeps.engine.scheduler import make_scheduler, rung_epochs
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.results.report import prewarm, result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
@@ -40,6 +40,7 @@ from sweeps.store.trial_storage import resolve_trial_storage
 from sweeps.tracking.provenance import git_commit
 from sweeps.tracking.store_check import open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
+from sweeps.tracking.ui_views import NOTE_TAG, TOP_K, parent_note, save_views
 from sweeps.trial.one_worker import run_trial
 from sweeps.version import __version__
 
@@ -209,6 +210,7 @@ def fit_and_finish(
     """Run ``tuner`` to the end, then close open trials and the parent run; True if interrupted."""
     state = searcher.state
     interrupted = False
+    meta = {**meta, "searched": list(spec.params), "rungs": rung_epochs(spec)}  # for the report
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))  # read when fit() starts
 
     prewarm()
@@ -316,9 +318,8 @@ def _finish_parent(
     status = INTERRUPTED if interrupted else COMPLETED
     meta = {**meta, "status": status}
     try:
-        files = write_report(sweep.name, meta, result_rows(state), notes, study, sweep.path / "report")  # type: ignore[arg-type]
-        for path in files:
-            tracker.log_artifact(tracker.parent_run_id, path, "report")
+        write_report(sweep.name, meta, result_rows(state), notes, study, sweep.path / "report")  # type: ignore[arg-type]
+        tracker.log_artifacts(tracker.parent_run_id, sweep.path / "report", "report")  # one upload, with samples/
     except Exception as exc:  # noqa: BLE001 - the report must not cost the sweep its record
         tracker.log_text(tracker.parent_run_id, f"report failed: {exc!r}", "report/error.txt")
     tags = {count_tag(status): str(n) for status, n in state.counts.items()}
@@ -328,5 +329,26 @@ def _finish_parent(
         tags[TAG_BEST_RUN_ID] = state.best.run_id
         tags[best_metric_tag(state.metric)] = f"{state.best.value:.6g}"
         tracker.log_text(tracker.parent_run_id, yaml.safe_dump(state.best.params, sort_keys=False), "best_config.yaml")
+    tags.update(_ui_views(tracker, state, sweep, meta))
     tracker.finish_run(tracker.parent_run_id, status, "", tags)
     sweep.write_meta(meta)
+
+
+def _ui_views(tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object]) -> dict[str, str]:
+    """Save the sweep's MLflow UI views (its trials; the top ones compared); the parent's description linking them."""
+    done = [r for r in state.trials.values() if r.status == COMPLETED and r.value is not None and r.rescue_of is None]
+    top = sorted(done, key=lambda r: (1.0 if state.mode == "min" else -1.0) * float(r.value or 0.0))[:TOP_K]
+    searched = [str(name) for name in meta.get("searched") or []]  # type: ignore[attr-defined]
+    best = state.best
+    found = (
+        f"Best: {best.label}, {state.metric} = {best.value:.6g}."
+        if best and best.value is not None
+        else "No trial completed."
+    )
+    try:
+        where = (tracker.uri, tracker.experiment_id, sweep.name)
+        views = save_views(*where, state.metric, state.mode, searched, [r.run_id for r in top])
+    except Exception as exc:  # noqa: BLE001 - links are a convenience; the sweep's record stands without them
+        tracker.log_text(tracker.parent_run_id, f"UI views not saved: {exc!r}", "ui_views_error.txt")
+        return {}
+    return {NOTE_TAG: parent_note(views, found)}

@@ -1,16 +1,17 @@
-"""A sweep's report: results table, Optuna importances and plots, one self-contained HTML page.
+"""A sweep's report: results table, stop decisions, sample images, plots, one self-contained HTML page.
 
 The table is written as Parquet (pyarrow) and CSV.
 Written into the sweep's folder at the end of a run (and logged to the parent MLflow run);
-``sweeps report SWEEP`` prints the table and rewrites the page from the folder.
+``sweeps report SWEEP`` prints the table and rewrites the page from the folder, with the stop
+decisions read again from MLflow (an audit made since shows up). The page is ``sweeps.results.page``,
+the plots ``sweeps.results.figures``.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -21,10 +22,34 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 
+from sweeps.core.keys import (
+    COMPLETED,
+    DIVERGED,
+    PRUNED,
+    TAG_AUDIT_METRIC,
+    TAG_AUDIT_RUN,
+    TAG_AUDIT_VERDICT,
+    TAG_WOULD_STOP_REASON,
+    TAG_WOULD_STOP_SIGNAL,
+    TAG_WOULD_STOP_STEP,
+)
 from sweeps.core.records import SweepState
-from sweeps.tracking.mlflow_client import param_text
+from sweeps.results.figures import (
+    Curve,
+    draw_contour,
+    draw_importances,
+    draw_learning_curves,
+    optuna_html,
+    optuna_pngs,
+    quiet,
+)
+from sweeps.results.from_mlflow import download_images, metric_history, tagged_runs
+from sweeps.results.page import html_page, ordered, searched, short
 
-PLOTS = ("optimization_history", "parallel_coordinate", "slice")
+__all__ = ["html_page", "read_results", "result_rows", "terminal_table", "write_report", "write_stops"]
+
+SAMPLES = 4
+"""How many trials' sample images the page shows side by side: the best and the next ones."""
 
 
 def result_rows(state: SweepState) -> list[dict[str, Any]]:
@@ -106,7 +131,8 @@ def prewarm() -> threading.Thread:
         import matplotlib
 
         matplotlib.use("Agg")  # as the report sets it; no display is needed or wanted
-        for module in ("optuna.importance", "matplotlib.pyplot", "optuna.visualization.matplotlib", "plotly"):
+        modules = ("optuna.importance", "matplotlib.pyplot", "optuna.visualization.matplotlib", "optuna.visualization")
+        for module in modules:
             try:
                 importlib.import_module(module)
             except ImportError:  # the report says what it could not draw
@@ -117,65 +143,97 @@ def prewarm() -> threading.Thread:
     return thread
 
 
-def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optimization history, parallel coordinates and slice plots as PNG, and all three in one HTML."""
-    written: list[Path] = []
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        return written
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # not a line per diverged (inf) trial left out
+def learning_curves(study: optuna.Study, rows: list[dict[str, Any]], metric: str, mode: str, uri: str) -> list[Curve]:
+    """Each trial's ``(epoch, metric)`` points: the study's intermediate values; a rescue's from MLflow."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    completed = [r for r in ordered(rows, metric, mode) if r["status"] == COMPLETED and r.get(metric) is not None]
+    ranks = {row["trial"]: rank for rank, row in enumerate(completed, start=1)}
+    curves = []
+    for row in rows:
+        if row.get("rescue_of"):
+            points = metric_history(uri, str(row.get("mlflow_run_id")), metric) if uri else []
+        else:
+            trial = trials.get(int(row["number"]))
+            points = sorted(trial.intermediate_values.items()) if trial is not None else []
+        stop = int(row.get("epochs") or 0) if row["status"] == DIVERGED else 0
+        label = str(row["trial"])
+        curves.append(Curve(label, str(row["status"]), points, stop, bool(row.get("best")), ranks.get(label, 0)))
+    return curves
+
+
+def stop_decisions(rows: list[dict[str, Any]], tags: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Each stop: divergence stops, would-be stops (``divergence.mode: observe``), then ASHA's cuts.
+
+    With the audit's verdict on the stopped trial's run when the sweep was audited.
+    """
+    rescued = {row["rescue_of"]: f"{row['trial']} {row['status']}" for row in rows if row.get("rescue_of")}
+    found: list[tuple[int, dict[str, Any]]] = []
+    for row in rows:
+        run_tags = tags.get(str(row.get("mlflow_run_id")), {})
+        base = {
+            "trial": row["trial"],
+            "number": row["number"],
+            "status": row["status"],
+            "epoch": row.get("epochs"),
+            "mlflow_run_id": row.get("mlflow_run_id"),
+            "verdict": run_tags.get(TAG_AUDIT_VERDICT, ""),
+            "audit_metric": _number(run_tags.get(TAG_AUDIT_METRIC)),
+            "audit_run_id": run_tags.get(TAG_AUDIT_RUN, ""),
+            "rescue": rescued.get(row["trial"], ""),
+        }
+        if row["status"] == DIVERGED:
+            stop = {
+                "decision": "stopped: diverged",
+                "signal": row.get("signal") or "",
+                "step": row.get("diverged_at_step"),
+            }
+            found.append((0, {**base, **stop, "reason": row.get("reason") or ""}))
+        observed = _observed(row, run_tags)
+        if observed is not None:
+            found.append((1, {**base, "decision": "would stop (observe)", **observed}))
+        if row["status"] == PRUNED:
+            stop = {"decision": "stopped: pruned", "signal": "ASHA", "step": None, "reason": row.get("reason") or ""}
+            found.append((2, {**base, **stop}))
+    return [stop for _, stop in sorted(found, key=lambda item: (item[0], item[1]["number"], item[1]["trial"]))]
+
+
+def _observed(row: dict[str, Any], tags: dict[str, str]) -> dict[str, Any] | None:
+    """A would-be stop of ``divergence.mode: observe``: from the run's tags, else the row's ``signal@step``."""
+    if tags.get(TAG_WOULD_STOP_SIGNAL):
+        step = _number(tags.get(TAG_WOULD_STOP_STEP))
+        return {
+            "signal": tags[TAG_WOULD_STOP_SIGNAL],
+            "step": int(step) if step is not None else None,
+            "reason": tags.get(TAG_WOULD_STOP_REASON, ""),
+        }
+    text = str(row.get("would_stop") or "")
+    if not text:
+        return None
+    signal, _, step_text = text.partition("@")
+    step = _number(step_text)
+    return {"signal": signal, "step": int(step) if step is not None else None, "reason": ""}
+
+
+def _number(text: str | None) -> float | None:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            written += _png_plots(study, folder)
-            written += _html_plots(study, folder)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    return written
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
 
 
-def _png_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    import matplotlib
+def write_stops(folder: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    """``stops.json``: the stop decisions, with the would-be stops and audit verdicts MLflow holds now.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as mpl_vis
-
-    written = []
-    for name in PLOTS:
-        try:
-            result = getattr(mpl_vis, f"plot_{name}")(study)
-        except (ValueError, RuntimeError, ImportError):
-            continue
-        panels = len(result.flat) if hasattr(result, "flat") else 1  # slice: one panel per parameter
-        figure = result.flat[0].figure if hasattr(result, "flat") else result.figure
-        figure.set_size_inches(max(7.0, 3.2 * panels), 4.5)
-        figure.tight_layout()
-        path = folder / f"{name}.png"
-        figure.savefig(path, dpi=90)
-        plt.close(figure)
-        written.append(path)
-    return written
-
-
-def _html_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    try:
-        from optuna import visualization as vis
-    except ImportError:
-        return []
-    parts: list[str] = []
-    for name in PLOTS:
-        try:
-            figure = getattr(vis, f"plot_{name}")(study)
-        except (ValueError, RuntimeError, ImportError):
-            continue
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=not parts))  # plotly.js once, inline
-    if not parts:
-        return []
-    path = folder / "plots.html"
-    path.write_text("<!doctype html><meta charset='utf-8'><title>Optuna plots</title>" + "".join(parts))
-    return [path]
+    ``sweeps report`` calls it again, so an audit made after the sweep shows up on the page; when
+    MLflow cannot be read then, the stops written before are kept.
+    """
+    where = (str(meta.get(key) or "") for key in ("tracking_uri", "experiment_id", "parent_run_id"))
+    tags = tagged_runs(*where)
+    path = folder / "stops.json"
+    if tags is None and path.exists():
+        return path
+    path.write_text(json.dumps(stop_decisions(rows, tags or {}), indent=1))
+    return path
 
 
 def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | None = None) -> str:
@@ -188,99 +246,73 @@ def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | N
         value = row.get(metric)
         shown = f"{value:.5g}" if isinstance(value, float) and math.isfinite(value) else "-"
         cells = [("*" if row.get("best") else " ") + str(row["trial"]), str(row["status"]), shown, str(row["epochs"])]
-        cells += [_short(row.get(p)) for p in params] + [str(row.get("reason") or "")[:60]]
+        cells += [short(row.get(p)) for p in params] + [str(row.get("reason") or "")[:60]]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
 
 
-def _short(value: Any) -> str:
-    return "-" if value is None else param_text(value)
-
-
-def html_page(title: str, meta: dict[str, Any], rows: list[dict[str, Any]], notes: str, folder: Path) -> str:
-    """A self-contained HTML report: summary, divergence notes, importances, plots (PNG inline), table."""
-    metric = str(meta.get("metric", ""))
-    importance_file = folder / "importances.json"
-    imp = json.loads(importance_file.read_text()) if importance_file.exists() else {}
-    images = "".join(_figure(folder / f"{n}.png") for n in PLOTS if (folder / f"{n}.png").exists())
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    facts = {
-        "trainer": meta.get("trainer"),
-        "metric": f"{metric} ({meta.get('mode')})",
-        "trials": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-        "MLflow": f"{meta.get('tracking_uri')} (parent run {meta.get('parent_run_id')})",
-        "Optuna": meta.get("optuna_storage"),
-    }
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body{{font:14px system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}} th{{background:#f3f3f3}}
-tr.best{{background:#e8f6e8}} tr.diverged{{background:#fdecea}} tr.pruned{{color:#777}}
-figure{{display:inline-block;margin:0 1em 1em 0}} img{{max-width:100%}} pre{{background:#f6f6f6;padding:.6em}}
-</style></head><body>
-<h1>Sweep {html.escape(title)}</h1>
-{_dl(facts)}
-{f"<h2>Divergence</h2><pre>{html.escape(notes)}</pre>" if notes else ""}
-{_importance_table(imp)}
-{f"<h2>Plots</h2>{images}" if images else ""}
-<h2>Trials</h2>
-{_rows_table(rows, metric)}
-</body></html>
-"""
-
-
-def _figure(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    caption = path.stem.replace("_", " ")
-    return (
-        f"<figure><img alt='{caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
-    )
-
-
-def _dl(facts: dict[str, Any]) -> str:
-    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items())
-    return f"<dl>{items}</dl>"
-
-
-def _importance_table(imp: dict[str, float]) -> str:
-    if not imp:
-        return ""
-    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in imp.items())
-    return f"<h2>Parameter importances</h2><table><tr><th>parameter</th><th>importance</th></tr>{body}</table>"
-
-
-def _rows_table(rows: list[dict[str, Any]], metric: str) -> str:
-    if not rows:
-        return "<p>No trials.</p>"
-    params = list(dict.fromkeys(k for row in rows for k in row if k.startswith("param.")))
-    head = ["trial", "status", metric, "epochs", *[p[6:] for p in params], "reason", "MLflow run"]
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    for row in rows:
-        value = row.get(metric)
-        shown = f"{value:.5g}" if isinstance(value, float) and math.isfinite(value) else "-"
-        cells = [row["trial"], row["status"], shown, row["epochs"], *[_short(row.get(p)) for p in params]]
-        cells += [row.get("reason") or "", row.get("mlflow_run_id", "")]
-        css = "best" if row.get("best") else str(row["status"])
-        out.append(f"<tr class='{css}'>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return "".join(out) + "</table>"
-
-
 def write_report(
     title: str, meta: dict[str, Any], rows: list[dict[str, Any]], notes: str, study: optuna.Study, folder: Path
 ) -> list[Path]:
-    """Write results, importances, plots and ``report.html`` into ``folder``; return the files."""
+    """Write the report into ``folder``; return its files.
+
+    Results (Parquet, CSV), divergence notes, importances, stop decisions, the best trials' sample
+    images, the plots (learning curves, importances, contour, Optuna's history; ``plots.html``)
+    and ``report.html``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    metric, mode, uri = str(meta.get("metric", "")), str(meta.get("mode", "min")), str(meta.get("tracking_uri") or "")
     written = write_results(rows, folder)
     (folder / "divergence.txt").write_text(notes)
-    written.append(folder / "divergence.txt")
-    (folder / "importances.json").write_text(json.dumps(importances(study), indent=2))
-    written.append(folder / "importances.json")
-    written += write_plots(study, folder)
+    imp = importances(study)
+    (folder / "importances.json").write_text(json.dumps(imp, indent=2))
+    written += [folder / "divergence.txt", folder / "importances.json", write_stops(folder, meta, rows)]
+    written += write_samples(folder, meta, rows)
+    rungs = [int(r) for r in meta.get("rungs") or []]
+    epochs = int(meta.get("epochs") or max((int(r.get("epochs") or 0) for r in rows), default=1))
+    curves = learning_curves(study, rows, metric, mode, uri)
+    top = [name for name, value in imp.items() if value > 0][:2]
+    with quiet():
+        drawn = [
+            draw_learning_curves(curves, metric, mode, epochs, rungs, folder / "learning_curves.png"),
+            draw_importances(imp, folder / "importances.png"),
+            draw_contour(study, top, metric, folder / "contour.png"),
+        ]
+    written += [path for path in drawn if path is not None]
+    written += optuna_pngs(study, folder)
+    written += optuna_html(study, folder, top)
     (folder / "report.html").write_text(html_page(title, meta, rows, notes, folder))
     written.append(folder / "report.html")
     return written
+
+
+def write_samples(folder: Path, meta: dict[str, Any], rows: list[dict[str, Any]], count: int = SAMPLES) -> list[Path]:
+    """The best ``count`` completed trials' images of their last epoch, in ``samples/``, and ``samples.json``.
+
+    Trials log ``images/epoch_NNN.png`` when their trainer has ``sample_grid()``; without it there
+    are none and the page says so.
+    """
+    metric, mode = str(meta.get("metric", "")), str(meta.get("mode", "min"))
+    best = [r for r in ordered(rows, metric, mode) if r["status"] == COMPLETED and r.get("epochs")][:count]
+    uri = str(meta.get("tracking_uri") or "")
+    wanted = [(r["trial"], str(r["mlflow_run_id"]), f"images/epoch_{int(r['epochs']):03d}.png") for r in best]
+    shutil.rmtree(folder / "samples", ignore_errors=True)  # a resumed sweep's best may have changed
+    found = download_images(uri, wanted, folder / "samples") if uri and wanted else {}
+    names = searched(meta, rows)
+    listed = [
+        {
+            "trial": r["trial"],
+            "file": f"samples/{r['trial']}.png",
+            "rank": rank,
+            "value": r.get(metric),
+            "epoch": r["epochs"],
+            "params": {name: r.get(f"param.{name}") for name in names if r.get(f"param.{name}") is not None},
+        }
+        for rank, r in enumerate(best, start=1)
+        if r["trial"] in found
+    ]
+    path = folder / "samples.json"
+    path.write_text(json.dumps(listed, indent=1))
+    return [path, *found.values()]

@@ -1,0 +1,343 @@
+"""The report's plots, drawn with matplotlib and Optuna's visualization: PNG files, and plotly HTML.
+
+- ``learning_curves.png``: every trial's metric against the epoch on one plot, coloured by how the
+  trial ended, ASHA's rungs marked, a pruned trial's line ending in a circle where ASHA cut it and
+  a diverged trial's in a cross at the epoch it was stopped in;
+- ``importances.png`` (Optuna's parameter importances as bars) and ``contour.png`` (Optuna's
+  contour of the two most important parameters);
+- ``optimization_history.png``; and ``plots.html``: Optuna's history, parallel-coordinate, slice
+  and contour plots, interactive (plotly).
+
+Drawn with matplotlib's object API (``Figure``), never through pyplot's global state, except for
+Optuna's own plots, which use pyplot and are closed after saving.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sweeps.core.keys import COMPLETED, DIVERGED, FAILED, INTERRUPTED, OOM, PRUNED
+
+PNG_PLOTS = ("optimization_history",)
+"""Optuna's plots drawn as PNG for the page (the slice and parallel-coordinate ones are in ``plots.html``)."""
+HTML_PLOTS = ("optimization_history", "parallel_coordinate", "slice", "contour")
+DPI = 100
+
+STYLE: dict[str, dict[str, Any]] = {
+    COMPLETED: {"color": "#1f77b4", "label": "completed", "z": 3},
+    PRUNED: {"color": "#a0a0a0", "label": "pruned by ASHA (o: cut)", "z": 1},
+    DIVERGED: {"color": "#d62728", "label": "diverged (x: stopped)", "z": 4},
+    FAILED: {"color": "#ff7f0e", "label": "failed", "z": 2},
+    OOM: {"color": "#ff7f0e", "label": "out of memory", "z": 2},
+    INTERRUPTED: {"color": "#9467bd", "label": "interrupted", "z": 2},
+}
+BEST_COLOR = "#2ca02c"
+
+
+@dataclass
+class Curve:
+    """One trial's line: its label, how it ended, and its ``(epoch, metric)`` points."""
+
+    label: str
+    status: str
+    points: list[tuple[int, float]]
+    stop_epoch: int = 0
+    """The epoch a diverged trial was stopped in (it has no metric for that epoch)."""
+    best: bool = False
+    rank: int = 0
+    """1 for the best completed trial, 2 for the next, ...; 0 for the others."""
+    finite: list[tuple[int, float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.finite = sorted((int(e), float(v)) for e, v in self.points if math.isfinite(v))
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No Optuna line per left-out (infinite) trial, no experimental or layout warnings."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI)
+
+
+@contextmanager
+def plain_style() -> Iterator[None]:
+    """The default look of matplotlib (Optuna's plots switch pyplot to its ``ggplot`` style for good)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.style
+
+    with matplotlib.style.context("default"):
+        yield
+
+
+def _spread(wanted: list[float], gap: float, low: float, high: float) -> list[float]:
+    """Positions near ``wanted`` (ascending) at least ``gap`` apart, within ``[low, high]`` where room allows."""
+    placed: list[float] = []
+    for y in wanted:
+        placed.append(max(y, placed[-1] + gap) if placed else max(y, low))
+    overflow = placed[-1] - high if placed else 0.0
+    if overflow > 0:  # pushed over the top: shift down, keeping the gaps
+        placed = [y - overflow for y in placed]
+        for i in range(len(placed) - 2, -1, -1):
+            placed[i] = min(placed[i], placed[i + 1] - gap)
+    return placed
+
+
+def draw_learning_curves(
+    curves: list[Curve], metric: str, mode: str, epochs: int, rungs: list[int], path: Path
+) -> Path | None:
+    """Every trial's metric per epoch on one plot (see the module docstring); None when there is nothing to draw."""
+    if not any(c.finite for c in curves) and not any(c.status == DIVERGED for c in curves):
+        return None
+    with plain_style():
+        figure = _figure(10.0, 4.8)
+        _draw_curves(figure, curves, metric, mode, max(epochs, 1), rungs)
+        figure.savefig(path)
+    return path
+
+
+def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epochs: int, rungs: list[int]) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    ax = figure.subplots()
+    figure.subplots_adjust(left=0.08, right=0.74, top=0.88, bottom=0.12)
+    top_edge = blended_transform_factory(ax.transData, ax.transAxes)
+    steady = [v for c in curves if c.status != DIVERGED for _, v in c.finite]
+    values = steady or [v for c in curves for _, v in c.finite]
+    if steady:  # diverged trials' values too, unless far off: they would squash the others
+        span = max(steady) - min(steady) or abs(max(steady)) or 1.0
+        values += [v for c in curves if c.status == DIVERGED for _, v in c.finite if v <= max(steady) + span]
+    log = bool(values) and min(values) > 0 and max(values) / min(values) > 30
+    if log:
+        ax.set_yscale("log")
+    if values:  # a diverged trial's huge values do not squash the others: they leave the plot at the top
+        low, high = min(values), max(values)
+        if log:
+            pad = (high / low) ** 0.05
+            ax.set_ylim(low / pad, high * pad)
+        else:
+            pad = (high - low) * 0.06 or abs(high) * 0.05 or 1.0
+            ax.set_ylim(low - pad, high + pad)
+    ax.set_xlim(0.8, epochs + 0.9)
+    ceiling = ax.get_ylim()[1]
+    counts: dict[str, int] = {}
+    ends: list[tuple[float, float, str, str, bool]] = []  # right-edge labels: x, y, text, colour, bold
+    crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the top edge
+    for curve in sorted(curves, key=lambda c: (STYLE.get(c.status, STYLE[FAILED])["z"], -c.rank, c.best)):
+        style = STYLE.get(curve.status, STYLE[FAILED])
+        counts[curve.status] = counts.get(curve.status, 0) + 1
+        color = BEST_COLOR if curve.best else style["color"]
+        xs, ys = [e for e, _ in curve.finite], [v for _, v in curve.finite]
+        highlight = curve.best or 0 < curve.rank <= 3
+        width = 2.8 if curve.best else 1.7 if highlight else 1.0
+        alpha = 1.0 if highlight or curve.status == DIVERGED else 0.6
+        zorder = 10 if curve.best else style["z"] + (2 if highlight else 0)
+        if xs:
+            ax.plot(xs, ys, color=color, lw=width, alpha=alpha, marker="o", ms=2.5, zorder=zorder)
+        if curve.status == PRUNED and xs:
+            ax.plot(xs[-1:], ys[-1:], "o", ms=7, mfc="white", mec=color, mew=1.5, zorder=zorder)
+        if curve.status == DIVERGED:
+            stop = curve.stop_epoch or (xs[-1] + 1 if xs else 1)
+            if ys and ys[-1] <= ceiling:
+                ax.plot([xs[-1], stop], [ys[-1], ys[-1]], ls=":", color=color, lw=1.2, zorder=zorder)
+                ax.plot([stop], [ys[-1]], "X", ms=10, color=color, mec="white", zorder=zorder + 1)
+                crosses.append((stop, ys[-1], curve.label, color, False))
+            else:  # no finite epoch, or above the plot: the cross sits on the top edge
+                ax.plot([stop], [0.96], "X", ms=10, color=color, mec="white", transform=top_edge, clip_on=False)
+                crosses.append((stop, 0.96, curve.label, color, True))
+        elif highlight and xs:
+            ends.append((xs[-1], ys[-1], curve.label + (" best" if curve.best else ""), color, curve.best))
+    _label_ends(ax, ends)
+    for x, y, text, color, on_edge in crosses[:12]:
+        where = top_edge if on_edge else ax.transData
+        ax.annotate(text, (x, y), xycoords=where, xytext=(7, 0), textcoords="offset points", **_small(color))
+    for rung in rungs:
+        ax.axvline(rung, ls="--", lw=1, color="#555555", alpha=0.6, zorder=0)
+        ax.text(rung, 1.01, f"ASHA rung {rung}", transform=top_edge, fontsize=8, ha="center", color="#555555")
+    ax.set_xticks(range(1, epochs + 1))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric + (" (log scale)" if log else ""))
+    ax.grid(alpha=0.25)
+    better = "lower" if mode == "min" else "higher"
+    ax.set_title(f"{metric} per epoch, every trial ({better} is better)", fontsize=11, loc="left", pad=18)
+    handles = []
+    if any(c.best for c in curves):
+        handles.append(Line2D([], [], color=BEST_COLOR, lw=2.8, label="best trial"))
+    for status, style in STYLE.items():
+        if counts.get(status):
+            marker = {PRUNED: "o", DIVERGED: "X"}.get(status, "")
+            face = "white" if status == PRUNED else style["color"]
+            label = f"{style['label']}: {counts[status]}"
+            handles.append(Line2D([], [], color=style["color"], marker=marker, mfc=face, label=label))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+
+
+def _small(color: str) -> dict[str, Any]:
+    return {"fontsize": 8, "color": color, "va": "center"}
+
+
+def _label_ends(ax: Any, ends: list[tuple[float, float, str, str, bool]]) -> None:
+    """Name the highlighted trials right of their last point, moved apart so no two overlap."""
+    if not ends:
+        return
+    ends = sorted(ends, key=lambda e: e[1])
+    to_screen = ax.transData
+    screen = [to_screen.transform((x, y))[1] for x, y, *_ in ends]
+    box = ax.get_window_extent()
+    placed = _spread(screen, 12.0, box.y0 + 6, box.y1 - 6)
+    for (x, y, text, color, bold), ys in zip(ends, placed, strict=True):
+        offset = ys - to_screen.transform((x, y))[1]
+        line = {"arrowstyle": "-", "color": color, "lw": 0.6, "alpha": 0.7}
+        weight = "bold" if bold else "normal"
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(8, offset),
+            textcoords="offset points",
+            fontweight=weight,
+            arrowprops=line,
+            **_small(color),
+        )
+
+
+def draw_importances(importances: dict[str, float], path: Path) -> Path | None:
+    """Optuna's parameter importances as horizontal bars, the most important on top."""
+    if not importances:
+        return None
+    with plain_style():
+        return _draw_importances(importances, path)
+
+
+def _draw_importances(importances: dict[str, float], path: Path) -> Path:
+    names = list(importances)[::-1]
+    values = [importances[n] for n in names]
+    figure = _figure(4.8, 0.9 + 0.32 * len(names))
+    ax = figure.subplots()
+    ax.barh(names, values, color="#4c72b0")
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(max(values) * 1.25, 0.05))
+    ax.set_xlabel("importance (share of the metric's variance)", fontsize=9)
+    ax.tick_params(labelsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    figure.subplots_adjust(left=0.28, right=0.95, top=0.95, bottom=0.72 / (0.9 + 0.32 * len(names)))
+    figure.savefig(path)
+    return path
+
+
+def draw_contour(study: optuna.Study, params: list[str], metric: str, path: Path) -> Path | None:
+    """Optuna's contour plot of the metric over two parameters (None when it cannot be drawn)."""
+    if len(params) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+    from optuna.visualization import matplotlib as mpl_vis
+
+    try:
+        with quiet():
+            axes = mpl_vis.plot_contour(study, params=params[:2], target_name=metric)
+    except (ValueError, RuntimeError, ImportError):
+        return None
+    ax = axes.flat[0] if hasattr(axes, "flat") else axes
+    figure: Any = ax.figure
+    try:
+        ax.set_title(f"{metric} over {params[0]} and {params[1]} (completed trials)", fontsize=10)
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":  # plain numbers at 1, 2 and 5 of each decade, none running into another
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+                axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+                axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+                axis.set_tick_params(which="both", labelsize=8)
+        figure.set_size_inches(5.8, 4.4)
+        figure.subplots_adjust(left=0.15, right=0.93, top=0.9, bottom=0.13)
+        figure.savefig(path, dpi=DPI)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def optuna_pngs(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optuna's optimization history as PNG (nothing before a trial completed)."""
+    if not _complete(study):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as mpl_vis
+
+    written = []
+    for name in PNG_PLOTS:
+        try:
+            with quiet():
+                result = getattr(mpl_vis, f"plot_{name}")(study)
+        except (ValueError, RuntimeError, ImportError):
+            continue
+        figure = result.flat[0].figure if hasattr(result, "flat") else result.figure
+        try:
+            figure.set_size_inches(7.0, 4.0)
+            figure.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.14)
+            path = folder / f"{name}.png"
+            figure.savefig(path, dpi=90)
+        finally:
+            plt.close(figure)
+        written.append(path)
+    return written
+
+
+def optuna_html(study: optuna.Study, folder: Path, contour: list[str]) -> list[Path]:
+    """Optuna's history, parallel-coordinate, slice and contour plots, interactive, in ``plots.html``."""
+    if not _complete(study):
+        return []
+    try:
+        from optuna import visualization as vis
+    except ImportError:
+        return []
+    parts: list[str] = []
+    for name in HTML_PLOTS:
+        if name == "contour" and len(contour) < 2:
+            continue
+        try:
+            with quiet():
+                plot = getattr(vis, f"plot_{name}")
+                figure = plot(study, params=contour[:2]) if name == "contour" else plot(study)
+        except (ValueError, RuntimeError, ImportError):
+            continue
+        parts.append(figure.to_html(full_html=False, include_plotlyjs=not parts))  # plotly.js once, inline
+    if not parts:
+        return []
+    path = folder / "plots.html"
+    path.write_text("<!doctype html><meta charset='utf-8'><title>Optuna plots</title>" + "".join(parts))
+    return [path]
+
+
+def _complete(study: optuna.Study) -> bool:
+    return any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

@@ -1,0 +1,223 @@
+"""The report's parts without a sweep: stops and audit verdicts, the page, the curves, the live line, UI views."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from sweeps.core.keys import (
+    AUDIT_FALSE_STOP,
+    AUDIT_TRUE_STOP,
+    TAG_AUDIT_METRIC,
+    TAG_AUDIT_VERDICT,
+    TAG_WOULD_STOP_REASON,
+    TAG_WOULD_STOP_SIGNAL,
+    TAG_WOULD_STOP_STEP,
+)
+from sweeps.core.records import SweepState, TrialRecord
+from sweeps.engine.live_view import LiveView, estimate_left, status_line
+from sweeps.results.figures import Curve, draw_learning_curves
+from sweeps.results.page import html_page, ordered
+from sweeps.results.report import stop_decisions, write_stops
+from sweeps.tracking.ui_views import top_view, trials_view, view_key, view_url
+
+
+def row(number: int, status: str, value: float | None, epochs: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "trial": f"t{number:03d}",
+        "number": number,
+        "status": status,
+        "val_loss": value,
+        "epochs": epochs,
+        "reason": extra.pop("reason", ""),
+        "signal": extra.pop("signal", ""),
+        "diverged_at_step": extra.pop("step", None),
+        "rescue_of": extra.pop("rescue_of", ""),
+        "best": extra.pop("best", False),
+        "mlflow_run_id": f"run{number}",
+        "param.lr": extra.pop("lr", 0.01),
+        "param.seed": 0,
+        **extra,
+    }
+
+
+ROWS = [
+    row(0, "pruned", 1.5, 1, reason="stopped by ASHA after epoch 1"),
+    row(1, "completed", 0.4, 4, best=True),
+    row(2, "diverged", None, 2, reason="loss_explosion: smoothed loss 113 > 20 x its best 0.03",
+        signal="loss_explosion", step=6),
+    row(3, "completed", 0.7, 4, lr=0.1),
+    row(4, "failed", None, 1, reason="ValueError: boom"),
+    row(5, "pruned", 1.1, 2, reason="stopped by ASHA after epoch 2"),
+]  # fmt: skip
+META = {"metric": "val_loss", "mode": "min", "trainer": "toy", "epochs": 4, "searched": ["lr"]}
+
+
+def test_trials_read_best_first_then_pruned_by_how_far_they_got_then_the_rest() -> None:
+    assert [r["trial"] for r in ordered(ROWS, "val_loss", "min")] == ["t001", "t003", "t005", "t000", "t002", "t004"]
+    assert [r["trial"] for r in ordered(ROWS, "val_loss", "max")][:2] == ["t003", "t001"]
+
+
+def test_stop_decisions_list_divergence_then_would_be_stops_then_asha_with_audit_verdicts() -> None:
+    tags = {
+        "run2": {TAG_AUDIT_VERDICT: AUDIT_FALSE_STOP, TAG_AUDIT_METRIC: "0.35"},
+        "run3": {TAG_WOULD_STOP_SIGNAL: "grad_explosion", TAG_WOULD_STOP_STEP: "40", TAG_WOULD_STOP_REASON: "norm 9"},
+        "run0": {TAG_AUDIT_VERDICT: AUDIT_TRUE_STOP, TAG_AUDIT_METRIC: "1.2"},
+    }
+    stops = stop_decisions(ROWS, tags)
+    assert [(s["trial"], s["decision"]) for s in stops] == [
+        ("t002", "stopped: diverged"),
+        ("t003", "would stop (observe)"),
+        ("t000", "stopped: pruned"),
+        ("t005", "stopped: pruned"),
+    ]
+    diverged, observed = stops[0], stops[1]
+    assert (diverged["signal"], diverged["step"], diverged["verdict"], diverged["audit_metric"]) == (
+        "loss_explosion",
+        6,
+        AUDIT_FALSE_STOP,
+        0.35,
+    )
+    assert (observed["signal"], observed["step"], observed["reason"]) == ("grad_explosion", 40, "norm 9")
+    assert stops[2]["verdict"] == AUDIT_TRUE_STOP and stops[3]["verdict"] == ""
+
+
+def test_a_would_be_stop_without_its_tags_comes_from_the_rows_signal_at_step() -> None:
+    rows = [row(0, "completed", 0.5, 4, would_stop="collapse@17")]
+    [stop] = stop_decisions(rows, {})
+    assert (stop["decision"], stop["signal"], stop["step"]) == ("would stop (observe)", "collapse", 17)
+
+
+def test_the_page_shows_the_stop_table_with_verdicts_and_a_sorted_trial_table(tmp_path: Path) -> None:
+    tags = {"run2": {TAG_AUDIT_VERDICT: AUDIT_FALSE_STOP, TAG_AUDIT_METRIC: "0.35"}}
+    (tmp_path / "stops.json").write_text(json.dumps(stop_decisions(ROWS, tags)))
+    page = html_page("s1", META, ROWS, "diverged by signal: loss_explosion 1", tmp_path)
+    stops = page.split("<section id='stops'>")[1].split("</section>")[0]
+    assert "false stop: re-run reached 0.35 (better than the sweep&#x27;s best)" in stops
+    assert "step 6 in epoch 2" in stops and "after epoch 1" in stops and "loss_explosion" in stops
+    assert "title='loss_explosion: smoothed loss 113 &gt; 20 x its best 0.03'" in stops  # cut short, whole on hover
+    trials = page.split("<section id='trials'>")[1]
+    assert trials.index("* t001") < trials.index("t003") < trials.index("t005") < trials.index("t004")
+    assert "<th>seed</th>" not in trials and "<th>lr</th>" in trials  # the swept parameters only
+    assert "No sample images" in page  # no samples.json: the trainer logs none
+
+
+def test_without_an_audit_the_page_says_so_and_has_no_audit_column(tmp_path: Path) -> None:
+    (tmp_path / "stops.json").write_text(json.dumps(stop_decisions(ROWS, {})))
+    page = html_page("s1", META, ROWS, "", tmp_path)
+    assert "No audit recorded" in page and "<th>audit</th>" not in page
+    (tmp_path / "audit.txt").write_text("t002 loss_explosion: false stop\n")  # what sweeps audit writes
+    assert "t002 loss_explosion: false stop" in html_page("s1", META, ROWS, "", tmp_path)
+
+
+def test_stops_written_before_are_kept_when_mlflow_cannot_be_read(tmp_path: Path) -> None:
+    (tmp_path / "stops.json").write_text('[{"trial": "t009"}]')
+    write_stops(tmp_path, {**META, "tracking_uri": "", "parent_run_id": ""}, ROWS)
+    assert json.loads((tmp_path / "stops.json").read_text()) == [{"trial": "t009"}]
+    (tmp_path / "stops.json").unlink()
+    write_stops(tmp_path, META, ROWS)
+    assert [s["trial"] for s in json.loads((tmp_path / "stops.json").read_text())] == ["t002", "t000", "t005"]
+
+
+def test_write_stops_reads_audit_verdicts_and_would_be_stops_from_mlflow(tmp_path: Path) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    runs = {}
+    for number, tags in ((2, {TAG_AUDIT_VERDICT: AUDIT_FALSE_STOP, TAG_AUDIT_METRIC: "0.3"}), (3, {}), (0, {})):
+        tags = {**tags, "mlflow.parentRunId": parent}
+        if number == 3:
+            tags.update({TAG_WOULD_STOP_SIGNAL: "collapse", TAG_WOULD_STOP_STEP: "12"})
+        runs[number] = client.create_run(experiment, tags=tags).info.run_id
+    rows = [{**r, "mlflow_run_id": runs.get(r["number"], "none")} for r in ROWS]
+    meta = {**META, "tracking_uri": uri, "experiment_id": experiment, "parent_run_id": parent}
+    write_stops(tmp_path, meta, rows)
+    stops = {(s["trial"], s["decision"]): s for s in json.loads((tmp_path / "stops.json").read_text())}
+    assert stops["t002", "stopped: diverged"]["verdict"] == AUDIT_FALSE_STOP
+    assert stops["t002", "stopped: diverged"]["audit_metric"] == 0.3
+    assert stops["t003", "would stop (observe)"]["step"] == 12
+
+
+def test_learning_curves_draw_every_ending_with_its_mark(tmp_path: Path) -> None:
+    curves = [
+        Curve("t000", "completed", [(1, 1.0), (2, 0.6), (3, 0.5), (4, 0.45)], best=True, rank=1),
+        Curve("t001", "completed", [(1, 1.1), (2, 0.8), (3, 0.7), (4, 0.65)], rank=2),
+        Curve("t002", "pruned", [(1, 2.0), (2, 1.8)]),
+        Curve("t003", "diverged", [(1, 1.4)], stop_epoch=2),
+        Curve("t004", "diverged", [], stop_epoch=1),  # no finite epoch: its cross sits on the top edge
+        Curve("t005", "diverged", [(1, 1e9)], stop_epoch=2),  # far off: does not squash the others
+        Curve("t006", "failed", [(1, math.nan)]),
+    ]
+    path = draw_learning_curves(curves, "val_loss", "min", 4, [1, 2], tmp_path / "curves.png")
+    assert path is not None
+    with Image.open(path) as image:
+        assert image.size == (1000, 480)
+    assert draw_learning_curves([Curve("t0", "failed", [])], "m", "min", 4, [], tmp_path / "none.png") is None
+
+
+def record(number: int, status: str, value: float | None = None) -> TrialRecord:
+    return TrialRecord(number, f"ray{number}", f"run{number}", {}, {}, status=status, value=value)
+
+
+def test_the_live_line_says_trials_done_of_planned_and_the_time_left() -> None:
+    state = SweepState(metric="val_loss", mode="min")
+    for number, status, value in ((0, "completed", 0.5), (1, "pruned", None), (2, "running", None)):
+        state.trials[f"ray{number}"] = record(number, "running")
+        if status != "running":
+            state.observe(state.trials[f"ray{number}"], {"val_loss": value} if value else None)
+            state.finish(state.trials[f"ray{number}"], status)
+    line = status_line(state, 12, 125.0, estimate_left(2, 100.0, 10))
+    assert line == (
+        "[02:05] · trials 2/12 done · running 1 · completed 1 · pruned 1 · best val_loss=0.5 (t000) · ~08:20 left"
+    )
+    assert status_line(state, 12, 5.0).endswith("time left ?")
+    assert estimate_left(0, 10.0, 5) is None and estimate_left(3, 3 * 3600.0, 3) == 3 * 3600.0
+    assert "~1:00:00 left" in status_line(state, 12, 5.0, 3600.0)
+
+
+def test_the_live_view_prints_a_line_per_ended_trial_and_its_status_line() -> None:
+    state = SweepState(metric="val_loss", mode="min")
+    state.trials["ray0"] = record(0, "running")
+    out = io.StringIO()
+    view = LiveView(state, 4, out)
+    view.on_trial_start(0, [], None)
+    state.observe(state.trials["ray0"], {"val_loss": 0.25, "epoch": 3})
+    state.finish(state.trials["ray0"], "completed")
+    view.on_trial_complete(0, [], type("T", (), {"trial_id": "ray0"})())
+    first, second = out.getvalue().splitlines()
+    assert first.split() == ["t000", "completed", "val_loss=0.25", "after", "3", "epoch(s)"]
+    assert "trials 1/4 done" in second and second.endswith(" left") and "~" in second
+
+
+def test_ui_views_open_the_sweeps_trials_and_its_top_trials_compared() -> None:
+    trials = trials_view("s'1", "val_mse", "min", ["lr", "precision"])
+    assert trials["searchFilter"] == "tags.`sweep.name` = 's\\'1' AND tags.`sweep.role` != 'parent'"
+    assert trials["orderByKey"] == "metrics.`val_mse`" and trials["orderByAsc"] is True
+    assert trials["selectedColumns"][:3] == ["metrics.`val_mse`", "params.`lr`", "params.`precision`"]
+    assert trials["columnOrder"] == trials["selectedColumns"]  # in that order, not MLflow's alphabetical one
+    top = top_view("psnr", "max", ["lr"], ["a1", "b2"])
+    assert top["searchFilter"] == "attributes.run_id IN ('a1', 'b2')" and top["orderByAsc"] is False
+    parallel, per_epoch = top["compareRunCharts"]
+    assert (parallel["type"], parallel["selectedParams"], parallel["selectedMetrics"]) == ("PARALLEL", ["lr"], ["psnr"])
+    assert (per_epoch["type"], per_epoch["metricKey"]) == ("LINE", "psnr")
+    assert {c["metricSectionId"] for c in top["compareRunCharts"]} == {top["compareRunSections"][0]["uuid"]}
+    key = view_key("vae-demo-1", "top5")
+    assert key == view_key("vae-demo-1", "top5") != view_key("vae-demo-2", "top5")
+    assert view_url("http://h:5000/", "7", key, charts=True) == (
+        f"http://h:5000/#/experiments/7/runs?viewStateShareKey={key}&compareRunsMode=CHART"
+    )
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_ordered_puts_trials_without_a_value_after_those_with_one(mode: str) -> None:
+    rows = [row(0, "completed", None, 4), row(1, "completed", 0.3, 4), row(2, "completed", math.inf, 4)]
+    assert [r["trial"] for r in ordered(rows, "val_loss", mode)][0] == "t001"
