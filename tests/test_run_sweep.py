@@ -276,7 +276,8 @@ def test_a_plain_loop_kept_as_a_function_sweeps_and_its_diverging_trial_stops_wi
         assert {"loss", "model/lr", "model/grad_norm", "model/weight_norm_last"} <= set(run.data.metrics)
         if lr == 1.0:
             assert tags["sweep.status"] == "diverged" and tags["sweep.signal"] == "loss_explosion"
-            assert int(tags["sweep.divergence_step"]) <= 8  # within the first epoch's 8 steps
+            # stopped within steps, well before the trial's 16 (the detector waits for 6 of 8 steps over its line)
+            assert int(tags["sweep.divergence_step"]) < 16
             assert len(client.get_metric_history(run.info.run_id, "loss")) == int(tags["sweep.divergence_step"])
         else:
             assert tags["sweep.status"] == "completed"
