@@ -29,10 +29,10 @@ def test_the_status_line_counts_rescues_beside_the_budgets_trials() -> None:
         state.trials[record.ray_id] = record
     state.finish(first, "diverged")
     state.finish(second, "completed")
-    assert "trials 2/2 · running 1" in status_line(state, 2, 0.0)
+    assert "trials 2/2 done · running 1" in status_line(state, 2, 0.0)
     state.finish(rescue, "completed")
     line = status_line(state, 2, 0.0)
-    assert "trials 2/2 (+1 rescue) · running 0" in line and "3/2" not in line
+    assert "trials 2/2 done (+1 rescue) · running 0" in line and "3/2" not in line
 
 
 class _Events:
