@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.compat.mlflow_internals import latest_steps
+from sweeps.core.failures import failure_reason
 from sweeps.core.keys import TAG_REASON, TAG_WARNING
 from sweeps.tracking.mlflow_client import client, retry
 
@@ -243,7 +244,7 @@ class TrialLogger:
 
     def log_failure(self, exc: BaseException) -> None:
         """Tag the run with the exception's one-line reason; store the traceback."""
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
+        reason = failure_reason(exc)
         self.log_text("".join(traceback.format_exception(exc)), "traceback.txt")
         self.sender.submit("tag reason", partial(self.client.set_tag, self.run_id, TAG_REASON, reason))
 
