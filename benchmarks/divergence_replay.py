@@ -24,6 +24,17 @@ that lasts to its end; a diverged trial whose last step is not bad has no onset 
 it ended no better than untrained but its loss never stayed above where it started; it counts in
 ``missed`` when not stopped, and not in ``after onset`` or ``median delay``).
 
+**With ASHA** (the two right-hand columns): a sweep runs the detector *and* ASHA, so a stop costs
+the sweep something only when ASHA would have let the trial finish. ``asha_ends`` models ASHA at
+the engine's defaults (grace period 1 epoch, reduction factor 3, rungs at epochs 1, 3, 9, ... below
+the last) synchronously over the loop's trials, from their per-epoch metric alone (the detector's
+stops ignored): at each rung a trial goes on when its metric is not worse than the
+``(1 - 1/3)`` percentile of the trials that reached the rung (Ray's ``nanpercentile`` cutoff;
+a non-finite metric is cut). Ray's ASHA is asynchronous (the first trials at a rung always go on),
+so the model cuts somewhat more than a real sweep does. ``false kept``: false stops of trials ASHA
+would have run to their last epoch; ``after onset+A``: steps after onset as a share of all steps
+run when each trial ends at the earlier of the detector's stop and ASHA's cut.
+
 Split: thresholds are tuned on ``TUNED`` loops only; ``HELD_OUT`` loops are only reported.
 
 Run: ``python -m benchmarks.divergence_replay [--split tuned|held-out|all] [--old]
@@ -48,6 +59,8 @@ TUNED = ("vae", "sr_gan", "denoiser", "ae_warm_restarts")
 HELD_OUT = ("translation_gan", "gan_own", "sr_onecycle")
 HEURISTIC = ("loss_explosion", "grad_explosion", "collapse", "runaway_weights")
 ONSET_FACTOR = 1.0
+ASHA_GRACE = 1
+ASHA_FACTOR = 3.0
 
 Detector = Callable[[], Any]
 
@@ -79,6 +92,39 @@ def onset_of(trial: dict[str, Any]) -> int | None:
     return onset
 
 
+def asha_ends(trials: list[dict[str, Any]], grace: int = ASHA_GRACE, factor: float = ASHA_FACTOR) -> list[int]:
+    """Per trial, the index of the last step ASHA would let it run (see the module docstring)."""
+    ends = [len(t["steps"]) - 1 for t in trials]
+    alive = list(range(len(trials)))
+    epochs = max(int(t["epochs"]) for t in trials) if trials else 0
+    rung = grace
+    while rung < epochs and alive:
+        signed: dict[int, float] = {}
+        for i in alive:
+            val = trials[i]["val"][rung - 1] if len(trials[i]["val"]) >= rung else None
+            ok = val is not None and math.isfinite(val)
+            signed[i] = (val if trials[i]["mode"] == "max" else -val) if ok else -math.inf
+        finite = sorted(v for v in signed.values() if math.isfinite(v))
+        cutoff = _percentile(finite, 100 * (1 - 1 / factor)) if finite else math.inf
+        kept = []
+        for i in alive:
+            if signed[i] < cutoff:
+                ends[i] = min(ends[i], rung * int(trials[i]["steps_per_epoch"]) - 1)
+            else:
+                kept.append(i)
+        alive = kept
+        rung = int(rung * factor)
+    return ends
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """numpy's default (linear) percentile of an ascending list."""
+    at = (len(ordered) - 1) * q / 100
+    low = math.floor(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
 def replay(trial: dict[str, Any], make: Detector) -> tuple[int | None, Any]:
     """Index of the step at which the detector stops the trial (None: never) and its Divergence."""
     detector = make()
@@ -92,14 +138,16 @@ def replay(trial: dict[str, Any], make: Detector) -> tuple[int | None, Any]:
 def judge(trials: list[dict[str, Any]], make: Detector) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The table's figures for ``trials`` and one record per trial."""
     records = []
-    for trial in trials:
+    for trial, asha_end in zip(trials, asha_ends(trials), strict=True):
         stop, found = replay(trial, make)
         onset = onset_of(trial)
         length = len(trial["steps"])
         ran = length if stop is None else stop + 1
-        after = 0
+        ran_asha = min(ran, asha_end + 1)
+        after = after_asha = 0
         if onset is not None:
             after = max(0, ran - onset)
+            after_asha = max(0, ran_asha - onset)
         records.append(
             {
                 "loop": trial["loop"],
@@ -118,6 +166,9 @@ def judge(trials: list[dict[str, Any]], make: Detector) -> tuple[dict[str, Any],
                 "length": length,
                 "ran": ran,
                 "after": after,
+                "asha_full": asha_end == length - 1,
+                "ran_asha": ran_asha,
+                "after_asha": after_asha,
             }
         )
     return figures(records), records
@@ -131,6 +182,7 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     false = [r for r in stopped if r["label"] == "healthy"]
     delays = [r["stop"] - r["onset"] for r in diverged if r["stop"] is not None and r["onset"] is not None]
     steps = sum(r["ran"] for r in records)
+    steps_asha = sum(r["ran_asha"] for r in records)
     return {
         "trials": len(records),
         "diverged": len(diverged),
@@ -144,6 +196,8 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
         "steps": steps,
         "after_onset": sum(r["after"] for r in diverged) / steps if steps else 0.0,
         "median_delay": statistics.median(delays) if delays else math.nan,
+        "false_kept": sum(r["asha_full"] for r in false),
+        "after_asha": sum(r["after_asha"] for r in diverged) / steps_asha if steps_asha else 0.0,
     }
 
 
@@ -161,6 +215,8 @@ COLUMNS = [
     ("steps", 6, "{}"),
     ("after_onset", 11, "{:.2%}"),
     ("median_delay", 12, "{:.1f}"),
+    ("false_kept", 10, "{}"),
+    ("after_asha", 13, "{:.2%}"),
 ]
 HEADERS = {
     "no_onset": "no onset",
@@ -169,6 +225,8 @@ HEADERS = {
     "false_top": "false top-q",
     "after_onset": "after onset",
     "median_delay": "median delay",
+    "false_kept": "false kept",
+    "after_asha": "after onset+A",
 }
 
 
@@ -202,7 +260,7 @@ def listing(records: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"  {what:6} {r['loop']:>16} #{r['trial']:<3} lr {r['lr']:.3g} {r['precision']:>4} {r['label']:8} "
             f"rank {r['rank']:>2}/{r['n']} onset {r['onset']} stop {r['stop']} of {r['length']} "
-            f"{r['signal']}: {r['reason']}"
+            f"{'(ASHA keeps it) ' if r['asha_full'] else ''}{r['signal']}: {r['reason']}"
         )
     return lines
 
