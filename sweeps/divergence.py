@@ -25,9 +25,11 @@ started, not to its best value so far:
   magnitude of the trial's first finite loss (the untrained model's, computed before the first
   update) on ``share`` (75%) of the last ``steps`` (8) steps: 6 of 8 at the defaults.
 - ``grad_explosion``: a network's gradient norm is above ``factor`` (1000) x the median of its last
-  ``window`` (50) norms (the spikes kept out), judged once ``warmup`` (20) norms are in, on 6 of the
-  last ``steps`` (8) steps; and the loss is above its first value on as many of those steps, the
-  newest included (a gradient spike while the loss is back where it started is not a divergence).
+  ``window`` (50) norms (the spikes kept out; never less than the median of its first ``warmup``
+  norms, so a gradient that vanished and comes back has not exploded), judged once ``warmup`` (20)
+  norms are in, on 6 of the last ``steps`` (8) steps; and the loss is above its first value on as
+  many of those steps, the newest included (a gradient spike while the loss is back where it
+  started is not a divergence).
 - ``runaway_weights``: a last-layer weight norm is above ``factor`` (50) x its first value on
   ``share`` (75%) of the last ``steps`` (20) steps, with the loss above its first value on as many
   of them, the newest included (weight norms move slowly and stay up after the loss has come back,
@@ -194,6 +196,7 @@ class DivergenceDetector:
         self.explosion: _Evidence | None = None
         self.grads: dict[str, deque[float]] = {}
         self.grad_evidence: dict[str, _Evidence] = {}
+        self.grad_start: dict[str, float] = {}
         self.first_weights: dict[str, float] = {}
         self.weight_evidence: dict[str, _Evidence] = {}
 
@@ -294,7 +297,11 @@ class DivergenceDetector:
             history = self.grads.setdefault(net, deque(maxlen=int(cfg["window"])))
             evidence = self.grad_evidence.setdefault(net, _Evidence(cfg))
             if len(history) >= cfg["warmup"]:
-                median = statistics.median(history)
+                # Judged against the recent median, but never against less than the median of the
+                # first norms: a gradient that vanished (a saturated GAN discriminator) and comes back
+                # to its starting size has not exploded.
+                start = self.grad_start.setdefault(net, statistics.median(history))
+                median = max(statistics.median(history), start)
                 hit = not _finite(norm) or (median > 0 and norm > cfg["factor"] * median)
                 onset = evidence.update(hit, step)
                 if onset is not None and self._loss_still_up(evidence):

@@ -201,6 +201,28 @@ def test_grad_explosion_diverging_after_the_learning_rate_jumps_is_stopped() -> 
     assert trace[-1]["loss"] > 1e3 * trace[0]["loss"]
 
 
+def test_grad_explosion_a_vanished_gradient_coming_back_is_not_an_explosion() -> None:
+    # A GAN discriminator that saturates: its gradient norm falls a million-fold for 60 steps (the
+    # window's median with it), then comes back to its starting size while the loss is still high.
+    def norms(i: int) -> float:
+        return 1e-6 if 25 <= i < 85 else 2.0
+
+    def steps(comeback: float) -> list[dict[str, float]]:
+        return [
+            {"loss": 1.0 if i < 25 else 30.0, "d/grad_norm": norms(i) if i < 85 else comeback, "d/loss_scale": 1.0}
+            for i in range(120)
+        ]
+
+    def run(trace: list[dict[str, float]]) -> Divergence | None:
+        detector = DivergenceDetector(only("grad_explosion"))
+        return next((f for i, m in enumerate(trace) if (f := detector.observe(i + 1, m)) is not None), None)
+
+    assert run(steps(comeback=2.0)) is None
+    # Far above where it started, it is one.
+    found = run(steps(comeback=2.0 * DEFAULTS["grad_explosion"]["factor"] * 10))
+    assert found is not None and found.signal == "grad_explosion" and found.onset == 86, found
+
+
 def _zero_head(loop: Loop, unfreeze_at: int) -> Callable[[Loop, int], None]:
     def hook(loop: Loop, i: int) -> None:
         if i == 0:
