@@ -6,9 +6,11 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -328,10 +330,51 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(port),
     ]
+    return _serve(command)
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT reached ``sweeps ui``."""
+
+
+def _serve(command: list[str]) -> int:
+    """Run ``command`` until it ends, or until SIGINT/SIGTERM: then end it and every process it started.
+
+    ``mlflow ui`` starts a server that starts workers; run in a session of its own, they all go
+    with it, so neither Ctrl-C nor a ``kill`` of ``sweeps ui`` leaves a server behind.
+    """
+    child = subprocess.Popen(command, env=os.environ.copy(), start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(command, env=os.environ.copy())
-    except KeyboardInterrupt:
+        return child.wait()
+    except (_Stopped, KeyboardInterrupt):
+        _end_session(child)
         return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _end_session(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to ``child``'s session (its process group), SIGKILL after 15 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the server's workers may outlive it by a moment
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(1)
 
 
 def _ui_port(host: str, port: int | None) -> int:

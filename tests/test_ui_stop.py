@@ -1,0 +1,81 @@
+"""``sweeps ui`` stopped by a signal leaves no MLflow server behind (Linux: reads /proc)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.helpers import ROOT, free_port
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+def parents() -> dict[int, int]:
+    """Every live process's parent, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":  # a zombie has ended
+            found[int(entry.name)] = int(fields[1])
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    tree = parents()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in tree.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return pids & set(parents())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(tmp_path: Path, sig: signal.Signals) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment("ui-stop")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "sweeps", "ui", "--tracking-uri", uri, "--port", str(port)]
+    ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert ui.poll() is None, "sweeps ui ended before its server answered"
+            assert time.monotonic() < deadline, "the MLflow UI did not start"
+            time.sleep(0.5)
+        started = descendants(ui.pid)
+        assert started, "sweeps ui started no process"
+        ui.send_signal(sig)  # to sweeps ui alone, as `kill PID` sends it
+        assert ui.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while alive(started) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not alive(started), f"left running after {sig.name}: {sorted(alive(started))}"
+    finally:
+        for pid in alive(descendants(ui.pid) | {ui.pid}):
+            os.kill(pid, signal.SIGKILL)
