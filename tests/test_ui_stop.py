@@ -56,6 +56,7 @@ def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(tmp_path: Path,
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "sweeps", "ui", "--tracking-uri", uri, "--port", str(port)]
     ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: set[int] = set()
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -77,5 +78,5 @@ def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(tmp_path: Path,
             time.sleep(0.5)
         assert not alive(started), f"left running after {sig.name}: {sorted(alive(started))}"
     finally:
-        for pid in alive(descendants(ui.pid) | {ui.pid}):
+        for pid in alive(started | descendants(ui.pid) | {ui.pid}):  # what a failure left (orphans included)
             os.kill(pid, signal.SIGKILL)
