@@ -26,6 +26,9 @@ class ConfigError(ValueError):
         self.problems = problems
         super().__init__("; ".join(f"{key}: {msg}" for key, msg in problems))
 
+    def __reduce__(self) -> tuple[type, tuple[list[tuple[str, str]]]]:
+        return (type(self), (self.problems,))  # Ray pickles a trial's exception: rebuilt from its problems
+
 
 def field_types(cls: type) -> dict[str, Any]:
     """Return ``{field name: resolved type}`` for a config dataclass."""

@@ -40,6 +40,9 @@ class SpecError(InputError):
         lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems]
         super().__init__("\n".join(_one_line(line) for line in lines))
 
+    def __reduce__(self) -> tuple[type, tuple[str, list[tuple[str, str]]]]:
+        return (type(self), (self.source, self.problems))  # pickled (Ray): rebuilt from what made it
+
 
 def _one_line(text: str) -> str:
     """A problem's line with line breaks written out (a key or value given with one stays on its line)."""

@@ -27,6 +27,9 @@ class DivergedError(StopTrial):
         super().__init__(divergence.reason)
         self.divergence, self.epoch = divergence, epoch
 
+    def __reduce__(self) -> tuple[type, tuple[Divergence, int | None]]:
+        return (type(self), (self.divergence, self.epoch))  # pickled (Ray): keeps the Divergence
+
 
 def divergence_result(divergence: Divergence) -> dict[str, Any]:
     """The engine's keys in a diverged trial's last report."""
