@@ -23,6 +23,9 @@ The last line states ours against the best peer.
 
 Run: .venv/bin/python -m benchmarks.search_quality [--quick] [--tasks vae,sr_gan] [--systems ...]
 [--seeds N] [--first-seed S] [--budget-s SECONDS] [--plot FILE] [--json FILE] [--keep DIR]
+(``--report FILE`` prints the tables of rows saved with ``--json``, running nothing). Columns:
+trials (started), full (ran every epoch), first s (seconds to the first epoch's validation of any
+trial: the time to a first trainer), all medians over seeds.
 """
 
 from __future__ import annotations
@@ -279,6 +282,7 @@ def read_events(trace_dir: Path, task: Task, t0: float, budget_s: float) -> dict
     sign = 1.0 if task.mode == "min" else -1.0
     completions: list[tuple[float, float]] = []
     trials = epochs = 0
+    first = math.inf  # the first validation of any trial: how long until a trainer ran an epoch
     for path in trace_dir.glob("*.jsonl"):
         rows = []
         for line in path.read_text().splitlines():
@@ -291,11 +295,19 @@ def read_events(trace_dir: Path, task: Task, t0: float, budget_s: float) -> dict
             continue
         trials += 1
         epochs += len(rows)
+        first = min(first, rows[0]["t"] - t0)
         last = rows[-1]
         if last["epoch"] >= task.epochs and last["value"] is not None and math.isfinite(last["value"]):
             completions.append((last["t"] - t0, sign * float(last["value"])))
     completions.sort()
-    return {"completions": completions, "trials": trials, "epochs": epochs, "full": len(completions)}
+    first_s = first if math.isfinite(first) else None
+    return {
+        "completions": completions,
+        "trials": trials,
+        "epochs": epochs,
+        "full": len(completions),
+        "first_s": first_s,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +355,7 @@ def summarize(task: Task, runs: dict[str, dict[int, dict[str, Any]]], budget_s: 
             "at": at,
             "trials": statistics.median([r["trials"] for r in by_seed.values()]),
             "full": statistics.median([r["full"] for r in by_seed.values()]),
+            "first_s": _median_or_none([r.get("first_s") for r in by_seed.values()]),
         }
     peers: dict[str, Any] = {}
     if "ours" in systems:
@@ -365,6 +378,11 @@ def summarize(task: Task, runs: dict[str, dict[int, dict[str, Any]]], budget_s: 
     return {"systems": systems, "peers": peers}
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known and len(known) == len(values) else None
+
+
 def show(task: Task, loss: float) -> str:
     """A loss in the metric's own units; '-' for nothing."""
     if not math.isfinite(loss):
@@ -379,7 +397,7 @@ def table(task: Task, summary: dict[str, Any], seeds: list[int], budget_s: float
     lines = [
         f"task {task.name}: best {task.metric} ({better} is better) of trials that ran all {task.epochs} epochs;"
         f" budget {budget_s:.0f} s, seeds {seeds[0]}..{seeds[-1]} ({len(seeds)})",
-        f"{'system':<16} {'25%':>24} {'50%':>24} {'100%':>24} {'trials':>6} {'full':>5}"
+        f"{'system':<16} {'25%':>24} {'50%':>24} {'100%':>24} {'trials':>6} {'full':>5} {'first s':>7}"
         f" {'ours wins':>9} {'ours reaches':>12}",
     ]
     for system, s in summary["systems"].items():
@@ -401,9 +419,10 @@ def table(task: Task, summary: dict[str, Any], seeds: list[int], budget_s: float
                 else f"{peer['reach']:.0%}"
             )
         )
+        first = "-" if s["first_s"] is None else f"{s['first_s']:.1f}"
         lines.append(
             f"{system:<16} {cells[0]:>24} {cells[1]:>24} {cells[2]:>24} {s['trials']:>6.0f} {s['full']:>5.0f}"
-            f" {wins:>9} {reach:>12}"
+            f" {first:>7} {wins:>9} {reach:>12}"
         )
     return lines
 
