@@ -478,10 +478,15 @@ def plot(tasks: list[Task], summaries: dict[str, dict[str, Any]], budget: dict[s
         ax.set_title(f"{task.name} ({budget[task.name]:.0f} s budget, 2 CPUs)")
         ax.set_xlabel("% of wall-clock budget")
         ax.set_ylabel(f"best {task.metric} (median, IQR)")
-        # The axis spans the final medians' spread twice over: an early diverged-but-finite best
+        # The axis spans the medians' spread at 50% and 100% twice over: an early diverged-but-finite best
         # (val_mse 1e6) would flatten every other curve.
         best = [v for s in summaries[task.name]["systems"].values() for v in s["median_curve"] if math.isfinite(v)]
-        finals = [s["at"][1.0][0] for s in summaries[task.name]["systems"].values() if math.isfinite(s["at"][1.0][0])]
+        finals = [
+            s["at"][f][0]
+            for s in summaries[task.name]["systems"].values()
+            for f in (0.5, 1.0)
+            if math.isfinite(s["at"][f][0])
+        ]
         if best and finals:
             low, high = min(best), max(finals)
             pad = max(high - low, 1e-9)
