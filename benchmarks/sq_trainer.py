@@ -1,0 +1,98 @@
+"""The search-quality benchmark's trainers: the project's VAE and SR-GAN, each validation traced.
+
+Every system in ``benchmarks/search_quality.py`` trains these same classes (Ray Tune's function
+trainables and ours through the engine, Optuna, Syne Tune and SMAC in their own processes), so only
+the search and the scheduling differ. Each trainer appends one JSON line per validation to its own
+file under ``trace_dir``: ``{"t": wall clock, "epoch": n, "value": metric or null}``; the benchmark
+turns those lines into its anytime curves. Torch runs one thread per trial in every system.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from trainables.sr_gan import SRGANConfig, SRGANTrainer
+from trainables.vae import VAEConfig, VAETrainer
+
+
+class _Trace:
+    """One trial's trace file: a line per validation."""
+
+    def __init__(self, trace_dir: str, metric: str) -> None:
+        self.metric = metric
+        self.path = Path(trace_dir) / f"{uuid.uuid4().hex}.jsonl" if trace_dir else None
+
+    def write(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.path is None:
+            return
+        value = float(metrics.get(self.metric, math.nan))
+        row = {"t": time.time(), "epoch": epoch, "value": value if math.isfinite(value) else None}
+        with self.path.open("a") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+@dataclass
+class TracedVAEConfig(VAEConfig):
+    """The VAE's config plus where the trace goes."""
+
+    trace_dir: str = ""
+
+
+class TracedVAE(VAETrainer):
+    """:class:`VAETrainer` whose every validation is traced (``val_mse``)."""
+
+    Config: ClassVar[type] = TracedVAEConfig
+
+    def __init__(self, config: TracedVAEConfig) -> None:
+        torch.set_num_threads(1)
+        super().__init__(config)
+        self.trace = _Trace(config.trace_dir, "val_mse")
+
+    def validate(self) -> dict[str, float]:
+        """Validate and trace the result."""
+        metrics = super().validate()
+        self.trace.write(self.epoch, metrics)
+        return metrics
+
+
+@dataclass
+class TracedSRGANConfig(SRGANConfig):
+    """The SR-GAN's config plus where the trace goes."""
+
+    trace_dir: str = ""
+
+
+class TracedSRGAN(SRGANTrainer):
+    """:class:`SRGANTrainer` whose every validation is traced (``val_psnr``)."""
+
+    Config: ClassVar[type] = TracedSRGANConfig
+
+    def __init__(self, config: TracedSRGANConfig) -> None:
+        torch.set_num_threads(1)
+        super().__init__(config)
+        self.trace = _Trace(config.trace_dir, "val_psnr")
+
+    def validate(self) -> dict[str, float]:
+        """Validate and trace the result."""
+        metrics = super().validate()
+        self.trace.write(self.epoch, metrics)
+        return metrics
+
+
+TRAINERS: dict[str, Any] = {"vae": TracedVAE, "sr_gan": TracedSRGAN}
+
+
+def make_trainer(task: str, config: dict[str, Any]) -> Any:
+    """The traced trainer of ``task`` built from ``config`` (fixed values, sampled values, trace_dir)."""
+    from trainables import build_config
+
+    cls = TRAINERS[task]
+    return cls(build_config(cls.Config, config))

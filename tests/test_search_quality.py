@@ -1,0 +1,88 @@
+"""The search-quality benchmark: its curves and figures, and its quick mode end to end (a smoke test, not timed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.search_quality import GRID, TASKS, curve, percentile, read_events, summarize
+from tests.helpers import ROOT, project_env
+
+
+def test_curve_is_the_running_best_of_full_trials(tmp_path: Path) -> None:
+    task = TASKS["vae"]
+    t0 = 1000.0
+    rows = {
+        "a": [(1, 0.5), (6, 0.2)],  # full at t0 + 6
+        "b": [(1, 0.1)],  # stopped after one epoch: never counts
+        "c": [(6, None)],  # diverged: never counts
+        "d": [(6, 0.05)],  # full, but after the budget
+    }
+    times = {"a": [2.0, 6.0], "b": [1.0], "c": [3.0], "d": [11.0]}
+    epochs = {"a": [1, 6], "b": [1], "c": [6], "d": [6]}
+    for name, values in rows.items():
+        with (tmp_path / f"{name}.jsonl").open("w") as out:
+            for (_, value), t, epoch in zip(values, times[name], epochs[name], strict=True):
+                out.write(json.dumps({"t": t0 + t, "epoch": epoch, "value": value}) + "\n")
+    events = read_events(tmp_path, task, t0, 10.0)
+    assert events["completions"] == [(6.0, 0.2)]
+    assert events["trials"] == 3  # d began after the budget
+    values = curve(events["completions"], 10.0)
+    assert math.isinf(values[0]) and values[-1] == 0.2
+    assert all(b <= a for a, b in zip(values, values[1:], strict=False))
+
+
+def test_maximised_metric_is_negated_and_summary_compares_per_seed() -> None:
+    task = TASKS["sr_gan"]
+    runs = {
+        "ours": {0: {"completions": [(1.0, -25.0)], "trials": 3, "full": 1}},
+        "optuna": {0: {"completions": [(5.0, -24.0)], "trials": 4, "full": 1}},
+    }
+    summary = summarize(task, runs, 10.0)
+    assert summary["peers"]["optuna"]["win_rate"] == 1.0
+    assert summary["peers"]["optuna"]["reach"] == pytest.approx(round(0.1 * GRID) / GRID)
+    assert summary["systems"]["ours"]["at"][0.25][0] == -25.0
+
+
+def test_percentile_with_nothing_yet() -> None:
+    assert percentile([1.0, 2.0, 3.0], 0.5) == 2.0
+    assert math.isinf(percentile([1.0, math.inf], 0.75))
+    assert percentile([1.0, 3.0], 0.25) == 1.5
+
+
+@pytest.mark.integration
+def test_quick_mode_prints_the_table_and_the_verdict(tmp_path: Path) -> None:
+    """``--quick`` with a tiny budget and the systems the project's own environment has."""
+    rows = tmp_path / "rows.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.search_quality",
+        "--quick",
+        "--budget-s",
+        "8",
+        "--systems",
+        "ours,ray_optuna_asha,optuna",
+        "--json",
+        str(rows),
+        "--plot",
+        str(tmp_path / "curves.png"),
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1].startswith("ours vs best peer: vae: ")
+    assert any(line.startswith("task vae: best val_mse") for line in lines)
+    for system in ("ours", "ray_optuna_asha", "optuna"):
+        assert any(line.startswith(system + " ") for line in lines), system
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    runs = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert len(runs) == 6  # 3 systems x 2 seeds
+    for run in runs:
+        values = curve([tuple(c) for c in run["completions"]], run["budget_s"])
+        assert all(b <= a for a, b in zip(values, values[1:], strict=False))
