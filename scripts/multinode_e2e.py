@@ -267,8 +267,7 @@ class Hosts:
             own_tmp.parent.mkdir(exist_ok=True)
             shutil.copytree(self.machine.home, own_home, symlinks=True)
             own_tmp.mkdir(mode=0o700)
-            shutil.chown(own_home, entry.pw_uid, entry.pw_gid)
-            os.chown(own_tmp, entry.pw_uid, entry.pw_gid)
+            sh("chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(own_home), str(own_tmp))
             key = self.base / f"ssh_host_{name}"
             sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
             listen = [HOSTS[name]] + ([OUTSIDE_HEAD] if name == "head" else [])
@@ -601,8 +600,15 @@ def main() -> int:  # noqa: C901  (one test, in order)
             os.chown(folder, entry.pw_uid, entry.pw_gid)
         write_submit_folder(submit, shared)
         for name in ("head", *WORKERS):
-            seen = ssh(key, machine.user, HOSTS[name], f"ls {ROOT}/sweeps {submit} 2>&1; ls -A {Path(*ROOT.parts[:2])}")
-            print(f"    {name}: {seen.stdout.strip()!r}")
+            seen = ssh(
+                key,
+                machine.user,
+                HOSTS[name],
+                f"ls {ROOT}/sweeps {submit} 2>&1; ls -A {Path(*ROOT.parts[:2])}; echo ssh-ok",
+            )
+            print(f"    {name} ({HOSTS[name]}) over SSH: {' | '.join(seen.stdout.strip().splitlines())}")
+            if "ssh-ok" not in seen.stdout or "No such file" not in seen.stdout:
+                problems.append(f"SSH to {name} failed: {seen.stderr.strip()[-300:]}")
             if "cli.py" in seen.stdout or "my_trainer" in seen.stdout:
                 problems.append(f"{name} sees the checkout or the submit folder")
         log(f"hosts see neither {ROOT} nor {submit} (each host's own home, the venv bound back read-only)")
