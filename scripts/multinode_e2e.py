@@ -532,6 +532,15 @@ print(json.dumps(out))
     return problems
 
 
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers ``url`` within 10 s (any status)."""
+    try:
+        onprem.http_status(url)
+        return True
+    except OSError:
+        return False
+
+
 def head_ports(listing: str) -> list[tuple[str, int]]:
     """(address, port) of every listener in ``ss -ltn`` output that is not on loopback."""
     ports = []
@@ -636,6 +645,11 @@ def main() -> int:  # noqa: C901  (one test, in order)
         if HOSTS["head"] not in uri:
             problems.append(f"MLflow is not on the head's private address: {uri}")
 
+        # start_mlflow.py returns once the server listens; on a loaded machine its workers may take
+        # a while longer to answer, and `sweeps run` gives a server 5 s. Wait until it answers.
+        deadline = time.monotonic() + 300
+        while not answers(f"{uri}/health") and time.monotonic() < deadline:
+            time.sleep(2.0)
         forward_port = onprem.free_port()
         forward = subprocess.Popen(
             ["ray", "dashboard", "--no-config-cache", "--port", str(forward_port), str(config_path)],
@@ -777,7 +791,10 @@ def main() -> int:  # noqa: C901  (one test, in order)
 
         client = MlflowClient(uri)
         ids = [e.experiment_id for e in client.search_experiments()]
-        parent = client.search_runs(ids, f"tags.`sweep.name` = '{SWEEP}' and tags.`sweep.role` = 'parent'")[0]
+        parents = client.search_runs(ids, f"tags.`sweep.name` = '{SWEEP}' and tags.`sweep.role` = 'parent'")
+        if not parents:
+            raise onprem.E2EError("no parent run on the server")
+        parent = parents[0]
         artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
         report = [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
         log(f"parent run artifacts: {artifacts}; report/: {report}")
