@@ -42,6 +42,7 @@ lacks). Exit status 0: passed. Figures are printed as lines starting with "FIGUR
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import pwd
@@ -54,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -532,11 +534,13 @@ print(json.dumps(out))
     return problems
 
 
-def answers(url: str) -> bool:
-    """Whether an HTTP server answers ``url`` within 10 s (any status)."""
+def answers_logged_in(uri: str, login: tuple[str, str]) -> bool:
+    """Whether the MLflow server answers a search with the login within 5 s (as `sweeps run` asks it)."""
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1")
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
     try:
-        onprem.http_status(url)
-        return True
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return int(reply.status) == 200
     except OSError:
         return False
 
@@ -645,11 +649,12 @@ def main() -> int:  # noqa: C901  (one test, in order)
         if HOSTS["head"] not in uri:
             problems.append(f"MLflow is not on the head's private address: {uri}")
 
-        # start_mlflow.py returns once the server listens; on a loaded machine its workers may take
-        # a while longer to answer, and `sweeps run` gives a server 5 s. Wait until it answers.
-        deadline = time.monotonic() + 300
-        while not answers(f"{uri}/health") and time.monotonic() < deadline:
+        # start_mlflow.py returns once the server listens; on a loaded machine it may take a while
+        # longer to answer a logged-in request, and `sweeps run` gives a server 5 s. Wait for that.
+        t = time.monotonic()
+        while not answers_logged_in(uri, onprem.read_login(home)) and time.monotonic() - t < 300:
             time.sleep(2.0)
+        log(f"MLflow answered a logged-in request within 5 s after {time.monotonic() - t:.0f} s")
         forward_port = onprem.free_port()
         forward = subprocess.Popen(
             ["ray", "dashboard", "--no-config-cache", "--port", str(forward_port), str(config_path)],
