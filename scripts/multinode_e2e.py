@@ -589,6 +589,10 @@ def main() -> int:  # noqa: C901  (one test, in order)
     home = base / "client"
     home.mkdir(mode=0o700)
     env = onprem.client_environment(home, base)
+    # Ray 2.60's autoscaler v2 (the default since 2.50) never starts a local-provider worker: it
+    # logs "Adding 2 node(s) of type local.cluster.node" every 5 s and launches none (tried here).
+    # `ray up` takes this variable to start the head's autoscaler as v1, which does.
+    env["RAY_UP_enable_autoscaler_v2"] = "0"
     config_path = base / "cluster-multinode-e2e.yaml"
     shared = base / "shared"
     submit = home / "submit"
