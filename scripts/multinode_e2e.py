@@ -13,14 +13,17 @@ this machine's namespace, which plays "your machine" at 10.77.0.1):
                       firewall (iptables in its namespace) lets SSH through and nothing else, as
                       cluster-onprem.yaml asks of a real site's firewall
 
-Each cluster host runs its own sshd, listening on its own address only, inside a private mount
-namespace that hides the checkout (tmpfs over the checkout's top folder; the project's virtual
-environment alone is bound back, read-only, standing in for a machine with PyTorch and Ray
-preinstalled) and the client's home (the secrets and the submit folder), and gives the SSH user a
-home of that host's own. Code reaches the hosts only as it would on real machines: `ray up`'s
-file_mounts (the project, installed by cluster/setup.sh) and the job's working directory (a user
-trainer, `my_trainer:train`, that exists only in the submit folder). Trial checkpoints go to a
-folder every namespace sees (network namespaces share the file system): the stand-in for NFS.
+Each cluster host runs its own sshd, listening on its own address only, inside its own PID
+namespace (a worker's `ray stop` must not see the head's Ray) and a private mount namespace that
+hides the checkout (tmpfs over the checkout's top folder; the project's virtual environment alone
+is bound back, read-only, standing in for a machine with PyTorch and Ray preinstalled) and the
+client's home (the secrets and the submit folder), and gives the SSH user a home of that host's
+own. The hosts have no internet: what setup.sh would download is installed in the prepared venv
+beforehand and their pip reads a local wheelhouse. Code reaches the hosts only as it would on
+real machines: `ray up`'s file_mounts (the project, installed by cluster/setup.sh) and the job's
+working directory (a user trainer, `my_trainer:train`, that exists only in the submit folder).
+Trial checkpoints go to a folder every namespace sees (network namespaces share the file
+system): the stand-in for NFS.
 
 The config is cluster-onprem.yaml with only test-specific overrides: cluster name, head_ip and
 worker_ips, the SSH user and key, `min_workers: 0` and `max_workers: 2` (written as the one local
@@ -296,8 +299,21 @@ class Hosts:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
             log_file = (self.base / f"sshd-{name}.log").open("ab")
             self.sshd[name] = subprocess.Popen(
+                # Own PID namespace too: the start commands' `ray stop` (and Ray's process scans)
+                # must see this host's processes only, as on separate machines.
                 self.network.exec(
-                    name, "unshare", "--mount", "--propagation", "private", "sh", "-c", self.mount_script(name)
+                    name,
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--mount-proc",
+                    "sh",
+                    "-c",
+                    self.mount_script(name),
                 ),
                 stdout=log_file,
                 stderr=log_file,
