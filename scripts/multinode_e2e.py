@@ -378,6 +378,14 @@ def onprem_ray_version() -> str:
     return found.group(1)
 
 
+def machine_uid(machine: onprem.Machine) -> int:
+    """The SSH user's uid (-2 once it is gone)."""
+    try:
+        return pwd.getpwnam(machine.user).pw_uid
+    except KeyError:
+        return -2
+
+
 def ssh(key: Path, user: str, address: str, command: str) -> subprocess.CompletedProcess[str]:
     """``command`` on a host, over SSH as the cluster's user."""
     return subprocess.run(
@@ -717,6 +725,8 @@ def main() -> int:  # noqa: C901  (one test, in order)
                         "sweeps",
                         "run",
                         "sweep.yaml",
+                        "--name",
+                        SWEEP,
                         "--tracking-uri",
                         uri,
                         "--storage",
@@ -897,8 +907,10 @@ def main() -> int:  # noqa: C901  (one test, in order)
                 time.sleep(1)
             left = onprem.ray_processes(machine)
             log(f"processes of {machine.user} after ray down (SSH sessions aside): {len(left)}")
-            for line in left:
-                print(f"    {line}")
+            for name in ("head", *WORKERS):
+                for pid in network.pids(name):
+                    if owner(pid) == machine_uid(machine) and not cmdline(pid).startswith("sshd"):
+                        print(f"    {name}: {pid} {cmdline(pid)[:400]}")
             if left:
                 problems.append(f"{len(left)} processes left running after ray down (ended by pid now)")
         hosts.stop()
