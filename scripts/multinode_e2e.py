@@ -378,6 +378,14 @@ def onprem_ray_version() -> str:
     return found.group(1)
 
 
+def same_lr(param: str | None, traced: str) -> bool:
+    """Whether an MLflow run's ``lr`` param is the lr a trace file is named by (params may be rounded)."""
+    try:
+        return param is not None and abs(float(param) - float(traced)) <= 1e-6 * float(traced)
+    except ValueError:
+        return False
+
+
 def machine_uid(machine: onprem.Machine) -> int:
     """The SSH user's uid (-2 once it is gone)."""
     try:
@@ -494,8 +502,14 @@ class Watch:
             time.sleep(1.0)
 
 
-def probes(network: Network, head_ports: list[tuple[str, int]], mlflow_uri: str) -> list[str]:
-    """From the outsider, as user nobody with no token and no login: what answers it."""
+def probes(
+    network: Network, head_ports: list[tuple[str, int]], mlflow_uri: str, python: str, probe_tmp: Path
+) -> list[str]:
+    """From the outsider, as user nobody with no token and no login: what answers it.
+
+    ``python``: one that nobody may run, with Ray (the prepared venv's, before it was copied to
+    the hosts: it holds no secret).
+    """
     problems = []
     script = f"""
 import json, os, socket, subprocess, sys, urllib.request, urllib.error
@@ -520,7 +534,7 @@ for case, extra in (("gcs_no_token", {{}}), ("gcs_wrong_token", {{"RAY_AUTH_TOKE
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
                               env={{"PATH": os.environ["PATH"], "HOME": "/nonexistent", "RAY_AUTH_MODE": "token",
-                                   "RAY_TMPDIR": "/tmp", **extra}})
+                                   "RAY_TMPDIR": "{probe_tmp}", **extra}})
         tail = [l for l in (done.stdout + done.stderr).strip().splitlines() if l.strip()]
         out[case] = "CONNECTED" if "CONNECTED" in done.stdout else "refused: " + next(
             (l for l in reversed(tail) if "oken" in l or "uthent" in l), tail[-1] if tail else "")[:200]
@@ -529,7 +543,7 @@ for case, extra in (("gcs_no_token", {{}}), ("gcs_wrong_token", {{"RAY_AUTH_TOKE
 print(json.dumps(out))
 """
     done = subprocess.run(
-        network.exec("out", "runuser", "-u", "nobody", "--", sys.executable, "-c", script),
+        network.exec("out", "runuser", "-u", "nobody", "--", python, "-c", script),
         capture_output=True,
         text=True,
         timeout=150,
@@ -626,6 +640,7 @@ def main() -> int:  # noqa: C901  (one test, in order)
     watcher = threading.Thread(target=watch.run, daemon=True)
     problems: list[str] = []
     figures: list[str] = []
+    findings: list[str] = []
     try:
         key = home / ".ssh" / "id_ed25519"
         key.parent.mkdir(mode=0o700)
@@ -821,7 +836,9 @@ def main() -> int:  # noqa: C901  (one test, in order)
         if len(nodes_used & set(WORKERS)) < 2:
             problems.append(f"trials ran on {sorted(nodes_used)}, not on both workers")
 
-        problems += onprem.check_mlflow(uri, onprem.read_login(home), sweep=SWEEP, trials_wanted=TRIALS)
+        problems += onprem.check_mlflow(
+            uri, onprem.read_login(home), sweep=SWEEP, trials_wanted=TRIALS, metric="val_loss"
+        )
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
@@ -843,7 +860,7 @@ def main() -> int:  # noqa: C901  (one test, in order)
             steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
             duplicated += len(steps) - len(set(steps))
         if killed:
-            victim = next((c for c in children if repr(float(c.data.params.get("lr", "nan"))) == killed["lr"]), None)
+            victim = next((c for c in children if same_lr(c.data.params.get("lr"), killed["lr"])), None)
             lines = traces.get(killed["lr"], [])
             moved = [worker_ips.get(ip, ip) for e, ip, _ in lines]
             resumed_at = next((e for (e, _, pid), prev in zip(lines[1:], lines, strict=False) if pid != prev[2]), None)
@@ -885,7 +902,11 @@ def main() -> int:  # noqa: C901  (one test, in order)
             log(line)
 
         head_listing = network.listening("head")
-        problems += probes(network, head_ports(head_listing), uri)
+        probe_tmp = base / "probe-tmp"
+        probe_tmp.mkdir(mode=0o777)
+        probe_tmp.chmod(0o1777)
+        venv_python = str(machine.home / "sweeps-venv" / "bin" / "python")
+        problems += probes(network, head_ports(head_listing), uri, venv_python, probe_tmp)
     except (onprem.E2EError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         problems.append(str(error))
     finally:
@@ -907,12 +928,22 @@ def main() -> int:  # noqa: C901  (one test, in order)
                 time.sleep(1)
             left = onprem.ray_processes(machine)
             log(f"processes of {machine.user} after ray down (SSH sessions aside): {len(left)}")
+            stale = []
             for name in ("head", *WORKERS):
                 for pid in network.pids(name):
                     if owner(pid) == machine_uid(machine) and not cmdline(pid).startswith("sshd"):
                         print(f"    {name}: {pid} {cmdline(pid)[:400]}")
-            if left:
-                problems.append(f"{len(left)} processes left running after ray down (ended by pid now)")
+                        scaled_down = name in WORKERS and watch.down.get(name)
+                        if scaled_down and "ray/_private/log_monitor.py" in cmdline(pid):
+                            stale.append(f"{name}:{pid}")
+            if stale:
+                findings.append(
+                    f"Ray's log_monitor.py outlived the autoscaler's removal of {len(stale)} worker(s) and "
+                    f"`ray down` ({', '.join(stale)}; ended by pid by this script; the worker's next "
+                    "`ray stop` would end it)"
+                )
+            if len(left) > len(stale):
+                problems.append(f"{len(left) - len(stale)} processes left running after ray down (ended by pid now)")
         hosts.stop()
         network.remove()
         after = {name: network.pids(name) for name in HOSTS}
@@ -930,6 +961,8 @@ def main() -> int:  # noqa: C901  (one test, in order)
     took = time.monotonic() - started
     for line in figures:
         print(f"FIGURE {line}")
+    for line in findings:
+        print(f"FINDING {line}")
     if problems:
         for problem in problems:
             log(f"FAILED: {problem}")

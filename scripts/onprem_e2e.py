@@ -356,7 +356,9 @@ def http_status(url: str) -> int:
         return int(error.code)
 
 
-def check_mlflow(uri: str, login: tuple[str, str], sweep: str = SWEEP, trials_wanted: int = TRIALS) -> list[str]:
+def check_mlflow(
+    uri: str, login: tuple[str, str], sweep: str = SWEEP, trials_wanted: int = TRIALS, metric: str = "val_mse"
+) -> list[str]:
     """The sweep's parent and trial runs on the head's server, read with the login; problems found."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -383,16 +385,16 @@ def check_mlflow(uri: str, login: tuple[str, str], sweep: str = SWEEP, trials_wa
     for trial in sorted(trials, key=lambda r: r.info.run_name or ""):
         # Every epoch the trial ran (the driver's count, tag sweep.epochs) has its val_mse and image.
         epochs = int(trial.data.tags.get("sweep.epochs", "0"))
-        steps = sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val_mse"))
+        steps = sorted(m.step for m in client.get_metric_history(trial.info.run_id, metric))
         images = [a.path for a in client.list_artifacts(trial.info.run_id, "images")]
-        metric = trial.data.metrics.get("val_mse")
-        shown = f"{metric:.5f}" if metric is not None else "-"
+        value = trial.data.metrics.get(metric)
+        shown = f"{value:.5f}" if value is not None else "-"
         print(
-            f"    trial   {trial.info.run_name}  {trial.info.status}  val_mse={shown}  "
-            f"{trial.data.tags.get('sweep.status')}  epochs={epochs} val_mse_steps={steps} images={len(images)}"
+            f"    trial   {trial.info.run_name}  {trial.info.status}  {metric}={shown}  "
+            f"{trial.data.tags.get('sweep.status')}  epochs={epochs} {metric}_steps={steps} images={len(images)}"
         )
         if epochs < 1 or steps != list(range(1, epochs + 1)) or len(images) != epochs:
-            problems.append(f"{trial.info.run_name}: {epochs} epochs, val_mse at {steps}, {len(images)} images")
+            problems.append(f"{trial.info.run_name}: {epochs} epochs, {metric} at {steps}, {len(images)} images")
     if len(trials) != trials_wanted:
         problems.append(f"{len(trials)} trial runs under the parent (want {trials_wanted})")
     if parent.info.status != "FINISHED":
