@@ -91,7 +91,8 @@ def test_ray_up_onto_namespaces_autoscaled_workers_faults_security_ray_down() ->
     assert re.search(r"ray.init\(address='10.77.0.2:6379'\), no token: refused", output)
     assert re.search(r"ray.init\(address='10.77.0.2:6379'\), wrong token: refused", output)
     assert re.search(r"outside +10\.78\.0\.2:22 +open", output)
-    assert not re.search(r"outside +10\.78\.0\.2:(?!22 )\d+ +open", output)
+    assert not re.search(r"outside +10\.78\.0\.2:(?!22 )\d+ .* open", output)
+    assert re.search(r"inside +10\.77\.0\.2:8265 \(dashboard\) +ConnectionRefusedError", output)
     assert "FIGURE scale-down" in output and "FIGURE scale-up" in output
     assert re.search(r"processes of \S+ after ray down \(SSH sessions aside\): 0$", output, re.M)
     assert "namespaces left: []" in output
