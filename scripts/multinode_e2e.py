@@ -379,9 +379,9 @@ def onprem_ray_version() -> str:
 
 
 def same_lr(param: str | None, traced: str) -> bool:
-    """Whether an MLflow run's ``lr`` param is the lr a trace file is named by (params may be rounded)."""
+    """Whether an MLflow run's ``lr`` param is the lr a trace file is named by (params are logged to 4 digits)."""
     try:
-        return param is not None and abs(float(param) - float(traced)) <= 1e-6 * float(traced)
+        return param is not None and f"{float(param):.4g}" == f"{float(traced):.4g}"
     except ValueError:
         return False
 
@@ -519,7 +519,8 @@ def tcp(host, port):
     except socket.timeout: return "timeout (dropped)"
     except OSError as e: return type(e).__name__
 out = {{}}
-out["inside"] = {{f"{{h}}:{{p}}": tcp("{HOSTS["head"]}", p) for h, p in {head_ports!r}}}
+out["inside"] = {{f"{HOSTS["head"]}:{{p}} ({{h}})": tcp("{HOSTS["head"]}", p) for h, p in {head_ports!r}}}
+out["inside"]["{HOSTS["head"]}:8265 (dashboard)"] = tcp("{HOSTS["head"]}", 8265)
 out["outside"] = {{f"{OUTSIDE_HEAD}:{{p}}": tcp("{OUTSIDE_HEAD}", p) for h, p in {head_ports!r}}}
 out["outside"]["{OUTSIDE_HEAD}:22"] = tcp("{OUTSIDE_HEAD}", 22)
 try:
@@ -555,7 +556,7 @@ print(json.dumps(out))
     log(f"from the outsider ({HOSTS['out']}, user nobody, no token, no login):")
     for where in ("inside", "outside"):
         for address, result in found[where].items():
-            print(f"    {where:7s} {address:22s} {result}")
+            print(f"    {where:7s} {address:40s} {result}")
     print(f"    MLflow {mlflow_uri} without a login: HTTP {found['mlflow']}")
     for case in ("gcs_no_token", "gcs_wrong_token"):
         print(f"    ray.init(address='{HOSTS['head']}:6379'), {case[4:].replace('_', ' ')}: {found[case]}")
@@ -567,7 +568,7 @@ print(json.dumps(out))
     opened = [a for a, r in found["outside"].items() if r == "open" and not a.endswith(":22")]
     if opened or found["outside"][f"{OUTSIDE_HEAD}:22"] != "open":
         problems.append(f"outside address: open besides SSH {opened}, SSH {found['outside'][f'{OUTSIDE_HEAD}:22']}")
-    if any(r == "open" for a, r in found["inside"].items() if a.endswith(":8265")):
+    if found["inside"][f"{HOSTS['head']}:8265 (dashboard)"] == "open":
         problems.append("the dashboard answers on the head's private address")
     return problems
 
@@ -590,7 +591,7 @@ def head_ports(listing: str) -> list[tuple[str, int]]:
         parts = line.split()
         if len(parts) >= 4:
             address, _, port = parts[3].rpartition(":")
-            if not address.startswith(("127.", "[::1]", "::1")):
+            if not address.startswith(("127.", "[::1]", "::1", "[::ffff:127.")):
                 ports.append((address, int(port)))
     return sorted(set(ports), key=lambda p: p[1])
 
