@@ -340,6 +340,7 @@ class Hosts:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+                    process.wait(timeout=10)
 
 
 def offline_hosts(machine: onprem.Machine, base: Path) -> None:
@@ -864,7 +865,9 @@ def main() -> int:  # noqa: C901  (one test, in order)
             victim = next((c for c in children if same_lr(c.data.params.get("lr"), killed["lr"])), None)
             lines = traces.get(killed["lr"], [])
             moved = [worker_ips.get(ip, ip) for e, ip, _ in lines]
-            resumed_at = next((e for (e, _, pid), prev in zip(lines[1:], lines, strict=False) if pid != prev[2]), None)
+            resumed_at = next(
+                (e for (e, ip, pid), prev in zip(lines[1:], lines, strict=False) if (ip, pid) != prev[1:]), None
+            )
             log(
                 f"the killed trial (lr={killed['lr']}): epochs {[e for e, _, _ in lines]} on {moved}; "
                 f"restarted at epoch {resumed_at}; sweep.restarts="
@@ -885,6 +888,7 @@ def main() -> int:  # noqa: C901  (one test, in order)
         deadline = time.monotonic() + 300
         while any(watch.raylet(w) for w in WORKERS) and time.monotonic() < deadline:
             time.sleep(1.0)
+        time.sleep(2.5)  # the watching thread samples once a second: let it see the last one go
         for name in WORKERS:
             ups, downs = watch.up.get(name, []), watch.down.get(name, [])
             print(f"    {name}: raylet up at {[f'+{u:.0f}s' for u in ups]}, gone at {[f'+{d:.0f}s' for d in downs]}")
