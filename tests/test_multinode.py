@@ -2,8 +2,8 @@
 
 The work is the script (see its docstring); this runs it and checks what it printed. Opt-in with
 SWEEPS_MULTINODE=1 and marked `multinode`: it needs root, openssh-server, rsync, iptables, PyPI,
-and about 15 minutes on a loaded 2-core machine; `.ci/run` does not run it (it has not passed three
-runs in a row within CI's time; benchmarks/RESULTS.md has the runs).
+and 8 to 9 minutes a run on a loaded 2-core machine; `.ci/run` does not run it (three passing runs
+in a row took about 25 minutes, more than CI's 20; benchmarks/RESULTS.md has the runs).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_the_test_config_overrides_only_what_the_test_must(tmp_path: Path) -> No
 def _ready() -> str | None:
     """Why the namespace test cannot run here (None: it can)."""
     if os.environ.get("SWEEPS_MULTINODE") != "1":
-        return "set SWEEPS_MULTINODE=1 to run the multi-node `ray up` test (about 15 minutes)"
+        return "set SWEEPS_MULTINODE=1 to run the multi-node `ray up` test (8 to 9 minutes)"
     if os.geteuid() != 0:
         return "needs root (network namespaces, a throwaway user, sshd)"
     missing = [t for t in ("/usr/sbin/sshd", "rsync", "iptables", "ip", "unshare") if not shutil.which(t)]
