@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import pwd
@@ -954,6 +955,9 @@ def main() -> int:  # noqa: C901  (one test, in order)
         after = {name: network.pids(name) for name in HOSTS}
         machine.remove()
         onprem.remove_ssh_control_dir(config_path)
+        # The head's autoscaler keeps its SSH control sockets (to the workers) in /tmp, shared here.
+        user_hash = hashlib.sha256(machine.user.encode()).hexdigest()[:10]
+        shutil.rmtree(f"/tmp/ray_ssh_{user_hash}", ignore_errors=True)
         gone = sh("ip", "netns", "list", check=False).stdout
         log(
             f"namespaces left: {[ns for ns in network.made if ns in gone]}; processes in them before removal: "
