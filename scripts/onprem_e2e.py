@@ -356,7 +356,9 @@ def http_status(url: str) -> int:
         return int(error.code)
 
 
-def check_mlflow(uri: str, login: tuple[str, str]) -> list[str]:
+def check_mlflow(
+    uri: str, login: tuple[str, str], sweep: str = SWEEP, trials_wanted: int = TRIALS, metric: str = "val_mse"
+) -> list[str]:
     """The sweep's parent and trial runs on the head's server, read with the login; problems found."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -371,9 +373,9 @@ def check_mlflow(uri: str, login: tuple[str, str]) -> list[str]:
     client = MlflowClient(uri)
     experiments = client.search_experiments()
     ids = [e.experiment_id for e in experiments]
-    parents = client.search_runs(ids, f"tags.`sweep.name` = '{SWEEP}' and tags.`sweep.role` = 'parent'")
+    parents = client.search_runs(ids, f"tags.`sweep.name` = '{sweep}' and tags.`sweep.role` = 'parent'")
     if len(parents) != 1:
-        return [*problems, f"{len(parents)} parent runs named {SWEEP} on the server (want 1)"]
+        return [*problems, f"{len(parents)} parent runs named {sweep} on the server (want 1)"]
     parent = parents[0]
     trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     log(f"runs on the head's MLflow server (logged in as {login[0]}):")
@@ -383,18 +385,18 @@ def check_mlflow(uri: str, login: tuple[str, str]) -> list[str]:
     for trial in sorted(trials, key=lambda r: r.info.run_name or ""):
         # Every epoch the trial ran (the driver's count, tag sweep.epochs) has its val_mse and image.
         epochs = int(trial.data.tags.get("sweep.epochs", "0"))
-        steps = sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val_mse"))
+        steps = sorted(m.step for m in client.get_metric_history(trial.info.run_id, metric))
         images = [a.path for a in client.list_artifacts(trial.info.run_id, "images")]
-        metric = trial.data.metrics.get("val_mse")
-        shown = f"{metric:.5f}" if metric is not None else "-"
+        value = trial.data.metrics.get(metric)
+        shown = f"{value:.5f}" if value is not None else "-"
         print(
-            f"    trial   {trial.info.run_name}  {trial.info.status}  val_mse={shown}  "
-            f"{trial.data.tags.get('sweep.status')}  epochs={epochs} val_mse_steps={steps} images={len(images)}"
+            f"    trial   {trial.info.run_name}  {trial.info.status}  {metric}={shown}  "
+            f"{trial.data.tags.get('sweep.status')}  epochs={epochs} {metric}_steps={steps} images={len(images)}"
         )
         if epochs < 1 or steps != list(range(1, epochs + 1)) or len(images) != epochs:
-            problems.append(f"{trial.info.run_name}: {epochs} epochs, val_mse at {steps}, {len(images)} images")
-    if len(trials) != TRIALS:
-        problems.append(f"{len(trials)} trial runs under the parent (want {TRIALS})")
+            problems.append(f"{trial.info.run_name}: {epochs} epochs, {metric} at {steps}, {len(images)} images")
+    if len(trials) != trials_wanted:
+        problems.append(f"{len(trials)} trial runs under the parent (want {trials_wanted})")
     if parent.info.status != "FINISHED":
         problems.append(f"the parent run is {parent.info.status}")
     return problems
