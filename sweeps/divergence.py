@@ -300,8 +300,8 @@ class DivergenceDetector:
                 # Judged against the recent median, but never against less than the median of the
                 # first norms: a gradient that vanished (a saturated GAN discriminator) and comes back
                 # to its starting size has not exploded.
-                start = self.grad_start.setdefault(net, statistics.median(history))
-                median = max(statistics.median(history), start)
+                recent = statistics.median(history)
+                median = max(recent, self.grad_start.setdefault(net, recent))
                 hit = not _finite(norm) or (median > 0 and norm > cfg["factor"] * median)
                 onset = evidence.update(hit, step)
                 if onset is not None and self._loss_still_up(evidence):
