@@ -55,6 +55,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy
+
 from benchmarks.divergence_corpus import CORPUS, FRESH, read
 
 TUNED = ("vae", "sr_gan", "denoiser", "ae_warm_restarts")
@@ -106,8 +108,8 @@ def asha_ends(trials: list[dict[str, Any]], grace: int = ASHA_GRACE, factor: flo
             val = trials[i]["val"][rung - 1] if len(trials[i]["val"]) >= rung else None
             ok = val is not None and math.isfinite(val)
             signed[i] = (val if trials[i]["mode"] == "max" else -val) if ok else -math.inf
-        finite = sorted(v for v in signed.values() if math.isfinite(v))
-        cutoff = _percentile(finite, 100 * (1 - 1 / factor)) if finite else math.inf
+        finite = [v for v in signed.values() if math.isfinite(v)]
+        cutoff = float(numpy.percentile(finite, 100 * (1 - 1 / factor))) if finite else math.inf
         kept = []
         for i in alive:
             if signed[i] < cutoff:
@@ -117,14 +119,6 @@ def asha_ends(trials: list[dict[str, Any]], grace: int = ASHA_GRACE, factor: flo
         alive = kept
         rung = int(rung * factor)
     return ends
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    """numpy's default (linear) percentile of an ascending list."""
-    at = (len(ordered) - 1) * q / 100
-    low = math.floor(at)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
 
 
 def replay(trial: dict[str, Any], make: Detector) -> tuple[int | None, Any]:
