@@ -7,8 +7,26 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.helpers import free_port
+
+
+def wait_healthy(server: str, seconds: float, process: subprocess.Popen[Any] | None = None) -> None:
+    """Wait until the MLflow server at ``server`` answers ``/health``; fail after ``seconds``, or at
+    once if ``process`` (what starts it) has ended."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{server}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, process.args))} ended before its server answered")
+        time.sleep(0.5)
+    raise RuntimeError(f"the MLflow server at {server} did not answer /health within {seconds:g} s")
 
 
 class Server:
@@ -24,19 +42,11 @@ class Server:
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
         self.log = (folder / "server.log").open("ab")
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[Any] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start")
+        wait_healthy(self.uri, 90)
 
     def stop(self) -> None:
         if self.process is not None:

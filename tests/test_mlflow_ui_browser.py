@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,19 +12,11 @@ import pytest
 from sweeps.engine.runner import run_sweep
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.tracking.mlflow_client import ui_url
+from tests.browser import launch, playwright
 from tests.helpers import TOY_TRAINER, trial_runs, write_spec
 from tests.mlflow_server import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if CHROMIUM is None:
-    pytest.skip("no chromium on this machine", allow_module_level=True)
-
-ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -51,7 +42,7 @@ def test_the_ui_shows_child_runs_with_param_columns(swept: tuple[Server, str, li
     server, experiment_id, children = swept
     assert len(children) == 4
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 2400, "height": 900})
         page.goto(ui_url(server.uri, experiment_id), wait_until="load")
         page.get_by_text("ui1", exact=True).first.wait_for(timeout=60_000)  # the parent run

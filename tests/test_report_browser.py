@@ -13,12 +13,10 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,18 +26,10 @@ import yaml
 
 from sweeps.engine.runner import SweepResult, run_sweep
 from sweeps.spec.sweep_spec import load_spec
-from tests.mlflow_server import free_port
+from tests.browser import launch, playwright
+from tests.mlflow_server import free_port, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if CHROMIUM is None:
-    pytest.skip("no chromium on this machine", allow_module_level=True)
-
-ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent
 SPEC: dict[str, Any] = {
     "name": "morning-after",
@@ -79,7 +69,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def browser_page(p: Any, width: int = 1500) -> tuple[Any, Any]:
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    browser = launch(p)
     return browser, browser.new_page(viewport={"width": width, "height": 1000})
 
 
@@ -150,24 +140,12 @@ def ui(swept: tuple[Path, SweepResult]) -> Iterator[tuple[str, list[str]]]:
             assert line, f"sweeps ui ended early: {lines} {(folder / 'ui.log').read_text()[-2000:]}"
             lines.append(line.strip())
         server = f"http://127.0.0.1:{port}"
-        wait_healthy(server)
+        wait_healthy(server, 120)
         yield server, lines
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # mlflow ui and the server processes it started
         process.wait(timeout=30)
         log.close()
-
-
-def wait_healthy(server: str, seconds: float = 120.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{server}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("the MLflow UI did not start")
 
 
 def close_assistant(page: Any) -> None:

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from tests.helpers import ROOT, free_port
+from tests.mlflow_server import wait_healthy
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -58,17 +58,7 @@ def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(tmp_path: Path,
     ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started: set[int] = set()
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert ui.poll() is None, "sweeps ui ended before its server answered"
-            assert time.monotonic() < deadline, "the MLflow UI did not start"
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}", 180, ui)
         started = descendants(ui.pid)
         assert started, "sweeps ui started no process"
         ui.send_signal(sig)  # to sweeps ui alone, as `kill PID` sends it
