@@ -133,14 +133,6 @@ def sh(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def cmdline(pid: int) -> str:
-    """A process's command line ('' once it is gone)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def owner(pid: int) -> int:
     """A process's uid (-1 once it is gone)."""
     try:
@@ -488,7 +480,7 @@ class Watch:
 
     def raylet(self, name: str) -> bool:
         """Whether a raylet runs in host ``name``."""
-        return any("raylet" in cmdline(pid).split(" ")[0] for pid in self.network.pids(name))
+        return any("raylet" in onprem.cmdline(pid).split(" ")[0] for pid in self.network.pids(name))
 
     def run(self) -> None:
         """Sample every second until stopped."""
@@ -937,10 +929,10 @@ def main() -> int:  # noqa: C901  (one test, in order)
             stale = []
             for name in ("head", *WORKERS):
                 for pid in network.pids(name):
-                    if owner(pid) == machine_uid(machine) and not cmdline(pid).startswith("sshd"):
-                        print(f"    {name}: {pid} {cmdline(pid)[:400]}")
+                    if owner(pid) == machine_uid(machine) and not onprem.cmdline(pid).startswith("sshd"):
+                        print(f"    {name}: {pid} {onprem.cmdline(pid)[:400]}")
                         scaled_down = name in WORKERS and watch.down.get(name)
-                        if scaled_down and "ray/_private/log_monitor.py" in cmdline(pid):
+                        if scaled_down and "ray/_private/log_monitor.py" in onprem.cmdline(pid):
                             stale.append(f"{name}:{pid}")
             if stale:
                 findings.append(

@@ -402,16 +402,21 @@ def check_mlflow(
     return problems
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def ray_processes(machine: Machine) -> list[str]:
     """The node user's processes other than its SSH sessions (Ray's, MLflow's, jobs')."""
     left = []
     for pid in machine.processes():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if not cmdline.startswith("sshd"):
-            left.append(f"{pid} {cmdline[:100]}")
+        line = cmdline(pid)
+        if Path(f"/proc/{pid}").exists() and not line.startswith("sshd"):  # gone: not left running
+            left.append(f"{pid} {line[:100]}")
     return left
 
 
