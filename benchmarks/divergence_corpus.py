@@ -98,16 +98,15 @@ SIZES = {
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def _trainer_loop(name: str, metric: str, mode: str, epochs: int, sample: Callable[..., dict[str, Any]]) -> Loop:
-    def make(config: dict[str, Any]) -> Any:
-        import torch
-
-        from trainables.config import build_config
-        from trainables.registry import load_trainer
-
-        torch.set_num_threads(1)
-        cls = load_trainer(name)
-        return cls(build_config(cls.Config, {**SIZES[name], **config}))
+def _class_loop(
+    name: str,
+    metric: str,
+    mode: str,
+    epochs: int,
+    make: Callable[[dict[str, Any]], Any],
+    sample: Callable[..., dict[str, Any]],
+) -> Loop:
+    """A loop over a trainer class's epochs; ``make(config)`` builds the trainer."""
 
     def train(config: dict[str, Any], on_step: StepFn, on_epoch: EpochFn) -> None:
         trainer = make(config)
@@ -120,6 +119,20 @@ def _trainer_loop(name: str, metric: str, mode: str, epochs: int, sample: Callab
         return float(make(config).validate()[metric])
 
     return Loop(name, metric, mode, train, untrained, sample, epochs)
+
+
+def _trainer_loop(name: str, metric: str, mode: str, epochs: int, sample: Callable[..., dict[str, Any]]) -> Loop:
+    def make(config: dict[str, Any]) -> Any:
+        import torch
+
+        from trainables.config import build_config
+        from trainables.registry import load_trainer
+
+        torch.set_num_threads(1)
+        cls = load_trainer(name)
+        return cls(build_config(cls.Config, {**SIZES[name], **config}))
+
+    return _class_loop(name, metric, mode, epochs, make, sample)
 
 
 def _log_uniform(rng: random.Random, low: float, high: float) -> float:
@@ -232,16 +245,6 @@ def _denoiser_loop(epochs: int) -> Loop:
         cls = _denoiser_class()
         return cls(build_config(cls.Config, config))
 
-    def train(config: dict[str, Any], on_step: StepFn, on_epoch: EpochFn) -> None:
-        trainer = make(config)
-        trainer.on_step = on_step
-        for epoch in range(1, epochs + 1):
-            trainer.train_epoch()
-            on_epoch(epoch, trainer.validate())
-
-    def untrained(config: dict[str, Any]) -> float:
-        return float(make(config).validate()["val_loss"])
-
     def sample(rng: random.Random, i: int) -> dict[str, Any]:
         return {
             "lr": _log_uniform(rng, *LR["denoiser"]),
@@ -250,7 +253,7 @@ def _denoiser_loop(epochs: int) -> Loop:
             "seed": i,
         }
 
-    return Loop("denoiser", "val_loss", "min", train, untrained, sample, epochs)
+    return _class_loop("denoiser", "val_loss", "min", epochs, make, sample)
 
 
 # Loops written the way users write them (benchmarks/loops) ---------------------------------------
