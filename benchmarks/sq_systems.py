@@ -62,17 +62,16 @@ def run_ours(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float)
     sweeps.run_sweep(spec, root=work / "runs", tracking_uri=f"sqlite:///{work}/mlflow.db", stream=io.StringIO())
 
 
-def _tune_space(task: Task) -> dict[str, Any]:
-    from ray import tune
-
+def _space(task: Task, lib: Any) -> dict[str, Any]:
+    """The task's parameters in a library with ``choice``, ``loguniform`` and ``uniform``: Ray Tune, Syne Tune."""
     space: dict[str, Any] = {}
     for name, p in task.params.items():
         if "choices" in p:
-            space[name] = tune.choice(p["choices"])
+            space[name] = lib.choice(p["choices"])
         elif p.get("log"):
-            space[name] = tune.loguniform(p["low"], p["high"])
+            space[name] = lib.loguniform(p["low"], p["high"])
         else:
-            space[name] = tune.uniform(p["low"], p["high"])
+            space[name] = lib.uniform(p["low"], p["high"])
     return space
 
 
@@ -91,7 +90,7 @@ def _tune(task: Task, seed: int, trace_dir: str, work: Path, search_alg: Any, sc
     ray.init(num_cpus=WORKERS, address="local", include_dashboard=False, log_to_driver=False)
     tuner = tune.Tuner(
         trainable,
-        param_space=_tune_space(task),
+        param_space=_space(task, tune),
         tune_config=tune.TuneConfig(
             metric=task.metric,
             mode=task.mode,
@@ -190,14 +189,7 @@ def run_synetune(task: Task, seed: int, trace_dir: str, work: Path, budget_s: fl
     from syne_tune.backend import LocalBackend
     from syne_tune.optimizer.baselines import BOHB
 
-    space: dict[str, Any] = {"task": task.name, "trace_dir": trace_dir}
-    for name, p in task.params.items():
-        if "choices" in p:
-            space[name] = cs.choice(p["choices"])
-        elif p.get("log"):
-            space[name] = cs.loguniform(p["low"], p["high"])
-        else:
-            space[name] = cs.uniform(p["low"], p["high"])
+    space: dict[str, Any] = {"task": task.name, "trace_dir": trace_dir, **_space(task, cs)}
     scheduler = BOHB(
         space,
         metric=task.metric,
