@@ -41,10 +41,8 @@ def _epochs(task: Task, config: dict[str, Any], epochs: int | None = None) -> fl
 def run_ours(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float) -> None:
     """Our engine with its defaults, through the public API."""
     import sweeps
-    from sweeps.engine.cluster import start_ray
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
-    start_ray(num_cpus=WORKERS, address="local")
     raw = {
         "name": f"sq-{task.name}-{seed}",
         "trainer": task.trainer_path,
@@ -59,7 +57,9 @@ def run_ours(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float)
 
     spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     spec = sweeps.load_spec(str(spec_file))
-    sweeps.run_sweep(spec, root=work / "runs", tracking_uri=f"sqlite:///{work}/mlflow.db", stream=io.StringIO())
+    uri = f"sqlite:///{work}/mlflow.db"
+    # as `sweeps run --cpus 2` does: Ray starts inside, while the store opens
+    sweeps.run_sweep(spec, root=work / "runs", tracking_uri=uri, stream=io.StringIO(), cpus=WORKERS, address="local")
 
 
 def _space(task: Task, lib: Any) -> dict[str, Any]:

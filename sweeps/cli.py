@@ -158,20 +158,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Before Ray starts and before anything is made: the name, trial storage, the tracking store.
     check_sweep_start(spec, args.storage, args.name, args.tracking_uri)
-    from sweeps.engine.cluster import check_ray_address, start_ray
+    from sweeps.engine.cluster import check_ray_address
 
     address = check_ray_address(args.address)  # before Ray (and the engine) is imported: seconds, not minutes
     from sweeps.engine.runner import run_sweep
 
     if args.cpus is not None and address not in (None, "local"):
         print(f"note: --cpus sizes a new local Ray; ignored with --address {address}", file=sys.stderr)
-    start_ray(num_cpus=args.cpus, address=address)
     print(
         f"sweep {spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
         f"{spec.mode}imizing {spec.metric}",
         flush=True,
     )
-    result = run_sweep(spec, root=args.storage, name=args.name, tracking_uri=args.tracking_uri)
+    # Ray starts inside, while the MLflow store opens
+    result = run_sweep(
+        spec, root=args.storage, name=args.name, tracking_uri=args.tracking_uri, cpus=args.cpus, address=address
+    )
     return _print_result(result, spec, args.storage)
 
 

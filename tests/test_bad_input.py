@@ -449,7 +449,7 @@ def test_a_start_that_fails_leaves_no_folder_and_no_parent_run(
     def broken(*args: object) -> None:
         raise RuntimeError("the study could not be made")
 
-    monkeypatch.setattr(runner, "start_ray", lambda: None)
+    monkeypatch.setattr(runner, "start_ray", lambda **_: None)
     monkeypatch.setattr(runner, "create_study", broken)
     with pytest.raises(RuntimeError, match="could not be made"):
         runner.run_sweep(load_spec("s.yaml"), name="s1")
@@ -458,6 +458,27 @@ def test_a_start_that_fails_leaves_no_folder_and_no_parent_run(
         [e.experiment_id for e in MlflowClient(f"sqlite:///{user_folder / 'mlflow.db'}").search_experiments()]
     )
     assert runs == []  # the parent run was made, then deleted
+
+
+def test_a_store_that_fails_to_open_while_ray_starts_is_the_error(
+    user_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store opens in a thread while Ray starts: its one-line error is raised, and nothing is made."""
+    from sweeps.engine import runner
+    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.tracking.store_check import TrackingStoreError
+
+    started: list[dict[str, object]] = []
+
+    def refuse(uri: str) -> None:
+        raise TrackingStoreError(f"cannot open the MLflow store {uri}: database is locked")
+
+    monkeypatch.setattr(runner, "start_ray", lambda **kwargs: started.append(kwargs))
+    monkeypatch.setattr(runner, "open_store", refuse)
+    with pytest.raises(TrackingStoreError, match="database is locked"):
+        runner.run_sweep(load_spec("s.yaml"), name="s1", cpus=2, address="local")
+    assert started == [{"num_cpus": 2, "address": "local"}]
+    assert not (user_folder / "sweep_runs").exists() or list((user_folder / "sweep_runs").iterdir()) == []
 
 
 # --- Ray's address, before Ray starts -------------------------------------------------------------

@@ -71,9 +71,10 @@ class _Sender:
     def drain(self, timeout: float) -> bool:
         """Wait until every queued call went through (or ``timeout`` passed); True if drained."""
         deadline = time.monotonic() + timeout
-        while self.jobs.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return not self.jobs.unfinished_tasks
+        with self.jobs.all_tasks_done:  # notified by task_done when the last queued call is done
+            while self.jobs.unfinished_tasks and (left := deadline - time.monotonic()) > 0:
+                self.jobs.all_tasks_done.wait(left)
+            return not self.jobs.unfinished_tasks
 
     def close(self, timeout: float) -> bool:
         """Drain, then stop the thread."""
