@@ -33,7 +33,8 @@ def spec(workdir: Path, trial_storage: str | None) -> dict[str, Any]:
         asha=False,
         search={"sampler": "random"},
         fixed={"epoch_seconds": 1.0, "trace_dir": str(workdir / "trace")},
-        record={"report_every_s": 0},  # a checkpoint every epoch: the kill falls between two
+        # a checkpoint every epoch: the kill falls between two; every step recorded, to count them
+        record={"report_every_s": 0, "step_every_s": 0},
         params__lr__log=True,
     )
     if trial_storage:

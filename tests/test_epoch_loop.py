@@ -28,3 +28,14 @@ def test_report_interval_must_not_be_negative() -> None:
         spec_from_dict(minimal_toy_spec("cadence", budget={"epochs": 4}, record={"report_every_s": -1}))
     spec = spec_from_dict(minimal_toy_spec("cadence", budget={"epochs": 4}, record={"report_every_s": "1e-1"}))
     assert spec.record.report_every_s == pytest.approx(0.1)
+
+
+def test_step_interval_must_not_be_negative_and_reaches_the_trial_plan() -> None:
+    from sweeps.engine.searcher import trial_plan
+
+    with pytest.raises(SpecError, match=r"record.step_every_s: must be >= 0 \(0: every step\), got -0.5"):
+        spec_from_dict(minimal_toy_spec("steps", record={"step_every_s": -0.5}))
+    assert spec_from_dict(minimal_toy_spec("steps")).record.step_every_s == pytest.approx(0.05)
+    spec = spec_from_dict(minimal_toy_spec("steps", record={"step_every_s": "0"}))
+    assert spec.record.step_every_s == 0.0
+    assert trial_plan(spec, "sqlite:///x.db", "run", "").step_every_s == 0.0

@@ -36,6 +36,7 @@ def test_server_down_for_30s_mid_sweep_loses_no_metric_step(server: Server, tmp_
         "metric": "val_mse",
         "budget": {"trials": 3, "epochs": 4, "concurrency": 2},
         "asha": False,
+        "record": {"step_every_s": 0},  # every step recorded: none may be lost
         "fixed": {"image_size": 16, "train_images": 384, "val_images": 32, "width": 4, "batch_size": 8},
         "params": {"lr": {"low": 1e-4, "high": 1e-3, "log": True}},
     }

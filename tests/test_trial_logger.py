@@ -39,6 +39,41 @@ def test_short_epochs_reach_mlflow_in_one_batch_and_long_ones_each_as_it_ends(tm
     assert files == {"config.yaml", "source", "source/toy.py"}
 
 
+def test_fast_steps_are_thinned_but_notable_ones_epoch_ends_and_those_before_a_stop_are_recorded(
+    tmp_path: Path,
+) -> None:
+    """``step_every_s``: the first step, notable steps, each epoch's last step; the held ones when the trial stops."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = client(uri)
+    experiment = store.create_experiment("thin")
+
+    def steps(run_id: str, key: str = "loss") -> list[int]:
+        return sorted(m.step for m in store.get_metric_history(run_id, key))
+
+    run_id = store.create_run(experiment).info.run_id
+    logger = TrialLogger(uri, run_id, step_every_s=3600.0)
+    for step in range(1, 11):
+        loss = float("nan") if step == 5 else 1.0 / step
+        logger.add_step(step, {"loss": loss, "model/skipped": float(step == 7)})
+    logger.log_metrics({"val_loss": 0.5}, step=1)  # the end of epoch 1: its last step, 10, is recorded
+    for step in range(11, 100):
+        logger.add_step(step, {"loss": 1.0, "model/skipped": 0.0})
+    assert logger.flush(timeout=60)
+    assert steps(run_id) == [1, 5, 7, 10]  # first, non-finite, overflow, epoch end
+    logger.record_held()  # the trial stops: the newest HELD steps left out are recorded too
+    assert logger.close(timeout=60)
+    held = list(range(99 - TrialLogger.HELD + 1, 100))
+    assert steps(run_id) == [1, 5, 7, 10, *held]
+    assert steps(run_id, "model/skipped") == steps(run_id)
+
+    every = store.create_run(experiment).info.run_id
+    logger = TrialLogger(uri, every, step_every_s=0.0)  # 0: every step
+    for step in range(1, 21):
+        logger.add_step(step, {"loss": 1.0})
+    assert logger.close(timeout=60)
+    assert steps(every) == list(range(1, 21))
+
+
 def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SweepTracker(uri)

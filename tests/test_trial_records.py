@@ -47,6 +47,9 @@ class _Events:
     def add_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
+    def record_held(self) -> None:
+        self.events.append("record held steps")
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.events.append(f"epoch {step}")
 

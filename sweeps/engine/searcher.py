@@ -61,6 +61,7 @@ def trial_plan(spec: SweepSpec, tracking_uri: str, run_id: str, spec_text: str) 
         spec_text=spec_text,
         report_epochs=rung_epochs(spec),
         report_every_s=spec.record.report_every_s,
+        step_every_s=spec.record.step_every_s,
         divergence={
             "enabled": spec.divergence.enabled,
             "signals": spec.divergence.signals,

@@ -101,6 +101,9 @@ class Record:
     checkpoints: int = 3
     checkpoint_max_mb: float = 500.0
     report_every_s: float = 10.0
+    step_every_s: float = 0.05
+    """A trial records a step's diagnostics in MLflow at most this often (0: every step); notable steps,
+    each epoch's last step and the steps before a stop always (``sweeps.tracking.trial_logger.TrialLogger``)."""
 
 
 @dataclass
@@ -392,7 +395,7 @@ def _search(value: Any, problems: Problems) -> Search:
 
 def _record(value: Any, problems: Problems) -> Record:
     section = _section(value, "record", problems)
-    _unknown(section, {"checkpoints", "checkpoint_max_mb", "report_every_s"}, "record", problems)
+    _unknown(section, {"checkpoints", "checkpoint_max_mb", "report_every_s", "step_every_s"}, "record", problems)
     record = Record()
     count = as_int(section.get("checkpoints", record.checkpoints), "record.checkpoints", problems, minimum=0)
     size = as_number(section.get("checkpoint_max_mb", record.checkpoint_max_mb), "record.checkpoint_max_mb", problems)
@@ -402,6 +405,10 @@ def _record(value: Any, problems: Problems) -> Record:
     record.checkpoints = count if count is not None else record.checkpoints
     record.checkpoint_max_mb = size if size is not None else record.checkpoint_max_mb
     record.report_every_s = every if every is not None and every >= 0 else record.report_every_s
+    steps = as_number(section.get("step_every_s", record.step_every_s), "record.step_every_s", problems)
+    if steps is not None and steps < 0:
+        problems.add("record.step_every_s", f"must be >= 0 (0: every step), got {steps}")
+    record.step_every_s = steps if steps is not None and steps >= 0 else record.step_every_s
     return record
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import shutil
 import tempfile
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -92,16 +94,32 @@ class TrialLogger:
     take a second or more sends each epoch as it ends, a trial of short epochs one batch for
     several (one store write where it made one per epoch). :meth:`close`, called on every way a
     trial ends, waits until all of it is delivered.
+
+    With ``step_every_s`` > 0, steps closer together than that are thinned out: a step is recorded
+    once ``step_every_s`` has passed since the last recorded one, and always when it is notable (a
+    value not finite, an overflow skipped), and so is each epoch's last step; the newest
+    :attr:`HELD` steps left out are recorded when the trial stops (a divergence, a would-be stop in
+    ``observe`` mode, a failure), so the steps that led to a stop are all there. Storing a value
+    costs the store about 55 us (SQLite here): a loop of 3 ms steps and 12 diagnostics spent a
+    fifth of its time recording every step.
     """
 
     BATCH = 1000
+    HELD = 64
+    """Steps left out by ``step_every_s`` that are kept, newest last, to be recorded after all if the trial stops."""
 
-    def __init__(self, uri: str, run_id: str, patience: float = 900.0, every_s: float = 1.0) -> None:
+    def __init__(
+        self, uri: str, run_id: str, patience: float = 900.0, every_s: float = 1.0, step_every_s: float = 0.0
+    ) -> None:
         self.client = client(uri)
         self.run_id = run_id
         self.pending: list[Any] = []
         self.every_s = every_s
         self.sent_at = time.monotonic()
+        self.step_every_s = step_every_s
+        self.step_recorded_at = -math.inf
+        self.last_recorded_step: int | None = None
+        self.held: deque[list[Any]] = deque(maxlen=self.HELD)  # per left-out step, its Metric values
         self.sender = _Sender(patience)
         self.spool = Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
         self.spool_names = itertools.count()  # one folder per queued upload
@@ -164,12 +182,38 @@ class TrialLogger:
         return any(item.path == path for item in found)
 
     def add_step(self, step: int, metrics: dict[str, float]) -> None:
-        """Buffer one optimizer step's metrics."""
+        """Buffer one optimizer step's metrics, or hold them back (see the class docstring).
+
+        A step is recorded when ``step_every_s`` has passed since the last recorded one, and
+        always when it is notable (a value not finite, an overflow skipped); the others are held:
+        the newest :attr:`HELD` of them are recorded by :meth:`record_held` when the trial stops.
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
+        values = [Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v)]
+        clock = time.monotonic()
+        if self.step_every_s > 0 and clock - self.step_recorded_at < self.step_every_s and not _notable(metrics):
+            self.held.append(values)
+            return
+        self.step_recorded_at, self.last_recorded_step = clock, step
+        self.pending.extend(values)
         self._send_if_due()
+
+    def record_held(self) -> None:
+        """Record the held-back steps too (the trial stops: the steps that led there are all recorded)."""
+        while self.held:
+            self.pending.extend(self.held.popleft())
+        self._send_if_due()
+
+    def _record_epoch_end(self) -> None:
+        """Record the epoch's last step if it was held back, so that each epoch's curve ends where it did."""
+        if not self.held or not self.held[-1]:
+            return
+        step = self.held[-1][0].step
+        if self.last_recorded_step is None or step > self.last_recorded_step:
+            self.pending.extend(self.held.pop())
+            self.last_recorded_step = step
 
     def _send_if_due(self) -> None:
         if len(self.pending) >= self.BATCH or time.monotonic() - self.sent_at >= self.every_s:
@@ -190,6 +234,7 @@ class TrialLogger:
         """Buffer the epoch metrics for ``step`` after the step metrics; send them all if it is time."""
         from mlflow.entities import Metric
 
+        self._record_epoch_end()
         now = int(time.time() * 1000)
         self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
         self._send_if_due()
@@ -244,7 +289,8 @@ class TrialLogger:
         self.sender.submit("tag warning", partial(self.client.set_tag, self.run_id, TAG_WARNING, message[:5000]))
 
     def log_failure(self, exc: BaseException) -> None:
-        """Tag the run with the exception's one-line reason; store the traceback."""
+        """Tag the run with the exception's one-line reason; store the traceback; record the held-back steps."""
+        self.record_held()
         reason = failure_reason(exc)
         self.log_text("".join(traceback.format_exception(exc)), "traceback.txt")
         self.sender.submit("tag reason", partial(self.client.set_tag, self.run_id, TAG_REASON, reason))
@@ -259,3 +305,8 @@ class TrialLogger:
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _notable(metrics: dict[str, float]) -> bool:
+    """A step always recorded: a value that is not finite, or an overflow that skipped the update."""
+    return any(_numeric(v) and (not math.isfinite(v) or (k.endswith("skipped") and v != 0)) for k, v in metrics.items())

@@ -136,6 +136,8 @@ class StepWatch:
         found = self.detector.observe(step, values)
         if found is None:
             return
+        if self.logger is not None:
+            self.logger.record_held()  # every step that led to the stop is recorded
         if not self.observe_only:
             raise DivergedError(found)
         self.observed = found

@@ -194,13 +194,15 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     plan, params = split_config(loop_config["config"])
     if plan.gpus > 0 and torch.cuda.is_available():
         torch.cuda.set_device(ray.train.torch.get_device())  # "auto"/"cuda" then means this rank's GPU
-    logger = TrialLogger(plan.tracking_uri, plan.run_id) if rank() == 0 else None
+    logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s) if rank() == 0 else None
     # diagnostics averaged over ranks: every rank's detector fires at the same step
     loop = EpochLoop(plan, params, logger, reduce=mean_over_ranks)
     try:
         loop.run(TrainChannel(loop_config["control"], loop_config.get("restore")))
     except Exception as exc:
         setattr(exc, EPOCHS_DONE_ATTR, loop.epochs_done)  # travels with the error to the Tune trial
+        if logger is not None:
+            logger.record_held()  # the steps that led to the failure
         raise
     finally:
         if logger is not None:

@@ -73,7 +73,7 @@ class TuneChannel:
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
-    logger = TrialLogger(plan.tracking_uri, plan.run_id)
+    logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
     loop = EpochLoop(plan, params, logger)
     try:
         loop.run(TuneChannel())
