@@ -136,3 +136,25 @@ def test_a_function_trials_image_is_logged_each_epoch(tmp_path: Path) -> None:
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     assert images == ["images/epoch_001.png", "images/epoch_002.png"]
     assert {"loss", "loss/mse", "loss/l1", "model/loss_scale", "output_std"} <= set(client.get_run(run_id).data.metrics)
+
+
+def test_a_batch_from_sample_grid_is_tiled_and_an_image_that_cannot_be_made_is_a_warning(tmp_path: Path) -> None:
+    """``sample_grid`` may return a batch, as ``run.image`` takes one; a bad image never fails the trial."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("grids")
+    for trainer, images in (("BatchImageToyTrainer", 2), ("BadImageToyTrainer", 0)):
+        run_id = client.create_run(experiment).info.run_id
+        logger = TrialLogger(uri, run_id)
+        plan = TrialPlan(f"tests.toy_trainer:{trainer}", "val_loss", 2, report_every_s=0.0)
+        metrics = EpochLoop(plan, {}, logger).run(MemoryChannel())
+        assert logger.close(timeout=60)
+        assert "val_loss" in metrics  # both trained to the end
+        assert len(client.list_artifacts(run_id, "images")) == images
+        warning = client.get_run(run_id).data.tags.get(TAG_WARNING, "")
+        if images:
+            assert not warning
+        else:
+            assert warning.startswith("could not save the epoch 2 image: ValueError: an image is (C, H, W)")

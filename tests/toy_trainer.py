@@ -95,3 +95,17 @@ class ImageToyTrainer(ToyTrainer):
         images = (1 - amount) * images + amount * noise
         row = torch.cat(list(images), dim=2)  # (3, 24, 96): the four side by side
         return row.clamp(0, 1)
+
+
+class BatchImageToyTrainer(ToyTrainer):
+    """``sample_grid`` returns a batch ``(N, C, H, W)``, as a generator's output is."""
+
+    def sample_grid(self) -> torch.Tensor:
+        return torch.rand(4, 3, 8, 8)
+
+
+class BadImageToyTrainer(ToyTrainer):
+    """``sample_grid`` returns something no image is made of (8 channels)."""
+
+    def sample_grid(self) -> torch.Tensor:
+        return torch.rand(2, 8, 8, 8)[0]

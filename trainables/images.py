@@ -80,6 +80,22 @@ def make_grid(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
     return grid
 
 
+def as_image(image: Any) -> torch.Tensor:
+    """A trainer's image as one ``(3, H, W)`` tensor.
+
+    It takes ``(C, H, W)`` (1 or 3 channels), ``(H, W)``, or a batch ``(N, C, H, W)``, tiled in a row.
+    """
+    tensor = image.detach().float().cpu() if torch.is_tensor(image) else torch.as_tensor(image, dtype=torch.float32)
+    if tensor.dim() == 4:
+        return make_grid([tensor])
+    if tensor.dim() == 2:
+        tensor = tensor[None]
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
+        shape = tuple(tensor.shape)
+        raise ValueError(f"an image is (C, H, W) with 1 or 3 channels, (H, W) or (N, C, H, W); got shape {shape}")
+    return tensor.expand(3, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
+
+
 def save_png(grid: torch.Tensor, path: str | Path) -> Path:
     """Write a (3, H, W) image in [0, 1] as PNG."""
     array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -12,8 +12,8 @@ Optional hooks, each declared here and looked for nowhere else:
   trainer calls it after every optimizer step with the step number and the step's diagnostics
   (names in ``trainables.diagnostics``). This is what lets the divergence detector stop a trial
   within steps, and what draws the per-step curves.
-- ``sample_grid()`` (:class:`SamplesImages`): an image grid tensor ``(C, H, W)`` in ``[0, 1]``,
-  logged each epoch as ``images/epoch_NNN.png``.
+- ``sample_grid()`` (:class:`SamplesImages`): an image in ``[0, 1]``, ``(C, H, W)``, ``(H, W)`` or a
+  batch ``(N, C, H, W)`` (``trainables.images.as_image``), logged each epoch as ``images/epoch_NNN.png``.
 - ``device`` (attribute): where the trainer runs (``"cpu"``, ``"cuda:0"``), recorded with the
   trial's environment (:func:`trainer_device`).
 - ``Config.problems()`` (:class:`ChecksItself`): ``[(field, message), ...]`` for values that are
@@ -181,7 +181,7 @@ class SamplesImages(Protocol):
     """A trainer that can show what it generates."""
 
     def sample_grid(self) -> Any:
-        """A grid of sample outputs as a ``(C, H, W)`` tensor in ``[0, 1]``."""
+        """Sample outputs in ``[0, 1]``: one ``(C, H, W)`` image or a batch ``(N, C, H, W)``."""
         ...
 
 

@@ -369,11 +369,19 @@ class EpochLoop:
         self.logger.log_texts(texts)
 
     def _log_image(self, image: Callable[[], Any] | None, epoch: int) -> None:
+        """The epoch's image (``sample_grid()``, ``run.image``), any shape :func:`as_image` takes.
+
+        An image that cannot be made never fails the trial: a warning on its run and in its log.
+        """
         if self.logger is None or image is None:
             return
-        from trainables.images import save_png
+        from trainables.images import as_image, save_png
 
-        path = save_png(image(), self.logger.spool_folder() / f"epoch_{epoch:03d}.png")
+        try:
+            path = save_png(as_image(image()), self.logger.spool_folder() / f"epoch_{epoch:03d}.png")
+        except Exception as exc:  # noqa: BLE001 - a picture must never end the trial
+            self.logger.warn(f"could not save the epoch {epoch} image: {type(exc).__name__}: {exc}")
+            return
         self.logger.log_spooled(path, "images")
 
 

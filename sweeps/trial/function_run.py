@@ -30,7 +30,7 @@ import torch
 from sweeps.divergence import Divergence
 from sweeps.trial.stops import DivergedError
 from trainables.diagnostics import StepProbe, loss_metrics, output_metrics
-from trainables.images import make_grid
+from trainables.images import as_image
 from trainables.mixed_precision import autocast, loss_scaler
 from trainables.precision import ScalerSettings, canonical_precision
 from trainables.protocol import StepHook, StopTrial
@@ -155,7 +155,7 @@ class FunctionRun:
             raise DivergedError(Divergence("non_finite", reason, self.steps, self.steps), epoch)
         self.last_epoch, self.reports = epoch, self.reports + 1
         image, self._image = self._image, None
-        go_on = self._end_epoch(epoch, values, (lambda: _grid(image)) if image is not None else None)
+        go_on = self._end_epoch(epoch, values, (lambda: as_image(image)) if image is not None else None)
         if not go_on:
             raise StopTrial(f"stopped by the sweep after epoch {epoch}")
         if epoch >= self.epochs:
@@ -255,12 +255,3 @@ def _number(name: str, value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise TypeError(f"run.report: {name} is a {type(value).__name__}, not a number")
-
-
-def _grid(image: Any) -> torch.Tensor:
-    tensor = image.detach().float().cpu() if torch.is_tensor(image) else torch.as_tensor(image, dtype=torch.float32)
-    if tensor.dim() == 4:
-        return make_grid([tensor])
-    if tensor.dim() == 2:
-        tensor = tensor[None]
-    return tensor.expand(3, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
