@@ -23,7 +23,9 @@ started, not to its best value so far:
 
 - ``loss_explosion``: the loss magnitude (or a non-finite loss) is above ``factor`` (20) x the
   magnitude of the trial's first finite loss (the untrained model's, computed before the first
-  update) on ``share`` (75%) of the last ``steps`` (8) steps: 6 of 8 at the defaults.
+  update) on ``share`` (75%) of the last ``steps`` (8) steps: 6 of 8 at the defaults. A loss that
+  has been negative (a hinge or Wasserstein GAN's, a Gaussian likelihood) has no magnitude to
+  compare: from then on this signal stands down, and the others judge without the loss.
 - ``grad_explosion``: a network's gradient norm is above ``factor`` (1000) x the median of its last
   ``window`` (50) norms (the spikes kept out; never less than the median of its first ``warmup``
   norms, so a gradient that vanished and comes back has not exploded), judged once ``warmup`` (20)
@@ -191,6 +193,8 @@ class DivergenceDetector:
         self.zero_loss = _Streak()
         self.constant = _Streak()
         self.start_loss: float | None = None
+        self.signed_loss = False
+        """A negative loss was seen: the loss is no magnitude, and no line relative to its first value holds."""
         windows = [int(cfg.get("steps", 1)) for name, cfg in self.settings.signals.items() if name in HEURISTIC]
         self.loss_up: deque[bool] = deque(maxlen=max([1, *windows]))
         self.explosion: _Evidence | None = None
@@ -252,11 +256,18 @@ class DivergenceDetector:
         return None
 
     def _loss_state(self, loss: Any) -> None:
-        """Remember the first finite loss (the untrained model's) and whether this step's is above it."""
+        """Remember the first finite loss (the untrained model's) and whether this step's is above it.
+
+        Once the loss has been negative (a hinge or Wasserstein GAN's summed losses, a Gaussian
+        likelihood) it is not compared with its first value again: ``loss_explosion`` stands down
+        and the signals that also ask whether the loss is up judge without it.
+        """
+        if _finite(loss) and float(loss) < 0:
+            self.signed_loss = True
         if self.start_loss is None and _finite(loss) and loss != 0:
             self.start_loss = abs(float(loss))
-        if loss is None:
-            up = True  # no loss reported: the other signals judge alone
+        if loss is None or self.signed_loss:
+            up = True  # no loss reported, or no magnitude to compare: the other signals judge alone
         else:
             up = not _finite(loss) or (self.start_loss is not None and abs(float(loss)) > self.start_loss)
         self.loss_up.append(up)
@@ -270,7 +281,7 @@ class DivergenceDetector:
     def _explosion(self, step: int, metrics: dict[str, Any]) -> Divergence | None:
         cfg = self._cfg("loss_explosion")
         loss = metrics.get("loss")
-        if cfg is None or loss is None or self.start_loss is None:
+        if cfg is None or loss is None or self.start_loss is None or self.signed_loss:
             return None
         if self.explosion is None:
             self.explosion = _Evidence(cfg)
