@@ -36,3 +36,26 @@ def test_trials_report_at_every_epoch_ray_asha_compares(asha: dict[str, Any], ep
 def test_no_rungs_without_asha() -> None:
     spec = spec_from_dict(minimal_toy_spec("cadence", budget={"epochs": 10}, asha={"enabled": False}))
     assert rung_epochs(spec) == []
+
+
+def test_a_rung_of_failed_trials_only_stops_nothing_and_prints_no_numpy_warning() -> None:
+    """A failed trial's last report has a NaN metric; a rung holding only such is no cut-off (and no warning)."""
+    import warnings
+
+    from ray.tune.experiment import Trial
+
+    from sweeps.core.records import SweepState
+    from sweeps.engine.scheduler import make_scheduler
+
+    spec = spec_from_dict(minimal_toy_spec("nan-rung", budget={"epochs": 4}, asha={"reduction_factor": 2}))
+    asha = make_scheduler(spec, SweepState(metric="val_loss", mode="min"))
+    asha.set_search_properties("val_loss", "min")  # what Tune does with the TuneConfig's metric
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        actions = []
+        for name in ("a", "b"):
+            trial = Trial("__fake", trial_id=name, stub=True)
+            asha.on_trial_add(None, trial)
+            actions.append(asha.on_trial_result(None, trial, {"epoch": 1, "val_loss": float("nan")}))
+    assert actions == ["CONTINUE", "CONTINUE"]
+    assert [str(w.message) for w in caught if "All-NaN" in str(w.message)] == []

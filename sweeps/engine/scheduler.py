@@ -9,7 +9,10 @@ share of trials the reduction factor says, counted over every trial that got the
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from ray.tune.experiment import Trial
@@ -74,20 +77,33 @@ class RecordingASHA(_RecordsErrors, AsyncHyperBandScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         """Decide as ASHA does; a stop before ``max_t`` is recorded as a prune."""
         diverged = bool(result.get(DIVERGED_KEY))
-        action = super().on_trial_result(tune_controller, trial, self._ranked(result))
+        with _no_all_nan_warning():
+            action = super().on_trial_result(tune_controller, trial, self._ranked(result))
         if action == TrialScheduler.STOP and result.get(self.time_attr, 0) < self.max_t and not diverged:
             self.state.pruned.add(trial.trial_id)
         return str(action)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
         """As ASHA does, with a diverged trial ranked last."""
-        super().on_trial_complete(tune_controller, trial, self._ranked(result))
+        with _no_all_nan_warning():
+            super().on_trial_complete(tune_controller, trial, self._ranked(result))
 
     def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` as ASHA should rank it: a diverged trial's metric becomes the worst value (the sweep's metric)."""
         if not result or not result.get(DIVERGED_KEY):
             return result
         return {**result, self.state.metric: WORST if self.state.mode == "min" else -WORST}
+
+
+@contextlib.contextmanager
+def _no_all_nan_warning() -> Iterator[None]:
+    """Keep numpy's "All-NaN slice" warning off the terminal.
+
+    A rung that holds only failed trials (NaN metrics) has no cut-off, and ASHA then stops nothing.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        yield
 
 
 def rung_epochs(spec: SweepSpec) -> list[int]:
