@@ -122,6 +122,21 @@ def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:
     assert keys == {"--set nonsense", "--set dropout"}
 
 
+@pytest.mark.parametrize("trainer", ["vae", "examples.plain_loop_sweepable:train"])
+def test_set_turns_sections_off_by_name_and_a_searched_number_stays_a_number(tmp_path: Path, trainer: str) -> None:
+    """``--set asha=false`` is the spec's ASHA, for a class or a function trainer alike (a function takes any key)."""
+    text = {**GOOD, "trainer": trainer, "params": {"lr": GOOD["params"]["lr"]}}  # type: ignore[index]
+    if trainer != "vae":
+        text["metric"] = {"name": "val_loss", "mode": "min"}
+    path = write_spec(tmp_path, text)
+    spec = load_spec(path, ["asha=false", "divergence=false", "lr=1e-5"])
+    assert not spec.asha.enabled and not spec.divergence.enabled
+    assert "asha" not in spec.fixed and "divergence" not in spec.fixed and spec.fixed["lr"] == pytest.approx(1e-5)
+    problems = dict(problems_of(tmp_path, text, overrides=["budget=3", "lr=abc"]))
+    assert problems["--set budget"] == "is a section of the spec: set its keys, e.g. --set budget.KEY=VALUE"
+    assert problems["--set lr"] == "'abc' is not a number (params.lr is searched as one)"
+
+
 def test_conditional_parameter_exists_only_under_its_condition(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, GOOD))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))

@@ -28,6 +28,8 @@ TOP_KEYS = {
     "name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "divergence", "record", "fixed",
     "params", "trial_storage",
 }  # fmt: skip
+SECTIONS = {"budget", "asha", "search", "divergence", "record", "fixed", "params"}
+"""Top-level keys that hold a mapping: ``--set`` sets their keys, not them (``asha``/``divergence`` also take false)."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -173,8 +175,10 @@ def _override_value(text: str) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: set[str]) -> list[tuple[str, str]]:
     """Apply ``key=value`` overrides in place; return the problems with malformed ones.
 
-    A dotted key (``budget.epochs=3``) sets that path; a top-level spec key sets it; any
-    other key is a trainer parameter and becomes fixed, leaving the search space.
+    A dotted key (``budget.epochs=3``) sets that path; a top-level spec key sets it (a section
+    only as ``asha=false`` or ``divergence=false``, its others by their keys); any other key is a
+    trainer parameter and becomes fixed, leaving the search space (a searched float or int must
+    get a number).
     """
     problems: list[tuple[str, str]] = []
     for item in overrides:
@@ -193,9 +197,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: s
                     child = node[part] = {}
                 node = child
             node[leaf] = value
-        elif key in TOP_KEYS - {"fixed", "params", "budget", "asha", "search"}:
+        elif key in SECTIONS and not (key in ("asha", "divergence") and isinstance(value, bool)):
+            problems.append((f"--set {key}", f"is a section of the spec: set its keys, e.g. --set {key}.KEY=VALUE"))
+        elif key in TOP_KEYS:
             raw[key] = value
         elif key in trainer_fields or not trainer_fields:
+            declared = _declared_number(raw.get("params"), key)
+            if declared and not _numberlike(value):
+                problems.append((f"--set {key}", f"{text.strip()!r} is not a number (params.{key} is searched as one)"))
+                continue
             fixed = raw.get("fixed")
             raw["fixed"] = fixed = fixed if isinstance(fixed, dict) else {}
             fixed[key] = value
@@ -204,6 +214,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: s
         else:
             problems.append((f"--set {key}", "unknown parameter for this trainer"))
     return problems
+
+
+def _declared_number(params: Any, key: str) -> bool:
+    """Whether the spec searches ``key`` as a number (``type: float``/``int``, or numeric ``low``/``high``)."""
+    entry = params.get(key) if isinstance(params, dict) else None
+    if not isinstance(entry, dict):
+        return False
+    if entry.get("type") in ("float", "int"):
+        return True
+    return "choices" not in entry and any(_numberlike(entry.get(b)) for b in ("low", "high"))
+
+
+def _numberlike(value: Any) -> bool:
+    """A number, or text that reads as one (YAML reads ``1e-5`` as text)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None, trials: int | None = None) -> SweepSpec:
