@@ -166,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cpus is not None and address not in (None, "local"):
         print(f"note: --cpus sizes a new local Ray; ignored with --address {address}", file=sys.stderr)
     print(
-        f"sweep {spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
+        f"sweep {args.name or spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
         f"{spec.mode}imizing {spec.metric}",
         flush=True,
     )

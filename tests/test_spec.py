@@ -120,6 +120,9 @@ def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:
     assert "lr" not in spec.params and spec.fixed["lr"] == pytest.approx(3e-4)
     keys = {k for k, _ in problems_of(tmp_path, GOOD, overrides=["nonsense", "dropout=0.5"])}
     assert keys == {"--set nonsense", "--set dropout"}
+    problems = dict(problems_of(tmp_path, GOOD, overrides=["lrr=0.1", "zzzz=1"]))
+    assert problems["--set lrr"] == "unknown parameter for this trainer (did you mean 'lr'?)"
+    assert problems["--set zzzz"].startswith("unknown parameter for this trainer (its fields: batch_size, ")
 
 
 @pytest.mark.parametrize("trainer", ["vae", "examples.plain_loop_sweepable:train"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any
 
 from trainables.protocol import is_function_trainer, signature_problem
@@ -29,7 +30,10 @@ def load_trainer(name: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TrainerLoadError(f"cannot import trainer module {module_name!r}: {exc}") from None
+        where = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+            where = f" (modules are looked up from the working directory {os.getcwd()} and PYTHONPATH)"
+        raise TrainerLoadError(f"cannot import trainer module {module_name!r}: {exc}{where}") from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise TrainerLoadError(f"module {module_name!r} has no attribute {attr!r}")

@@ -7,6 +7,7 @@ parameter has one of the listed values (``init_scale`` only under ``precision: f
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ def parse_params(
     for name, entry in section.items():
         key = f"params.{name}"
         if types and name not in types:
-            problems.add(key, "unknown parameter for this trainer")
+            problems.add(key, unknown_parameter(str(name), types))
             continue
         if name in fixed:
             problems.add(key, "is also in fixed; a parameter is either fixed or searched")
@@ -229,3 +230,12 @@ def _ordered(parsed: dict[str, ParamSpec], problems: Problems) -> dict[str, Para
     for name in parsed:
         visit(name)
     return ordered
+
+
+def unknown_parameter(name: str, fields: Any) -> str:
+    """The problem with a name the trainer's config does not have: the closest field, or all of them."""
+    known = sorted(str(f) for f in fields)
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"unknown parameter for this trainer (did you mean {close[0]!r}?)"
+    return f"unknown parameter for this trainer (its fields: {', '.join(known)})"

@@ -17,7 +17,7 @@ import yaml
 from sweeps.core.errors import InputError
 from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
-from sweeps.spec.params import ParamSpec, parse_params, untyped
+from sweeps.spec.params import ParamSpec, parse_params, unknown_parameter, untyped
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, field_types
 from trainables.precision import canonical_precision
@@ -212,7 +212,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: s
             if isinstance(raw.get("params"), dict):
                 raw["params"].pop(key, None)
         else:
-            problems.append((f"--set {key}", "unknown parameter for this trainer"))
+            problems.append((f"--set {key}", unknown_parameter(key, trainer_fields)))
     return problems
 
 
@@ -478,7 +478,7 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
     fixed: dict[str, Any] = {}
     for key, item in section.items():
         if types and key not in types:
-            problems.add(f"fixed.{key}", "unknown parameter for this trainer")
+            problems.add(f"fixed.{key}", unknown_parameter(str(key), types))
             continue
         try:
             fixed[str(key)] = coerce(item, types[key]) if types else untyped(item)
