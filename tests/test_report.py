@@ -21,7 +21,7 @@ from sweeps.core.keys import (
     TAG_WOULD_STOP_STEP,
 )
 from sweeps.core.records import SweepState, TrialRecord
-from sweeps.engine.live_view import LiveView, estimate_left, status_line
+from sweeps.engine.live_view import LiveView, estimate_left, event_line, status_line
 from sweeps.results.figures import Curve, draw_learning_curves
 from sweeps.results.page import html_page, ordered
 from sweeps.results.report import stop_decisions, write_stops
@@ -195,6 +195,9 @@ def test_the_live_view_prints_a_line_per_ended_trial_and_its_status_line() -> No
     view.on_trial_complete(0, [], type("T", (), {"trial_id": "ray0"})())
     first, second = out.getvalue().splitlines()
     assert first.split() == ["t000", "completed", "val_loss=0.25", "after", "3", "epoch(s)"]
+    diverged = record(1, "diverged")
+    diverged.epochs, diverged.reason = 1, "loss_explosion: ... (step 14)"
+    assert event_line(diverged, "val_loss").split()[:5] == ["t001", "diverged", "val_loss=-", "in", "epoch"]
     assert "trials 1/4 done" in second and second.endswith(" left") and "~" in second
 
 

@@ -68,7 +68,9 @@ def event_line(record: TrialRecord, metric: str) -> str:
     """One line for a trial that just ended."""
     value = f"{metric}={record.value:.4g}" if record.value is not None else f"{metric}=-"
     reason = f" ({record.reason})" if record.reason else ""
-    return f"  {record.label:<5} {record.status:<11} {value} after {record.epochs} epoch(s){reason}"
+    # a diverged trial stopped within the epoch it reports (its step is in the reason)
+    when = f"in epoch {record.epochs}" if record.status == "diverged" else f"after {record.epochs} epoch(s)"
+    return f"  {record.label:<5} {record.status:<11} {value} {when}{reason}"
 
 
 class LiveView(Callback):
