@@ -30,6 +30,10 @@ def test_run_export_train(tmp_path: Path) -> None:
     assert "trials 3/3" in run.stdout and "Traceback" not in run.stdout + run.stderr
     assert re.search(r"^\*t\d{3}\s+completed", run.stdout, re.M)  # summary table marks the best
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "sweep_runs" / "s1" / "optuna-journal.log").exists()
+    assert run.stdout.startswith("sweep s1: 3 trials x 2 epochs of vae")  # the name given, not the spec's
+    listed = run_cli("list", cwd=tmp_path)
+    line = r"s1  completed  vae  val_mse  3 trials: 3 completed; best [\d.e-]+\n"
+    assert re.fullmatch(line, listed.stdout), listed.stdout
 
     again = run_cli("run", "spec.yaml", "--name", "s1", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
