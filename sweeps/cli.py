@@ -144,9 +144,12 @@ def _refuse_nul(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the spec, run the sweep, print the summary."""
-    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.spec.sweep_spec import load_spec, new_trainer_keys
 
     spec = load_spec(args.spec, args.overrides, args.trials)
+    for key in new_trainer_keys(spec, args.overrides or []):
+        note = f"note: --set {key}: not in the spec's fixed or params; the trainer gets it as config[{key!r}]"
+        print(note, file=sys.stderr)
     if args.name is not None:
         check_sweep_name(args.name)
     if args.cpus is not None and args.cpus < 1:

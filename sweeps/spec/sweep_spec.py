@@ -239,6 +239,23 @@ def _numberlike(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def new_trainer_keys(spec: SweepSpec, overrides: list[str]) -> list[str]:
+    """``--set`` keys that reach a function trainer's config without being in its spec's ``fixed`` or ``params``.
+
+    A function takes any key, so a typo (``lrr=0.1``) is not an error; the CLI names these in a note.
+    """
+    if not spec.function_trainer:
+        return []
+    original = read_yaml(spec.source) if Path(spec.source).is_file() else {}
+    known: set[str] = set()
+    for section in ("fixed", "params"):
+        entries = original.get(section) if isinstance(original, dict) else None
+        if isinstance(entries, dict):
+            known.update(str(k) for k in entries)
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    return [k for k in keys if k and "." not in k and k not in TOP_KEYS and k not in known]
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None, trials: int | None = None) -> SweepSpec:
     """Read, override and validate a spec file; raise SpecError listing every problem."""
     raw = read_yaml(path)
