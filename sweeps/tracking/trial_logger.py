@@ -100,8 +100,8 @@ class TrialLogger:
     value not finite, an overflow skipped), and so is each epoch's last step; the newest
     :attr:`HELD` steps left out are recorded when the trial stops (a divergence, a would-be stop in
     ``observe`` mode, a failure), so the steps that led to a stop are all there. Storing a value
-    costs the store about 55 us (SQLite here): a loop of 3 ms steps and 12 diagnostics spent a
-    fifth of its time recording every step.
+    costs the store about 55 us (SQLite here): a loop of 3 ms steps and 12 diagnostics spent about
+    a sixth of its time recording every step.
     """
 
     BATCH = 1000
