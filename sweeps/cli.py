@@ -144,10 +144,10 @@ def _refuse_nul(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the spec, run the sweep, print the summary."""
-    from sweeps.spec.sweep_spec import load_spec, new_trainer_keys
+    from sweeps.spec.sweep_spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, args.trials)
-    for key in new_trainer_keys(spec, args.overrides or []):
+    for key in spec.unnamed_overrides:
         note = f"note: --set {key}: not in the spec's fixed or params; the trainer gets it as config[{key!r}]"
         print(note, file=sys.stderr)
     if args.name is not None:
@@ -299,27 +299,25 @@ def cmd_list(args: argparse.Namespace) -> int:
         sweep = open_sweep_dir(root, name)
         meta = sweep.read_meta()
         line = f"{name}  {meta.get('status', '?')}  {meta.get('trainer')}  {meta.get('metric')}"
-        print(line + _trial_counts(sweep.path / "report" / "results.csv", str(meta.get("metric"))))
+        print(line + _trial_counts(sweep.path / "report", str(meta.get("metric"))))
     if not names:
         print(f"no sweeps in {root}")
     return 0
 
 
-def _trial_counts(results: Path, metric: str) -> str:
-    """``  8 trials: 3 completed, 4 pruned, 1 diverged; best 0.149`` from a sweep's ``results.csv`` ('' if none)."""
-    import csv
+def _trial_counts(report: Path, metric: str) -> str:
+    """``  8 trials: 3 completed, 4 pruned, 1 diverged; best 0.149`` from a sweep's report rows ('' if none)."""
+    from sweeps.results.report import read_results
 
-    try:
-        with results.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
+    rows = read_results(report)
+    if not rows:
         return ""
     counts: dict[str, int] = {}
     for row in rows:
-        counts[row.get("status", "?")] = counts.get(row.get("status", "?"), 0) + 1
+        counts[str(row.get("status", "?"))] = counts.get(str(row.get("status", "?")), 0) + 1
     text = f"  {len(rows)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items())
-    best = [row.get(metric, "") for row in rows if row.get("best", "").lower() == "true"]
-    return text + (f"; best {float(best[0]):.4g}" if best and best[0] else "")
+    best = [row.get(metric) for row in rows if row.get("best") is True]
+    return text + (f"; best {best[0]:.4g}" if best and isinstance(best[0], (int, float)) else "")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

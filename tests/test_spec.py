@@ -135,11 +135,9 @@ def test_set_turns_sections_off_by_name_and_a_searched_number_stays_a_number(tmp
     spec = load_spec(path, ["asha=false", "divergence=false", "lr=1e-5"])
     assert not spec.asha.enabled and not spec.divergence.enabled
     assert "asha" not in spec.fixed and "divergence" not in spec.fixed and spec.fixed["lr"] == pytest.approx(1e-5)
-    from sweeps.spec.sweep_spec import new_trainer_keys
-
     overrides = ["lr=1e-3", "width=8", "budget.epochs=3", "seed=3"] + (["lrr=0.1"] if trainer != "vae" else [])
     expected = ["width", "lrr"] if trainer != "vae" else []  # a function takes any key: named in a note
-    assert new_trainer_keys(load_spec(path, overrides), overrides) == expected
+    assert list(load_spec(path, overrides).unnamed_overrides) == expected
     problems = dict(problems_of(tmp_path, text, overrides=["budget=3", "lr=abc"]))
     assert problems["--set budget"] == "is a section of the spec: set its keys, e.g. --set budget.KEY=VALUE"
     assert problems["--set lr"] == "'abc' is not a number (params.lr is searched as one)"

@@ -134,6 +134,8 @@ class SweepSpec:
     """The trainer is a function ``train(config, run)`` (its config takes any parameter, and the seed)."""
     trainer_precisions: tuple[str, ...] | None = None
     """The precisions the trainer runs (``trainables.protocol.declared_precisions``); None: it does not say."""
+    unnamed_overrides: tuple[str, ...] = ()
+    """``--set`` keys a trainer without declared fields (a function) gets that the spec named nowhere."""
 
     def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """A trial's complete trainer parameters: fixed values, sampled values and the seed.
@@ -172,13 +174,16 @@ def _override_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: set[str]) -> list[tuple[str, str]]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], trainer_fields: set[str], named_nowhere: list[str] | None = None
+) -> list[tuple[str, str]]:
     """Apply ``key=value`` overrides in place; return the problems with malformed ones.
 
     A dotted key (``budget.epochs=3``) sets that path; a top-level spec key sets it (a section
     only as ``asha=false`` or ``divergence=false``, its others by their keys); any other key is a
     trainer parameter and becomes fixed, leaving the search space (a searched float or int must
-    get a number).
+    get a number). A trainer without declared fields (a function) takes any key: those the spec's
+    ``fixed`` and ``params`` did not name are appended to ``named_nowhere`` (a typo is no error).
     """
     problems: list[tuple[str, str]] = []
     for item in overrides:
@@ -208,6 +213,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], trainer_fields: s
                 continue
             fixed = raw.get("fixed")
             raw["fixed"] = fixed = fixed if isinstance(fixed, dict) else {}
+            params = raw.get("params")
+            if named_nowhere is not None and not trainer_fields and key not in fixed:
+                if not (isinstance(params, dict) and key in params):
+                    named_nowhere.append(key)
             fixed[key] = value
             if isinstance(raw.get("params"), dict):
                 raw["params"].pop(key, None)
@@ -227,33 +236,8 @@ def _declared_number(params: Any, key: str) -> bool:
 
 
 def _numberlike(value: Any) -> bool:
-    """A number, or text that reads as one (YAML reads ``1e-5`` as text)."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return True
-    try:
-        float(str(value))
-    except ValueError:
-        return False
-    return isinstance(value, str)
-
-
-def new_trainer_keys(spec: SweepSpec, overrides: list[str]) -> list[str]:
-    """``--set`` keys that reach a function trainer's config without being in its spec's ``fixed`` or ``params``.
-
-    A function takes any key, so a typo (``lrr=0.1``) is not an error; the CLI names these in a note.
-    """
-    if not spec.function_trainer:
-        return []
-    original = read_yaml(spec.source) if Path(spec.source).is_file() else {}
-    known: set[str] = set()
-    for section in ("fixed", "params"):
-        entries = original.get(section) if isinstance(original, dict) else None
-        if isinstance(entries, dict):
-            known.update(str(k) for k in entries)
-    keys = [item.partition("=")[0].strip() for item in overrides]
-    return [k for k in keys if k and "." not in k and k not in TOP_KEYS and k not in known]
+    """A number, or text that reads as one (YAML reads ``1e-5`` as text): what ``as_number`` takes."""
+    return as_number(value, "", Problems()) is not None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None, trials: int | None = None) -> SweepSpec:
@@ -280,7 +264,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     trainer_cls = _trainer(raw.get("trainer"), problems)
     function = trainer_cls is not None and is_function_trainer(trainer_cls)
     types = field_types(trainer_cls.Config) if trainer_cls is not None and not function else {}
-    problems.extend(apply_overrides(raw, overrides, set(types)))
+    named_nowhere: list[str] = []
+    problems.extend(apply_overrides(raw, overrides, set(types), named_nowhere))
     for key in raw:
         if key not in TOP_KEYS:
             problems.add(str(key), f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
@@ -321,6 +306,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         trial_storage=trial_storage,
         function_trainer=function,
         trainer_precisions=precisions,
+        unnamed_overrides=tuple(named_nowhere),
     )
 
 
