@@ -185,8 +185,19 @@ def _last_line(text: str) -> str:
 # Running one system
 
 
-def run_system(system: str, task: Task, seed: int, budget_s: float, run_dir: Path, python: str) -> dict[str, Any]:
-    """Run ``system`` on ``task`` for ``budget_s`` seconds; return its trace events and counts."""
+def run_system(
+    system: str,
+    task: Task,
+    seed: int,
+    budget_s: float,
+    run_dir: Path,
+    python: str,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``system`` on ``task`` for ``budget_s`` seconds; return its trace events and counts.
+
+    ``overrides`` (dotted spec keys) make a variant of ours: the same engine with them set in its spec.
+    """
     trace_dir, work = run_dir / "traces", run_dir / "work"
     trace_dir.mkdir(parents=True)
     work.mkdir()
@@ -209,6 +220,7 @@ def run_system(system: str, task: Task, seed: int, budget_s: float, run_dir: Pat
         "trace_dir": str(trace_dir),
         "work": str(work),
         "budget_s": budget_s,
+        "overrides": overrides or {},
     }
     log = (run_dir / "log.txt").open("w")
     t0 = time.time()
@@ -551,6 +563,17 @@ def load_rows(path: Path) -> tuple[list[Task], dict[str, dict[str, dict[int, dic
     return tasks, runs, budget
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:KEY=VALUE[,KEY=VALUE]`` as ``("ours-NAME", {dotted key: YAML value})``."""
+    import yaml
+
+    name, _, pairs = text.partition(":")
+    keys = dict(pair.split("=", 1) for pair in pairs.split(",") if "=" in pair)
+    if not name or not keys:
+        raise ValueError(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+    return f"ours-{name}", {key.strip(): yaml.safe_load(value) for key, value in keys.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the systems over tasks and seeds, print the tables and the verdict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -564,6 +587,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also append one JSON row per run to this file")
     parser.add_argument("--report", type=Path, help="run nothing: print the tables of the rows in this --json file")
     parser.add_argument("--keep", type=Path, help="keep every run's traces and logs under this folder")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also run ours with these spec keys set, as system ours-NAME (e.g. startup10:search.n_startup_trials=10)",
+    )
     args = parser.parse_args(argv)
     plot_path = args.plot or Path(tempfile.gettempdir()) / "search_quality.png"
     if args.report is not None:
@@ -576,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
+    try:
+        variants = dict(parse_variant(text) for text in args.variant)
+    except ValueError as exc:
+        parser.error(str(exc))
+    systems += [name for name in variants if name not in systems]
     budget = {t.name: args.budget_s or (30.0 if args.quick else t.budget_s) for t in tasks}
 
     peer_py, missing = peer_python(systems)
@@ -592,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
             for system in runnable:  # interleaved: a slow spell of the machine hits every system alike
                 python = peer_py if system in PEER_PACKAGES and peer_py else sys.executable
                 load = os.getloadavg()[0]
-                run = run_system(system, task, seed, budget[task.name], root / f"{task.name}-{system}-{seed}", python)
+                run_dir = root / f"{task.name}-{system}-{seed}"
+                run = run_system(system, task, seed, budget[task.name], run_dir, python, variants.get(system))
                 run.update(load=load, budget_s=budget[task.name])
                 runs[task.name][system][seed] = run
                 best = best_at(run["completions"], budget[task.name])

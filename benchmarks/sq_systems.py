@@ -38,8 +38,10 @@ def _epochs(task: Task, config: dict[str, Any], epochs: int | None = None) -> fl
     return value
 
 
-def run_ours(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float) -> None:
-    """Our engine with its defaults, through the public API."""
+def run_ours(
+    task: Task, seed: int, trace_dir: str, work: Path, budget_s: float, overrides: dict[str, Any] | None = None
+) -> None:
+    """Our engine with its defaults (or ``overrides``, dotted spec keys: a variant), through the public API."""
     import sweeps
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
@@ -52,6 +54,12 @@ def run_ours(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float)
         "fixed": {**task.fixed, "trace_dir": trace_dir},
         "params": task.params,
     }
+    for dotted, value in (overrides or {}).items():
+        *path, last = dotted.split(".")
+        section = raw
+        for key in path:
+            section = section.setdefault(key, {})
+        section[last] = value
     spec_file = work / "spec.yaml"
     import yaml
 
@@ -262,6 +270,9 @@ def main() -> None:
     work = Path(args["work"])
     if args["system"] == "optuna_worker":
         run_optuna_worker(task, args["seed"], args["trace_dir"], work, args["worker"])
+        return
+    if args["system"].startswith("ours-"):  # a variant of ours: --variant in search_quality
+        run_ours(task, args["seed"], args["trace_dir"], work, args["budget_s"], args.get("overrides"))
         return
     RUNNERS[args["system"]](task, args["seed"], args["trace_dir"], work, args["budget_s"])
 

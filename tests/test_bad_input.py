@@ -477,7 +477,8 @@ def test_a_store_that_fails_to_open_while_ray_starts_is_the_error(
     monkeypatch.setattr(runner, "open_store", refuse)
     with pytest.raises(TrackingStoreError, match="database is locked"):
         runner.run_sweep(load_spec("s.yaml"), name="s1", cpus=2, address="local")
-    assert started == [{"num_cpus": 2, "address": "local"}]
+    assert [(call["num_cpus"], call["address"]) for call in started] == [(2, "local")]
+    assert started[0]["preload"] == ("sweeps.trial.one_worker", "mlflow.store.tracking.sqlalchemy_store")
     assert not (user_folder / "sweep_runs").exists() or list((user_folder / "sweep_runs").iterdir()) == []
 
 

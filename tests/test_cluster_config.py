@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -461,7 +462,37 @@ def test_start_ray_passes_the_address_and_sizes_only_a_local_ray(monkeypatch: py
     monkeypatch.setattr(runner, "default_ray_address", lambda: None)  # no earlier `ray start` here
     for key, value in {**runner.ENGINE_ENV, "PYTHONPATH": ""}.items():  # start_ray sets them; undone after
         monkeypatch.setenv(key, value)
-    runner.start_ray(num_cpus=2, address="10.0.1.23:6379")
-    runner.start_ray(num_cpus=2, address="local")
+    monkeypatch.delenv("RAY_preload_python_modules", raising=False)
+    runner.start_ray(num_cpus=2, address="10.0.1.23:6379", preload=("sweeps.trial.one_worker",))
+    runner.start_ray(num_cpus=2, address="local", preload=("sweeps.trial.one_worker",))
     runner.start_ray(num_cpus=2)
     assert [(c["address"], c["num_cpus"]) for c in calls] == [("10.0.1.23:6379", None), ("local", 2), (None, 2)]
+    # a cluster's workers get the engine's env vars as the job's runtime env; a new local Ray's inherit them
+    assert calls[0]["runtime_env"]["env_vars"]["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
+    assert calls[0]["_system_config"] is None  # no preload on a cluster (its config is its own)
+    assert calls[1]["runtime_env"] is None and calls[2]["runtime_env"] is None
+    assert calls[1]["_system_config"] == {"preload_python_modules": ["sweeps.trial.one_worker"]}
+    assert calls[2]["_system_config"] is None  # nothing asked to preload
+
+
+def test_trial_actors_start_without_a_runtime_env_only_on_a_local_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune's trial actors carry no runtime env on a local Ray (so Ray's prestarted workers take them), and
+    Tune's own env vars reach the workers through the driver's environment; on a cluster Tune's env is back."""
+    from ray.tune.execution import class_cache
+
+    from sweeps.compat.ray_internals import trial_actors_inherit_env
+
+    monkeypatch.delenv("PL_DISABLE_FORK", raising=False)
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", class_cache.DEFAULT_ENV_VARS)  # restored after
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", class_cache.ENV_VARS_TO_PROPAGATE)
+
+    class Trainable:
+        pass
+
+    assert trial_actors_inherit_env(True)
+    assert os.environ["PL_DISABLE_FORK"] == "1"  # Tune's default, now inherited by local workers
+    local = class_cache._ActorClassCache().get(Trainable)
+    assert not local._default_options.get("runtime_env", {}).get("env_vars")
+    assert not trial_actors_inherit_env(False)
+    cluster = class_cache._ActorClassCache().get(Trainable)
+    assert cluster._default_options["runtime_env"]["env_vars"]["PL_DISABLE_FORK"] == "1"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.search_quality import GRID, TASKS, curve, percentile, read_events, summarize
+from benchmarks.search_quality import GRID, TASKS, curve, parse_variant, percentile, read_events, summarize
 from tests.helpers import ROOT, project_env
 
 
@@ -56,6 +56,15 @@ def test_percentile_with_nothing_yet() -> None:
 
 
 @pytest.mark.integration
+def test_a_variant_of_ours_is_named_and_its_spec_keys_typed() -> None:
+    name, keys = parse_variant("startup10:search.n_startup_trials=10,asha.brackets=2,search.sampler=random")
+    assert name == "ours-startup10"
+    assert keys == {"search.n_startup_trials": 10, "asha.brackets": 2, "search.sampler": "random"}
+    for bad in ("startup10", ":search.n_startup_trials=10", "startup10:"):
+        with pytest.raises(ValueError, match="NAME:KEY=VALUE"):
+            parse_variant(bad)
+
+
 def test_quick_mode_prints_the_table_and_the_verdict(tmp_path: Path) -> None:
     """``--quick`` with a tiny budget and the systems the project's own environment has."""
     rows = tmp_path / "rows.jsonl"

@@ -83,3 +83,40 @@ def default_ray_address() -> tuple[str, str] | None:
     except OSError:
         return None
     return (address, str(path)) if address else None
+
+
+_TUNE_ACTOR_ENV: tuple[dict[str, str], set[str]] | None = None
+"""Tune's own per-actor env vars and the names it copies from the driver, kept while they are switched off."""
+
+
+def trial_actors_inherit_env(inherit: bool) -> bool:
+    """Start Tune's trial actors with no runtime env of their own (``inherit``), or give Tune back its own.
+
+    Tune gives each trial actor a runtime env of env vars (``PL_DISABLE_FORK`` and the driver's
+    values of a few it names, ``RAY_CHDIR_TO_TRIAL_DIR`` among them). Ray never starts an actor with
+    a runtime env of its own in one of the workers it prestarts, so each trial actor waited for a
+    new process (1 to 2 s here). On a local Ray the workers inherit the driver's environment, so
+    those values reach them anyway: they are put into ``os.environ`` and actors get none. Returns
+    whether Tune's actors now inherit (False where its private module moved).
+    """
+    import os
+
+    global _TUNE_ACTOR_ENV
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # a private module: actors keep Tune's runtime env
+        return False
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if not isinstance(defaults, dict) or not isinstance(propagated, (set, frozenset)):
+        return False
+    if _TUNE_ACTOR_ENV is None:
+        _TUNE_ACTOR_ENV = (dict(defaults), set(propagated))
+    if inherit:
+        for key, value in _TUNE_ACTOR_ENV[0].items():
+            os.environ.setdefault(key, value)
+        class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE = {}, set()
+    else:
+        class_cache.DEFAULT_ENV_VARS = dict(_TUNE_ACTOR_ENV[0])
+        class_cache.ENV_VARS_TO_PROPAGATE = set(_TUNE_ACTOR_ENV[1])
+    return inherit

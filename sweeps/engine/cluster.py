@@ -11,8 +11,9 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Sequence
 
-from sweeps.compat.ray_internals import default_ray_address, max_cluster_resources
+from sweeps.compat.ray_internals import default_ray_address, max_cluster_resources, trial_actors_inherit_env
 from sweeps.core.errors import InputError
 from sweeps.core.failures import failure_reason
 from sweeps.spec.sweep_spec import Budget, SpecError, SweepSpec
@@ -37,13 +38,18 @@ class RayAddressError(InputError):
     """The Ray cluster to join does not answer, or its address is not one."""
 
 
-def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+def start_ray(num_cpus: int | None = None, address: str | None = None, preload: Sequence[str] = ()) -> None:
     """Start local Ray (all cores unless told) quietly, or connect to ``address``; no-op if started.
 
     ``address`` is what ``ray.init`` takes: ``host:port`` of a running cluster's head (GCS), ``auto``,
     or ``local`` (always a new local Ray). Without it, Ray's own default applies: ``$RAY_ADDRESS``,
     else a cluster started on this machine with ``ray start``, else a new local Ray. ``num_cpus``
     sizes a new local Ray only; a running cluster keeps its own resources.
+
+    A new local Ray's workers inherit this process's environment, so trial actors need no runtime
+    env of their own and start in the workers Ray prestarts, which import the ``preload`` modules
+    while they wait (a trial's first step came about 2 s sooner here). On a cluster the engine's env
+    vars travel as the job's runtime env, and every trial actor starts a new process.
     """
     import ray
 
@@ -54,6 +60,8 @@ def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     # Trainers named by import path (my_pkg.module:Class) resolve from the working directory.
     paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    local = trial_actors_inherit_env(starts_local_ray(address))
+    preloading = local and preload and "RAY_preload_python_modules" not in os.environ  # a user's own wins
     try:
         ray.init(
             address=address,
@@ -61,7 +69,8 @@ def start_ray(num_cpus: int | None = None, address: str | None = None) -> None:
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.ERROR,
-            runtime_env={"env_vars": {**ENGINE_ENV, "PYTHONPATH": os.environ["PYTHONPATH"]}},
+            runtime_env=None if local else {"env_vars": {**ENGINE_ENV, "PYTHONPATH": os.environ["PYTHONPATH"]}},
+            _system_config={"preload_python_modules": list(preload)} if preloading else None,
         )
     except ConnectionError as exc:  # e.g. 'auto' with no cluster on this machine, or a head that just went away
         where = f"at {address}" if address not in (None, "auto") else "on this machine"
@@ -105,6 +114,13 @@ def check_ray_address(address: str | None, timeout: float = GCS_TIMEOUT_S) -> st
         print(f"note: {stale}; starting a new local Ray ('ray stop' clears the file)", file=sys.stderr, flush=True)
         return "local"
     raise RayAddressError(f"--address auto: {stale}: run 'ray stop' to clear it, or {LOCAL_HINT}")
+
+
+def starts_local_ray(address: str | None) -> bool:
+    """Whether ``ray.init(address)``, with an address :func:`check_ray_address` returned, starts a new local Ray."""
+    if address == "local":
+        return True
+    return address is None and not os.environ.get("RAY_ADDRESS") and default_ray_address() is None
 
 
 def _host_port(address: str, origin: str) -> tuple[str, int]:

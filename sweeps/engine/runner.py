@@ -107,8 +107,20 @@ def start_ray_and_store(uri: str, cpus: int | None = None, address: str | None =
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="open-store") as pool:
         store = pool.submit(open_store, uri)
-        start_ray(num_cpus=cpus, address=address)
+        start_ray(num_cpus=cpus, address=address, preload=trial_imports(uri))
         store.result()
+
+
+def trial_imports(uri: str) -> tuple[str, ...]:
+    """The modules a one-worker trial's process imports before its first step, for idle workers to import ahead.
+
+    The trial module (torch, Ray Tune, the engine) and the MLflow store of ``uri``: 3 to 4 s of CPU
+    here, paid once per worker process.
+    """
+    store = {"sqlite": "sqlalchemy_store", "http": "rest_store", "https": "rest_store", "file": "file_store"}
+    scheme = uri.split(":", 1)[0]
+    found = store.get(scheme)
+    return ("sweeps.trial.one_worker", *([f"mlflow.store.tracking.{found}"] if found else []))
 
 
 def sweep_tuner(
