@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
     run.add_argument("--storage", default=DEFAULT_ROOT, help=f"folder for sweep state (default: {DEFAULT_ROOT})")
     run.add_argument("--name", help="sweep name (default: the spec's name and the time)")
+    run.add_argument(
+        "--warm-start",
+        metavar="SWEEP",
+        help="an earlier sweep (name in --storage, or its folder) of the same metric: its trials are told "
+        "to the new study and its best configs run first",
+    )
     run.add_argument("--cpus", type=int, help="CPUs local Ray may use (default: all)")
     run.add_argument(
         "--address",
@@ -161,6 +167,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Before Ray starts and before anything is made: the name, trial storage, the tracking store.
     check_sweep_start(spec, args.storage, args.name, args.tracking_uri)
+    if args.warm_start is not None:
+        from sweeps.engine.warm_start import check_warm_start
+
+        check_warm_start(args.storage, args.warm_start, spec)
     from sweeps.engine.cluster import check_ray_address
 
     address = check_ray_address(args.address)  # before Ray (and the engine) is imported: seconds, not minutes
@@ -175,7 +185,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     # Ray starts inside, while the MLflow store opens
     result = run_sweep(
-        spec, root=args.storage, name=args.name, tracking_uri=args.tracking_uri, cpus=args.cpus, address=address
+        spec,
+        root=args.storage,
+        name=args.name,
+        tracking_uri=args.tracking_uri,
+        cpus=args.cpus,
+        address=address,
+        warm_start=args.warm_start,
     )
     return _print_result(result, spec, args.storage)
 

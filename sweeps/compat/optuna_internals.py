@@ -23,6 +23,14 @@ def trial_id(trial: optuna.Trial) -> int:
     return trial._trial_id
 
 
+def in_distribution(distribution: Any, value: Any) -> bool:
+    """Whether ``value`` (as a config holds it) is one ``distribution`` samples: a choice, or in range, on its step."""
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
 def running_trial(study: optuna.Study, frozen: Any) -> optuna.Trial:
     """A live ``Trial`` for a frozen RUNNING trial of ``study`` (to report to and tell it later)."""
     return optuna.Trial(study, frozen._trial_id)

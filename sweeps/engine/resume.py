@@ -59,7 +59,7 @@ from sweeps.engine.cluster import start_ray
 from sweeps.engine.runner import SweepResult, driver_identity, fit_and_finish, sweep_tuner
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.spec.sweep_spec import SweepSpec, load_spec
-from sweeps.store.study import load_study, make_sampler
+from sweeps.store.study import is_told, load_study, make_sampler
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
 from sweeps.tracking.mlflow_client import retry
 from sweeps.tracking.store_check import check_tracking_uri, open_store
@@ -214,6 +214,8 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
     by_id = {run.info.run_id: run for run in runs}
     by_number = {run.data.tags.get(TAG_OPTUNA_NUMBER): run for run in runs}
     for frozen in study.get_trials(deepcopy=False):
+        if frozen.state == TrialState.WAITING or is_told(frozen):  # queued, never asked; or told by a warm start
+            continue
         attrs = frozen.user_attrs
         run = by_id.get(str(attrs.get("mlflow_run_id"))) or by_number.get(str(frozen.number))
         tags = run.data.tags if run is not None else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from sweeps.engine.live_view import LiveView
 from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
 from sweeps.engine.searcher import OptunaSearcher
+from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.report import prewarm, result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
 from sweeps.spec.sweep_spec import SweepSpec
@@ -65,11 +67,14 @@ def run_sweep(
     stream: TextIO | None = None,
     cpus: int | None = None,
     address: str | None = None,
+    warm_start: str | Path | None = None,
 ) -> SweepResult:
     """Run ``spec`` to its trial budget and return the result; records survive an interrupt.
 
     Ray is started here unless it runs already (``cpus`` and ``address`` as :func:`start_ray` takes
-    them), while the MLflow store opens.
+    them), while the MLflow store opens. ``warm_start``: an earlier sweep (a name in ``root`` or its
+    folder) whose trials are told to the new study and whose best configs run first
+    (``sweeps.engine.warm_start``).
 
     Bad input (a sweep name, the tracking URI or its store, the Ray address, trial storage) is
     refused with a one-line ``InputError`` before anything is made; a start that fails after the
@@ -77,6 +82,7 @@ def run_sweep(
     """
     check_workers_fit(spec)  # budget.workers_per_trial: before anything is recorded
     uri = check_sweep_start(spec, root, name, tracking_uri)
+    earlier = check_warm_start(root, str(warm_start), spec) if warm_start is not None else None
     start_ray_and_store(uri, cpus, address)
     tracker = SweepTracker(uri)
     sweep = new_sweep_dir(root, name or default_name(spec.name), unique=name is None)
@@ -88,6 +94,12 @@ def run_sweep(
         meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
         sweep.write_meta(meta)
         study = create_study(sweep, spec)
+        if earlier is not None:
+            warm = tell_earlier_trials(study, earlier, spec)
+            print(warm.line(), file=stream or sys.stdout, flush=True)
+            meta["warm_start"] = {"sweep": str(earlier.path), "told": warm.told, "queued": warm.queued}
+            sweep.write_meta(meta)
+            tracker.set_tags(parent, {"sweep.warm_start": earlier.name, "sweep.warm_start.told": str(warm.told)})
         state = SweepState(metric=spec.metric, mode=spec.mode)
         searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
         tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream)

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.store.study import load_study
+from sweeps.store.study import is_told, load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
 
 UNSTABLE_SHARE = 0.05
@@ -21,7 +21,7 @@ def ranked_trials(sweep: SweepDir, skip_unstable: bool = False) -> list[FrozenTr
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not any(v > 0 for v in t.constraints.values()) and t.value is not None
+        if not any(v > 0 for v in t.constraints.values()) and t.value is not None and not is_told(t)
     ]
     if skip_unstable:
         trials = [t for t in trials if float(t.user_attrs.get("skipped_share", 0.0)) <= UNSTABLE_SHARE]

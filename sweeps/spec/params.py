@@ -48,6 +48,16 @@ class ParamSpec:
         """Whether every condition holds for the values chosen so far."""
         return all(name in values and values[name] in allowed for name, allowed in self.when.items())
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution :meth:`suggest` samples from."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "categorical":
+            return CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
     def suggest(self, trial: optuna.Trial) -> Any:
         """Sample this parameter from ``trial`` under its own name."""
         if self.kind == "categorical":

@@ -22,6 +22,14 @@ from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.sqlite_wal import use_wal
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
 
+WARM_ATTR = "warm_start"
+"""User attribute of a trial a warm start told the study (``sweeps.engine.warm_start``): the sweep it ran in."""
+
+
+def is_told(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a study's trial was told by a warm start: it ran in another sweep, not this one."""
+    return WARM_ATTR in trial.user_attrs
+
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     """TPE (grouped and multivariate, for conditional spaces; constant liar for parallel trials)."""

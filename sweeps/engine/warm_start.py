@@ -1,0 +1,143 @@
+"""Warm start: an earlier sweep's trials told to a new sweep's study, and its best configs tried first.
+
+``sweeps run SPEC --warm-start SWEEP``. Each trial of the earlier sweep that ended with something to
+say (completed, pruned with its epochs' values, diverged or out of memory as infeasible) and lies in
+the new spec's space is added to the new study as it ended, so TPE models from the first trial on.
+A trial lies in the space when the new spec's fixed values are its own and each parameter the new
+spec searches (where its condition holds) had a value in range. Failed and interrupted trials say
+nothing and are left out. The earlier sweep's best completed configs (up to :data:`TOP`) are queued:
+they are the new sweep's first trials, trained again under the new code and spec.
+
+Told trials carry the user attribute :data:`WARM_ATTR` (the sweep they ran in). They are the study's
+and not this sweep's: no MLflow run, no row in the report, never exported, and ``sweeps resume``
+skips them. Being first in the study, they take its first numbers: the new sweep's trials are
+numbered after them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.compat.optuna_internals import in_distribution
+from sweeps.spec.sweep_spec import SweepSpec
+from sweeps.store.study import WARM_ATTR, is_told, load_study
+from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
+
+QUEUED_ATTR = "warm_start_best"
+"""User attribute of a queued trial: which earlier trial's config it trains again (``sweep tNNN``)."""
+TOP = 3
+"""How many of the earlier sweep's best completed configs are queued (never more than the trial budget)."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What a warm start did: trials told, trials left out (by why), configs queued first."""
+
+    source: str
+    told: int
+    queued: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One line for the sweep's header, e.g. ``warm start from s1: told 12 trials, its best 3 first``."""
+        left = sum(self.skipped.values())
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
+        skipped = f"; left out {left} ({why})" if left else ""
+        return f"warm start from {self.source}: told {self.told} trials, its best {self.queued} first{skipped}"
+
+
+def check_warm_start(root: str | Path, name: str, spec: SweepSpec) -> SweepDir:
+    """The earlier sweep to warm-start from, checked before anything starts; raise a one-line error.
+
+    It must exist (a name in ``root`` or a sweep's folder), have a study, and optimise the same
+    metric in the same direction as ``spec``.
+    """
+    earlier = open_sweep_dir(root, name)
+    study = load_study(earlier)
+    metric = str(study.user_attrs.get("metric", ""))
+    mode = "min" if study.direction == optuna.study.StudyDirection.MINIMIZE else "max"
+    if (metric, mode) != (spec.metric, spec.mode):
+        raise SweepStoreError(
+            f"--warm-start {name}: that sweep optimised {metric or '?'} ({mode}), this spec {spec.metric} "
+            f"({spec.mode}); a warm start needs the same metric and direction"
+        )
+    return earlier
+
+
+def point_in_space(trial: FrozenTrial, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """The trial's values of ``spec``'s searched parameters and their distributions, or why it is not in the space."""
+    config = dict(trial.user_attrs.get("config") or {}) or dict(trial.params)
+    for key, value in spec.fixed.items():
+        if key in config and config[key] != value:
+            return f"fixed {key} differs"
+    params: dict[str, Any] = {}
+    distributions: dict[str, Any] = {}
+    for name, param in spec.params.items():
+        if not param.active({**spec.fixed, **params}):
+            continue
+        if name not in config:
+            return f"no value of {name}"
+        distribution = param.distribution()
+        if not in_distribution(distribution, config[name]):
+            return f"{name} outside this space"
+        params[name], distributions[name] = config[name], distribution
+    return params, distributions
+
+
+def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec) -> WarmStart:
+    """Add ``earlier``'s trials that lie in ``spec``'s space to ``study`` and queue its best configs."""
+    old = load_study(earlier)
+    told: list[FrozenTrial] = []
+    skipped: Counter[str] = Counter()
+    for trial in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        point = point_in_space(trial, spec)
+        if isinstance(point, str):
+            skipped[point] += 1
+            continue
+        params, distributions = point
+        told.append(
+            optuna.trial.create_trial(
+                state=trial.state,
+                value=trial.value,  # a pruned trial keeps its last epoch's value, as Optuna tells it
+                params=params,
+                distributions=distributions,
+                intermediate_values=dict(trial.intermediate_values),
+                constraints=trial.constraints or None,
+                user_attrs={
+                    WARM_ATTR: str(trial.user_attrs.get(WARM_ATTR, earlier.name)),
+                    "status": str(trial.user_attrs.get("status", "")),
+                },
+            )
+        )
+    study.add_trials(told)
+    queued = queue_best(study, old, earlier.name, spec)
+    return WarmStart(earlier.name, len(told), queued, dict(skipped))
+
+
+def queue_best(study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec) -> int:
+    """Queue the earlier sweep's best feasible completed configs in the space (its own trials, not ones it was told)."""
+    ranked = sorted(
+        (
+            t
+            for t in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not is_told(t) and t.value is not None and not any(v > 0 for v in t.constraints.values())
+        ),
+        key=lambda t: float(t.value or 0.0),
+        reverse=spec.mode == "max",
+    )
+    queued: list[dict[str, Any]] = []
+    for trial in ranked:
+        point = point_in_space(trial, spec)
+        if isinstance(point, str) or point[0] in queued:
+            continue
+        queued.append(point[0])
+        study.enqueue_trial(point[0], user_attrs={QUEUED_ATTR: f"{source} t{trial.number:03d}"})
+        if len(queued) >= min(TOP, spec.budget.trials):
+            break
+    return len(queued)

@@ -1,0 +1,103 @@
+"""Warm start: an earlier sweep's trials told to a new study, its best configs first (real Ray, Optuna, MLflow)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeps.cli import main
+from sweeps.engine.runner import SweepResult, run_sweep
+from sweeps.engine.warm_start import QUEUED_ATTR, check_warm_start, point_in_space
+from sweeps.results.export import best_config
+from sweeps.spec.sweep_spec import load_spec
+from sweeps.store.study import WARM_ATTR, create_study, load_study
+from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
+from tests.helpers import spec_from_dict, toy_spec, write_spec
+
+EARLIER = toy_spec("wa", budget__trials=6, budget__epochs=2)
+NARROWER = toy_spec("wb", budget__trials=4, budget__epochs=2, params__lr__low=1e-3)  # lr 1e-3..1, was 1e-5..1
+
+
+def sweep(workdir: Path, data: dict[str, Any], **kwargs: Any) -> SweepResult:
+    path = write_spec(workdir, data, f"{data['name']}.yaml")
+    kwargs.setdefault("stream", io.StringIO())
+    return run_sweep(load_spec(path), root=workdir / "runs", name=data["name"], **kwargs)
+
+
+def frozen(params: dict[str, Any], config: dict[str, Any] | None = None, value: float = 0.1) -> Any:
+    dists = {k: optuna.distributions.FloatDistribution(1e-9, 10.0) for k in params}
+    return optuna.trial.create_trial(value=value, params=params, distributions=dists, user_attrs={"config": config})
+
+
+def test_a_trial_is_a_point_of_the_new_space_only_where_every_value_fits() -> None:
+    spec = spec_from_dict(NARROWER)
+    assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01, "width": 4}), spec)[0] == {"lr": 0.01, "width": 4}  # type: ignore[index]
+    assert point_in_space(frozen({"lr": 1e-4}, {"lr": 1e-4, "width": 4}), spec) == "lr outside this space"
+    assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01, "width": 9}), spec) == "width outside this space"
+    fixed_width = spec_from_dict(toy_spec("f", params={"lr": EARLIER["params"]["lr"]}, fixed={"width": 4}))
+    assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01, "width": 2}), fixed_width) == "fixed width differs"
+    wider = spec_from_dict(
+        toy_spec("w", params={**EARLIER["params"], "steps_per_epoch": {"type": "int", "low": 1, "high": 9}})
+    )
+    assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01, "width": 4}), wider) == "no value of steps_per_epoch"
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("ray_session")
+def test_warm_start_tells_the_earlier_trials_runs_its_best_first_and_exports_only_its_own(workdir: Path) -> None:
+    earlier = sweep(workdir, EARLIER)
+    old = load_study(earlier.sweep)
+    in_space = [t for t in old.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)) if t.params["lr"] >= 1e-3]
+    completed = sorted((t for t in in_space if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert completed, "the earlier sweep needs a completed trial with lr >= 1e-3 (seed 0 gives some)"
+
+    stream = io.StringIO()
+    result = sweep(workdir, NARROWER, warm_start="wa", stream=stream)
+    study = load_study(result.sweep)
+    told = [t for t in study.trials if WARM_ATTR in t.user_attrs]
+    assert len(told) == len(in_space) and {t.user_attrs[WARM_ATTR] for t in told} == {"wa"}
+    assert [t.state for t in told] == [t.state for t in in_space]
+    assert [t.value for t in told] == [t.value for t in in_space]
+    assert f"warm start from wa: told {len(in_space)} trials" in stream.getvalue()
+
+    # The new sweep ran its own 4 trials, the earlier best config (in the new space) first.
+    own = sorted((t for t in study.trials if WARM_ATTR not in t.user_attrs), key=lambda t: t.number)
+    assert len(own) == 4 and len(result.state.trials) == 4
+    assert own[0].params == completed[0].params
+    assert own[0].user_attrs[QUEUED_ATTR] == f"wa t{completed[0].number:03d}"
+    assert min(t.number for t in own) == len(told)  # numbered after the told trials
+
+    # Only its own trials are exported, and the record says where the warm start came from.
+    exported = best_config(result.sweep)
+    assert exported["source"]["trial"] in {t.number for t in own}
+    assert result.sweep.read_meta()["warm_start"]["told"] == len(told)
+    parent = mlflow.MlflowClient(result.tracking_uri).get_run(result.parent_run_id)
+    assert parent.data.tags["sweep.warm_start"] == "wa"
+    assert math.isfinite(exported["metric"]["value"])
+
+
+def test_a_warm_start_from_a_missing_sweep_or_another_metric_is_refused_before_anything(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = spec_from_dict(NARROWER)
+    with pytest.raises(SweepStoreError, match="no sweep 'nope'"):
+        check_warm_start(workdir / "runs", "nope", spec)
+    path = write_spec(workdir, NARROWER, "wb.yaml")
+    assert main(["run", str(path), "--storage", str(workdir / "runs"), "--warm-start", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no sweep 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
+
+    maximised = spec_from_dict(toy_spec("other", metric={"name": "val_loss", "mode": "max"}))
+    other = new_sweep_dir(workdir / "runs", "other")
+    other.write_meta({"name": "other"})
+    create_study(other, maximised)
+    with pytest.raises(SweepStoreError, match=r"optimised val_loss \(max\), this spec val_loss \(min\)"):
+        check_warm_start(workdir / "runs", "other", spec)
