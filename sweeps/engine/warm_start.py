@@ -25,8 +25,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.compat.optuna_internals import in_distribution
+from sweeps.results.export import ranked
 from sweeps.spec.sweep_spec import SweepSpec
-from sweeps.store.study import WARM_ATTR, is_told, load_study
+from sweeps.store.study import WARM_ATTR, load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
 
 QUEUED_ATTR = "warm_start_best"
@@ -122,17 +123,8 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
 
 def queue_best(study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec) -> int:
     """Queue the earlier sweep's best feasible completed configs in the space (its own trials, not ones it was told)."""
-    ranked = sorted(
-        (
-            t
-            for t in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not is_told(t) and t.value is not None and not any(v > 0 for v in t.constraints.values())
-        ),
-        key=lambda t: float(t.value or 0.0),
-        reverse=spec.mode == "max",
-    )
     queued: list[dict[str, Any]] = []
-    for trial in ranked:
+    for trial in ranked(old):  # best first, as export ranks them
         point = point_in_space(trial, spec)
         if isinstance(point, str) or point[0] in queued:
             continue

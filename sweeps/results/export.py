@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
@@ -16,8 +17,12 @@ UNSTABLE_SHARE = 0.05
 
 
 def ranked_trials(sweep: SweepDir, skip_unstable: bool = False) -> list[FrozenTrial]:
-    """Completed, feasible trials, best first; without unstable ones when asked."""
-    study = load_study(sweep)
+    """The sweep's completed, feasible trials, best first; without unstable ones when asked."""
+    return ranked(load_study(sweep), skip_unstable)
+
+
+def ranked(study: optuna.Study, skip_unstable: bool = False) -> list[FrozenTrial]:
+    """A study's completed, feasible trials that ran in its sweep (none a warm start told), best first."""
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
