@@ -3,7 +3,8 @@
 Every system in ``benchmarks/search_quality.py`` trains these same classes (Ray Tune's function
 trainables and ours through the engine, Optuna, Syne Tune and SMAC in their own processes), so only
 the search and the scheduling differ. Each trainer appends one JSON line per validation to its own
-file under ``trace_dir``: ``{"t": wall clock, "epoch": n, "value": metric or null}``; the benchmark
+file under ``trace_dir``: ``{"t": wall clock, "epoch": n, "value": metric or null}`` (the first line
+also ``"config"``: the trial's config, to see which region a system found); the benchmark
 turns those lines into its anytime curves. Torch runs one thread per trial in every system.
 """
 
@@ -13,7 +14,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,17 +25,20 @@ from trainables.vae import VAEConfig, VAETrainer
 
 
 class _Trace:
-    """One trial's trace file: a line per validation."""
+    """One trial's trace file: a line per validation, the first also with the trial's config."""
 
-    def __init__(self, trace_dir: str, metric: str) -> None:
+    def __init__(self, trace_dir: str, metric: str, config: Any = None) -> None:
         self.metric = metric
         self.path = Path(trace_dir) / f"{uuid.uuid4().hex}.jsonl" if trace_dir else None
+        self.config = {k: v for k, v in asdict(config).items() if k != "trace_dir"} if config is not None else None
 
     def write(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.path is None:
             return
         value = float(metrics.get(self.metric, math.nan))
-        row = {"t": time.time(), "epoch": epoch, "value": value if math.isfinite(value) else None}
+        row: dict[str, Any] = {"t": time.time(), "epoch": epoch, "value": value if math.isfinite(value) else None}
+        if self.config is not None:
+            row["config"], self.config = self.config, None
         with self.path.open("a") as out:
             out.write(json.dumps(row) + "\n")
 
@@ -54,7 +58,7 @@ class TracedVAE(VAETrainer):
     def __init__(self, config: TracedVAEConfig) -> None:
         torch.set_num_threads(1)
         super().__init__(config)
-        self.trace = _Trace(config.trace_dir, "val_mse")
+        self.trace = _Trace(config.trace_dir, "val_mse", config)
 
     def validate(self) -> dict[str, float]:
         """Validate and trace the result."""
@@ -78,7 +82,7 @@ class TracedSRGAN(SRGANTrainer):
     def __init__(self, config: TracedSRGANConfig) -> None:
         torch.set_num_threads(1)
         super().__init__(config)
-        self.trace = _Trace(config.trace_dir, "val_psnr")
+        self.trace = _Trace(config.trace_dir, "val_psnr", config)
 
     def validate(self) -> dict[str, float]:
         """Validate and trace the result."""
