@@ -60,7 +60,7 @@ def test_tpe_moves_away_from_trials_told_infeasible(told: str) -> None:
             "metric": {"name": "val_mse", "mode": "min"},
             "seed": 0,
             "budget": {"trials": 60, "epochs": 1},
-            "search": {"n_startup_trials": 10},
+            "search": {"n_startup_trials": 10, "random_fraction": 0},  # TPE's own choices only
             "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
         },
         "<unit>",

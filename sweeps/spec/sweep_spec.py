@@ -83,11 +83,14 @@ class Search:
     ``diverged_as: infeasible`` (default) tells diverged and out-of-memory trials as infeasible
     (an Optuna constraint), so TPE moves away from them; ``fail`` tells them FAIL, which TPE
     ignores (what plain Ray Tune's OptunaSearch does); it exists to measure the difference.
+    ``random_fraction``: the share of TPE's trials drawn uniformly at random instead
+    (``sweeps.store.interleaved_sampler``; 0: none).
     """
 
     sampler: str = "tpe"
     n_startup_trials: int = 5
     diverged_as: str = "infeasible"
+    random_fraction: float = 0.2
 
 
 @dataclass
@@ -414,7 +417,7 @@ def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
 
 def _search(value: Any, problems: Problems) -> Search:
     section = _section(value, "search", problems)
-    _unknown(section, {"sampler", "n_startup_trials", "diverged_as"}, "search", problems)
+    _unknown(section, {"sampler", "n_startup_trials", "diverged_as", "random_fraction"}, "search", problems)
     diverged_as = section.get("diverged_as", "infeasible")
     if diverged_as not in ("infeasible", "fail"):
         problems.add("search.diverged_as", f"must be 'infeasible' or 'fail', got {diverged_as!r}")
@@ -426,6 +429,11 @@ def _search(value: Any, problems: Problems) -> Search:
     startup = as_int(section.get("n_startup_trials", 5), "search.n_startup_trials", problems, minimum=0)
     search.n_startup_trials = startup if startup is not None else 5
     search.diverged_as = str(diverged_as)
+    fraction = as_number(section.get("random_fraction", search.random_fraction), "search.random_fraction", problems)
+    if fraction is not None and not 0 <= fraction < 1:
+        problems.add("search.random_fraction", f"must be >= 0 and < 1, got {fraction}")
+    elif fraction is not None:
+        search.random_fraction = float(fraction)
     return search
 
 

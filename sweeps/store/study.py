@@ -19,6 +19,7 @@ import optuna
 
 from sweeps.compat.optuna_internals import cached_trial, write_progress
 from sweeps.spec.sweep_spec import SweepSpec
+from sweeps.store.interleaved_sampler import RandomInterleavedSampler
 from sweeps.store.sqlite_wal import use_wal
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
 
@@ -32,18 +33,25 @@ def is_told(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """TPE (grouped and multivariate, for conditional spaces; constant liar for parallel trials)."""
+    """TPE (grouped and multivariate, for conditional spaces; constant liar for parallel trials).
+
+    ``search.random_fraction`` of its trials are drawn at random instead (see
+    :mod:`sweeps.store.interleaved_sampler`).
+    """
     if spec.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
+        tpe = optuna.samplers.TPESampler(
             seed=spec.seed,
             n_startup_trials=spec.search.n_startup_trials,
             multivariate=True,
             group=True,
             constant_liar=True,
         )
+    if spec.search.random_fraction <= 0:
+        return tpe
+    return RandomInterleavedSampler(tpe, spec.search.random_fraction, spec.seed)
 
 
 def open_storage(sweep: SweepDir) -> optuna.storages.BaseStorage | str:
