@@ -92,14 +92,13 @@ def run_sweep(
         parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
         storage_path, experiment = ray_location(spec, sweep)
         meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
-        sweep.write_meta(meta)
         study = create_study(sweep, spec)
         if earlier is not None:
             warm = tell_earlier_trials(study, earlier, spec)
             print(warm.line(), file=stream or sys.stdout, flush=True)
             meta["warm_start"] = {"sweep": str(earlier.path), "told": warm.told, "queued": warm.queued}
-            sweep.write_meta(meta)
             tracker.set_tags(parent, {"sweep.warm_start": earlier.name, "sweep.warm_start.told": str(warm.told)})
+        sweep.write_meta(meta)
         state = SweepState(metric=spec.metric, mode=spec.mode)
         searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
         tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream)
