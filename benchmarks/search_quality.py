@@ -78,6 +78,18 @@ class Task:
     fixed: dict[str, Any] = field(default_factory=dict)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # the spec's ``params`` format
 
+    def spec(self, name: str, seed: int, budget: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+        """The task as a spec of ours (the dict its YAML holds), with ``fixed`` added to the task's fixed values."""
+        return {
+            "name": name,
+            "trainer": self.trainer_path,
+            "metric": {"name": self.metric, "mode": self.mode},
+            "seed": seed,
+            "budget": budget,
+            "fixed": {**self.fixed, **fixed},
+            "params": self.params,
+        }
+
     def coerce(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` with each searched one as the space's own Python type (peers hand numpy or str)."""
         out = dict(values)

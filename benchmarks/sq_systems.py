@@ -45,15 +45,7 @@ def run_ours(
     import sweeps
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
-    raw = {
-        "name": f"sq-{task.name}-{seed}",
-        "trainer": task.trainer_path,
-        "metric": {"name": task.metric, "mode": task.mode},
-        "seed": seed,
-        "budget": {"trials": MANY, "epochs": task.epochs},
-        "fixed": {**task.fixed, "trace_dir": trace_dir},
-        "params": task.params,
-    }
+    raw = task.spec(f"sq-{task.name}-{seed}", seed, {"trials": MANY, "epochs": task.epochs}, trace_dir=trace_dir)
     for dotted, value in (overrides or {}).items():
         *path, last = dotted.split(".")
         section = raw

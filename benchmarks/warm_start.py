@@ -34,16 +34,7 @@ CHECKPOINTS = (3, 6, 12)
 
 def spec_file(folder: Path, name: str, seed: int, epochs: int, trials: int) -> Path:
     """A spec of the vae task (2 trials at once) in ``folder``."""
-    task = TASKS["vae"]
-    raw = {
-        "name": name,
-        "trainer": task.trainer_path,
-        "metric": {"name": task.metric, "mode": task.mode},
-        "seed": seed,
-        "budget": {"trials": trials, "epochs": epochs, "concurrency": 2},
-        "fixed": dict(task.fixed),
-        "params": task.params,
-    }
+    raw = TASKS["vae"].spec(name, seed, {"trials": trials, "epochs": epochs, "concurrency": 2})
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
