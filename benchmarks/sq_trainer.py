@@ -27,10 +27,10 @@ from trainables.vae import VAEConfig, VAETrainer
 class _Trace:
     """One trial's trace file: a line per validation, the first also with the trial's config."""
 
-    def __init__(self, trace_dir: str, metric: str, config: Any = None) -> None:
+    def __init__(self, config: Any, metric: str) -> None:
         self.metric = metric
-        self.path = Path(trace_dir) / f"{uuid.uuid4().hex}.jsonl" if trace_dir else None
-        self.config = {k: v for k, v in asdict(config).items() if k != "trace_dir"} if config is not None else None
+        self.path = Path(config.trace_dir) / f"{uuid.uuid4().hex}.jsonl" if config.trace_dir else None
+        self.config: dict[str, Any] | None = {k: v for k, v in asdict(config).items() if k != "trace_dir"}
 
     def write(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.path is None:
@@ -58,7 +58,7 @@ class TracedVAE(VAETrainer):
     def __init__(self, config: TracedVAEConfig) -> None:
         torch.set_num_threads(1)
         super().__init__(config)
-        self.trace = _Trace(config.trace_dir, "val_mse", config)
+        self.trace = _Trace(config, "val_mse")
 
     def validate(self) -> dict[str, float]:
         """Validate and trace the result."""
@@ -82,7 +82,7 @@ class TracedSRGAN(SRGANTrainer):
     def __init__(self, config: TracedSRGANConfig) -> None:
         torch.set_num_threads(1)
         super().__init__(config)
-        self.trace = _Trace(config.trace_dir, "val_psnr", config)
+        self.trace = _Trace(config, "val_psnr")
 
     def validate(self) -> dict[str, float]:
         """Validate and trace the result."""
