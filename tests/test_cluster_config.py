@@ -471,8 +471,49 @@ def test_start_ray_passes_the_address_and_sizes_only_a_local_ray(monkeypatch: py
     assert calls[0]["runtime_env"]["env_vars"]["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
     assert calls[0]["_system_config"] is None  # no preload on a cluster (its config is its own)
     assert calls[1]["runtime_env"] is None and calls[2]["runtime_env"] is None
-    assert calls[1]["_system_config"] == {"preload_python_modules": ["sweeps.trial.one_worker"]}
+    assert calls[1]["_system_config"] == {
+        "preload_python_modules": ["sweeps.trial.one_worker"],
+        "idle_worker_killing_time_threshold_ms": runner.PRESTARTED_IDLE_MS,
+    }
     assert calls[2]["_system_config"] is None  # nothing asked to preload
+
+
+PRESTARTED_WORKERS_TAKE_THE_TRIALS = """
+import os, sys, time
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from sweeps.engine.cluster import start_ray
+
+start_ray(num_cpus=2, address="local", preload=("json",))
+group = placement_group([{"CPU": 1}, {"CPU": 1}])  # as Tune reserves its trials' CPUs
+ray.get(group.ready())
+time.sleep(3)  # a driver slower than Ray's idle-worker timeout to create the trial actors
+
+@ray.remote(num_cpus=1)
+class Trial:
+    def pid(self):
+        return os.getpid()
+
+trials = [Trial.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, i)).remote() for i in range(2)]
+ray.get([t.pid.remote() for t in trials])
+raylet_log = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs", "raylet.out")
+print("workers started:", sum("Started worker process" in line for line in open(raylet_log)))
+ray.shutdown()
+"""
+
+
+def test_a_new_local_ray_keeps_its_prestarted_workers_for_slow_trials(tmp_path: Path) -> None:
+    """Ray's prestarted (preloaded) workers take the trial actors even when those come seconds after
+    Tune reserved their CPUs: with Ray's 1 s idle timeout it ended them and started two new processes."""
+    script = tmp_path / "prestarted.py"
+    script.write_text(PRESTARTED_WORKERS_TAKE_THE_TRIALS)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_preload_python_modules", None)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "workers started: 2" in done.stdout, done.stdout
 
 
 def test_trial_actors_start_without_a_runtime_env_only_on_a_local_ray(monkeypatch: pytest.MonkeyPatch) -> None:

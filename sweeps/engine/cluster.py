@@ -32,6 +32,16 @@ ENGINE_ENV = {
 GCS_TIMEOUT_S = 3.0
 """How long a Ray cluster's head (its GCS port) has to accept a connection before ``ray.init`` is tried."""
 LOCAL_HINT = "pass --address local for a new local Ray"
+PRESTARTED_IDLE_MS = 60_000
+"""How long a new local Ray's idle workers may wait before Ray ends them (Ray's default: 1 s).
+
+With the default, Ray ended the workers it had prestarted (and that had imported the trial's
+modules) whenever Tune asked for its first trial actors more than a second after Ray started (a
+slow or busy machine: the driver takes 5 to 10 s there to open the store and set Tune up); each
+trial then waited for a new process that imported everything again (raylet log: "Worker exited
+because it was idle for a long time"; first validation 37 s instead of 25 s on a slow 2-core
+machine). Only a new local Ray whose workers preload gets this setting; a cluster keeps its own.
+"""
 
 
 class RayAddressError(InputError):
@@ -48,7 +58,8 @@ def start_ray(num_cpus: int | None = None, address: str | None = None, preload: 
 
     A new local Ray's workers inherit this process's environment, so trial actors need no runtime
     env of their own and start in the workers Ray prestarts, which import the ``preload`` modules
-    while they wait (the first validation came 0.4 to 2 s sooner here). On a cluster the engine's env
+    while they wait (the first validation came 0.4 to 2 s sooner here), and are kept while idle for up
+    to :data:`PRESTARTED_IDLE_MS`. On a cluster the engine's env
     vars travel as the job's runtime env, and every trial actor starts a new process.
     """
     import ray
@@ -70,11 +81,16 @@ def start_ray(num_cpus: int | None = None, address: str | None = None, preload: 
             log_to_driver=False,
             logging_level=logging.ERROR,
             runtime_env=None if local else {"env_vars": {**ENGINE_ENV, "PYTHONPATH": os.environ["PYTHONPATH"]}},
-            _system_config={"preload_python_modules": list(preload)} if preloading else None,
+            _system_config=_preloading_config(preload) if preloading else None,
         )
     except ConnectionError as exc:  # e.g. 'auto' with no cluster on this machine, or a head that just went away
         where = f"at {address}" if address not in (None, "auto") else "on this machine"
         raise RayAddressError(f"cannot join a Ray cluster {where}: {failure_reason(exc)}; {LOCAL_HINT}") from None
+
+
+def _preloading_config(preload: Sequence[str]) -> dict[str, object]:
+    """Ray's system config for a new local Ray whose prestarted workers import ``preload`` and wait for trials."""
+    return {"preload_python_modules": list(preload), "idle_worker_killing_time_threshold_ms": PRESTARTED_IDLE_MS}
 
 
 def check_ray_address(address: str | None, timeout: float = GCS_TIMEOUT_S) -> str | None:
