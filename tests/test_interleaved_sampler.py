@@ -86,10 +86,6 @@ def test_the_spec_sets_the_share_and_tpe_gets_wrapped(tmp_path: Path) -> None:
     assert isinstance(off, optuna.samplers.TPESampler)
     third = make_sampler(spec_from_dict({**SPEC, "search": {"random_fraction": "0.33"}}, "<unit>"))
     assert isinstance(third, RandomInterleavedSampler) and third.fraction == 0.33
-    assert default.base._multivariate  # the default: TPE models the parameters jointly
-    independent_spec = {**SPEC, "search": {"multivariate": False, "random_fraction": 0}}
-    independent = make_sampler(spec_from_dict(independent_spec, "<unit>"))
-    assert isinstance(independent, optuna.samplers.TPESampler) and not independent._multivariate
     plain_random = make_sampler(spec_from_dict({**SPEC, "search": {"sampler": "random"}}, "<unit>"))
     assert isinstance(plain_random, optuna.samplers.RandomSampler)
     for bad in (1, -0.1, "lots"):

@@ -71,7 +71,6 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"asha": {"grace_period": 9}}, "asha.grace_period", "more than budget.epochs"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"search": {"diverged_as": "ignore"}}, "search.diverged_as", "'infeasible' or 'fail'"),
-        ({"search": {"multivariate": "yes"}}, "search.multivariate", "true or false"),
         ({"divergence": {"loss_scale": {"flor": 1}}}, "divergence.loss_scale.flor", "unknown key"),
         ({"divergence": {"non_finite": {"steps": -1}}}, "divergence.non_finite.steps", "must be >= 0"),
         ({"budget__retries": -1}, "budget.retries", "must be >= 0"),

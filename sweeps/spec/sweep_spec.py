@@ -84,15 +84,13 @@ class Search:
     (an Optuna constraint), so TPE moves away from them; ``fail`` tells them FAIL, which TPE
     ignores (what plain Ray Tune's OptunaSearch does); it exists to measure the difference.
     ``random_fraction``: the share of TPE's trials drawn uniformly at random instead
-    (``sweeps.store.interleaved_sampler``; 0: none). ``multivariate``: TPE models the parameters
-    jointly (grouped, for conditional spaces) instead of one at a time.
+    (``sweeps.store.interleaved_sampler``; 0: none).
     """
 
     sampler: str = "tpe"
     n_startup_trials: int = 5
     diverged_as: str = "infeasible"
     random_fraction: float = 0.2
-    multivariate: bool = True
 
 
 @dataclass
@@ -419,8 +417,7 @@ def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
 
 def _search(value: Any, problems: Problems) -> Search:
     section = _section(value, "search", problems)
-    keys = {"sampler", "n_startup_trials", "diverged_as", "random_fraction", "multivariate"}
-    _unknown(section, keys, "search", problems)
+    _unknown(section, {"sampler", "n_startup_trials", "diverged_as", "random_fraction"}, "search", problems)
     diverged_as = section.get("diverged_as", "infeasible")
     if diverged_as not in ("infeasible", "fail"):
         problems.add("search.diverged_as", f"must be 'infeasible' or 'fail', got {diverged_as!r}")
@@ -437,11 +434,6 @@ def _search(value: Any, problems: Problems) -> Search:
         problems.add("search.random_fraction", f"must be >= 0 and < 1, got {fraction}")
     elif fraction is not None:
         search.random_fraction = float(fraction)
-    multivariate = section.get("multivariate", search.multivariate)
-    if isinstance(multivariate, bool):
-        search.multivariate = multivariate
-    else:
-        problems.add("search.multivariate", f"must be true or false, got {multivariate!r}")
     return search
 
 

@@ -33,7 +33,7 @@ def is_told(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """TPE (constant liar for parallel trials; grouped and multivariate unless ``search.multivariate`` is off).
+    """TPE (grouped and multivariate, for conditional spaces; constant liar for parallel trials).
 
     ``search.random_fraction`` of its trials are drawn at random instead (see
     :mod:`sweeps.store.interleaved_sampler`).
@@ -45,8 +45,8 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         tpe = optuna.samplers.TPESampler(
             seed=spec.seed,
             n_startup_trials=spec.search.n_startup_trials,
-            multivariate=spec.search.multivariate,
-            group=spec.search.multivariate,
+            multivariate=True,
+            group=True,
             constant_liar=True,
         )
     if spec.search.random_fraction <= 0:
