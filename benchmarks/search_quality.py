@@ -250,14 +250,27 @@ def run_system(
     ended_early = proc.poll() is not None
     _stop(proc, run_id)
     log.close()
+    workers = ray_workers(ray_tmp)
     shutil.rmtree(ray_tmp, ignore_errors=True)
     events = read_events(trace_dir, task, t0, budget_s)
     return {
         **events,
+        **workers,
         "ended_early": ended_early,
         "exit": proc.returncode,
         "log_tail": _tail(run_dir / "log.txt") if ended_early else "",
     }
+
+
+def ray_workers(ray_tmp: Path) -> dict[str, int]:
+    """Worker processes a run's local Ray started, and those it ended as idle (its raylet logs; none: 0)."""
+    started = ended = 0
+    for log in ray_tmp.glob("ray/session_*/logs/raylet.out"):
+        text = log.read_text(errors="replace")
+        started += text.count("Started worker process")
+    for log in ray_tmp.glob("ray/session_*/logs/python-core-worker-*.log"):
+        ended += "idle for a long time" in log.read_text(errors="replace")
+    return {"ray_workers_started": started, "ray_workers_ended_idle": ended}
 
 
 def _stop(proc: subprocess.Popen[bytes], run_id: str) -> None:
@@ -313,7 +326,7 @@ def read_events(trace_dir: Path, task: Task, t0: float, budget_s: float) -> dict
     sign = 1.0 if task.mode == "min" else -1.0
     completions: list[tuple[float, float]] = []
     trials = epochs = 0
-    first = math.inf  # the first validation of any trial: how long until a trainer ran an epoch
+    firsts: list[float] = []  # each trial's first validation; the earliest: how long until a trainer ran an epoch
     for path in trace_dir.glob("*.jsonl"):
         rows = []
         for line in path.read_text().splitlines():
@@ -326,18 +339,18 @@ def read_events(trace_dir: Path, task: Task, t0: float, budget_s: float) -> dict
             continue
         trials += 1
         epochs += len(rows)
-        first = min(first, rows[0]["t"] - t0)
+        firsts.append(rows[0]["t"] - t0)
         last = rows[-1]
         if last["epoch"] >= task.epochs and last["value"] is not None and math.isfinite(last["value"]):
             completions.append((last["t"] - t0, sign * float(last["value"])))
     completions.sort()
-    first_s = first if math.isfinite(first) else None
     return {
         "completions": completions,
         "trials": trials,
         "epochs": epochs,
         "full": len(completions),
-        "first_s": first_s,
+        "first_s": min(firsts, default=None),
+        "firsts": sorted(firsts),
     }
 
 

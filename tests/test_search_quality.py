@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.search_quality import GRID, TASKS, curve, parse_variant, percentile, read_events, summarize
+from benchmarks.search_quality import (
+    GRID,
+    TASKS,
+    curve,
+    parse_variant,
+    percentile,
+    ray_workers,
+    read_events,
+    summarize,
+)
 from tests.helpers import ROOT, project_env
 
 
@@ -47,6 +56,18 @@ def test_maximised_metric_is_negated_and_summary_compares_per_seed() -> None:
     assert summary["peers"]["optuna"]["win_rate"] == 1.0
     assert summary["peers"]["optuna"]["reach"] == pytest.approx(round(0.1 * GRID) / GRID)
     assert summary["systems"]["ours"]["at"][0.25][0] == -25.0
+
+
+def test_ray_workers_are_counted_from_the_runs_ray_logs(tmp_path: Path) -> None:
+    logs = tmp_path / "ray" / "session_2026-12-02_13-22-47_119912_10545" / "logs"
+    logs.mkdir(parents=True)
+    started = "(raylet) worker_pool.cc:564: Started worker process with pid {} worker_id=ab\n"
+    (logs / "raylet.out").write_text("".join(started.format(pid) for pid in (10, 11, 12)))
+    exit_line = "Executing worker exit: INTENDED_SYSTEM_EXIT - Worker exited because it was idle for a long time\n"
+    (logs / "python-core-worker-aa_10.log").write_text(exit_line)
+    (logs / "python-core-worker-bb_12.log").write_text("Core worker is destructed\n")
+    assert ray_workers(tmp_path) == {"ray_workers_started": 3, "ray_workers_ended_idle": 1}
+    assert ray_workers(tmp_path / "no-ray") == {"ray_workers_started": 0, "ray_workers_ended_idle": 0}
 
 
 def test_percentile_with_nothing_yet() -> None:
@@ -93,5 +114,6 @@ def test_quick_mode_prints_the_table_and_the_verdict(tmp_path: Path) -> None:
     runs = [json.loads(line) for line in rows.read_text().splitlines()]
     assert len(runs) == 6  # 3 systems x 2 seeds
     for run in runs:
+        assert run["first_s"] == (run["firsts"][0] if run["firsts"] else None)
         values = curve([tuple(c) for c in run["completions"]], run["budget_s"])
         assert all(b <= a for a, b in zip(values, values[1:], strict=False))
