@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import site
@@ -44,6 +45,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +250,10 @@ def run_system(
     while time.time() < deadline and proc.poll() is None:
         time.sleep(min(0.5, max(0.0, deadline - time.time())))
     ended_early = proc.poll() is not None
+    stopping = time.time()
     _stop(proc, run_id)
     log.close()
-    workers = ray_workers(ray_tmp)
+    workers = ray_workers(ray_tmp, until=stopping)
     shutil.rmtree(ray_tmp, ignore_errors=True)
     events = read_events(trace_dir, task, t0, budget_s)
     return {
@@ -262,14 +265,25 @@ def run_system(
     }
 
 
-def ray_workers(ray_tmp: Path) -> dict[str, int]:
-    """Worker processes a run's local Ray started, and those it ended as idle (its raylet logs; none: 0)."""
+def ray_workers(ray_tmp: Path, until: float = math.inf) -> dict[str, int]:
+    """Worker processes a run's local Ray started, and those it ended as idle, by ``until`` (epoch seconds).
+
+    Read from the run's Ray logs (none: 0); ``until`` leaves out what Ray logged once the run was
+    being stopped.
+    """
+
+    def by(line: str) -> bool:
+        stamp = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", line)
+        return stamp is None or datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() <= until
+
     started = ended = 0
-    for log in ray_tmp.glob("ray/session_*/logs/raylet.out"):
-        text = log.read_text(errors="replace")
-        started += text.count("Started worker process")
-    for log in ray_tmp.glob("ray/session_*/logs/python-core-worker-*.log"):
-        ended += "idle for a long time" in log.read_text(errors="replace")
+    sessions = [path for path in ray_tmp.glob("ray/session_*") if not path.is_symlink()]  # not session_latest
+    for log in (log for session in sessions for log in session.glob("logs/raylet.out")):
+        lines = log.read_text(errors="replace").splitlines()
+        started += sum(by(line) for line in lines if "Started worker process" in line)
+    for log in (log for session in sessions for log in session.glob("logs/python-core-worker-*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        ended += any(by(line) for line in lines if "idle for a long time" in line)
     return {"ray_workers_started": started, "ray_workers_ended_idle": ended}
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -61,12 +62,15 @@ def test_maximised_metric_is_negated_and_summary_compares_per_seed() -> None:
 def test_ray_workers_are_counted_from_the_runs_ray_logs(tmp_path: Path) -> None:
     logs = tmp_path / "ray" / "session_2026-12-02_13-22-47_119912_10545" / "logs"
     logs.mkdir(parents=True)
-    started = "(raylet) worker_pool.cc:564: Started worker process with pid {} worker_id=ab\n"
-    (logs / "raylet.out").write_text("".join(started.format(pid) for pid in (10, 11, 12)))
-    exit_line = "Executing worker exit: INTENDED_SYSTEM_EXIT - Worker exited because it was idle for a long time\n"
+    started = "[2026-12-02 13:22:5{},000 I 9 9] (raylet) worker_pool.cc:564: Started worker process with pid 1{}\n"
+    (logs / "raylet.out").write_text("".join(started.format(s, s) for s in (4, 5, 8)))
+    exit_line = "[2026-12-02 13:22:57,142 I 1 2] Worker exited because it was idle for a long time (timeout: 1000ms)\n"
     (logs / "python-core-worker-aa_10.log").write_text(exit_line)
     (logs / "python-core-worker-bb_12.log").write_text("Core worker is destructed\n")
+    (tmp_path / "ray" / "session_latest").symlink_to(logs.parent)  # as Ray makes it: counted once
     assert ray_workers(tmp_path) == {"ray_workers_started": 3, "ray_workers_ended_idle": 1}
+    stop = datetime(2026, 12, 2, 13, 22, 56).timestamp()  # the run was stopped then: later lines do not count
+    assert ray_workers(tmp_path, until=stop) == {"ray_workers_started": 2, "ray_workers_ended_idle": 0}
     assert ray_workers(tmp_path / "no-ray") == {"ray_workers_started": 0, "ray_workers_ended_idle": 0}
 
 
