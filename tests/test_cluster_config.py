@@ -503,6 +503,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.integration
 def test_a_new_local_ray_keeps_its_prestarted_workers_for_slow_trials(tmp_path: Path) -> None:
     """Ray's prestarted (preloaded) workers take the trial actors even when those come seconds after
     Tune reserved their CPUs: with Ray's 1 s idle timeout it ended them and started two new processes."""
