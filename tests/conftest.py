@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import project_env
+from tests.helpers import LOOPBACK_RAY, project_env
+
+# Every Ray the tests start binds and connects on loopback only: this process's, and the CLI's in
+# subprocesses, which inherit the variable. Without it Ray takes this machine's outward address
+# (eth0) as the node's, even for a local Ray. Ray reads it when it is imported, so it is set
+# before anything imports ray. It also makes `ray start` refuse worker nodes: the namespace
+# scripts run `ray up` with the RAY_* variables removed (scripts/onprem_e2e.client_environment).
+os.environ.update(LOOPBACK_RAY)
 
 
 @pytest.fixture(scope="session")

@@ -127,6 +127,10 @@ def trial_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     return client.search_runs([experiment_id], TRIAL_RUNS)
 
 
+# Ray's switch (ray_constants.ENABLE_RAY_CLUSTER) that keeps a Ray's node address on 127.0.0.1.
+LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def project_env(**extra: str) -> dict[str, str]:
     """This process's environment with the project first on ``PYTHONPATH`` (``tests.*`` importable), plus ``extra``."""
     return {
