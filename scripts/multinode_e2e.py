@@ -50,7 +50,6 @@ import hashlib
 import json
 import os
 import pwd
-import re
 import secrets
 import shutil
 import signal
@@ -336,42 +335,6 @@ class Hosts:
                     process.wait(timeout=10)
 
 
-def offline_hosts(machine: onprem.Machine, base: Path) -> None:
-    """The hosts have no internet: what setup.sh would download goes into the image beforehand.
-
-    Into the prepared ~/sweeps-venv (copied to every host): the extras setup.sh pip-installs (Ray's
-    dashboard extras, mlflow[auth], boto3), downloaded here; and a pip.conf that points the hosts'
-    pip at a local wheelhouse (setuptools, for `pip install -e`'s build) instead of PyPI.
-    """
-    venv_python = str(machine.home / "sweeps-venv" / "bin" / "python")
-    wheelhouse = base / "wheelhouse"
-    wheelhouse.mkdir()
-    shutil.chown(wheelhouse, machine.user)
-    t = time.monotonic()
-    pip = [venv_python, "-m", "pip", "--disable-pip-version-check", "-q"]
-    for command in (
-        [*pip, "install", f"ray[default,tune]=={onprem_ray_version()}", "mlflow[auth]", "boto3"],
-        [*pip, "download", "-d", str(wheelhouse), "setuptools>=68", "wheel"],
-    ):
-        done = onprem.as_user(machine.user, *command)
-        if done.returncode != 0:
-            raise onprem.E2EError(f"{' '.join(command[3:6])}: {done.stderr.strip()[-800:]}")
-    conf = machine.home / ".config" / "pip" / "pip.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(f"[global]\nno-index = true\nfind-links = {wheelhouse}\n")
-    for path in (conf.parent.parent, conf.parent, conf):
-        shutil.chown(path, machine.user)
-    log(f"hosts' image: setup.sh's downloads preinstalled, pip pointed at {wheelhouse} ({time.monotonic() - t:.0f} s)")
-
-
-def onprem_ray_version() -> str:
-    """The Ray version setup.sh pins."""
-    found = re.search(r"^RAY_VERSION=(\S+)", (ROOT / "cluster" / "setup.sh").read_text(), re.M)
-    if not found:
-        raise onprem.E2EError("cluster/setup.sh: no RAY_VERSION=")
-    return found.group(1)
-
-
 def same_lr(param: str | None, traced: str) -> bool:
     """Whether an MLflow run's ``lr`` param is the lr a trace file is named by (params are logged to 4 digits)."""
     try:
@@ -616,7 +579,6 @@ def main() -> int:  # noqa: C901  (one test, in order)
     base = Path(tempfile.mkdtemp(prefix="mne2e-", dir="/tmp"))
     base.chmod(0o755)
     machine = onprem.Machine(base)
-    machine.start_sshd = lambda: None  # type: ignore[method-assign]  # each host gets its own sshd below
     network = Network(tag)
     hosts = Hosts(base, network, machine)
     home = base / "client"
@@ -642,7 +604,7 @@ def main() -> int:  # noqa: C901  (one test, in order)
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "multinode-e2e", "-f", str(key))
         machine.create(Path(f"{key}.pub").read_text())
         machine.preinstall()
-        offline_hosts(machine, base)
+        onprem.offline_hosts(machine, base)
         network.create()
         hosts.start()
         entry = pwd.getpwnam(machine.user)

@@ -2,21 +2,25 @@
 
     sudo .venv/bin/python scripts/onprem_e2e.py      # from the repository root; 8 to 13 min on 2 cores
 
-This machine plays the on-prem head (no workers): an SSH server on 127.0.0.1:22 (the running one,
-else one started here), a throwaway unprivileged user as the SSH user, and a config derived from
-cluster-onprem.yaml with only test-specific overrides (cluster name, head_ip 127.0.0.1, no workers,
-ssh user and key, Ray's ports). Everything else (file_mounts, cluster/setup.sh --head,
-cluster/start_mlflow.py, token auth, the MLflow server with basic auth) runs as written. Then it
-follows docs/cluster.md: the tracking URI with `ray exec`, the dashboard forwarded
-with `ray dashboard`, a small VAE sweep with `ray job submit --working-dir .` (Ray token auth), its
-runs read back from the head's MLflow server with the login in ~/.sweeps-cluster/mlflow-credentials,
-and `ray down`.
+The on-prem head (no workers) is a network namespace on this machine, on a veth pair (this
+machine 10.79.0.1, the head 10.79.0.2): an SSH server started here that listens on the head's
+address only, a throwaway unprivileged user as the SSH user, and a config derived from
+cluster-onprem.yaml with only test-specific overrides (cluster name, head_ip 10.79.0.2, no workers,
+ssh user and key, Ray's ports). The head's Ray and its MLflow server take the namespace's
+address: nothing of the test listens on, or talks to, this machine's own outward address.
+Everything else (file_mounts, cluster/setup.sh --head, cluster/start_mlflow.py, token auth, the
+MLflow server with basic auth) runs as written. Then it follows docs/cluster.md: the tracking URI
+with `ray exec`, the dashboard forwarded with `ray dashboard`, a small VAE sweep with `ray job
+submit --working-dir .` (Ray token auth), its runs read back from the head's MLflow server with the
+login in ~/.sweeps-cluster/mlflow-credentials, and `ray down`.
 
-Needs: root (to add the user and start sshd), openssh-server and rsync
-(`apt-get install -y openssh-server rsync`), PyPI (setup.sh pip-installs what the project's
-environment lacks: Ray's dashboard extras, mlflow[auth], boto3). The node's ~/sweeps-venv is made
+Needs: root (the user, the namespace, sshd), openssh-server and rsync (`apt-get install -y
+openssh-server rsync`), net.ipv4.ip_forward off (the head's default route points at this machine,
+which forwards nothing on) and PyPI here. The head has no internet: its ~/sweeps-venv is made
 beforehand from this Python's packages (a .pth file), standing in for a machine that has PyTorch
-already: setup.sh then finds torch==2.13.0 and ray==2.60.0 installed and downloads no PyTorch.
+already, plus what setup.sh would pip-install (Ray's dashboard extras, mlflow[auth], boto3),
+downloaded here; its pip reads a local wheelhouse (:func:`offline_hosts`). setup.sh then finds
+torch==2.13.0 and ray==2.60.0 installed and downloads nothing.
 
 Isolation from other Ray instances on this machine: the node user's Ray lives under its own
 RAY_TMPDIR (so /tmp/ray/ray_current_cluster is not written) on free ports, its `ray stop` can
@@ -33,6 +37,7 @@ import getpass
 import hashlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -76,6 +81,8 @@ SWEEP_ARGS = [
     "precision=fp32",
 ]
 HEAD_START = "ray start --head --port=6379"
+SUBNET = "10.79.0"  # the link from this machine to the head's network namespace
+CLIENT_IP, HEAD_IP = f"{SUBNET}.1", f"{SUBNET}.2"
 
 
 class E2EError(RuntimeError):
@@ -147,8 +154,61 @@ def as_user(user: str, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", user, "--", *command], capture_output=True, text=True, cwd="/")
 
 
+def sh(*command: str) -> None:
+    """Run a short command; a failure is an :class:`E2EError` with its message."""
+    done = subprocess.run(list(command), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise E2EError(f"{' '.join(command)}: {done.stderr.strip()[-500:]}")
+
+
+class HeadNamespace:
+    """The head's network namespace on a veth pair from this machine; everything to undo it."""
+
+    def __init__(self, tag: str) -> None:
+        self.name = f"ope2e-{tag}"
+        self.host_end, self.head_end = f"ope{tag}h", f"ope{tag}n"
+        self.made = False
+
+    def exec(self, *command: str) -> list[str]:
+        """``command`` inside the head's network namespace."""
+        return ["ip", "netns", "exec", self.name, *command]
+
+    def create(self) -> None:
+        """The namespace, this machine at CLIENT_IP and the head at HEAD_IP on the veth pair."""
+        sh("ip", "netns", "add", self.name)
+        self.made = True
+        sh("ip", "link", "add", self.host_end, "type", "veth", "peer", "name", self.head_end)
+        sh("ip", "link", "set", self.head_end, "netns", self.name)
+        sh("ip", "addr", "add", f"{CLIENT_IP}/30", "dev", self.host_end)
+        sh("ip", "link", "set", self.host_end, "up")
+        sh(*self.exec("ip", "link", "set", "lo", "up"))
+        sh(*self.exec("ip", "addr", "add", f"{HEAD_IP}/30", "dev", self.head_end))
+        sh(*self.exec("ip", "link", "set", self.head_end, "up"))
+        # A default route so that Ray finds the node's address (a UDP connect, nothing sent); this
+        # machine does not forward (main checks net.ipv4.ip_forward), so nothing leaves the link.
+        sh(*self.exec("ip", "route", "add", "default", "via", CLIENT_IP))
+        log(f"head namespace {self.name}: {HEAD_IP} on a veth pair from this machine ({CLIENT_IP})")
+
+    def pids(self) -> list[int]:
+        """Every process in the namespace."""
+        if not self.made:
+            return []
+        found = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
+    def remove(self) -> None:
+        """Kill what is left in the namespace (all started by this script), delete it and the link."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.made:
+            subprocess.run(["ip", "netns", "del", self.name], check=False)  # deletes the veth pair too
+
+
 class Machine:
-    """The on-prem head, played by this machine: a throwaway SSH user, sshd, and everything to undo it."""
+    """The on-prem head's user: a throwaway SSH user, sshd, and everything to undo them."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -186,20 +246,16 @@ class Machine:
         with (self.home / ".bashrc").open("a") as bashrc:
             bashrc.write("\n# onprem_e2e.py: this node's Ray keeps its files (and ray_current_cluster) here\n")
             bashrc.write(f"export RAY_TMPDIR={self.ray_tmp}\n")
-        if listening("127.0.0.1", 22):
-            log("127.0.0.1:22 already has an SSH server: using it")
-            return
-        self.start_sshd()
 
-    def start_sshd(self) -> None:
-        """Start sshd on 127.0.0.1:22 for this user only, key login only, until :meth:`remove`."""
+    def start_sshd(self, head: HeadNamespace) -> None:
+        """Start sshd in ``head`` on HEAD_IP:22 for this user only, key login only, until :meth:`remove`."""
         host_key = self.base / "ssh_host_ed25519_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         config = self.base / "sshd_config"
         config.write_text(
             "\n".join(
                 [
-                    "ListenAddress 127.0.0.1",
+                    f"ListenAddress {HEAD_IP}",
                     "Port 22",
                     f"HostKey {host_key}",
                     f"PidFile {self.base / 'sshd.pid'}",
@@ -220,14 +276,14 @@ class Machine:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         log_file = (self.base / "sshd.log").open("ab")
         self.sshd = subprocess.Popen(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=log_file, stderr=log_file
+            head.exec("/usr/sbin/sshd", "-D", "-e", "-f", str(config)), stdout=log_file, stderr=log_file
         )
         deadline = time.monotonic() + 10
-        while not listening("127.0.0.1", 22):
+        while not listening(HEAD_IP, 22):
             if self.sshd.poll() is not None or time.monotonic() > deadline:
                 raise E2EError(f"sshd did not start: {(self.base / 'sshd.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        log(f"sshd (pid {self.sshd.pid}) on 127.0.0.1:22 for user {self.user}")
+        log(f"sshd (pid {self.sshd.pid}) on {HEAD_IP}:22 for user {self.user}")
 
     def preinstall(self) -> None:
         """~/sweeps-venv with this Python's packages: a machine that has PyTorch and Ray already.
@@ -291,11 +347,48 @@ class Machine:
             subprocess.run(["userdel", self.user], check=False)
 
 
+def offline_hosts(machine: Machine, base: Path) -> None:
+    """The hosts have no internet: what setup.sh would download goes into the image beforehand.
+
+    Into the prepared ~/sweeps-venv (the multi-node test copies it to every host): the extras
+    setup.sh pip-installs (Ray's dashboard extras, mlflow[auth], boto3), downloaded here; and a
+    pip.conf that points the hosts' pip at a local wheelhouse (setuptools, for `pip install -e`'s
+    build) instead of PyPI.
+    """
+    venv_python = str(machine.home / "sweeps-venv" / "bin" / "python")
+    wheelhouse = base / "wheelhouse"
+    wheelhouse.mkdir()
+    shutil.chown(wheelhouse, machine.user)
+    t = time.monotonic()
+    pip = [venv_python, "-m", "pip", "--disable-pip-version-check", "-q"]
+    for command in (
+        [*pip, "install", f"ray[default,tune]=={onprem_ray_version()}", "mlflow[auth]", "boto3"],
+        [*pip, "download", "-d", str(wheelhouse), "setuptools>=68", "wheel"],
+    ):
+        done = as_user(machine.user, *command)
+        if done.returncode != 0:
+            raise E2EError(f"{' '.join(command[3:6])}: {done.stderr.strip()[-800:]}")
+    conf = machine.home / ".config" / "pip" / "pip.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(f"[global]\nno-index = true\nfind-links = {wheelhouse}\n")
+    for path in (conf.parent.parent, conf.parent, conf):
+        shutil.chown(path, machine.user)
+    log(f"hosts' image: setup.sh's downloads preinstalled, pip pointed at {wheelhouse} ({time.monotonic() - t:.0f} s)")
+
+
+def onprem_ray_version() -> str:
+    """The Ray version setup.sh pins."""
+    found = re.search(r"^RAY_VERSION=(\S+)", (ROOT / "cluster" / "setup.sh").read_text(), re.M)
+    if not found:
+        raise E2EError("cluster/setup.sh: no RAY_VERSION=")
+    return found.group(1)
+
+
 def derived_config(machine: Machine, key: Path, ports: dict[str, int]) -> dict[str, Any]:
     """cluster-onprem.yaml with only what this test must change; everything else as the user gets it."""
     config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
     config["cluster_name"] = f"{SWEEP}-{machine.user}"
-    config["provider"]["head_ip"] = "127.0.0.1"
+    config["provider"]["head_ip"] = HEAD_IP
     config["provider"]["worker_ips"] = []  # one machine: the head runs the trials
     config["auth"] = {"ssh_user": machine.user, "ssh_private_key": str(key)}
     # Ray's default ports may be taken by other Ray instances on this machine.
@@ -440,21 +533,25 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) at the end")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("onprem_e2e.py: run as root (it adds a throwaway user and starts sshd)", file=sys.stderr)
+        print("onprem_e2e.py: run as root (a throwaway user, a network namespace, sshd)", file=sys.stderr)
         return 2
     missing = [
         tool
-        for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "runuser", "useradd")
+        for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "runuser", "useradd", "ip")
         if not shutil.which(tool)
     ]
     if missing:
         print(f"onprem_e2e.py: missing {', '.join(missing)}: apt-get install -y openssh-server rsync", file=sys.stderr)
+        return 2
+    if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "0":
+        print("onprem_e2e.py: net.ipv4.ip_forward is on here; the head's namespace could reach out", file=sys.stderr)
         return 2
 
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="ope2e-", dir="/tmp"))
     base.chmod(0o755)  # the node user's home is inside
     machine = Machine(base)
+    head = HeadNamespace(secrets.token_hex(2))
     home = base / "client"  # "your machine": HOME of every ray command below
     home.mkdir()
     env = client_environment(home, base)
@@ -468,11 +565,14 @@ def main() -> int:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "onprem-e2e", "-f", str(key)], check=True)
         machine.create(Path(f"{key}.pub").read_text())
         machine.preinstall()
+        offline_hosts(machine, base)
+        head.create()
+        machine.start_sshd(head)
         ports = {name: free_port() for name in ("gcs", "dashboard", "client", "agent", "mlflow", "forward")}
         make_secrets(home, env, ports["mlflow"])
         config_path.write_text(yaml.safe_dump(derived_config(machine, key, ports), sort_keys=False))
         log(
-            f"config: {CONFIG.name} with cluster_name, head_ip 127.0.0.1, no workers, "
+            f"config: {CONFIG.name} with cluster_name, head_ip {HEAD_IP}, no workers, "
             f"ssh user {machine.user}, ports {ports}"
         )
 
@@ -567,6 +667,7 @@ def main() -> int:
             if left:
                 problems.append("left running after ray down: " + "; ".join(left))
         machine.remove()
+        head.remove()
         remove_ssh_control_dir(config_path)
         if args.keep:
             log(f"kept {base}")

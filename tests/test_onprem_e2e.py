@@ -1,8 +1,8 @@
 """`ray up` of cluster-onprem.yaml onto this machine, a sweep through `ray job submit`, `ray down`.
 
 The work is scripts/onprem_e2e.py (see its docstring); this runs it and checks what it printed. Opt-in
-with RUN_RAY_UP=1: it needs root, openssh-server and rsync, PyPI, a free 127.0.0.1:22 (or a running
-sshd there), and takes minutes, more than CI's test budget leaves (docs/testing.md).
+with RUN_RAY_UP=1: it needs root (the head is a network namespace), openssh-server and rsync,
+PyPI, and takes minutes, more than CI's test budget leaves (docs/testing.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_the_test_config_overrides_only_what_the_test_must(tmp_path: Path) -> No
     original = yaml.safe_load((ROOT / "cluster-onprem.yaml").read_text())
     changed = {key for key in original if derived[key] != original[key]}
     assert changed == {"cluster_name", "provider", "auth", "head_start_ray_commands"}
-    assert derived["provider"] == {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []}
+    assert derived["provider"] == {"type": "local", "head_ip": "10.79.0.2", "worker_ips": []}
     assert derived["auth"] == {"ssh_user": machine.user, "ssh_private_key": str(tmp_path / "id_ed25519")}
     before, after = original["head_start_ray_commands"], derived["head_start_ray_commands"]
     assert len(before) == len(after) and sum(b != a for b, a in zip(before, after, strict=True)) == 1
