@@ -10,7 +10,7 @@ import pytest
 
 from sweeps.spec.sweep_spec import SpecError, load_spec
 from sweeps.store.interleaved_sampler import RandomInterleavedSampler
-from sweeps.store.study import make_sampler
+from sweeps.store.study import QUEUED_ATTR, drawn_by, make_sampler
 from tests.helpers import spec_from_dict, write_spec
 
 SPEC = {
@@ -91,3 +91,32 @@ def test_the_spec_sets_the_share_and_tpe_gets_wrapped(tmp_path: Path) -> None:
     for bad in (1, -0.1, "lots"):
         with pytest.raises(SpecError, match="search.random_fraction"):
             load_spec(write_spec(tmp_path, {**SPEC, "search": {"random_fraction": bad}}))
+
+
+def test_how_each_trial_was_drawn_agrees_with_what_the_sampler_did() -> None:
+    """``drawn_by`` against Optuna's own record: a TPE draw has joint (relative) values, the rest none."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = spec_from_dict({**SPEC, "search": {"n_startup_trials": 4, "random_fraction": 0.3}})
+    study = optuna.create_study(sampler=make_sampler(spec))
+    study.enqueue_trial({"lr": 1e-3}, user_attrs={QUEUED_ATTR: "earlier t000"})
+    drawn = []
+    for _ in range(30):
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        width = trial.suggest_int("width", 4, 32)
+        how = drawn_by(study, trial, spec)
+        drawn.append(how)
+        if how == "tpe":
+            assert set(trial.relative_params) == {"lr", "width"}, trial.number
+        elif how != "warm_start":
+            assert trial.relative_params == {}, (trial.number, how)
+        study.tell(trial, lr * width)
+    assert drawn[0] == "warm_start"
+    sampler = study.sampler
+    assert isinstance(sampler, RandomInterleavedSampler)
+    assert [n for n, how in enumerate(drawn) if how == "random"] == [n for n in range(1, 30) if sampler.is_random(n)]
+    # Each trial was told before the next: trial n saw n finished ones (queued and random ones count).
+    assert [n for n, how in enumerate(drawn) if how == "startup"] == [n for n in range(1, 4) if drawn[n] != "random"]
+    assert "startup" in drawn and set(drawn[4:]) == {"tpe", "random"}
+    random_only = optuna.create_study(sampler=make_sampler(spec_from_dict({**SPEC, "search": {"sampler": "random"}})))
+    assert drawn_by(random_only, random_only.ask(), spec) == "random"

@@ -79,6 +79,10 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
         assert steps == list(range(1, int(run.data.tags["sweep.epochs"]) + 1))
         assert (status == "completed") == (len(steps) == 3)
         assert run.info.run_name.startswith(f"t{int(run.data.tags['sweep.trial']):03d} ")
+        # Nothing had finished when trial 0 was drawn: TPE's start-up draw, or one of the random share.
+        assert run.data.tags["sweep.drawn_by"] in (
+            {"startup", "random"} if run.data.tags["sweep.trial"] == "0" else {"startup", "random", "tpe"}
+        )
         assert f"precision={run.data.params['precision']}" in run.info.run_name
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "images"}
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]

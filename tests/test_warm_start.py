@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 
 from sweeps.cli import main
 from sweeps.engine.runner import SweepResult, run_sweep
-from sweeps.engine.warm_start import QUEUED_ATTR, check_warm_start, point_in_space
+from sweeps.engine.warm_start import check_warm_start, point_in_space
 from sweeps.results.export import best_config
 from sweeps.spec.sweep_spec import load_spec
-from sweeps.store.study import WARM_ATTR, create_study, load_study
+from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, create_study, load_study
 from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
 from tests.helpers import spec_from_dict, toy_spec, write_spec
 

@@ -39,7 +39,7 @@ from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.scheduler import rung_epochs
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import SweepSpec
-from sweeps.store.study import record_trial
+from sweeps.store.study import drawn_by, record_trial
 from sweeps.tracking.sweep_tracker import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
@@ -129,7 +129,8 @@ class OptunaSearcher(Searcher):
         sampled = sample(trial, self.spec.params, self.spec.fixed)
         params = self.spec.resolve(sampled)
         sampling = time.perf_counter() - started
-        run_id = self.tracker.create_trial_run(self.sweep, trial.number, trial_id, params, sampled)
+        drawn = drawn_by(self.study, trial, self.spec)
+        run_id = self.tracker.create_trial_run(self.sweep, trial.number, trial_id, params, sampled, drawn_by=drawn)
         record_trial(trial, attrs={"ray_trial_id": trial_id, "mlflow_run_id": run_id, "config": params})
         self.live[trial_id] = trial
         self.state.trials[trial_id] = TrialRecord(trial.number, trial_id, run_id, params, sampled, sampling_s=sampling)

@@ -27,11 +27,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps.compat.optuna_internals import in_distribution
 from sweeps.results.export import ranked
 from sweeps.spec.sweep_spec import SweepSpec
-from sweeps.store.study import WARM_ATTR, load_study
+from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
 
-QUEUED_ATTR = "warm_start_best"
-"""User attribute of a queued trial: which earlier trial's config it trains again (``sweep tNNN``)."""
 TOP = 3
 """How many of the earlier sweep's best completed configs are queued (never more than the trial budget)."""
 

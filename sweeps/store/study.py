@@ -25,11 +25,37 @@ from sweeps.store.sweep_dir import SweepDir, SweepStoreError
 
 WARM_ATTR = "warm_start"
 """User attribute of a trial a warm start told the study (``sweeps.engine.warm_start``): the sweep it ran in."""
+QUEUED_ATTR = "warm_start_best"
+"""User attribute of a trial a warm start queued (an earlier sweep's best config): ``<sweep> tNNN``."""
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+"""The trials TPE counts against its ``n_startup_trials`` (Optuna's ``TPESampler``)."""
 
 
 def is_told(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a study's trial was told by a warm start: it ran in another sweep, not this one."""
     return WARM_ATTR in trial.user_attrs
+
+
+def drawn_by(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> str:
+    """How the study's sampler drew ``trial``'s values (its MLflow tag ``sweep.drawn_by``).
+
+    ``warm_start``: an earlier sweep's best config, queued by ``--warm-start``; ``random``: one of
+    ``search.random_fraction``'s random trials, or any trial of ``search.sampler: random``;
+    ``startup``: TPE's start-up trials, drawn at random while fewer than ``search.n_startup_trials``
+    trials have finished (completed or pruned, as TPE counts them); ``tpe``: every other trial.
+    Asked right after the trial's values were drawn (nothing is told in between).
+    """
+    if QUEUED_ATTR in trial.user_attrs:
+        return "warm_start"
+    sampler = study.sampler
+    if isinstance(sampler, RandomInterleavedSampler):
+        if sampler.is_random(trial.number):
+            return "random"
+        sampler = sampler.base
+    if isinstance(sampler, optuna.samplers.RandomSampler):
+        return "random"
+    finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
+    return "startup" if len(finished) < spec.search.n_startup_trials else "tpe"
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:

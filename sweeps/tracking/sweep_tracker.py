@@ -20,6 +20,7 @@ from sweeps.core.keys import (
     TAG_AUDIT_OF,
     TAG_AUDIT_RUN,
     TAG_DIVERGENCE_STEP,
+    TAG_DRAWN_BY,
     TAG_EPOCHS,
     TAG_NAME,
     TAG_OPTUNA_NUMBER,
@@ -124,11 +125,13 @@ class SweepTracker:
         params: dict[str, Any],
         sampled: dict[str, Any],
         rescue_of: tuple[str, str] | None = None,
+        drawn_by: str | None = None,
     ) -> str:
         """Create the trial's child run under the parent with every resolved parameter.
 
         ``rescue_of`` is ``(label, run id)`` of the diverged trial a precision rescue re-runs;
-        the two runs are linked by tags both ways.
+        the two runs are linked by tags both ways. ``drawn_by``: how the sampler drew the values
+        (``sweeps.store.study.drawn_by``), tagged when given.
         """
         tags = {
             TAG_PARENT_RUN: self.parent_run_id,
@@ -139,6 +142,8 @@ class SweepTracker:
             TAG_RAY_TRIAL_ID: ray_id,
             TAG_OPTUNA_NUMBER: str(number),
         }
+        if drawn_by is not None:
+            tags[TAG_DRAWN_BY] = drawn_by
         name = run_name(number, sampled)
         if rescue_of is not None:
             tags.update({TAG_TRIAL: f"{number}r", TAG_RESCUE_OF: rescue_of[1], TAG_ROLE: ROLE_RESCUE})
