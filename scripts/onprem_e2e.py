@@ -1,6 +1,6 @@
-"""End-to-end test of cluster-onprem.yaml: `ray up` onto this machine over SSH, a sweep, `ray down`.
+"""End-to-end test of cluster-onprem.yaml: `ray up` over SSH onto a head namespace here, a sweep, `ray down`.
 
-    sudo .venv/bin/python scripts/onprem_e2e.py      # from the repository root; 8 to 13 min on 2 cores
+    sudo .venv/bin/python scripts/onprem_e2e.py      # from the repository root; about 4 min on 2 cores
 
 The on-prem head (no workers) is a network namespace on this machine, on a veth pair (this
 machine 10.79.0.1, the head 10.79.0.2): an SSH server started here that listens on the head's
