@@ -221,6 +221,16 @@ class Network:
             sh("ip", "link", "del", self.bridge, check=False)
 
 
+def hidden_folder(base: Path) -> Path:
+    """The folder each host's mount namespace covers with an empty tmpfs, so that it cannot see the checkout.
+
+    The checkout's top folder (e.g. /work: every checkout under it), unless this script's own
+    folder ``base`` is under it too (a checkout in /tmp, as CI's clone may be): then the checkout.
+    """
+    top = Path(*ROOT.parts[:2])
+    return ROOT if base.resolve().is_relative_to(top) else top
+
+
 class Hosts:
     """One sshd per cluster host, in a mount namespace that hides the checkout and gives the host its own home."""
 
@@ -233,7 +243,7 @@ class Hosts:
     def mount_script(self, name: str) -> str:
         """The mounts of host ``name``, then exec sshd."""
         venv = Path(sys.prefix).resolve()
-        hidden = Path(*ROOT.parts[:2])  # the checkout's top folder, e.g. /work: every checkout under it
+        hidden = hidden_folder(self.base)
         keep = self.base / "venv-mount"
         client = self.base / "client"
         home, ray_tmp = self.machine.home, self.machine.ray_tmp
@@ -617,7 +627,7 @@ def main() -> int:  # noqa: C901  (one test, in order)
                 key,
                 machine.user,
                 HOSTS[name],
-                f"ls {ROOT}/sweeps {submit} 2>&1; ls -A {Path(*ROOT.parts[:2])}; echo ssh-ok",
+                f"ls {ROOT}/sweeps {submit} 2>&1; ls -A {hidden_folder(base)}; echo ssh-ok",
             )
             print(f"    {name} ({HOSTS[name]}) over SSH: {' | '.join(seen.stdout.strip().splitlines())}")
             if "ssh-ok" not in seen.stdout or "No such file" not in seen.stdout:
