@@ -15,28 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import descendants
+
 pytestmark = pytest.mark.integration
 
 STATES = {"01": "ESTABLISHED", "0A": "LISTEN"}
-
-
-def descendants(pid: int) -> set[int]:
-    """``pid`` and every process below it (from each process's ``/proc/PID/stat`` parent)."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found = {pid}
-    grew = True
-    while grew:
-        more = {child for child, up in parent.items() if up in found} - found
-        found |= more
-        grew = bool(more)
-    return found
 
 
 def socket_inodes(pids: set[int]) -> set[str]:
@@ -81,7 +64,7 @@ def test_the_tests_ray_listens_and_connects_on_loopback_only(ray_session: None) 
 
     assert ray.get([node_ip.remote() for _ in range(4)]) == ["127.0.0.1"] * 4
     assert ray.util.get_node_ip_address() == "127.0.0.1"
-    sockets = tcp_sockets(socket_inodes(descendants(os.getpid())))
+    sockets = tcp_sockets(socket_inodes(descendants(os.getpid()) | {os.getpid()}))
     assert any(state == "LISTEN" for state, _, _ in sockets)  # Ray's servers were seen at all
     outward = [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback]
     outward += [s for s in sockets if s[0] == "ESTABLISHED" and not ipaddress.ip_address(s[2]).is_loopback]

@@ -12,36 +12,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, descendants, free_port, parents
 from tests.mlflow_server import wait_healthy
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-
-
-def parents() -> dict[int, int]:
-    """Every live process's parent, from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z":  # a zombie has ended
-            found[int(entry.name)] = int(fields[1])
-    return found
-
-
-def descendants(pid: int) -> set[int]:
-    tree = parents()
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in tree.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def alive(pids: set[int]) -> set[int]:
