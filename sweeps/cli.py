@@ -156,6 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for key in spec.unnamed_overrides:
         note = f"note: --set {key}: not in the spec's fixed or params; the trainer gets it as config[{key!r}]"
         print(note, file=sys.stderr)
+    for key, text in spec.unnamed_in_source:
+        print(f"note: {key}: {text}", file=sys.stderr)
     if args.name is not None:
         check_sweep_name(args.name)
     if args.cpus is not None and args.cpus < 1:

@@ -390,3 +390,34 @@ def test_untyped_numbers_written_1e_3_reach_a_function_as_numbers(tmp_path: Path
     spec = load_spec(path, overrides=["width=1e1"])
     assert spec.fixed == {"noise": 0.1, "name_like": "abc", "width": 10.0}
     assert spec.params["lr"].choices == [0.001, 0.002]
+
+
+def test_a_key_the_loops_source_never_names_gets_a_note_before_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt ``fixed`` key runs every trial on the loop's default: say so before the sweep starts.
+
+    The loop reads ``width`` itself, ``depth`` in a helper module beside it that it imports by name,
+    and ``noise`` through a dataclass filled from the config; none of those gets a note, ``widht`` does.
+    """
+    (tmp_path / "note_helper_mod.py").write_text("def build(cfg):\n    return cfg['depth']\n")
+    (tmp_path / "note_loop_mod.py").write_text(
+        "import importlib\n"
+        "from dataclasses import dataclass\n\n"
+        "@dataclass\nclass Knobs:\n    noise: float = 0.1\n\n"
+        "def train(config, run):\n"
+        "    width = config.get('width', 16)\n"
+        "    knobs = Knobs(**{k: v for k, v in config.items() if k == 'noise'})\n"
+        "    importlib.import_module('note_helper_mod').build(config)\n"
+        "    run.report(1, val_loss=float(width) + knobs.noise + config.lr)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fixed = {"widht": 4, "depth": 2, "noise": 0.3, "seed": 1}
+    path = write_spec(tmp_path, trainer="note_loop_mod:train", fixed=fixed)
+    spec = load_spec(path)
+    note = "note_loop_mod.py never names 'widht' (did you mean 'width'?); the trainer gets it as config['widht']"
+    assert spec.unnamed_in_source == (("fixed.widht", note),)
+    assert main(["run", str(path), "--check"]) == 0
+    assert "note: fixed.widht: note_loop_mod.py never names 'widht' (did you mean 'width'?)" in capsys.readouterr().err
+    # the example loop reads the key it is given: no note
+    assert load_spec(write_spec(tmp_path, trainer=EXAMPLE, fixed={"width": 8})).unnamed_in_source == ()

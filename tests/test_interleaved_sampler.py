@@ -93,6 +93,19 @@ def test_the_spec_sets_the_share_and_tpe_gets_wrapped(tmp_path: Path) -> None:
             load_spec(write_spec(tmp_path, {**SPEC, "search": {"random_fraction": bad}}))
 
 
+def test_the_spec_chooses_joint_or_independent_tpe(tmp_path: Path) -> None:
+    joint = make_sampler(spec_from_dict({**SPEC, "search": {"random_fraction": 0}}, "<unit>"))
+    independent = make_sampler(
+        spec_from_dict({**SPEC, "search": {"random_fraction": 0, "multivariate": False}}, "<unit>")
+    )
+    assert isinstance(joint, optuna.samplers.TPESampler) and isinstance(independent, optuna.samplers.TPESampler)
+    assert joint._multivariate and joint._group  # Optuna keeps the choices only as these attributes
+    assert not independent._multivariate and not independent._group
+    for bad in ("no", 0, "false"):
+        with pytest.raises(SpecError, match="search.multivariate"):
+            load_spec(write_spec(tmp_path, {**SPEC, "search": {"multivariate": bad}}))
+
+
 def test_how_each_trial_was_drawn_agrees_with_what_the_sampler_did() -> None:
     """``drawn_by`` against Optuna's own record: a TPE draw has joint (relative) values, the rest none."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)

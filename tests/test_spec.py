@@ -96,6 +96,12 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     assert {"budget.trials", "params.lr", "params.kernel_size.choices", "params.precision.choices[0]"} <= keys
 
 
+def test_a_bad_epoch_count_is_not_compared_with_the_grace_period(tmp_path: Path) -> None:
+    """``epochs: 0`` is the problem; the grace period is not "more than budget.epochs (1)", a stand-in value."""
+    problems = problems_of(tmp_path, changed(GOOD, budget__epochs=0, asha={"grace_period": 5}))
+    assert [k for k, _ in problems] == ["budget.epochs"], problems
+
+
 def test_missing_file_and_yaml_syntax_error_with_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read spec file"):
         load_spec(tmp_path / "absent.yaml")

@@ -18,6 +18,7 @@ from sweeps.core.errors import InputError
 from sweeps.core.problems import Problems, as_int, as_number
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, parse_params, unknown_parameter, untyped
+from sweeps.spec.source_names import unnamed_keys
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, field_types
 from trainables.precision import canonical_precision
@@ -28,6 +29,8 @@ TOP_KEYS = {
     "name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "divergence", "record", "fixed",
     "params", "trial_storage",
 }  # fmt: skip
+ENGINE_READS = {"seed", "precision", "device", "init_scale", "growth_interval", "min_loss_scale"}
+"""Config keys the engine itself reads for a function trainer (``sweeps.trial.function_run``), named in no loop."""
 SECTIONS = {"budget", "asha", "search", "divergence", "record", "fixed", "params"}
 """Top-level keys that hold a mapping: ``--set`` sets their keys, not them (``asha``/``divergence`` also take false)."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -84,13 +87,15 @@ class Search:
     (an Optuna constraint), so TPE moves away from them; ``fail`` tells them FAIL, which TPE
     ignores (what plain Ray Tune's OptunaSearch does); it exists to measure the difference.
     ``random_fraction``: the share of TPE's trials drawn uniformly at random instead
-    (``sweeps.store.interleaved_sampler``; 0: none).
+    (``sweeps.store.interleaved_sampler``; 0: none). ``multivariate``: TPE models the parameters
+    jointly (grouped, for conditional spaces); ``false``: each on its own, as Optuna's default TPE.
     """
 
     sampler: str = "tpe"
     n_startup_trials: int = 5
     diverged_as: str = "infeasible"
     random_fraction: float = 0.2
+    multivariate: bool = True
 
 
 @dataclass
@@ -139,6 +144,9 @@ class SweepSpec:
     """The precisions the trainer runs (``trainables.protocol.declared_precisions``); None: it does not say."""
     unnamed_overrides: tuple[str, ...] = ()
     """``--set`` keys a trainer without declared fields (a function) gets that the spec named nowhere."""
+    unnamed_in_source: tuple[tuple[str, str], ...] = ()
+    """A function trainer's ``fixed`` and ``params`` keys that its source never names, each with its note
+    (``sweeps.spec.source_names``): most likely a misspelt key the loop never reads."""
 
     def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """A trial's complete trainer parameters: fixed values, sampled values and the seed.
@@ -290,6 +298,11 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     precisions = _precisions(trainer_cls, raw.get("trainer"), fixed, params, divergence, problems)
     if problems:
         raise SpecError(source, problems.items)
+    unnamed: list[tuple[str, str]] = []
+    if function:
+        own = [k for k in [*fixed, *params] if k not in ENGINE_READS and k not in named_nowhere]
+        sections = {**{k: "fixed" for k in fixed}, **{k: "params" for k in params}}
+        unnamed = [(f"{sections[k]}.{k}", note) for k, note in unnamed_keys(trainer_cls, own)]
     return SweepSpec(
         name=str(name),
         trainer=str(raw["trainer"]),
@@ -310,6 +323,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         function_trainer=function,
         trainer_precisions=precisions,
         unnamed_overrides=tuple(named_nowhere),
+        unnamed_in_source=tuple(unnamed),
     )
 
 
@@ -404,7 +418,8 @@ def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
     _unknown(section, {"enabled", "grace_period", "reduction_factor", "brackets"}, "asha", problems)
     asha = Asha(enabled=bool(section.get("enabled", True)))
     grace = as_int(section.get("grace_period", 1), "asha.grace_period", problems, minimum=1)
-    if grace is not None and grace > budget.epochs:
+    epochs_ok = not any(key == "budget.epochs" for key, _ in problems.items)  # else budget.epochs is a stand-in
+    if grace is not None and grace > budget.epochs and epochs_ok:
         problems.add("asha.grace_period", f"{grace} is more than budget.epochs ({budget.epochs})")
     factor = as_number(section.get("reduction_factor", 3), "asha.reduction_factor", problems)
     if factor is not None and factor <= 1:
@@ -417,7 +432,8 @@ def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
 
 def _search(value: Any, problems: Problems) -> Search:
     section = _section(value, "search", problems)
-    _unknown(section, {"sampler", "n_startup_trials", "diverged_as", "random_fraction"}, "search", problems)
+    known = {"sampler", "n_startup_trials", "diverged_as", "random_fraction", "multivariate"}
+    _unknown(section, known, "search", problems)
     diverged_as = section.get("diverged_as", "infeasible")
     if diverged_as not in ("infeasible", "fail"):
         problems.add("search.diverged_as", f"must be 'infeasible' or 'fail', got {diverged_as!r}")
@@ -434,6 +450,11 @@ def _search(value: Any, problems: Problems) -> Search:
         problems.add("search.random_fraction", f"must be >= 0 and < 1, got {fraction}")
     elif fraction is not None:
         search.random_fraction = float(fraction)
+    multivariate = section.get("multivariate", search.multivariate)
+    if not isinstance(multivariate, bool):
+        problems.add("search.multivariate", f"must be true or false, got {multivariate!r}")
+    else:
+        search.multivariate = multivariate
     return search
 
 

@@ -59,7 +59,7 @@ def drawn_by(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> str:
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """TPE (grouped and multivariate, for conditional spaces; constant liar for parallel trials).
+    """TPE (grouped and multivariate unless ``search.multivariate`` is off; constant liar for parallel trials).
 
     ``search.random_fraction`` of its trials are drawn at random instead (see
     :mod:`sweeps.store.interleaved_sampler`).
@@ -71,8 +71,8 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         tpe = optuna.samplers.TPESampler(
             seed=spec.seed,
             n_startup_trials=spec.search.n_startup_trials,
-            multivariate=True,
-            group=True,
+            multivariate=spec.search.multivariate,
+            group=spec.search.multivariate,
             constant_liar=True,
         )
     if spec.search.random_fraction <= 0:

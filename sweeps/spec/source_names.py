@@ -1,0 +1,136 @@
+"""The names a function trainer's own source mentions, to catch a misspelt key before a sweep starts.
+
+A function trainer ``train(config, run)`` takes any key, so a typo in the spec's ``fixed`` or
+``params`` (``widht: 4``) would otherwise run every trial with the loop's own default. Its source
+says which keys it can read: a key read as ``config["width"]``, ``config.get("width")``,
+``config.width`` or through ``Settings(**config)`` appears as a string or a name in it. This
+module collects every string constant and identifier of the trainer's module, of the other modules
+in its folder (one it may import by name at run time) and of the modules it imports from below that
+folder (the user's project; nothing installed), so the spec check can say which keys none of them
+names. A key read only by installed code is named nowhere here: that is why it is a note, not an
+error.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+MAX_FILES = 200
+"""Read at most this many of the user's files (a trainer inside a large source tree)."""
+
+
+def names_in_trainer_source(trainer: Any) -> tuple[Path, set[str]] | None:
+    """The trainer's source file and every string and identifier its own files hold; None: no source to read.
+
+    Its own files: its module, the other modules in its folder, and the modules it imports from below
+    that folder.
+    """
+    module = sys.modules.get(getattr(trainer, "__module__", "") or "")
+    try:
+        path = Path(inspect.getsourcefile(module) or "") if module is not None else None
+    except TypeError:  # a built-in module
+        return None
+    if path is None or not path.is_file():
+        return None
+    folder = path.parent
+    names: set[str] = set()
+    seen: set[Path] = set()
+    pending = [*sorted(folder.glob("*.py"), reverse=True), path]  # its own file first, then its siblings
+    while pending and len(seen) < MAX_FILES:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            tree = ast.parse(current.read_text(encoding="utf-8", errors="replace"))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            names.update(_names(node))
+            pending.extend(_local_imports(node, folder))
+    return path, names
+
+
+def unnamed_keys(trainer: Any, keys: list[str]) -> list[tuple[str, str]]:
+    """Each of ``keys`` that the trainer's source never names, with a line saying so (nothing if no source)."""
+    found = names_in_trainer_source(trainer)
+    if found is None:
+        return []
+    path, names = found
+    notes = []
+    for key in keys:
+        if key in names:
+            continue
+        close = difflib.get_close_matches(key, sorted(n for n in names if n.isidentifier()), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        notes.append((key, f"{path.name} never names {key!r}{hint}; the trainer gets it as config[{key!r}]"))
+    return notes
+
+
+def _names(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        return [node.attr]
+    if isinstance(node, ast.keyword) and node.arg:
+        return [node.arg]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    return []
+
+
+def _local_imports(node: ast.AST, folder: Path) -> list[Path]:
+    """The files under ``folder`` that an import statement names (a user's own modules, not installed ones)."""
+    if isinstance(node, ast.Import):
+        modules = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    elif isinstance(node, ast.ImportFrom) and node.level:
+        base = ".".join(filter(None, [node.module]))
+        return [p for alias in node.names for p in _relative(folder, base, alias.name)]
+    else:
+        return []
+    found = []
+    for name in modules:
+        origin = _module_file(name)
+        if origin is not None and _is_own(origin, folder):
+            found.append(origin)
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module ``name`` without importing anything new (None: not a module, or no file)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        file = getattr(loaded, "__file__", None)
+        return Path(file) if file else None
+    parent = name.rpartition(".")[0]
+    if parent and parent not in sys.modules:  # finding it would import its parent package
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def _is_own(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is a source file of the user's folder, not of an installed package inside it (a venv)."""
+    installed = {"site-packages", "dist-packages"}
+    return path.suffix == ".py" and path.is_relative_to(folder) and not installed & set(path.parts)
+
+
+def _relative(folder: Path, module: str, name: str) -> list[Path]:
+    base = folder.joinpath(*module.split(".")) if module else folder
+    candidates = [base.with_suffix(".py"), base / "__init__.py", base / f"{name}.py", base / name / "__init__.py"]
+    return [c for c in candidates if c.is_file() and _is_own(c, folder)]
