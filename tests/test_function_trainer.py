@@ -421,3 +421,29 @@ def test_a_key_the_loops_source_never_names_gets_a_note_before_the_sweep(
     assert "note: fixed.widht: note_loop_mod.py never names 'widht' (did you mean 'width'?)" in capsys.readouterr().err
     # the example loop reads the key it is given: no note
     assert load_spec(write_spec(tmp_path, trainer=EXAMPLE, fixed={"width": 8})).unnamed_in_source == ()
+
+
+def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``source/`` on a trial's run: the trainer's module and the user's modules it imports, so it can be rerun."""
+    installed = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages"
+    installed.mkdir(parents=True)
+    (installed / "src_vendor_mod.py").write_text("VALUE = 1\n")
+    (tmp_path / "src_models").mkdir()
+    (tmp_path / "src_models" / "__init__.py").write_text("")
+    (tmp_path / "src_models" / "net.py").write_text("def make(width):\n    return width\n")
+    (tmp_path / "src_unrelated_script.py").write_text("print('not imported by the loop')\n")
+    (tmp_path / "src_loop_mod.py").write_text(
+        "import src_vendor_mod\nfrom src_models.net import make\n\n"
+        "def train(config, run):\n    run.report(1, val_loss=float(make(config.get('width', 4))))\n"
+    )
+    monkeypatch.syspath_prepend(str(installed))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from sweeps.tracking.provenance import trainer_sources
+    from trainables.registry import load_trainer
+
+    sources = trainer_sources(load_trainer("src_loop_mod:train"))
+    assert set(sources) == {"src_loop_mod.py", "src_models/net.py"}  # not the venv's module, not the script
+    assert next(iter(sources)) == "src_loop_mod.py"
+    assert sources["src_models/net.py"].startswith("def make(width)")

@@ -25,23 +25,29 @@ MAX_FILES = 200
 """Read at most this many of the user's files (a trainer inside a large source tree)."""
 
 
-def names_in_trainer_source(trainer: Any) -> tuple[Path, set[str]] | None:
-    """The trainer's source file and every string and identifier its own files hold; None: no source to read.
-
-    Its own files: its module, the other modules in its folder, and the modules it imports from below
-    that folder.
-    """
+def trainer_file(trainer: Any) -> Path | None:
+    """The source file of the module that defines ``trainer`` (None: none, e.g. a built-in module)."""
     module = sys.modules.get(getattr(trainer, "__module__", "") or "")
     try:
         path = Path(inspect.getsourcefile(module) or "") if module is not None else None
     except TypeError:  # a built-in module
         return None
-    if path is None or not path.is_file():
-        return None
+    return path if path is not None and path.is_file() else None
+
+
+def own_sources(trainer: Any, siblings: bool = False) -> dict[Path, ast.Module]:
+    """The trainer's own files, parsed: its module first, then the modules it imports from below its folder.
+
+    ``siblings`` adds every other module in its folder (one it may import by name at run time).
+    Installed packages (a virtualenv inside the folder too) are not its own. Empty: no source.
+    """
+    path = trainer_file(trainer)
+    if path is None:
+        return {}
     folder = path.parent
-    names: set[str] = set()
+    parsed: dict[Path, ast.Module] = {}
     seen: set[Path] = set()
-    pending = [*sorted(folder.glob("*.py"), reverse=True), path]  # its own file first, then its siblings
+    pending = [*(sorted(folder.glob("*.py"), reverse=True) if siblings else []), path]  # its own file first
     while pending and len(seen) < MAX_FILES:
         current = pending.pop()
         if current in seen:
@@ -51,10 +57,22 @@ def names_in_trainer_source(trainer: Any) -> tuple[Path, set[str]] | None:
             tree = ast.parse(current.read_text(encoding="utf-8", errors="replace"))
         except (OSError, SyntaxError, ValueError):
             continue
+        parsed[current] = tree
         for node in ast.walk(tree):
-            names.update(_names(node))
             pending.extend(_local_imports(node, folder))
-    return path, names
+    return parsed
+
+
+def names_in_trainer_source(trainer: Any) -> tuple[Path, set[str]] | None:
+    """The trainer's source file and every string and identifier its own files and its folder's hold.
+
+    None: no source to read.
+    """
+    parsed = own_sources(trainer, siblings=True)
+    if not parsed:
+        return None
+    names = {name for tree in parsed.values() for node in ast.walk(tree) for name in _names(node)}
+    return next(iter(parsed)), names
 
 
 def unnamed_keys(trainer: Any, keys: list[str]) -> list[tuple[str, str]]:

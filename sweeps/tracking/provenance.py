@@ -5,7 +5,6 @@ Runs in the trial's own process (so it describes the node the trial ran on).
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import platform
@@ -16,6 +15,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from sweeps.spec.source_names import own_sources
 
 PACKAGES = ("torch", "ray", "optuna", "mlflow", "numpy", "pyarrow", "image-sweeps")
 
@@ -75,11 +76,20 @@ def environment_json(device: str = "") -> str:
     return _environment(device)
 
 
-def trainer_source(trainer_cls: type) -> tuple[str, str]:
-    """``(file name, source)`` of the module that defines the trainer, or ``("", "")``."""
-    module = sys.modules.get(trainer_cls.__module__)
-    try:
-        path = inspect.getsourcefile(module) if module else None
-        return (Path(path).name, Path(path).read_text()) if path else ("", "")
-    except (OSError, TypeError):
-        return "", ""
+def trainer_sources(trainer: Any) -> dict[str, str]:
+    """The trainer's own source files by path relative to its folder (empty: no source).
+
+    Its module and the modules it imports from below that folder
+    (``sweeps.spec.source_names.own_sources``; nothing installed): what it takes to run it again.
+    """
+    parsed = own_sources(trainer)
+    if not parsed:
+        return {}
+    folder = next(iter(parsed)).parent
+    texts = {}
+    for path in parsed:
+        try:
+            texts[path.relative_to(folder).as_posix()] = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+    return texts

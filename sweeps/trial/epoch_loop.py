@@ -45,7 +45,7 @@ from sweeps.core.keys import (
 from sweeps.core.plan import TrialPlan
 from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
 from sweeps.tracking.curves import CurveHistory
-from sweeps.tracking.provenance import environment_json, trainer_source
+from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.function_run import FunctionRun
 from sweeps.trial.stops import DivergedError, MetricMissingError, divergence_result
@@ -362,9 +362,7 @@ class EpochLoop:
         texts = {"config.yaml": yaml.safe_dump(self.params, sort_keys=False)}
         if self.plan.spec_text:
             texts["spec.yaml"] = self.plan.spec_text
-        name, text = trainer_source(source)
-        if text:
-            texts[f"source/{name}"] = text
+        texts.update({f"source/{name}": text for name, text in trainer_sources(source).items()})
         texts["environment.json"] = environment_json(device)
         self.logger.log_texts(texts)
 
