@@ -50,6 +50,11 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
     ("changes", "key", "fragment"),
     [
         ({"trainer": "gan9000"}, "trainer", "unknown trainer 'gan9000'"),
+        (
+            {"trainer": "examples.denoiser.DenoiserTrainer"},
+            "trainer",
+            "did you mean 'examples.denoiser:DenoiserTrainer'?",
+        ),
         ({"trainer": "no_such_module:Thing"}, "trainer", "cannot import trainer module"),
         ({"params__dropout": {"low": 0, "high": 1}}, "params.dropout", "unknown parameter"),
         ({"fixed": {"dropout": 0.1}}, "fixed.dropout", "unknown parameter"),

@@ -25,7 +25,11 @@ def load_trainer(name: str) -> Any:
     path = BUILTIN.get(name, name)
     if ":" not in path:
         known = ", ".join(sorted(BUILTIN))
-        raise TrainerLoadError(f"unknown trainer {name!r} (built-in: {known}; or use module:Class or module:function)")
+        module, dot, attr = path.rpartition(".")
+        hint = f"did you mean '{module}:{attr}'? " if dot and module and attr else ""
+        raise TrainerLoadError(
+            f"unknown trainer {name!r} ({hint}built-in: {known}; or use module:Class or module:function)"
+        )
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
