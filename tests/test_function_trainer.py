@@ -432,7 +432,10 @@ def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones
     (installed / "src_vendor_mod.py").write_text("VALUE = 1\n")
     (tmp_path / "src_models").mkdir()
     (tmp_path / "src_models" / "__init__.py").write_text("")
-    (tmp_path / "src_models" / "net.py").write_text("def make(width):\n    return width\n")
+    (tmp_path / "src_models" / "layers.py").write_text("def block(width):\n    return width\n")
+    (tmp_path / "src_models" / "net.py").write_text(
+        "from .layers import block\n\ndef make(width):\n    return block(width)\n"
+    )
     (tmp_path / "src_unrelated_script.py").write_text("print('not imported by the loop')\n")
     (tmp_path / "src_loop_mod.py").write_text(
         "import src_vendor_mod\nfrom src_models.net import make\n\n"
@@ -444,6 +447,7 @@ def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones
     from trainables.registry import load_trainer
 
     sources = trainer_sources(load_trainer("src_loop_mod:train"))
-    assert set(sources) == {"src_loop_mod.py", "src_models/net.py"}  # not the venv's module, not the script
+    # not the venv's module, not the unrelated script; the relative import of net.py, from its own package
+    assert set(sources) == {"src_loop_mod.py", "src_models/net.py", "src_models/layers.py"}
     assert next(iter(sources)) == "src_loop_mod.py"
-    assert sources["src_models/net.py"].startswith("def make(width)")
+    assert sources["src_models/layers.py"].startswith("def block(width)")

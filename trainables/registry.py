@@ -25,8 +25,8 @@ def load_trainer(name: str) -> Any:
     path = BUILTIN.get(name, name)
     if ":" not in path:
         known = ", ".join(sorted(BUILTIN))
-        module, dot, attr = path.rpartition(".")
-        hint = f"did you mean '{module}:{attr}'? " if dot and module and attr else ""
+        head, dot, tail = path.rpartition(".")
+        hint = f"did you mean '{head}:{tail}'? " if dot and head and tail else ""
         raise TrainerLoadError(
             f"unknown trainer {name!r} ({hint}built-in: {known}; or use module:Class or module:function)"
         )

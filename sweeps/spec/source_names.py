@@ -59,7 +59,7 @@ def own_sources(trainer: Any, siblings: bool = False) -> dict[Path, ast.Module]:
             continue
         parsed[current] = tree
         for node in ast.walk(tree):
-            pending.extend(_local_imports(node, folder))
+            pending.extend(_local_imports(node, folder, current.parent))
     return parsed
 
 
@@ -107,15 +107,17 @@ def _names(node: ast.AST) -> list[str]:
     return []
 
 
-def _local_imports(node: ast.AST, folder: Path) -> list[Path]:
+def _local_imports(node: ast.AST, folder: Path, here: Path) -> list[Path]:
     """The files under ``folder`` that an import statement names (a user's own modules, not installed ones)."""
     if isinstance(node, ast.Import):
         modules = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
         modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-    elif isinstance(node, ast.ImportFrom) and node.level:
-        base = ".".join(filter(None, [node.module]))
-        return [p for alias in node.names for p in _relative(folder, base, alias.name)]
+    elif isinstance(node, ast.ImportFrom) and node.level:  # relative to the importing file's package
+        if node.level - 2 >= len(here.parents):
+            return []
+        package = here.parents[node.level - 2] if node.level > 1 else here
+        return [p for alias in node.names for p in _relative(package, node.module or "", alias.name, folder)]
     else:
         return []
     found = []
@@ -148,7 +150,7 @@ def _is_own(path: Path, folder: Path) -> bool:
     return path.suffix == ".py" and path.is_relative_to(folder) and not installed & set(path.parts)
 
 
-def _relative(folder: Path, module: str, name: str) -> list[Path]:
-    base = folder.joinpath(*module.split(".")) if module else folder
+def _relative(package: Path, module: str, name: str, folder: Path) -> list[Path]:
+    base = package.joinpath(*module.split(".")) if module else package
     candidates = [base.with_suffix(".py"), base / "__init__.py", base / f"{name}.py", base / name / "__init__.py"]
     return [c for c in candidates if c.is_file() and _is_own(c, folder)]
