@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from sweeps.engine.runner import SweepResult, run_sweep
 from sweeps.results.export import best_config, write_export
+from sweeps.results.report import read_results
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import load_study
 from sweeps.store.sweep_dir import open_sweep_dir
@@ -97,6 +98,9 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
         has_checkpoint = "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert has_checkpoint == (rank < 3)
         assert {"vae/lr", "vae/loss_scale", "vae/grad_norm", "loss/kl"} <= set(run.data.metrics)
+    # the results table says how each trial was drawn, as its run's tag does
+    drawn = {row["number"]: row["drawn_by"] for row in read_results(result.sweep.path / "report")}
+    assert drawn == {int(r.data.tags["sweep.trial"]): r.data.tags["sweep.drawn_by"] for r in children}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     expected = {"results.parquet", "results.csv", "importances.json", "report.html", "plots.html"}
     assert {f"report/{name}" for name in expected} <= report

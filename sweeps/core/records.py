@@ -36,6 +36,8 @@ class TrialRecord:
     skipped_steps: int = 0
     sampling_s: float = 0.0
     """Seconds the sampler took to suggest this trial's parameters (Optuna ``ask`` and sampling)."""
+    drawn_by: str = ""
+    """How the sampler drew its values (``sweeps.store.study.drawn_by``; empty for a rescue)."""
     would_stop: str = ""
     """With ``divergence.mode: observe``: ``signal@step`` of the stop the detector would have made."""
     rescue_of: TrialRecord | None = None

@@ -44,6 +44,7 @@ from sweeps.core.keys import (
     ROLE_RESCUE,
     RUNNING,
     TAG_DIVERGENCE_STEP,
+    TAG_DRAWN_BY,
     TAG_EPOCHS,
     TAG_OPTUNA_NUMBER,
     TAG_RAY_TRIAL_ID,
@@ -268,6 +269,7 @@ def _fill_tags(record: TrialRecord, tags: dict[str, str]) -> None:
     if tags.get(TAG_EPOCHS, "").isdigit():
         record.epochs = int(tags[TAG_EPOCHS])
     record.signal = tags.get(TAG_SIGNAL, "")
+    record.drawn_by = tags.get(TAG_DRAWN_BY, "")
     step = tags.get(TAG_DIVERGENCE_STEP, "")
     record.diverged_at = int(step) if step.isdigit() else None
 

@@ -133,7 +133,8 @@ class OptunaSearcher(Searcher):
         run_id = self.tracker.create_trial_run(self.sweep, trial.number, trial_id, params, sampled, drawn_by=drawn)
         record_trial(trial, attrs={"ray_trial_id": trial_id, "mlflow_run_id": run_id, "config": params})
         self.live[trial_id] = trial
-        self.state.trials[trial_id] = TrialRecord(trial.number, trial_id, run_id, params, sampled, sampling_s=sampling)
+        record = TrialRecord(trial.number, trial_id, run_id, params, sampled, sampling_s=sampling, drawn_by=drawn)
+        self.state.trials[trial_id] = record
         return self._config(params, run_id)
 
     def _suggest_rescue(self, trial_id: str, original: TrialRecord) -> dict[str, Any]:

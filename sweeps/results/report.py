@@ -66,6 +66,7 @@ def result_rows(state: SweepState) -> list[dict[str, Any]]:
             "signal": r.signal,
             "diverged_at_step": r.diverged_at,
             "would_stop": r.would_stop,
+            "drawn_by": r.drawn_by,
             "steps": r.steps,
             "skipped_share": r.skipped_share,
             "rescue_of": r.rescue_of.label if r.rescue_of is not None else "",
