@@ -73,6 +73,7 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__kernel_size": {"choices": [3, 4]}}, "params.kernel_size.choices[1]", "odd"),
         ({"params__lr__type": "complex"}, "params.lr.type", "must be one of"),
         ({"params__lr__high": None}, "params.lr.high", "missing"),
+        ({"params__lr": {"low": 1e-4, "hihg": 1}}, "params.lr.hihg", "unknown key (did you mean 'high'?)"),
         ({"asha": {"grace_period": 9}}, "asha.grace_period", "more than budget.epochs"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"search": {"diverged_as": "ignore"}}, "search.diverged_as", "'infeasible' or 'fail'"),
@@ -99,6 +100,13 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     )
     keys = {k for k, _ in problems_of(tmp_path, data)}
     assert {"budget.trials", "params.lr", "params.kernel_size.choices", "params.precision.choices[0]"} <= keys
+
+
+def test_a_misspelt_bound_is_one_problem_not_also_a_missing_one(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, changed(GOOD, params__lr={"low": 1e-4, "hihg": 1, "log": True}))
+    assert [k for k, _ in problems] == ["params.lr.hihg"], problems
+    problems = problems_of(tmp_path, changed(GOOD, params__lr={"low": 1e-4, "log": True}))
+    assert [k for k, _ in problems] == ["params.lr.high"], problems  # a bound left out is still missing
 
 
 def test_a_bad_epoch_count_is_not_compared_with_the_grace_period(tmp_path: Path) -> None:

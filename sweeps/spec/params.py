@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -113,9 +114,13 @@ def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> Par
     if not isinstance(entry, dict):
         problems.add(key, "must be a mapping (type, low, high, log, step, choices, when) or a list of choices")
         return None
+    misspelt: set[str] = set()  # keys the entry holds misspelt: "missing" would say it twice
     for extra in entry:
         if extra not in PARAM_KEYS:
-            problems.add(f"{key}.{extra}", f"unknown key (known: {', '.join(sorted(PARAM_KEYS))})")
+            close = [k for k in difflib.get_close_matches(str(extra), sorted(PARAM_KEYS), n=1) if k not in entry]
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(PARAM_KEYS))}"
+            problems.add(f"{key}.{extra}", f"unknown key ({hint})")
+            misspelt.update(close)
     kind = entry.get("type") or ("categorical" if "choices" in entry else "int" if kind_hint is int else "float")
     if kind not in KINDS:
         problems.add(f"{key}.type", f"must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -123,7 +128,7 @@ def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> Par
     when = _parse_when(entry.get("when"), key, problems)
     if kind == "categorical":
         return _categorical(name, entry, kind_hint, when, problems)
-    return _numeric(name, kind, entry, when, problems)
+    return _numeric(name, kind, entry, when, problems, misspelt)
 
 
 def _categorical(
@@ -149,7 +154,12 @@ def _categorical(
 
 
 def _numeric(
-    name: str, kind: str, entry: dict[str, Any], when: dict[str, list[Any]], problems: Problems
+    name: str,
+    kind: str,
+    entry: dict[str, Any],
+    when: dict[str, list[Any]],
+    problems: Problems,
+    misspelt: Collection[str] = (),
 ) -> ParamSpec | None:
     key = f"params.{name}"
     before = len(problems)
@@ -157,7 +167,7 @@ def _numeric(
     low = read(entry.get("low"), f"{key}.low", problems) if "low" in entry else None
     high = read(entry.get("high"), f"{key}.high", problems) if "high" in entry else None
     for bound, value in (("low", low), ("high", high)):
-        if bound not in entry:
+        if bound not in entry and bound not in misspelt:
             problems.add(f"{key}.{bound}", f"missing (a {kind} parameter needs low and high)")
         elif value is not None and not math.isfinite(value):
             problems.add(f"{key}.{bound}", f"must be finite, got {value}")
