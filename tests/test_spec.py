@@ -73,7 +73,7 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__kernel_size": {"choices": [3, 4]}}, "params.kernel_size.choices[1]", "odd"),
         ({"params__lr__type": "complex"}, "params.lr.type", "must be one of"),
         ({"params__lr__high": None}, "params.lr.high", "missing"),
-        ({"params__lr": {"low": 1e-4, "hihg": 1}}, "params.lr.hihg", "unknown key (did you mean 'high'?)"),
+        ({"params__lr": {"low": 1e-4, "hihg": 1}}, "params.lr.hihg", "unknown key (did you mean 'high'? known:"),
         ({"asha": {"grace_period": 9}}, "asha.grace_period", "more than budget.epochs"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"search": {"diverged_as": "ignore"}}, "search.diverged_as", "'infeasible' or 'fail'"),

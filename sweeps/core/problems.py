@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from typing import Any
 
 
@@ -50,3 +52,10 @@ def as_int(value: Any, key: str, problems: Problems, minimum: int | None = None)
         problems.add(key, f"must be >= {minimum}, got {int(number)}")
         return None
     return int(number)
+
+
+def unknown_key(name: object, known: Collection[str]) -> str:
+    """The problem with a key a section does not have: the closest known key, if one is close, and all of them."""
+    close = difflib.get_close_matches(str(name), sorted(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}known: {', '.join(sorted(known))})"

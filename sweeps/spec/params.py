@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sweeps.core.problems import Problems, as_int, as_number
+from sweeps.core.problems import Problems, as_int, as_number, unknown_key
 from trainables.config import coerce
 
 if TYPE_CHECKING:
@@ -117,10 +117,8 @@ def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> Par
     misspelt: set[str] = set()  # keys the entry holds misspelt: "missing" would say it twice
     for extra in entry:
         if extra not in PARAM_KEYS:
-            close = [k for k in difflib.get_close_matches(str(extra), sorted(PARAM_KEYS), n=1) if k not in entry]
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(PARAM_KEYS))}"
-            problems.add(f"{key}.{extra}", f"unknown key ({hint})")
-            misspelt.update(close)
+            problems.add(f"{key}.{extra}", unknown_key(extra, PARAM_KEYS))
+            misspelt.update(k for k in difflib.get_close_matches(str(extra), sorted(PARAM_KEYS), n=1) if k not in entry)
     kind = entry.get("type") or ("categorical" if "choices" in entry else "int" if kind_hint is int else "float")
     if kind not in KINDS:
         problems.add(f"{key}.type", f"must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sweeps.core.errors import InputError
-from sweeps.core.problems import Problems, as_int, as_number
+from sweeps.core.problems import Problems, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, parse_params, unknown_parameter, untyped
 from sweeps.spec.source_names import unnamed_keys
@@ -279,7 +279,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     problems.extend(apply_overrides(raw, overrides, set(types), named_nowhere))
     for key in raw:
         if key not in TOP_KEYS:
-            problems.add(str(key), f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+            problems.add(str(key), unknown_key(key, TOP_KEYS))
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         problems.add("name", f"{name!r} must be letters, digits, '.', '_' or '-'")
@@ -369,7 +369,7 @@ def _section(value: Any, key: str, problems: Problems) -> dict[str, Any]:
 def _unknown(section: dict[str, Any], known: set[str], key: str, problems: Problems) -> None:
     for name in section:
         if name not in known:
-            problems.add(f"{key}.{name}", f"unknown key (known: {', '.join(sorted(known))})")
+            problems.add(f"{key}.{name}", unknown_key(name, known))
 
 
 def _budget(value: Any, problems: Problems) -> Budget:
