@@ -151,6 +151,8 @@ def _is_own(path: Path, folder: Path) -> bool:
 
 
 def _relative(package: Path, module: str, name: str, folder: Path) -> list[Path]:
+    """``from .module import name`` in ``package``: the module's file, or ``name``'s if it is a submodule."""
     base = package.joinpath(*module.split(".")) if module else package
-    candidates = [base.with_suffix(".py"), base / "__init__.py", base / f"{name}.py", base / name / "__init__.py"]
+    own = [base.with_suffix(".py"), base / "__init__.py"] if module else []  # `from . import x`: x alone
+    candidates = [*own, base / f"{name}.py", base / name / "__init__.py"]
     return [c for c in candidates if c.is_file() and _is_own(c, folder)]
