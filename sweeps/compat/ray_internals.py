@@ -120,3 +120,28 @@ def trial_actors_inherit_env(inherit: bool) -> bool:
         class_cache.DEFAULT_ENV_VARS = dict(_TUNE_ACTOR_ENV[0])
         class_cache.ENV_VARS_TO_PROPAGATE = set(_TUNE_ACTOR_ENV[1])
     return inherit
+
+
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch (read by ``ray._private.ray_constants`` at import): ``0`` keeps a local Ray on 127.0.0.1."""
+
+
+def local_ray_on_loopback() -> bool:
+    """Make a new local Ray listen and connect on 127.0.0.1 only, its workers too; False if the user set the switch.
+
+    Without it, a local Ray takes the machine's outward address as its node's: its GCS, raylet and
+    workers listen on every interface (reachable from the network, with no token) and talk to
+    each other through that address. A sweep's own local Ray needs no other host. Ray reads its
+    switch when ``ray._private.ray_constants`` is first imported, which the engine's imports have
+    done by now, so the module's value is set as well as the environment the workers inherit. A
+    value the user put in the environment is left as it is.
+    """
+    import os
+
+    if LOOPBACK_SWITCH in os.environ:
+        return False
+    os.environ[LOOPBACK_SWITCH] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    return True

@@ -13,7 +13,12 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from sweeps.compat.ray_internals import default_ray_address, max_cluster_resources, trial_actors_inherit_env
+from sweeps.compat.ray_internals import (
+    default_ray_address,
+    local_ray_on_loopback,
+    max_cluster_resources,
+    trial_actors_inherit_env,
+)
 from sweeps.core.errors import InputError
 from sweeps.core.failures import failure_reason
 from sweeps.spec.sweep_spec import Budget, SpecError, SweepSpec
@@ -60,7 +65,9 @@ def start_ray(num_cpus: int | None = None, address: str | None = None, preload: 
     env of their own and start in the workers Ray prestarts, which import the ``preload`` modules
     while they wait (the first validation came 0.4 to 2 s sooner here), and are kept while idle for up
     to :data:`PRESTARTED_IDLE_MS`. On a cluster the engine's env
-    vars travel as the job's runtime env, and every trial actor starts a new process.
+    vars travel as the job's runtime env, and every trial actor starts a new process. A new local
+    Ray listens and connects on 127.0.0.1 only (``local_ray_on_loopback``) unless the user set Ray's
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` themselves.
     """
     import ray
 
@@ -71,7 +78,10 @@ def start_ray(num_cpus: int | None = None, address: str | None = None, preload: 
     # Trainers named by import path (my_pkg.module:Class) resolve from the working directory.
     paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    local = trial_actors_inherit_env(starts_local_ray(address))
+    new_local = starts_local_ray(address)
+    if new_local:
+        local_ray_on_loopback()
+    local = trial_actors_inherit_env(new_local)
     preloading = local and preload and "RAY_preload_python_modules" not in os.environ  # a user's own wins
     try:
         ray.init(
