@@ -200,6 +200,50 @@ def test_cli_bad_spec_exits_2_with_one_line_per_problem(tmp_path: Path, capsys: 
     assert "budget.trials: must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("trainer", "source", "line"),
+    [
+        (
+            "broken:train",
+            "import math\ndef train(config, run)\n    pass\n",
+            "SyntaxError: expected ':' (broken.py, line 2)",
+        ),
+        (
+            "raises:train",
+            "SIZE = int('sixteen')\ndef train(config, run):\n    pass\n",
+            "ValueError: invalid literal for int() with base 10: 'sixteen' (raises.py, line 1)",
+        ),
+        (
+            "deep:train",  # raised in an installed package: placed at the user's line that called it
+            "import json\nCONFIG = json.loads('{bad')\ndef train(config, run):\n    pass\n",
+            "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1) "
+            "(deep.py, line 2)",
+        ),
+        (":train", "", "trainer ':train': write module:Class or module:function (both parts named)"),
+        ("raises:", "", "trainer 'raises:': write module:Class or module:function (both parts named)"),
+    ],
+)
+def test_a_trainer_module_that_fails_at_import_is_one_line_before_anything_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    trainer: str,
+    source: str,
+    line: str,
+) -> None:
+    """Not only a missing module: a syntax error or any exception raised by the module's own code at import."""
+    module = trainer.partition(":")[0]
+    if module:
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_spec(tmp_path, {"trainer": trainer, "metric": "val_loss", "params": {"lr": {"low": 0.1, "high": 1}}})
+    assert main(["run", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: {path}: trainer: ") and line in err, err
+
+
 def test_cli_bad_input_starts_no_ray(tmp_path: Path) -> None:
     code = (
         "import sys; from sweeps.cli import main; rc = main(sys.argv[1:]);"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 from typing import Any
 
 from trainables.protocol import is_function_trainer, signature_problem
@@ -31,6 +32,8 @@ def load_trainer(name: str) -> Any:
             f"unknown trainer {name!r} ({hint}built-in: {known}; or use module:Class or module:function)"
         )
     module_name, _, attr = path.partition(":")
+    if not module_name.strip() or not attr.strip():
+        raise TrainerLoadError(f"trainer {name!r}: write module:Class or module:function (both parts named)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -38,6 +41,8 @@ def load_trainer(name: str) -> Any:
         if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
             where = f" (modules are looked up from the working directory {os.getcwd()} and PYTHONPATH)"
         raise TrainerLoadError(f"cannot import trainer module {module_name!r}: {exc}{where}") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed at import: say where, in one line
+        raise TrainerLoadError(f"cannot import trainer module {module_name!r}: {_import_failure(exc)}") from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise TrainerLoadError(f"module {module_name!r} has no attribute {attr!r}")
@@ -54,3 +59,25 @@ def load_trainer(name: str) -> Any:
         )
         raise TrainerLoadError(f"{path!r} is not a trainer: it lacks {lacks}")
     return cls
+
+
+def _import_failure(exc: Exception) -> str:
+    """One line for an exception raised while a module was imported: its type, message and where.
+
+    A ``SyntaxError`` names its file and line in its message; any other error is placed at the
+    innermost line of the user's own files in its traceback (not Python's or an installed
+    package's), where the module raised or made the call that did.
+    """
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    if isinstance(exc, SyntaxError):
+        return text
+    installed = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
+    where = None
+    frame = exc.__traceback__
+    while frame is not None:
+        file = frame.tb_frame.f_code.co_filename
+        if not file.startswith("<") and not os.path.abspath(file).startswith(installed):
+            where = f"{os.path.basename(file)}, line {frame.tb_lineno}"
+        frame = frame.tb_next
+    return f"{text} ({where})" if where else text
