@@ -392,6 +392,21 @@ def test_untyped_numbers_written_1e_3_reach_a_function_as_numbers(tmp_path: Path
     assert spec.params["lr"].choices == [0.001, 0.002]
 
 
+def test_an_exported_config_edited_by_hand_reads_1e_5_as_a_number_too(tmp_path: Path) -> None:
+    """``sweeps train`` reads a function trainer's values as a spec's are: PyYAML's string ``'1e-5'`` is a number."""
+    from sweeps.trial.from_file import load_run_file
+
+    path = tmp_path / "best.yaml"
+    path.write_text(
+        f"trainer: {EXAMPLE}\nepochs: 1\nmetric: {{name: val_loss, mode: min}}\n"
+        "config: {lr: 1e-5, noise: 2.5e-2, name_like: abc, width: 4}\n"
+    )
+    assert yaml.safe_load(path.read_text())["config"]["lr"] == "1e-5"  # what PyYAML gives
+    config = load_run_file(path)["config"]
+    assert config == {"lr": 1e-5, "noise": 0.025, "name_like": "abc", "width": 4}
+    assert isinstance(config["lr"], float)
+
+
 def test_a_key_the_loops_source_never_names_gets_a_note_before_the_sweep(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ import torch
 from sweeps.core.keys import EPOCH
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int
+from sweeps.spec.params import untyped
 from sweeps.spec.sweep_spec import SpecError, read_yaml
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
 from trainables.config import ConfigError, build_config
@@ -21,7 +22,11 @@ from trainables.registry import TrainerLoadError, load_trainer
 
 
 def load_run_file(path: str | Path) -> dict[str, Any]:
-    """Read and check an exported config; raise SpecError listing every problem."""
+    """Read and check an exported config; raise SpecError listing every problem.
+
+    A class trainer's values are checked against its config fields; a function trainer's are read
+    as a spec's are (an unquoted ``1e-5``, which PyYAML reads as a string, is a number).
+    """
     data = read_yaml(path)
     problems = Problems()
     if not isinstance(data, dict):
@@ -33,6 +38,8 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
         trainer_cls = load_trainer(str(data.get("trainer")))
         if isinstance(data.get("config"), dict) and not is_function_trainer(trainer_cls):
             build_config(trainer_cls.Config, data["config"], prefix="config.")
+        elif isinstance(data.get("config"), dict):  # no config fields to type the values: read as a spec's are
+            data["config"] = {key: untyped(value) for key, value in data["config"].items()}
     except TrainerLoadError as exc:
         problems.add("trainer", str(exc))
     except ConfigError as exc:
