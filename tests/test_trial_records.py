@@ -158,3 +158,19 @@ def test_a_batch_from_sample_grid_is_tiled_and_an_image_that_cannot_be_made_is_a
             assert not warning
         else:
             assert warning.startswith("could not save the epoch 2 image: ValueError: an image is (C, H, W)")
+
+
+def test_a_trial_that_diverges_between_reports_keeps_its_last_finite_value_in_the_sweeps_records() -> None:
+    """Epoch 1 validated (1.0) but was not reported (the cadence waits); epoch 2's metric is NaN: a divergence.
+
+    The driver's record (the terminal table, ``results.csv``) shows 1.0, as the trial's MLflow run
+    does, not '-'.
+    """
+    plan = TrialPlan("tests.function_trainers:nan_at_epoch_two", "val_loss", 3, report_every_s=1000.0)
+    channel = MemoryChannel()
+    EpochLoop(plan, {}).run(channel)
+    assert len(channel.reports) == 1 and channel.reports[0][DIVERGED_KEY]  # the one report: the divergence
+    state = SweepState(metric="val_loss", mode="min")
+    record = TrialRecord(0, "a", "r0", {}, {})
+    state.observe(record, channel.reports[0])
+    assert record.value == 1.0 and record.epochs == 2

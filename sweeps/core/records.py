@@ -9,6 +9,7 @@ from typing import Any
 from sweeps.core.keys import (
     COMPLETED,
     DIVERGED,
+    HISTORY_KEY,
     OBSERVED_SIGNAL_KEY,
     OBSERVED_STEP_KEY,
     RUNNING,
@@ -83,8 +84,11 @@ class SweepState:
         record.skipped_steps = int(result.get(SKIPPED_KEY, record.skipped_steps))
         if result.get(OBSERVED_SIGNAL_KEY):
             record.would_stop = f"{result[OBSERVED_SIGNAL_KEY]}@{result.get(OBSERVED_STEP_KEY, '?')}"
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        # A diverged trial's last report holds a NaN metric; the epochs it validated since its
+        # previous report (its history) hold what it reached: its last finite value, as in MLflow.
+        values = [result.get(self.metric), *(v for _, v in reversed(result.get(HISTORY_KEY) or []))]
+        value = next((v for v in values if isinstance(v, (int, float)) and math.isfinite(v)), None)
+        if value is not None:
             record.value = float(value)
 
     def finish(self, record: TrialRecord, status: str, reason: str = "") -> None:
