@@ -232,6 +232,8 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     assert state.trials["a"].status == "completed" and state.trials["a"].value == 0.5
     assert state.best is state.trials["a"]
     assert state.trials["b"].status == "running" and state.trials["b"].epochs == 1
+    assert state.trials["d"].value == 3.0  # logged to MLflow before the driver died: in the table and results.csv
+    assert state.trials["c"].value is None
     assert again.reported == {"b": 1, "e": 0} and set(again.live) == {"b", "e"}
     assert again.asked == 3  # c and d do not count toward the budget
     for number in (2, 3):

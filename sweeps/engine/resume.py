@@ -67,7 +67,10 @@ from sweeps.tracking.store_check import check_tracking_uri, open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
 
 ENDED = {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
-LOST_REASON = "the sweep's driver died before Ray recorded a checkpoint of this trial; replaced on resume"
+LOST_REASON = (
+    "the sweep's driver died before Ray's saved sweep state listed a checkpoint of this trial (Ray saves that "
+    "state every 10 s or more; a checkpoint folder written since is not used); replaced on resume"
+)
 
 
 @dataclass
@@ -224,6 +227,9 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
         run_id = run.info.run_id if run is not None else ""
         record = TrialRecord(frozen.number, ray_id, run_id, dict(attrs.get("config") or {}), dict(frozen.params))
         _fill(record, frozen, tags, state.metric)
+        if record.value is None and run is not None:  # reported to MLflow, not yet to the driver that died
+            value = run.data.metrics.get(state.metric)
+            record.value = value if value is not None and math.isfinite(value) else None
         state.trials[ray_id] = record
         if frozen.state == TrialState.RUNNING:
             trial = running_trial(study, frozen)
