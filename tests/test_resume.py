@@ -250,3 +250,16 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     again.on_trial_complete("b", {"val_loss": 1.5, "training_iteration": 2})
     b = study.trials[1]
     assert b.state == TrialState.COMPLETE and b.intermediate_values == {1: 2.0, 2: 1.5}
+
+
+def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_go_on(tmp_path: Path) -> None:
+    from sweeps.engine.resume import check_resumable
+    from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
+
+    sweep = new_sweep_dir(tmp_path / "runs", "stopped")
+    sweep.write_meta({"status": "interrupted"})
+    with pytest.raises(SweepStoreError) as info:
+        check_resumable(tmp_path / "runs", "stopped")
+    message = str(info.value)
+    assert "was stopped (Ctrl-C)" in message and "\n" not in message
+    assert message.endswith(f"sweeps run {sweep.spec_file} --warm-start stopped")

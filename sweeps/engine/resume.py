@@ -110,7 +110,8 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
     if status == INTERRUPTED:
         raise SweepStoreError(
             f"sweep {sweep.name!r} was stopped (Ctrl-C) and its open trials recorded as interrupted; "
-            "resume continues a sweep whose driver died"
+            "resume continues a sweep whose driver died. To go on from it, start a sweep that learns from its "
+            f"trials: sweeps run {sweep.spec_file} --warm-start {sweep.name}"
         )
     if status != RUNNING:
         raise SweepStoreError(f"sweep {sweep.name!r} has status {status!r}; only a sweep whose driver died resumes")
