@@ -162,9 +162,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_sweep_name(args.name)
     if args.cpus is not None and args.cpus < 1:
         raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
-    if args.check:
-        print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
-        return 0
     from sweeps.engine.preflight import check_sweep_start
 
     # Before Ray starts and before anything is made: the name, trial storage, the tracking store.
@@ -173,8 +170,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from sweeps.engine.warm_start import check_warm_start
 
         check_warm_start(args.storage, args.warm_start, spec)
-    from sweeps.engine.cluster import check_ray_address
+    from sweeps.engine.cluster import check_local_workers_fit, check_ray_address
 
+    check_local_workers_fit(spec, args.address, args.cpus)
+    if args.check:  # everything above; a cluster's address is not tried
+        print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
+        return 0
     address = check_ray_address(args.address)  # before Ray (and the engine) is imported: seconds, not minutes
     from sweeps.engine.runner import run_sweep
 

@@ -90,8 +90,41 @@ def _exported_with_bad_provenance(folder: Path) -> None:
     (folder / "best.yaml").write_text(yaml.safe_dump(EXPORTED))
 
 
+def _taken_name(folder: Path) -> None:
+    (folder / "sweep_runs" / "taken").mkdir(parents=True)
+
+
+def _earlier_sweep_maximising(folder: Path) -> None:
+    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.store.study import create_study
+    from sweeps.store.sweep_dir import new_sweep_dir
+
+    (folder / "max.yaml").write_text(yaml.safe_dump({**SPEC, "metric": {"name": "val_loss", "mode": "max"}}))
+    earlier = new_sweep_dir(folder / "sweep_runs", "old")
+    earlier.write_meta({"status": "completed", "metric": "val_loss", "mode": "max"})
+    create_study(earlier, load_spec(folder / "max.yaml"))
+
+
 STALE_FILE = r"Ray's default-address file \S+ray_current_cluster names 127\.0\.0\.1:\d+ \(from an earlier 'ray start'\)"
 ROWS = [
+    # --check refuses what the run would refuse before Ray starts (it used to pass these three)
+    Row(
+        "--check: a name that is taken",
+        ["run", "s.yaml", "--name", "taken", "--check"],
+        r"sweep 'taken' already exists in \S+sweep_runs; choose another --name",
+        setup=_taken_name,
+    ),
+    Row(
+        "--check: workers a new local Ray cannot hold",
+        ["run", "s.yaml", "--set", "budget.workers_per_trial=3", "--cpus", "2", "--check"],
+        r"s\.yaml: budget\.workers_per_trial: 3 workers x 1 CPU need 3 CPUs; a new local Ray on this machine has 2$",
+    ),
+    Row(
+        "--check: a warm start from a sweep of the other direction",
+        ["run", "s.yaml", "--warm-start", "old", "--check"],
+        r"--warm-start old: that sweep optimised val_loss \(max\), this spec val_loss \(min\)",
+        setup=_earlier_sweep_maximising,
+    ),
     Row(
         "name outside sweep_runs",
         ["run", "s.yaml", "--name", "../../etc/evil"],

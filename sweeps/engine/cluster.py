@@ -203,6 +203,35 @@ def cluster_slots(budget: Budget) -> int:
     return max(1, int(min(fits)))
 
 
+def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | None) -> None:
+    """Before Ray starts: raise SpecError (one line) when one trial's workers need more CPUs than a new local Ray gets.
+
+    ``address`` as given (``--address``); no cluster is contacted. A cluster, or a new local Ray
+    this cannot be sure of, is checked once joined (:func:`check_workers_fit`, which knows the
+    autoscaler's ceiling). The CPUs counted are ``cpus`` or this machine's, the most Ray can see.
+    """
+    if spec.budget.workers_per_trial <= 1 or not starts_local_ray(address):
+        return
+    have = cpus or os.cpu_count() or 1
+    _refuse_if_short(spec, {"CPU": float(have)}, only=("CPU",), where="a new local Ray on this machine has")
+
+
+def _refuse_if_short(spec: SweepSpec, ceiling: dict[str, float], only: tuple[str, ...], where: str) -> None:
+    budget = spec.budget
+    for name, each in (("CPU", budget.cpus_per_trial), ("GPU", budget.gpus_per_trial)):
+        need, have = budget.workers_per_trial * each, ceiling.get(name, 0.0)
+        if name in only and need > have:
+            raise SpecError(
+                spec.source,
+                [
+                    (
+                        "budget.workers_per_trial",
+                        f"{budget.workers_per_trial} workers x {each:g} {name} need {need:g} {name}s; {where} {have:g}",
+                    )
+                ],
+            )
+
+
 def check_workers_fit(spec: SweepSpec) -> None:
     """Raise SpecError (one line) when one trial's workers can never fit on the Ray cluster.
 
@@ -213,17 +242,4 @@ def check_workers_fit(spec: SweepSpec) -> None:
     if budget.workers_per_trial <= 1:
         return
     start_ray()
-    ceiling = max_cluster_resources()
-    for name, each in (("CPU", budget.cpus_per_trial), ("GPU", budget.gpus_per_trial)):
-        need, have = budget.workers_per_trial * each, ceiling.get(name, 0.0)
-        if need > have:
-            raise SpecError(
-                spec.source,
-                [
-                    (
-                        "budget.workers_per_trial",
-                        f"{budget.workers_per_trial} workers x {each:g} {name} need {need:g} {name}s; "
-                        f"the Ray cluster has at most {have:g}",
-                    )
-                ],
-            )
+    _refuse_if_short(spec, max_cluster_resources(), only=("CPU", "GPU"), where="the Ray cluster has at most")
