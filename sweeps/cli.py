@@ -464,10 +464,10 @@ def _sweep_links(uri: str, experiment_id: str, server: str, top_k: int, sweep: s
     if views is None:
         return []
     swept = ", ".join(views.params) or "the parameters"
-    return [
-        f"sweep {views.sweep}, its trials by {views.metric}: {views.trials_url(server)}",
-        f"its top {views.top} compared on {swept} against {views.metric}: {views.top_url(server)}",
-    ]
+    lines = [f"sweep {views.sweep}, its trials by {views.metric}: {views.trials_url(server)}"]
+    if views.top == 0:
+        return [*lines, f"(no top trials to compare: no trial of it completed with a {views.metric})"]
+    return [*lines, f"its top {views.top} compared on {swept} against {views.metric}: {views.top_url(server)}"]
 
 
 def _experiments(uri: str) -> list[tuple[str, str]]:

@@ -204,6 +204,7 @@ ROWS = [
     ),
     Row("report: a nested name", ["report", "a/b"], r"'a/b' is neither a sweep's folder"),
     Row("resume: a name outside sweep_runs", ["resume", "../x"], r"'\.\./x' is neither a sweep's folder"),
+    Row("train: no such file", ["train", "nope.yaml"], r"nope\.yaml: cannot read exported config .*No such file"),
     Row(
         "train: provenance naming a path",
         ["train", "best.yaml"],

@@ -224,3 +224,20 @@ def test_ui_views_open_the_sweeps_trials_and_its_top_trials_compared() -> None:
 def test_ordered_puts_trials_without_a_value_after_those_with_one(mode: str) -> None:
     rows = [row(0, "completed", None, 4), row(1, "completed", 0.3, 4), row(2, "completed", math.inf, 4)]
     assert [r["trial"] for r in ordered(rows, "val_loss", mode)][0] == "t001"
+
+
+def test_ui_links_of_a_sweep_with_no_completed_trial_say_so_instead_of_a_top_0(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeps.cli import _sweep_links
+    from sweeps.core.keys import ROLE_PARENT, TAG_NAME, TAG_ROLE
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("ui")
+    parent = client.create_run(experiment, tags={TAG_ROLE: ROLE_PARENT, TAG_NAME: "s1"}).info.run_id
+    client.log_param(parent, "metric", "val_loss")
+    client.log_param(parent, "searched", "lr")
+    lines = _sweep_links(uri, experiment, "http://127.0.0.1:5000", 3, None)
+    assert len(lines) == 2 and lines[0].startswith("sweep s1, its trials by val_loss: http://127.0.0.1:5000/")
+    assert lines[1] == "(no top trials to compare: no trial of it completed with a val_loss)"

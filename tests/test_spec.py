@@ -68,6 +68,8 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"budget__trials": 0}, "budget.trials", "must be >= 1"),
         ({"budget__trials": -3}, "budget.trials", "must be >= 1"),
         ({"budget__epochs": "many"}, "budget.epochs", "not a number"),
+        ({"budget__epochs": True}, "budget.epochs", "true is not a number"),  # as YAML wrote it, not Python's True
+        ({"params__kernel_size": {"type": "int", "low": 3}}, "params.kernel_size.high", "(an int parameter needs"),
         ({"metric": {"name": "val_nope"}}, "metric", "not produced by trainer"),
         ({"metric": {"name": "val_mse", "mode": "down"}}, "metric.mode", "'min' or 'max'"),
         ({"params__kernel_size": {"choices": [3, 4]}}, "params.kernel_size.choices[1]", "odd"),

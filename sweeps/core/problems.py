@@ -31,7 +31,8 @@ class Problems:
 def as_number(value: Any, key: str, problems: Problems) -> float | None:
     """Return ``value`` as a float (``"1e-5"`` included), or record a problem and return None."""
     if isinstance(value, bool) or value is None:
-        problems.add(key, f"{value!r} is not a number")
+        shown = {True: "true", False: "false", None: "null (an empty value)"}[value]  # as YAML wrote it
+        problems.add(key, f"{shown} is not a number")
         return None
     try:
         return float(value)

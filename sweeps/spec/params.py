@@ -166,7 +166,8 @@ def _numeric(
     high = read(entry.get("high"), f"{key}.high", problems) if "high" in entry else None
     for bound, value in (("low", low), ("high", high)):
         if bound not in entry and bound not in misspelt:
-            problems.add(f"{key}.{bound}", f"missing (a {kind} parameter needs low and high)")
+            article = "an" if kind == "int" else "a"
+            problems.add(f"{key}.{bound}", f"missing ({article} {kind} parameter needs low and high)")
         elif value is not None and not math.isfinite(value):
             problems.add(f"{key}.{bound}", f"must be finite, got {value}")
     log = entry.get("log", False)

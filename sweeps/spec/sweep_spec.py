@@ -160,14 +160,14 @@ class SweepSpec:
         return params
 
 
-def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file, raising SpecError with the line of a syntax error."""
+def read_yaml(path: str | Path, what: str = "spec file") -> Any:
+    """Read a YAML file (``what`` names it in an error), raising SpecError with the line of a syntax error."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SpecError(source, [("", f"cannot read spec file: {reason}")]) from None
+        raise SpecError(source, [("", f"cannot read {what}: {reason}")]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -27,7 +27,7 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     A class trainer's values are checked against its config fields; a function trainer's are read
     as a spec's are (an unquoted ``1e-5``, which PyYAML reads as a string, is a number).
     """
-    data = read_yaml(path)
+    data = read_yaml(path, "exported config (the file 'sweeps export' wrote)")
     problems = Problems()
     if not isinstance(data, dict):
         raise SpecError(str(path), [("", "an exported config must be a YAML mapping")])
