@@ -213,14 +213,15 @@ def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | No
     if spec.budget.workers_per_trial <= 1 or not starts_local_ray(address):
         return
     have = cpus or os.cpu_count() or 1
-    _refuse_if_short(spec, {"CPU": float(have)}, only=("CPU",), where="a new local Ray on this machine has")
+    _refuse_if_short(spec, {"CPU": float(have)}, where="a new local Ray on this machine has")
 
 
-def _refuse_if_short(spec: SweepSpec, ceiling: dict[str, float], only: tuple[str, ...], where: str) -> None:
+def _refuse_if_short(spec: SweepSpec, ceiling: dict[str, float], where: str) -> None:
+    """Raise SpecError when one trial's workers need more of a resource named in ``ceiling`` than it holds."""
     budget = spec.budget
     for name, each in (("CPU", budget.cpus_per_trial), ("GPU", budget.gpus_per_trial)):
-        need, have = budget.workers_per_trial * each, ceiling.get(name, 0.0)
-        if name in only and need > have:
+        need, have = budget.workers_per_trial * each, ceiling.get(name)
+        if have is not None and need > have:
             raise SpecError(
                 spec.source,
                 [
@@ -242,4 +243,6 @@ def check_workers_fit(spec: SweepSpec) -> None:
     if budget.workers_per_trial <= 1:
         return
     start_ray()
-    _refuse_if_short(spec, max_cluster_resources(), only=("CPU", "GPU"), where="the Ray cluster has at most")
+    most = max_cluster_resources()
+    ceiling = {name: most.get(name, 0.0) for name in ("CPU", "GPU")}  # a resource it lacks: none of it
+    _refuse_if_short(spec, ceiling, where="the Ray cluster has at most")

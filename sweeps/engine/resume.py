@@ -227,10 +227,7 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
         ray_id = str(attrs.get("ray_trial_id") or tags.get(TAG_RAY_TRIAL_ID) or f"unstarted-{frozen.number}")
         run_id = run.info.run_id if run is not None else ""
         record = TrialRecord(frozen.number, ray_id, run_id, dict(attrs.get("config") or {}), dict(frozen.params))
-        _fill(record, frozen, tags, state.metric)
-        if record.value is None and run is not None:  # reported to MLflow, not yet to the driver that died
-            value = run.data.metrics.get(state.metric)
-            record.value = value if value is not None and math.isfinite(value) else None
+        _fill(record, frozen, tags, _logged_value(run, state.metric))
         state.trials[ray_id] = record
         if frozen.state == TrialState.RUNNING:
             trial = running_trial(study, frozen)
@@ -258,8 +255,18 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
     return plan
 
 
-def _fill(record: TrialRecord, frozen: FrozenTrial, tags: dict[str, str], metric: str) -> None:
-    """Epochs, metric value, step counts and divergence details as the trial left them."""
+def _logged_value(run: Any, metric: str) -> float | None:
+    """The last finite value of ``metric`` the trial's MLflow run holds (None: no run, or none finite)."""
+    value = run.data.metrics.get(metric) if run is not None else None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _fill(record: TrialRecord, frozen: FrozenTrial, tags: dict[str, str], logged: float | None) -> None:
+    """Epochs, metric value, step counts and divergence details as the trial left them.
+
+    The value is the study's; ``logged`` (its MLflow run's) when the study has none: a value the
+    trial logged before the driver that died heard of it.
+    """
     values = frozen.intermediate_values
     if values:
         record.epochs = max(values)
@@ -267,6 +274,8 @@ def _fill(record: TrialRecord, frozen: FrozenTrial, tags: dict[str, str], metric
         record.value = last if math.isfinite(last) else None
     if frozen.state == TrialState.COMPLETE and frozen.value is not None and math.isfinite(frozen.value):
         record.value = frozen.value
+    if record.value is None:
+        record.value = logged
     record.steps = int(frozen.user_attrs.get("steps", 0))
     record.skipped_steps = round(float(frozen.user_attrs.get("skipped_share", 0.0)) * record.steps)
     _fill_tags(record, tags)
@@ -304,8 +313,7 @@ def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: dict
         original.rescue = record
         state.trials[ray_id] = record
         _fill_tags(record, tags)
-        value = run.data.metrics.get(state.metric)
-        record.value = value if value is not None and math.isfinite(value) else None
+        record.value = _logged_value(run, state.metric)
         if run.info.status != "RUNNING":
             state.finish(record, tags.get(TAG_STATUS, FAILED), tags.get(TAG_REASON, ""))
         elif _continues(ray_id, run, unfinished):
