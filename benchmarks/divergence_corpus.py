@@ -312,6 +312,9 @@ ORDER = ("vae", "sr_gan", "translation_gan", "denoiser", "sr_onecycle", "gan_own
 FRESH = ("wgan_gp", "unet_ema")
 """Loops written after the detector's defaults were fixed, by someone who never read the detector
 (``benchmarks/loops``; each module's ``SWEEP_LR`` is its author's lr range)."""
+FRESH_2 = ("ddpm_tiny", "colorize_plateau")
+"""Loops written on 2026-12-03, after the detector was last changed (``b46ed25``), by helpers who
+never read it; replayed once, at the defaults, after their traces were generated."""
 
 
 def make_loop(name: str) -> Loop:

@@ -37,9 +37,10 @@ run when each trial ends at the earlier of the detector's stop and ASHA's cut.
 
 Split: thresholds are tuned on ``TUNED`` loops only; ``HELD_OUT`` loops are only reported (but
 they were looked at, as the detector's failures were studied on them); ``FRESH`` loops were
-written after the defaults were fixed and replayed once, after (``divergence_corpus.FRESH``).
+written after the defaults were fixed and replayed once, after (``divergence_corpus.FRESH``);
+``FRESH_2`` loops were written after the detector's last change and replayed once, after.
 
-Run: ``python -m benchmarks.divergence_replay [--split tuned|held-out|all] [--old]
+Run: ``python -m benchmarks.divergence_replay [--split tuned|held-out|fresh|fresh-2|all] [--old]
 [--set loss_explosion.factor=50 ...] [--list]``. ``--old`` also prints the table for the detector
 as it was before issue 13 (``benchmarks/divergence_v1.py``, its defaults); ``--list`` prints every
 stopped or missed trial of the loops shown.
@@ -57,7 +58,7 @@ from typing import Any
 
 import numpy
 
-from benchmarks.divergence_corpus import CORPUS, FRESH, read
+from benchmarks.divergence_corpus import CORPUS, FRESH, FRESH_2, read
 
 TUNED = ("vae", "sr_gan", "denoiser", "ae_warm_restarts")
 HELD_OUT = ("translation_gan", "gan_own", "sr_onecycle")
@@ -305,15 +306,20 @@ def main() -> None:
     """Print the tables."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", type=Path, default=CORPUS)
-    parser.add_argument("--split", choices=["tuned", "held-out", "fresh", "all"], default="tuned")
+    parser.add_argument("--split", choices=["tuned", "held-out", "fresh", "fresh-2", "all"], default="tuned")
     parser.add_argument("--old", action="store_true", help="also the detector before issue 13, at its defaults")
     parser.add_argument("--set", action="append", default=[], metavar="SIGNAL.KEY=VALUE")
     parser.add_argument("--list", action="store_true", help="every stopped or missed trial")
     args = parser.parse_args()
     start = time.perf_counter()
     corpus = load(args.corpus)
-    splits = {"tuned": [("TUNED", TUNED)], "held-out": [("HELD-OUT", HELD_OUT)], "fresh": [("FRESH", FRESH)]}
-    chosen = [*splits["tuned"], *splits["held-out"], *splits["fresh"]] if args.split == "all" else splits[args.split]
+    splits = {
+        "tuned": [("TUNED", TUNED)],
+        "held-out": [("HELD-OUT", HELD_OUT)],
+        "fresh": [("FRESH", FRESH)],
+        "fresh-2": [("FRESH-2", FRESH_2)],
+    }
+    chosen = [row for rows in splits.values() for row in rows] if args.split == "all" else splits[args.split]
     detectors = [("new", new_detector(parse_overrides(args.set)))]
     if args.old:
         detectors = [("old", old_detector()), *detectors]
