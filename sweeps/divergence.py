@@ -29,13 +29,14 @@ started, not to its best value so far:
 - ``grad_explosion``: a network's gradient norm is above ``factor`` (1000) x the median of its last
   ``window`` (50) norms (the spikes kept out; never less than the median of its first ``warmup``
   norms, so a gradient that vanished and comes back has not exploded), judged once ``warmup`` (20)
-  norms are in, on 6 of the last ``steps`` (8) steps; and the loss is above its first value on as
-  many of those steps, the newest included (a gradient spike while the loss is back where it
-  started is not a divergence).
+  norms are in, on 6 of the last ``steps`` (8) steps; and the loss is above twice its first value
+  (``LOSS_UP``) on as many of those steps, the newest included (a gradient spike while the loss is
+  back near where it started is not a divergence).
 - ``runaway_weights``: a last-layer weight norm is above ``factor`` (50) x its first value on
-  ``share`` (75%) of the last ``steps`` (20) steps, with the loss above its first value on as many
-  of them, the newest included (weight norms move slowly and stay up after the loss has come back,
-  hence the longer window).
+  ``share`` (75%) of the last ``steps`` (20) steps, with the loss above twice its first value on as
+  many of them, the newest included (weight norms move slowly and stay up after the loss has come
+  back, hence the longer window; and a head initialised at zero grows far beyond 50 x its first
+  norm while it learns, so only a loss clearly worse than the untrained model's counts).
 - ``collapse``: generated output exactly constant (``output_std`` == 0) or all zero, or a loss of
   exactly zero, for ``steps`` (20) steps in a row (raw values; these are not lagging signals).
 
@@ -75,6 +76,11 @@ DEFAULTS: dict[str, dict[str, float]] = {
 
 HEURISTIC = ("loss_explosion", "grad_explosion", "collapse", "runaway_weights")
 """The signals that judge from a pattern and so wait for evidence (the others are irrecoverable states)."""
+
+LOSS_UP = 2.0
+"""``grad_explosion`` and ``runaway_weights`` fire only while the loss is above this many times its first
+value: a loss back near where it started (a model that has not moved, or has fallen back to its
+starting guess) is no divergence, whatever its gradients or weights do."""
 
 
 @dataclass
@@ -256,7 +262,7 @@ class DivergenceDetector:
         return None
 
     def _loss_state(self, loss: Any) -> None:
-        """Remember the first finite loss (the untrained model's) and whether this step's is above it.
+        """Remember the first finite loss (the untrained model's) and whether this step's is ``LOSS_UP`` x above it.
 
         Once the loss has been negative (a hinge or Wasserstein GAN's summed losses, a Gaussian
         likelihood) it is not compared with its first value again: ``loss_explosion`` stands down
@@ -269,11 +275,11 @@ class DivergenceDetector:
         if loss is None or self.signed_loss:
             up = True  # no loss reported, or no magnitude to compare: the other signals judge alone
         else:
-            up = not _finite(loss) or (self.start_loss is not None and abs(float(loss)) > self.start_loss)
+            up = not _finite(loss) or (self.start_loss is not None and abs(float(loss)) > LOSS_UP * self.start_loss)
         self.loss_up.append(up)
 
     def _loss_still_up(self, evidence: _Evidence) -> bool:
-        """Whether the loss is above its first value now and on as many recent steps as ``evidence`` needs."""
+        """Whether the loss is ``LOSS_UP`` x its first value now and on as many recent steps as ``evidence`` needs."""
         window = len(evidence.recent)
         recent = list(itertools.islice(self.loss_up, max(0, len(self.loss_up) - window), None))
         return bool(recent) and recent[-1] and sum(recent) >= evidence.need
@@ -318,7 +324,8 @@ class DivergenceDetector:
                 if onset is not None and self._loss_still_up(evidence):
                     reason = (
                         f"{net or 'model'}: grad norm {float(norm):.3g} > {cfg['factor']:g} x median {median:.3g} "
-                        f"on {evidence.hits} of the last {len(evidence.recent)} steps, loss above its first value"
+                        f"on {evidence.hits} of the last {len(evidence.recent)} steps, "
+                        f"loss over {LOSS_UP:g} x its first value"
                     )
                     return Divergence("grad_explosion", reason, step, onset)
                 if hit:
@@ -356,7 +363,8 @@ class DivergenceDetector:
             if onset is not None and self._loss_still_up(evidence):
                 reason = (
                     f"{net or 'model'}: last-layer weight norm {float(norm):.3g} > {cfg['factor']:g} x {first:.3g} "
-                    f"on {evidence.hits} of the last {len(evidence.recent)} steps, loss above its first value"
+                    f"on {evidence.hits} of the last {len(evidence.recent)} steps, "
+                    f"loss over {LOSS_UP:g} x its first value"
                 )
                 return Divergence("runaway_weights", reason, step, onset)
         return None

@@ -10,10 +10,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.divergence_corpus import CORPUS, read
+from sweeps import divergence
 from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
 
 # The two stops a user reported (issue 13): per-step losses up to the stop at step 6. Both trials
@@ -202,7 +205,7 @@ def test_grad_explosion_diverging_after_the_learning_rate_jumps_is_stopped() -> 
             loop.set_lr(4.0)
 
     found, trace = drive(Loop(optimizer="sgd", lr=0.1, depth=0), 60, only("grad_explosion"), jump)
-    assert found is not None and found.signal == "grad_explosion" and "loss above its first value" in found.reason
+    assert found is not None and found.signal == "grad_explosion" and "loss over 2 x its first value" in found.reason
     assert found.onset > 25 and found.step - found.onset <= DEFAULTS["grad_explosion"]["steps"] - 1
     assert trace[-1]["loss"] > 1e3 * trace[0]["loss"]
 
@@ -267,6 +270,34 @@ def test_runaway_weights_healthy_a_zero_initialised_head_growing_200_fold_is_not
     assert found is None, found
     norms = [s["model/weight_norm_last"] for s in trace]
     assert max(norms) > 100 * norms[0] and trace[-1]["loss"] < 0.2 * trace[0]["loss"]
+
+
+def test_runaway_weights_healthy_a_zero_initialised_head_while_the_loss_is_back_at_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A recorded trial of benchmarks/loops/ddpm_tiny.py, a diffusion loop written by someone who never
+    # read the detector (corpus trial 5: lr 0.06, fp16). Its output layer starts at zero, grows past
+    # 50 x its first norm, and the loss (noise-prediction MSE, 1.0 for the untrained model) falls,
+    # comes back to about 1.0 for 40 steps as the model falls back to predicting zero noise, then
+    # recovers: the trial ends 15th of 30 at 0.34 (untrained 0.99). A loss hovering at its first value
+    # is not a divergence; the gate used to be "above its first value" and stopped it at step 35.
+    trial = read(CORPUS / "ddpm_tiny.parquet")[5]
+    assert trial["final"] < 0.5 * trial["untrained"]
+
+    def replay() -> Divergence | None:
+        detector = DivergenceDetector()
+        names = list(trial["trace"])
+        for i, step in enumerate(trial["steps"]):
+            metrics = {name: trial["trace"][name][i] for name in names if trial["trace"][name][i] is not None}
+            found = detector.observe(step, metrics)
+            if found is not None:
+                return found
+        return None
+
+    assert replay() is None
+    monkeypatch.setattr(divergence, "LOSS_UP", 1.0)
+    found = replay()
+    assert found is not None and found.signal == "runaway_weights"
 
 
 def test_runaway_weights_diverging_with_the_loss_is_stopped() -> None:
