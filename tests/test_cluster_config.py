@@ -478,6 +478,37 @@ def test_start_ray_passes_the_address_and_sizes_only_a_local_ray(monkeypatch: py
     assert calls[2]["_system_config"] is None  # nothing asked to preload
 
 
+@pytest.mark.integration
+def test_sweeps_run_with_cpus_joins_the_cluster_ray_start_left_named(ray_session: None, tmp_path: Path) -> None:
+    """``sweeps run --cpus 2`` with no address, where Ray's default-address file (written by ``ray start``)
+    names a running Ray: it joins that Ray, with a note that ``--cpus`` sizes only a new local Ray.
+    Ray refuses a size for a cluster it joins: the sweep ended in a ValueError traceback before."""
+    import ray
+
+    from tests.helpers import project_env, run_cli, write_spec
+
+    head = ray.get_runtime_context().gcs_address  # the test session's Ray, on 127.0.0.1
+    temp = tmp_path / "tmp"  # $RAY_TMPDIR: where Ray (and the engine) look for the default-address file
+    (temp / "ray").mkdir(parents=True)
+    (temp / "ray" / "ray_current_cluster").write_text(head)
+    spec = {
+        "name": "joined",
+        "trainer": "vae",
+        "metric": "val_mse",
+        "budget": {"trials": 1, "epochs": 1},
+        "asha": False,
+        "fixed": {"image_size": 16, "train_images": 32, "val_images": 16, "width": 4, "batch_size": 16},
+        "params": {"lr": {"low": "1e-4", "high": "1e-2", "log": True}},
+    }
+    write_spec(tmp_path, spec)
+    env = {k: v for k, v in project_env(RAY_TMPDIR=str(temp)).items() if k != "RAY_ADDRESS"}
+    run = run_cli("run", "spec.yaml", "--cpus", "2", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    note = f"note: --cpus sizes a new local Ray; ignored: joining the Ray cluster at {head} (named by {temp}"
+    assert note in run.stderr, run.stderr
+    assert "trials 1/1" in run.stdout and "Traceback" not in run.stdout + run.stderr
+
+
 PRESTARTED_WORKERS_TAKE_THE_TRIALS = """
 import os, sys, time
 import ray

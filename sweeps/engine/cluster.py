@@ -81,12 +81,18 @@ def start_ray(num_cpus: int | None = None, address: str | None = None, preload: 
     new_local = starts_local_ray(address)
     if new_local:
         local_ray_on_loopback()
+    elif num_cpus is not None and address is None:  # an explicit --address has had its note from the CLI
+        print(
+            f"note: --cpus sizes a new local Ray; ignored: joining the Ray cluster {_joined_by_default()}",
+            file=sys.stderr,
+            flush=True,
+        )
     local = trial_actors_inherit_env(new_local)
     preloading = local and preload and "RAY_preload_python_modules" not in os.environ  # a user's own wins
     try:
         ray.init(
             address=address,
-            num_cpus=num_cpus if address in (None, "local") else None,
+            num_cpus=num_cpus if new_local else None,  # Ray refuses a size for a cluster it joins
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.ERROR,
@@ -140,6 +146,15 @@ def check_ray_address(address: str | None, timeout: float = GCS_TIMEOUT_S) -> st
         print(f"note: {stale}; starting a new local Ray ('ray stop' clears the file)", file=sys.stderr, flush=True)
         return "local"
     raise RayAddressError(f"--address auto: {stale}: run 'ray stop' to clear it, or {LOCAL_HINT}")
+
+
+def _joined_by_default() -> str:
+    """Which cluster ``ray.init()`` with no address joins: ``$RAY_ADDRESS``'s, else the default-address file's."""
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return f"at {env} ($RAY_ADDRESS)"
+    found = default_ray_address()
+    return f"at {found[0]} (named by {found[1]}, from 'ray start')" if found else "on this machine"
 
 
 def starts_local_ray(address: str | None) -> bool:
