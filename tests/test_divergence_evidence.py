@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.divergence_corpus import CORPUS, read
+from benchmarks.divergence_replay import replay
 from sweeps import divergence
 from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
 
@@ -284,19 +285,9 @@ def test_runaway_weights_healthy_a_zero_initialised_head_while_the_loss_is_back_
     trial = read(CORPUS / "ddpm_tiny.parquet")[5]
     assert trial["final"] < 0.5 * trial["untrained"]
 
-    def replay() -> Divergence | None:
-        detector = DivergenceDetector()
-        names = list(trial["trace"])
-        for i, step in enumerate(trial["steps"]):
-            metrics = {name: trial["trace"][name][i] for name in names if trial["trace"][name][i] is not None}
-            found = detector.observe(step, metrics)
-            if found is not None:
-                return found
-        return None
-
-    assert replay() is None
+    assert replay(trial, DivergenceDetector)[1] is None
     monkeypatch.setattr(divergence, "LOSS_UP", 1.0)
-    found = replay()
+    found = replay(trial, DivergenceDetector)[1]
     assert found is not None and found.signal == "runaway_weights"
 
 
