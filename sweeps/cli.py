@@ -181,9 +181,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.cpus is not None and address not in (None, "local"):
         print(f"note: --cpus sizes a new local Ray; ignored with --address {address}", file=sys.stderr)
+    observed = "; divergence observed only (divergence.mode: observe)" if spec.observing else ""
     print(
         f"sweep {args.name or spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
-        f"{spec.mode}imizing {spec.metric}",
+        f"{spec.mode}imizing {spec.metric}{observed}",
         flush=True,
     )
     # Ray starts inside, while the MLflow store opens
@@ -223,8 +224,9 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     print()
     print(summary_table(state))
     print()
-    if divergence_summary(state):
-        print(divergence_summary(state))
+    notes = divergence_summary(state, spec.observing)
+    if notes:
+        print(notes)
         print()
     print(f"sweep:   {result.sweep.name}  ({result.sweep.path})")
     print(f"MLflow:  {result.tracking_uri}  parent run {result.parent_run_id}")

@@ -37,8 +37,10 @@ started, not to its best value so far:
   many of them, the newest included (weight norms move slowly and stay up after the loss has come
   back, hence the longer window; and a head initialised at zero grows far beyond 50 x its first
   norm while it learns, so only a loss clearly worse than the untrained model's counts).
-- ``collapse``: generated output exactly constant (``output_std`` == 0) or all zero, or a loss of
-  exactly zero, for ``steps`` (20) steps in a row (raw values; these are not lagging signals).
+- ``collapse``: generated output exactly constant (``output_std`` == 0) or all zero, or exactly the
+  same for every sample of the batch (``output_spread`` == 0: a generator that paints one solid
+  colour whatever its input), or a loss of exactly zero, for ``steps`` (20) steps in a row (raw
+  values; these are not lagging signals).
 
 The defaults were chosen on a corpus of traces from trials run to their last epoch
 (``benchmarks/divergence_corpus.py``, replayed by ``benchmarks/divergence_replay.py``): a healthy
@@ -338,10 +340,14 @@ class DivergenceDetector:
         cfg = self._cfg("collapse")
         if cfg is None:
             return None
-        std, mean = metrics.get("output_std"), metrics.get("output_mean")
+        std, mean, spread = metrics.get("output_std"), metrics.get("output_mean"), metrics.get("output_spread")
         constant = _finite(std) and std == 0.0
-        if self.constant.update(constant, step) >= cfg["steps"]:
-            what = "all-zero output" if _finite(mean) and mean == 0.0 else "constant output"
+        same = _finite(spread) and spread == 0.0  # every sample of the batch alike: the input is ignored
+        if self.constant.update(constant or same, step) >= cfg["steps"]:
+            if constant:
+                what = "all-zero output" if _finite(mean) and mean == 0.0 else "constant output"
+            else:
+                what = "the same output for every sample of the batch"
             return Divergence("collapse", f"{what} for {self.constant.length} steps", step, self.constant.start)
         loss = metrics.get("loss")
         if self.zero_loss.update(_finite(loss) and float(loss) == 0.0, step) >= cfg["steps"]:

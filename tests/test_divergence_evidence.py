@@ -19,6 +19,7 @@ from benchmarks.divergence_corpus import CORPUS, read
 from benchmarks.divergence_replay import replay
 from sweeps import divergence
 from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
+from trainables.diagnostics import output_metrics
 
 # The two stops a user reported (issue 13): per-step losses up to the stop at step 6. Both trials
 # recovered; the first reached the sweep's best PSNR.
@@ -309,3 +310,57 @@ def test_without_a_loss_the_other_signals_judge_alone() -> None:
     found = [detector.observe(i + 1, m) for i, m in enumerate(steps)]
     first = next(f for f in found if f is not None)
     assert first.signal == "runaway_weights" and first.step == 1 + math.ceil(0.75 * 20)
+
+
+def _colorizer_steps(
+    lr: float, steps: int, frozen_head_for: int = 0
+) -> tuple[Divergence | None, list[dict[str, float]]]:
+    """Train a gray-to-RGB conv net (ReLU body, tanh output) with Adam; the diagnostics as ``run.step`` derives them.
+
+    ``frozen_head_for``: the output conv starts with zero weights (its bias only) and learns from
+    that step on, so until then every image comes out as the same solid colour.
+    """
+    torch.manual_seed(0)
+    head = nn.Conv2d(16, 3, 3, padding=1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), head, nn.Tanh()
+    )
+    if frozen_head_for:
+        with torch.no_grad():
+            head.weight.zero_()
+        head.weight.requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
+    gray = torch.rand(256, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    color = torch.cat([gray, gray.flip(-1), 1 - gray], 1) * 2 - 1
+    detector, found, trace = DivergenceDetector(), None, []
+    for i in range(steps):
+        if i == frozen_head_for:
+            head.weight.requires_grad_(True)
+        x, y = gray[(i * 32) % 256 :][:32], color[(i * 32) % 256 :][:32]
+        out = net(x)
+        loss = F.l1_loss(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        metrics = {"loss": float(loss.detach()), **output_metrics(out)}
+        trace.append(metrics)
+        found = found or detector.observe(i + 1, metrics)
+    return found, trace
+
+
+def test_collapse_diverging_one_solid_colour_for_every_input_is_stopped() -> None:
+    # lr 1 kills the ReLUs: the output is tanh of the head's bias, one colour for every image, which
+    # varies over its channels (output_std ~0.94), so only the batch's spread shows the collapse.
+    found, trace = _colorizer_steps(1.0, 60)
+    assert found is not None and found.signal == "collapse", found
+    assert "the same output for every sample" in found.reason
+    assert trace[found.step - 1]["output_std"] > 0.5 and trace[found.step - 1]["output_spread"] == 0.0
+    assert trace[-1]["loss"] > 1.5 * trace[0]["loss"]  # and it never learns again
+
+
+def test_collapse_recovering_a_head_that_paints_one_colour_for_a_while_is_not_stopped() -> None:
+    found, trace = _colorizer_steps(1e-3, 120, frozen_head_for=12)
+    assert found is None, found
+    assert [s["output_spread"] for s in trace[:12]] == [0.0] * 12 and trace[-1]["output_spread"] > 0.1
+    healthy, _ = _colorizer_steps(1e-3, 120)
+    assert healthy is None, healthy

@@ -94,3 +94,17 @@ def test_an_observed_sweep_stops_nothing_and_records_the_would_be_stops(ray_sess
     summary = divergence_summary(result.state)
     assert f"would have stopped (observe mode): {len(flagged)}" in summary
     assert "non_finite@6 -> completed" in summary
+
+
+def test_an_observed_sweep_where_no_signal_fired_says_so() -> None:
+    from sweeps.core.records import SweepState, TrialRecord
+    from sweeps.results.summary import divergence_summary
+
+    state = SweepState(metric="val_loss", mode="min")
+    state.trials["a"] = TrialRecord(0, "a", "r0", {}, {}, status=COMPLETED, value=0.3, epochs=3)
+    said = divergence_summary(state, observing=True)
+    assert said == "would have stopped (observe mode): 0 (the detector watched every step; no signal fired)"
+    assert divergence_summary(state) == ""  # a sweep that stops on divergence has nothing to say here
+    assert validate_spec(dict(TOY), "spec.yaml", []).observing
+    assert not validate_spec({**TOY, "divergence": {}}, "spec.yaml", []).observing
+    assert not validate_spec({**TOY, "divergence": False}, "spec.yaml", []).observing

@@ -4,7 +4,7 @@ Names (``trainables.protocol.STEP_CONTRACT``): ``loss`` (the main network's tota
 ``loss/<term>`` for each loss term, and per network ``<net>/lr`` (the learning rate),
 ``<net>/loss_scale``, ``<net>/skipped``, ``<net>/grad_norm``, ``<net>/grad_norm_first``,
 ``<net>/grad_norm_last``, ``<net>/weight_norm_last``; GANs add ``d/real_mean`` and
-``d/fake_mean``; ``output_mean`` and ``output_std`` describe the generated images.
+``d/fake_mean``; ``output_mean``, ``output_std`` and ``output_spread`` describe the generated images.
 
 The built-in trainers fill them from their :class:`~trainables.precision.AmpNetwork`
 (:func:`network_metrics`); a loop of one's own, with a plain optimizer and perhaps a
@@ -42,9 +42,17 @@ def network_metrics(name: str, net: AmpNetwork, stats: StepStats, full: bool) ->
 
 
 def output_metrics(output: torch.Tensor) -> dict[str, float]:
-    """Mean and standard deviation of generated images (collapse shows as a constant output)."""
+    """Mean and standard deviation of a batch of generated images, and how much they differ from each other.
+
+    Collapse shows as a constant output (``output_std`` 0) or, when the output keeps some colour or
+    pattern, as the same output for every sample of the batch: ``output_spread``, the standard
+    deviation across the batch of each value, averaged, is then 0 (sent for batches of 2 or more).
+    """
     detached = output.detach().float()
-    return {"output_mean": float(detached.mean()), "output_std": float(detached.std())}
+    found = {"output_mean": float(detached.mean()), "output_std": float(detached.std())}
+    if detached.dim() >= 2 and detached.shape[0] >= 2:
+        found["output_spread"] = float(detached.std(dim=0).mean())
+    return found
 
 
 class EpochAverages:

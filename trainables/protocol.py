@@ -67,6 +67,7 @@ STEP_CONTRACT: tuple[StepKey, ...] = (
     StepKey("<net>/weight_norm_last", "float: the norm of the last weight", "runaway_weights"),
     StepKey("output_mean", "float: mean of the generated output", "collapse"),
     StepKey("output_std", "float: standard deviation of the generated output", "collapse"),
+    StepKey("output_spread", "float: standard deviation across the batch of each output value, averaged", "collapse"),
 )
 """The step diagnostics the divergence detector reads (``sweeps.divergence``), by name.
 

@@ -262,7 +262,7 @@ def fit_and_finish(
         interrupted = True
     finally:
         interrupted = _close_open_trials(searcher, tracker) or interrupted
-        _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study)
+        _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study, spec.observing)
     return interrupted
 
 
@@ -351,10 +351,16 @@ def _close_open_trials(searcher: OptunaSearcher, tracker: SweepTracker) -> bool:
 
 
 def _finish_parent(
-    tracker: SweepTracker, state: SweepState, sweep: SweepDir, meta: dict[str, object], interrupted: bool, study: object
+    tracker: SweepTracker,
+    state: SweepState,
+    sweep: SweepDir,
+    meta: dict[str, object],
+    interrupted: bool,
+    study: object,
+    observe: bool = False,
 ) -> None:
-
-    notes = divergence_summary(state)
+    """Write the summary and report to the sweep's folder and parent run, then close it (``observe``: observe mode)."""
+    notes = divergence_summary(state, observe)
     tracker.log_text(tracker.parent_run_id, summary_table(state) + "\n\n" + notes, "summary.txt")
     status = INTERRUPTED if interrupted else COMPLETED
     meta = {**meta, "status": status}

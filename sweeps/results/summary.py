@@ -15,9 +15,13 @@ def summary_table(state: SweepState) -> str:
     return terminal_table(rows, state.metric, sampled)
 
 
-def divergence_summary(state: SweepState) -> str:
-    """Diverged trials by signal, what their precision rescues showed, and would-be stops ('' when none)."""
-    observed = observed_stops(state)
+def divergence_summary(state: SweepState, observing: bool = False) -> str:
+    """Diverged trials by signal, what their precision rescues showed, and would-be stops ('' when none).
+
+    ``observing``: the sweep ran with ``divergence.mode: observe``, so its would-be stops are listed
+    even when there are none (a line saying so).
+    """
+    observed = observed_stops(state, observing)
     if not state.diverged_by:
         return "\n".join(observed)
     lines = ["diverged by signal: " + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items()))]
@@ -33,15 +37,17 @@ def divergence_summary(state: SweepState) -> str:
     return "\n".join(lines + observed)
 
 
-def observed_stops(state: SweepState) -> list[str]:
+def observed_stops(state: SweepState, observing: bool = False) -> list[str]:
     """With ``divergence.mode: observe``: each trial the detector would have stopped, and how it ended.
 
     A would-be stop of a trial that completed among the best is a stop the defaults would have
-    got wrong on this loop: the line to read when calibrating the signals.
+    got wrong on this loop: the line to read when calibrating the signals. ``observing`` with none:
+    one line that says the detector watched every step and no signal fired.
     """
     watched = sorted((r for r in state.trials.values() if r.would_stop), key=lambda r: r.number)
     if not watched:
-        return []
+        none = "would have stopped (observe mode): 0 (the detector watched every step; no signal fired)"
+        return [none] if observing else []
     done = sorted(r.value for r in state.trials.values() if r.status == COMPLETED and r.value is not None)
     if state.mode == "max":
         done.reverse()

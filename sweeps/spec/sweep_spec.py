@@ -148,6 +148,11 @@ class SweepSpec:
     """A function trainer's ``fixed`` and ``params`` keys that its source never names, each with its note
     (``sweeps.spec.source_names``): most likely a misspelt key the loop never reads."""
 
+    @property
+    def observing(self) -> bool:
+        """The detector only watches (``divergence.mode: observe``): it records would-be stops and stops nothing."""
+        return self.divergence.enabled and self.divergence.mode == "observe"
+
     def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """A trial's complete trainer parameters: fixed values, sampled values and the seed.
 

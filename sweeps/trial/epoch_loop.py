@@ -43,7 +43,7 @@ from sweeps.core.keys import (
     TAG_WOULD_STOP_STEP,
 )
 from sweeps.core.plan import TrialPlan
-from sweeps.divergence import Divergence, DivergenceDetector, DivergenceSettings
+from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
@@ -102,6 +102,40 @@ def detector_for(plan: TrialPlan) -> DivergenceDetector:
     return DivergenceDetector(DivergenceSettings(**{k: v for k, v in raw.items() if k in known}) if raw else None)
 
 
+class OverflowCount:
+    """Counts the steps that overflowed (were skipped by a loss scaler), GradScaler's start-up calibration left out.
+
+    A network's first run of overflows, before its first good step, is GradScaler lowering its
+    initial scale (65536) to one that fits, as the detector's ``loss_scale.calibration`` treats it:
+    not an unstable step. Overflows of a first run beyond ``CALIBRATION`` steps count (the detector
+    stops such a trial there).
+    """
+
+    CALIBRATION = int(DEFAULTS["loss_scale"]["calibration"])
+
+    def __init__(self) -> None:
+        self.calibrating: dict[str, int] = {}
+        """Networks with no good step yet, and the overflows each has had so far."""
+        self.calibrated: set[str] = set()
+
+    def overflowed(self, values: dict[str, float]) -> bool:
+        """Whether this step's values say it overflowed, other than in a network's calibration."""
+        counted = False
+        for key, value in values.items():
+            if not key.endswith("skipped"):
+                continue
+            net = key[: -len("skipped")]
+            if net in self.calibrated:
+                counted = counted or bool(value)
+            elif not value:
+                self.calibrating.pop(net, None)
+                self.calibrated.add(net)
+            else:
+                run = self.calibrating[net] = self.calibrating.get(net, 0) + 1
+                counted = counted or run > self.CALIBRATION
+        return counted
+
+
 class StepWatch:
     """The per-step hook: record the step (where there is a logger), count it, watch it.
 
@@ -122,6 +156,7 @@ class StepWatch:
         self.detector, self.counts, self.logger, self.curves, self.reduce = detector, counts, logger, curves, reduce
         self.observe_only = detector.settings.mode == "observe"
         self.observed: Divergence | None = None
+        self.overflows = OverflowCount()
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
@@ -130,7 +165,7 @@ class StepWatch:
             self.logger.add_step(step, values)
             self.curves.add(step, values)
         self.counts[STEPS_KEY] += 1
-        self.counts[SKIPPED_KEY] += float(any(v for k, v in values.items() if k.endswith("skipped")))
+        self.counts[SKIPPED_KEY] += float(self.overflows.overflowed(values))
         if self.observed is not None:
             return
         found = self.detector.observe(step, values)
