@@ -364,3 +364,10 @@ def test_collapse_recovering_a_head_that_paints_one_colour_for_a_while_is_not_st
     assert [s["output_spread"] for s in trace[:12]] == [0.0] * 12 and trace[-1]["output_spread"] > 0.1
     healthy, _ = _colorizer_steps(1e-3, 120)
     assert healthy is None, healthy
+
+
+def test_the_batch_spread_is_sent_only_for_a_batch_of_images() -> None:
+    gray = torch.rand(1, 16, 16).expand(3, 16, 16)  # one image, the same in its three channels
+    assert "output_spread" not in output_metrics(gray) and "output_spread" not in output_metrics(gray[None])
+    assert output_metrics(torch.stack([gray, gray]))["output_spread"] == 0.0
+    assert output_metrics(torch.rand(2, 3, 16, 16))["output_spread"] > 0.1

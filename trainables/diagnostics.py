@@ -46,11 +46,12 @@ def output_metrics(output: torch.Tensor) -> dict[str, float]:
 
     Collapse shows as a constant output (``output_std`` 0) or, when the output keeps some colour or
     pattern, as the same output for every sample of the batch: ``output_spread``, the standard
-    deviation across the batch of each value, averaged, is then 0 (sent for batches of 2 or more).
+    deviation across the batch of each value, averaged, is then 0 (sent for a batch of 2 or more
+    images, ``(N, C, H, W)``: a single ``(C, H, W)`` image has no batch to compare).
     """
     detached = output.detach().float()
     found = {"output_mean": float(detached.mean()), "output_std": float(detached.std())}
-    if detached.dim() >= 2 and detached.shape[0] >= 2:
+    if detached.dim() >= 4 and detached.shape[0] >= 2:
         found["output_spread"] = float(detached.std(dim=0).mean())
     return found
 
