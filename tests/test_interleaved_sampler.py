@@ -133,3 +133,25 @@ def test_how_each_trial_was_drawn_agrees_with_what_the_sampler_did() -> None:
     assert "startup" in drawn and set(drawn[4:]) == {"tpe", "random"}
     random_only = optuna.create_study(sampler=make_sampler(spec_from_dict({**SPEC, "search": {"sampler": "random"}})))
     assert drawn_by(random_only, random_only.ask(), spec) == "random"
+
+
+@pytest.mark.parametrize("random_fraction", [0.2, 0.0])
+def test_a_resumed_sweep_draws_new_configs_not_its_first_ones_again(tmp_path: Path, random_fraction: float) -> None:
+    # A driver killed after its first trials: the resumed one reopens the journal in a new process,
+    # where a sampler seeded as before would draw trial 0's values again (a user saw t000's config rerun).
+    from sweeps.engine.resume import reopen_study
+    from sweeps.store.study import create_study
+    from sweeps.store.sweep_dir import new_sweep_dir
+
+    spec = spec_from_dict({**SPEC, "search": {"random_fraction": random_fraction}})
+    sweep = new_sweep_dir(tmp_path / "runs", "killed")
+    study = create_study(sweep, spec)
+    first = [study.ask() for _ in range(2)]
+    firsts = [t.suggest_float("lr", 1e-4, 1e-2, log=True) for t in first]
+    study.tell(first[0], 0.5)  # the second was running when the driver died
+    resumed = reopen_study(sweep, spec)
+    again = resumed.ask().suggest_float("lr", 1e-4, 1e-2, log=True)
+    assert again not in firsts, (again, firsts)
+    # and a sweep started anew with the same seed draws the same first values (reproducible)
+    fresh = create_study(new_sweep_dir(tmp_path / "runs", "fresh"), spec)
+    assert fresh.ask().suggest_float("lr", 1e-4, 1e-2, log=True) == firsts[0]

@@ -160,7 +160,7 @@ def resume_sweep(
     spec = load_spec(sweep.spec_file)
     open_store(str(meta["tracking_uri"]))  # a one-line error if it cannot open
     tracker = SweepTracker.of_sweep(meta)
-    study = _load_study(sweep, spec)
+    study = reopen_study(sweep, spec)
     state = SweepState(metric=spec.metric, mode=spec.mode)
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     ray_dir = ray_experiment(sweep, meta)
@@ -186,8 +186,11 @@ def ray_experiment(sweep: SweepDir, meta: dict[str, Any]) -> Path:
     return Path(str(meta.get("ray_experiment") or sweep.path / "ray"))
 
 
-def _load_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
-    return load_study(sweep, make_sampler(spec))
+def reopen_study(sweep: SweepDir, spec: SweepSpec) -> optuna.Study:
+    """The sweep's study, its sampler seeded anew: a seeded stream would draw the sweep's first configs again."""
+    study = load_study(sweep)
+    study.sampler = make_sampler(spec, resumed_after=len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def _ray_unfinished(ray_dir: Path) -> dict[str, bool] | None:

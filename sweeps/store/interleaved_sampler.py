@@ -29,11 +29,15 @@ _SEED_OFFSET = 0x5EED
 class RandomInterleavedSampler(BaseSampler):
     """``base`` for most trials; uniformly random values for a ``fraction`` of them (chosen per trial number)."""
 
-    def __init__(self, base: BaseSampler, fraction: float, seed: int | None = None) -> None:
+    def __init__(
+        self, base: BaseSampler, fraction: float, seed: int | None = None, stream_seed: int | None = None
+    ) -> None:
+        """``seed`` picks which trial numbers are random; ``stream_seed`` (default ``seed``) seeds their values."""
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")
         self.base, self.fraction, self.seed = base, fraction, seed
-        self.random = RandomSampler(seed=None if seed is None else seed + _SEED_OFFSET)
+        values = seed if stream_seed is None else stream_seed
+        self.random = RandomSampler(seed=None if values is None else values + _SEED_OFFSET)
 
     def is_random(self, number: int) -> bool:
         """Whether trial ``number`` is drawn at random (the same answer every time, for a given seed)."""

@@ -11,6 +11,7 @@ journal keeps its SQLite ``optuna.db``.
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -58,18 +59,21 @@ def drawn_by(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> str:
     return "startup" if len(finished) < spec.search.n_startup_trials else "tpe"
 
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: SweepSpec, resumed_after: int = 0) -> optuna.samplers.BaseSampler:
     """TPE (grouped and multivariate unless ``search.multivariate`` is off; constant liar for parallel trials).
 
     ``search.random_fraction`` of its trials are drawn at random instead (see
-    :mod:`sweeps.store.interleaved_sampler`).
+    :mod:`sweeps.store.interleaved_sampler`). ``resumed_after``: the trials the study holds when a
+    resumed sweep reopens it; the samplers' random streams then start from a seed of their own, or
+    they would draw the sweep's first configurations again (a seeded stream restarts with the process).
     """
+    seed = spec.seed if not resumed_after else random.Random(f"{spec.seed}:resumed:{resumed_after}").randrange(2**31)
     if spec.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         tpe = optuna.samplers.TPESampler(
-            seed=spec.seed,
+            seed=seed,
             n_startup_trials=spec.search.n_startup_trials,
             multivariate=spec.search.multivariate,
             group=spec.search.multivariate,
@@ -77,7 +81,7 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         )
     if spec.search.random_fraction <= 0:
         return tpe
-    return RandomInterleavedSampler(tpe, spec.search.random_fraction, spec.seed)
+    return RandomInterleavedSampler(tpe, spec.search.random_fraction, spec.seed, stream_seed=seed)
 
 
 def open_storage(sweep: SweepDir) -> optuna.storages.BaseStorage | str:
