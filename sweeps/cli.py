@@ -148,6 +148,15 @@ def _refuse_nul(args: argparse.Namespace) -> None:
                 )
 
 
+def check_output_file(option: str, path: str) -> None:
+    """Refuse, in one line, a file to write whose folder does not exist or that is a folder."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{option} {path}: is a folder; name a file")
+    if not target.parent.is_dir():
+        raise InputError(f"{option} {path}: no folder {target.parent} to write it in (create it first)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the spec, run the sweep, print the summary."""
     from sweeps.spec.sweep_spec import load_spec
@@ -256,6 +265,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
+    check_output_file("--output", args.output)
     for data in best_configs(open_sweep_dir(args.storage, args.sweep), args.top_k, args.skip_unstable):
         out = write_export(data, ranked_path(args.output, data["source"]["rank"]))
         metric = data["metric"]
@@ -279,7 +289,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_sweep_name(source["sweep"])
         except SweepStoreError as exc:
             raise SpecError(args.config, [("source.sweep", str(exc))]) from None
-    train_from_file(data, epochs=args.epochs, save=args.save)
+    from sweeps.trial.stops import MetricMissingError
+
+    try:
+        train_from_file(data, epochs=args.epochs, save=args.save)
+    except MetricMissingError as exc:  # a function trainer declares no metrics: known only once it reports
+        raise InputError(f"{args.config}: metric.name: {exc}") from None
     return 0
 
 
@@ -290,6 +305,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.results.report import html_page, read_results, terminal_table, write_stops
     from sweeps.store.sweep_dir import open_sweep_dir
 
+    if args.html:
+        check_output_file("--html", args.html)
     sweep = open_sweep_dir(args.storage, args.sweep)
     meta, folder = sweep.read_meta(), sweep.path / "report"
     rows = read_results(folder)

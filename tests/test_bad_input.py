@@ -203,6 +203,12 @@ ROWS = [
         r"'\.\./\.\./etc/evil' is neither a sweep's folder .* nor a sweep name",
     ),
     Row("report: a nested name", ["report", "a/b"], r"'a/b' is neither a sweep's folder"),
+    Row(
+        "export: a file in a folder that does not exist",
+        ["export", "any", "-o", "no/such/best.yaml"],
+        r"^error: --output no/such/best\.yaml: no folder no/such to write it in \(create it first\)$",
+    ),
+    Row("report: --html a folder", ["report", "any", "--html", "."], r"^error: --html \.: is a folder; name a file$"),
     Row("resume: a name outside sweep_runs", ["resume", "../x"], r"'\.\./x' is neither a sweep's folder"),
     Row("train: no such file", ["train", "nope.yaml"], r"nope\.yaml: cannot read exported config .*No such file"),
     Row(

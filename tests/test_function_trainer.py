@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -466,3 +467,50 @@ def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones
     assert set(sources) == {"src_loop_mod.py", "src_models/net.py", "src_models/layers.py"}
     assert next(iter(sources)) == "src_loop_mod.py"
     assert sources["src_models/layers.py"].startswith("def block(width)")
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ("epoch: 2\n", r"epoch: unknown key \(did you mean 'epochs'\?"),
+        ("threads: x\n", r"threads: 'x' is not a number"),
+        ("threads: 0\n", r"threads: must be >= 1, got 0"),
+        ("metric: [val_loss]\n", r"metric: must be a mapping with the metric's name"),
+        ("metric: {name: val_loss, mode: minimum}\n", r"metric\.mode: 'minimum' is not min or max"),
+        ("metric: {name: val_loss, mode: min, value: abc}\n", r"metric\.value: 'abc' is not a number"),
+        ("config: {lr: 1e-3, seed: abc}\n", r"config\.seed: 'abc' is not a number"),
+        ("trainer: ''\n", r"trainer: missing: the trainer the sweep ran"),
+    ],
+)
+def test_an_exported_config_edited_wrongly_by_hand_is_refused_in_one_line(
+    tmp_path: Path, edit: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = {"trainer": EXAMPLE, "epochs": 1, "metric": {"name": "val_loss", "mode": "min"}, "config": {"lr": 1e-3}}
+    base.update(yaml.safe_load(edit))
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump(base))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(said, err), err
+
+
+def test_an_exported_metric_given_by_name_alone_reads_as_the_spec_short_form(tmp_path: Path) -> None:
+    from sweeps.trial.from_file import load_run_file
+
+    path = tmp_path / "best.yaml"
+    path.write_text(f"trainer: {EXAMPLE}\nepochs: 1\nmetric: val_loss\nconfig: {{lr: 1e-3}}\n")
+    assert load_run_file(path)["metric"] == {"name": "val_loss"}
+
+
+@pytest.mark.parametrize("trainer", ["vae", EXAMPLE])
+def test_an_exported_metric_renamed_by_hand_is_one_line(
+    tmp_path: Path, trainer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A class trainer declares its metrics: refused before training. A function reports them: after its epoch.
+    config = {"lr": 1e-3, "image_size": 16, "width": 4} if trainer == "vae" else {"lr": 1e-3}
+    data = {"trainer": trainer, "epochs": 1, "metric": {"name": "val_los", "mode": "min"}, "config": config}
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "metric.name: " in err and "val_los" in err and "val_loss" in err, err

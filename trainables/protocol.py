@@ -211,7 +211,8 @@ class ChecksItself(Protocol):
 
 def declared_metrics(trainer_cls: type) -> tuple[str, ...]:
     """The metrics a trainer class declares (:class:`DeclaresMetrics`); empty when it declares none."""
-    return tuple(getattr(trainer_cls, "metrics", None) or ())
+    declared = getattr(trainer_cls, "metrics", None) or ()
+    return (declared,) if isinstance(declared, str) else tuple(declared)
 
 
 def config_problems(config: Any) -> list[tuple[str, str]]:

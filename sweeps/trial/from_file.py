@@ -12,12 +12,12 @@ import torch
 
 from sweeps.core.keys import EPOCH
 from sweeps.core.plan import TrialPlan
-from sweeps.core.problems import Problems, as_int
+from sweeps.core.problems import Problems, as_int, unknown_key
 from sweeps.spec.params import untyped
 from sweeps.spec.sweep_spec import SpecError, read_yaml
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
 from trainables.config import ConfigError, build_config
-from trainables.protocol import is_function_trainer
+from trainables.protocol import declared_metrics, is_function_trainer
 from trainables.registry import TrainerLoadError, load_trainer
 
 
@@ -31,15 +31,28 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     problems = Problems()
     if not isinstance(data, dict):
         raise SpecError(str(path), [("", "an exported config must be a YAML mapping")])
+    for key in data:
+        if key not in EXPORTED_KEYS:
+            problems.add(str(key), unknown_key(key, EXPORTED_KEYS))
     if not isinstance(data.get("config"), dict):
         problems.add("config", "missing: the mapping of trainer parameters")
     as_int(data.get("epochs"), "epochs", problems, minimum=1)
+    if "threads" in data:
+        as_int(data["threads"], "threads", problems, minimum=1)
+    metric = _metric_name(data, problems)
     try:
+        if not data.get("trainer"):
+            raise TrainerLoadError("missing: the trainer the sweep ran (e.g. vae, or my_pkg.my_module:train)")
         trainer_cls = load_trainer(str(data.get("trainer")))
+        reports = declared_metrics(trainer_cls)
+        if metric and reports and metric not in reports:
+            problems.add("metric.name", f"{metric!r} is not reported by the trainer (it reports: {', '.join(reports)})")
         if isinstance(data.get("config"), dict) and not is_function_trainer(trainer_cls):
             build_config(trainer_cls.Config, data["config"], prefix="config.")
         elif isinstance(data.get("config"), dict):  # no config fields to type the values: read as a spec's are
             data["config"] = {key: untyped(value) for key, value in data["config"].items()}
+            if "seed" in data["config"]:  # the one value the engine itself gives a function trainer
+                as_int(data["config"]["seed"], "config.seed", problems)
     except TrainerLoadError as exc:
         problems.add("trainer", str(exc))
     except ConfigError as exc:
@@ -47,6 +60,28 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     if problems:
         raise SpecError(str(path), problems.items)
     return data
+
+
+EXPORTED_KEYS = ("trainer", "epochs", "threads", "metric", "config", "source")
+"""The top-level keys ``sweeps export`` writes."""
+
+
+def _metric_name(data: dict[str, Any], problems: Problems) -> str:
+    """The exported metric's name ('' when there is none), ``metric: NAME`` taken as ``metric: {name: NAME}``."""
+    metric = data.get("metric")
+    if metric is None:
+        return ""
+    if isinstance(metric, str):
+        data["metric"] = metric = {"name": metric}
+    if not isinstance(metric, dict) or not isinstance(metric.get("name"), str) or not metric["name"]:
+        problems.add("metric", "must be a mapping with the metric's name (name: val_loss), as 'sweeps export' wrote it")
+        return ""
+    if metric.get("mode", "min") not in ("min", "max"):
+        problems.add("metric.mode", f"{metric['mode']!r} is not min or max")
+    value = metric.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        problems.add("metric.value", f"{value!r} is not a number (the value the sweep recorded)")
+    return str(metric["name"])
 
 
 class PrintChannel:
@@ -77,7 +112,7 @@ def train_from_file(
 ) -> dict[str, float]:
     """Train the exported config for its epochs; print each epoch; return the last metrics."""
     out = stream or sys.stdout
-    metric = str(data.get("metric", {}).get("name") or "")
+    metric = str((data.get("metric") or {}).get("name") or "")
     total = int(epochs or data["epochs"])
     # The sweep's loop without a driver: every epoch reported (printed), no detector stopping it.
     plan = TrialPlan(str(data["trainer"]), metric, total, threads=int(data.get("threads", 1)))
@@ -91,7 +126,7 @@ def train_from_file(
         else:
             torch.save({"trainer": state, "config": data["config"], "epoch": total}, save)
             out.write(f"saved {save}\n")
-    recorded = data.get("metric", {}).get("value")
+    recorded = (data.get("metric") or {}).get("value")
     if metric in metrics and isinstance(recorded, (int, float)) and total == int(data["epochs"]):
         diff = abs(metrics[metric] - recorded) / max(abs(recorded), 1e-12) * 100
         out.write(f"{metric}={metrics[metric]:.6g}; the sweep recorded {recorded:.6g} ({diff:.2f}% apart)\n")
