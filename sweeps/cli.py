@@ -266,7 +266,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
     check_output_file("--output", args.output)
-    for data in best_configs(open_sweep_dir(args.storage, args.sweep), args.top_k, args.skip_unstable):
+    sweep = open_sweep_dir(args.storage, args.sweep)
+    if sweep.read_meta().get("status") == "running":
+        note = f"note: sweep {sweep.name!r} is still running (or its driver died): this is its best so far"
+        print(note, file=sys.stderr)
+    for data in best_configs(sweep, args.top_k, args.skip_unstable):
         out = write_export(data, ranked_path(args.output, data["source"]["rank"]))
         metric = data["metric"]
         print(
@@ -289,12 +293,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_sweep_name(source["sweep"])
         except SweepStoreError as exc:
             raise SpecError(args.config, [("source.sweep", str(exc))]) from None
-    from sweeps.trial.stops import MetricMissingError
+    from sweeps.trial.stops import MetricMissingError, ReturnedEarlyError
 
     try:
         train_from_file(data, epochs=args.epochs, save=args.save)
     except MetricMissingError as exc:  # a function trainer declares no metrics: known only once it reports
         raise InputError(f"{args.config}: metric.name: {exc}") from None
+    except ReturnedEarlyError as exc:
+        raise InputError(f"{args.config}: {exc}") from None
     return 0
 
 
@@ -310,6 +316,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     sweep = open_sweep_dir(args.storage, args.sweep)
     meta, folder = sweep.read_meta(), sweep.path / "report"
     rows = read_results(folder)
+    if not rows and meta.get("status") not in (None, "running"):
+        raise SweepStoreError(
+            f"sweep {sweep.name!r} ended ({meta['status']}) but its {folder / 'results.parquet'} is gone; every trial "
+            f"is still in MLflow ({meta.get('tracking_uri', '')}, parent run {meta.get('parent_run_id', '')}) and "
+            f"Optuna ({sweep.storage_location})"
+        )
     if not rows:
         raise SweepStoreError(f"sweep {sweep.name!r} has no results yet (it is running or was stopped early)")
     notes_file = folder / "divergence.txt"
@@ -332,6 +344,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from sweeps.store.sweep_dir import open_sweep_dir
 
     root = Path(args.storage)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--storage {args.storage}: is a file, not the folder that holds the sweeps")
     names = sorted(p.parent.name for p in root.glob("*/sweep.json")) if root.is_dir() else []
     for name in names:
         sweep = open_sweep_dir(root, name)

@@ -75,6 +75,21 @@ def never_reports(config: Any, run: Any) -> None:
     run.step(loss=1.0)
 
 
+def one_epoch_whatever_the_budget(config: Any, run: Any) -> None:
+    """A loop that runs its own epoch count, not ``run.epochs``."""
+    for epoch in range(1):
+        run.step(loss=1.0)
+        run.report(epoch + 1, val_loss=0.5)
+
+
+def stops_itself_after_one_epoch(config: Any, run: Any) -> None:
+    """Early stopping of its own, as the docs say: raise StopTrial."""
+    from sweeps import StopTrial
+
+    run.report(1, val_loss=0.5)
+    raise StopTrial("no better for 3 epochs")
+
+
 def reports_other_metric(config: Any, run: Any) -> None:
     """Reports ``val_psnr`` where the sweep asks for ``val_loss``."""
     run.report(1, val_psnr=20.0)
@@ -95,6 +110,20 @@ def two_networks(config: Any, run: Any) -> None:
         opt_g.step()
         run.step(loss={"g": loss_g, "d": loss_d}, optimizer={"g": opt_g, "d": opt_d}, **{"d/real_mean": 0.5})
         run.report(epoch + 1, val_loss=1.0)
+
+
+def keyword_only(*, config: Any, run: Any) -> None:
+    """Takes its arguments by keyword only."""
+
+
+def generator(config: Any, run: Any) -> Any:
+    """Yields: calling it trains nothing."""
+    yield run.report(1, val_loss=1.0)
+
+
+async def coroutine(config: Any, run: Any) -> None:
+    """An async def: calling it trains nothing."""
+    run.report(1, val_loss=1.0)
 
 
 def wrong_signature(config: Any) -> None:

@@ -105,6 +105,18 @@ def _earlier_sweep_maximising(folder: Path) -> None:
     create_study(earlier, load_spec(folder / "max.yaml"))
 
 
+def _finished_sweep_without_results(folder: Path) -> None:
+    from sweeps.store.sweep_dir import new_sweep_dir
+
+    done = new_sweep_dir(folder / "sweep_runs", "done")
+    done.write_meta({"status": "completed", "tracking_uri": "sqlite:///m.db", "parent_run_id": "p1"})
+
+
+def _sweep_folder_without_its_sweep_json(folder: Path) -> None:
+    (folder / "sweep_runs" / "gone").mkdir(parents=True)
+    (folder / "sweep_runs" / "gone" / "spec.yaml").write_text("name: x\n")
+
+
 STALE_FILE = r"Ray's default-address file \S+ray_current_cluster names 127\.0\.0\.1:\d+ \(from an earlier 'ray start'\)"
 ROWS = [
     # --check refuses what the run would refuse before Ray starts (it used to pass these three)
@@ -203,6 +215,20 @@ ROWS = [
         r"'\.\./\.\./etc/evil' is neither a sweep's folder .* nor a sweep name",
     ),
     Row("report: a nested name", ["report", "a/b"], r"'a/b' is neither a sweep's folder"),
+    Row("list: --storage a file", ["list", "--storage", "s.yaml"], r"^error: --storage s\.yaml: is a file, not"),
+    Row(
+        "export: a sweep folder whose sweep.json was deleted",
+        ["export", "gone"],
+        r"\S+/sweep_runs/gone holds no sweep\.json \(moved or deleted\?\), which names the sweep's MLflow store",
+        setup=_sweep_folder_without_its_sweep_json,
+    ),
+    Row(
+        "report: a finished sweep whose results file is gone",
+        ["report", "done"],
+        r"sweep 'done' ended \(completed\) but its \S+results\.parquet is gone; every trial is still in MLflow "
+        r"\(sqlite:///m\.db, parent run p1\) and Optuna",
+        setup=_finished_sweep_without_results,
+    ),
     Row(
         "export: a file in a folder that does not exist",
         ["export", "any", "-o", "no/such/best.yaml"],

@@ -28,6 +28,7 @@ from sweeps.engine.searcher import rescue_precision
 from sweeps.spec.sweep_spec import SpecError, load_spec
 from sweeps.trial.epoch_loop import EpochLoop, MetricMissingError
 from sweeps.trial.function_run import FunctionRun, trial_config
+from sweeps.trial.stops import ReturnedEarlyError
 from tests.function_trainers import MemoryChannel
 from trainables.diagnostics import StepProbe, loss_metrics
 from trainables.mixed_precision import loss_scaler
@@ -195,6 +196,15 @@ def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that
         run_loop("tests.function_trainers:never_reports", {})
 
 
+def test_a_function_that_returns_before_its_last_epoch_fails_with_why_and_one_that_stops_itself_does_not() -> None:
+    channel = MemoryChannel()
+    with pytest.raises(ReturnedEarlyError, match=r"returned after epoch 1 of 3: its loop must run run\.epochs"):
+        run_loop("tests.function_trainers:one_epoch_whatever_the_budget", {}, channel=channel)
+    assert channel.metric() == [(1, 0.5)]  # what it reported went out first
+    _, channel = run_loop("tests.function_trainers:stops_itself_after_one_epoch", {})
+    assert channel.metric() == [(1, 0.5)]
+
+
 # -- the epoch loop around a function -------------------------------------------------------------
 
 
@@ -221,7 +231,9 @@ def test_only_the_cadences_epochs_report_and_the_last_one_always_does() -> None:
 
 
 def test_a_function_that_ends_early_still_reports_its_last_epochs() -> None:
-    _, channel = run_loop("tests.function_trainers:no_checkpoint", {"epochs": 2}, epochs=3, report_every_s=3600.0)
+    channel = MemoryChannel()
+    with pytest.raises(ReturnedEarlyError):  # then fails the trial with why
+        run_loop("tests.function_trainers:no_checkpoint", {"epochs": 2}, 3, channel, report_every_s=3600.0)
     assert [r["epoch"] for r in channel.reports] == [2]  # epochs 1 and 2 fell between reports
     assert [e for e, _ in channel.reports[0]["sweep/history"]] == [1, 2]
 
@@ -285,8 +297,14 @@ def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Pat
     [
         (
             {"trainer": "tests.function_trainers:wrong_signature"},
-            "it takes (config); a function trainer takes (config, run)",
+            "it takes (config: Any), which two positional arguments cannot fill; a function trainer takes (config, run",
         ),
+        (
+            {"trainer": "tests.function_trainers:keyword_only"},
+            "it takes (*, config: Any, run: Any), which two positional arguments cannot fill",
+        ),
+        ({"trainer": "tests.function_trainers:generator"}, "it is a generator function (it yields)"),
+        ({"trainer": "tests.function_trainers:coroutine"}, "it is an async function (async def)"),
         (
             {"fixed": {"precision": "bf16"}},
             "fixed.precision: trainer 'examples.plain_loop_sweepable:train' does not run 'bf16' (it runs: fp32",

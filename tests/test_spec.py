@@ -11,7 +11,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.spec.params import sample
-from sweeps.spec.sweep_spec import SpecError, load_spec
+from sweeps.spec.sweep_spec import SpecError, load_spec, read_yaml
 from tests.helpers import changed, write_spec
 
 GOOD = {
@@ -59,6 +59,12 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__dropout": {"low": 0, "high": 1}}, "params.dropout", "unknown parameter"),
         ({"fixed": {"dropout": 0.1}}, "fixed.dropout", "unknown parameter"),
         ({"params__lr": {"low": 1, "high": 0.1}}, "params.lr", "low (1.0) > high (0.1)"),
+        ({"params__lr": {"low": 0.01, "high": 0.01}}, "params.lr", "low = high = 0.01: nothing to search"),
+        (
+            {"params__width": {"type": "int", "low": 4, "high": 8, "step": 8}},
+            "params.width.step",
+            "8 is wider than the range 4..8: only 4 could be drawn",
+        ),
         ({"params__lr": {"low": 0, "high": 1, "log": True}}, "params.lr.low", "log scale needs low > 0"),
         ({"params__kernel_size": {"choices": []}}, "params.kernel_size.choices", "non-empty"),
         ({"params__precision": {"choices": ["fp32", "fp8"]}}, "params.precision.choices[1]", "unknown precision 'fp8'"),
@@ -126,6 +132,15 @@ def test_missing_file_and_yaml_syntax_error_with_line(tmp_path: Path) -> None:
         load_spec(write_spec(tmp_path, "trainer: vae\nmetric: val_mse\nseed: 1: 2\n"))
     with pytest.raises(SpecError, match="must be a YAML mapping"):
         load_spec(write_spec(tmp_path, "- just\n- a list\n"))
+
+
+def test_a_key_given_twice_is_refused_with_its_line_not_silently_the_last(tmp_path: Path) -> None:
+    head = "name: x\ntrainer: vae\nmetric: val_mse\n"
+    twice = head + "params:\n  lr: {low: 1e-4, high: 1e-2}\n  lr: {low: 1e-3, high: 1}\n"
+    with pytest.raises(SpecError, match=r"YAML error at line 6, column 3: key 'lr' given twice"):
+        load_spec(write_spec(tmp_path, twice))
+    merged = "base: &b {low: 1e-4, high: 1e-2}\n" + head + "params: {lr: {<<: *b, log: true}}\n"
+    assert read_yaml(write_spec(tmp_path, merged))["params"]["lr"] == {"low": "1e-4", "high": "1e-2", "log": True}
 
 
 def test_retries_and_trial_storage_default_and_override(tmp_path: Path) -> None:

@@ -232,7 +232,14 @@ def is_function_trainer(trainer: Any) -> bool:
 
 
 def signature_problem(function: Any) -> str | None:
-    """Why ``function`` cannot be called as ``function(config, run)``, or None when it can."""
+    """Why ``function`` cannot be called as ``function(config, run)`` and run its loop, or None when it can.
+
+    An ``async def`` or a generator function returns at once without training, so it cannot either.
+    """
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        return "it is an async function (async def): a function trainer is a plain def train(config, run)"
+    if inspect.isgeneratorfunction(function):
+        return "it is a generator function (it yields): a function trainer is a plain def train(config, run)"
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
@@ -240,7 +247,8 @@ def signature_problem(function: Any) -> str | None:
     try:
         signature.bind(None, None)
     except TypeError:
-        return f"it takes ({', '.join(signature.parameters)}); a function trainer takes (config, run)"
+        shown = str(signature.replace(return_annotation=inspect.Signature.empty))
+        return f"it takes {shown}, which two positional arguments cannot fill; a function trainer takes (config, run)"
     return None
 
 

@@ -182,6 +182,10 @@ def _numeric(
     if low is not None and high is not None:
         if low > high:
             problems.add(key, f"low ({low}) > high ({high})")
+        elif low == high:
+            problems.add(key, f"low = high = {low}: nothing to search; put it under fixed: instead")
+        elif step is not None and step > high - low:
+            problems.add(f"{key}.step", f"{step} is wider than the range {low}..{high}: only {low} could be drawn")
         if log and low <= 0:
             problems.add(f"{key}.low", f"log scale needs low > 0, got {low}")
     if len(problems) > before or low is None or high is None:

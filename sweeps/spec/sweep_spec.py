@@ -165,6 +165,27 @@ class SweepSpec:
         return params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                again = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"key {key!r} given twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path, what: str = "spec file") -> Any:
     """Read a YAML file (``what`` names it in an error), raising SpecError with the line of a syntax error."""
     source = str(path)
@@ -174,12 +195,13 @@ def read_yaml(path: str | Path, what: str = "spec file") -> Any:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SpecError(source, [("", f"cannot read {what}: {reason}")]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(source, [("", f"YAML syntax error at {where}{problem}")]) from None
+        kind = "YAML error" if "given twice" in problem else "YAML syntax error"
+        raise SpecError(source, [("", f"{kind} at {where}{problem}")]) from None
 
 
 def _override_value(text: str) -> Any:

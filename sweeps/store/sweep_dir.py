@@ -148,6 +148,11 @@ def open_sweep_dir(root: str | Path, name: str) -> SweepDir:
             "(one folder name of letters, digits, '.', '_' and '-'); 'sweeps list' shows the sweeps"
         )
     sweep = SweepDir(Path(root).resolve(), name)
+    if not sweep.meta_file.is_file() and sweep.path.is_dir() and any(sweep.path.iterdir()):
+        raise SweepStoreError(
+            f"{sweep.path} holds no sweep.json (moved or deleted?), which names the sweep's MLflow store and "
+            "parent run: without it the sweep cannot be opened; its Optuna journal and spec.yaml are left as they are"
+        )
     if not sweep.meta_file.is_file():
         known = sorted(p.parent.name for p in sweep.root.glob("*/sweep.json")) if sweep.root.is_dir() else []
         hint = f" (sweeps there: {', '.join(known[-5:])})" if known else ""

@@ -48,7 +48,7 @@ from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.function_run import FunctionRun
-from sweeps.trial.stops import DivergedError, MetricMissingError, divergence_result
+from sweeps.trial.stops import DivergedError, MetricMissingError, ReturnedEarlyError, divergence_result
 from trainables.config import build_config
 from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer
@@ -274,13 +274,14 @@ class EpochLoop:
 
         run = FunctionRun(self.params, self.plan.epochs, self.step_hook(), self.end_epoch, saved, restored, self.reduce)
         self.trainer, self.trainer_state = run, run.checkpoint_state
+        stopped = False
         try:
             train(run.config, run)
         except DivergedError as diverged:
             self.end_diverged(diverged.epoch or self.epochs_done + 1, diverged.divergence)
             return self.metrics
         except StopTrial:
-            pass  # the sweep stopped it at a report (or the function did): what it reported is recorded
+            stopped = True  # the sweep stopped it at a report (or the function did): what it reported is recorded
         if run.reports == 0:
             raise MetricMissingError(
                 f"trainer {self.plan.trainer!r} returned without calling run.report: "
@@ -288,6 +289,11 @@ class EpochLoop:
             )
         if self.unreported:  # the function ended between reports: its last epochs still go out
             self._report(self.epochs_done)
+        if not stopped and self.epochs_done < self.plan.epochs:
+            raise ReturnedEarlyError(
+                f"trainer {self.plan.trainer!r} returned after epoch {self.epochs_done} of {self.plan.epochs}: "
+                "its loop must run run.epochs epochs (for epoch in range(run.epochs): ... run.report(epoch + 1, ...))"
+            )
         return self.metrics
 
     def step_hook(self) -> StepWatch:

@@ -16,6 +16,10 @@ class MetricMissingError(RuntimeError):
     """The trainer's results lack the metric the sweep optimizes."""
 
 
+class ReturnedEarlyError(RuntimeError):
+    """A function trainer returned, unstopped, before reporting its last epoch (its loop ignores ``run.epochs``)."""
+
+
 class DivergedError(StopTrial):
     """Raised from the step hook (or a function trainer's ``run.report``) to leave the trainer's loop at once.
 
