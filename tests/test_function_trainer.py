@@ -297,11 +297,11 @@ def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Pat
     [
         (
             {"trainer": "tests.function_trainers:wrong_signature"},
-            "it takes (config: Any), which two positional arguments cannot fill; a function trainer takes (config, run",
+            "it takes (config), which two positional arguments cannot fill; a function trainer takes (config, run)",
         ),
         (
             {"trainer": "tests.function_trainers:keyword_only"},
-            "it takes (*, config: Any, run: Any), which two positional arguments cannot fill",
+            "it takes (*, config, run), which two positional arguments cannot fill",
         ),
         ({"trainer": "tests.function_trainers:generator"}, "it is a generator function (it yields)"),
         ({"trainer": "tests.function_trainers:coroutine"}, "it is an async function (async def)"),

@@ -247,7 +247,8 @@ def signature_problem(function: Any) -> str | None:
     try:
         signature.bind(None, None)
     except TypeError:
-        shown = str(signature.replace(return_annotation=inspect.Signature.empty))
+        bare = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+        shown = str(signature.replace(parameters=bare, return_annotation=inspect.Signature.empty))
         return f"it takes {shown}, which two positional arguments cannot fill; a function trainer takes (config, run)"
     return None
 
