@@ -165,6 +165,10 @@ class SweepSpec:
         return params
 
 
+class _KeyGivenTwice(yaml.constructor.ConstructorError):
+    """A mapping names one key twice (not a syntax error, but as much a mistake)."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last one silently)."""
 
@@ -180,7 +184,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: PyYAML's own error follows
                 continue
             if again:
-                raise yaml.constructor.ConstructorError(
+                raise _KeyGivenTwice(
                     "while reading a mapping", node.start_mark, f"key {key!r} given twice", key_node.start_mark
                 )
         return super().construct_mapping(node, deep)
@@ -200,7 +204,7 @@ def read_yaml(path: str | Path, what: str = "spec file") -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        kind = "YAML error" if "given twice" in problem else "YAML syntax error"
+        kind = "YAML error" if isinstance(exc, _KeyGivenTwice) else "YAML syntax error"
         raise SpecError(source, [("", f"{kind} at {where}{problem}")]) from None
 
 
@@ -376,12 +380,17 @@ def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[
         value = ""
     if mode not in ("min", "max"):
         problems.add("metric.mode", f"must be 'min' or 'max', got {mode!r}")
-    declared = declared_metrics(trainer_cls)
-    if value and declared and value not in declared:
-        problems.add(
-            "metric", f"{value!r} is not produced by trainer {raw.get('trainer')!r} (it reports: {', '.join(declared)})"
-        )
+    if value and (undeclared := undeclared_metric(value, trainer_cls, raw.get("trainer"))):
+        problems.add("metric", undeclared)
     return value, str(mode)
+
+
+def undeclared_metric(name: str, trainer_cls: Any, trainer: Any) -> str | None:
+    """Why ``trainer`` (named so in the file) will not report metric ``name``: None if it may (or does not declare)."""
+    declared = declared_metrics(trainer_cls)
+    if declared and name not in declared:
+        return f"{name!r} is not produced by trainer {trainer!r} (it reports: {', '.join(declared)})"
+    return None
 
 
 def _section(value: Any, key: str, problems: Problems) -> dict[str, Any]:

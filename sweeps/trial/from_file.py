@@ -14,10 +14,10 @@ from sweeps.core.keys import EPOCH
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int, unknown_key
 from sweeps.spec.params import untyped
-from sweeps.spec.sweep_spec import SpecError, read_yaml
+from sweeps.spec.sweep_spec import SpecError, read_yaml, undeclared_metric
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
 from trainables.config import ConfigError, build_config
-from trainables.protocol import declared_metrics, is_function_trainer
+from trainables.protocol import is_function_trainer
 from trainables.registry import TrainerLoadError, load_trainer
 
 
@@ -44,9 +44,8 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
         if not data.get("trainer"):
             raise TrainerLoadError("missing: the trainer the sweep ran (e.g. vae, or my_pkg.my_module:train)")
         trainer_cls = load_trainer(str(data.get("trainer")))
-        reports = declared_metrics(trainer_cls)
-        if metric and reports and metric not in reports:
-            problems.add("metric.name", f"{metric!r} is not reported by the trainer (it reports: {', '.join(reports)})")
+        if metric and (undeclared := undeclared_metric(metric, trainer_cls, data["trainer"])):
+            problems.add("metric.name", undeclared)
         if isinstance(data.get("config"), dict) and not is_function_trainer(trainer_cls):
             build_config(trainer_cls.Config, data["config"], prefix="config.")
         elif isinstance(data.get("config"), dict):  # no config fields to type the values: read as a spec's are
