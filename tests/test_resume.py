@@ -199,6 +199,7 @@ def _plan_count(output: str, words: str) -> int:
 def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     """Each way a trial can be left by a dead driver, rebuilt from a real study and MLflow store (no Ray)."""
     from sweeps.core.records import SweepState
+    from sweeps.engine.live_view import status_line
     from sweeps.engine.resume import LOST_REASON, _close_runs, rebuild
     from sweeps.engine.searcher import OptunaSearcher
     from sweeps.spec.sweep_spec import load_spec
@@ -233,6 +234,7 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     assert state.best is state.trials["a"]
     assert state.trials["b"].status == "running" and state.trials["b"].epochs == 1
     assert state.trials["d"].value == 3.0  # logged to MLflow before the driver died: in the table and results.csv
+    assert state.trials["d"].epochs == 1 and state.trials["c"].epochs == 0  # d's epoch 1 is in its run
     assert state.trials["c"].value is None
     assert again.reported == {"b": 1, "e": 0} and set(again.live) == {"b", "e"}
     assert again.asked == 3  # c and d do not count toward the budget
@@ -243,6 +245,9 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     runs = {r.data.tags["ray.trial_id"]: r for r in tracker.trial_runs()}
     assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["sweep.status"] == "completed"
     assert runs["c"].info.status == runs["d"].info.status == "KILLED" and runs["b"].info.status == "RUNNING"
+    assert runs["d"].data.tags["sweep.epochs"] == "1"
+    # the two interrupted trials are replaced, so they are not among the budget's trials done
+    assert "trials 1/5 done · running 2 · completed 1 · interrupted 2" in status_line(state, 5, 0.0)
 
     assert again.suggest("f") is not None and again.suggest("g") is not None  # the budget: 5 that end on their own
     assert again.suggest("h") == "FINISHED"

@@ -10,6 +10,7 @@ from sweeps.core.keys import (
     COMPLETED,
     DIVERGED,
     HISTORY_KEY,
+    INTERRUPTED,
     OBSERVED_SIGNAL_KEY,
     OBSERVED_STEP_KEY,
     RUNNING,
@@ -70,6 +71,14 @@ class SweepState:
     best: TrialRecord | None = None
     rescues_ended: int = 0
     """Of the ended trials, the precision rescues (extra trials, outside the budget's count)."""
+    interrupted_ended: int = 0
+    """Of the ended trials, the budget's that were interrupted: they do not count toward the budget
+    (a resume asks a replacement for each), so they are not counted as done either."""
+
+    @property
+    def budget_done(self) -> int:
+        """The budget's trials that ended and count toward it: no rescue, nothing interrupted."""
+        return sum(self.counts.values()) - self.rescues_ended - self.interrupted_ended
 
     def better(self, value: float, than: float) -> bool:
         """Whether ``value`` beats ``than`` in this sweep's direction."""
@@ -97,6 +106,8 @@ class SweepState:
         self.counts[status] = self.counts.get(status, 0) + 1
         if record.rescue_of is not None:
             self.rescues_ended += 1
+        elif status == INTERRUPTED:
+            self.interrupted_ended += 1
         if status == DIVERGED:
             self.diverged_by[record.signal] = self.diverged_by.get(record.signal, 0) + 1
         if status == COMPLETED and record.value is not None:

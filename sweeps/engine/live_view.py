@@ -15,9 +15,10 @@ def status_line(state: SweepState, total: int, elapsed: float, left: float | Non
     """One line: trials ended/planned, running, each ending's count, best so far, time left (when known).
 
     Precision rescues are extra trials: ``trials`` counts the budget's trials only (never more
-    than planned), and the rescues that ended are counted beside it.
+    than planned), and the rescues that ended are counted beside it. An interrupted trial is not
+    done: a resume asks another in its place (it is counted as ``interrupted``).
     """
-    ended = sum(state.counts.values()) - state.rescues_ended
+    ended = state.budget_done
     rescues = (
         f" (+{state.rescues_ended} rescue{'s' if state.rescues_ended != 1 else ''})" if state.rescues_ended else ""
     )
@@ -92,7 +93,7 @@ class LiveView(Callback):
         """The status line now."""
         now = time.monotonic()
         since = now - self.first_start if self.first_start is not None else 0.0
-        remaining = max(0, self.total - sum(self.state.counts.values()))
+        remaining = max(0, self.total - self.state.budget_done)
         return status_line(self.state, self.total, now - self.started, estimate_left(self.ended_here, since, remaining))
 
     def _draw(self, force: bool = False) -> None:

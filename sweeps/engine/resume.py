@@ -231,6 +231,9 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
         run_id = run.info.run_id if run is not None else ""
         record = TrialRecord(frozen.number, ray_id, run_id, dict(attrs.get("config") or {}), dict(frozen.params))
         _fill(record, frozen, tags, _logged_value(run, state.metric))
+        if not record.epochs and run is not None and state.metric in run.data.metrics:
+            # the trial logged epochs its dead driver never heard of: they are in its MLflow run
+            record.epochs = searcher.tracker.logged_epochs(run_id, state.metric)
         state.trials[ray_id] = record
         if frozen.state == TrialState.RUNNING:
             trial = running_trial(study, frozen)

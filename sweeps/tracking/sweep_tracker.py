@@ -78,6 +78,11 @@ class SweepTracker:
             if not token:
                 return runs
 
+    def logged_epochs(self, run_id: str, metric: str) -> int:
+        """The last epoch for which run ``run_id`` holds ``metric`` (its step), 0 if none."""
+        history = retry(lambda: self.client.get_metric_history(run_id, metric), "read metric history")
+        return max((int(m.step) for m in history), default=0)
+
     def start(self, experiment: str, sweep: str, spec_text: str, params: dict[str, Any]) -> str:
         """Create (or reuse) the experiment and start the sweep's parent run; return its id."""
         found = retry(lambda: self.client.get_experiment_by_name(experiment), "get experiment")
