@@ -260,7 +260,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the best trials' configs."""
-    from sweeps.results.export import best_configs, ranked_path, write_export
+    from sweeps.results.export import best_configs, ranked_path, study_shortfall, write_export
+    from sweeps.store.study import load_study
     from sweeps.store.sweep_dir import open_sweep_dir
 
     if args.top_k < 1:
@@ -270,7 +271,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if sweep.read_meta().get("status") == "running":
         note = f"note: sweep {sweep.name!r} is still running (or its driver died): this is its best so far"
         print(note, file=sys.stderr)
-    for data in best_configs(sweep, args.top_k, args.skip_unstable):
+    configs = best_configs(sweep, args.top_k, args.skip_unstable)
+    short = study_shortfall(load_study(sweep), sweep.read_meta())
+    if short:
+        print(f"note: sweep {sweep.name!r}: {short}: the best may be a trial the study lost", file=sys.stderr)
+    for data in configs:
         out = write_export(data, ranked_path(args.output, data["source"]["rank"]))
         metric = data["metric"]
         print(

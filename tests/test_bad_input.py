@@ -112,6 +112,27 @@ def _finished_sweep_without_results(folder: Path) -> None:
     done.write_meta({"status": "completed", "tracking_uri": "sqlite:///m.db", "parent_run_id": "p1"})
 
 
+def _finished_sweep_whose_journal_was_cut(folder: Path, keep_first: bool = False) -> None:
+    """A real Optuna journal of two completed trials, cut short in the second's record (or the first's)."""
+    import optuna
+
+    from sweeps.store.study import open_storage
+    from sweeps.store.sweep_dir import new_sweep_dir
+
+    cut = new_sweep_dir(folder / "sweep_runs", "cut")
+    meta = {"status": "completed", "trials": 2, "tracking_uri": "sqlite:///m.db", "parent_run_id": "p1"}
+    cut.write_meta({**meta, "trainer": "vae", "epochs": 1, "metric": "val_mse", "mode": "min"})
+    study = optuna.create_study(storage=open_storage(cut), study_name="cut")
+    first = study.ask()
+    first.set_user_attr("config", {"lr": 0.1})
+    whole = cut.optuna_journal.read_bytes()
+    study.tell(first, 0.5)
+    if keep_first:
+        whole = cut.optuna_journal.read_bytes()
+    study.tell(study.ask(), 0.25)
+    cut.optuna_journal.write_bytes(cut.optuna_journal.read_bytes()[: len(whole) + 40])
+
+
 def _sweep_folder_without_its_sweep_json(folder: Path) -> None:
     (folder / "sweep_runs" / "gone").mkdir(parents=True)
     (folder / "sweep_runs" / "gone" / "spec.yaml").write_text("name: x\n")
@@ -230,6 +251,13 @@ ROWS = [
         setup=_finished_sweep_without_results,
     ),
     Row(
+        "export: a finished sweep whose Optuna journal was cut short",
+        ["export", "cut", "-o", "b.yaml"],
+        r"^error: sweep 'cut' has no completed trial to export: its Optuna study holds 1 of its 2 trials \(the "
+        r"journal is damaged or cut short\); every trial is still in MLflow \(sqlite:///m\.db, parent run p1\)$",
+        setup=_finished_sweep_whose_journal_was_cut,
+    ),
+    Row(
         "export: a file in a folder that does not exist",
         ["export", "any", "-o", "no/such/best.yaml"],
         r"^error: --output no/such/best\.yaml: no folder no/such to write it in \(create it first\)$",
@@ -307,6 +335,16 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     assert re.search(row.pattern, lines[0]), lines[0]
     assert took < 15, f"{took:.1f} s"
     assert snapshot(tmp) == before  # no sweep folder, no mlflow.db, nothing outside sweep_runs
+
+
+def test_export_from_a_cut_journal_says_the_best_may_be_lost(user_folder: Path) -> None:
+    _finished_sweep_whose_journal_was_cut(user_folder, keep_first=True)
+    code, out, err = run_in_process(["export", "cut", "-o", "b.yaml"])
+    assert code == 0 and out == "wrote b.yaml: trial 0 of cut, val_mse=0.5\n"
+    assert err.strip() == (
+        "note: sweep 'cut': its Optuna study holds 1 of its 2 trials (the journal is damaged or cut short); every "
+        "trial is still in MLflow (sqlite:///m.db, parent run p1): the best may be a trial the study lost"
+    )
 
 
 def test_the_command_answers_within_seconds_with_no_server_there(user_folder: Path) -> None:

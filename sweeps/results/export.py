@@ -37,11 +37,29 @@ def ranked(study: optuna.Study, skip_unstable: bool = False) -> list[FrozenTrial
 def best_configs(sweep: SweepDir, top_k: int = 1, skip_unstable: bool = False) -> list[dict[str, Any]]:
     """The ``top_k`` best trials' complete configs, each with where and how it was made."""
     meta = sweep.read_meta()
-    trials = ranked_trials(sweep, skip_unstable)
+    study = load_study(sweep)
+    trials = ranked(study, skip_unstable)
     if not trials:
         which = "stable completed" if skip_unstable else "completed"
-        raise SweepStoreError(f"sweep {sweep.name!r} has no {which} trial to export")
+        short = study_shortfall(study, meta)
+        raise SweepStoreError(f"sweep {sweep.name!r} has no {which} trial to export" + (f": {short}" if short else ""))
     return [_export(sweep, meta, trial, rank) for rank, trial in enumerate(trials[:top_k], start=1)]
+
+
+def study_shortfall(study: optuna.Study, meta: dict[str, Any]) -> str:
+    """What is missing when a finished sweep's Optuna study holds fewer trials than it ran ("" if none).
+
+    Optuna's journal skips a record cut short, so a damaged journal reads as a smaller study; the
+    sweep's MLflow runs still hold every trial.
+    """
+    ran = sum(1 for t in study.get_trials(deepcopy=False) if not is_told(t) and t.state != TrialState.WAITING)
+    planned = int(meta.get("trials") or 0)
+    if meta.get("status") != "completed" or ran >= planned:
+        return ""
+    return (
+        f"its Optuna study holds {ran} of its {planned} trials (the journal is damaged or cut short); "
+        f"every trial is still in MLflow ({meta.get('tracking_uri', '')}, parent run {meta.get('parent_run_id', '')})"
+    )
 
 
 def best_config(sweep: SweepDir) -> dict[str, Any]:
