@@ -179,6 +179,16 @@ def test_set_turns_sections_off_by_name_and_a_searched_number_stays_a_number(tmp
     assert problems["--set lr"] == "'abc' is not a number (params.lr is searched as one)"
 
 
+def test_set_of_a_function_trainers_numeric_choice_takes_a_number_only(tmp_path: Path) -> None:
+    """A function declares no types: numeric choices say the parameter is a number (a typo is no value)."""
+    text = {**GOOD, "trainer": "examples.plain_loop_sweepable:train", "metric": {"name": "val_loss", "mode": "min"}}
+    text["params"] = {"width": {"choices": [4, 8]}, "act": {"choices": ["relu", 1]}}
+    problems = dict(problems_of(tmp_path, text, overrides=["width=abc", "act=gelu"]))
+    assert problems == {"--set width": "'abc' is not a number (params.width is searched as one)"}
+    spec = load_spec(write_spec(tmp_path, text), ["width=16", "act=gelu"])  # outside the choices: the user's to fix
+    assert spec.fixed["width"] == 16 and spec.fixed["act"] == "gelu"
+
+
 def test_conditional_parameter_exists_only_under_its_condition(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, GOOD))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))

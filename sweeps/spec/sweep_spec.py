@@ -268,12 +268,15 @@ def apply_overrides(
 
 
 def _declared_number(params: Any, key: str) -> bool:
-    """Whether the spec searches ``key`` as a number (``type: float``/``int``, or numeric ``low``/``high``)."""
+    """Whether the spec searches ``key`` as a number: ``type: float``/``int``, numbers as bounds or as every choice."""
     entry = params.get(key) if isinstance(params, dict) else None
     if not isinstance(entry, dict):
         return False
     if entry.get("type") in ("float", "int"):
         return True
+    choices = entry.get("choices")
+    if isinstance(choices, list) and choices:
+        return all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices)
     return "choices" not in entry and any(_numberlike(entry.get(b)) for b in ("low", "high"))
 
 
