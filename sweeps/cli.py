@@ -287,11 +287,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from an exported config."""
-    from sweeps.trial.from_file import load_run_file, train_from_file
+    from sweeps.trial.from_file import load_run_file, train_from_file, unnamed_config_keys
 
     if args.epochs is not None and args.epochs <= 0:
         raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
     data = load_run_file(args.config)
+    for key, text in unnamed_config_keys(data):
+        print(f"note: {key}: {text}", file=sys.stderr)
     source = data.get("source")
     if isinstance(source, dict) and "sweep" in source:  # its provenance names the sweep it came from
         try:

@@ -532,3 +532,18 @@ def test_an_exported_metric_renamed_by_hand_is_one_line(
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "metric.name: " in err and "val_los" in err and "val_loss" in err, err
+
+
+def test_train_notes_an_exported_key_the_function_trainer_never_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``sweeps run`` notes a misspelt ``fixed`` key, ``sweeps train`` notes one edited into an export."""
+    data = {"trainer": EXAMPLE, "epochs": 1, "metric": {"name": "val_loss", "mode": "min"}}
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump({**data, "config": {"lrr": 1e-3, "width": 8, "seed": 1}}))
+    assert main(["train", str(path)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: config.lrr: plain_loop_sweepable.py never names 'lrr' (did you mean 'lr'?); "
+        "the trainer gets it as config['lrr']"
+    ]

@@ -14,7 +14,8 @@ from sweeps.core.keys import EPOCH
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int, unknown_key
 from sweeps.spec.params import untyped
-from sweeps.spec.sweep_spec import SpecError, read_yaml, undeclared_metric
+from sweeps.spec.source_names import unnamed_keys
+from sweeps.spec.sweep_spec import ENGINE_READS, SpecError, read_yaml, undeclared_metric
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
 from trainables.config import ConfigError, build_config
 from trainables.protocol import is_function_trainer
@@ -59,6 +60,19 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     if problems:
         raise SpecError(str(path), problems.items)
     return data
+
+
+def unnamed_config_keys(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """A function trainer's config keys its source never names (a note each, as ``sweeps run`` gives them).
+
+    ``data``: a config :func:`load_run_file` has checked. A class trainer's keys are checked
+    against its fields there instead: nothing here.
+    """
+    trainer = load_trainer(str(data["trainer"]))
+    if not is_function_trainer(trainer):
+        return []
+    own = [key for key in data["config"] if key not in ENGINE_READS]
+    return [(f"config.{key}", note) for key, note in unnamed_keys(trainer, own)]
 
 
 EXPORTED_KEYS = ("trainer", "epochs", "threads", "metric", "config", "source")
