@@ -315,6 +315,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the results table and (re)write the HTML report."""
     import shutil
 
+    from sweeps.results.page import searched
     from sweeps.results.report import html_page, read_results, terminal_table, write_stops
     from sweeps.store.sweep_dir import open_sweep_dir
 
@@ -333,7 +334,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SweepStoreError(f"sweep {sweep.name!r} has no results yet (it is running or was stopped early)")
     notes_file = folder / "divergence.txt"
     notes = notes_file.read_text() if notes_file.exists() else ""
-    print(terminal_table(rows, str(meta["metric"])))
+    print(terminal_table(rows, str(meta["metric"]), searched(meta, rows)))  # the end-of-run table's columns
     if notes:
         print()
         print(notes)

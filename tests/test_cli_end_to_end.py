@@ -41,6 +41,9 @@ def test_run_export_train(tmp_path: Path) -> None:
     report = run_cli("report", "s1", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "completed" in report.stdout and (tmp_path / "sweep_runs" / "s1" / "report" / "report.html").exists()
+    header = next(line for line in run.stdout.splitlines() if line.startswith("trial  status"))
+    assert sorted(report.stdout.splitlines()[0].split()) == sorted(header.split())  # the searched ones, not `fixed`
+    assert sorted(header.split()) == ["epochs", "kernel_size", "lr", "reason", "status", "trial", "val_mse"]
 
     export = run_cli("export", "s1", "-o", "best.yaml", "--top-k", "2", "--skip-unstable", cwd=tmp_path)
     assert export.returncode == 0, export.stderr
