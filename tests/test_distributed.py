@@ -308,6 +308,7 @@ def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: 
     assert record.status == "oom", (record.status, record.reason)
     assert record.reason.startswith("OutOfMemoryError: CUDA out of memory"), record.reason
     assert record.epochs == 1
+    assert record.value is not None and record.steps > 0  # epoch 1's metric and steps travel with the error
     mlflow = MlflowClient(result.tracking_uri)
     run = mlflow.get_run(record.run_id)
     assert run.data.tags["sweep.status"] == "oom"

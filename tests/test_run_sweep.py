@@ -247,6 +247,12 @@ def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(wor
     states = {t.user_attrs["status"]: t.state for t in study_of(result).trials}
     assert states["oom"] == states["diverged"] == TrialState.COMPLETE  # infeasible, not ignored
     assert states["failed"] == TrialState.FAIL and states["pruned"] == TrialState.PRUNED
+    # a trial that raised in epoch 2 keeps epoch 1 (validated, never reported: reports come every 10 s)
+    for trial in study_of(result).trials:
+        if trial.user_attrs["status"] in ("failed", "oom"):
+            record = next(r for r in result.state.trials.values() if r.number == trial.number)
+            assert set(trial.intermediate_values) == {1} and record.epochs == 1 and record.steps >= 5
+            assert record.value == trial.intermediate_values[1]
 
 
 @pytest.mark.parametrize("name", ["sr_gan_demo", "translation_gan_demo"])

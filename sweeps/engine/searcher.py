@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweeps.core.keys import DIVERGED, ENGINE_KEY, EPOCH, FAILED_KEY, HISTORY_KEY, INTERRUPTED, RUNNING
+from sweeps.core.keys import DIVERGED, ENGINE_KEY, HISTORY_KEY, INTERRUPTED, RUNNING
 from sweeps.core.outcome import (
     TELL_COMPLETE,
     TELL_INFEASIBLE,
@@ -162,9 +162,13 @@ class OptunaSearcher(Searcher):
         return trial_plan(self.spec, self.tracker.uri, run_id, self.spec_text)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Record the epoch and report the metric to Optuna as an intermediate value."""
+        """Record the epoch and report the metric to Optuna as an intermediate value.
+
+        A failure's report holds no metric of its own, but the epochs the trial validated since its
+        previous report (its history): they are recorded as any report's are.
+        """
         record = self.state.trials.get(trial_id)
-        if record is not None and not result.get(FAILED_KEY):  # a failure's report is no epoch's result
+        if record is not None:
             self.state.observe(record, result)
             self._report(trial_id, record, result)
 
@@ -173,11 +177,8 @@ class OptunaSearcher(Searcher):
         record = self.state.trials.get(trial_id)
         if record is None or record.status != RUNNING:
             return
-        if not (result or {}).get(FAILED_KEY):
-            self.state.observe(record, result)
-            self._report(trial_id, record, result)
-        else:  # it says how many epochs ended before the failure, some perhaps never reported
-            record.epochs = max(record.epochs, int((result or {}).get(EPOCH, 0)))
+        self.state.observe(record, result)
+        self._report(trial_id, record, result)
         ending = Ending(
             result,
             error=error,

@@ -319,6 +319,13 @@ class EpochLoop:
             return True
         return self._report(epoch)
 
+    def progress(self) -> dict[str, Any]:
+        """Where the trial is: epochs done, step counts, and the epochs' metric since the last report.
+
+        What a failure's last report carries, so the epochs it validated are not lost with it.
+        """
+        return {EPOCH: self.epochs_done, **self.counts, HISTORY_KEY: list(self.history)}
+
     def end_diverged(self, epoch: int, divergence: Divergence) -> None:
         """A diverged trial's last report: everything it recorded delivered first, then why it stopped."""
         assert self.channel is not None

@@ -41,7 +41,7 @@ from sweeps.trial.one_worker import failure_result, split_config
 from trainables.data_parallel import agree, mean_over_ranks, rank
 
 RELAY_TIMEOUT_S = 600.0
-EPOCHS_DONE_ATTR = "sweep_epochs_done"
+PROGRESS_ATTR = "sweep_progress"
 """Set on a worker's exception: the epochs its rank finished before it raised."""
 
 
@@ -93,7 +93,7 @@ def run_multi_worker_trial(config: dict[str, Any]) -> None:
         logger.close()
         # Reported as the trial's last result, as one-worker trials do: raised, Ray would retry
         # the trial (budget.retries), rerunning a worker's bug or out-of-memory error.
-        tune.report(failure_result(plan, cause, int(getattr(cause, EPOCHS_DONE_ATTR, 0))))
+        tune.report(failure_result(plan, cause, dict(getattr(cause, PROGRESS_ATTR, {}))))
 
 
 GO, STOP = "go", "stop"
@@ -200,7 +200,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     try:
         loop.run(TrainChannel(loop_config["control"], loop_config.get("restore")))
     except Exception as exc:
-        setattr(exc, EPOCHS_DONE_ATTR, loop.epochs_done)  # travels with the error to the Tune trial
+        setattr(exc, PROGRESS_ATTR, loop.progress())  # travels with the error to the Tune trial
         if logger is not None:
             logger.record_held()  # the steps that led to the failure
         raise

@@ -39,9 +39,13 @@ def split_config(config: dict[str, Any]) -> tuple[TrialPlan, dict[str, Any]]:
     return TrialPlan.from_config(config[ENGINE_KEY]), params
 
 
-def failure_result(plan: TrialPlan, exc: BaseException, epochs_done: int) -> dict[str, Any]:
-    """A failed trial's last report: recorded as failed (or oom) by the driver, not retried by Ray."""
-    return {plan.metric: math.nan, EPOCH: epochs_done, FAILED_KEY: 1.0, REASON_KEY: failure_reason(exc)}
+def failure_result(plan: TrialPlan, exc: BaseException, progress: dict[str, Any]) -> dict[str, Any]:
+    """A failed trial's last report: recorded as failed (or oom) by the driver, not retried by Ray.
+
+    ``progress`` (:meth:`EpochLoop.progress`): the epochs it validated since its last report and
+    its step counts, which the driver records as it records any report's.
+    """
+    return {EPOCH: 0, **progress, plan.metric: math.nan, FAILED_KEY: 1.0, REASON_KEY: failure_reason(exc)}
 
 
 class TuneChannel:
@@ -81,7 +85,7 @@ def run_trial(config: dict[str, Any]) -> None:
         logger.log_failure(exc)
         loop.log_curves()  # Tune may end this process at the report: deliver first
         logger.flush(timeout=DELIVERY_TIMEOUT_S)
-        tune.report(failure_result(plan, exc, loop.epochs_done))
+        tune.report(failure_result(plan, exc, loop.progress()))
     finally:
         loop.log_curves()
         logger.close()
