@@ -85,6 +85,8 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
             {"startup", "random"} if run.data.tags["sweep.trial"] == "0" else {"startup", "random", "tpe"}
         )
         assert f"precision={run.data.params['precision']}" in run.info.run_name
+        trial = study_of(result).trials[int(run.data.tags["sweep.trial"])]
+        assert float(run.data.params["lr"]) == trial.params["lr"]  # exactly: what the UI shows is the trial's value
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "images"}
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
         assert images == [f"images/epoch_{e:03d}.png" for e in steps]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.core.keys import AUDIT_FALSE_STOP, AUDIT_TRUE_STOP, COMPLETED, DIVERGED, PRUNED
-from sweeps.tracking.mlflow_client import param_text
+from sweeps.tracking.mlflow_client import short_text
 
 GROUPS = {COMPLETED: 0, PRUNED: 1, DIVERGED: 2}
 REASON_CHARS = 48
@@ -50,8 +50,8 @@ def searched(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
 
 
 def short(value: Any) -> str:
-    """A parameter value as MLflow shows it; '-' when the trial has none (a conditional parameter)."""
-    return "-" if value is None else param_text(value)
+    """A parameter value as a run name shows it; '-' when the trial has none (a conditional parameter)."""
+    return "-" if value is None else short_text(value)
 
 
 def finite(value: Any) -> float | None:

@@ -106,13 +106,19 @@ def schema_lock(uri: str, timeout: float = 300.0) -> contextlib.AbstractContextM
 
 
 def param_text(value: Any) -> str:
-    """How a parameter value is written as an MLflow param and in a run name."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    """How a parameter value is written as an MLflow param: exactly (a float as Python writes it back).
+
+    What a user copies from the MLflow UI is then the trial's value, as the export holds it.
+    """
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def short_text(value: Any) -> str:
+    """A parameter value in a run name or a table: a float to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def run_name(number: int, sampled: dict[str, Any]) -> str:
     """A child run's name: trial number and its sampled values, e.g. ``t003 lr=0.0012 kernel_size=5``."""
-    text = " ".join(f"{key}={param_text(value)}" for key, value in sampled.items())
+    text = " ".join(f"{key}={short_text(value)}" for key, value in sampled.items())
     return f"t{number:03d} {text}"[:240].strip()
