@@ -377,7 +377,7 @@ def _trial_counts(report: Path, metric: str) -> str:
         counts[str(row.get("status", "?"))] = counts.get(str(row.get("status", "?")), 0) + 1
     text = f"  {len(rows)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items())
     best = [row.get(metric) for row in rows if row.get("best") is True]
-    return text + (f"; best {best[0]:.4g}" if best and isinstance(best[0], (int, float)) else "")
+    return text + (f"; best {best[0]:.5g}" if best and isinstance(best[0], (int, float)) else "")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

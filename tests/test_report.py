@@ -116,6 +116,18 @@ def test_without_an_audit_the_page_says_so_and_has_no_audit_column(tmp_path: Pat
     assert "t002 loss_explosion: false stop" in html_page("s1", META, ROWS, "", tmp_path)
 
 
+def test_a_page_without_stops_does_not_say_every_trial_ran_to_its_end_when_some_failed(tmp_path: Path) -> None:
+    (tmp_path / "stops.json").write_text("[]")
+    rows = [row(1, "completed", 0.4, 4, best=True), row(4, "failed", None, 1), row(6, "oom", None, 1)]
+    stops = html_page("s1", META, rows, "", tmp_path).split("<section id='stops'>")[1].split("</section>")[0]
+    assert (
+        "No trial was stopped by the divergence detector or ASHA; 2 ended before their last epoch (failed 1, oom 1)"
+        in stops
+    )
+    assert "every trial ran" not in stops
+    assert "ASHA.</p>" in html_page("s1", META, rows[:1], "", tmp_path)
+
+
 def test_stops_written_before_are_kept_when_mlflow_cannot_be_read(tmp_path: Path) -> None:
     (tmp_path / "stops.json").write_text('[{"trial": "t009"}]')
     write_stops(tmp_path, {**META, "tracking_uri": "", "parent_run_id": ""}, ROWS)
@@ -182,6 +194,9 @@ def test_the_live_line_says_trials_done_of_planned_and_the_time_left() -> None:
     assert status_line(state, 12, 5.0).endswith("time left ?")
     assert estimate_left(0, 10.0, 5) is None and estimate_left(3, 3 * 3600.0, 3) == 3 * 3600.0
     assert "~1:00:00 left" in status_line(state, 12, 5.0, 3600.0)
+    state.trials["ray0"].value = 29.9954  # as the table shows it (5 digits), not "30"
+    assert "best val_loss=29.995 (t000)" in status_line(state, 12, 5.0)
+    assert event_line(state.trials["ray0"], "val_loss").startswith("  t000  completed   val_loss=29.995 after")
 
 
 def test_the_live_view_prints_a_line_per_ended_trial_and_its_status_line() -> None:

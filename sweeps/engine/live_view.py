@@ -25,7 +25,7 @@ def status_line(state: SweepState, total: int, elapsed: float, left: float | Non
     counts = " · ".join(_count(state, name, n) for name, n in sorted(state.counts.items()))
     best = state.best
     best_text = (
-        f"best {state.metric}={best.value:.4g} (t{best.number:03d})" if best and best.value is not None else "best -"
+        f"best {state.metric}={best.value:.5g} (t{best.number:03d})" if best and best.value is not None else "best -"
     )
     parts = [
         f"[{_clock(elapsed)}]",
@@ -67,7 +67,7 @@ def _count(state: SweepState, name: str, n: int) -> str:
 
 def event_line(record: TrialRecord, metric: str) -> str:
     """One line for a trial that just ended."""
-    value = f"{metric}={record.value:.4g}" if record.value is not None else f"{metric}=-"
+    value = f"{metric}={record.value:.5g}" if record.value is not None else f"{metric}=-"
     reason = f" ({record.reason})" if record.reason else ""
     # a diverged trial stopped within the epoch it reports (its step is in the reason)
     when = f"in epoch {record.epochs}" if record.status == "diverged" else f"after {record.epochs} epoch(s)"

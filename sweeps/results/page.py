@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,10 @@ def _stops(folder: Path, notes: str, rows: list[dict[str, Any]], metric: str, mo
     notes = "\n\n".join(text for text in (notes, audit.read_text().strip() if audit.exists() else "") if text)
     summary = f"<pre>{html.escape(notes)}</pre>" if notes else ""
     if not stops:
-        return summary + "<p class='muted'>No trial was stopped: every trial ran to its last epoch.</p>"
+        early = Counter(str(r["status"]) for r in rows if r["status"] not in (COMPLETED, PRUNED, DIVERGED))
+        ended = ", ".join(f"{status} {n}" for status, n in sorted(early.items()))
+        rest = f"; {sum(early.values())} ended before their last epoch ({ended})." if early else ""
+        return summary + f"<p class='muted'>No trial was stopped by the divergence detector or ASHA{rest or '.'}</p>"
     audited = any(s.get("verdict") for s in stops)
     rescues = any(s.get("rescue") for s in stops)
     best = next((r.get(metric) for r in rows if r.get("best")), None)

@@ -55,7 +55,7 @@ def observed_stops(state: SweepState, observing: bool = False) -> list[str]:
     for r in watched:
         end, rank = r.status, ""
         if r.value is not None:
-            end = f"{r.status} {state.metric}={r.value:.4g}"
+            end = f"{r.status} {state.metric}={r.value:.5g}"
             if r.status == COMPLETED:
                 rank = f", rank {done.index(r.value) + 1} of {len(done)} completed"
         lines.append(f"  {r.label} {r.would_stop} -> {end}{rank}")
