@@ -121,6 +121,9 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
     exported = write_export(best_config(open_sweep_dir(workdir / "runs", result.sweep.name)), workdir / "best.yaml")
     data = load_run_file(exported)
     assert data["source"]["mlflow_run_id"] in {r.info.run_id for r in children}
+    # the parent run's best_config.yaml is that export: `sweeps train` runs it as it is
+    on_parent = Path(client.download_artifacts(parent.info.run_id, "best_config.yaml", str(workdir)))
+    assert load_run_file(on_parent) == data
     metrics = train_from_file(data, stream=io.StringIO())
     assert metrics["val_mse"] == pytest.approx(data["metric"]["value"], rel=0.01)
 

@@ -34,6 +34,7 @@ from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
+from sweeps.results.export import best_export_text
 from sweeps.results.report import prewarm, result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
 from sweeps.spec.sweep_spec import SweepSpec
@@ -375,7 +376,9 @@ def _finish_parent(
         tags[TAG_BEST_TRIAL] = str(state.best.number)
         tags[TAG_BEST_RUN_ID] = state.best.run_id
         tags[best_metric_tag(state.metric)] = f"{state.best.value:.6g}"
-        tracker.log_text(tracker.parent_run_id, yaml.safe_dump(state.best.params, sort_keys=False), "best_config.yaml")
+        best = best_export_text(sweep, meta, study, "best_config.yaml")  # type: ignore[arg-type]
+        if best is not None:  # the export of the best: `sweeps train best_config.yaml` runs it
+            tracker.log_text(tracker.parent_run_id, best, "best_config.yaml")
     tags.update(_ui_views(tracker, state, sweep, meta))
     tracker.finish_run(tracker.parent_run_id, status, "", tags)
     sweep.write_meta(meta)

@@ -94,14 +94,25 @@ def _export(sweep: SweepDir, meta: dict[str, Any], trial: FrozenTrial, rank: int
 def write_export(data: dict[str, Any], path: str | Path) -> Path:
     """Write an exported config with a header saying where it came from and how to use it."""
     out = Path(path)
+    out.write_text(export_text(data, out.name))
+    return out
+
+
+def export_text(data: dict[str, Any], file_name: str) -> str:
+    """An exported config as the file ``file_name`` holds it: a header (where from, how to use), then YAML."""
     source, metric = data["source"], data["metric"]
     header = (
         f"# Trial {source['trial']} of sweep {source['sweep']} (rank {source.get('rank', 1)}): "
         f"{metric['name']}={metric['value']:.6g} ({metric['mode']}).\n"
-        f"# Train from it: sweeps train {out.name}\n"
+        f"# Train from it: sweeps train {file_name}\n"
     )
-    out.write_text(header + yaml.safe_dump(data, sort_keys=False))
-    return out
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def best_export_text(sweep: SweepDir, meta: dict[str, Any], study: optuna.Study, file_name: str) -> str | None:
+    """The best trial's export as ``sweeps export`` would write it to ``file_name`` (None: nothing completed)."""
+    trials = ranked(study)
+    return export_text(_export(sweep, meta, trials[0], 1), file_name) if trials else None
 
 
 def ranked_path(path: str | Path, rank: int) -> Path:
