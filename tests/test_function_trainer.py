@@ -264,6 +264,40 @@ def test_fp16_o2_keeps_fp32_master_weights_and_its_checkpoint_resumes_bit_exact(
     assert restarted.metric() == full.metric()[1:]
 
 
+def _o2_step(clip: str, accumulate: int = 1) -> tuple[float, list[torch.Tensor]]:
+    """One fp16-o2 step of SGD on a small conv net, its gradients clipped to a tenth of their norm."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = loss_scaler("fp16-o2", "cpu", model, optimizer)
+    x, y = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    optimizer.zero_grad()
+    for _ in range(accumulate):
+        scaler.scale(torch.nn.functional.l1_loss(model(x), y) / accumulate).backward()
+    scaler.unscale_(optimizer)
+    masters = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in masters]))
+    if clip == "model":  # as a loop written for fp32 clips: the model's parameters
+        torch.nn.utils.clip_grad_norm_(model.parameters(), norm / 10)
+    elif clip == "optimizer":
+        torch.nn.utils.clip_grad_norm_(masters, norm / 10)
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(p.grad is None for p in model.parameters())  # the next backward starts from none
+    return norm, [p.detach().clone() for p in masters]
+
+
+def test_fp16_o2_clipping_the_models_parameters_clips_the_master_gradients() -> None:
+    norm, unclipped = _o2_step("none")
+    model_norm, by_model = _o2_step("model")
+    _, by_optimizer = _o2_step("optimizer")
+    assert model_norm == norm > 0
+    for a, b, c in zip(by_model, by_optimizer, unclipped, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6) and not torch.equal(a, c)
+    _, accumulated = _o2_step("none", accumulate=2)  # two backwards of half the loss: the same step
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(accumulated, unclipped, strict=True))
+
+
 def test_o2_needs_the_model_and_its_optimizer() -> None:
     with pytest.raises(ValueError, match="run.scaler\\(model, optimizer\\)"):
         loss_scaler("fp16-o2", "cpu")

@@ -37,6 +37,9 @@ from torch import nn
 
 from trainables.precision import DynamicLossScaler, ScalerSettings, _norm_hooks, _to_half_keep_norm, canonical_precision
 
+HALF_MAX = float(torch.finfo(torch.float16).max)
+"""The largest float16: a model's float16 copy of an unscaled gradient is clamped to it, never inf."""
+
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
     """The forward pass's context: bfloat16 or float16 autocast for bf16 and fp16, nothing for fp32 and fp16-o2."""
@@ -97,6 +100,8 @@ class MasterWeightScaler:
             self.master += masters
             group["params"] = masters
         self.dynamic = DynamicLossScaler(settings)
+        self.given: list[tuple[torch.Tensor | None, int | None]] = []
+        """The float16 gradients ``unscale_`` gave the model, with their version (a change shows)."""
         self.unscaled = False
         self.overflow = False
         self.last_skipped = False
@@ -114,21 +119,35 @@ class MasterWeightScaler:
         return loss.float() * self.dynamic.scale
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        """Move the model's gradients to the master weights, unscaled (once per step); clear the model's."""
+        """Move the model's gradients to the master weights, unscaled (once per step).
+
+        The model's gradients become a float16 copy of the unscaled ones, so a loop that reads or
+        clips ``model.parameters()`` between ``unscale_`` and ``step`` (``clip_grad_norm_``, as it
+        would without O2) sees the real gradients, and what it changes there reaches the masters.
+        """
         if self.unscaled:
             return
         inverse = 1.0 / self.dynamic.scale
+        self.given = []
         for p, m in zip(self.params, self.master, strict=True):
             m.grad = None if p.grad is None else p.grad.float() * inverse
-            p.grad = None
+            p.grad = None if m.grad is None else m.grad.clamp(-HALF_MAX, HALF_MAX).to(p.dtype)
+            self.given.append((p.grad, None if p.grad is None else p.grad._version))
         grads = [m.grad for m in self.master if m.grad is not None]
         total = float(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)) if grads else 0.0
         self.overflow = not math.isfinite(total)
         self.unscaled = True
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Step the master weights unless the gradients overflowed; copy them into the model."""
+        """Step the master weights unless the gradients overflowed; copy them into the model.
+
+        A model gradient the loop changed after ``unscale_`` (clipped, in place or replaced)
+        replaces its master's gradient first.
+        """
         self.unscale_(optimizer)
+        for p, m, (grad, version) in zip(self.params, self.master, self.given, strict=True):
+            if p.grad is not grad or (grad is not None and grad._version != version):
+                m.grad = _changed_master_grad(p.grad, m.grad)
         if not self.overflow:
             optimizer.step()
             with torch.no_grad():
@@ -136,11 +155,18 @@ class MasterWeightScaler:
                     p.copy_(m.to(p.dtype))
 
     def update(self, new_scale: float | None = None) -> None:
-        """Halve the scale after an overflow, grow it after enough clean steps (or set ``new_scale``)."""
+        """Halve the scale after an overflow, grow it after enough clean steps (or set ``new_scale``).
+
+        Clears the model's gradients: the next backward starts from none, whatever the loop zeroes
+        (its optimizer holds the masters).
+        """
         self.dynamic.update(self.overflow)
         if new_scale is not None:
             self.dynamic.scale = float(new_scale)
         self.last_skipped, self.unscaled = self.overflow, False
+        for p in self.params:
+            p.grad = None
+        self.given = []
 
     def state_dict(self) -> dict[str, Any]:
         """The loss scale and the master weights."""
@@ -152,6 +178,24 @@ class MasterWeightScaler:
         with torch.no_grad():
             for m, saved in zip(self.master, state["master"], strict=True):
                 m.copy_(saved)
+
+
+def _changed_master_grad(changed: torch.Tensor | None, master: torch.Tensor | None) -> torch.Tensor | None:
+    """The master's gradient after the loop changed the model's float16 copy of it into ``changed``.
+
+    A copy scaled as a whole (``clip_grad_norm_``) scales the float32 master by the same factor,
+    read off the copy, so no precision is lost to float16; any other change is taken as it is.
+    """
+    if changed is None or master is None:
+        return None if changed is None else changed.float()
+    now = changed.float()
+    square = float((master * master).sum())
+    factor = float((now * master).sum()) / square if square > 0 else math.nan
+    if math.isfinite(factor):
+        scaled = (master * factor).clamp(-HALF_MAX, HALF_MAX).to(changed.dtype).float()
+        if torch.allclose(now, scaled, rtol=1e-2, atol=float(now.abs().max()) * 1e-3):
+            return master * factor
+    return now
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
