@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sweeps.core.errors import InputError
+from sweeps.core.keys import FAILED, OOM
 from sweeps.spec.sweep_spec import SpecError
 from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name
 
@@ -240,6 +241,10 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     print(f"sweep:   {result.sweep.name}  ({result.sweep.path})")
     print(f"MLflow:  {result.tracking_uri}  parent run {result.parent_run_id}")
     print(f"Optuna:  {result.sweep.storage_location}  study {result.sweep.name}")
+    raised = sorted((r for r in state.trials.values() if r.status in (FAILED, OOM)), key=lambda r: r.label)
+    if raised:  # where to read what went wrong: the traceback is an artifact of each one's run
+        runs = ", ".join(f"{r.label} {r.run_id}" for r in raised)
+        print(f"errors:  traceback.txt in the MLflow run of {runs}")
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"

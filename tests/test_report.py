@@ -256,3 +256,21 @@ def test_ui_links_of_a_sweep_with_no_completed_trial_say_so_instead_of_a_top_0(t
     lines = _sweep_links(uri, experiment, "http://127.0.0.1:5000", 3, None)
     assert len(lines) == 2 and lines[0].startswith("sweep s1, its trials by val_loss: http://127.0.0.1:5000/")
     assert lines[1] == "(no top trials to compare: no trial of it completed with a val_loss)"
+
+
+def test_the_end_of_run_names_where_each_failed_trials_traceback_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sweeps.cli import _print_result
+    from sweeps.engine.runner import SweepResult
+    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.store.sweep_dir import new_sweep_dir
+    from tests.helpers import toy_spec, write_spec
+
+    state = SweepState(metric="val_loss", mode="min")
+    for number, status in ((0, "completed"), (1, "failed"), (2, "oom")):
+        state.trials[f"ray{number}"] = record(number, "running", 0.5)
+        state.finish(state.trials[f"ray{number}"], status)
+    result = SweepResult(new_sweep_dir(tmp_path, "s"), state, "p", "sqlite:///m.db")
+    assert _print_result(result, load_spec(write_spec(tmp_path, toy_spec("s"))), "sweep_runs") == 0
+    assert "errors:  traceback.txt in the MLflow run of t001 run1, t002 run2\n" in capsys.readouterr().out
