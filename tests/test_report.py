@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.live_view import LiveView, estimate_left, event_line, status_line
 from sweeps.results.figures import Curve, draw_learning_curves
 from sweeps.results.page import html_page, ordered
-from sweeps.results.report import stop_decisions, write_stops
+from sweeps.results.report import stop_decisions, terminal_table, write_stops
 from sweeps.tracking.ui_views import top_view, trials_view, view_key, view_url
 
 
@@ -105,6 +106,9 @@ def test_the_page_shows_the_stop_table_with_verdicts_and_a_sorted_trial_table(tm
     trials = page.split("<section id='trials'>")[1]
     assert trials.index("* t001") < trials.index("t003") < trials.index("t005") < trials.index("t004")
     assert "<th>seed</th>" not in trials and "<th>lr</th>" in trials  # the swept parameters only
+    # t002 was stopped in epoch 2: one epoch validated and part of the next, not "2" as if it ran two
+    assert "<td class='num'>1+</td>" in trials.split("t002</td>")[1].split("</tr>")[0]
+    assert re.search(r"^ t002\s+diverged\s+-\s+1\+\s", terminal_table(ROWS, "val_loss"), re.M)
     assert "No sample images" in page  # no samples.json: the trainer logs none
 
 

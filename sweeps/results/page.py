@@ -50,6 +50,18 @@ def searched(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     return [n for n in every if len({str(row.get(f"param.{n}")) for row in rows}) > 1]
 
 
+def epochs_text(row: dict[str, Any]) -> str:
+    """A row's epochs as the tables show them: a diverged trial's as those it validated, then ``+``.
+
+    A diverged trial's ``epochs`` is the epoch it was stopped in: ``1+`` reads "epoch 1 and part
+    of the next", where ``2`` would look like a trial that ran two epochs to their end.
+    """
+    epochs = row.get("epochs")
+    if row.get("status") == DIVERGED and isinstance(epochs, int) and epochs > 0:
+        return f"{epochs - 1}+"
+    return "" if epochs is None else str(epochs)
+
+
 def short(value: Any) -> str:
     """A parameter value as a run name shows it; '-' when the trial has none (a conditional parameter)."""
     return "-" if value is None else short_text(value)
@@ -294,7 +306,7 @@ def _trials(rows: list[dict[str, Any]], metric: str, params: list[str]) -> str:
             _td(("* " if row.get("best") else "") + str(row["trial"]), sort=str(row["trial"])),
             _td(str(row["status"])),
             _td(metric_text(value), sort=repr(value) if value is not None else "", css="num"),
-            _td(str(row.get("epochs", "")), css="num"),
+            _td(epochs_text(row), css="num"),
             *[_td(short(row.get(f"param.{p}")), css="num" if _numeric(row.get(f"param.{p}")) else "") for p in params],
             _td(_cut(reason), title=reason, css="reason"),
             _td(run_id[:8], title=run_id),

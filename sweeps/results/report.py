@@ -44,7 +44,7 @@ from sweeps.results.figures import (
     quiet,
 )
 from sweeps.results.from_mlflow import download_images, metric_history, tagged_runs
-from sweeps.results.page import html_page, ordered, searched, short
+from sweeps.results.page import epochs_text, html_page, ordered, searched, short
 
 __all__ = ["html_page", "read_results", "result_rows", "terminal_table", "write_report", "write_stops"]
 
@@ -246,7 +246,7 @@ def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | N
     for row in rows:
         value = row.get(metric)
         shown = f"{value:.5g}" if isinstance(value, float) and math.isfinite(value) else "-"
-        cells = [("*" if row.get("best") else " ") + str(row["trial"]), str(row["status"]), shown, str(row["epochs"])]
+        cells = [("*" if row.get("best") else " ") + str(row["trial"]), str(row["status"]), shown, epochs_text(row)]
         cells += [short(row.get(p)) for p in params] + [str(row.get("reason") or "")[:60]]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
