@@ -180,6 +180,14 @@ def test_learning_curves_draw_every_ending_with_its_mark(tmp_path: Path) -> None
     assert draw_learning_curves([Curve("t0", "failed", [])], "m", "min", 4, [], tmp_path / "none.png") is None
 
 
+def test_diverged_trials_stopped_at_the_same_spot_are_named_in_one_label() -> None:
+    from sweeps.results.figures import _merged
+
+    crosses = [(1, 0.96, "t002", "r", True), (1, 0.96, "t003", "r", True), (2, 0.96, "t010", "r", True)]
+    crosses.append((1, 0.96, "t011", "r", False))  # at a value that happens to be 0.96: not on the edge
+    assert [c[2] for c in _merged(crosses)] == ["t002, t003", "t010", "t011"]
+
+
 def record(number: int, status: str, value: float | None = None) -> TrialRecord:
     return TrialRecord(number, f"ray{number}", f"run{number}", {}, {}, status=status, value=value)
 

@@ -173,7 +173,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
         elif highlight and xs:
             ends.append((xs[-1], ys[-1], curve.label + (" best" if curve.best else ""), color, curve.best))
     _label_ends(ax, ends)
-    for x, y, text, color, on_edge in crosses[:12]:
+    for x, y, text, color, on_edge in _merged(crosses)[:12]:
         where = top_edge if on_edge else ax.transData
         ax.annotate(text, (x, y), xycoords=where, xytext=(7, 0), textcoords="offset points", **_small(color))
     for rung in rungs:
@@ -195,6 +195,19 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
             label = f"{style['label']}: {counts[status]}"
             handles.append(Line2D([], [], color=style["color"], marker=marker, mfc=face, label=label))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+
+
+def _merged(crosses: list[tuple[float, float, str, str, bool]]) -> list[tuple[float, float, str, str, bool]]:
+    """One label per spot: diverged trials stopped at the same place are named together (``t002, t003``).
+
+    Those with no finite epoch all sit on the top edge, in the epoch they were stopped in: their
+    labels would be drawn over each other.
+    """
+    spots: dict[tuple[float, float, bool], list[tuple[float, float, str, str, bool]]] = {}
+    for cross in crosses:
+        x, y, _, _, on_edge = cross
+        spots.setdefault((x, y, on_edge), []).append(cross)
+    return [(*same[0][:2], ", ".join(c[2] for c in same), same[0][3], same[0][4]) for same in spots.values()]
 
 
 def _small(color: str) -> dict[str, Any]:
