@@ -170,6 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"note: {key}: {text}", file=sys.stderr)
     if args.name is not None:
         check_sweep_name(args.name)
+    else:  # the name it will get: the spec's and the time
+        from sweeps.store.sweep_dir import default_name
+
+        check_sweep_name(default_name(spec.name))
     if args.cpus is not None and args.cpus < 1:
         raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
     from sweeps.engine.preflight import check_sweep_start
@@ -180,8 +184,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from sweeps.engine.warm_start import check_warm_start
 
         check_warm_start(args.storage, args.warm_start, spec)
-    from sweeps.engine.cluster import check_local_workers_fit, check_ray_address
+    from sweeps.engine.cluster import check_address_format, check_local_workers_fit, check_ray_address
 
+    check_address_format(args.address)
     check_local_workers_fit(spec, args.address, args.cpus)
     if args.check:  # everything above; a cluster's address is not tried
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")

@@ -153,6 +153,32 @@ ROWS = [
         r"s\.yaml: budget\.workers_per_trial: 3 workers x 1 CPU need 3 CPUs; a new local Ray on this machine has 2$",
     ),
     Row(
+        "--check: a trial needs more CPUs than a new local Ray gets (it would wait forever)",
+        ["run", "s.yaml", "--set", "budget.cpus_per_trial=3", "--cpus", "2", "--check"],
+        r"s\.yaml: budget\.cpus_per_trial: a trial needs 3 CPUs; a new local Ray on this machine has 2$",
+    ),
+    Row(
+        "--check: a trial needs a GPU this machine lacks",
+        ["run", "s.yaml", "--set", "budget.gpus_per_trial=1", "--check"],
+        r"s\.yaml: budget\.gpus_per_trial: a trial needs 1 GPU; a new local Ray on this machine has 0$",
+    ),
+    Row(
+        "--check: an address that is not HOST:PORT",
+        ["run", "s.yaml", "--address", "127.0.0.1:abc", "--check"],
+        r"Ray address '127\.0\.0\.1:abc' \(--address\) is not HOST:PORT",
+    ),
+    Row(
+        "--check: a spec name too long for a sweep's folder",
+        ["run", "s.yaml", "--set", "name=" + "a" * 130, "--check"],
+        r"sweep name 'a{130}-\d{8}-\d{6}' is not allowed",
+    ),
+    Row("--check: storage that is a URL", ["run", "s.yaml", "--storage", "s3://b/x", "--check"], r"not a URL"),
+    Row(
+        "--check: storage where no folder can be made",
+        ["run", "s.yaml", "--storage", "/proc/sweeps-x", "--check"],
+        r"storage '/proc/sweeps-x': cannot make a folder in /proc",
+    ),
+    Row(
         "--check: a warm start from a sweep of the other direction",
         ["run", "s.yaml", "--warm-start", "old", "--check"],
         r"--warm-start old: that sweep optimised val_loss \(max\), this spec val_loss \(min\)",

@@ -225,10 +225,18 @@ def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | No
     this cannot be sure of, is checked once joined (:func:`check_workers_fit`, which knows the
     autoscaler's ceiling). The CPUs counted are ``cpus`` or this machine's, the most Ray can see.
     """
-    if spec.budget.workers_per_trial <= 1 or not starts_local_ray(address):
+    if not starts_local_ray(address):
         return
-    have = cpus or os.cpu_count() or 1
-    _refuse_if_short(spec, {"CPU": float(have)}, where="a new local Ray on this machine has")
+    import torch
+
+    have = {"CPU": float(cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    _refuse_if_short(spec, have, where="a new local Ray on this machine has")
+
+
+def check_address_format(address: str | None) -> None:
+    """Raise RayAddressError (one line) for an ``--address`` that is not HOST:PORT, 'auto' or 'local'; no connection."""
+    if address not in (None, "auto", "local"):
+        _host_port(address, "--address")
 
 
 def _refuse_if_short(spec: SweepSpec, ceiling: dict[str, float], where: str) -> None:
@@ -236,16 +244,15 @@ def _refuse_if_short(spec: SweepSpec, ceiling: dict[str, float], where: str) -> 
     budget = spec.budget
     for name, each in (("CPU", budget.cpus_per_trial), ("GPU", budget.gpus_per_trial)):
         need, have = budget.workers_per_trial * each, ceiling.get(name)
-        if have is not None and need > have:
-            raise SpecError(
-                spec.source,
-                [
-                    (
-                        "budget.workers_per_trial",
-                        f"{budget.workers_per_trial} workers x {each:g} {name} need {need:g} {name}s; {where} {have:g}",
-                    )
-                ],
-            )
+        if have is None or need <= have:
+            continue
+        if budget.workers_per_trial > 1:
+            key = "budget.workers_per_trial"
+            text = f"{budget.workers_per_trial} workers x {each:g} {name} need {need:g} {name}s; {where} {have:g}"
+        else:  # no trial could ever start: Ray would wait for it forever
+            key = f"budget.{name.lower()}s_per_trial"
+            text = f"a trial needs {need:g} {name}{'' if need == 1 else 's'}; {where} {have:g}"
+        raise SpecError(spec.source, [(key, text)])
 
 
 def check_workers_fit(spec: SweepSpec) -> None:
@@ -255,7 +262,7 @@ def check_workers_fit(spec: SweepSpec) -> None:
     maximum where it has one, else what it has now. Starts local Ray if none is running.
     """
     budget = spec.budget
-    if budget.workers_per_trial <= 1:
+    if budget.workers_per_trial <= 1:  # on a cluster, nodes may join later: a one-worker trial waits for them
         return
     start_ray()
     most = max_cluster_resources()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,15 +98,27 @@ def check_sweep_name(name: str) -> str:
 
 
 def check_root(root: str | Path) -> Path:
-    """The storage folder, resolved; refuse one that is a file or cannot be made or written. Creates nothing."""
+    """The storage folder, resolved; refuse one that is a file or cannot be made or written. Leaves nothing.
+
+    Whether a folder can be made there is tried: a folder made and removed at once in the
+    nearest one that exists (write permission alone says nothing to root, or in ``/proc``).
+    """
+    if "://" in str(root):
+        raise SweepStoreError(
+            f"storage {str(root)!r}: must be a folder on this machine, not a URL; pass another --storage"
+        )
     path = Path(root).resolve()
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise SweepStoreError(f"storage {str(root)!r}: {existing} is a file, not a folder; pass another --storage")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SweepStoreError(f"storage {str(root)!r}: cannot write in {existing}; pass another --storage")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sweeps-probe-", dir=existing))
+    except OSError as exc:
+        raise SweepStoreError(
+            f"storage {str(root)!r}: cannot make a folder in {existing} ({exc.strerror}); pass another --storage"
+        ) from None
     return path
 
 
