@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -149,13 +150,30 @@ def _refuse_nul(args: argparse.Namespace) -> None:
                 )
 
 
-def check_output_file(option: str, path: str) -> None:
-    """Refuse, in one line, a file to write whose folder does not exist or that is a folder."""
+def check_output_file(option: str, path: str, overwrites: Callable[[bytes], bool] | None = None) -> None:
+    """Refuse, in one line, a file to write that is empty, a folder, in no folder, or that cannot be written there.
+
+    ``overwrites``: whether an existing file's first bytes are of the kind this command writes
+    (an earlier page or export); another file there is refused, not overwritten.
+    """
     target = Path(path)
+    if not path.strip():
+        raise InputError(f"{option}: empty; name a file")
     if target.is_dir():
         raise InputError(f"{option} {path}: is a folder; name a file")
     if not target.parent.is_dir():
         raise InputError(f"{option} {path}: no folder {target.parent} to write it in (create it first)")
+    if target.exists():
+        if overwrites is not None and not overwrites(target.read_bytes()[:64]):
+            raise InputError(f"{option} {path}: a file that this command did not write is there; name another")
+        if not os.access(target, os.W_OK):
+            raise InputError(f"{option} {path}: cannot write it (permission denied)")
+        return
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        target.unlink()
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write it ({exc.strerror})") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -276,7 +294,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
-    check_output_file("--output", args.output)
+    check_output_file("--output", args.output, overwrites=lambda head: head.startswith(b"# Trial "))
     sweep = open_sweep_dir(args.storage, args.sweep)
     if sweep.read_meta().get("status") == "running":
         note = f"note: sweep {sweep.name!r} is still running (or its driver died): this is its best so far"
@@ -301,6 +319,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs <= 0:
         raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
+    if args.save is not None:  # before training: a model trained for nothing is lost at the end
+        check_output_file("--save", args.save, overwrites=lambda head: head.startswith(b"PK"))  # torch.save: a zip
     data = load_run_file(args.config)
     for key, text in unnamed_config_keys(data):
         print(f"note: {key}: {text}", file=sys.stderr)
@@ -330,7 +350,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.store.sweep_dir import open_sweep_dir
 
     if args.html:
-        check_output_file("--html", args.html)
+        check_output_file(
+            "--html", args.html, overwrites=lambda head: head.lstrip().lower().startswith(b"<!doctype html")
+        )
     sweep = open_sweep_dir(args.storage, args.sweep)
     meta, folder = sweep.read_meta(), sweep.path / "report"
     rows = read_results(folder)

@@ -288,6 +288,23 @@ ROWS = [
         ["export", "any", "-o", "no/such/best.yaml"],
         r"^error: --output no/such/best\.yaml: no folder no/such to write it in \(create it first\)$",
     ),
+    Row(
+        "report: --html over a file it did not write (the user's spec)",
+        ["report", "any", "--html", "s.yaml"],
+        r"^error: --html s\.yaml: a file that this command did not write is there; name another$",
+    ),
+    Row(
+        "export: -o over a file it did not write",
+        ["export", "any", "-o", "s.yaml"],
+        r"^error: --output s\.yaml: a file that this command did not write is there; name another$",
+    ),
+    Row("export: -o nowhere", ["export", "any", "-o", "/proc/b.yaml"], r"^error: --output /proc/b\.yaml: cannot write"),
+    Row(
+        "train: --save over the config it trains from, before training",
+        ["train", "s.yaml", "--save", "s.yaml"],
+        r"^error: --save s\.yaml: a file that this command did not write is there; name another$",
+    ),
+    Row("train: --save empty", ["train", "s.yaml", "--save", ""], r"^error: --save: empty; name a file$"),
     Row("report: --html a folder", ["report", "any", "--html", "."], r"^error: --html \.: is a folder; name a file$"),
     Row("resume: a name outside sweep_runs", ["resume", "../x"], r"'\.\./x' is neither a sweep's folder"),
     Row("train: no such file", ["train", "nope.yaml"], r"nope\.yaml: cannot read exported config .*No such file"),
