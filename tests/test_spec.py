@@ -86,7 +86,17 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"search": {"diverged_as": "ignore"}}, "search.diverged_as", "'infeasible' or 'fail'"),
         ({"divergence": {"loss_scale": {"flor": 1}}}, "divergence.loss_scale.flor", "unknown key"),
-        ({"divergence": {"non_finite": {"steps": -1}}}, "divergence.non_finite.steps", "must be >= 0"),
+        ({"divergence": {"non_finite": {"steps": -1}}}, "divergence.non_finite.steps", "at least 1"),
+        # settings under which the detector would stop every trial, healthy or not
+        ({"divergence": {"loss_explosion": {"factor": 0}}}, "divergence.loss_explosion.factor", "must be >= 1"),
+        ({"divergence": {"loss_explosion": {"share": 2}}}, "divergence.loss_explosion.share", "at most 1"),
+        ({"divergence": {"non_finite": {"steps": 0}}}, "divergence.non_finite.steps", "at least 1"),
+        ({"divergence": {"collapse": {"steps": 1.5}}}, "divergence.collapse.steps", "a whole number"),
+        ({"divergence": {"loss_scale": {"floor": float("nan")}}}, "divergence.loss_scale.floor", "finite"),
+        ({"metric": {"name": "val_mse", "direction": "max"}}, "metric.direction", "unknown key"),
+        ({"metric": 5}, "metric", "5 is not a metric's name"),
+        ({"seed": -1}, "seed", "must be from 0 to 2**32 - 1"),
+        ({"fixed": {"lr": float("nan")}}, "fixed.lr", "must be a finite number"),
         ({"budget__retries": -1}, "budget.retries", "must be >= 0"),
         ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),
         ({"trial_storage": "s3://"}, "trial_storage", "names no bucket"),
@@ -96,6 +106,17 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
 def test_each_bad_input_names_its_key(tmp_path: Path, changes: dict[str, object], key: str, fragment: str) -> None:
     problems = problems_of(tmp_path, changed(GOOD, **changes))
     assert any(k == key and fragment in msg for k, msg in problems), problems
+
+
+def test_sections_turned_on_by_true_and_a_trial_count_given_twice(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, changed(GOOD, asha=True, divergence=True)))
+    assert spec.asha.enabled and spec.divergence.enabled
+    path = write_spec(tmp_path, GOOD)
+    assert load_spec(path, ["budget.trials=3"], trials=3).budget.trials == 3
+    with pytest.raises(SpecError, match=r"3 and --set budget\.trials=5 disagree"):
+        load_spec(path, ["budget.trials=5"], trials=3)
+    problems = dict(problems_of(tmp_path, GOOD, overrides=["lr=-1"]))
+    assert problems["--set lr"] == "must be > 0 (params.lr is searched on a log scale), got -1"
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:

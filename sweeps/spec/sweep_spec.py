@@ -7,6 +7,7 @@ written as strings (PyYAML reads ``1e-5`` as a string) are accepted wherever a n
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,13 @@ def apply_overrides(
             if declared and not _numberlike(value):
                 problems.append((f"--set {key}", f"{text.strip()!r} is not a number (params.{key} is searched as one)"))
                 continue
+            entry = raw["params"].get(key) if isinstance(raw.get("params"), dict) else None
+            if isinstance(entry, dict) and entry.get("log") is True and _numberlike(value):
+                if not as_number(value, "", Problems()) > 0:  # type: ignore[operator]
+                    problems.append(
+                        (f"--set {key}", f"must be > 0 (params.{key} is searched on a log scale), got {text.strip()}")
+                    )
+                    continue
             fixed = raw.get("fixed")
             raw["fixed"] = fixed = fixed if isinstance(fixed, dict) else {}
             params = raw.get("params")
@@ -294,6 +302,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, trials: int 
     raw = copy.deepcopy(raw)
     raw.setdefault("name", Path(path).stem)
     if trials is not None:
+        given = [item for item in overrides or [] if item.partition("=")[0].strip() == "budget.trials"]
+        if given and _override_value(given[-1].partition("=")[2]) != trials:
+            raise SpecError("--trials", [("", f"{trials} and --set {given[-1].strip()} disagree; give one")])
         raw["budget"] = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}
         raw["budget"]["trials"] = trials
     return validate_spec(raw, source, overrides or [])
@@ -319,6 +330,9 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         problems.add("name", f"{name!r} must be letters, digits, '.', '_' or '-'")
     metric, mode = _metric(raw, trainer_cls, problems)
     seed = as_int(raw.get("seed", 0), "seed", problems) or 0
+    if not 0 <= seed < 2**32:  # what NumPy and Optuna's samplers take
+        problems.add("seed", f"must be from 0 to 2**32 - 1, got {seed}")
+        seed = 0
     budget = _budget(raw.get("budget", {}), problems)
     asha = _asha(raw.get("asha", {}), budget, problems)
     search = _search(raw.get("search", {}), problems)
@@ -376,10 +390,16 @@ def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[
     value = raw.get("metric")
     mode = raw.get("mode", "min")
     if isinstance(value, dict):
+        _unknown(value, {"name", "mode"}, "metric", problems)
         mode = value.get("mode", mode)
         value = value.get("name")
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         problems.add("metric", "missing: the validation metric to optimize, e.g. 'val_loss'")
+        value = ""
+    elif not isinstance(value, str):
+        problems.add(
+            "metric", f"{value!r} is not a metric's name: give one, e.g. 'val_loss', or {{name: val_loss, mode: min}}"
+        )
         value = ""
     if mode not in ("min", "max"):
         problems.add("metric.mode", f"must be 'min' or 'max', got {mode!r}")
@@ -453,7 +473,7 @@ def _trial_storage(value: Any, problems: Problems) -> str | None:
 def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
     if value is False:
         return Asha(enabled=False)
-    section = _section(value, "asha", problems)
+    section = _section({} if value is True else value, "asha", problems)  # true: on, at its defaults
     _unknown(section, {"enabled", "grace_period", "reduction_factor", "brackets"}, "asha", problems)
     asha = Asha(enabled=bool(section.get("enabled", True)))
     grace = as_int(section.get("grace_period", 1), "asha.grace_period", problems, minimum=1)
@@ -519,7 +539,7 @@ def _record(value: Any, problems: Problems) -> Record:
 def _divergence(value: Any, problems: Problems) -> DivergenceSettings:
     if value is False:
         return DivergenceSettings(enabled=False)
-    section = _section(value, "divergence", problems)
+    section = _section({} if value is True else value, "divergence", problems)  # true: on, at its defaults
     _unknown(section, {"enabled", "rescue", "mode", *SIGNALS}, "divergence", problems)
     settings = DivergenceSettings(enabled=bool(section.get("enabled", True)), rescue=bool(section.get("rescue", False)))
     mode = section.get("mode", "stop")
@@ -537,11 +557,33 @@ def _divergence(value: Any, problems: Problems) -> DivergenceSettings:
         for key, raw_value in entry.items():
             if key in DEFAULTS[signal]:
                 number = as_number(raw_value, f"divergence.{signal}.{key}", problems)
-                if number is not None and number < 0:
-                    problems.add(f"divergence.{signal}.{key}", f"must be >= 0, got {number}")
+                wrong = None if number is None else _threshold_problem(key, number)
+                if wrong:
+                    problems.add(f"divergence.{signal}.{key}", wrong)
                 elif number is not None:
                     settings.signals[signal][key] = number
     return settings
+
+
+COUNTS = {"consecutive", "window", "steps", "scaled_steps", "warmup"}
+"""Divergence settings that count steps: whole numbers, at least 1 (``calibration`` may be 0)."""
+
+
+def _threshold_problem(key: str, number: float) -> str | None:
+    """What is wrong with a divergence setting's value (None: nothing); a value that would stop every trial is wrong."""
+    if not math.isfinite(number):
+        return f"must be a finite number, got {number}"
+    if key in COUNTS | {"calibration"} and not number.is_integer():
+        return f"counts steps: a whole number, got {number:g}"
+    if key in COUNTS and number < 1:
+        return f"counts steps: at least 1, got {number:g}"
+    if key in ("share", "max_share") and not 0 < number <= 1:
+        return f"a share of the steps: above 0 and at most 1, got {number:g}"
+    if key == "factor" and number < 1:
+        return f"must be >= 1 (a value over {number:g} x where it started holds on every step), got {number:g}"
+    if number < 0:
+        return f"must be >= 0, got {number:g}"
+    return None
 
 
 def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, Any]:
@@ -555,6 +597,9 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
             fixed[str(key)] = coerce(item, types[key]) if types else untyped(item)
         except ValueError as exc:
             problems.add(f"fixed.{key}", str(exc))
+            continue
+        if isinstance(fixed[str(key)], float) and not math.isfinite(fixed[str(key)]):
+            problems.add(f"fixed.{key}", f"must be a finite number, got {fixed[str(key)]}")
     return fixed
 
 
