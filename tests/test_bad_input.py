@@ -163,6 +163,16 @@ ROWS = [
         r"s\.yaml: budget\.gpus_per_trial: a trial needs 1 GPU; a new local Ray on this machine has 0$",
     ),
     Row(
+        "--check: a GPU device on a machine without one, trials on a new local Ray",
+        ["run", "s.yaml", "--set", "trainer=vae", "--set", "metric.name=val_mse", "--set", "device=cuda", "--check"],
+        r"s\.yaml: fixed\.device: cuda: this machine has no GPU, and a new local Ray runs the trials here$",
+    ),
+    Row(
+        "--check: a device torch has not heard of",
+        ["run", "s.yaml", "--set", "trainer=vae", "--set", "metric.name=val_mse", "--set", "device=tpu", "--check"],
+        r"'tpu' is not a device",
+    ),
+    Row(
         "--check: an address that is not HOST:PORT",
         ["run", "s.yaml", "--address", "127.0.0.1:abc", "--check"],
         r"Ray address '127\.0\.0\.1:abc' \(--address\) is not HOST:PORT",

@@ -238,6 +238,27 @@ def test_user_trainer_by_import_path_and_its_fields(tmp_path: Path) -> None:
         load_spec(write_spec(tmp_path, {**data, "trainer": "tests.toy_trainer:ToyConfig"}))
 
 
+def test_a_trainer_class_a_spec_could_not_build_is_refused_before_a_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad_trainers_mod.py").write_text(
+        "from dataclasses import dataclass\n\n"
+        "@dataclass\nclass Bare:\n    lr: float\n\n"
+        "@dataclass\nclass Good:\n    lr: float = 0.1\n\n"
+        "class Base:\n    def __init__(self, config):\n        self.config = config\n"
+        "    def train_epoch(self):\n        return {}\n    def validate(self):\n        return {'val_loss': 1.0}\n"
+        "    def state_dict(self):\n        return {}\n    def load_state_dict(self, state):\n        pass\n\n"
+        "class NoDefault(Base):\n    Config = Bare\n\n"
+        "class NoConfigArgument(Base):\n    Config = Good\n    def __init__(self):\n        pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = {"metric": "val_loss", "budget": {"trials": 1, "epochs": 1}}
+    problems = dict(problems_of(tmp_path, {**data, "trainer": "bad_trainers_mod:NoDefault"}))
+    assert problems["trainer"].endswith("is not a trainer: its Config field(s) lr have no default")
+    problems = dict(problems_of(tmp_path, {**data, "trainer": "bad_trainers_mod:NoConfigArgument"}))
+    assert problems["trainer"].endswith("its constructor must take the config, NoConfigArgument(config)")
+
+
 def test_cli_bad_spec_exits_2_with_one_line_per_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_spec(tmp_path, changed(GOOD, budget__trials=0, params__lr={"low": 1, "high": 0.1}))
     assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2

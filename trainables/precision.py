@@ -51,7 +51,8 @@ def precision_problem(name: str, device: torch.device) -> str | None:
         mode = canonical_precision(name)
     except ValueError as exc:
         return str(exc)
-    if device.type == "cuda" and mode == "bf16" and not torch.cuda.is_bf16_supported():
+    # a GPU this process cannot see (a driver without one, sending trials to GPU nodes): not judged here
+    if device.type == "cuda" and torch.cuda.is_available() and mode == "bf16" and not torch.cuda.is_bf16_supported():
         return f"bf16 is not supported on {torch.cuda.get_device_name(device)}"
     if device.type not in ("cpu", "cuda") and mode != "fp32":
         return f"{mode} is not supported on device {device.type!r} (use fp32)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 import sys
 from typing import Any
@@ -58,7 +59,29 @@ def load_trainer(name: str) -> Any:
             missing + ([] if config is not None and dataclasses.is_dataclass(config) else ["Config dataclass"])
         )
         raise TrainerLoadError(f"{path!r} is not a trainer: it lacks {lacks}")
+    bare = [f.name for f in dataclasses.fields(config) if _no_default(f)]
+    if bare:  # a spec may leave any field out: each needs a default
+        raise TrainerLoadError(f"{path!r} is not a trainer: its Config field(s) {', '.join(bare)} have no default")
+    if not _takes_one_argument(cls):
+        raise TrainerLoadError(
+            f"{path!r} is not a trainer: its constructor must take the config, {cls.__name__}(config)"
+        )
     return cls
+
+
+def _no_default(field: dataclasses.Field[Any]) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING and field.init
+
+
+def _takes_one_argument(cls: type) -> bool:
+    """Whether ``cls(config)`` can be called (by its signature; True when it cannot be read)."""
+    try:
+        inspect.signature(cls).bind(object())
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a class from C)
+        return True
+    return True
 
 
 def _import_failure(exc: Exception) -> str:

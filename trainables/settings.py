@@ -39,7 +39,12 @@ class RunSettings:
             found.append(("growth_interval", f"must be >= 1, got {self.growth_interval}"))
         if self.min_loss_scale < 0:
             found.append(("min_loss_scale", f"must be >= 0, got {self.min_loss_scale}"))
-        problem = precision_problem(self.precision, pick_device(self.device))
+        try:
+            device = pick_device(self.device)
+        except RuntimeError:  # torch's own message is a multi-line list of every device type
+            found.append(("device", f"{self.device!r} is not a device: auto, cpu, cuda, cuda:N or mps"))
+            return found
+        problem = precision_problem(self.precision, device)
         if problem:
             found.append(("precision", problem))
         if self.data_dir and (problem := folder_problem(self.data_dir)):

@@ -231,6 +231,12 @@ def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | No
 
     have = {"CPU": float(cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
     _refuse_if_short(spec, have, where="a new local Ray on this machine has")
+    device = str(spec.fixed.get("device", "auto"))
+    if device.startswith("cuda") and not have["GPU"]:  # every trial would fail at its start
+        raise SpecError(
+            spec.source,
+            [("fixed.device", f"{device}: this machine has no GPU, and a new local Ray runs the trials here")],
+        )
 
 
 def check_address_format(address: str | None) -> None:
