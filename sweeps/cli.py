@@ -51,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a spec value (budget.epochs=3) or fix a parameter (lr=1e-3); repeatable",
     )
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    run.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI") or None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
     run.add_argument("--storage", default=DEFAULT_ROOT, help=f"folder for sweep state (default: {DEFAULT_ROOT})")
     run.add_argument("--name", help="sweep name (default: the spec's name and the time)")
     run.add_argument(
@@ -112,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list the sweeps in the storage folder")
     listing.add_argument("--storage", default=DEFAULT_ROOT)
     ui = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store")
-    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    ui.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI") or None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
     ui.add_argument("--port", type=int, help=f"port to serve on (default: {UI_PORT}, else a free one)")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--top-k", type=int, default=5, help="trials the comparison link opens on (default: 5)")
@@ -134,10 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     try:
         _refuse_nul(args)
+        _refuse_empty(args)
         return int(COMMANDS[args.command](args))
     except InputError as exc:  # a spec's problems, one per line; any other bad input, one line
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _refuse_empty(args: argparse.Namespace) -> None:
+    """Refuse an empty ``--tracking-uri`` or ``--storage`` (an unset shell variable): it would mean the default."""
+    for option in ("tracking_uri", "storage"):
+        value = getattr(args, option, None)
+        if isinstance(value, str) and not value.strip():
+            raise InputError(f"--{option.replace('_', '-')}: empty; leave it out for the default")
 
 
 def _refuse_nul(args: argparse.Namespace) -> None:

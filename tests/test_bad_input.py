@@ -182,6 +182,13 @@ ROWS = [
         ["run", "s.yaml", "--set", "name=" + "a" * 130, "--check"],
         r"sweep name 'a{130}-\d{8}-\d{6}' is not allowed",
     ),
+    Row(
+        "--check: $MLFLOW_TRACKING_URI is the store when --tracking-uri is not given",
+        ["run", "s.yaml", "--check"],
+        r"no MLflow server answers at http://127\.0\.0\.1:\d+",
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{free}"},
+    ),
+    Row("run: --tracking-uri empty", ["run", "s.yaml", "--tracking-uri", ""], r"^error: --tracking-uri: empty;"),
     Row("--check: storage that is a URL", ["run", "s.yaml", "--storage", "s3://b/x", "--check"], r"not a URL"),
     Row(
         "--check: storage where no folder can be made",
@@ -558,7 +565,8 @@ def test_sqlite_stores_checked_without_creating_anything(tmp_path: Path) -> None
         f"sqlite:///{tmp_path}": "is a folder, not a SQLite file",
         "sqlite://": "an in-memory store is not shared with the trials",
         f"sqlite:///{tmp_path / 'missing.db'}": "no MLflow store at",
-        f"file://{tmp_path / 'empty.db'}": "is a file, not a folder",
+        f"file://{tmp_path / 'empty.db'}": "only with MLFLOW_ALLOW_FILE_STORE=true",
+        "sqlite:////dev/null": "is not a regular file",
         "http://": "names no host",
         "http://127.0.0.1:99999": "is not a valid URL",
         "gopher://x": "MLflow cannot keep runs at a 'gopher' URI",
@@ -566,6 +574,11 @@ def test_sqlite_stores_checked_without_creating_anything(tmp_path: Path) -> None
     for uri, message in cases.items():
         with pytest.raises(TrackingStoreError, match=re.escape(message)):
             check_tracking_uri(uri, timeout=1, must_exist=True)
+    with pytest.MonkeyPatch.context() as env:  # a folder store, as MLflow 3 allows it
+        env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        with pytest.raises(TrackingStoreError, match="is a file, not a folder"):
+            check_tracking_uri(f"file://{tmp_path / 'empty.db'}", timeout=1)
+        check_tracking_uri(f"file://{tmp_path / 'runs'}", timeout=1)
 
 
 def test_two_processes_open_one_new_store_at_once(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ SCHEMES = {"sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "d
 SERVER_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = {"experiments", "alembic_version"}
-USAGE = "sqlite:///PATH/mlflow.db (a file), http://HOST:PORT (a tracking server) or a folder"
+USAGE = "sqlite:///PATH/mlflow.db (a file) or http://HOST:PORT (a tracking server)"
 
 
 class TrackingStoreError(InputError):
@@ -89,6 +89,8 @@ def _check_sqlite(uri: str, must_exist: bool) -> None:
         )
     if path.is_dir():
         raise TrackingStoreError(f"tracking URI {uri!r}: {path} is a folder, not a SQLite file; pass {USAGE}")
+    if path.exists() and not path.is_file():
+        raise TrackingStoreError(f"tracking URI {uri!r}: {path} is not a regular file (a device?); pass {USAGE}")
     if not path.exists():
         if must_exist:
             raise TrackingStoreError(_no_store(path))
@@ -145,10 +147,21 @@ def _sqlite_tables(path: Path) -> set[str]:
 
 def _check_folder(uri: str, must_exist: bool) -> None:
     path = Path(unquote(urlsplit(uri).path))
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
+        raise TrackingStoreError(
+            f"tracking URI {uri!r}: MLflow 3 opens a folder store only with MLFLOW_ALLOW_FILE_STORE=true (its "
+            "file store is in maintenance mode); pass sqlite:///PATH/mlflow.db, or set that variable"
+        )
     if path.exists() and not path.is_dir():
         raise TrackingStoreError(f"tracking URI {uri!r}: {path} is a file, not a folder; pass {USAGE}")
     if must_exist and not path.is_dir():
         raise TrackingStoreError(_no_store(path))
+    if not must_exist:
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise TrackingStoreError(f"tracking URI {uri!r}: cannot make the folder {path}; pass {USAGE}")
 
 
 def _host_port(uri: str, default_port: int) -> tuple[str, int]:
