@@ -195,11 +195,13 @@ def check_output_file(option: str, path: str, overwrites: Callable[[bytes], bool
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the spec, run the sweep, print the summary."""
-    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.spec.sweep_spec import BUDGET_KEYS, load_spec
 
     spec = load_spec(args.spec, args.overrides, args.trials)
     for key in spec.unnamed_overrides:
         note = f"note: --set {key}: not in the spec's fixed or params; the trainer gets it as config[{key!r}]"
+        if key in BUDGET_KEYS:  # a function trainer takes any key: this one is more likely the budget's
+            note += f" (did you mean --set budget.{key}?)"
         print(note, file=sys.stderr)
     for key, text in spec.unnamed_in_source:
         print(f"note: {key}: {text}", file=sys.stderr)
@@ -298,6 +300,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
+    if args.cpus is not None and args.cpus < 1:
+        raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
     result = audit_sweep(args.storage, args.sweep, args.top_k, address=args.address, cpus=args.cpus)
     print(result.text() if result.stops else f"{result.sweep}: no trial was stopped by a heuristic signal")
     return 0

@@ -321,6 +321,17 @@ ROWS = [
         ["train", "s.yaml", "--save", "s.yaml"],
         r"^error: --save s\.yaml: a file that this command did not write is there; name another$",
     ),
+    Row("audit: --cpus 0", ["audit", "any", "--cpus", "0"], r"^error: --cpus: must be >= 1, got 0$"),
+    Row(
+        "train: a sweep spec given for an export",
+        ["train", "s.yaml"],
+        r"^error: s\.yaml: is a sweep spec, not an exported config: run it with 'sweeps run'",
+    ),
+    Row(
+        "run: a trainer named as a file",
+        ["run", "s.yaml", "--set", "trainer=./tests/toy_trainer.py:ToyTrainer", "--check"],
+        r"name the module by import path from the working directory, not as a file: tests\.toy_trainer:ToyTrainer$",
+    ),
     Row("train: --save empty", ["train", "s.yaml", "--save", ""], r"^error: --save: empty; name a file$"),
     Row("report: --html a folder", ["report", "any", "--html", "."], r"^error: --html \.: is a folder; name a file$"),
     Row("resume: a name outside sweep_runs", ["resume", "../x"], r"'\.\./x' is neither a sweep's folder"),

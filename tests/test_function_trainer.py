@@ -581,3 +581,11 @@ def test_train_notes_an_exported_key_the_function_trainer_never_names(
         "note: config.lrr: plain_loop_sweepable.py never names 'lrr' (did you mean 'lr'?); "
         "the trainer gets it as config['lrr']"
     ]
+
+
+def test_a_budget_key_set_as_a_function_trainers_parameter_is_noted_with_the_budgets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(write_spec(tmp_path)), "--set", "epochs=3", "--check"]) == 0
+    note = "note: --set epochs: not in the spec's fixed or params; the trainer gets it as config['epochs']"
+    assert f"{note} (did you mean --set budget.epochs?)" in capsys.readouterr().err

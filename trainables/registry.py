@@ -35,6 +35,12 @@ def load_trainer(name: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not module_name.strip() or not attr.strip():
         raise TrainerLoadError(f"trainer {name!r}: write module:Class or module:function (both parts named)")
+    if "/" in module_name or "\\" in module_name or module_name.startswith(".") or module_name.endswith(".py"):
+        dotted = module_name.removesuffix(".py").lstrip("./\\").replace("/", ".").replace("\\", ".")
+        raise TrainerLoadError(
+            f"trainer {name!r}: name the module by import path from the working directory, not as a file: "
+            f"{dotted}:{attr}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -32,6 +32,8 @@ TOP_KEYS = {
 }  # fmt: skip
 ENGINE_READS = {"seed", "precision", "device", "init_scale", "growth_interval", "min_loss_scale"}
 """Config keys the engine itself reads for a function trainer (``sweeps.trial.function_run``), named in no loop."""
+BUDGET_KEYS = {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "retries"}
+"""The keys of the spec's ``budget``."""
 SECTIONS = {"budget", "asha", "search", "divergence", "record", "fixed", "params"}
 """Top-level keys that hold a mapping: ``--set`` sets their keys, not them (``asha``/``divergence`` also take false)."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -433,8 +435,7 @@ def _unknown(section: dict[str, Any], known: set[str], key: str, problems: Probl
 
 def _budget(value: Any, problems: Problems) -> Budget:
     section = _section(value, "budget", problems)
-    known = {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "retries"}
-    _unknown(section, known, "budget", problems)
+    _unknown(section, BUDGET_KEYS, "budget", problems)
     budget = Budget()
     budget.trials = as_int(section.get("trials", budget.trials), "budget.trials", problems, minimum=1) or 1
     budget.epochs = as_int(section.get("epochs", budget.epochs), "budget.epochs", problems, minimum=1) or 1

@@ -32,6 +32,11 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
     problems = Problems()
     if not isinstance(data, dict):
         raise SpecError(str(path), [("", "an exported config must be a YAML mapping")])
+    if "config" not in data and {"params", "budget", "fixed"} & set(data):
+        raise SpecError(
+            str(path),
+            [("", "is a sweep spec, not an exported config: run it with 'sweeps run', or train from 'sweeps export'")],
+        )
     for key in data:
         if key not in EXPORTED_KEYS:
             problems.add(str(key), unknown_key(key, EXPORTED_KEYS))
