@@ -96,6 +96,9 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"metric": {"name": "val_mse", "direction": "max"}}, "metric.direction", "unknown key"),
         ({"metric": 5}, "metric", "5 is not a metric's name"),
         ({"seed": -1}, "seed", "must be from 0 to 2**32 - 1"),
+        # a draw the trainer's field cannot take would fail every trial
+        ({"params__latent_dim": {"type": "float", "low": 2, "high": 8}}, "params.latent_dim.type", "which is an int"),
+        ({"params__output_activation": {"low": 0, "high": 1}}, "params.output_activation.type", "is one of none,"),
         ({"fixed": {"lr": float("nan")}}, "fixed.lr", "must be a finite number"),
         ({"budget__retries": -1}, "budget.retries", "must be >= 0"),
         ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from sweeps.core.problems import Problems, as_int, as_number, unknown_key
 from trainables.config import coerce
@@ -126,6 +126,12 @@ def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> Par
     when = _parse_when(entry.get("when"), key, problems)
     if kind == "categorical":
         return _categorical(name, entry, kind_hint, when, problems)
+    takes = {int: "an int", str: "a str", bool: "a bool"}.get(kind_hint)  # the trainer's field, when it says
+    if get_origin(kind_hint) is Literal:
+        takes = "one of " + ", ".join(map(str, get_args(kind_hint)))
+    if takes and not (kind_hint is int and kind == "int"):  # a float drawn for an int field fails its trial
+        problems.add(f"{key}.type", f"{kind} cannot be drawn for the trainer's field {name}, which is {takes}")
+        return None
     return _numeric(name, kind, entry, when, problems, misspelt)
 
 
