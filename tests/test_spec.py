@@ -71,6 +71,18 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"fixed": {"precision": "O7"}}, "fixed.precision", "unknown precision 'O7'"),
         ({"params__init_scale__when": {"precison": "fp16"}}, "params.init_scale.when.precison", "unknown parameter"),
         ({"params__init_scale__when": {"precision": "bf16"}}, "params.init_scale.when.precision", "not among"),
+        # conditions that never hold: the parameter would never be drawn
+        ({"params__init_scale__when": {"precision": []}}, "params.init_scale.when.precision", "lists no value"),
+        ({"params__init_scale__when": {"kernel_size": 9}}, "params.init_scale.when.kernel_size", "not among"),
+        ({"params__init_scale__when": {"lr": 0.01}}, "params.init_scale.when.lr", "never gives exactly [0.01]"),
+        (
+            {
+                "params__latent_dim": {"type": "int", "low": 2, "high": 8},
+                "params__init_scale__when": {"latent_dim": 100},
+            },
+            "params.init_scale.when.latent_dim",
+            "[99] never drawn from 'latent_dim' (2..8)",
+        ),
         ({"budget__trials": 0}, "budget.trials", "must be >= 1"),
         ({"budget__trials": -3}, "budget.trials", "must be >= 1"),
         ({"budget__epochs": "many"}, "budget.epochs", "not a number"),

@@ -229,12 +229,22 @@ def _check_conditions(
 ) -> None:
     for parent, allowed in when.items():
         key = f"params.{name}.when.{parent}"
+        never = f"so {name} would never be drawn"
         if parent == name:
             problems.add(key, "a parameter cannot depend on itself")
+        elif not allowed:
+            problems.add(key, f"lists no value, {never}")
         elif parent in parsed and parsed[parent].kind == "categorical":
             missing = [v for v in allowed if v not in parsed[parent].choices]
             if missing:
                 problems.add(key, f"{missing} not among the choices of {parent!r}")
+        elif parent in parsed and parsed[parent].kind == "float":
+            problems.add(key, f"{parent!r} is drawn from a float range, which never gives exactly {allowed}, {never}")
+        elif parent in parsed:  # an int range
+            spec = parsed[parent]
+            grid = range(int(spec.low), int(spec.high) + 1, int(spec.step or 1))
+            if not any(isinstance(v, int) and v in grid for v in allowed):
+                problems.add(key, f"{allowed} never drawn from {parent!r} ({int(spec.low)}..{int(spec.high)}), {never}")
         elif parent not in section and parent not in fixed:
             problems.add(key, f"names an unknown parameter {parent!r}")
 
