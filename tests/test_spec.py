@@ -81,7 +81,7 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
                 "params__init_scale__when": {"latent_dim": 100},
             },
             "params.init_scale.when.latent_dim",
-            "[99] never drawn from 'latent_dim' (2..8)",
+            "[100] never drawn from 'latent_dim' (2..8)",
         ),
         ({"budget__trials": 0}, "budget.trials", "must be >= 1"),
         ({"budget__trials": -3}, "budget.trials", "must be >= 1"),
