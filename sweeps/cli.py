@@ -444,14 +444,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
+    if args.sweep is not None:
+        check_sweep_name(args.sweep)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri, must_exist=True)  # a store to read: never an empty one made here
     port = _ui_port(args.host, args.port)
     server = f"http://{args.host}:{port}"
+    links = [(e, i, _sweep_links(uri, i, server, args.top_k, args.sweep)) for e, i in _experiments(uri)]
+    if args.sweep is not None and not any(lines for _, _, lines in links):
+        raise InputError(f"--sweep {args.sweep}: no sweep of that name in {uri} ('sweeps list' names them)")
     print(f"MLflow UI for {uri}: {server}", flush=True)
-    for experiment, experiment_id in _experiments(uri):
+    for experiment, experiment_id, lines in links:
         print(f"  {experiment}: {ui_url(server, experiment_id)}", flush=True)
-        for line in _sweep_links(uri, experiment_id, server, args.top_k, args.sweep):
+        for line in lines:
             print(f"    {line}", flush=True)
     command = [
         sys.executable,

@@ -86,6 +86,12 @@ def _mlflow_like_store(folder: Path) -> None:
         db.execute("CREATE TABLE experiments (experiment_id INTEGER)")
 
 
+def _real_store(folder: Path) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").create_experiment("e")
+
+
 def _exported_with_bad_provenance(folder: Path) -> None:
     (folder / "best.yaml").write_text(yaml.safe_dump(EXPORTED))
 
@@ -267,6 +273,12 @@ ROWS = [
         ["ui", "--port", "{busy}"],
         r"port \d+ on 127\.0\.0\.1 is in use \(another MLflow UI\?\): .*--port \(port \d+ is free\)",
         setup=_mlflow_like_store,
+    ),
+    Row(
+        "ui --sweep that the store does not hold",
+        ["ui", "--sweep", "nosuch"],
+        r"^error: --sweep nosuch: no sweep of that name in sqlite:///\S+mlflow\.db \('sweeps list' names them\)$",
+        setup=_real_store,
     ),
     Row(
         "ui with no store",
