@@ -317,11 +317,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
     check_output_file("--output", args.output, overwrites=lambda head: head.startswith(b"# Trial "))
     sweep = open_sweep_dir(args.storage, args.sweep)
-    if sweep.read_meta().get("status") == "running":
+    meta = sweep.read_meta()
+    if meta.get("status") == "running":
         note = f"note: sweep {sweep.name!r} is still running (or its driver died): this is its best so far"
         print(note, file=sys.stderr)
-    configs = best_configs(sweep, args.top_k, args.skip_unstable)
-    short = study_shortfall(load_study(sweep), sweep.read_meta())
+    study = load_study(sweep)  # read once: the export and what the study may have lost
+    configs = best_configs(sweep, args.top_k, args.skip_unstable, study)
+    short = study_shortfall(study, meta)
     if short:
         print(f"note: sweep {sweep.name!r}: {short}: the best may be a trial the study lost", file=sys.stderr)
     for data in configs:

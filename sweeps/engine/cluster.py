@@ -219,7 +219,10 @@ def cluster_slots(budget: Budget) -> int:
 
 
 def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | None) -> None:
-    """Before Ray starts: raise SpecError (one line) when one trial's workers need more CPUs than a new local Ray gets.
+    """Before Ray starts: raise SpecError (one line) when a trial could never start on a new local Ray.
+
+    Its workers need more CPUs or GPUs than the machine has, or it asks for a ``cuda`` device
+    on a machine without a GPU.
 
     ``address`` as given (``--address``); no cluster is contacted. A cluster, or a new local Ray
     this cannot be sure of, is checked once joined (:func:`check_workers_fit`, which knows the

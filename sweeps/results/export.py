@@ -16,11 +16,6 @@ UNSTABLE_SHARE = 0.05
 """A trial with more than this share of overflowed (skipped) steps is unstable."""
 
 
-def ranked_trials(sweep: SweepDir, skip_unstable: bool = False) -> list[FrozenTrial]:
-    """The sweep's completed, feasible trials, best first; without unstable ones when asked."""
-    return ranked(load_study(sweep), skip_unstable)
-
-
 def ranked(study: optuna.Study, skip_unstable: bool = False) -> list[FrozenTrial]:
     """A study's completed, feasible trials that ran in its sweep (none a warm start told), best first."""
     trials = [
@@ -34,10 +29,15 @@ def ranked(study: optuna.Study, skip_unstable: bool = False) -> list[FrozenTrial
     return sorted(trials, key=lambda t: float(t.value or 0.0), reverse=reverse)
 
 
-def best_configs(sweep: SweepDir, top_k: int = 1, skip_unstable: bool = False) -> list[dict[str, Any]]:
-    """The ``top_k`` best trials' complete configs, each with where and how it was made."""
+def best_configs(
+    sweep: SweepDir, top_k: int = 1, skip_unstable: bool = False, study: optuna.Study | None = None
+) -> list[dict[str, Any]]:
+    """The ``top_k`` best trials' complete configs, each with where and how it was made.
+
+    ``study``: the sweep's study when the caller has opened it already (else it is opened here).
+    """
     meta = sweep.read_meta()
-    study = load_study(sweep)
+    study = load_study(sweep) if study is None else study
     trials = ranked(study, skip_unstable)
     if not trials:
         which = "stable completed" if skip_unstable else "completed"

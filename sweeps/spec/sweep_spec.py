@@ -257,12 +257,11 @@ def apply_overrides(
                 problems.append((f"--set {key}", f"{text.strip()!r} is not a number (params.{key} is searched as one)"))
                 continue
             entry = raw["params"].get(key) if isinstance(raw.get("params"), dict) else None
-            if isinstance(entry, dict) and entry.get("log") is True and _numberlike(value):
-                if not as_number(value, "", Problems()) > 0:  # type: ignore[operator]
-                    problems.append(
-                        (f"--set {key}", f"must be > 0 (params.{key} is searched on a log scale), got {text.strip()}")
-                    )
-                    continue
+            number = as_number(value, "", Problems())
+            if isinstance(entry, dict) and entry.get("log") is True and number is not None and not number > 0:
+                said = f"must be > 0 (params.{key} is searched on a log scale), got {text.strip()}"
+                problems.append((f"--set {key}", said))
+                continue
             fixed = raw.get("fixed")
             raw["fixed"] = fixed = fixed if isinstance(fixed, dict) else {}
             params = raw.get("params")

@@ -97,6 +97,13 @@ def check_sweep_name(name: str) -> str:
     return name
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else the nearest of its parents that does (where it would be made)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_root(root: str | Path) -> Path:
     """The storage folder, resolved; refuse one that is a file or cannot be made or written. Leaves nothing.
 
@@ -108,9 +115,7 @@ def check_root(root: str | Path) -> Path:
             f"storage {str(root)!r}: must be a folder on this machine, not a URL; pass another --storage"
         )
     path = Path(root).resolve()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise SweepStoreError(f"storage {str(root)!r}: {existing} is a file, not a folder; pass another --storage")
     try:

@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote, urlsplit
 from sweeps.compat.mlflow_internals import probe_tracking_server
 from sweeps.core.errors import InputError
 from sweeps.core.failures import failure_reason
+from sweeps.store.sweep_dir import nearest_existing
 from sweeps.tracking.mlflow_client import client
 
 if TYPE_CHECKING:
@@ -156,12 +157,8 @@ def _check_folder(uri: str, must_exist: bool) -> None:
         raise TrackingStoreError(f"tracking URI {uri!r}: {path} is a file, not a folder; pass {USAGE}")
     if must_exist and not path.is_dir():
         raise TrackingStoreError(_no_store(path))
-    if not must_exist:
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise TrackingStoreError(f"tracking URI {uri!r}: cannot make the folder {path}; pass {USAGE}")
+    if not must_exist and not os.access(nearest_existing(path), os.W_OK | os.X_OK):
+        raise TrackingStoreError(f"tracking URI {uri!r}: cannot make the folder {path}; pass {USAGE}")
 
 
 def _host_port(uri: str, default_port: int) -> tuple[str, int]:

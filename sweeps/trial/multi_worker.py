@@ -42,7 +42,7 @@ from trainables.data_parallel import agree, mean_over_ranks, rank
 
 RELAY_TIMEOUT_S = 600.0
 PROGRESS_ATTR = "sweep_progress"
-"""Set on a worker's exception: the epochs its rank finished before it raised."""
+"""Set on a worker's exception: its rank's progress (``EpochLoop.progress``: epochs, steps, unreported metrics)."""
 
 
 # ---------------------------------------------------------------------------------------------
