@@ -211,8 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from sweeps.store.sweep_dir import default_name
 
         check_sweep_name(default_name(spec.name))
-    if args.cpus is not None and args.cpus < 1:
-        raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
+    _check_cpus(args.cpus, args.address)
     from sweeps.engine.preflight import check_sweep_start
 
     # Before Ray starts and before anything is made: the name, trial storage, the tracking store.
@@ -258,14 +257,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.engine.resume import check_resumable, resume_sweep
     from sweeps.spec.sweep_spec import load_spec
 
-    if args.cpus is not None and args.cpus < 1:
-        raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
+    _check_cpus(args.cpus, args.address)
     sweep, _ = check_resumable(args.storage, args.sweep, args.force)  # refuse before Ray starts
     spec = load_spec(sweep.spec_file)
     start_ray(num_cpus=args.cpus, address=check_ray_address(args.address))
     print(f"resuming sweep {sweep.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs", flush=True)
     result = resume_sweep(args.storage, args.sweep, force=args.force)
     return _print_result(result, spec, args.storage)
+
+
+def _check_cpus(cpus: int | None, address: str | None) -> None:
+    """Refuse ``--cpus`` below 1; note one above this machine's CPUs for a new local Ray."""
+    if cpus is None:
+        return
+    if cpus < 1:
+        raise SpecError("--cpus", [("", f"must be >= 1, got {cpus}")])
+    here = os.cpu_count() or 1
+    if cpus > here and address in (None, "local"):
+        print(
+            f"note: --cpus {cpus} is more than this machine's {here} CPUs: Ray will run {cpus} CPUs' worth of "
+            "trials on them at once, each slower",
+            file=sys.stderr,
+        )
 
 
 def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
@@ -300,8 +313,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
-    if args.cpus is not None and args.cpus < 1:
-        raise SpecError("--cpus", [("", f"must be >= 1, got {args.cpus}")])
+    _check_cpus(args.cpus, args.address)
     result = audit_sweep(args.storage, args.sweep, args.top_k, address=args.address, cpus=args.cpus)
     print(result.text() if result.stops else f"{result.sweep}: no trial was stopped by a heuristic signal")
     return 0

@@ -219,6 +219,16 @@ ROWS = [
         r"MLflow cannot keep runs at a 'ftp' URI; pass sqlite:///",
     ),
     Row(
+        "a tracking URI without '//'",
+        ["run", "s.yaml", "--tracking-uri", "file:afile.txt"],
+        r"tracking URI 'file:afile\.txt' is neither a folder's path nor a URI \(a URI has '//' after 'file:'\)",
+    ),
+    Row(
+        "a sqlite tracking URI without '//'",
+        ["run", "s.yaml", "--tracking-uri", "sqlite:mlflow.db", "--check"],
+        r"tracking URI 'sqlite:mlflow\.db' is neither a folder's path nor a URI",
+    ),
+    Row(
         "no tracking server (port 1)",
         ["run", "s.yaml", "--tracking-uri", "http://127.0.0.1:1"],
         r"no MLflow server answers at http://127\.0\.0\.1:1: connection refused .*--tracking-uri",
@@ -772,3 +782,16 @@ def test_two_sweeps_at_once_on_a_new_store_despite_a_stale_ray_address(tmp_path:
     assert sorted(r.data.tags["sweep.name"] for r in parents) == ["first", "second"]
     assert {r.info.status for r in parents} == {"FINISHED"}
     assert json.loads((tmp_path / "sweep_runs" / "second" / "sweep.json").read_text())["status"] == "completed"
+
+
+def test_more_cpus_than_the_machine_has_is_a_note(user_folder: Path) -> None:
+    """``--cpus`` above this machine's CPUs is allowed (Ray oversubscribes), but the user is told."""
+    cpus = (os.cpu_count() or 1) + 998
+    code, out, err = run_in_process(["run", "s.yaml", "--cpus", str(cpus), "--check"])
+    assert code == 0 and out.startswith("s.yaml: ok"), (out, err)
+    assert err == (
+        f"note: --cpus {cpus} is more than this machine's {os.cpu_count()} CPUs: Ray will run {cpus} CPUs' worth of "
+        "trials on them at once, each slower\n"
+    )
+    code, out, err = run_in_process(["run", "s.yaml", "--cpus", "1", "--check"])
+    assert code == 0 and err == ""

@@ -352,6 +352,11 @@ def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Pat
             {"params": {"precision": {"choices": ["fp32", "fp64"]}}},
             "params.precision.choices[1]: unknown precision 'fp64'",
         ),
+        (  # a function that declares no precisions runs fp32 only: no trial of it can need a rescue
+            {"divergence": {"rescue": True}},
+            "divergence.rescue: trainer 'examples.plain_loop_sweepable:train' runs no fp16 (it runs: fp32), so no "
+            "trial can need a rescue",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_ray(

@@ -95,6 +95,9 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__lr__high": None}, "params.lr.high", "missing"),
         ({"params__lr": {"low": 1e-4, "hihg": 1}}, "params.lr.hihg", "unknown key (did you mean 'high'? known:"),
         ({"asha": {"grace_period": 9}}, "asha.grace_period", "more than budget.epochs"),
+        # a key the user shortened: the key it begins, not difflib's closest spelling ("brackets")
+        ({"asha": {"grace": 2}}, "asha.grace", "unknown key (did you mean 'grace_period'? known:"),
+        ({"asha": {"reduction": 2}}, "asha.reduction", "unknown key (did you mean 'reduction_factor'? known:"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"search": {"diverged_as": "ignore"}}, "search.diverged_as", "'infeasible' or 'fail'"),
         ({"divergence": {"loss_scale": {"flor": 1}}}, "divergence.loss_scale.flor", "unknown key"),

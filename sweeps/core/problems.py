@@ -57,6 +57,20 @@ def as_int(value: Any, key: str, problems: Problems, minimum: int | None = None)
 
 def unknown_key(name: object, known: Collection[str]) -> str:
     """The problem with a key a section does not have: the closest known key, if one is close, and all of them."""
-    close = difflib.get_close_matches(str(name), sorted(known), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    close = _closest_key(str(name), sorted(known))
+    hint = f"did you mean {close!r}? " if close else ""
     return f"unknown key ({hint}known: {', '.join(sorted(known))})"
+
+
+def _closest_key(name: str, known: list[str]) -> str | None:
+    """The known key a user most likely meant, or None.
+
+    The only key ``name`` begins or is a word of (``grace`` for ``grace_period``), else difflib's closest.
+    """
+    lowered = name.lower()
+    if lowered:
+        partial = [k for k in known if k.startswith(lowered) or lowered in k.split("_")]
+        if len(partial) == 1:
+            return partial[0]
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None

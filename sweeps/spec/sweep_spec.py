@@ -671,4 +671,10 @@ def _precisions(
             )
         elif "bf16" not in supported and "fp32" not in supported:
             problems.add("divergence.rescue", f"trainer {name!r} runs neither bf16 nor fp32 to rescue a trial at")
+        elif "fp16" not in supported and "fp16-o2" not in supported:
+            problems.add(
+                "divergence.rescue",
+                f"trainer {name!r} runs no fp16 (it runs: {', '.join(supported)}), so no trial can need a rescue; "
+                "declare the precisions it runs in a `precisions` attribute, or leave rescue out",
+            )
     return supported

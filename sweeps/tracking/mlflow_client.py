@@ -42,9 +42,15 @@ def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
         if path != ":memory:" and not Path(path).is_absolute():
             return "sqlite:///" + str((base / path).resolve())
         return uri
-    if "://" not in uri:
+    if "://" not in uri and not looks_like_uri(uri):
         return (base / uri).resolve().as_uri()
     return uri
+
+
+def looks_like_uri(text: str) -> bool:
+    """Whether ``text`` begins with a URI scheme (``file:``, ``sqlite:``), not a path's first folder."""
+    head = text.split(":", 1)[0] if ":" in text else ""
+    return len(head) > 1 and head[0].isalpha() and all(c.isalnum() or c in "+.-" for c in head)
 
 
 def artifact_root(uri: str) -> str | None:

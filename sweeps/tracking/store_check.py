@@ -23,7 +23,7 @@ from sweeps.compat.mlflow_internals import probe_tracking_server
 from sweeps.core.errors import InputError
 from sweeps.core.failures import failure_reason
 from sweeps.store.sweep_dir import nearest_existing
-from sweeps.tracking.mlflow_client import client
+from sweeps.tracking.mlflow_client import client, looks_like_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,6 +51,12 @@ def check_tracking_uri(uri: str, timeout: float = TIMEOUT_S, must_exist: bool = 
     """
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     base = scheme.split("+", 1)[0]
+    if not scheme and looks_like_uri(uri):
+        prefix = uri.split(":", 1)[0]
+        raise TrackingStoreError(
+            f"tracking URI {uri!r} is neither a folder's path nor a URI (a URI has '//' after '{prefix}:'); "
+            f"pass {USAGE}"
+        )
     if base not in SCHEMES:
         raise TrackingStoreError(
             f"tracking URI {uri!r}: MLflow cannot keep runs at a {scheme or 'schemeless'!r} URI; pass {USAGE}"
