@@ -342,3 +342,20 @@ def test_cli_bad_input_starts_no_ray(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "cannot read spec file" in missing.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_parameter_a_fixed_value_keeps_from_being_drawn_is_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--set precision=fp32`` pins the precision: ``init_scale`` (drawn under fp16) is never drawn, and says so."""
+    path = write_spec(tmp_path, GOOD)
+    assert load_spec(path).never_drawn == ()
+    pinned = load_spec(path, ["precision=fp32"])
+    assert pinned.never_drawn == (
+        ("params.init_scale", "never drawn: drawn only when precision is 'fp16', fixed to 'fp32'"),
+    )
+    study = optuna.create_study()
+    assert "init_scale" not in sample(study.ask(), pinned.params, pinned.fixed)  # the note tells the truth
+    assert main(["run", str(path), "--set", "precision=fp32", "--check"]) == 0
+    err = capsys.readouterr().err
+    assert err == "note: params.init_scale: never drawn: drawn only when precision is 'fp16', fixed to 'fp32'\n"

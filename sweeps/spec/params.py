@@ -78,6 +78,23 @@ def sample(trial: optuna.Trial, params: dict[str, ParamSpec], fixed: dict[str, A
     return values
 
 
+def never_drawn(params: dict[str, ParamSpec], fixed: dict[str, Any]) -> list[tuple[str, str]]:
+    """Parameters whose condition names a fixed value it does not allow: (key, why), for a note.
+
+    Not an error: ``--set precision=fp32`` on a spec whose ``init_scale`` is drawn only under fp16
+    is the usual way to pin a precision, and the parameter is then rightly never drawn.
+    """
+    notes = []
+    for name, param in params.items():
+        for parent, allowed in param.when.items():
+            if parent in fixed and fixed[parent] not in allowed:
+                shown = allowed[0] if len(allowed) == 1 else allowed
+                why = f"never drawn: drawn only when {parent} is {shown!r}, fixed to {fixed[parent]!r}"
+                notes.append((f"params.{name}", why))
+                break
+    return notes
+
+
 def parse_params(
     section: Any, types: dict[str, Any], fixed: dict[str, Any], problems: Problems
 ) -> dict[str, ParamSpec]:

@@ -18,7 +18,7 @@ import yaml
 from sweeps.core.errors import InputError
 from sweeps.core.problems import Problems, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
-from sweeps.spec.params import ParamSpec, parse_params, unknown_parameter, untyped
+from sweeps.spec.params import ParamSpec, never_drawn, parse_params, unknown_parameter, untyped
 from sweeps.spec.source_names import unnamed_keys
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, field_types
@@ -150,6 +150,8 @@ class SweepSpec:
     unnamed_in_source: tuple[tuple[str, str], ...] = ()
     """A function trainer's ``fixed`` and ``params`` keys that its source never names, each with its note
     (``sweeps.spec.source_names``): most likely a misspelt key the loop never reads."""
+    never_drawn: tuple[tuple[str, str], ...] = ()
+    """Searched parameters a fixed value keeps from ever being drawn (``params.never_drawn``): notes."""
 
     @property
     def observing(self) -> bool:
@@ -373,6 +375,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         trainer_precisions=precisions,
         unnamed_overrides=tuple(named_nowhere),
         unnamed_in_source=tuple(unnamed),
+        never_drawn=tuple(never_drawn(params, fixed)),
     )
 
 
