@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sweeps.core.errors import InputError
 from sweeps.core.keys import FAILED, OOM
+from sweeps.core.records import metric_text
 from sweeps.spec.sweep_spec import SpecError
 from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name
 
@@ -444,7 +445,7 @@ def _trial_counts(report: Path, metric: str) -> str:
         counts[str(row.get("status", "?"))] = counts.get(str(row.get("status", "?")), 0) + 1
     text = f"  {len(rows)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items())
     best = [row.get(metric) for row in rows if row.get("best") is True]
-    return text + (f"; best {best[0]:.5g}" if best and isinstance(best[0], (int, float)) else "")
+    return text + (f"; best {metric_text(best[0])}" if best and isinstance(best[0], (int, float)) else "")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -18,6 +18,14 @@ from sweeps.core.keys import (
     STEPS_KEY,
 )
 
+METRIC_DIGITS = 5
+"""Significant digits of a metric in every line and table the user reads (MLflow holds the full value)."""
+
+
+def metric_text(value: float | None) -> str:
+    """A metric as the terminal, the report and ``list`` show it: 5 significant digits, ``-`` for none."""
+    return "-" if value is None else f"{value:.{METRIC_DIGITS}g}"
+
 
 @dataclass
 class TrialRecord:

@@ -52,6 +52,7 @@ from sweeps.core.keys import (
     TAG_SIGNAL,
     TAG_STATUS,
 )
+from sweeps.core.records import metric_text
 from sweeps.divergence import HEURISTIC
 from sweeps.engine.cluster import start_ray
 from sweeps.engine.runner import configs_tuner
@@ -83,7 +84,7 @@ class AuditedStop:
 
     def line(self, metric: str, completed: int) -> str:
         """One line of the audit table."""
-        end = f"{metric}={self.value:.5g}" if self.value is not None else (self.failure or "no finite metric")
+        end = f"{metric}={metric_text(self.value)}" if self.value is not None else (self.failure or "no finite metric")
         rank = f"rank {self.rank} of {completed + 1}" if self.rank is not None else "-"
         return f"{self.label:<6} {self.signal + '@' + self.step:<22} {end:<28} {rank:<14} {self.verdict}"
 

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from sweeps.core.records import SweepState, TrialRecord
+from sweeps.core.records import SweepState, TrialRecord, metric_text
 
 
 def status_line(state: SweepState, total: int, elapsed: float, left: float | None = None) -> str:
@@ -24,9 +24,9 @@ def status_line(state: SweepState, total: int, elapsed: float, left: float | Non
     )
     counts = " · ".join(_count(state, name, n) for name, n in sorted(state.counts.items()))
     best = state.best
-    best_text = (
-        f"best {state.metric}={best.value:.5g} (t{best.number:03d})" if best and best.value is not None else "best -"
-    )
+    best_text = "best -"
+    if best is not None and best.value is not None:
+        best_text = f"best {state.metric}={metric_text(best.value)} (t{best.number:03d})"
     parts = [
         f"[{_clock(elapsed)}]",
         f"trials {ended}/{total} done{rescues}",
@@ -67,7 +67,7 @@ def _count(state: SweepState, name: str, n: int) -> str:
 
 def event_line(record: TrialRecord, metric: str) -> str:
     """One line for a trial that just ended."""
-    value = f"{metric}={record.value:.5g}" if record.value is not None else f"{metric}=-"
+    value = f"{metric}={metric_text(record.value)}"
     reason = f" ({record.reason})" if record.reason else ""
     # a diverged trial stopped within the epoch it reports (its step is in the reason)
     when = f"in epoch {record.epochs}" if record.status == "diverged" else f"after {record.epochs} epoch(s)"

@@ -33,7 +33,7 @@ from sweeps.core.keys import (
     TAG_WOULD_STOP_SIGNAL,
     TAG_WOULD_STOP_STEP,
 )
-from sweeps.core.records import SweepState
+from sweeps.core.records import SweepState, metric_text
 from sweeps.results.figures import (
     Curve,
     draw_contour,
@@ -245,7 +245,7 @@ def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | N
     lines = [header]
     for row in rows:
         value = row.get(metric)
-        shown = f"{value:.5g}" if isinstance(value, float) and math.isfinite(value) else "-"
+        shown = metric_text(value) if isinstance(value, float) and math.isfinite(value) else "-"
         cells = [("*" if row.get("best") else " ") + str(row["trial"]), str(row["status"]), shown, epochs_text(row)]
         cells += [short(row.get(p)) for p in params] + [str(row.get("reason") or "")[:60]]
         lines.append(cells)

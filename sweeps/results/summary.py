@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sweeps.core.keys import COMPLETED, DIVERGED
-from sweeps.core.records import SweepState
+from sweeps.core.records import SweepState, metric_text
 from sweeps.results.report import result_rows, terminal_table
 
 
@@ -55,7 +55,7 @@ def observed_stops(state: SweepState, observing: bool = False) -> list[str]:
     for r in watched:
         end, rank = r.status, ""
         if r.value is not None:
-            end = f"{r.status} {state.metric}={r.value:.5g}"
+            end = f"{r.status} {state.metric}={metric_text(r.value)}"
             if r.status == COMPLETED:
                 rank = f", rank {done.index(r.value) + 1} of {len(done)} completed"
         lines.append(f"  {r.label} {r.would_stop} -> {end}{rank}")

@@ -13,6 +13,7 @@ import torch
 from sweeps.core.keys import EPOCH
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int, unknown_key
+from sweeps.core.records import metric_text
 from sweeps.spec.params import untyped
 from sweeps.spec.source_names import unnamed_keys
 from sweeps.spec.sweep_spec import ENGINE_READS, SpecError, read_yaml, undeclared_metric
@@ -119,7 +120,7 @@ class PrintChannel:
     def report(self, result: dict[str, Any], state: Callable[[], CheckpointState] | None) -> bool:
         """Print the epoch's metric and validation metrics; go on."""
         shown = {k: v for k, v in result.items() if k == self.metric or k.startswith("val")}
-        text = "  ".join(f"{k}={v:.5g}" for k, v in shown.items())
+        text = "  ".join(f"{k}={metric_text(v)}" for k, v in shown.items())
         self.out.write(f"epoch {result[EPOCH]}/{self.total}  {text}\n")
         self.out.flush()
         return True
