@@ -273,8 +273,10 @@ def _check_cpus(cpus: int | None, address: str | None) -> None:
         return
     if cpus < 1:
         raise SpecError("--cpus", [("", f"must be >= 1, got {cpus}")])
+    from sweeps.engine.cluster import starts_local_ray
+
     here = os.cpu_count() or 1
-    if cpus > here and address in (None, "local"):
+    if cpus > here and starts_local_ray(address):  # joining a cluster, --cpus is ignored (and says so)
         print(
             f"note: --cpus {cpus} is more than this machine's {here} CPUs: Ray will run {cpus} CPUs' worth of "
             "trials on them at once, each slower",
