@@ -189,6 +189,17 @@ def test_a_non_finite_report_ends_the_trial_as_diverged_not_failed() -> None:
     assert channel.metric()[:1] == [(1, 1.0)]
 
 
+@pytest.mark.parametrize("behavior", ["nan_val", "inf_val"])
+def test_a_class_trainer_whose_validation_is_not_finite_is_diverged_as_a_function_is(behavior: str) -> None:
+    """Not ranked by epoch 1's value as if completed: a user's class trainer returned NaN or inf at its last epoch."""
+    params = {"lr": 0.01, "behavior": behavior}
+    _, channel = run_loop("tests.toy_trainer:ToyTrainer", params, epochs=2, report_every_s=0)
+    last = channel.reports[-1]
+    assert last[DIVERGED_KEY] == 1.0 and last[SIGNAL_KEY] == "non_finite" and last["epoch"] == 2
+    assert last[REASON_KEY] == "val_loss not finite at epoch 2" and math.isnan(last["val_loss"])
+    assert [e for e, _ in channel.metric()] == [1, 2] and math.isfinite(channel.metric()[0][1])
+
+
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:
     with pytest.raises(MetricMissingError, match=r"metric 'val_loss' not produced by .* \(it reports: val_psnr\)"):
         run_loop("tests.function_trainers:reports_other_metric", {})

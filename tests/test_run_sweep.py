@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +219,9 @@ def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(wor
         "it-every",
         budget__trials=12,
         search={"sampler": "random"},
-        seed=5,
+        seed=37,  # every behavior drawn, five "ok" (seed 5 drew no "raise" once "nan_val" joined)
         asha={"grace_period": 2, "reduction_factor": 2},  # every behavior happens before any cut
-        params__behavior={"choices": ["ok", "diverge", "raise", "oom"]},
+        params__behavior={"choices": ["ok", "diverge", "raise", "oom", "nan_val"]},
         params__lr={"type": "float", "low": 1e-4, "high": 1.0, "log": True},
     )
     result = sweep(workdir, spec)
@@ -228,11 +229,18 @@ def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(wor
     assert len(children) == 12  # exactly one child run per trial, all under the one parent
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     client = mlflow.MlflowClient(result.tracking_uri)
-    expected = {"diverge": {"diverged"}, "raise": {"failed"}, "oom": {"oom"}, "ok": {"completed", "pruned"}}
-    seen = set()
+    expected = {
+        "diverge": {"diverged"},
+        "nan_val": {"diverged"},  # a NaN validation at epoch 2: diverged, not ranked by epoch 1's value
+        "raise": {"failed"},
+        "oom": {"oom"},
+        "ok": {"completed", "pruned"},
+    }
+    seen, behaviors = set(), set()
     for run in children:
         status = run.data.tags["sweep.status"]
         seen.add(status)
+        behaviors.add(run.data.params["behavior"])
         assert status in expected[run.data.params["behavior"]], run.data.params
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "spec.yaml", "environment.json", "source"} <= artifacts
@@ -248,7 +256,12 @@ def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(wor
             assert steps[0] == 1 and {5 * e for e in range(1, int(run.data.tags["sweep.epochs"]) + 1)} <= set(steps)
         else:  # stopped: every step that led there, the first epoch's 5 at least
             assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 5
+        if run.data.params["behavior"] == "nan_val":  # the epoch that stopped it is recorded, NaN and all
+            assert steps == list(range(1, 11)) and "val_loss not finite at epoch 2" in run.data.tags["sweep.reason"]
+            history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")]
+            assert [s for s, _ in sorted(history)] == [1, 2] and math.isnan(sorted(history)[1][1])
     assert seen == {"completed", "pruned", "diverged", "failed", "oom"}
+    assert behaviors == set(expected)
     states = {t.user_attrs["status"]: t.state for t in study_of(result).trials}
     assert states["oom"] == states["diverged"] == TrialState.COMPLETE  # infeasible, not ignored
     assert states["failed"] == TrialState.FAIL and states["pruned"] == TrialState.PRUNED

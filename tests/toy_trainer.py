@@ -20,7 +20,8 @@ class ToyConfig:
     mode: str = "a"
     seed: int = 0
     fail_at_epoch: int = 0
-    behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), zeros (loss 0 at epoch 2), raise, oom (epoch 2)
+    behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), zeros (loss 0 at epoch 2), raise, oom (epoch 2),
+    # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid time" to <trace_dir>/<lr>.txt
@@ -70,6 +71,8 @@ class ToyTrainer:
         return distance + 1.0 / self.epoch + 0.01 * self.config.width
 
     def validate(self) -> dict[str, float]:
+        if self.epoch == 2 and self.config.behavior in ("nan_val", "inf_val"):
+            return {"val_loss": math.nan if self.config.behavior == "nan_val" else math.inf}
         return {"val_loss": self._loss()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -48,7 +48,13 @@ from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.function_run import FunctionRun
-from sweeps.trial.stops import DivergedError, MetricMissingError, ReturnedEarlyError, divergence_result
+from sweeps.trial.stops import (
+    DivergedError,
+    MetricMissingError,
+    ReturnedEarlyError,
+    divergence_result,
+    non_finite_metrics,
+)
 from trainables.config import build_config
 from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer
@@ -257,8 +263,11 @@ class EpochLoop:
             try:
                 trained = trainer.train_epoch()
                 metrics = {**(self.reduce(trained) if self.reduce else trained), **trainer.validate()}
+                diverged = non_finite_metrics(_numbers(metrics), epoch, int(self.counts[STEPS_KEY]))
+                if diverged is not None:  # as a function's run.report: never ranked by an older epoch's value
+                    raise diverged
             except DivergedError as diverged:
-                self.end_diverged(epoch, diverged.divergence)
+                self.end_diverged(epoch, diverged.divergence, diverged.metrics)
                 return self.metrics
             if not self.end_epoch(epoch, metrics, image):
                 break
@@ -278,7 +287,7 @@ class EpochLoop:
         try:
             train(run.config, run)
         except DivergedError as diverged:
-            self.end_diverged(diverged.epoch or self.epochs_done + 1, diverged.divergence)
+            self.end_diverged(diverged.epoch or self.epochs_done + 1, diverged.divergence, diverged.metrics)
             return self.metrics
         except StopTrial:
             stopped = True  # the sweep stopped it at a report (or the function did): what it reported is recorded
@@ -326,9 +335,16 @@ class EpochLoop:
         """
         return {EPOCH: self.epochs_done, **self.counts, HISTORY_KEY: list(self.history)}
 
-    def end_diverged(self, epoch: int, divergence: Divergence) -> None:
-        """A diverged trial's last report: everything it recorded delivered first, then why it stopped."""
+    def end_diverged(self, epoch: int, divergence: Divergence, metrics: dict[str, float] | None = None) -> None:
+        """A diverged trial's last report: everything it recorded delivered first, then why it stopped.
+
+        ``metrics``: the epoch's validation when it is what diverged (a NaN metric), recorded as it came.
+        """
         assert self.channel is not None
+        if self.logger is not None:
+            self.logger.record_held()  # the steps that led to the stop, held back by the step cadence
+            if metrics:
+                self.logger.log_metrics(metrics, step=epoch)
         self._deliver()
         result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **divergence_result(divergence)}
         self.channel.report({**result, HISTORY_KEY: self.history}, None)
@@ -429,6 +445,17 @@ class EpochLoop:
             self.logger.warn(f"could not save the epoch {epoch} image: {type(exc).__name__}: {exc}")
             return
         self.logger.log_spooled(path, "images")
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The values of ``metrics`` that are numbers (a class trainer may return tensors), as floats."""
+    numbers = {}
+    for key, value in metrics.items():
+        if torch.is_tensor(value) and value.numel() == 1:
+            numbers[key] = float(value.item())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[key] = float(value)
+    return numbers
 
 
 def reload_curves(logger: TrialLogger, curves: CurveHistory, undelivered: list[tuple[str, float, int, int]]) -> None:

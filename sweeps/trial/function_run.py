@@ -21,14 +21,12 @@ hands it a :class:`FunctionRun` whose calls do what the loop does around a class
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from sweeps.divergence import Divergence
-from sweeps.trial.stops import DivergedError
+from sweeps.trial.stops import non_finite_metrics
 from trainables.diagnostics import StepProbe, loss_metrics, output_metrics
 from trainables.images import as_image
 from trainables.mixed_precision import autocast, loss_scaler
@@ -149,10 +147,9 @@ class FunctionRun:
         values = {name: _number(name, value) for name, value in metrics.items()}
         if self._reduce is not None:
             values = self._reduce(values)
-        bad = sorted(name for name, value in values.items() if not math.isfinite(value))
-        if bad:
-            reason = f"{', '.join(bad)} not finite at epoch {epoch}"
-            raise DivergedError(Divergence("non_finite", reason, self.steps, self.steps), epoch)
+        diverged = non_finite_metrics(values, epoch, self.steps)
+        if diverged is not None:
+            raise diverged
         self.last_epoch, self.reports = epoch, self.reports + 1
         image, self._image = self._image, None
         go_on = self._end_epoch(epoch, values, (lambda: as_image(image)) if image is not None else None)

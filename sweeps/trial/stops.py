@@ -5,6 +5,7 @@ Shared by the epoch loop and a function trainer's ``run``, which both raise and 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sweeps.core.keys import DIVERGED_KEY, ONSET_KEY, REASON_KEY, SIGNAL_KEY, STEP_KEY
@@ -27,12 +28,27 @@ class DivergedError(StopTrial):
     ``epoch`` is the epoch it happened in, where the raiser knows it.
     """
 
-    def __init__(self, divergence: Divergence, epoch: int | None = None) -> None:
+    def __init__(
+        self, divergence: Divergence, epoch: int | None = None, metrics: dict[str, float] | None = None
+    ) -> None:
         super().__init__(divergence.reason)
-        self.divergence, self.epoch = divergence, epoch
+        self.divergence, self.epoch, self.metrics = divergence, epoch, metrics
 
-    def __reduce__(self) -> tuple[type, tuple[Divergence, int | None]]:
-        return (type(self), (self.divergence, self.epoch))  # pickled (Ray): keeps the Divergence
+    def __reduce__(self) -> tuple[type, tuple[Divergence, int | None, dict[str, float] | None]]:
+        return (type(self), (self.divergence, self.epoch, self.metrics))  # pickled (Ray): keeps the Divergence
+
+
+def non_finite_metrics(metrics: dict[str, float], epoch: int, steps: int) -> DivergedError | None:
+    """The stop for an epoch whose validation gave a NaN or infinite metric (None when every one is finite).
+
+    Such a trial is diverged whatever the earlier epochs gave: it is never ranked by an older epoch's value.
+    ``metrics`` go with the error so that the epoch, NaN and all, is recorded.
+    """
+    bad = sorted(name for name, value in metrics.items() if not math.isfinite(value))
+    if not bad:
+        return None
+    reason = f"{', '.join(bad)} not finite at epoch {epoch}"
+    return DivergedError(Divergence("non_finite", reason, steps, steps), epoch, metrics)
 
 
 def divergence_result(divergence: Divergence) -> dict[str, Any]:
