@@ -605,3 +605,9 @@ def test_a_budget_key_set_as_a_function_trainers_parameter_is_noted_with_the_bud
     assert main(["run", str(write_spec(tmp_path)), "--set", "epochs=3", "--check"]) == 0
     note = "note: --set epochs: not in the spec's fixed or params; the trainer gets it as config['epochs']"
     assert f"{note} (did you mean --set budget.epochs?)" in capsys.readouterr().err
+
+
+def test_a_class_trainer_with_an_epochs_field_is_told_the_epochs_it_runs() -> None:
+    """The epochs of this run (``sweeps train --epochs 3``), not the exported config's 2 nor the field's default."""
+    _, channel = run_loop("tests.toy_trainer:EpochsToyTrainer", {"lr": 0.01, "epochs": 2}, epochs=3, report_every_s=0)
+    assert channel.metric("planned_epochs") == [(1, 3.0), (2, 3.0), (3, 3.0)]

@@ -359,3 +359,22 @@ def test_a_parameter_a_fixed_value_keeps_from_being_drawn_is_a_note(
     assert main(["run", str(path), "--set", "precision=fp32", "--check"]) == 0
     err = capsys.readouterr().err
     assert err == "note: params.init_scale: never drawn: drawn only when precision is 'fp16', fixed to 'fp32'\n"
+
+
+def test_a_class_trainers_epochs_field_is_the_budgets(tmp_path: Path) -> None:
+    """A class sizing its schedule by a Config ``epochs`` field gets budget.epochs, as ``seed`` gets the seed."""
+    data = {**GOOD, "trainer": "tests.toy_trainer:EpochsToyTrainer", "metric": {"name": "val_loss", "mode": "min"}}
+    data["params"] = {"lr": GOOD["params"]["lr"]}
+    spec = load_spec(write_spec(tmp_path, data), ["budget.epochs=6"])
+    assert spec.resolve({"lr": 0.01})["epochs"] == 6
+    assert load_spec(write_spec(tmp_path, changed(data, fixed={"epochs": 2}, budget__epochs=2))).budget.epochs == 2
+    problems = problems_of(tmp_path, changed(data, fixed={"epochs": 10}))
+    assert problems == [
+        (
+            "fixed.epochs",
+            "10 differs from budget.epochs (2): the engine sets the trainer's 'epochs' field to budget.epochs; "
+            "set budget.epochs instead",
+        )
+    ]
+    problems = problems_of(tmp_path, changed(data, params__epochs={"choices": [2, 4]}))
+    assert [key for key, _ in problems] == ["params.epochs"]

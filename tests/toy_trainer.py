@@ -112,3 +112,17 @@ class BadImageToyTrainer(ToyTrainer):
 
     def sample_grid(self) -> torch.Tensor:
         return torch.rand(2, 8, 8, 8)[0]
+
+
+@dataclass
+class EpochsToyConfig(ToyConfig):
+    epochs: int = 99  # a schedule's length, as a user's class sizes OneCycleLR: the engine fills it
+
+
+class EpochsToyTrainer(ToyTrainer):
+    """The toy trainer with an ``epochs`` field; it reports the epochs it was told (``planned_epochs``)."""
+
+    Config: ClassVar[type] = EpochsToyConfig
+
+    def validate(self) -> dict[str, float]:
+        return {**super().validate(), "planned_epochs": float(self.config.epochs)}

@@ -97,3 +97,8 @@ def diverged_by_tag(signal: str) -> str:
 def best_metric_tag(metric: str) -> str:
     """The parent run's tag holding the best trial's ``metric``."""
     return f"sweep.best_{metric}"
+
+
+EPOCHS_FIELD = "epochs"
+"""A class trainer's ``Config`` field the engine fills with the epochs the trial runs (``budget.epochs``,
+``sweeps train --epochs``), as it fills ``seed``: a learning-rate schedule over the whole run needs it."""

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sweeps.core.errors import InputError
+from sweeps.core.keys import EPOCHS_FIELD
 from sweeps.core.problems import Problems, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, never_drawn, parse_params, unknown_parameter, untyped
@@ -159,14 +160,17 @@ class SweepSpec:
         return self.divergence.enabled and self.divergence.mode == "observe"
 
     def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        """A trial's complete trainer parameters: fixed values, sampled values and the seed.
+        """A trial's complete trainer parameters: fixed values, sampled values, the seed and the epochs.
 
         The seed goes to a class trainer whose ``Config`` has a ``seed`` field, and always to a
-        function trainer (``config.seed``).
+        function trainer (``config.seed``); ``budget.epochs`` to a class trainer whose ``Config``
+        has an ``epochs`` field (what a schedule over the whole run needs; a function has ``run.epochs``).
         """
         params = {**self.fixed, **sampled}
         if ("seed" in self.trainer_fields or self.function_trainer) and "seed" not in params:
             params["seed"] = self.seed
+        if EPOCHS_FIELD in self.trainer_fields:
+            params[EPOCHS_FIELD] = self.budget.epochs
         return params
 
 
@@ -345,7 +349,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     fixed = _fixed(raw.get("fixed", {}), types, problems)
     params = parse_params(raw.get("params", {}), types, fixed, problems)
     if trainer_cls is not None and not function:
-        _check_configs(trainer_cls, fixed, params, seed, problems)
+        _check_epochs_field(types, fixed, params, budget.epochs, problems)
+        _check_configs(trainer_cls, fixed, params, seed, budget.epochs, problems)
     precisions = _precisions(trainer_cls, raw.get("trainer"), fixed, params, divergence, problems)
     if problems:
         raise SpecError(source, problems.items)
@@ -606,13 +611,32 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
     return fixed
 
 
+def _check_epochs_field(
+    types: dict[str, Any], fixed: dict[str, Any], params: dict[str, ParamSpec], epochs: int, problems: Problems
+) -> None:
+    """A class trainer's ``epochs`` field is the budget's (:data:`EPOCHS_FIELD`): not searched, not fixed apart."""
+    if EPOCHS_FIELD not in types:
+        return
+    fill = f"the engine sets the trainer's {EPOCHS_FIELD!r} field to budget.epochs"
+    if EPOCHS_FIELD in params:
+        problems.add(f"params.{EPOCHS_FIELD}", f"{fill}; search the epochs by running sweeps with other budget.epochs")
+    elif EPOCHS_FIELD in fixed and fixed[EPOCHS_FIELD] != epochs:
+        problems.add(
+            f"fixed.{EPOCHS_FIELD}",
+            f"{fixed[EPOCHS_FIELD]!r} differs from budget.epochs ({epochs}): {fill}; set budget.epochs instead",
+        )
+
+
 def _check_configs(
-    trainer_cls: Any, fixed: dict[str, Any], params: dict[str, ParamSpec], seed: int, problems: Problems
+    trainer_cls: Any, fixed: dict[str, Any], params: dict[str, ParamSpec], seed: int, epochs: int, problems: Problems
 ) -> None:
     """Build the trainer config for the fixed values and for each searched value on its own."""
     base = {**fixed}
-    if "seed" in {f for f in field_types(trainer_cls.Config)} and "seed" not in base:
+    fields = field_types(trainer_cls.Config)
+    if "seed" in fields and "seed" not in base:
         base["seed"] = seed
+    if EPOCHS_FIELD in fields:
+        base[EPOCHS_FIELD] = epochs
     try:
         build_config(trainer_cls.Config, base)
     except ConfigError as exc:

@@ -32,6 +32,7 @@ import yaml
 
 from sweeps.core.keys import (
     EPOCH,
+    EPOCHS_FIELD,
     HISTORY_KEY,
     OBSERVED_REASON_KEY,
     OBSERVED_SIGNAL_KEY,
@@ -55,7 +56,7 @@ from sweeps.trial.stops import (
     divergence_result,
     non_finite_metrics,
 )
-from trainables.config import build_config
+from trainables.config import build_config, field_types
 from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer
 from trainables.runtime import pick_device
@@ -250,7 +251,10 @@ class EpochLoop:
 
     def _run_class(self, trainer_cls: Any) -> dict[str, float]:
         """A class trainer: ``train_epoch`` and ``validate`` per epoch, called from here."""
-        trainer = self.trainer = trainer_cls(build_config(trainer_cls.Config, self.params))
+        params = self.params
+        if EPOCHS_FIELD in field_types(trainer_cls.Config):  # the epochs this run trains (sweeps train --epochs)
+            params = {**params, EPOCHS_FIELD: self.plan.epochs}
+        trainer = self.trainer = trainer_cls(build_config(trainer_cls.Config, params))
         if isinstance(trainer, ObservesSteps):
             trainer.on_step = self.step_hook()
         self.trainer_state = trainer.state_dict

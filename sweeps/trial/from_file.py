@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import torch
 
-from sweeps.core.keys import EPOCH
+from sweeps.core.keys import EPOCH, EPOCHS_FIELD
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int, unknown_key
 from sweeps.core.records import metric_text
@@ -143,7 +143,8 @@ def train_from_file(
         if state is None:  # a function trainer that keeps no checkpoint (run.checkpoint)
             out.write(f"not saved: {data['trainer']} keeps no state to save (it never calls run.checkpoint)\n")
         else:
-            torch.save({"trainer": state, "config": data["config"], "epoch": total}, save)
+            config = {**data["config"], **({EPOCHS_FIELD: total} if EPOCHS_FIELD in data["config"] else {})}
+            torch.save({"trainer": state, "config": config, "epoch": total}, save)
             out.write(f"saved {save}\n")
     recorded = (data.get("metric") or {}).get("value")
     if metric in metrics and isinstance(recorded, (int, float)) and total == int(data["epochs"]):
