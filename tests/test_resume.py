@@ -180,6 +180,44 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr
 
 
+@pytest.mark.integration
+def test_a_trial_lost_after_the_last_trial_was_asked_is_replaced(tmp_path: Path) -> None:
+    """Killed while the budget's last trial ran without a checkpoint: Ray's snapshot says the search is over.
+
+    A user's ``kill -9`` then ``sweeps resume`` said "interrupted, to be replaced: t001" and ended the
+    sweep one trial short: Tune restored its search as finished and never asked for the replacement.
+    """
+    fixed = {"epoch_seconds": 6.0, "sleep_last": True}  # t002 logs its steps to MLflow, then sleeps: not rerun
+    spec = changed(SPEC, budget={"trials": 3, "epochs": 2, "concurrency": 2}, fixed=fixed)
+    write_spec(tmp_path, spec)
+    log = (tmp_path / "run.log").open("w")
+    command = [sys.executable, "-m", "sweeps", "run", "spec.yaml", "--name", "s1", "--address", "local", "--cpus", "2"]
+    env = {**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Ray's snapshot every second, so it sees the search end
+    driver = subprocess.Popen(
+        command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    journal = tmp_path / "sweep_runs" / "s1" / "optuna-journal.log"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and driver.poll() is None and _progress(journal) != (2, 0, 1):
+            time.sleep(0.2)
+        assert _progress(journal) == (2, 0, 1), (tmp_path / "run.log").read_text()
+        time.sleep(3)  # t002 is in its first 6 s epoch: no checkpoint yet; Ray has snapshot the ended search
+        assert _progress(journal) == (2, 0, 1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        log.close()
+    time.sleep(2)
+
+    resumed = sweeps("resume", "s1", "--address", "local", "--cpus", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "interrupted, to be replaced: t002" in resumed.stdout
+    trials = load_study(SweepDir(tmp_path / "sweep_runs", "s1")).get_trials()
+    statuses = [t.user_attrs.get("status") for t in trials]
+    assert statuses == ["completed", "completed", "interrupted", "completed"], statuses
+
+
 def _ray_trials(ray_dir: Path) -> list[Any]:
     """The trials in Ray's experiment snapshot; none when it has not written one."""
     from ray.tune import ExperimentAnalysis

@@ -24,6 +24,7 @@ class ToyConfig:
     # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
+    sleep_last: bool = False  # sleep after the epoch's steps, not before (its steps are logged while it sleeps)
     trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid time" to <trace_dir>/<lr>.txt
 
 
@@ -56,7 +57,8 @@ class ToyTrainer:
             raise RuntimeError("toy trainer raised")
         if self.epoch == 2 and self.config.behavior == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
-        time.sleep(self.config.epoch_seconds)
+        if not self.config.sleep_last:
+            time.sleep(self.config.epoch_seconds)
         for _ in range(self.config.steps_per_epoch):
             self.step += 1
             loss = math.nan if self.epoch == 2 and self.config.behavior == "diverge" else self._loss()
@@ -64,6 +66,8 @@ class ToyTrainer:
                 loss = 0.0
             if self.on_step is not None:
                 self.on_step(self.step, {"loss": loss, "grad_norm": 1.0})
+        if self.config.sleep_last:
+            time.sleep(self.config.epoch_seconds)
         return {"train_loss": self._loss()}
 
     def _loss(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,29 @@ def local_ray_on_loopback() -> bool:
 
     ray_constants.ENABLE_RAY_CLUSTER = False
     return True
+
+
+def search_algorithm(searcher: Any, max_concurrent: int | None) -> Any:
+    """Tune's search over ``searcher`` (at most ``max_concurrent`` trials at once), as Tune would wrap it.
+
+    With one difference: restored from a snapshot (``sweeps resume``), it asks the searcher again
+    even where the snapshot says the search had ended. A driver that died after the budget's
+    last trial was asked leaves a snapshot saying so; the searcher, which replaces trials the
+    resume found lost, decides when the search ends.
+    """
+    from ray.tune.search import ConcurrencyLimiter
+
+    return _resumable_search()(ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher)
+
+
+@functools.cache
+def _resumable_search() -> type:
+    """Tune's ``SearchGenerator`` whose restored state never says the search ended (made once, importing Ray Tune)."""
+    from ray.tune.search import SearchGenerator
+
+    class ResumableSearch(SearchGenerator):
+        def set_state(self, state: dict[str, Any]) -> None:
+            super().set_state(state)
+            self._finished = False  # private: Tune's flag that the searcher once answered FINISHED
+
+    return ResumableSearch

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import yaml
 from ray import tune
 
-from sweeps.compat.ray_internals import replace_tuner_configs
+from sweeps.compat.ray_internals import replace_tuner_configs, search_algorithm
 from sweeps.core.keys import (
     COMPLETED,
     ENGINE_KEY,
@@ -213,12 +213,11 @@ def _engine_configs(
     storage_path, experiment = ray_location(spec, sweep)
     return {
         "tune_config": tune.TuneConfig(
-            search_alg=searcher,
+            search_alg=search_algorithm(searcher, trial_concurrency(spec.budget)),
             scheduler=make_scheduler(spec, state),
             metric=spec.metric,
             mode=spec.mode,
             num_samples=-1,
-            max_concurrent_trials=trial_concurrency(spec.budget),
             reuse_actors=spec.budget.workers_per_trial == 1,  # a stopped multi-worker trial's actor must end
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
