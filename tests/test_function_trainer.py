@@ -398,6 +398,7 @@ def test_a_trainer_declaring_its_precisions_gets_them_and_rescues_only_to_them(t
 @dataclass
 class _PrecisionConfig:
     precision: str = "fp32"
+    lr: float = 0.01
 
 
 class UndeclaredPrecision:
@@ -416,6 +417,23 @@ def test_a_rescue_of_a_trainer_that_does_not_say_what_it_runs_is_refused(tmp_pat
     path = write_spec(tmp_path, trainer="tests.test_function_trainer:UndeclaredPrecision", divergence={"rescue": True})
     with pytest.raises(SpecError, match="divergence.rescue: trainer .* does not say which precisions it runs"):
         load_spec(path)
+
+
+class DeclaredPrecision(UndeclaredPrecision):
+    """A class trainer with a free ``precision`` field that declares what it runs."""
+
+    precisions = ("fp32", "fp16")
+
+
+def test_a_class_declaring_its_precisions_is_refused_an_unknown_one_and_one_declaring_none_is_not(
+    tmp_path: Path,
+) -> None:
+    """A user's class (``precision: str``) that runs the engine's precisions: ``fp8`` failed every trial."""
+    path = write_spec(tmp_path, trainer="tests.test_function_trainer:DeclaredPrecision", fixed={"precision": "fp8"})
+    with pytest.raises(SpecError, match=r"fixed\.precision: unknown precision 'fp8' \(accepted: fp32, bf16"):
+        load_spec(path)
+    path = write_spec(tmp_path, trainer="tests.test_function_trainer:UndeclaredPrecision", fixed={"precision": "amp"})
+    assert load_spec(path).fixed["precision"] == "amp"  # its own name: it says nothing of what it runs
 
 
 def test_declared_precisions() -> None:

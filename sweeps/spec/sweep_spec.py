@@ -680,7 +680,9 @@ def _precisions(
         try:
             precision = canonical_precision(str(value))
         except ValueError as exc:
-            if is_function_trainer(trainer):  # a class trainer's own config check says so already
+            # a function, or a class that declares what it runs, takes canonical names only; a class
+            # that declares nothing may take its own (a Literal field of its Config says so already)
+            if (is_function_trainer(trainer) or supported is not None) and key not in {k for k, _ in problems.items}:
                 problems.add(key, str(exc))
             continue
         if supported is not None and precision not in supported:
