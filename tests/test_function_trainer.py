@@ -28,7 +28,7 @@ from sweeps.engine.searcher import rescue_precision
 from sweeps.spec.sweep_spec import SpecError, load_spec
 from sweeps.trial.epoch_loop import EpochLoop, MetricMissingError
 from sweeps.trial.function_run import FunctionRun, trial_config
-from sweeps.trial.stops import ReturnedEarlyError
+from sweeps.trial.stops import ReturnedEarlyError, TrainerExitError
 from tests.function_trainers import MemoryChannel
 from trainables.diagnostics import StepProbe, loss_metrics
 from trainables.mixed_precision import loss_scaler
@@ -198,6 +198,13 @@ def test_a_class_trainer_whose_validation_is_not_finite_is_diverged_as_a_functio
     assert last[DIVERGED_KEY] == 1.0 and last[SIGNAL_KEY] == "non_finite" and last["epoch"] == 2
     assert last[REASON_KEY] == "val_loss not finite at epoch 2" and math.isnan(last["val_loss"])
     assert [e for e, _ in channel.metric()] == [1, 2] and math.isfinite(channel.metric()[0][1])
+
+
+def test_a_trainer_calling_sys_exit_fails_the_trial_with_where_it_did() -> None:
+    """Not an ended process that Ray would retry as a dead node's: a failure, its traceback naming the call."""
+    with pytest.raises(TrainerExitError, match=r"the trainer called sys.exit\(1\)") as info:
+        run_loop("tests.toy_trainer:ToyTrainer", {"lr": 0.01, "behavior": "sys_exit"}, epochs=3)
+    assert isinstance(info.value.__cause__, SystemExit)
 
 
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:

@@ -273,6 +273,24 @@ def test_trials_ending_every_way_each_have_one_run_with_status_and_artifacts(wor
             assert record.value == trial.intermediate_values[1]
 
 
+def test_a_trial_whose_process_dies_keeps_the_epochs_it_validated_before(workdir: Path) -> None:
+    """``os._exit`` in epoch 2, epoch 1 unreported (reports come every 10 s): a user saw ``epochs 0``, no value."""
+    spec = toy_spec(
+        "it-dies",
+        budget={"trials": 1, "epochs": 3, "concurrency": 1, "retries": 0},
+        asha=False,
+        fixed={"behavior": "os_exit"},
+    )
+    result = sweep(workdir, spec)
+    (record,) = result.state.trials.values()
+    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(record.run_id, "val_loss")
+    assert [m.step for m in history] == [1]  # sent as epoch 1 ended, before the process was gone
+    assert record.status == "failed" and record.epochs == 1 and record.value == history[0].value
+    assert record.reason.startswith("ActorDiedError: the trial's process died (a crash such as SIGSEGV, a kill")
+    (trial,) = study_of(result).trials
+    assert trial.state == TrialState.FAIL and trial.intermediate_values == {1: history[0].value}
+
+
 @pytest.mark.parametrize("name", ["sr_gan_demo", "translation_gan_demo"])
 def test_a_short_sweep_of_each_gan_trainer(workdir: Path, name: str) -> None:
     data = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -37,6 +38,23 @@ def test_short_epochs_reach_mlflow_in_one_batch_and_long_ones_each_as_it_ends(tm
     assert stored == {60.0: 0, 0.0: 3}  # nothing sent before the flush; each epoch at once
     files = {f.path for f in store.list_artifacts(run_id)} | {f.path for f in store.list_artifacts(run_id, "source")}
     assert files == {"config.yaml", "source", "source/toy.py"}
+
+
+def test_an_epoch_reaches_mlflow_while_the_trial_hangs_after_it(tmp_path: Path) -> None:
+    """A user's trial validated epoch 1, then hung (or was killed): epoch 1 was never sent, as no step came after."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = client(uri)
+    run_id = store.create_run(store.create_experiment("hang")).info.run_id
+    logger = TrialLogger(uri, run_id, every_s=0.3)
+    logger.add_step(1, {"loss": 1.0})
+    logger.flush(timeout=60)  # a send just now: epoch 1's metric, next, is not due
+    logger.log_metrics({"val_loss": 0.5}, step=1)
+    assert logger.pending  # buffered; the trial now hangs: no step, no epoch, no flush
+    deadline = time.monotonic() + 30
+    while not store.get_metric_history(run_id, "val_loss") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(m.step, m.value) for m in store.get_metric_history(run_id, "val_loss")] == [(1, 0.5)]
+    assert logger.close(timeout=60)
 
 
 def test_fast_steps_are_thinned_but_notable_ones_epoch_ends_and_those_before_a_stop_are_recorded(

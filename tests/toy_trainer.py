@@ -21,7 +21,8 @@ class ToyConfig:
     seed: int = 0
     fail_at_epoch: int = 0
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), zeros (loss 0 at epoch 2), raise, oom (epoch 2),
-    # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine)
+    # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine),
+    # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     sleep_last: bool = False  # sleep after the epoch's steps, not before (its steps are logged while it sleeps)
@@ -55,6 +56,15 @@ class ToyTrainer:
             raise ValueError(f"toy failure at epoch {self.epoch}")
         if self.epoch == 2 and self.config.behavior == "raise":
             raise RuntimeError("toy trainer raised")
+        if self.epoch == 2 and self.config.behavior == "sys_exit":
+            import sys
+
+            sys.exit(1)
+        if self.epoch == 2 and self.config.behavior == "os_exit":
+            import os
+
+            time.sleep(2.0)  # some training first, as a real epoch has: what epoch 1 logged is sent meanwhile
+            os._exit(3)
         if self.epoch == 2 and self.config.behavior == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
         if not self.config.sleep_last:

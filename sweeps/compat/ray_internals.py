@@ -6,6 +6,12 @@ import functools
 from pathlib import Path
 from typing import Any
 
+PROCESS_DIED = (
+    "the trial's process died (a crash such as SIGSEGV, a kill, os._exit, or the kernel's OOM killer); "
+    "it left no traceback"
+)
+"""The reason of a trial whose process ended under it: Ray knows no exit code or signal."""
+
 
 def error_reason(trial: Any) -> str:
     """The one-line cause of a Ray trial's error, e.g. ``ValueError: bad kernel``; '' if unknown."""
@@ -22,6 +28,8 @@ def error_reason(trial: Any) -> str:
     cause = getattr(error, "cause", None) or error
     if cause is None:
         return ""
+    if type(cause).__name__ == "ActorDiedError" and "worker process has died" in str(cause):
+        return f"ActorDiedError: {PROCESS_DIED}"
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[0] if text else ''}".strip()
 

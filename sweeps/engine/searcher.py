@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweeps.core.keys import DIVERGED, ENGINE_KEY, HISTORY_KEY, INTERRUPTED, RUNNING
+from sweeps.core.keys import DIVERGED, ENGINE_KEY, EPOCH, HISTORY_KEY, INTERRUPTED, RUNNING
 from sweeps.core.outcome import (
     TELL_COMPLETE,
     TELL_INFEASIBLE,
@@ -179,6 +179,8 @@ class OptunaSearcher(Searcher):
             return
         self.state.observe(record, result)
         self._report(trial_id, record, result)
+        if error:
+            self._recover_logged(trial_id, record)
         ending = Ending(
             result,
             error=error,
@@ -221,12 +223,32 @@ class OptunaSearcher(Searcher):
         """End every trial still running as interrupted (Optuna FAIL with ``status=interrupted``); return them."""
         open_records = [r for r in self.state.trials.values() if r.status == RUNNING]
         for record in open_records:
+            self._recover_logged(record.ray_id, record)
             self.state.finish(record, INTERRUPTED, reason)
             trial = self.live.pop(record.ray_id, None)
             if trial is not None:
                 trial.set_user_attr("status", INTERRUPTED)
                 self.study.tell(trial, state=TrialState.FAIL)
         return open_records
+
+    def _recover_logged(self, trial_id: str, record: TrialRecord) -> None:
+        """Take the epochs the trial's MLflow run holds that no report brought: its process died, or was stopped.
+
+        A trial reports to the driver at ASHA's rungs, its last epoch and every ``report_every_s``,
+        but logs every epoch to MLflow as it ends; what it validated since its last report would
+        otherwise be missing from the table, results.csv and Optuna.
+        """
+        if not record.run_id:
+            return
+        try:
+            history = self.tracker.logged_history(record.run_id, self.spec.metric)
+        except Exception:  # noqa: BLE001 - a store that cannot be read now loses no record: MLflow keeps it
+            return
+        newer = [(epoch, value) for epoch, value in history if epoch > record.epochs]
+        if newer:
+            result = {EPOCH: newer[-1][0], HISTORY_KEY: newer}
+            self.state.observe(record, result)
+            self._report(trial_id, record, result)
 
     def _tell(self, trial: optuna.Trial, record: TrialRecord) -> None:
         verdict = study_verdict(record.status, self.spec.search.diverged_as)

@@ -80,8 +80,12 @@ class SweepTracker:
 
     def logged_epochs(self, run_id: str, metric: str) -> int:
         """The last epoch for which run ``run_id`` holds ``metric`` (its step), 0 if none."""
+        return max((epoch for epoch, _ in self.logged_history(run_id, metric)), default=0)
+
+    def logged_history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        """Every ``(epoch, value)`` of ``metric`` that run ``run_id`` holds, by epoch (its step)."""
         history = retry(lambda: self.client.get_metric_history(run_id, metric), "read metric history")
-        return max((int(m.step) for m in history), default=0)
+        return sorted((int(m.step), float(m.value)) for m in history)
 
     def start(self, experiment: str, sweep: str, spec_text: str, params: dict[str, Any]) -> str:
         """Create (or reuse) the experiment and start the sweep's parent run; return its id."""

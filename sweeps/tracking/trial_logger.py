@@ -92,8 +92,10 @@ class TrialLogger:
     buffered and sent together, in batches of up to 1,000 values, when a step or an epoch ends
     ``every_s`` seconds or more after the last send (and on :meth:`flush`): a trial whose epochs
     take a second or more sends each epoch as it ends, a trial of short epochs one batch for
-    several (one store write where it made one per epoch). :meth:`close`, called on every way a
-    trial ends, waits until all of it is delivered.
+    several (one store write where it made one per epoch). What is buffered is also sent once
+    ``every_s`` passes with no step or epoch ending (a trial that hangs, or whose process is about
+    to be killed, keeps the epochs it validated). :meth:`close`, called on every way a trial
+    ends, waits until all of it is delivered.
 
     With ``step_every_s`` > 0, steps closer together than that are thinned out: a step is recorded
     once ``step_every_s`` has passed since the last recorded one, and always when it is notable (a
@@ -127,6 +129,17 @@ class TrialLogger:
         self.lock = threading.Lock()
         self.numbers = itertools.count()
         self.logged: dict[str, int] = {}  # after a restart: per key, the last step already stored
+        self.pending_lock = threading.RLock()  # the training thread buffers, the idle timer sends
+        self.closed = threading.Event()
+        self.timer = threading.Thread(target=self._send_when_idle, name="mlflow-idle-send", daemon=True)
+        self.timer.start()
+
+    def _send_when_idle(self) -> None:
+        """Send what is buffered once ``every_s`` passed since the last send, whatever the trial is doing."""
+        while not self.closed.wait(self.every_s):
+            with self.pending_lock:
+                if self.pending and time.monotonic() - self.sent_at >= self.every_s:
+                    self._send_pending()
 
     def _submit_metrics(self, what: str, items: list[Any]) -> None:
         items = [m for m in items if m.step > self.logged.get(m.key, m.step - 1)]
@@ -149,9 +162,9 @@ class TrialLogger:
         A checkpoint keeps them, so that a trial restarted from it on another node can resend
         whatever the process that died never delivered (see :meth:`resume`).
         """
-        with self.lock:
+        with self.pending_lock, self.lock:
             batches = [list(batch) for _, batch in sorted(self.queued.items())]
-        items = [m for batch in batches for m in batch] + list(self.pending)
+            items = [m for batch in batches for m in batch] + list(self.pending)
         return [(m.key, m.value, m.timestamp, m.step) for m in items]
 
     def resume(self, undelivered: list[tuple[str, float, int, int]]) -> None:
@@ -197,14 +210,16 @@ class TrialLogger:
             self.held.append(values)
             return
         self.step_recorded_at, self.last_recorded_step = clock, step
-        self.pending.extend(values)
-        self._send_if_due()
+        with self.pending_lock:
+            self.pending.extend(values)
+            self._send_if_due()
 
     def record_held(self) -> None:
         """Record the held-back steps too (the trial stops: the steps that led there are all recorded)."""
-        while self.held:
-            self.pending.extend(self.held.popleft())
-        self._send_if_due()
+        with self.pending_lock:
+            while self.held:
+                self.pending.extend(self.held.popleft())
+            self._send_if_due()
 
     def _record_epoch_end(self) -> None:
         """Record the epoch's last step if it was held back, so that each epoch's curve ends where it did."""
@@ -212,7 +227,8 @@ class TrialLogger:
             return
         step = self.held[-1][0].step
         if self.last_recorded_step is None or step > self.last_recorded_step:
-            self.pending.extend(self.held.pop())
+            with self.pending_lock:
+                self.pending.extend(self.held.pop())
             self.last_recorded_step = step
 
     def _send_if_due(self) -> None:
@@ -220,10 +236,11 @@ class TrialLogger:
             self._send_pending()
 
     def _send_pending(self) -> None:
-        self.sent_at = time.monotonic()
-        while self.pending:
-            chunk, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
-            self._submit_metrics("log metrics", chunk)
+        with self.pending_lock:
+            self.sent_at = time.monotonic()
+            while self.pending:
+                chunk, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
+                self._submit_metrics("log metrics", chunk)
 
     def flush(self, timeout: float = 0.0) -> bool:
         """Queue the buffered step metrics; wait up to ``timeout`` s for delivery; True if delivered."""
@@ -236,8 +253,9 @@ class TrialLogger:
 
         self._record_epoch_end()
         now = int(time.time() * 1000)
-        self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
-        self._send_if_due()
+        with self.pending_lock:
+            self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
+            self._send_if_due()
 
     def log_text(self, text: str, path: str) -> None:
         """Queue ``text`` as an artifact file."""
@@ -297,6 +315,7 @@ class TrialLogger:
 
     def close(self, timeout: float = 900.0) -> bool:
         """Deliver everything still queued (waiting up to ``timeout`` s); True if all went through."""
+        self.closed.set()
         self._send_pending()
         delivered = self.sender.close(timeout) and not self.sender.failed
         shutil.rmtree(self.spool, ignore_errors=True)

@@ -53,6 +53,7 @@ from sweeps.trial.stops import (
     DivergedError,
     MetricMissingError,
     ReturnedEarlyError,
+    TrainerExitError,
     divergence_result,
     non_finite_metrics,
 )
@@ -245,9 +246,14 @@ class EpochLoop:
         torch.set_num_threads(max(1, int(self.plan.threads)))
         self.channel = channel
         trainer = load_trainer(self.plan.trainer)
-        if is_function_trainer(trainer):
-            return self._run_function(trainer)
-        return self._run_class(trainer)
+        try:
+            if is_function_trainer(trainer):
+                return self._run_function(trainer)
+            return self._run_class(trainer)
+        except SystemExit as exc:
+            raise TrainerExitError(f"the trainer called sys.exit({exc.code!r})") from exc
+        except KeyboardInterrupt as exc:
+            raise TrainerExitError("the trainer raised KeyboardInterrupt") from exc
 
     def _run_class(self, trainer_cls: Any) -> dict[str, float]:
         """A class trainer: ``train_epoch`` and ``validate`` per epoch, called from here."""

@@ -17,6 +17,14 @@ class MetricMissingError(RuntimeError):
     """The trainer's results lack the metric the sweep optimizes."""
 
 
+class TrainerExitError(RuntimeError):
+    """The trainer called ``sys.exit`` or raised ``KeyboardInterrupt``: a failure of the trial, not of its process.
+
+    Left as they are, Ray would end the trial's process on them and retry the trial as if its node
+    had died, and the traceback that says where would be lost.
+    """
+
+
 class ReturnedEarlyError(RuntimeError):
     """A function trainer returned, unstopped, before reporting its last epoch (its loop ignores ``run.epochs``)."""
 
