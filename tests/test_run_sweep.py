@@ -291,6 +291,17 @@ def test_a_trial_whose_process_dies_keeps_the_epochs_it_validated_before(workdir
     assert trial.state == TrialState.FAIL and trial.intermediate_values == {1: history[0].value}
 
 
+def test_each_trial_starts_in_the_sweeps_folder_whatever_the_trial_before_it_did(workdir: Path) -> None:
+    """Tune reuses a trial process; a user's trial that moved to another folder moved the next trial too."""
+    cwd_file = workdir / "cwd.txt"
+    spec = toy_spec(
+        "it-cwd", budget={"trials": 3, "epochs": 1, "concurrency": 1}, asha=False, fixed={"cwd_file": str(cwd_file)}
+    )
+    sweep(workdir, spec)
+    started = cwd_file.read_text().splitlines()  # where the test session's Ray started its workers
+    assert started == [started[0]] * 3 and started[0] != "/"
+
+
 @pytest.mark.parametrize("name", ["sr_gan_demo", "translation_gan_demo"])
 def test_a_short_sweep_of_each_gan_trainer(workdir: Path, name: str) -> None:
     data = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())

@@ -25,6 +25,7 @@ class ToyConfig:
     # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
+    cwd_file: str = ""  # if set, each trainer appends the folder it starts in, then moves to / (as a user's loop may)
     sleep_last: bool = False  # sleep after the epoch's steps, not before (its steps are logged while it sleeps)
     trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid time" to <trace_dir>/<lr>.txt
 
@@ -44,6 +45,12 @@ class ToyTrainer:
 
     def __init__(self, config: ToyConfig) -> None:
         self.config = config
+        if config.cwd_file:
+            import os
+
+            with open(config.cwd_file, "a") as handle:
+                handle.write(os.getcwd() + "\n")
+            os.chdir("/")
         self.epoch = 0
         self.step = 0
         self.on_step: Any = None

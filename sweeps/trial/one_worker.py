@@ -14,6 +14,7 @@ continue where the checkpoint was, nothing logged is lost or logged twice.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,9 @@ from sweeps.trial.epoch_loop import (
     load_checkpoint,
     save_checkpoint,
 )
+
+START_FOLDER = os.getcwd()
+"""The folder this trial process started in (where ``sweeps run`` ran, on a local Ray): each trial starts there."""
 
 
 def split_config(config: dict[str, Any]) -> tuple[TrialPlan, dict[str, Any]]:
@@ -77,6 +81,7 @@ class TuneChannel:
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
+    os.chdir(START_FOLDER)  # Tune reuses the process: a trial that changed folder does not move the next one
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
     loop = EpochLoop(plan, params, logger)
     try:
