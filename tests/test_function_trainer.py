@@ -181,6 +181,21 @@ def test_report_of_a_string_is_refused() -> None:
         run.report(1, val_loss="0.1")
 
 
+def test_numpy_numbers_are_numbers_and_a_bad_step_value_names_run_step() -> None:
+    """A user's ``np.float32`` metric was "not a number"; ``run.step(acc="high")`` failed inside float()."""
+    import numpy as np
+
+    run, steps, ends = recording_run()
+    run.step(loss=np.float32(0.5), acc=np.float64(0.25))
+    run.report(1, val_loss=np.float32(0.125), val_acc=np.int64(3))
+    assert steps[0][1]["loss"] == 0.5 and steps[0][1]["acc"] == 0.25
+    assert ends[0][1] == {"val_loss": 0.125, "val_acc": 3.0}
+    with pytest.raises(TypeError, match=r"^run\.step: acc is a str, not a number$"):
+        run.step(loss=0.5, acc="high")
+    with pytest.raises(TypeError, match=r"^run\.step: loss must be a number, a one-element tensor or a dict"):
+        run.step(loss=[0.5])
+
+
 def test_a_non_finite_report_ends_the_trial_as_diverged_not_failed() -> None:
     loop, channel = run_loop("tests.function_trainers:nan_at_epoch_two", {}, epochs=3)
     last = channel.reports[-1]

@@ -378,3 +378,18 @@ def test_a_class_trainers_epochs_field_is_the_budgets(tmp_path: Path) -> None:
     ]
     problems = problems_of(tmp_path, changed(data, params__epochs={"choices": [2, 4]}))
     assert [key for key, _ in problems] == ["params.epochs"]
+
+
+def test_a_trainer_module_that_parses_the_command_line_at_import_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's script with ``argparse`` at module level printed its usage and ended ``sweeps`` with no error line."""
+    (tmp_path / "scripted.py").write_text(
+        "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--lr')\nargs = parser.parse_args()\n"
+        "def train(config, run):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    problems = problems_of(tmp_path, {**GOOD, "trainer": "scripted:train", "params": {}})
+    assert problems[0][0] == "trainer" and problems[0][1].startswith(
+        "importing trainer module 'scripted' called sys.exit(2) (its command-line parsing or exit runs at import"
+    ), problems

@@ -50,6 +50,11 @@ def load_trainer(name: str) -> Any:
         raise TrainerLoadError(f"cannot import trainer module {module_name!r}: {exc}{where}") from None
     except Exception as exc:  # noqa: BLE001 - the module's own code failed at import: say where, in one line
         raise TrainerLoadError(f"cannot import trainer module {module_name!r}: {_import_failure(exc)}") from None
+    except SystemExit as exc:  # a script's argparse or sys.exit run at import, not under `if __name__ == "__main__"`
+        raise TrainerLoadError(
+            f"importing trainer module {module_name!r} called sys.exit({exc.code!r}) (its command-line parsing or "
+            'exit runs at import: put it under `if __name__ == "__main__":`)'
+        ) from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise TrainerLoadError(f"module {module_name!r} has no attribute {attr!r}")

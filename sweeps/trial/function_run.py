@@ -21,6 +21,7 @@ hands it a :class:`FunctionRun` whose calls do what the loop does around a class
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -117,7 +118,13 @@ class FunctionRun:
         Raises ``StopTrial`` (a ``DivergedError``) when the divergence detector fires.
         """
         self.steps += 1
-        metrics = loss_metrics(loss) if loss is not None else {}
+        try:
+            metrics = loss_metrics(loss) if loss is not None else {}
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"run.step: loss must be a number, a one-element tensor or a dict of them, got a {type(loss).__name__} "
+                f"({exc})"
+            ) from None
         for name, (opt, mod, scl) in _networks(net, optimizer, model, scaler):
             probe = self._probes.get(name)
             if probe is None or probe.optimizer is not opt or (opt is None and probe.model is not mod):
@@ -126,7 +133,7 @@ class FunctionRun:
         if output is not None:
             metrics.update(output_metrics(output))
         for key, value in extra.items():
-            metrics[key] = float(value.item() if torch.is_tensor(value) else value)
+            metrics[key] = _number(key, value, "run.step")
         self._hook(self.steps, metrics)
 
     # -- after each validation ------------------------------------------------------------------
@@ -246,9 +253,10 @@ def _networks(net: str, optimizer: Any, model: Any, scaler: Any) -> Iterator[tup
         yield str(name), tuple(g.get(name) if isinstance(g, dict) else None for g in given)  # type: ignore[misc]
 
 
-def _number(name: str, value: Any) -> float:
-    if torch.is_tensor(value):
+def _number(name: str, value: Any, call: str = "run.report") -> float:
+    """``value`` as a float: a number (NumPy's too) or a one-element tensor; else a TypeError naming ``call``."""
+    if torch.is_tensor(value) and value.numel() == 1:
         return float(value.detach().float().item())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
-    raise TypeError(f"run.report: {name} is a {type(value).__name__}, not a number")
+    raise TypeError(f"{call}: {name} is a {type(value).__name__}, not a number")
