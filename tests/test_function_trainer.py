@@ -651,3 +651,19 @@ def test_a_class_trainer_with_an_epochs_field_is_told_the_epochs_it_runs() -> No
     """The epochs of this run (``sweeps train --epochs 3``), not the exported config's 2 nor the field's default."""
     _, channel = run_loop("tests.toy_trainer:EpochsToyTrainer", {"lr": 0.01, "epochs": 2}, epochs=3, report_every_s=0)
     assert channel.metric("planned_epochs") == [(1, 3.0), (2, 3.0), (3, 3.0)]
+
+
+def test_fp16_o2_a_float32_copy_of_the_model_runs_in_float32() -> None:
+    """A user's EMA, ``copy.deepcopy(model).float()`` after ``run.scaler``, got half inputs from the copied hooks."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 3, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_scaler("fp16-o2", "cpu", model, optimizer)
+    ema = copy.deepcopy(model).float()
+    x = torch.rand(2, 3, 8, 8)
+    out, averaged = model(x), ema(x)
+    assert out.dtype == averaged.dtype == torch.float32  # the fp16 model's output cast back; the copy's its own
+    assert model[1].weight.dtype == torch.float16 and model[0].weight.dtype == torch.float32  # batchnorm kept
+    assert torch.allclose(out, averaged, atol=2e-2)  # the same weights, one in float16

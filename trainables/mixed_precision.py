@@ -89,8 +89,9 @@ class MasterWeightScaler:
             raise ValueError("fp16-o2: create the scaler before the optimizer's first step")
         _to_half_keep_norm(model)
         _norm_hooks(model)
-        model.register_forward_pre_hook(lambda _module, args: _cast(args, torch.float16))
-        model.register_forward_hook(lambda _module, _args, output: _cast(output, torch.float32))
+        # only while the model is float16: a float32 copy of it (an EMA) keeps these hooks and runs as it is
+        model.register_forward_pre_hook(lambda module, args: _cast(args, torch.float16) if _half(module) else None)
+        model.register_forward_hook(lambda module, _a, output: _cast(output, torch.float32) if _half(module) else None)
         self.params: list[nn.Parameter] = []
         self.master: list[nn.Parameter] = []
         for group in optimizer.param_groups:
@@ -196,6 +197,11 @@ def _changed_master_grad(changed: torch.Tensor | None, master: torch.Tensor | No
         if torch.allclose(now, scaled, rtol=1e-2, atol=float(now.abs().max()) * 1e-3):
             return master * factor
     return now
+
+
+def _half(module: nn.Module) -> bool:
+    """Whether ``module`` holds float16 weights (its batchnorm, kept in float32, aside)."""
+    return any(p.dtype == torch.float16 for p in module.parameters())
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:

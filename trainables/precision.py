@@ -121,11 +121,18 @@ def _to_half_keep_norm(model: nn.Module) -> nn.Module:
 
 
 def _norm_hooks(model: nn.Module) -> None:
+    """Batchnorm kept in float32 inside a float16 model: its input cast up, its output back to float16.
+
+    Only when its input came in float16: a copy of the model converted back to float32 (an EMA
+    made with ``copy.deepcopy(model).float()``, which copies the hooks) runs in float32 throughout.
+    """
+
     def before(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        module.__dict__["_o2_half_input"] = any(torch.is_tensor(a) and a.dtype == torch.float16 for a in args)
         return tuple(a.float() if torch.is_tensor(a) else a for a in args)
 
     def after(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        return output.half()
+        return output.half() if module.__dict__.get("_o2_half_input", True) else output
 
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
