@@ -35,6 +35,20 @@ def test_the_status_line_counts_rescues_beside_the_budgets_trials() -> None:
     assert "trials 2/2 done (+1 rescue) · running 0" in line and "3/2" not in line
 
 
+def test_a_rescue_is_never_the_sweeps_best() -> None:
+    """A user's sweep whose only completed trial was a rescue said ``best: t001r`` and ``next: sweeps export``,
+    which then found no trial to export (rescues are never exported)."""
+    state = SweepState(metric="val_psnr", mode="max")
+    first, second = TrialRecord(0, "a", "r0", {}, {}), TrialRecord(1, "b", "r1", {}, {})
+    rescue = TrialRecord(0, "c", "r2", {}, {}, rescue_of=first)
+    rescue.value, second.value = 18.6, 12.0
+    state.finish(first, "diverged")
+    state.finish(rescue, "completed")
+    assert state.best is None
+    state.finish(second, "completed")
+    assert state.best is second
+
+
 class _Events:
     """A logger and a channel writing what happens, in order, to one list."""
 

@@ -118,7 +118,8 @@ class SweepState:
             self.interrupted_ended += 1
         if status == DIVERGED:
             self.diverged_by[record.signal] = self.diverged_by.get(record.signal, 0) + 1
-        if status == COMPLETED and record.value is not None:
+        # a rescue (the same config at bf16) is never exported, so it is never the sweep's best either
+        if status == COMPLETED and record.value is not None and record.rescue_of is None:
             if self.best is None or self.best.value is None or self.better(record.value, self.best.value):
                 self.best = record
 
