@@ -70,6 +70,17 @@ def nan_at_epoch_two(config: Any, run: Any) -> None:
         run.report(epoch + 1, val_loss=math.nan if epoch == 1 else 1.0 / (epoch + 1))
 
 
+def swallows_exceptions(config: Any, run: Any) -> None:
+    """A loop that catches ``Exception`` around each step (and goes on); its loss is NaN from step 3."""
+    for epoch in range(run.epochs):
+        for step in range(5):
+            try:
+                run.step(loss=math.nan if epoch * 5 + step >= 2 else 1.0)
+            except Exception:  # noqa: BLE001, S112 - as a user's loop does: a bad batch is skipped
+                continue
+        run.report(epoch + 1, val_loss=1.0)
+
+
 def never_reports(config: Any, run: Any) -> None:
     """Trains and returns without a report."""
     run.step(loss=1.0)

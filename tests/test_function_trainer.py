@@ -215,6 +215,13 @@ def test_a_class_trainer_whose_validation_is_not_finite_is_diverged_as_a_functio
     assert [e for e, _ in channel.metric()] == [1, 2] and math.isfinite(channel.metric()[0][1])
 
 
+def test_a_loop_catching_exception_does_not_swallow_the_stop() -> None:
+    """A user's ``except Exception: continue`` around each step trained on after the detector fired."""
+    _, channel = run_loop("tests.function_trainers:swallows_exceptions", {}, epochs=3)
+    last = channel.reports[-1]
+    assert last[DIVERGED_KEY] == 1.0 and last[SIGNAL_KEY] == "non_finite" and last[STEP_KEY] == 3
+
+
 def test_a_trainer_calling_sys_exit_fails_the_trial_with_where_it_did() -> None:
     """Not an ended process that Ray would retry as a dead node's: a failure, its traceback naming the call."""
     with pytest.raises(TrainerExitError, match=r"the trainer called sys.exit\(1\)") as info:

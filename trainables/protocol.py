@@ -77,8 +77,11 @@ not checked. Any other numeric name is recorded as a step metric and read by nob
 """
 
 
-class StopTrial(Exception):  # noqa: N818 - named for what it does, like Optuna's TrialPruned
+class StopTrial(BaseException):  # noqa: N818 - named for what it does, like Optuna's TrialPruned
     """Raised by ``run.report`` / ``run.step`` when the sweep ends the trial: let it propagate.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: a loop's own ``except Exception`` (a step
+    that may fail, retried) does not swallow it and train on after the sweep stopped the trial.
 
     ASHA stopped the trial, the divergence detector fired (the subclass the engine raises says
     why), or a report came after the budget's last epoch. The engine catches it where it called
