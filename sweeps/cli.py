@@ -422,7 +422,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List sweeps with their status and best value."""
-    from sweeps.store.sweep_dir import open_sweep_dir
+    from sweeps.store.sweep_dir import driver_state, open_sweep_dir
 
     root = Path(args.storage)
     if root.exists() and not root.is_dir():
@@ -431,7 +431,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in names:
         sweep = open_sweep_dir(root, name)
         meta = sweep.read_meta()
-        line = f"{name}  {meta.get('status', '?')}  {meta.get('trainer')}  {meta.get('metric')}"
+        status = str(meta.get("status", "?"))
+        if status == "running" and driver_state(meta.get("driver") or {}) == "dead":
+            status = f"stopped (its driver is gone: sweeps resume {name})"
+        line = f"{name}  {status}  {meta.get('trainer')}  {meta.get('metric')}"
         print(line + _trial_counts(sweep.path / "report", str(meta.get("metric"))))
     if not names:
         print(f"no sweeps in {root}")

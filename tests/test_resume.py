@@ -306,3 +306,24 @@ def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_
     message = str(info.value)
     assert "was stopped (Ctrl-C)" in message and "\n" not in message
     assert message.endswith(f"sweeps run {sweep.spec_file} --warm-start stopped")
+
+
+def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's ``kill -9`` of the driver left ``sweeps list`` saying ``running``; only resume could tell."""
+    import socket
+
+    from sweeps.cli import main
+    from sweeps.store.sweep_dir import new_sweep_dir
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    here = socket.gethostname()
+    for name, pid in (("gone", ended.pid), ("alive", os.getppid())):  # a process that runs, not this one
+        new_sweep_dir(tmp_path / "runs", name).write_meta(
+            {"status": "running", "trainer": "vae", "metric": "val_mse", "driver": {"pid": pid, "host": here}}
+        )
+    assert main(["list", "--storage", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "alive  running  vae  val_mse",
+        "gone  stopped (its driver is gone: sweeps resume gone)  vae  val_mse",
+    ]

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +59,7 @@ from sweeps.engine.runner import SweepResult, driver_identity, fit_and_finish, s
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.spec.sweep_spec import SweepSpec, load_spec
 from sweeps.store.study import is_told, load_study, make_sampler
-from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
+from sweeps.store.sweep_dir import SweepDir, SweepStoreError, driver_state, open_sweep_dir
 from sweeps.tracking.mlflow_client import retry
 from sweeps.tracking.store_check import check_tracking_uri, open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
@@ -132,20 +130,7 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
 
 def _alive(driver: dict[str, Any]) -> bool:
     """Whether the recorded driver process still runs (only checkable on its own host)."""
-    pid = driver.get("pid")
-    if not isinstance(pid, int) or driver.get("host") != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except (OSError, IndexError):
-        return True
+    return driver_state(driver) == "alive"
 
 
 def resume_sweep(

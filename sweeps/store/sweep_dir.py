@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -176,3 +177,26 @@ def open_sweep_dir(root: str | Path, name: str) -> SweepDir:
         hint = f" (sweeps there: {', '.join(known[-5:])})" if known else ""
         raise SweepStoreError(f"no sweep {name!r} in {sweep.root}{hint}")
     return sweep
+
+
+def driver_state(driver: dict[str, Any]) -> str:
+    """``alive``, ``dead`` or ``unknown``: the process recorded as a sweep's driver (``sweep.json``'s ``driver``).
+
+    Only checkable on its own host: elsewhere, or without a pid, ``unknown``.
+    """
+    pid = driver.get("pid")
+    if not isinstance(pid, int) or driver.get("host") != socket.gethostname():
+        return "unknown"
+    if pid == os.getpid():
+        return "dead"  # this process is not that sweep's driver any more (a resume in it)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except PermissionError:
+        return "alive"
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return "dead" if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z" else "alive"  # a zombie has ended
+    except (OSError, IndexError):
+        return "alive"
