@@ -240,6 +240,8 @@ class EpochLoop:
         self.unreported = False  # an epoch ended since the last report
         self.trainer_state: Callable[[], Any] | None = None
         self.watch: StepWatch | None = None
+        self.ended_by_driver = False
+        """A report raised ``SystemExit``: Ray Tune ends a stopped trial's training thread with ``sys.exit(0)``."""
 
     def run(self, channel: Channel) -> dict[str, float]:
         """Train from the channel's checkpoint (or from scratch) until the last epoch or a stop; the last metrics."""
@@ -251,6 +253,8 @@ class EpochLoop:
                 return self._run_function(trainer)
             return self._run_class(trainer)
         except SystemExit as exc:
+            if self.ended_by_driver:  # Tune ending the thread of a trial it stopped, from inside its report
+                raise
             raise TrainerExitError(f"the trainer called sys.exit({exc.code!r})") from exc
         except KeyboardInterrupt as exc:
             raise TrainerExitError("the trainer raised KeyboardInterrupt") from exc
@@ -272,9 +276,13 @@ class EpochLoop:
         for epoch in range(self.epochs_done + 1, self.plan.epochs + 1):
             try:
                 trained = trainer.train_epoch()
-                metrics = {**(self.reduce(trained) if self.reduce else trained), **trainer.validate()}
-                diverged = non_finite_metrics(_numbers(metrics), epoch, int(self.counts[STEPS_KEY]))
-                if diverged is not None:  # as a function's run.report: never ranked by an older epoch's value
+                validated = trainer.validate()
+                metrics = {**(self.reduce(trained) if self.reduce else trained), **validated}
+                # as a function's run.report: never ranked by an older epoch's value (training means, such
+                # as an fp16 epoch's mean gradient norm over skipped steps, may be NaN in a healthy trial)
+                diverged = non_finite_metrics(_numbers(validated), epoch, int(self.counts[STEPS_KEY]))
+                if diverged is not None:
+                    diverged.metrics = _numbers(metrics)
                     raise diverged
             except DivergedError as diverged:
                 self.end_diverged(epoch, diverged.divergence, diverged.metrics)
@@ -357,7 +365,7 @@ class EpochLoop:
                 self.logger.log_metrics(metrics, step=epoch)
         self._deliver()
         result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **divergence_result(divergence)}
-        self.channel.report({**result, HISTORY_KEY: self.history}, None)
+        self._to_channel({**result, HISTORY_KEY: self.history}, None)
 
     def _report(self, epoch: int) -> bool:
         assert self.channel is not None
@@ -366,10 +374,19 @@ class EpochLoop:
         self._deliver()
         observed = self.watch.result() if self.watch is not None else {}
         result = {**self.metrics, EPOCH: epoch, **self.counts, **observed, HISTORY_KEY: self.history}
-        go_on = self.channel.report(result, partial(self._state, epoch))
+        go_on = self._to_channel(result, partial(self._state, epoch))
         self.history, self.unreported = [], False
         self.cadence.reported()
         return go_on
+
+    def _to_channel(self, result: dict[str, Any], state: Callable[[], CheckpointState] | None) -> bool:
+        """``channel.report``, noting a ``SystemExit`` raised in it: Ray Tune ends a stopped trial's thread so."""
+        assert self.channel is not None
+        try:
+            return self.channel.report(result, state)
+        except SystemExit:
+            self.ended_by_driver = True
+            raise
 
     def _deliver(self) -> None:
         """Queue the curves; wait until everything recorded reached MLflow (a report may end the process)."""
