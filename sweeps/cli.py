@@ -299,8 +299,10 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     print(f"sweep:   {result.sweep.name}  ({result.sweep.path})")
     print(f"MLflow:  {result.tracking_uri}  parent run {result.parent_run_id}")
     print(f"Optuna:  {result.sweep.storage_location}  study {result.sweep.name}")
+    from sweeps.compat.ray_internals import PROCESS_DIED
+
     raised = sorted(  # a process that died left no traceback (its reason says so)
-        (r for r in state.trials.values() if r.status in (FAILED, OOM) and "left no traceback" not in r.reason),
+        (r for r in state.trials.values() if r.status in (FAILED, OOM) and PROCESS_DIED not in r.reason),
         key=lambda r: r.label,
     )
     if raised:  # where to read what went wrong: the traceback is an artifact of each one's run
