@@ -204,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if key in BUDGET_KEYS:  # a function trainer takes any key: this one is more likely the budget's
             note += f" (did you mean --set budget.{key}?)"
         print(note, file=sys.stderr)
-    for key, text in (*spec.unnamed_in_source, *spec.never_drawn):
+    for key, text in (*spec.unnamed_in_source, *spec.notes):
         print(f"note: {key}: {text}", file=sys.stderr)
     if args.name is not None:
         check_sweep_name(args.name)

@@ -349,11 +349,9 @@ def test_a_parameter_a_fixed_value_keeps_from_being_drawn_is_a_note(
 ) -> None:
     """``--set precision=fp32`` pins the precision: ``init_scale`` (drawn under fp16) is never drawn, and says so."""
     path = write_spec(tmp_path, GOOD)
-    assert load_spec(path).never_drawn == ()
+    assert load_spec(path).notes == ()
     pinned = load_spec(path, ["precision=fp32"])
-    assert pinned.never_drawn == (
-        ("params.init_scale", "never drawn: drawn only when precision is 'fp16', fixed to 'fp32'"),
-    )
+    assert pinned.notes == (("params.init_scale", "never drawn: drawn only when precision is 'fp16', fixed to 'fp32'"),)
     study = optuna.create_study()
     assert "init_scale" not in sample(study.ask(), pinned.params, pinned.fixed)  # the note tells the truth
     assert main(["run", str(path), "--set", "precision=fp32", "--check"]) == 0
@@ -393,3 +391,11 @@ def test_a_trainer_module_that_parses_the_command_line_at_import_is_one_line(
     assert problems[0][0] == "trainer" and problems[0][1].startswith(
         "importing trainer module 'scripted' called sys.exit(2) (its command-line parsing or exit runs at import"
     ), problems
+
+
+def test_a_set_value_outside_the_searched_choices_is_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's ``--set schedule=cosin`` (choices onecycle, cosine) passed --check without a word."""
+    path = write_spec(tmp_path, GOOD)
+    assert load_spec(path, ["kernel_size=3"]).notes == ()
+    assert main(["run", str(path), "--set", "kernel_size=7", "--check"]) == 0
+    assert capsys.readouterr().err == "note: --set kernel_size=7: not among the values the spec searches (3, 5)\n"

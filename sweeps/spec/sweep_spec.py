@@ -151,8 +151,9 @@ class SweepSpec:
     unnamed_in_source: tuple[tuple[str, str], ...] = ()
     """A function trainer's ``fixed`` and ``params`` keys that its source never names, each with its note
     (``sweeps.spec.source_names``): most likely a misspelt key the loop never reads."""
-    never_drawn: tuple[tuple[str, str], ...] = ()
-    """Searched parameters a fixed value keeps from ever being drawn (``params.never_drawn``): notes."""
+    notes: tuple[tuple[str, str], ...] = ()
+    """What ``run`` and ``--check`` note, ``(key, text)``: a ``--set`` value outside the searched choices;
+    a searched parameter a fixed value keeps from ever being drawn (``params.never_drawn``)."""
 
     @property
     def observing(self) -> bool:
@@ -226,7 +227,11 @@ def _override_value(text: str) -> Any:
 
 
 def apply_overrides(
-    raw: dict[str, Any], overrides: list[str], trainer_fields: set[str], named_nowhere: list[str] | None = None
+    raw: dict[str, Any],
+    overrides: list[str],
+    trainer_fields: set[str],
+    named_nowhere: list[str] | None = None,
+    notes: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """Apply ``key=value`` overrides in place; return the problems with malformed ones.
 
@@ -235,6 +240,8 @@ def apply_overrides(
     trainer parameter and becomes fixed, leaving the search space (a searched float or int must
     get a number). A trainer without declared fields (a function) takes any key: those the spec's
     ``fixed`` and ``params`` did not name are appended to ``named_nowhere`` (a typo is no error).
+    A value outside the choices the spec searches for that key is allowed (a value to try), and
+    noted in ``notes`` (most likely a typo the trainer would fail on in every trial).
     """
     problems: list[tuple[str, str]] = []
     for item in overrides:
@@ -263,6 +270,10 @@ def apply_overrides(
                 problems.append((f"--set {key}", f"{text.strip()!r} is not a number (params.{key} is searched as one)"))
                 continue
             entry = raw["params"].get(key) if isinstance(raw.get("params"), dict) else None
+            choices = entry if isinstance(entry, list) else entry.get("choices") if isinstance(entry, dict) else None
+            if notes is not None and isinstance(choices, list) and choices and value not in choices:
+                shown = ", ".join(str(c) for c in choices)
+                notes.append((f"--set {key}={text.strip()}", f"not among the values the spec searches ({shown})"))
             number = as_number(value, "", Problems())
             if isinstance(entry, dict) and entry.get("log") is True and number is not None and not number > 0:
                 said = f"must be > 0 (params.{key} is searched on a log scale), got {text.strip()}"
@@ -328,7 +339,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     function = trainer_cls is not None and is_function_trainer(trainer_cls)
     types = field_types(trainer_cls.Config) if trainer_cls is not None and not function else {}
     named_nowhere: list[str] = []
-    problems.extend(apply_overrides(raw, overrides, set(types), named_nowhere))
+    notes: list[tuple[str, str]] = []
+    problems.extend(apply_overrides(raw, overrides, set(types), named_nowhere, notes))
     for key in raw:
         if key not in TOP_KEYS:
             problems.add(str(key), unknown_key(key, TOP_KEYS))
@@ -380,7 +392,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         trainer_precisions=precisions,
         unnamed_overrides=tuple(named_nowhere),
         unnamed_in_source=tuple(unnamed),
-        never_drawn=tuple(never_drawn(params, fixed)),
+        notes=tuple(notes + never_drawn(params, fixed)),
     )
 
 
