@@ -312,6 +312,13 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
         print(f"next:    sweeps export {result.sweep.name}{where} -o best.yaml && sweeps train best.yaml")
+    if state.halted:  # the trainer (or the spec's metric) is wrong: every trial would have failed so
+        print(
+            f"error: sweep stopped after {state.halted}; every trial would fail the same way: "
+            "fix the trainer or the spec, then run the sweep again",
+            file=sys.stderr,
+        )
+        return 1
     return 130 if result.interrupted else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from sweeps.cli import _print_result
+from sweeps.engine.resume import check_resumable
 from sweeps.engine.runner import SweepResult, run_sweep
 from sweeps.results.export import best_config, write_export
 from sweeps.results.report import read_results
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import load_study
-from sweeps.store.sweep_dir import open_sweep_dir
+from sweeps.store.sweep_dir import SweepStoreError, open_sweep_dir
 from sweeps.trial.from_file import load_run_file, train_from_file
 from tests.helpers import ROOT, toy_spec, write_spec
 
@@ -144,18 +147,29 @@ def test_trials_cut_by_asha_are_pruned_in_optuna_mlflow_and_the_summary(workdir:
             assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
 
 
-def test_metric_missing_fails_each_trial_with_that_message_and_the_sweep_goes_on(workdir: Path) -> None:
-    result = sweep(workdir, toy_spec("it-nometric", budget__trials=2, metric={"name": "val_psnr", "mode": "max"}))
-    _, children = runs_of(result)
-    assert len(children) == 2
+def test_a_metric_never_produced_stops_the_sweep_after_the_first_failure(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every trial would fail so: the rest of the budget is not burnt on it
+    data = toy_spec("it-nometric", budget__trials=6, budget__concurrency=2, metric={"name": "val_psnr", "mode": "max"})
+    result = sweep(workdir, data)
+    parent, children = runs_of(result)
+    assert 1 <= len(children) <= 4  # the two running and at most one asked ahead; never the six
     client = mlflow.MlflowClient(result.tracking_uri)
-    for run in children:
-        assert run.data.tags["sweep.status"] == "failed"
+    failed = [run for run in children if run.data.tags["sweep.status"] == "failed"]
+    assert failed and {run.data.tags["sweep.status"] for run in children} <= {"failed", "interrupted"}
+    for run in failed:
         assert run.info.status == "FAILED"
         assert "metric 'val_psnr' not produced" in run.data.tags["sweep.reason"]
         assert "traceback.txt" in [a.path for a in client.list_artifacts(run.info.run_id)]
-    assert {t.state for t in study_of(result).trials} == {TrialState.FAIL}
-    assert all("not produced" in r.reason for r in result.state.trials.values())
+    assert re.fullmatch(r"t00\d failed: MetricMissingError: metric 'val_psnr' not produced .*", result.state.halted)
+    assert parent.data.tags["sweep.halted"] == result.state.halted
+    meta = result.sweep.read_meta()
+    assert meta["status"] == "interrupted" and meta["halted"] == result.state.halted and result.interrupted
+    assert _print_result(result, load_spec(workdir / "it-nometric.yaml"), str(workdir / "runs")) == 1
+    assert "every trial would fail the same way" in capsys.readouterr().err
+    with pytest.raises(SweepStoreError, match="stopped after t00.* run it again: sweeps run"):
+        check_resumable(workdir / "runs", "it-nometric")
 
 
 def test_a_raising_trial_fails_alone(workdir: Path) -> None:

@@ -8,6 +8,15 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
 
 
+SWEEP_ENDING_ERRORS = ("MetricMissingError", "ReturnedEarlyError")
+"""Failures of the trainer's contract with the sweep (its metric, its epochs): every trial would fail so."""
+
+
+def ends_the_sweep(reason: str) -> bool:
+    """Whether a trial's failure reason (``Type: message``) is one every trial would meet: the sweep stops on it."""
+    return reason.split(":", 1)[0] in SWEEP_ENDING_ERRORS
+
+
 def is_oom(reason: str) -> bool:
     """Whether a failure reason (``Type: message``) is an out-of-memory error."""
     kind = reason.split(":", 1)[0]

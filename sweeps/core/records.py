@@ -79,6 +79,8 @@ class SweepState:
     best: TrialRecord | None = None
     rescues_ended: int = 0
     """Of the ended trials, the precision rescues (extra trials, outside the budget's count)."""
+    halted: str = ""
+    """Why the sweep stopped asking for trials before its budget: a trial failed in a way every trial would."""
     interrupted_ended: int = 0
     """Of the ended trials, the budget's that were interrupted: they do not count toward the budget
     (a resume asks a replacement for each), so they are not counted as done either."""

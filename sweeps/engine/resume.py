@@ -105,6 +105,11 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
     status = meta.get("status")
     if status == COMPLETED:
         raise SweepStoreError(f"sweep {sweep.name!r} already finished ({status}); nothing to resume")
+    if status == INTERRUPTED and meta.get("halted"):
+        raise SweepStoreError(
+            f"sweep {sweep.name!r} stopped after {meta['halted']}; every trial would fail the same way: "
+            f"fix the trainer or the spec, then run it again: sweeps run {sweep.spec_file}"
+        )
     if status == INTERRUPTED:
         raise SweepStoreError(
             f"sweep {sweep.name!r} was stopped (Ctrl-C) and its open trials recorded as interrupted; "

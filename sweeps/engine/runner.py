@@ -22,6 +22,7 @@ from sweeps.core.keys import (
     INTERRUPTED,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
+    TAG_HALTED,
     best_metric_tag,
     count_tag,
     diverged_by_tag,
@@ -29,6 +30,7 @@ from sweeps.core.keys import (
 from sweeps.core.records import SweepState
 from sweeps.engine.callbacks import CheckpointPruner, TrackingCallback
 from sweeps.engine.cluster import check_workers_fit, cluster_slots, start_ray, trial_concurrency, trial_resources
+from sweeps.engine.halt import HaltOnTrainerError
 from sweeps.engine.live_view import LiveView
 from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
@@ -226,6 +228,7 @@ def _engine_configs(
             name=experiment,
             storage_path=storage_path,
             verbose=0,
+            stop=HaltOnTrainerError(state),
             callbacks=[
                 LiveView(state, spec.budget.trials, stream),
                 TrackingCallback(state, tracker),
@@ -261,7 +264,9 @@ def fit_and_finish(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        interrupted = _close_open_trials(searcher, tracker) or interrupted
+        interrupted = _close_open_trials(searcher, tracker) or interrupted or bool(state.halted)
+        if state.halted:
+            meta["halted"] = state.halted
         _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study, spec.observing)
     return interrupted
 
@@ -371,6 +376,8 @@ def _finish_parent(
         tracker.log_text(tracker.parent_run_id, f"report failed: {exc!r}", "report/error.txt")
     tags = {count_tag(status): str(n) for status, n in state.counts.items()}
     tags.update({diverged_by_tag(signal): str(n) for signal, n in state.diverged_by.items()})
+    if state.halted:
+        tags[TAG_HALTED] = state.halted[:5000]
     if state.best is not None and state.best.value is not None:
         tags[TAG_BEST_TRIAL] = str(state.best.number)
         tags[TAG_BEST_RUN_ID] = state.best.run_id

@@ -23,7 +23,8 @@ import yaml
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweeps.core.keys import DIVERGED, ENGINE_KEY, EPOCH, HISTORY_KEY, INTERRUPTED, RUNNING
+from sweeps.core.failures import ends_the_sweep
+from sweeps.core.keys import DIVERGED, ENGINE_KEY, EPOCH, FAILED, HISTORY_KEY, INTERRUPTED, RUNNING
 from sweeps.core.outcome import (
     TELL_COMPLETE,
     TELL_INFEASIBLE,
@@ -118,6 +119,8 @@ class OptunaSearcher(Searcher):
         if self.must_restore and not self.restored:
             # Ray starts afresh when it cannot restore; never run the sweep's trials twice.
             raise RuntimeError("Ray could not restore the sweep's experiment state; nothing was run")
+        if self.state.halted:  # a trial failed in a way every trial would: nothing more is asked
+            return Searcher.FINISHED  # type: ignore[return-value]
         if self.rescues:
             return self._suggest_rescue(trial_id, self.rescues.popleft())
         if self.asked >= self.spec.budget.trials:
@@ -193,6 +196,8 @@ class OptunaSearcher(Searcher):
         if outcome.status == DIVERGED:
             record.signal, record.diverged_at = outcome.signal, outcome.step
         self.state.finish(record, outcome.status, outcome.reason)
+        if outcome.status == FAILED and ends_the_sweep(outcome.reason) and not self.state.halted:
+            self.state.halted = f"{record.label} failed: {outcome.reason}"
         trial = self.live.pop(trial_id, None)
         if trial is not None:
             self._tell(trial, record)
