@@ -180,6 +180,24 @@ def test_learning_curves_draw_every_ending_with_its_mark(tmp_path: Path) -> None
     assert draw_learning_curves([Curve("t0", "failed", [])], "m", "min", 4, [], tmp_path / "none.png") is None
 
 
+@pytest.mark.parametrize(("mode", "far", "edge"), [("min", 1e9, 0.96), ("max", -1e9, 0.04)])
+def test_a_diverged_trial_off_the_plot_sits_on_the_worse_edge(mode: str, far: float, edge: float) -> None:
+    from sweeps.results.figures import _draw_curves, _figure, plain_style
+
+    good, worse = (0.4, 1.0) if mode == "min" else (30.0, 20.0)
+    curves = [
+        Curve("t000", "completed", [(1, worse), (2, good)], best=True, rank=1),
+        Curve("t001", "diverged", [], stop_epoch=1),  # no finite epoch
+        Curve("t002", "diverged", [(1, far)], stop_epoch=2),  # far off on the worse side
+        Curve("t003", "diverged", [(1, worse)], stop_epoch=2),  # on the plot: where it was
+    ]
+    with plain_style():
+        figure = _figure(10.0, 4.8)
+        _draw_curves(figure, curves, "m", mode, 2, [])
+    crosses = [line for line in figure.axes[0].lines if line.get_marker() == "X"]
+    assert sorted(float(line.get_ydata()[0]) for line in crosses) == sorted([edge, edge, worse])
+
+
 def test_diverged_trials_stopped_at_the_same_spot_are_named_in_one_label() -> None:
     from sweeps.results.figures import _merged
 

@@ -127,15 +127,17 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     ax = figure.subplots()
     figure.subplots_adjust(left=0.08, right=0.74, top=0.88, bottom=0.12)
     top_edge = blended_transform_factory(ax.transData, ax.transAxes)
+    worse_up = mode == "min"  # the side of the plot where worse values go: the top for a loss
     steady = [v for c in curves if c.status != DIVERGED for _, v in c.finite]
     values = steady or [v for c in curves for _, v in c.finite]
     if steady:  # diverged trials' values too, unless far off: they would squash the others
         span = max(steady) - min(steady) or abs(max(steady)) or 1.0
-        values += [v for c in curves if c.status == DIVERGED for _, v in c.finite if v <= max(steady) + span]
+        near = (lambda v: v <= max(steady) + span) if worse_up else (lambda v: v >= min(steady) - span)
+        values += [v for c in curves if c.status == DIVERGED for _, v in c.finite if near(v)]
     log = bool(values) and min(values) > 0 and max(values) / min(values) > 30
     if log:
         ax.set_yscale("log")
-    if values:  # a diverged trial's huge values do not squash the others: they leave the plot at the top
+    if values:  # a diverged trial's far-off values do not squash the others: they leave the plot on the worse side
         low, high = min(values), max(values)
         if log:
             pad = (high / low) ** 0.05
@@ -144,7 +146,8 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
             pad = (high - low) * 0.06 or abs(high) * 0.05 or 1.0
             ax.set_ylim(low - pad, high + pad)
     ax.set_xlim(0.8, epochs + 0.9)
-    ceiling = ax.get_ylim()[1]
+    bottom, ceiling = ax.get_ylim()
+    edge = 0.96 if worse_up else 0.04  # where a diverged trial with nothing to plot sits, in axes height
     counts: dict[str, int] = {}
     ends: list[tuple[float, float, str, str, bool]] = []  # right-edge labels: x, y, text, colour, bold
     crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the top edge
@@ -163,13 +166,13 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
             ax.plot(xs[-1:], ys[-1:], "o", ms=7, mfc="white", mec=color, mew=1.5, zorder=zorder)
         if curve.status == DIVERGED:
             stop = curve.stop_epoch or (xs[-1] + 1 if xs else 1)
-            if ys and ys[-1] <= ceiling:
+            if ys and bottom <= ys[-1] <= ceiling:
                 ax.plot([xs[-1], stop], [ys[-1], ys[-1]], ls=":", color=color, lw=1.2, zorder=zorder)
                 ax.plot([stop], [ys[-1]], "X", ms=10, color=color, mec="white", zorder=zorder + 1)
                 crosses.append((stop, ys[-1], curve.label, color, False))
-            else:  # no finite epoch, or above the plot: the cross sits on the top edge
-                ax.plot([stop], [0.96], "X", ms=10, color=color, mec="white", transform=top_edge, clip_on=False)
-                crosses.append((stop, 0.96, curve.label, color, True))
+            else:  # no finite epoch, or off the plot: the cross sits on the worse edge (top for min, bottom for max)
+                ax.plot([stop], [edge], "X", ms=10, color=color, mec="white", transform=top_edge, clip_on=False)
+                crosses.append((stop, edge, curve.label, color, True))
         elif highlight and xs:
             ends.append((xs[-1], ys[-1], curve.label + (" best" if curve.best else ""), color, curve.best))
     _label_ends(ax, ends)
@@ -200,7 +203,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
 def _merged(crosses: list[tuple[float, float, str, str, bool]]) -> list[tuple[float, float, str, str, bool]]:
     """One label per spot: diverged trials stopped at the same place are named together (``t002, t003``).
 
-    Those with no finite epoch all sit on the top edge, in the epoch they were stopped in: their
+    Those with no finite epoch all sit on the worse edge, in the epoch they were stopped in: their
     labels would be drawn over each other.
     """
     spots: dict[tuple[float, float, bool], list[tuple[float, float, str, str, bool]]] = {}
