@@ -234,9 +234,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cpus is not None and address not in (None, "local"):
         print(f"note: --cpus sizes a new local Ray; ignored with --address {address}", file=sys.stderr)
     observed = "; divergence observed only (divergence.mode: observe)" if spec.observing else ""
+    within = "" if spec.budget.time_s is None else f" within {_duration(spec.budget.time_s)}"
     print(
-        f"sweep {args.name or spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}, "
-        f"{spec.mode}imizing {spec.metric}{observed}",
+        f"sweep {args.name or spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}"
+        f"{within}, {spec.mode}imizing {spec.metric}{observed}",
         flush=True,
     )
     # Ray starts inside, while the MLflow store opens
@@ -250,6 +251,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         warm_start=args.warm_start,
     )
     return _print_result(result, spec, args.storage)
+
+
+def _duration(seconds: float) -> str:
+    """``budget.time`` as people write it: ``8h``, ``90m``, ``45s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and (seconds / size) * 10 == int(seconds / size * 10):
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -308,6 +317,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     if raised:  # where to read what went wrong: the traceback is an artifact of each one's run
         runs = ", ".join(f"{r.label} {r.run_id}" for r in raised)
         print(f"errors:  traceback.txt in the MLflow run of {runs}")
+    if state.time_up() and state.budget_done < spec.budget.trials:
+        print(f"time:    budget.time ran out after {state.budget_done} of {spec.budget.trials} trials")
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
@@ -443,6 +454,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         status = str(meta.get("status", "?"))
         if status == "running" and driver_state(meta.get("driver") or {}) == "dead":
             status = f"stopped (its driver is gone: sweeps resume {name})"
+        elif meta.get("halted"):  # a trial failed in a way every trial would
+            status = f"stopped (after {str(meta['halted']).split(':', 1)[0]}: every trial would fail so)"
         line = f"{name}  {status}  {meta.get('trainer')}  {meta.get('metric')}"
         print(line + _trial_counts(sweep.path / "report", str(meta.get("metric"))))
     if not names:

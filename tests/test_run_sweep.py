@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sweeps.cli import _print_result
+from sweeps.cli import _print_result, main
 from sweeps.engine.resume import check_resumable
 from sweeps.engine.runner import SweepResult, run_sweep
 from sweeps.results.export import best_config, write_export
@@ -170,6 +171,27 @@ def test_a_metric_never_produced_stops_the_sweep_after_the_first_failure(
     assert "every trial would fail the same way" in capsys.readouterr().err
     with pytest.raises(SweepStoreError, match="stopped after t00.* run it again: sweeps run"):
         check_resumable(workdir / "runs", "it-nometric")
+    assert main(["list", "--storage", str(workdir / "runs")]) == 0
+    assert re.search(r"it-nometric  stopped \(after t00\d failed: every trial would fail so\)", capsys.readouterr().out)
+
+
+def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interrupted_by_it(workdir: Path) -> None:
+    data = toy_spec("it-time", budget__trials=40, budget__concurrency=2, budget__time="20s", asha={"enabled": False})
+    data["fixed"] = {"epoch_seconds": 2.5}  # 10 s a trial: trials are running when the time runs out
+    started = time.monotonic()
+    result = sweep(workdir, data)
+    took = time.monotonic() - started
+    assert 20 <= took < 55  # its setup, then 20 s, then the running trials stopped and everything recorded
+    ended = {record.status for record in result.state.trials.values()}
+    assert ended <= {"completed", "interrupted"}
+    assert 2 <= len(result.state.trials) < 40
+    cut = [r for r in result.state.trials.values() if r.status == "interrupted"]
+    assert cut and all(re.fullmatch(r"budget\.time ran out after epoch \d of 4", r.reason) for r in cut), cut
+    meta = result.sweep.read_meta()
+    assert meta["status"] == "completed" and not result.interrupted  # the budget it was given, used
+    assert meta["deadline"] == result.state.deadline and result.state.time_up()
+    parent, children = runs_of(result)
+    assert len(children) == len(result.state.trials) and parent.info.status == "FINISHED"
 
 
 def test_a_raising_trial_fails_alone(workdir: Path) -> None:

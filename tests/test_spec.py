@@ -116,6 +116,9 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__output_activation": {"low": 0, "high": 1}}, "params.output_activation.type", "is one of none,"),
         ({"fixed": {"lr": float("nan")}}, "fixed.lr", "must be a finite number"),
         ({"budget__retries": -1}, "budget.retries", "must be >= 0"),
+        ({"budget__time": "8 hours"}, "budget.time", "must be a duration > 0 such as 90m, 8h or 3600 (seconds)"),
+        ({"budget__time": 0}, "budget.time", "must be a duration > 0"),
+        ({"budget__time": "-2h"}, "budget.time", "must be a duration > 0"),
         ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),
         ({"trial_storage": "s3://"}, "trial_storage", "names no bucket"),
         ({"trial_storage": ["s3://a"]}, "trial_storage", "must be a URI"),
@@ -187,6 +190,17 @@ def test_retries_and_trial_storage_default_and_override(tmp_path: Path) -> None:
     assert spec.budget.retries == 3 and spec.trial_storage is None
     spec = load_spec(write_spec(tmp_path, GOOD), ["budget.retries=0", "trial_storage=s3://bucket/sweeps"])
     assert spec.budget.retries == 0 and spec.trial_storage == "s3://bucket/sweeps"
+
+
+def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_first(tmp_path: Path) -> None:
+    assert load_spec(write_spec(tmp_path, GOOD)).budget.time_s is None
+    spec = load_spec(write_spec(tmp_path, GOOD), ["budget.time=1.5h"])
+    assert spec.budget.time_s == 5400.0 and not any(key == "budget.time" for key, _ in spec.notes)
+    for value, seconds in (("90m", 5400.0), ("45s", 45.0), (3600, 3600.0), ("2d", 172800.0)):
+        spec = load_spec(write_spec(tmp_path, changed(GOOD, budget={"time": value})))
+        assert spec.budget.time_s == seconds
+        assert ("budget.time", "the sweep also ends after budget.trials (10) trials; set budget.trials high to "
+                "use all the time") in spec.notes  # fmt: skip
 
 
 def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:

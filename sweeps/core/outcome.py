@@ -16,6 +16,7 @@ from sweeps.core.keys import (
     COMPLETED,
     DIVERGED,
     DIVERGED_KEY,
+    EPOCH,
     FAILED,
     FAILED_KEY,
     INTERRUPTED,
@@ -91,6 +92,12 @@ def decide_outcome(ending: Ending, metric: str, epochs_budget: int) -> Outcome:
     if ending.epochs < epochs_budget:
         return Outcome(INTERRUPTED, f"stopped after epoch {ending.epochs} of {epochs_budget}")
     return Outcome(COMPLETED)
+
+
+def final_result(result: dict[str, Any], epochs_budget: int) -> bool:
+    """Whether a trial's result is its last: a failure, a divergence, or its last epoch."""
+    ended = result.get(FAILED_KEY) or result.get(DIVERGED_KEY)
+    return bool(ended) or int(result.get(EPOCH, 0) or 0) >= epochs_budget
 
 
 def wants_rescue(status: str, signal: str, precision: str, *, enabled: bool, is_rescue: bool) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -53,6 +54,24 @@ def as_int(value: Any, key: str, problems: Problems, minimum: int | None = None)
         problems.add(key, f"must be >= {minimum}, got {int(number)}")
         return None
     return int(number)
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+"""The units a duration may be written in (``90m``, ``8h``); a bare number is seconds."""
+
+
+def as_duration(value: Any, key: str, problems: Problems) -> float | None:
+    """Return ``value`` (``8h``, ``90m``, ``1.5h``, ``45s``, ``2d`` or seconds) in seconds, > 0; or record a problem."""
+    text = str(value).strip().lower() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+    unit = DURATION_UNITS.get(text[-1:], 0.0) if text else 0.0
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        problems.add(key, f"must be a duration > 0 such as 90m, 8h or 3600 (seconds), got {value!r}")
+        return None
+    return seconds
 
 
 def unknown_key(name: object, known: Collection[str]) -> str:

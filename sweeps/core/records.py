@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,10 +81,16 @@ class SweepState:
     rescues_ended: int = 0
     """Of the ended trials, the precision rescues (extra trials, outside the budget's count)."""
     halted: str = ""
+    deadline: float | None = None
+    """When ``budget.time`` runs out (a ``time.time()``), the same across resumes; None without one."""
     """Why the sweep stopped asking for trials before its budget: a trial failed in a way every trial would."""
     interrupted_ended: int = 0
     """Of the ended trials, the budget's that were interrupted: they do not count toward the budget
     (a resume asks a replacement for each), so they are not counted as done either."""
+
+    def time_up(self) -> bool:
+        """Whether ``budget.time`` has run out."""
+        return self.deadline is not None and time.time() >= self.deadline
 
     @property
     def budget_done(self) -> int:

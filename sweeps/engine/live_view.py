@@ -94,7 +94,11 @@ class LiveView(Callback):
         now = time.monotonic()
         since = now - self.first_start if self.first_start is not None else 0.0
         remaining = max(0, self.total - self.state.budget_done)
-        return status_line(self.state, self.total, now - self.started, estimate_left(self.ended_here, since, remaining))
+        left = estimate_left(self.ended_here, since, remaining)
+        if self.state.deadline is not None:  # budget.time: the sweep ends by then whatever the pace
+            until = max(0.0, self.state.deadline - time.time())
+            left = until if left is None else min(left, until)
+        return status_line(self.state, self.total, now - self.started, left)
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -151,7 +151,7 @@ def resume_sweep(
     open_store(str(meta["tracking_uri"]))  # a one-line error if it cannot open
     tracker = SweepTracker.of_sweep(meta)
     study = reopen_study(sweep, spec)
-    state = SweepState(metric=spec.metric, mode=spec.mode)
+    state = SweepState(metric=spec.metric, mode=spec.mode, deadline=meta.get("deadline"))
     searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
     ray_dir = ray_experiment(sweep, meta)
     unfinished = _ray_unfinished(ray_dir)

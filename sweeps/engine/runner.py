@@ -30,11 +30,11 @@ from sweeps.core.keys import (
 from sweeps.core.records import SweepState
 from sweeps.engine.callbacks import CheckpointPruner, TrackingCallback
 from sweeps.engine.cluster import check_workers_fit, cluster_slots, start_ray, trial_concurrency, trial_resources
-from sweeps.engine.halt import HaltOnTrainerError
 from sweeps.engine.live_view import LiveView
 from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
 from sweeps.engine.searcher import OptunaSearcher
+from sweeps.engine.sweep_stop import SweepStop
 from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.export import best_export_text
 from sweeps.results.report import prewarm, result_rows, write_report
@@ -101,8 +101,10 @@ def run_sweep(
             print(warm.line(), file=stream or sys.stdout, flush=True)
             meta["warm_start"] = {"sweep": str(earlier.path), "told": warm.told, "queued": warm.queued}
             tracker.set_tags(parent, {"sweep.warm_start": earlier.name, "sweep.warm_start.told": str(warm.told)})
-        sweep.write_meta(meta)
         state = SweepState(metric=spec.metric, mode=spec.mode)
+        if spec.budget.time_s is not None:  # from the start: a resumed sweep ends at the same time
+            state.deadline = meta["deadline"] = time.time() + spec.budget.time_s
+        sweep.write_meta(meta)
         searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
         tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream)
     except BaseException:
@@ -228,7 +230,7 @@ def _engine_configs(
             name=experiment,
             storage_path=storage_path,
             verbose=0,
-            stop=HaltOnTrainerError(state),
+            stop=SweepStop(state),
             callbacks=[
                 LiveView(state, spec.budget.trials, stream),
                 TrackingCallback(state, tracker),
@@ -264,7 +266,8 @@ def fit_and_finish(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        interrupted = _close_open_trials(searcher, tracker) or interrupted or bool(state.halted)
+        closed = _close_open_trials(searcher, tracker)  # none left open unless Tune was stopped early
+        interrupted = interrupted or bool(state.halted) or (closed and not state.time_up())
         if state.halted:
             meta["halted"] = state.halted
         _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study, spec.observing)
@@ -348,11 +351,11 @@ def driver_identity() -> dict[str, object]:
 
 
 def _close_open_trials(searcher: OptunaSearcher, tracker: SweepTracker) -> bool:
-    """Trials still open when Tune returned were interrupted: record them so."""
-    interrupted = searcher.interrupt_open_trials("the sweep stopped before this trial ended")
-    for record in interrupted:
+    """End the trials still open when Tune returned and close their runs; True if any was interrupted."""
+    ended = searcher.end_open_trials("the sweep stopped before this trial ended")
+    for record in ended:
         tracker.finish_trial(record)
-    return bool(interrupted)
+    return any(record.status == INTERRUPTED for record in ended)
 
 
 def _finish_parent(

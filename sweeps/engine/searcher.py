@@ -24,13 +24,14 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from sweeps.core.failures import ends_the_sweep
-from sweeps.core.keys import DIVERGED, ENGINE_KEY, EPOCH, FAILED, HISTORY_KEY, INTERRUPTED, RUNNING
+from sweeps.core.keys import COMPLETED, DIVERGED, ENGINE_KEY, EPOCH, FAILED, HISTORY_KEY, INTERRUPTED, RUNNING
 from sweeps.core.outcome import (
     TELL_COMPLETE,
     TELL_INFEASIBLE,
     TELL_PRUNED,
     Ending,
     decide_outcome,
+    final_result,
     fresh_intermediate_values,
     study_verdict,
     wants_rescue,
@@ -95,6 +96,8 @@ class OptunaSearcher(Searcher):
         self.spec, self.study, self.state, self.tracker, self.sweep = spec, study, state, tracker, sweep
         self.live: dict[str, optuna.Trial] = {}
         self.reported: dict[str, int] = {}
+        self.last_results: dict[str, dict[str, Any]] = {}
+        """Each running trial's last result: a final one whose ending Tune never passed on still ends it so."""
         self.asked = 0
         self.rescues: deque[TrialRecord] = deque()
         self.spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
@@ -119,7 +122,7 @@ class OptunaSearcher(Searcher):
         if self.must_restore and not self.restored:
             # Ray starts afresh when it cannot restore; never run the sweep's trials twice.
             raise RuntimeError("Ray could not restore the sweep's experiment state; nothing was run")
-        if self.state.halted:  # a trial failed in a way every trial would: nothing more is asked
+        if self.state.halted or self.state.time_up():  # nothing more is asked (``sweeps.engine.sweep_stop``)
             return Searcher.FINISHED  # type: ignore[return-value]
         if self.rescues:
             return self._suggest_rescue(trial_id, self.rescues.popleft())
@@ -172,12 +175,14 @@ class OptunaSearcher(Searcher):
         """
         record = self.state.trials.get(trial_id)
         if record is not None:
+            self.last_results[trial_id] = result
             self.state.observe(record, result)
             self._report(trial_id, record, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tell Optuna how the trial ended and record it in the sweep state."""
         record = self.state.trials.get(trial_id)
+        self.last_results.pop(trial_id, None)
         if record is None or record.status != RUNNING:
             return
         self.state.observe(record, result)
@@ -224,13 +229,28 @@ class OptunaSearcher(Searcher):
         """Resume: ``trials`` trials already asked before count toward the budget."""
         self.asked += trials
 
-    def interrupt_open_trials(self, reason: str) -> list[TrialRecord]:
-        """End every trial still running as interrupted (Optuna FAIL with ``status=interrupted``); return them."""
+    def end_open_trials(self, reason: str) -> list[TrialRecord]:
+        """End every trial still running when Tune returned; return them.
+
+        Tune stopped the sweep (Ctrl-C, ``budget.time``, a halt) before it passed their endings on.
+        A trial whose last result was final (its last epoch, a divergence, a failure), or whose
+        MLflow run holds every epoch validated, ends as that says; the others are interrupted
+        (Optuna FAIL with ``status=interrupted``), with ``reason``.
+        """
+        for trial_id, result in list(self.last_results.items()):
+            if final_result(result, self.spec.budget.epochs):
+                self.on_trial_complete(trial_id, result)
         open_records = [r for r in self.state.trials.values() if r.status == RUNNING]
         for record in open_records:
             self._recover_logged(record.ray_id, record)
-            self.state.finish(record, INTERRUPTED, reason)
             trial = self.live.pop(record.ray_id, None)
+            if record.epochs >= self.spec.budget.epochs and record.value is not None:
+                self.state.finish(record, COMPLETED)  # it trained and validated its last epoch: only the report was cut
+                if trial is not None:
+                    self._tell(trial, record)
+                continue
+            ran_out = f"budget.time ran out after epoch {record.epochs} of {self.spec.budget.epochs}"
+            self.state.finish(record, INTERRUPTED, ran_out if self.state.time_up() else reason)
             if trial is not None:
                 trial.set_user_attr("status", INTERRUPTED)
                 self.study.tell(trial, state=TrialState.FAIL)

@@ -17,7 +17,7 @@ import yaml
 
 from sweeps.core.errors import InputError
 from sweeps.core.keys import EPOCHS_FIELD
-from sweeps.core.problems import Problems, as_int, as_number, unknown_key
+from sweeps.core.problems import Problems, as_duration, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, never_drawn, parse_params, unknown_parameter, untyped
 from sweeps.spec.source_names import unnamed_keys
@@ -33,7 +33,9 @@ TOP_KEYS = {
 }  # fmt: skip
 ENGINE_READS = {"seed", "precision", "device", "init_scale", "growth_interval", "min_loss_scale"}
 """Config keys the engine itself reads for a function trainer (``sweeps.trial.function_run``), named in no loop."""
-BUDGET_KEYS = {"trials", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "retries"}
+BUDGET_KEYS = {
+    "trials", "time", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "retries",
+}  # fmt: skip
 """The keys of the spec's ``budget``."""
 SECTIONS = {"budget", "asha", "search", "divergence", "record", "fixed", "params"}
 """Top-level keys that hold a mapping: ``--set`` sets their keys, not them (``asha``/``divergence`` also take false)."""
@@ -63,6 +65,8 @@ class Budget:
     """How much to run: trials, epochs per trial, trials at once, resources per trial."""
 
     trials: int = 10
+    time_s: float | None = None
+    """``budget.time`` in seconds: the sweep asks for no trial after it and stops the ones still running."""
     epochs: int = 5
     concurrency: int | None = None
     cpus_per_trial: float = 1.0
@@ -353,6 +357,10 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         problems.add("seed", f"must be from 0 to 2**32 - 1, got {seed}")
         seed = 0
     budget = _budget(raw.get("budget", {}), problems)
+    given = raw.get("budget")
+    if budget.time_s is not None and isinstance(given, dict) and "trials" not in given:  # 10 trials may end it first
+        more = "set budget.trials high to use all the time"
+        notes.append(("budget.time", f"the sweep also ends after budget.trials ({budget.trials}) trials; {more}"))
     asha = _asha(raw.get("asha", {}), budget, problems)
     search = _search(raw.get("search", {}), problems)
     divergence = _divergence(raw.get("divergence", {}), problems)
@@ -457,6 +465,8 @@ def _budget(value: Any, problems: Problems) -> Budget:
     _unknown(section, BUDGET_KEYS, "budget", problems)
     budget = Budget()
     budget.trials = as_int(section.get("trials", budget.trials), "budget.trials", problems, minimum=1) or 1
+    if section.get("time") is not None:
+        budget.time_s = as_duration(section["time"], "budget.time", problems)
     budget.epochs = as_int(section.get("epochs", budget.epochs), "budget.epochs", problems, minimum=1) or 1
     if section.get("concurrency") is not None:
         budget.concurrency = as_int(section["concurrency"], "budget.concurrency", problems, minimum=1)
