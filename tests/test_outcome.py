@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from sweeps.core.failures import failure_reason
 from sweeps.core.keys import (
     COMPLETED,
     DIVERGED,
@@ -83,6 +84,23 @@ def test_a_trial_without_a_finite_metric_failed() -> None:
     assert decide(Ending({"val_loss": math.nan}, epochs=4, value=None)) == Outcome(
         FAILED, "no finite val_loss reported"
     )
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (ValueError("bad kernel"), "ValueError: bad kernel"),
+        (ValueError("\n\n  config is wrong\nmore detail"), "ValueError: config is wrong"),  # not "ValueError: "
+        (
+            RuntimeError('Error(s) in loading state_dict for Net:\n\tMissing key(s) in state_dict: "fc.weight".'),
+            'RuntimeError: Error(s) in loading state_dict for Net: Missing key(s) in state_dict: "fc.weight".',
+        ),
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+        (AssertionError("x" * 6000), "AssertionError: " + "x" * 4984),
+    ],
+)
+def test_a_failure_is_one_line_that_says_something(exc: BaseException, reason: str) -> None:
+    assert failure_reason(exc) == reason
 
 
 def test_failure_wins_over_divergence_and_divergence_over_asha() -> None:

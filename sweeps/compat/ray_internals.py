@@ -13,8 +13,11 @@ PROCESS_DIED = (
 """The reason of a trial whose process ended under it: Ray knows no exit code or signal."""
 
 
-def error_reason(trial: Any) -> str:
-    """The one-line cause of a Ray trial's error, e.g. ``ValueError: bad kernel``; '' if unknown."""
+def error_cause(trial: Any) -> BaseException | None:
+    """The exception that ended a Ray trial (its cause, unwrapped from Ray's own error); None if unknown.
+
+    A process that died outright is an ``ActorDiedError`` (:func:`process_died`): it left no traceback.
+    """
     import ray.cloudpickle as cloudpickle
 
     error: Any = None
@@ -26,12 +29,12 @@ def error_reason(trial: Any) -> str:
         except Exception:  # noqa: BLE001 - an unreadable error file still ends the trial
             error = None
     cause = getattr(error, "cause", None) or error
-    if cause is None:
-        return ""
-    if type(cause).__name__ == "ActorDiedError" and "worker process has died" in str(cause):
-        return f"ActorDiedError: {PROCESS_DIED}"
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}".strip()
+    return cause if isinstance(cause, BaseException) else None
+
+
+def process_died(cause: BaseException) -> bool:
+    """Whether a trial's error is Ray's word that its process died (no Python exception was raised in it)."""
+    return type(cause).__name__ == "ActorDiedError" and "worker process has died" in str(cause)
 
 
 def max_cluster_resources() -> dict[str, float]:

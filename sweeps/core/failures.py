@@ -4,8 +4,23 @@ from __future__ import annotations
 
 
 def failure_reason(exc: BaseException) -> str:
-    """An exception's one line, e.g. ``ValueError: bad kernel``."""
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:5000]
+    """An exception's one line, e.g. ``ValueError: bad kernel`` (see :func:`message_line`)."""
+    message = message_line(str(exc))
+    return (f"{type(exc).__name__}: {message}" if message else type(exc).__name__)[:5000]
+
+
+def message_line(text: str) -> str:
+    r"""A message's first line that says something: blank lines skipped, a heading (``...:``) joined to what follows.
+
+    ``Error(s) in loading state_dict for Net:\n\tMissing key(s) ...`` reads as one line with the keys.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    for more in lines[1:3]:
+        if not line.endswith(":"):
+            break
+        line = f"{line} {more}"
+    return line
 
 
 SWEEP_ENDING_ERRORS = ("MetricMissingError", "ReturnedEarlyError")

@@ -18,7 +18,8 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from sweeps.compat.ray_internals import error_reason
+from sweeps.compat.ray_internals import PROCESS_DIED, error_cause, process_died
+from sweeps.core.failures import failure_reason
 from sweeps.core.keys import DIVERGED_KEY, RUNNING
 from sweeps.core.records import SweepState
 from sweeps.spec.sweep_spec import SweepSpec
@@ -55,8 +56,15 @@ class _RecordsErrors:
         ``budget.retries`` not used up) the callbacks then get ``on_trial_recover`` and the
         searcher nothing; on the last failure the searcher gets ``on_trial_complete(error=True)``.
         """
-        self.state.errors[trial.trial_id] = error_reason(trial) or "the trial process failed"
+        self.state.errors[trial.trial_id] = _reason(error_cause(trial))
         super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
+
+
+def _reason(cause: BaseException | None) -> str:
+    """A failed trial's one-line reason (``sweeps.core.failures``), saying so when its process died."""
+    if cause is None:
+        return "the trial process failed"
+    return f"ActorDiedError: {PROCESS_DIED}" if process_died(cause) else failure_reason(cause)
 
 
 class RecordingFIFO(_RecordsErrors, FIFOScheduler):
