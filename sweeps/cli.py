@@ -225,8 +225,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_address_format(args.address)
     check_local_workers_fit(spec, args.address, args.cpus)
+    within = "" if spec.budget.time_s is None else f" within {_duration(spec.budget.time_s)}"
     if args.check:  # everything above; a cluster's address is not tried
-        print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials)")
+        print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials{within})")
         return 0
     address = check_ray_address(args.address)  # before Ray (and the engine) is imported: seconds, not minutes
     from sweeps.engine.runner import run_sweep
@@ -234,7 +235,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cpus is not None and address not in (None, "local"):
         print(f"note: --cpus sizes a new local Ray; ignored with --address {address}", file=sys.stderr)
     observed = "; divergence observed only (divergence.mode: observe)" if spec.observing else ""
-    within = "" if spec.budget.time_s is None else f" within {_duration(spec.budget.time_s)}"
     print(
         f"sweep {args.name or spec.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs of {spec.trainer}"
         f"{within}, {spec.mode}imizing {spec.metric}{observed}",

@@ -192,7 +192,9 @@ def test_retries_and_trial_storage_default_and_override(tmp_path: Path) -> None:
     assert spec.budget.retries == 0 and spec.trial_storage == "s3://bucket/sweeps"
 
 
-def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_first(tmp_path: Path) -> None:
+def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert load_spec(write_spec(tmp_path, GOOD)).budget.time_s is None
     spec = load_spec(write_spec(tmp_path, GOOD), ["budget.time=1.5h"])
     assert spec.budget.time_s == 5400.0 and not any(key == "budget.time" for key, _ in spec.notes)
@@ -201,6 +203,8 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
         assert spec.budget.time_s == seconds
         assert ("budget.time", "the sweep also ends after budget.trials (10) trials; set budget.trials high to "
                 "use all the time") in spec.notes  # fmt: skip
+    assert main(["run", str(write_spec(tmp_path, GOOD)), "--check", "--set", "budget.time=90m"]) == 0
+    assert capsys.readouterr().out.endswith(": ok (4 searched parameters, 3 trials within 1.5h)\n")
 
 
 def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:
