@@ -15,6 +15,7 @@ from sweeps.core.keys import DIVERGED_KEY, TAG_WARNING
 from sweeps.core.plan import TrialPlan
 from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.live_view import status_line
+from sweeps.results.summary import divergence_summary
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import EpochLoop
@@ -47,6 +48,22 @@ def test_a_rescue_is_never_the_sweeps_best() -> None:
     assert state.best is None
     state.finish(second, "completed")
     assert state.best is second
+
+
+def test_the_count_of_divergences_by_signal_says_how_many_were_rescues() -> None:
+    state = SweepState(metric="val_loss", mode="min")
+    first, second = TrialRecord(0, "a", "r0", {}, {}), TrialRecord(1, "b", "r1", {}, {})
+    rescue = TrialRecord(0, "c", "r2", {}, {}, rescue_of=first)
+    first.rescue = rescue
+    for record in (first, second, rescue):
+        state.trials[record.ray_id] = record
+        record.signal = "loss_scale" if record is not rescue else "loss_explosion"
+    state.finish(first, "diverged")
+    state.finish(second, "diverged")
+    assert divergence_summary(state).splitlines()[0] == "diverged by signal: loss_scale 2"
+    state.finish(rescue, "diverged")
+    first_line = divergence_summary(state).splitlines()[0]
+    assert first_line == "diverged by signal: loss_explosion 1, loss_scale 2 (1 of them a rescue)"
 
 
 class _Events:

@@ -25,6 +25,9 @@ def divergence_summary(state: SweepState, observing: bool = False) -> str:
     if not state.diverged_by:
         return "\n".join(observed)
     lines = ["diverged by signal: " + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items()))]
+    rescues = sum(1 for r in state.trials.values() if r.rescue_of is not None and r.status == DIVERGED)
+    if rescues:  # a rescue is an extra trial: say so, or the counts read as more of the budget's trials
+        lines[0] += f" ({rescues} of them {'a rescue' if rescues == 1 else 'rescues'})"
     rescued = [r for r in state.trials.values() if r.rescue is not None]
     if rescued:
         because = [r.label for r in rescued if r.rescue is not None and r.rescue.status == COMPLETED]
