@@ -327,3 +327,42 @@ def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: 
         "alive  running  vae  val_mse",
         "gone  stopped (its driver is gone: sweeps resume gone)  vae  val_mse",
     ]
+
+
+def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_says(tmp_path: Path) -> None:
+    """Ctrl-C or ``budget.time`` stops Tune before it passes some trials' endings on (no Ray here)."""
+    import math
+
+    from sweeps.core.records import SweepState
+    from sweeps.engine.searcher import OptunaSearcher
+    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.store.study import create_study
+    from sweeps.store.sweep_dir import new_sweep_dir
+    from sweeps.tracking.sweep_tracker import SweepTracker
+
+    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": 4, "epochs": 2})))
+    sweep = new_sweep_dir(tmp_path / "runs", "s")
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start("open", "s", "", {})
+    state = SweepState("val_loss", "min", deadline=1.0)  # budget.time ran out long ago
+    searcher = OptunaSearcher(spec, create_study(sweep, spec), state, tracker, "s")
+    for ray_id in "abcd":
+        searcher.state.deadline = None  # asked before the deadline
+        assert searcher.suggest(ray_id) is not None
+    state.deadline = 1.0
+    searcher.on_trial_result("a", {"val_loss": 0.4, "epoch": 2})  # its last epoch reported, the ending never passed on
+    for ray_id, second in (("b", 0.3), ("c", math.nan)):  # epoch 2 logged to MLflow, not yet reported
+        searcher.on_trial_result(ray_id, {"val_loss": 0.6, "epoch": 1})
+        tracker.client.log_metric(state.trials[ray_id].run_id, "val_loss", 0.6, step=1)
+        tracker.client.log_metric(state.trials[ray_id].run_id, "val_loss", second, step=2)
+
+    ended = searcher.end_open_trials("the sweep stopped before this trial ended")
+    trials = state.trials
+    assert (trials["a"].status, trials["a"].value) == ("completed", 0.4)
+    assert (trials["b"].status, trials["b"].value, trials["b"].epochs) == ("completed", 0.3, 2)
+    assert trials["c"].status == "interrupted" and trials["c"].reason == "budget.time ran out after epoch 2 of 2"
+    assert trials["d"].status == "interrupted" and trials["d"].reason == "budget.time ran out after epoch 0 of 2"
+    assert {r.ray_id for r in ended} == {"b", "c", "d"} and state.best is trials["b"]
+    told = {t.user_attrs["ray_trial_id"]: t for t in searcher.study.trials}
+    assert told["a"].value == 0.4 and told["b"].value == 0.3
+    assert told["c"].state == told["d"].state == TrialState.FAIL

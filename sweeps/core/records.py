@@ -81,9 +81,9 @@ class SweepState:
     rescues_ended: int = 0
     """Of the ended trials, the precision rescues (extra trials, outside the budget's count)."""
     halted: str = ""
+    """Why the sweep stopped asking for trials before its budget: a trial failed in a way every trial would."""
     deadline: float | None = None
     """When ``budget.time`` runs out (a ``time.time()``), the same across resumes; None without one."""
-    """Why the sweep stopped asking for trials before its budget: a trial failed in a way every trial would."""
     interrupted_ended: int = 0
     """Of the ended trials, the budget's that were interrupted: they do not count toward the budget
     (a resume asks a replacement for each), so they are not counted as done either."""

@@ -242,9 +242,10 @@ class OptunaSearcher(Searcher):
                 self.on_trial_complete(trial_id, result)
         open_records = [r for r in self.state.trials.values() if r.status == RUNNING]
         for record in open_records:
-            self._recover_logged(record.ray_id, record)
+            logged = self._recover_logged(record.ray_id, record)
             trial = self.live.pop(record.ray_id, None)
-            if record.epochs >= self.spec.budget.epochs and record.value is not None:
+            last = logged[-1] if logged else (0, math.nan)
+            if last[0] >= self.spec.budget.epochs and math.isfinite(last[1]):
                 self.state.finish(record, COMPLETED)  # it trained and validated its last epoch: only the report was cut
                 if trial is not None:
                     self._tell(trial, record)
@@ -256,24 +257,26 @@ class OptunaSearcher(Searcher):
                 self.study.tell(trial, state=TrialState.FAIL)
         return open_records
 
-    def _recover_logged(self, trial_id: str, record: TrialRecord) -> None:
+    def _recover_logged(self, trial_id: str, record: TrialRecord) -> list[tuple[int, float]]:
         """Take the epochs the trial's MLflow run holds that no report brought: its process died, or was stopped.
 
         A trial reports to the driver at ASHA's rungs, its last epoch and every ``report_every_s``,
         but logs every epoch to MLflow as it ends; what it validated since its last report would
-        otherwise be missing from the table, results.csv and Optuna.
+        otherwise be missing from the table, results.csv and Optuna. Returns every ``(epoch, value)``
+        the run holds ([] when it cannot be read).
         """
         if not record.run_id:
-            return
+            return []
         try:
             history = self.tracker.logged_history(record.run_id, self.spec.metric)
         except Exception:  # noqa: BLE001 - a store that cannot be read now loses no record: MLflow keeps it
-            return
+            return []
         newer = [(epoch, value) for epoch, value in history if epoch > record.epochs]
         if newer:
             result = {EPOCH: newer[-1][0], HISTORY_KEY: newer}
             self.state.observe(record, result)
             self._report(trial_id, record, result)
+        return history
 
     def _tell(self, trial: optuna.Trial, record: TrialRecord) -> None:
         verdict = study_verdict(record.status, self.spec.search.diverged_as)
