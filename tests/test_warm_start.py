@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from sweeps.cli import main
 from sweeps.engine.runner import SweepResult, run_sweep
-from sweeps.engine.warm_start import check_warm_start, point_in_space
+from sweeps.engine.warm_start import check_warm_start, point_in_space, tell_earlier_trials
 from sweeps.results.export import best_config
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, create_study, load_study
@@ -47,6 +47,26 @@ def test_a_trial_is_a_point_of_the_new_space_only_where_every_value_fits() -> No
         toy_spec("w", params={**EARLIER["params"], "steps_per_epoch": {"type": "int", "low": 1, "high": 9}})
     )
     assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01, "width": 4}), wider) == "no value of steps_per_epoch"
+
+
+def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_path: Path) -> None:
+    spec = spec_from_dict(NARROWER)
+    earlier = new_sweep_dir(tmp_path, "wa")
+    old = create_study(earlier, spec_from_dict(EARLIER))
+    lr = optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
+    width = optuna.distributions.IntDistribution(1, 8)
+    for value, trial_lr in ((0.5, 0.01), (0.4, 1e-4)):  # told; outside the narrower lr range
+        trial = optuna.trial.create_trial(
+            value=value, params={"lr": trial_lr, "width": 4}, distributions={"lr": lr, "width": width}
+        )
+        old.add_trial(trial)
+    for _ in range(2):  # a failed and an interrupted trial: nothing to tell
+        old.tell(old.ask(), state=TrialState.FAIL)
+    warm = tell_earlier_trials(create_study(new_sweep_dir(tmp_path, "wb"), spec), earlier, spec)
+    assert warm.line() == (
+        "warm start from wa: told 1 trials, its best 1 first; left out 3 (2 failed or interrupted, "
+        "1 lr outside this space)"
+    )
 
 
 @pytest.mark.integration

@@ -114,6 +114,9 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
                 },
             )
         )
+    unfinished = len(old.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    if unfinished:  # nothing to tell of them: they reached no value
+        skipped["failed or interrupted"] = unfinished
     study.add_trials(told)
     queued = queue_best(study, old, earlier.name, spec)
     return WarmStart(earlier.name, len(told), queued, dict(skipped))
