@@ -325,7 +325,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"next:    sweeps export {result.sweep.name}{where} -o best.yaml && sweeps train best.yaml")
     if state.halted:  # the trainer (or the spec's metric) is wrong: every trial would have failed so
         print(
-            f"error: sweep stopped after {state.halted}; every trial would fail the same way: "
+            f"error: sweep stopped after {state.halted}; every trial would fail so: "
             "fix the trainer or the spec, then run the sweep again",
             file=sys.stderr,
         )

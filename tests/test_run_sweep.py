@@ -168,7 +168,7 @@ def test_a_metric_never_produced_stops_the_sweep_after_the_first_failure(
     meta = result.sweep.read_meta()
     assert meta["status"] == "interrupted" and meta["halted"] == result.state.halted and result.interrupted
     assert _print_result(result, load_spec(workdir / "it-nometric.yaml"), str(workdir / "runs")) == 1
-    assert "every trial would fail the same way" in capsys.readouterr().err
+    assert "every trial would fail so: fix the trainer or the spec" in capsys.readouterr().err
     with pytest.raises(SweepStoreError, match="stopped after t00.* run it again: sweeps run"):
         check_resumable(workdir / "runs", "it-nometric")
     assert main(["list", "--storage", str(workdir / "runs")]) == 0

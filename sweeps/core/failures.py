@@ -23,8 +23,9 @@ def message_line(text: str) -> str:
     return line
 
 
-SWEEP_ENDING_ERRORS = ("MetricMissingError", "ReturnedEarlyError")
-"""Failures of the trainer's contract with the sweep (its metric, its epochs): every trial would fail so."""
+SWEEP_ENDING_ERRORS = ("MetricMissingError",)
+"""Failures every trial would meet: the trainer does not produce the spec's metric. (A loop that returns
+early is not one: it may do so only for some configs, as a loop's own guard against a NaN loss does.)"""
 
 
 def ends_the_sweep(reason: str) -> bool:

@@ -107,7 +107,7 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
         raise SweepStoreError(f"sweep {sweep.name!r} already finished ({status}); nothing to resume")
     if status == INTERRUPTED and meta.get("halted"):
         raise SweepStoreError(
-            f"sweep {sweep.name!r} stopped after {meta['halted']}; every trial would fail the same way: "
+            f"sweep {sweep.name!r} stopped after {meta['halted']}; every trial would fail so: "
             f"fix the trainer or the spec, then run it again: sweeps run {sweep.spec_file}"
         )
     if status == INTERRUPTED:

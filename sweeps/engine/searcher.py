@@ -201,12 +201,20 @@ class OptunaSearcher(Searcher):
         if outcome.status == DIVERGED:
             record.signal, record.diverged_at = outcome.signal, outcome.step
         self.state.finish(record, outcome.status, outcome.reason)
-        if outcome.status == FAILED and ends_the_sweep(outcome.reason) and not self.state.halted:
-            self.state.halted = f"{record.label} failed: {outcome.reason}"
+        self._halt_if_every_trial_would_fail(record)
         trial = self.live.pop(trial_id, None)
         if trial is not None:
             self._tell(trial, record)
         self.rescue_if_wanted(record)
+
+    def _halt_if_every_trial_would_fail(self, record: TrialRecord) -> None:
+        """Stop the sweep (``state.halted``) on a broken contract (``sweeps.core.failures.SWEEP_ENDING_ERRORS``).
+
+        Only those: other failures, even the same one in several trials, may belong to a region of
+        the space (a kernel size the model cannot take), and the rest of the sweep goes on.
+        """
+        if not self.state.halted and record.status == FAILED and ends_the_sweep(record.reason):
+            self.state.halted = f"{record.label} failed: {record.reason}"
 
     def rescue_if_wanted(self, record: TrialRecord) -> None:
         """Queue a precision rescue of ``record`` if the spec asks for one and the rules allow it."""

@@ -14,8 +14,8 @@ class SweepStop(tune.Stopper):
 
     The searcher asks for no more trials after either (``OptunaSearcher.suggest``); this stops the
     ones running, which are recorded as interrupted. ``halted``: a trainer that never reports the
-    spec's metric, or returns before its last epoch, fails every trial the same way, and running the
-    rest of the budget would only burn it.
+    spec's metric fails every trial the same way, and running the rest of the budget would only
+    burn it.
     """
 
     def __init__(self, state: SweepState) -> None:

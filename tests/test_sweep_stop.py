@@ -1,0 +1,58 @@
+"""When the searcher stops a sweep before its budget: the same failure every trial would meet (no Ray).
+
+A real Optuna study and MLflow store in a temp dir; results are fed to the searcher as Tune would.
+The sweeps that stop this way under Ray are in ``test_run_sweep``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from sweeps.core.keys import FAILED_KEY, REASON_KEY
+from sweeps.core.records import SweepState
+from sweeps.engine.searcher import OptunaSearcher
+from sweeps.spec.sweep_spec import load_spec
+from sweeps.store.study import create_study
+from sweeps.store.sweep_dir import new_sweep_dir
+from sweeps.tracking.sweep_tracker import SweepTracker
+from tests.helpers import toy_spec, write_spec
+
+
+def searcher(tmp_path: Path) -> OptunaSearcher:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    spec = load_spec(write_spec(tmp_path, toy_spec("stop", budget__trials=8, budget__epochs=2)))
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start("stop", "s", "", {})
+    study = create_study(new_sweep_dir(tmp_path / "runs", "s"), spec)
+    found = OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s")
+    for ray_id in "abcdef":
+        assert found.suggest(ray_id) is not None
+    return found
+
+
+def fail(searcher: OptunaSearcher, ray_id: str, reason: str) -> None:
+    searcher.on_trial_complete(ray_id, {"epoch": 0, "val_loss": float("nan"), FAILED_KEY: 1.0, REASON_KEY: reason})
+
+
+def test_a_contract_failure_stops_the_sweep_at_once_and_no_other_failure_does(tmp_path: Path) -> None:
+    contract = searcher(tmp_path / "contract")
+    fail(contract, "a", "ReturnedEarlyError: trainer 'm:f' returned after epoch 1 of 2: ...")  # maybe its own guard
+    assert not contract.state.halted
+    fail(contract, "b", "MetricMissingError: metric 'val_psnr' not produced by trainer 'm:f' (it reports: val_loss)")
+    assert contract.state.halted == (
+        "t001 failed: MetricMissingError: metric 'val_psnr' not produced by trainer 'm:f' (it reports: val_loss)"
+    )
+
+    mixed = searcher(tmp_path / "mixed")
+    fail(mixed, "a", "ValueError: toy failure at epoch 2")
+    mixed.on_trial_complete("b", {"epoch": 2, "val_loss": 0.5})  # completed
+    for ray_id in "cdef":
+        fail(mixed, ray_id, "ValueError: toy failure at epoch 2")
+    assert not mixed.state.halted and mixed.suggest("g") is not Searcher.FINISHED
+
+    same = searcher(tmp_path / "same")  # the same failure in every trial so far: maybe a region of the space
+    for ray_id in "abcdef":
+        fail(same, ray_id, "ValueError: toy failure at epoch 2")
+    assert not same.state.halted
