@@ -32,7 +32,9 @@ started, not to its best value so far:
   norms are in, on 6 of the last ``steps`` (8) steps; and the loss is above twice its first value
   (``LOSS_UP``) on as many of those steps, the newest included (a gradient spike while the loss is
   back near where it started is not a divergence).
-- ``runaway_weights``: a last-layer weight norm is above ``factor`` (50) x its first value on
+- ``runaway_weights``: a last-layer weight norm is above ``factor`` (50) x its first value (after
+  the first update applied: a loss scaler's skipped first steps leave the initial weights, which
+  would make the same run 69 x its "first value" at fp16 and 4 x at bf16) on
   ``share`` (75%) of the last ``steps`` (20) steps, with the loss above twice its first value on as
   many of them, the newest included (weight norms move slowly and stay up after the loss has come
   back, hence the longer window; and a head initialised at zero grows far beyond 50 x its first
@@ -286,6 +288,14 @@ class DivergenceDetector:
         recent = list(itertools.islice(self.loss_up, max(0, len(self.loss_up) - window), None))
         return bool(recent) and recent[-1] and sum(recent) >= evidence.need
 
+    def _loss_words(self) -> str:
+        """What the loss said when a signal that also asks it fired (its reason's last words)."""
+        if self.signed_loss:
+            return "the loss not compared (it has been negative: no magnitude)"
+        if self.start_loss is None:
+            return "no loss reported"
+        return f"loss over {LOSS_UP:g} x its first value"
+
     def _explosion(self, step: int, metrics: dict[str, Any]) -> Divergence | None:
         cfg = self._cfg("loss_explosion")
         loss = metrics.get("loss")
@@ -326,8 +336,7 @@ class DivergenceDetector:
                 if onset is not None and self._loss_still_up(evidence):
                     reason = (
                         f"{net or 'model'}: grad norm {float(norm):.3g} > {cfg['factor']:g} x median {median:.3g} "
-                        f"on {evidence.hits} of the last {len(evidence.recent)} steps, "
-                        f"loss over {LOSS_UP:g} x its first value"
+                        f"on {evidence.hits} of the last {len(evidence.recent)} steps, {self._loss_words()}"
                     )
                     return Divergence("grad_explosion", reason, step, onset)
                 if hit:
@@ -361,16 +370,16 @@ class DivergenceDetector:
         if cfg is None:
             return None
         for net, norm in _per_net(metrics, "weight_norm_last").items():
-            if not _finite(norm):
-                continue
+            skipped = metrics.get(f"{net}/skipped" if net else "skipped")
+            if not _finite(norm) or (net not in self.first_weights and _finite(skipped) and skipped):
+                continue  # the first value is the one after the first update a loss scaler let through
             first = self.first_weights.setdefault(net, float(norm))
             evidence = self.weight_evidence.setdefault(net, _Evidence(cfg))
             onset = evidence.update(first > 0 and float(norm) > cfg["factor"] * first, step)
             if onset is not None and self._loss_still_up(evidence):
                 reason = (
                     f"{net or 'model'}: last-layer weight norm {float(norm):.3g} > {cfg['factor']:g} x {first:.3g} "
-                    f"on {evidence.hits} of the last {len(evidence.recent)} steps, "
-                    f"loss over {LOSS_UP:g} x its first value"
+                    f"on {evidence.hits} of the last {len(evidence.recent)} steps, {self._loss_words()}"
                 )
                 return Divergence("runaway_weights", reason, step, onset)
         return None

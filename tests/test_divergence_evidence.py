@@ -64,8 +64,11 @@ class Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def step(self, input_scale: float = 1.0) -> dict[str, float]:
-        """One batch of 32 (inputs multiplied by ``input_scale``: a corrupted batch)."""
+    def step(self, input_scale: float = 1.0, skip: bool = False) -> dict[str, float]:
+        """One batch of 32 (inputs multiplied by ``input_scale``: a corrupted batch).
+
+        ``skip``: the update is not applied, as a loss scaler skips an overflowed step (``model/skipped``).
+        """
         start = (self.batches * 32) % len(self.x)
         x, y = self.x[start : start + 32] * input_scale, self.y[start : start + 32]
         out = self.head(self.body(x))
@@ -76,9 +79,11 @@ class Loop:
         grad_norm = float(torch.linalg.vector_norm(torch.stack(grads)))
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        self.optimizer.step()
+        if not skip:
+            self.optimizer.step()
         self.batches += 1
         return {
+            **({"model/skipped": 1.0} if skip else {}),
             "loss": float(loss.detach()),
             "model/grad_norm": grad_norm,
             "model/weight_norm_last": float(self.head.weight.detach().norm()),
@@ -304,12 +309,51 @@ def test_runaway_weights_diverging_with_the_loss_is_stopped() -> None:
     assert all(s["loss"] > trace[0]["loss"] for s in window)
 
 
+@pytest.mark.parametrize("scaler_skips_the_first_update", [False, True])
+def test_runaway_weights_healthy_judged_from_the_first_update_whatever_the_precision(
+    scaler_skips_the_first_update: bool,
+) -> None:
+    # A user's GAN (hinge loss, so no loss guard): at fp16 the GradScaler skipped the first update
+    # and the weight norm's first value was the initial one, 0.58, against 7-14 after the first Adam
+    # step at fp32/bf16; the same run was 69 x "its first value" at fp16 and 4 x at bf16, and its fp16
+    # trials were stopped, one of them the sweep's best. Here: a small head, Adam at lr 0.05, no loss
+    # reported (the signal judges alone, as under a signed loss).
+    loop = Loop(head_scale=0.01, lr=0.05)
+    detector = DivergenceDetector()
+    found, norms = None, []
+    for i in range(80):
+        metrics = loop.step(skip=scaler_skips_the_first_update and i == 0)
+        metrics.pop("loss")
+        norms.append(metrics["model/weight_norm_last"])
+        found = found or detector.observe(i + 1, metrics)
+    assert found is None, found
+    assert max(norms) > 50 * loop_initial_head_norm()  # the old reference, at fp16, would have stopped it
+
+
+def loop_initial_head_norm() -> float:
+    return float(Loop(head_scale=0.01, lr=0.05).head.weight.detach().norm())
+
+
+def test_runaway_weights_diverging_after_a_skipped_first_update_is_still_stopped() -> None:
+    loop = Loop(optimizer="sgd", lr=4.0, depth=0)
+    detector = DivergenceDetector(only("runaway_weights"))
+    found = None
+    for i in range(60):
+        found = found or detector.observe(i + 1, loop.step(skip=i == 0))
+    assert found is not None and found.signal == "runaway_weights", found
+
+
 def test_without_a_loss_the_other_signals_judge_alone() -> None:
     detector = DivergenceDetector(only("runaway_weights"))
     steps: list[dict[str, Any]] = [{"model/weight_norm_last": 1.0}] + [{"model/weight_norm_last": 100.0}] * 30
     found = [detector.observe(i + 1, m) for i, m in enumerate(steps)]
     first = next(f for f in found if f is not None)
     assert first.signal == "runaway_weights" and first.step == 1 + math.ceil(0.75 * 20)
+    assert first.reason.endswith("on 15 of the last 16 steps, no loss reported")
+    signed = DivergenceDetector(only("runaway_weights"))  # a hinge loss: no magnitude to compare
+    found = [signed.observe(i + 1, {**m, "loss": -1.0}) for i, m in enumerate(steps)]
+    reason = next(f for f in found if f is not None).reason
+    assert reason.endswith("the loss not compared (it has been negative: no magnitude)"), reason
 
 
 def _colorizer_steps(
