@@ -7,6 +7,7 @@ ways a function trainer can go wrong.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import math
@@ -171,3 +172,10 @@ class MemoryChannel:
 
     def metric(self, name: str = "val_loss") -> list[tuple[int, float]]:
         return [(int(r["epoch"]), r[name]) for r in self.reports if name in r]
+
+
+def parses_its_command_line(config: Any, run: Any) -> None:
+    """A script's ``main`` kept as it was: argparse reads the process's command line (Ray's worker arguments)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.parse_args(["--node-ip-address=10.0.0.1"])

@@ -227,6 +227,16 @@ def test_a_trainer_calling_sys_exit_fails_the_trial_with_where_it_did() -> None:
     with pytest.raises(TrainerExitError, match=r"the trainer called sys.exit\(1\)") as info:
         run_loop("tests.toy_trainer:ToyTrainer", {"lr": 0.01, "behavior": "sys_exit"}, epochs=3)
     assert isinstance(info.value.__cause__, SystemExit)
+    assert str(info.value) == "the trainer called sys.exit(1)"
+
+
+def test_an_argparse_exit_says_it_read_the_trial_processs_command_line() -> None:
+    with pytest.raises(TrainerExitError) as info, contextlib.redirect_stderr(io.StringIO()):
+        run_loop("tests.function_trainers:parses_its_command_line", {"lr": 0.01}, epochs=2)
+    assert str(info.value) == (
+        "the trainer called sys.exit(2) in argparse: parse_args() read the trial process's own command line "
+        "(Ray's worker arguments); call parse_args([]) or take the values from config"
+    )
 
 
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:

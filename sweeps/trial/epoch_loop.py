@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -219,6 +220,17 @@ class ReportCadence:
         self.since = time.monotonic()
 
 
+def _exit_hint(exc: SystemExit) -> str:
+    """What an exit most likely was: argparse refusing the trial process's own command line exits 2."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if exc.code == 2 and any(frame.filename.endswith("argparse.py") for frame in frames):
+        return (
+            " in argparse: parse_args() read the trial process's own command line (Ray's worker "
+            "arguments); call parse_args([]) or take the values from config"
+        )
+    return ""
+
+
 class EpochLoop:
     """Builds the plan's trainer and runs its epochs, recording to ``logger`` when there is one."""
 
@@ -255,7 +267,7 @@ class EpochLoop:
         except SystemExit as exc:
             if self.ended_by_driver:  # Tune ending the thread of a trial it stopped, from inside its report
                 raise
-            raise TrainerExitError(f"the trainer called sys.exit({exc.code!r})") from exc
+            raise TrainerExitError(f"the trainer called sys.exit({exc.code!r}){_exit_hint(exc)}") from exc
         except KeyboardInterrupt as exc:
             raise TrainerExitError("the trainer raised KeyboardInterrupt") from exc
 
