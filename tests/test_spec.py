@@ -12,7 +12,7 @@ import pytest
 from sweeps.cli import main
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import SpecError, load_spec, read_yaml
-from tests.helpers import changed, write_spec
+from tests.helpers import changed, minimal_toy_spec, write_spec
 
 GOOD = {
     "name": "unit",
@@ -205,6 +205,21 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
                 "use all the time") in spec.notes  # fmt: skip
     assert main(["run", str(write_spec(tmp_path, GOOD)), "--check", "--set", "budget.time=90m"]) == 0
     assert capsys.readouterr().out.endswith(": ok (4 searched parameters, 3 trials within 1.5h)\n")
+
+
+@pytest.mark.parametrize(
+    ("metric", "noted"),
+    [("val/psnr", True), ("val_ssim", True), ("acc", True), ("val_loss", False), ("psnr_loss", False)],
+)
+def test_a_metric_that_reads_as_better_higher_left_at_min_gets_a_note(tmp_path: Path, metric: str, noted: bool) -> None:
+    spec = load_spec(write_spec(tmp_path, minimal_toy_spec(metric=metric)))
+    fix = f"metric: {{name: {metric}, mode: max}}"
+    note = f"{metric} is minimized (mode: min, the default); if higher is better, write {fix}"
+    assert (("metric", note) in spec.notes) is noted
+    for given in ({"name": metric, "mode": "min"}, {"name": metric, "mode": "max"}):  # said: no note
+        assert not any(
+            key == "metric" for key, _ in load_spec(write_spec(tmp_path, minimal_toy_spec(metric=given))).notes
+        )
 
 
 def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:

@@ -352,6 +352,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     if not isinstance(name, str) or not NAME_RE.match(name):
         problems.add("name", f"{name!r} must be letters, digits, '.', '_' or '-'")
     metric, mode = _metric(raw, trainer_cls, problems)
+    if (note := _direction_note(raw, metric)) is not None:
+        notes.append(("metric", note))
     seed = as_int(raw.get("seed", 0), "seed", problems) or 0
     if not 0 <= seed < 2**32:  # what NumPy and Optuna's samplers take
         problems.add("seed", f"must be from 0 to 2**32 - 1, got {seed}")
@@ -435,6 +437,20 @@ def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[
     if value and (undeclared := undeclared_metric(value, trainer_cls, raw.get("trainer"))):
         problems.add("metric", undeclared)
     return value, str(mode)
+
+
+HIGHER_IS_BETTER = re.compile(r"psnr|ssim|acc|accuracy|iou|dice|f1|auc|recall|precision|bleu|score|reward")
+"""The ends of metric names that are better when higher: PSNR, SSIM, accuracy, IoU, ..."""
+
+
+def _direction_note(raw: dict[str, Any], metric: str) -> str | None:
+    """A note when the spec leaves ``mode`` at its default ``min`` for a metric that reads as better when higher."""
+    given = "mode" in raw or (isinstance(raw.get("metric"), dict) and "mode" in raw["metric"])
+    words = re.split(r"[^a-z0-9]+", metric.lower())
+    if given or not words or not HIGHER_IS_BETTER.fullmatch(words[-1]):
+        return None
+    fix = f"metric: {{name: {metric}, mode: max}}"
+    return f"{metric} is minimized (mode: min, the default); if higher is better, write {fix}"
 
 
 def undeclared_metric(name: str, trainer_cls: Any, trainer: Any) -> str | None:
