@@ -12,6 +12,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,16 @@ def test_an_argparse_exit_says_it_read_the_trial_processs_command_line() -> None
         "the trainer called sys.exit(2) in argparse: parse_args() read the trial process's own command line "
         "(Ray's worker arguments); call parse_args([]) or take the values from config"
     )
+
+
+@pytest.mark.parametrize("trainer", [EXAMPLE, "tests.toy_trainer:ToyTrainer"])
+def test_when_the_sweeps_time_has_run_out_the_epoch_ending_is_the_trials_last(trainer: str) -> None:
+    params = {"lr": 0.01, "image_size": 16, "width": 4, "train_images": 16, "val_images": 8, "batch_size": 8}
+    params = params if trainer == EXAMPLE else {"lr": 0.01}
+    loop, channel = run_loop(trainer, params, epochs=3, deadline=time.time() - 1.0)
+    assert loop.epochs_done == 1 and [r["epoch"] for r in channel.reports] == [1]  # reported, then stopped
+    loop, channel = run_loop(trainer, params, epochs=3, deadline=time.time() + 3600.0)
+    assert loop.epochs_done == 3 and channel.reports[-1]["epoch"] == 3
 
 
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:

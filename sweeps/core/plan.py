@@ -37,9 +37,11 @@ class TrialPlan:
     report_epochs: list[int] = field(default_factory=list)
     """Epochs at which the trial always reports (ASHA's rungs); the last epoch always reports too."""
     report_every_s: float = 0.0
+    """Between those, report when this many seconds passed since the last report (0: every epoch)."""
     step_every_s: float = 0.0
     """Record a step's diagnostics in MLflow at most this often (seconds; 0: every step), see ``TrialLogger``."""
-    """Between those, report when this many seconds passed since the last report (0: every epoch)."""
+    deadline: float = 0.0
+    """When the sweep's ``budget.time`` runs out (a ``time.time()``; 0: none): the epoch ending then is the last."""
     divergence: dict[str, Any] = field(default_factory=dict)
     """The detector's settings (fields of ``DivergenceSettings``); empty for its defaults."""
 

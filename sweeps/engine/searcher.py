@@ -30,6 +30,7 @@ from sweeps.core.outcome import (
     TELL_INFEASIBLE,
     TELL_PRUNED,
     Ending,
+    Outcome,
     decide_outcome,
     final_result,
     fresh_intermediate_values,
@@ -165,7 +166,9 @@ class OptunaSearcher(Searcher):
 
     def plan(self, run_id: str) -> TrialPlan:
         """The plan every trial of this sweep gets, for the trial whose MLflow run is ``run_id``."""
-        return trial_plan(self.spec, self.tracker.uri, run_id, self.spec_text)
+        plan = trial_plan(self.spec, self.tracker.uri, run_id, self.spec_text)
+        plan.deadline = self.state.deadline or 0.0
+        return plan
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Record the epoch and report the metric to Optuna as an intermediate value.
@@ -198,6 +201,8 @@ class OptunaSearcher(Searcher):
             value=record.value,
         )
         outcome = decide_outcome(ending, self.spec.metric, self.spec.budget.epochs)
+        if outcome.status == INTERRUPTED and self.state.time_up():  # it stopped itself at the deadline
+            outcome = Outcome(INTERRUPTED, self._ran_out(record))
         if outcome.status == DIVERGED:
             record.signal, record.diverged_at = outcome.signal, outcome.step
         self.state.finish(record, outcome.status, outcome.reason)
@@ -258,12 +263,14 @@ class OptunaSearcher(Searcher):
                 if trial is not None:
                     self._tell(trial, record)
                 continue
-            ran_out = f"budget.time ran out after epoch {record.epochs} of {self.spec.budget.epochs}"
-            self.state.finish(record, INTERRUPTED, ran_out if self.state.time_up() else reason)
+            self.state.finish(record, INTERRUPTED, self._ran_out(record) if self.state.time_up() else reason)
             if trial is not None:
                 trial.set_user_attr("status", INTERRUPTED)
                 self.study.tell(trial, state=TrialState.FAIL)
         return open_records
+
+    def _ran_out(self, record: TrialRecord) -> str:
+        return f"budget.time ran out after epoch {record.epochs} of {self.spec.budget.epochs}"
 
     def _recover_logged(self, trial_id: str, record: TrialRecord) -> list[tuple[int, float]]:
         """Take the epochs the trial's MLflow run holds that no report brought: its process died, or was stopped.

@@ -353,6 +353,9 @@ class EpochLoop:
             self._log_image(image, epoch)
         if self.plan.metric in metrics:
             self.history.append((epoch, float(metrics[self.plan.metric])))
+        if self.plan.deadline and epoch < self.plan.epochs and self.channel.agree(time.time() >= self.plan.deadline):
+            self._report(epoch)  # the sweep's budget.time ran out: this epoch is the trial's last
+            return False
         if not self.channel.agree(self.cadence.due(epoch)):
             self.unreported = True
             return True
