@@ -250,6 +250,20 @@ def test_when_the_sweeps_time_has_run_out_the_epoch_ending_is_the_trials_last(tr
     assert loop.epochs_done == 3 and channel.reports[-1]["epoch"] == 3
 
 
+def test_a_loop_names_its_own_files_by_the_trials_name_and_adds_them_to_its_mlflow_run(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("own")).info.run_id
+    trainer = "tests.function_trainers:keeps_files_of_its_own"
+    run_loop(trainer, {"out_dir": str(tmp_path)}, epochs=2, tracking_uri=uri, run_id=run_id, label="t007")
+    assert (tmp_path / "t007.txt").read_text() == "epoch 1\nepoch 2\n"
+    assert [a.path for a in client.list_artifacts(run_id, "mine")] == ["mine/t007.txt"]
+    run_loop(trainer, {"out_dir": str(tmp_path)}, epochs=1)  # sweeps train: no sweep, no run of its own
+    assert (tmp_path / "train.txt").read_text() == "epoch 1\n"
+
+
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:
     with pytest.raises(MetricMissingError, match=r"metric 'val_loss' not produced by .* \(it reports: val_psnr\)"):
         run_loop("tests.function_trainers:reports_other_metric", {})

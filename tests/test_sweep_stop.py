@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from sweeps.core.keys import FAILED_KEY, REASON_KEY
+from sweeps.core.keys import ENGINE_KEY, FAILED_KEY, REASON_KEY
 from sweeps.core.records import SweepState
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.spec.sweep_spec import load_spec
@@ -56,3 +56,11 @@ def test_a_contract_failure_stops_the_sweep_at_once_and_no_other_failure_does(tm
     for ray_id in "abcdef":
         fail(same, ray_id, "ValueError: toy failure at epoch 2")
     assert not same.state.halted
+
+
+def test_each_trials_plan_carries_its_name_and_the_sweeps_deadline(tmp_path: Path) -> None:
+    found = searcher(tmp_path)
+    found.state.deadline = 4e9
+    config = found.suggest("g")
+    assert config is not None
+    assert config[ENGINE_KEY]["label"] == "t006" and config[ENGINE_KEY]["deadline"] == 4e9

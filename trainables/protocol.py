@@ -101,6 +101,13 @@ class Run(Protocol):
     """The precision the trial runs, canonical (``fp32``, ``bf16``, ``fp16``, ``fp16-o2``)."""
     device: Any
     """The ``torch.device`` the config names (``device``, default ``auto``: a GPU if there is one)."""
+    name: str
+    """The trial's name in the sweep (``t003``): for files of its own, ``f"checkpoints/{run.name}"``; ``train``
+    under ``sweeps train``."""
+    tracking_uri: str | None
+    """The MLflow tracking URI of the trial's run (None under ``sweeps train``)."""
+    mlflow_run_id: str | None
+    """The trial's MLflow run: ``MlflowClient(run.tracking_uri).log_artifact(run.mlflow_run_id, path)``."""
 
     def report(self, epoch: int, **metrics: float) -> bool:
         """After validation: record the epoch's metrics (``epoch`` counts from 1); True to go on.

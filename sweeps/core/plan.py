@@ -24,6 +24,8 @@ class TrialPlan:
     tracking_uri: str = ""
     run_id: str = ""
     """The trial's MLflow run, created by the driver before the trial starts ('' records nothing)."""
+    label: str = ""
+    """The trial's name as the sweep shows it (``t003``, ``t003r`` for a rescue); '' outside a sweep."""
     threads: int = 1
     """Torch intra-op threads (the trial's CPUs)."""
     workers: int = 1

@@ -142,7 +142,7 @@ class OptunaSearcher(Searcher):
         self.live[trial_id] = trial
         record = TrialRecord(trial.number, trial_id, run_id, params, sampled, sampling_s=sampling, drawn_by=drawn)
         self.state.trials[trial_id] = record
-        return self._config(params, run_id)
+        return self._config(params, run_id, record.label)
 
     def _suggest_rescue(self, trial_id: str, original: TrialRecord) -> dict[str, Any]:
         precision = rescue_precision(original.params, self.spec.trainer_precisions) or "fp32"
@@ -159,15 +159,15 @@ class OptunaSearcher(Searcher):
         record = TrialRecord(original.number, trial_id, run_id, params, sampled, rescue_of=original)
         original.rescue = record
         self.state.trials[trial_id] = record
-        return self._config(params, run_id)
+        return self._config(params, run_id, record.label)
 
-    def _config(self, params: dict[str, Any], run_id: str) -> dict[str, Any]:
-        return {**params, ENGINE_KEY: self.plan(run_id).as_config()}
+    def _config(self, params: dict[str, Any], run_id: str, label: str) -> dict[str, Any]:
+        return {**params, ENGINE_KEY: self.plan(run_id, label).as_config()}
 
-    def plan(self, run_id: str) -> TrialPlan:
-        """The plan every trial of this sweep gets, for the trial whose MLflow run is ``run_id``."""
+    def plan(self, run_id: str, label: str = "") -> TrialPlan:
+        """The plan every trial of this sweep gets, for the trial whose MLflow run is ``run_id`` (named ``label``)."""
         plan = trial_plan(self.spec, self.tracker.uri, run_id, self.spec_text)
-        plan.deadline = self.state.deadline or 0.0
+        plan.deadline, plan.label = self.state.deadline or 0.0, label
         return plan
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -311,7 +311,18 @@ class EpochLoop:
             assert saved is not None
             self._take_counts(saved)
 
-        run = FunctionRun(self.params, self.plan.epochs, self.step_hook(), self.end_epoch, saved, restored, self.reduce)
+        mlflow_run = (self.plan.tracking_uri, self.plan.run_id) if self.plan.run_id else None
+        run = FunctionRun(
+            self.params,
+            self.plan.epochs,
+            self.step_hook(),
+            self.end_epoch,
+            saved,
+            restored,
+            self.reduce,
+            name=self.plan.label or "train",
+            mlflow_run=mlflow_run,
+        )
         self.trainer, self.trainer_state = run, run.checkpoint_state
         stopped = False
         try:

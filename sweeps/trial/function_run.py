@@ -75,8 +75,16 @@ class FunctionRun:
         saved: dict[str, Any] | None = None,
         on_restore: Callable[[], None] | None = None,
         reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+        name: str = "train",
+        mlflow_run: tuple[str, str] | None = None,
     ) -> None:
         self.config = trial_config(params)
+        self.name = name
+        """The trial's name in the sweep (``t003``; ``t003r`` for a rescue); ``train`` under ``sweeps train``."""
+        self.tracking_uri: str | None = mlflow_run[0] if mlflow_run else None
+        self.mlflow_run_id: str | None = mlflow_run[1] if mlflow_run else None
+        """The trial's MLflow run (None under ``sweeps train``): ``MlflowClient(run.tracking_uri).log_artifact(
+        run.mlflow_run_id, path)`` adds a file of the loop's own to it."""
         self.epochs = int(epochs)
         self.precision = str(self.config["precision"])
         self.device = pick_device(str(self.config.get("device", "auto")))
