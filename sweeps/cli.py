@@ -218,9 +218,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Before Ray starts and before anything is made: the name, trial storage, the tracking store.
     check_sweep_start(spec, args.storage, args.name, args.tracking_uri)
     if args.warm_start is not None:
-        from sweeps.engine.warm_start import check_warm_start
+        from sweeps.engine.warm_start import check_warm_start, warm_start_note
 
-        check_warm_start(args.storage, args.warm_start, spec)
+        epochs_note = warm_start_note(check_warm_start(args.storage, args.warm_start, spec), spec)
+        if epochs_note is not None:
+            print(f"note: --warm-start {args.warm_start}: {epochs_note}", file=sys.stderr)
     from sweeps.engine.cluster import check_address_format, check_local_workers_fit, check_ray_address
 
     check_address_format(args.address)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from sweeps.cli import main
 from sweeps.engine.runner import SweepResult, run_sweep
-from sweeps.engine.warm_start import check_warm_start, point_in_space, tell_earlier_trials
+from sweeps.engine.warm_start import check_warm_start, point_in_space, tell_earlier_trials, warm_start_note
 from sweeps.results.export import best_config
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, create_study, load_study
@@ -64,9 +64,20 @@ def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_pat
         old.tell(old.ask(), state=TrialState.FAIL)
     warm = tell_earlier_trials(create_study(new_sweep_dir(tmp_path, "wb"), spec), earlier, spec)
     assert warm.line() == (
-        "warm start from wa: told 1 trials, its best 1 first; left out 3 (2 failed or interrupted, "
+        "warm start from wa: told 1 trial, its best 1 first; left out 3 (2 failed or interrupted, "
         "1 lr outside this space)"
     )
+
+
+def test_a_warm_start_from_a_sweep_of_other_epochs_gets_a_note(tmp_path: Path) -> None:
+    earlier = new_sweep_dir(tmp_path, "wa")
+    earlier.write_meta({"epochs": 4})
+    assert warm_start_note(earlier, spec_from_dict(NARROWER)) == (
+        "its trials trained 4 epochs, this sweep's train 2: their values are told as they were reached, "
+        "and its best configs are trained again at this sweep's epochs"
+    )
+    earlier.write_meta({"epochs": 2})
+    assert warm_start_note(earlier, spec_from_dict(NARROWER)) is None
 
 
 @pytest.mark.integration

@@ -48,7 +48,8 @@ class WarmStart:
         left = sum(self.skipped.values())
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
         skipped = f"; left out {left} ({why})" if left else ""
-        return f"warm start from {self.source}: told {self.told} trials, its best {self.queued} first{skipped}"
+        told = f"{self.told} trial{'' if self.told == 1 else 's'}"
+        return f"warm start from {self.source}: told {told}, its best {self.queued} first{skipped}"
 
 
 def check_warm_start(root: str | Path, name: str, spec: SweepSpec) -> SweepDir:
@@ -67,6 +68,17 @@ def check_warm_start(root: str | Path, name: str, spec: SweepSpec) -> SweepDir:
             f"({spec.mode}); a warm start needs the same metric and direction"
         )
     return earlier
+
+
+def warm_start_note(earlier: SweepDir, spec: SweepSpec) -> str | None:
+    """A note when the earlier sweep trained its trials for another number of epochs than ``spec``'s."""
+    epochs = earlier.read_meta().get("epochs")
+    if not isinstance(epochs, int) or epochs == spec.budget.epochs:
+        return None
+    return (
+        f"its trials trained {epochs} epochs, this sweep's train {spec.budget.epochs}: their values are told "
+        "as they were reached, and its best configs are trained again at this sweep's epochs"
+    )
 
 
 def point_in_space(trial: FrozenTrial, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
