@@ -196,13 +196,17 @@ def check_output_file(option: str, path: str, overwrites: Callable[[bytes], bool
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the spec, run the sweep, print the summary."""
+    from sweeps.core.problems import closest_key
     from sweeps.spec.sweep_spec import BUDGET_KEYS, load_spec
 
     spec = load_spec(args.spec, args.overrides, args.trials)
     for key in spec.unnamed_overrides:
         note = f"note: --set {key}: not in the spec's fixed or params; the trainer gets it as config[{key!r}]"
+        named = [name for name in (*spec.fixed, *spec.params) if name not in spec.unnamed_overrides]
         if key in BUDGET_KEYS:  # a function trainer takes any key: this one is more likely the budget's
             note += f" (did you mean --set budget.{key}?)"
+        elif (close := closest_key(key, sorted(named))) is not None:  # a typo of a key the spec has
+            note += f" (did you mean --set {close}?)"
         print(note, file=sys.stderr)
     for key, text in (*spec.unnamed_in_source, *spec.notes):
         print(f"note: {key}: {text}", file=sys.stderr)

@@ -687,6 +687,9 @@ def test_a_budget_key_set_as_a_function_trainers_parameter_is_noted_with_the_bud
     assert main(["run", str(write_spec(tmp_path)), "--set", "epochs=3", "--check"]) == 0
     note = "note: --set epochs: not in the spec's fixed or params; the trainer gets it as config['epochs']"
     assert f"{note} (did you mean --set budget.epochs?)" in capsys.readouterr().err
+    assert main(["run", str(write_spec(tmp_path)), "--set", "lrr=0.01", "--check"]) == 0  # a typo of a spec key
+    note = "note: --set lrr: not in the spec's fixed or params; the trainer gets it as config['lrr']"
+    assert f"{note} (did you mean --set lr?)" in capsys.readouterr().err
 
 
 def test_a_class_trainer_with_an_epochs_field_is_told_the_epochs_it_runs() -> None:

@@ -76,12 +76,12 @@ def as_duration(value: Any, key: str, problems: Problems) -> float | None:
 
 def unknown_key(name: object, known: Collection[str]) -> str:
     """The problem with a key a section does not have: the closest known key, if one is close, and all of them."""
-    close = _closest_key(str(name), sorted(known))
+    close = closest_key(str(name), sorted(known))
     hint = f"did you mean {close!r}? " if close else ""
     return f"unknown key ({hint}known: {', '.join(sorted(known))})"
 
 
-def _closest_key(name: str, known: list[str]) -> str | None:
+def closest_key(name: str, known: list[str]) -> str | None:
     """The known key a user most likely meant, or None.
 
     The only key ``name`` begins or is a word of (``grace`` for ``grace_period``), else difflib's closest.
