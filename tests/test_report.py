@@ -25,7 +25,7 @@ from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.live_view import LiveView, estimate_left, event_line, status_line
 from sweeps.results.figures import Curve, draw_learning_curves
 from sweeps.results.page import html_page, ordered
-from sweeps.results.report import stop_decisions, terminal_table, write_stops
+from sweeps.results.report import clipped, stop_decisions, terminal_table, write_stops
 from sweeps.tracking.ui_views import top_view, trials_view, view_key, view_url
 
 
@@ -196,6 +196,14 @@ def test_a_diverged_trial_off_the_plot_sits_on_the_worse_edge(mode: str, far: fl
         _draw_curves(figure, curves, "m", mode, 2, [])
     crosses = [line for line in figure.axes[0].lines if line.get_marker() == "X"]
     assert sorted(float(line.get_ydata()[0]) for line in crosses) == sorted([edge, edge, worse])
+
+
+def test_a_long_reason_in_the_terminal_table_is_cut_at_a_word() -> None:
+    reason = "runaway_weights: d: last-layer weight norm 80.6 > 50 x 0.583 on 15 of the last 19 steps"
+    assert clipped(reason, 60) == "runaway_weights: d: last-layer weight norm 80.6 > 50 x..."
+    assert clipped("x" * 80, 60) == "x" * 57 + "..." and clipped("short", 60) == "short"
+    table = terminal_table([row(0, "diverged", None, 1, reason=reason)], "val_loss")
+    assert table.splitlines()[-1].endswith("> 50 x...")
 
 
 def test_diverged_trials_stopped_at_the_same_spot_are_named_in_one_label() -> None:

@@ -247,11 +247,19 @@ def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | N
         value = row.get(metric)
         shown = metric_text(value) if isinstance(value, float) and math.isfinite(value) else "-"
         cells = [("*" if row.get("best") else " ") + str(row["trial"]), str(row["status"]), shown, epochs_text(row)]
-        cells += [short(row.get(p)) for p in params] + [str(row.get("reason") or "")[:60]]
+        cells += [short(row.get(p)) for p in params] + [clipped(str(row.get("reason") or ""), 60)]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
+
+
+def clipped(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut at a word with ``...`` (the whole is in results.csv and MLflow)."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3].rsplit(" ", 1)[0].rstrip(" ,;:(")
+    return (cut or text[: width - 3]) + "..."
 
 
 def write_report(
@@ -266,7 +274,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     metric, mode, uri = str(meta.get("metric", "")), str(meta.get("mode", "min")), str(meta.get("tracking_uri") or "")
     written = write_results(rows, folder)
-    (folder / "divergence.txt").write_text(notes)
+    (folder / "divergence.txt").write_text(notes + "\n" if notes else "")
     imp = importances(study)
     (folder / "importances.json").write_text(json.dumps(imp, indent=2))
     written += [folder / "divergence.txt", folder / "importances.json", write_stops(folder, meta, rows)]
