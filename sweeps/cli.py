@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import signal
@@ -412,7 +413,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the results table and (re)write the HTML report."""
     import shutil
 
-    from sweeps.results.page import searched
+    from sweeps.results.page import searched, verdict_text
     from sweeps.results.report import html_page, read_results, terminal_table, write_stops
     from sweeps.store.sweep_dir import open_sweep_dir
 
@@ -436,8 +437,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(terminal_table(rows, str(meta["metric"]), searched(meta, rows)))  # the end-of-run table's columns
     if notes:
         print()
-        print(notes)
-    write_stops(folder, meta, rows)  # with the audit verdicts and would-be stops MLflow holds now
+        print(notes.rstrip("\n"))
+    stops = json.loads(write_stops(folder, meta, rows).read_text())  # with the audit verdicts MLflow holds now
+    best = next((row.get(str(meta["metric"])) for row in rows if row.get("best")), None)
+    audited = [stop for stop in stops if stop.get("verdict")]
+    if audited:
+        print()
+    for stop in audited:  # sweeps audit's verdicts, as the page shows them
+        where = f"{stop.get('signal') or ''} at step {stop.get('step')}".strip()
+        print(f"audit:   {stop['trial']} {where}: {verdict_text(stop, best, str(meta.get('mode', 'min')))}")
     page = folder / "report.html"
     page.write_text(html_page(sweep.name, meta, rows, notes, folder))
     if args.html:

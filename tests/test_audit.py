@@ -27,7 +27,9 @@ SPEC = {
 }
 
 
-def test_audit_reruns_the_heuristic_stops_and_finds_the_false_one(ray_session: None, workdir: Path) -> None:
+def test_audit_reruns_the_heuristic_stops_and_finds_the_false_one(
+    ray_session: None, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mlflow import MlflowClient
 
     from sweeps.engine.audit import audit_sweep
@@ -61,6 +63,12 @@ def test_audit_reruns_the_heuristic_stops_and_finds_the_false_one(ray_session: N
     assert parent.data.tags["sweep.audit.false_stops"] == str(len(stopped))
     assert "audit/audit_1.txt" in {a.path for a in client.list_artifacts(swept.parent_run_id, "audit")}
     assert (workdir / "runs" / "audited" / "report" / "audit.txt").read_text().startswith("trial")
+
+    from sweeps.cli import main
+
+    assert main(["report", "audited", "--storage", str(workdir / "runs")]) == 0  # the verdicts in the terminal
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("audit:")]
+    assert len(printed) == len(stopped) and all(": false stop: re-run reached 0.373" in line for line in printed)
 
 
 def test_audit_of_a_sweep_that_does_not_exist_is_one_line(workdir: Path) -> None:

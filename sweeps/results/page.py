@@ -272,13 +272,19 @@ def _audit_cell(stop: dict[str, Any], best: Any, mode: str) -> str:
     verdict = str(stop.get("verdict") or "")
     if not verdict:
         return _td("-")
+    return f"<td class='verdict-{html.escape(verdict)}'>{html.escape(verdict_text(stop, best, mode))}</td>"
+
+
+def verdict_text(stop: dict[str, Any], best: Any, mode: str) -> str:
+    """An audited stop's verdict in words: ``false stop: re-run reached 0.35 (better than the sweep's best)``."""
+    verdict = str(stop.get("verdict") or "")
     value = stop.get("audit_metric")
     words = {AUDIT_FALSE_STOP: "false stop", AUDIT_TRUE_STOP: "true stop"}.get(verdict, verdict)
     text = words + (f": re-run reached {metric_text(value)}" if value is not None else "")
     if verdict == AUDIT_FALSE_STOP and isinstance(value, (int, float)) and isinstance(best, (int, float)):
         if (value < best) if mode == "min" else (value > best):
             text += " (better than the sweep's best)"
-    return f"<td class='verdict-{html.escape(verdict)}'>{html.escape(text)}</td>"
+    return text
 
 
 def _mattered(folder: Path) -> str:
