@@ -201,12 +201,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.spec.sweep_spec import BUDGET_KEYS, load_spec
 
     spec = load_spec(args.spec, args.overrides, args.trials)
+    named = sorted(name for name in (*spec.fixed, *spec.params) if name not in spec.unnamed_overrides)
     for key in spec.unnamed_overrides:
         note = f"note: --set {key}: not in the spec's fixed or params; the trainer gets it as config[{key!r}]"
-        named = [name for name in (*spec.fixed, *spec.params) if name not in spec.unnamed_overrides]
         if key in BUDGET_KEYS:  # a function trainer takes any key: this one is more likely the budget's
             note += f" (did you mean --set budget.{key}?)"
-        elif (close := closest_key(key, sorted(named))) is not None:  # a typo of a key the spec has
+        elif (close := closest_key(key, named)) is not None:  # a typo of a key the spec has
             note += f" (did you mean --set {close}?)"
         print(note, file=sys.stderr)
     for key, text in (*spec.unnamed_in_source, *spec.notes):
