@@ -261,8 +261,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _duration(seconds: float) -> str:
-    """``budget.time`` as people write it: ``8h``, ``90m``, ``45s``."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    """``budget.time`` as people write it (the units ``as_duration`` reads): ``8h``, ``90m``, ``45s``."""
+    from sweeps.core.problems import DURATION_UNITS
+
+    for unit, size in sorted(DURATION_UNITS.items(), key=lambda item: -item[1])[:-1]:  # the largest first; not s
         if seconds >= size and (seconds / size) * 10 == int(seconds / size * 10):
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
