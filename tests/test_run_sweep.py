@@ -69,6 +69,10 @@ def study_of(result: SweepResult) -> optuna.Study:
     return load_study(result.sweep)
 
 
+def study_of_sweep(workdir: Path, name: str) -> optuna.Study:
+    return load_study(open_sweep_dir(workdir / "runs", name))
+
+
 def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: Path) -> None:
     result = sweep(workdir, VAE_SPEC)
     assert (workdir / "mlflow.db").exists()  # the default store, in the working dir
@@ -192,6 +196,33 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     assert meta["deadline"] == result.state.deadline and result.state.time_up()
     parent, children = runs_of(result)
     assert len(children) == len(result.state.trials) and parent.info.status == "FINISHED"
+
+
+def test_a_trial_over_its_time_stops_at_its_epochs_end_and_a_hung_one_is_ended(workdir: Path) -> None:
+    """``budget.trial_time``: a slow trial is pruned at the epoch's end; a hung one is killed, failed, not restarted."""
+    slow = toy_spec("it-slow", budget={"trials": 1, "epochs": 4, "trial_time": "2s"}, asha=False)
+    slow["fixed"] = {"epoch_seconds": 1.5}  # epoch 1 ends at 1.5 s, epoch 2 at 3 s: past the limit
+    (record,) = sweep(workdir, slow).state.trials.values()
+    assert (record.status, record.epochs) == ("pruned", 2)
+    assert record.reason == "budget.trial_time (2 s) ran out after epoch 2 of 4"
+    (trial,) = study_of_sweep(workdir, "it-slow").trials
+    assert trial.state == TrialState.PRUNED and set(trial.intermediate_values) == {1, 2}
+
+    hung = toy_spec("it-hung", budget={"trials": 1, "epochs": 4, "trial_time": "2s", "retries": 3}, asha=False)
+    hung["fixed"] = {"epoch_seconds": 0.5, "behavior": "hang"}
+    started = time.monotonic()
+    result = sweep(workdir, hung)
+    assert time.monotonic() - started < 90  # 2 s + 10 s of grace, not the hour epoch 2 sleeps
+    (record,) = result.state.trials.values()
+    assert (record.status, record.epochs, record.restarts) == ("failed", 1, 0)
+    assert record.reason.startswith(
+        "budget.trial_time (2 s) ran out and the epoch the trial was in had not ended 10 s later"
+    )
+    _, (run,) = runs_of(result)
+    assert run.data.tags["sweep.status"] == "failed" and run.info.status == "FAILED"
+    assert [
+        m.step for m in mlflow.MlflowClient(result.tracking_uri).get_metric_history(run.info.run_id, "val_loss")
+    ] == [1]
 
 
 def test_a_raising_trial_fails_alone(workdir: Path) -> None:

@@ -119,6 +119,7 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"budget__time": "8 hours"}, "budget.time", "must be a duration > 0 such as 90m, 8h or 3600 (seconds)"),
         ({"budget__time": 0}, "budget.time", "must be a duration > 0"),
         ({"budget__time": "-2h"}, "budget.time", "must be a duration > 0"),
+        ({"budget__trial_time": "forever"}, "budget.trial_time", "must be a duration > 0 such as 90m, 8h or 3600"),
         ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),
         ({"trial_storage": "s3://"}, "trial_storage", "names no bucket"),
         ({"trial_storage": ["s3://a"]}, "trial_storage", "must be a URI"),
@@ -205,6 +206,7 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
                 "use all the time") in spec.notes  # fmt: skip
     assert main(["run", str(write_spec(tmp_path, GOOD)), "--check", "--set", "budget.time=90m"]) == 0
     assert capsys.readouterr().out.endswith(": ok (4 searched parameters, 3 trials within 1.5h)\n")
+    assert load_spec(write_spec(tmp_path, GOOD), ["budget.trial_time=40m"]).budget.trial_time_s == 2400.0
 
 
 @pytest.mark.parametrize(

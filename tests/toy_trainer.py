@@ -22,7 +22,7 @@ class ToyConfig:
     fail_at_epoch: int = 0
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), zeros (loss 0 at epoch 2), raise, oom (epoch 2),
     # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine),
-    # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2)
+    # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2), hang (epoch 2 never ends)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     cwd_file: str = ""  # if set, each trainer appends the folder it starts in, then moves to / (as a user's loop may)
@@ -72,6 +72,8 @@ class ToyTrainer:
 
             time.sleep(2.0)  # some training first, as a real epoch has: what epoch 1 logged is sent meanwhile
             os._exit(3)
+        if self.epoch == 2 and self.config.behavior == "hang":
+            time.sleep(3600)  # a deadlocked DataLoader, a read that never returns
         if self.epoch == 2 and self.config.behavior == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
         if not self.config.sleep_last:

@@ -183,3 +183,19 @@ def _resumable_search() -> type:
             self._finished = False  # private: Tune's flag that the searcher once answered FINISHED
 
     return ResumableSearch
+
+
+def end_trial_process(trial: Any) -> bool:
+    """Kill a running trial's process so that Tune records it failed and does not restart it.
+
+    Tune's own stop asks the trial's thread to return, which a trial hung inside an epoch never
+    does. False when the trial has no process (not started, or already ending).
+    """
+    import ray
+
+    actor = getattr(getattr(trial, "temporary_state", None), "ray_actor", None)
+    if actor is None:
+        return False
+    trial.max_failures = 0  # Trial.should_recover: no restart from its checkpoint (budget.retries is for crashes)
+    ray.kill(actor, no_restart=True)
+    return True

@@ -28,6 +28,7 @@ from sweeps.core.keys import (
     REASON_KEY,
     SIGNAL_KEY,
     STEP_KEY,
+    TIME_UP_KEY,
 )
 
 RESCUED_SIGNALS = ("loss_scale",)
@@ -78,6 +79,9 @@ def decide_outcome(ending: Ending, metric: str, epochs_budget: int) -> Outcome:
         return Outcome(DIVERGED, f"{signal}: {result.get(REASON_KEY, '')} (step {step})", signal, step)
     if ending.pruned:
         return Outcome(PRUNED, f"stopped by ASHA after epoch {ending.epochs}")
+    if result.get(TIME_UP_KEY):
+        limit = f"{float(result[TIME_UP_KEY]):g} s"
+        return Outcome(PRUNED, f"budget.trial_time ({limit}) ran out after epoch {ending.epochs} of {epochs_budget}")
     if not ending.result:
         return Outcome(INTERRUPTED, "stopped before it reported")
     last = result.get(metric)

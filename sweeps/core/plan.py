@@ -44,6 +44,8 @@ class TrialPlan:
     """Record a step's diagnostics in MLflow at most this often (seconds; 0: every step), see ``TrialLogger``."""
     deadline: float = 0.0
     """When the sweep's ``budget.time`` runs out (a ``time.time()``; 0: none): the epoch ending then is the last."""
+    trial_time_s: float = 0.0
+    """``budget.trial_time`` (seconds; 0: none): the epoch that ends this long after the trial started is its last."""
     divergence: dict[str, Any] = field(default_factory=dict)
     """The detector's settings (fields of ``DivergenceSettings``); empty for its defaults."""
 

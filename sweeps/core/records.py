@@ -75,6 +75,8 @@ class SweepState:
     trials: dict[str, TrialRecord] = field(default_factory=dict)
     pruned: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
+    timed_out: dict[str, str] = field(default_factory=dict)
+    """Trials whose process ``budget.trial_time`` ended (``sweeps.engine.trial_timeout``), with the reason."""
     counts: dict[str, int] = field(default_factory=dict)
     diverged_by: dict[str, int] = field(default_factory=dict)
     best: TrialRecord | None = None

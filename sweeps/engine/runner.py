@@ -35,6 +35,7 @@ from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.engine.sweep_stop import SweepStop
+from sweeps.engine.trial_timeout import TrialTimeout
 from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.export import best_export_text
 from sweeps.results.report import prewarm, result_rows, write_report
@@ -235,6 +236,7 @@ def _engine_configs(
                 LiveView(state, spec.budget.trials, stream),
                 TrackingCallback(state, tracker),
                 CheckpointPruner(),
+                *([TrialTimeout(state, spec.budget.trial_time_s)] if spec.budget.trial_time_s else []),
             ],
             # Every checkpoint is kept by Tune; CheckpointPruner deletes the superseded ones safely.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

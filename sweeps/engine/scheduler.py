@@ -56,7 +56,8 @@ class _RecordsErrors:
         ``budget.retries`` not used up) the callbacks then get ``on_trial_recover`` and the
         searcher nothing; on the last failure the searcher gets ``on_trial_complete(error=True)``.
         """
-        self.state.errors[trial.trial_id] = _reason(error_cause(trial))
+        timed_out = self.state.timed_out.get(trial.trial_id)
+        self.state.errors[trial.trial_id] = timed_out or _reason(error_cause(trial))
         super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
 
 

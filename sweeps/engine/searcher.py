@@ -65,6 +65,7 @@ def trial_plan(spec: SweepSpec, tracking_uri: str, run_id: str, spec_text: str) 
         report_epochs=rung_epochs(spec),
         report_every_s=spec.record.report_every_s,
         step_every_s=spec.record.step_every_s,
+        trial_time_s=budget.trial_time_s or 0.0,
         divergence={
             "enabled": spec.divergence.enabled,
             "signals": spec.divergence.signals,

@@ -34,7 +34,8 @@ TOP_KEYS = {
 ENGINE_READS = {"seed", "precision", "device", "init_scale", "growth_interval", "min_loss_scale"}
 """Config keys the engine itself reads for a function trainer (``sweeps.trial.function_run``), named in no loop."""
 BUDGET_KEYS = {
-    "trials", "time", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "retries",
+    "trials", "time", "trial_time", "epochs", "concurrency", "cpus_per_trial", "gpus_per_trial",
+    "workers_per_trial", "retries",
 }  # fmt: skip
 """The keys of the spec's ``budget``."""
 SECTIONS = {"budget", "asha", "search", "divergence", "record", "fixed", "params"}
@@ -67,6 +68,8 @@ class Budget:
     trials: int = 10
     time_s: float | None = None
     """``budget.time`` in seconds: the sweep asks for no trial after it and stops the ones still running."""
+    trial_time_s: float | None = None
+    """``budget.trial_time`` in seconds: each trial's own limit (see ``sweeps.engine.trial_timeout``)."""
     epochs: int = 5
     concurrency: int | None = None
     cpus_per_trial: float = 1.0
@@ -483,6 +486,8 @@ def _budget(value: Any, problems: Problems) -> Budget:
     budget.trials = as_int(section.get("trials", budget.trials), "budget.trials", problems, minimum=1) or 1
     if section.get("time") is not None:
         budget.time_s = as_duration(section["time"], "budget.time", problems)
+    if section.get("trial_time") is not None:
+        budget.trial_time_s = as_duration(section["trial_time"], "budget.trial_time", problems)
     budget.epochs = as_int(section.get("epochs", budget.epochs), "budget.epochs", problems, minimum=1) or 1
     if section.get("concurrency") is not None:
         budget.concurrency = as_int(section["concurrency"], "budget.concurrency", problems, minimum=1)

@@ -43,6 +43,7 @@ from sweeps.core.keys import (
     TAG_WOULD_STOP_REASON,
     TAG_WOULD_STOP_SIGNAL,
     TAG_WOULD_STOP_STEP,
+    TIME_UP_KEY,
 )
 from sweeps.core.plan import TrialPlan
 from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
@@ -254,6 +255,8 @@ class EpochLoop:
         self.watch: StepWatch | None = None
         self.ended_by_driver = False
         """A report raised ``SystemExit``: Ray Tune ends a stopped trial's training thread with ``sys.exit(0)``."""
+        self.started = time.monotonic()
+        """When this trial process began the trial (``budget.trial_time`` counts from it)."""
 
     def run(self, channel: Channel) -> dict[str, float]:
         """Train from the channel's checkpoint (or from scratch) until the last epoch or a stop; the last metrics."""
@@ -367,6 +370,11 @@ class EpochLoop:
         if self.plan.deadline and epoch < self.plan.epochs and self.channel.agree(time.time() >= self.plan.deadline):
             self._report(epoch)  # the sweep's budget.time ran out: this epoch is the trial's last
             return False
+        if epoch < self.plan.epochs and self.channel.agree(self._out_of_time()):
+            self._report(
+                epoch, {TIME_UP_KEY: self.plan.trial_time_s}
+            )  # budget.trial_time ran out: this epoch is the trial's last
+            return False
         if not self.channel.agree(self.cadence.due(epoch)):
             self.unreported = True
             return True
@@ -393,13 +401,18 @@ class EpochLoop:
         result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **divergence_result(divergence)}
         self._to_channel({**result, HISTORY_KEY: self.history}, None)
 
-    def _report(self, epoch: int) -> bool:
+    def _out_of_time(self) -> bool:
+        """Whether ``budget.trial_time`` has run out since this trial began."""
+        limit = self.plan.trial_time_s
+        return bool(limit) and time.monotonic() - self.started >= limit
+
+    def _report(self, epoch: int, extra: dict[str, float] | None = None) -> bool:
         assert self.channel is not None
         # Tune may stop the trial at this report (ASHA, at a rung or at the last epoch) and end
         # this process without waiting: deliver what the epochs recorded first, curves too.
         self._deliver()
         observed = self.watch.result() if self.watch is not None else {}
-        result = {**self.metrics, EPOCH: epoch, **self.counts, **observed, HISTORY_KEY: self.history}
+        result = {**self.metrics, EPOCH: epoch, **self.counts, **observed, **(extra or {}), HISTORY_KEY: self.history}
         go_on = self._to_channel(result, partial(self._state, epoch))
         self.history, self.unreported = [], False
         self.cadence.reported()
