@@ -573,16 +573,18 @@ def test_a_key_the_loops_source_never_names_gets_a_note_before_the_sweep(
         "@dataclass\nclass Knobs:\n    noise: float = 0.1\n\n"
         "def train(config, run):\n"
         "    width = config.get('width', 16)\n"
+        "    loader = dict(drop_last=True)\n"
         "    knobs = Knobs(**{k: v for k, v in config.items() if k == 'noise'})\n"
         "    importlib.import_module('note_helper_mod').build(config)\n"
         "    run.report(1, val_loss=float(width) + knobs.noise + config.lr)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    fixed = {"widht": 4, "depth": 2, "noise": 0.3, "seed": 1}
+    fixed = {"widht": 4, "depth": 2, "noise": 0.3, "seed": 1, "dropout": 0.1}
     path = write_spec(tmp_path, trainer="note_loop_mod:train", fixed=fixed)
     spec = load_spec(path)
     note = "note_loop_mod.py never names 'widht' (did you mean 'width'?); the trainer gets it as config['widht']"
-    assert spec.unnamed_in_source == (("fixed.widht", note),)
+    dropout = "note_loop_mod.py never names 'dropout'; the trainer gets it as config['dropout']"  # not drop_last
+    assert spec.unnamed_in_source == (("fixed.dropout", dropout), ("fixed.widht", note))
     assert main(["run", str(path), "--check"]) == 0
     assert "note: fixed.widht: note_loop_mod.py never names 'widht' (did you mean 'width'?)" in capsys.readouterr().err
     # the example loop reads the key it is given: no note

@@ -81,15 +81,16 @@ def unknown_key(name: object, known: Collection[str]) -> str:
     return f"unknown key ({hint}known: {', '.join(sorted(known))})"
 
 
-def closest_key(name: str, known: list[str]) -> str | None:
+def closest_key(name: str, known: list[str], cutoff: float = 0.6) -> str | None:
     """The known key a user most likely meant, or None.
 
-    The only key ``name`` begins or is a word of (``grace`` for ``grace_period``), else difflib's closest.
+    The only key ``name`` begins or is a word of (``grace`` for ``grace_period``), else difflib's
+    closest at least ``cutoff`` alike (a large pool, such as every name in a file, needs a higher one).
     """
     lowered = name.lower()
     if lowered:
         partial = [k for k in known if k.startswith(lowered) or lowered in k.split("_")]
         if len(partial) == 1:
             return partial[0]
-    close = difflib.get_close_matches(name, known, n=1)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
     return close[0] if close else None

@@ -14,12 +14,13 @@ error.
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import inspect
 import sys
 from pathlib import Path
 from typing import Any
+
+from sweeps.core.problems import closest_key
 
 MAX_FILES = 200
 """Read at most this many of the user's files (a trainer inside a large source tree)."""
@@ -85,8 +86,9 @@ def unnamed_keys(trainer: Any, keys: list[str]) -> list[tuple[str, str]]:
     for key in keys:
         if key in names:
             continue
-        close = difflib.get_close_matches(key, sorted(n for n in names if n.isidentifier()), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        # every name in the files is a large pool: only a close likeness (not dropout for drop_last)
+        close = closest_key(key, sorted(n for n in names if n.isidentifier()), cutoff=0.75)
+        hint = f" (did you mean {close!r}?)" if close else ""
         notes.append((key, f"{path.name} never names {key!r}{hint}; the trainer gets it as config[{key!r}]"))
     return notes
 
