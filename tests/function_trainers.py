@@ -124,6 +124,11 @@ def two_networks(config: Any, run: Any) -> None:
         run.report(epoch + 1, val_loss=1.0)
 
 
+def script_main(argv: Any = None, config: Any = None, run: Any = None) -> None:
+    """A script's entry point, given a config and run of its own: not a function trainer's (config, run)."""
+    raise AssertionError("never called: the spec is refused")
+
+
 def keyword_only(*, config: Any, run: Any) -> None:
     """Takes its arguments by keyword only."""
 

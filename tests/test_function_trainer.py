@@ -409,6 +409,11 @@ def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Pat
             "it takes (config), which two positional arguments cannot fill; a function trainer takes (config, run)",
         ),
         (
+            {"trainer": "tests.function_trainers:script_main"},
+            "it takes (argv=None, config=None, run=None), but a trial calls it with (config, run): argv would get "
+            "the config, config would get the run",
+        ),
+        (
             {"trainer": "tests.function_trainers:keyword_only"},
             "it takes (*, config, run), which two positional arguments cannot fill",
         ),

@@ -254,12 +254,18 @@ def signature_problem(function: Any) -> str | None:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
         return None
+    bare = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+    shown = str(signature.replace(parameters=bare, return_annotation=inspect.Signature.empty))
     try:
         signature.bind(None, None)
     except TypeError:
-        bare = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
-        shown = str(signature.replace(parameters=bare, return_annotation=inspect.Signature.empty))
         return f"it takes {shown}, which two positional arguments cannot fill; a function trainer takes (config, run)"
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in signature.parameters.values() if p.kind in kinds]
+    if ("config" in names and names.index("config") != 0) or ("run" in names and names.index("run") != 1):
+        # a script's main(argv=None, config=None, run=None): argv would get the config, config the run
+        got = ", ".join(f"{name} would get the {what}" for name, what in zip(names, ("config", "run"), strict=False))
+        return f"it takes {shown}, but a trial calls it with (config, run): {got}"
     return None
 
 
