@@ -12,7 +12,7 @@ import mlflow
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.mlflow_client import client
 from sweeps.tracking.sweep_tracker import SweepTracker
-from sweeps.tracking.trial_logger import TrialLogger
+from sweeps.tracking.trial_logger import STALE_SPOOL_S, TrialLogger, remove_stale_spools
 from sweeps.trial.epoch_loop import reload_curves
 
 
@@ -136,3 +136,23 @@ def test_a_restarted_trials_logger_resends_what_never_arrived_and_skips_what_did
     assert sorted(epochs) == [1, 2, 3, 4]
     drawn = [step for step, _ in curves.series["loss"]]  # the curve of the restarted trial starts at step 1
     assert set(drawn) == set(range(1, 21)) and drawn == sorted(drawn)
+
+
+def test_the_spools_of_killed_trial_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A trial killed (``kill -9``, ``budget.trial_time``) never closes its logger: its spool stayed in /tmp."""
+    import os
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    old = time.time() - STALE_SPOOL_S - 60
+    dead = tmp_path / f"sweep-artifacts-{gone.pid}-abc"
+    live = tmp_path / f"sweep-artifacts-{os.getpid()}-def"
+    fresh = tmp_path / f"sweep-artifacts-{gone.pid}-ghi"  # its process gone a moment ago: maybe still in use
+    for spool in (dead, live, fresh):
+        (spool / "0").mkdir(parents=True)
+        (spool / "0" / "sample.png").write_bytes(b"x")
+    for spool in (dead, live):
+        os.utime(spool, (old, old))
+    assert remove_stale_spools(str(tmp_path)) == [dead]
+    assert not dead.exists() and live.exists() and fresh.exists()

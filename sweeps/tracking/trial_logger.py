@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import queue
 import shutil
 import tempfile
@@ -85,6 +86,40 @@ class _Sender:
         return drained
 
 
+SPOOL_PREFIX = "sweep-artifacts-"
+"""A trial's files waiting for MLflow: ``<tmp>/sweep-artifacts-<pid>-<random>``, removed when its logger closes."""
+STALE_SPOOL_S = 600.0
+
+
+def remove_stale_spools(folder: str | None = None) -> list[Path]:
+    """Remove the spools of trial processes that are gone (killed, so never closed); return them.
+
+    Only a spool untouched for ``STALE_SPOOL_S`` whose process no longer exists: a live trial's,
+    or one of a process this one cannot see, is left alone.
+    """
+    removed = []
+    for spool in Path(folder or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid = spool.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or time.time() - spool.stat().st_mtime < STALE_SPOOL_S or _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(spool, ignore_errors=True)
+        removed.append(spool)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
 class TrialLogger:
     """A trial process's side: step and epoch metrics, config, images, and its failure if any.
 
@@ -123,7 +158,8 @@ class TrialLogger:
         self.last_recorded_step: int | None = None
         self.held: deque[list[Any]] = deque(maxlen=self.HELD)  # per left-out step, its Metric values
         self.sender = _Sender(patience)
-        self.spool = Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
+        remove_stale_spools()
+        self.spool = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
         self.spool_names = itertools.count()  # one folder per queued upload
         self.queued: dict[int, list[Any]] = {}  # metric batches submitted and not yet delivered
         self.lock = threading.Lock()
