@@ -50,6 +50,8 @@ def test_run_export_train(tmp_path: Path) -> None:
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
     second = yaml.safe_load((tmp_path / "best.2.yaml").read_text())
     assert best["config"]["precision"] == "bf16" and best["epochs"] == 2
+    # the Config's fields the spec left at their defaults, as they were: the file names every value trained with
+    assert best["config"]["latent_dim"] == 16 and best["config"]["output_activation"] == "sigmoid"
     assert best["metric"]["value"] <= second["metric"]["value"]
     assert {"mlflow_run_id", "seed", "precision", "git_commit", "version"} <= set(best["source"])
 

@@ -30,6 +30,34 @@ class ConfigError(ValueError):
         return (type(self), (self.problems,))  # Ray pickles a trial's exception: rebuilt from its problems
 
 
+def config_defaults(cls: type) -> dict[str, Any]:
+    """A config dataclass's fields with a default, as plain values (bool, int, float, str, None, lists, dicts).
+
+    Fields without a default, or whose default is no plain value (an object), are left out.
+    """
+    defaults: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        if item.default is not dataclasses.MISSING:
+            value = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            value = item.default_factory()
+        else:
+            continue
+        if _plain(value):
+            defaults[item.name] = value
+    return defaults
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """Return ``{field name: resolved type}`` for a config dataclass."""
     hints = typing.get_type_hints(cls)

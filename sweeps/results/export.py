@@ -69,6 +69,8 @@ def best_config(sweep: SweepDir) -> dict[str, Any]:
 
 def _export(sweep: SweepDir, meta: dict[str, Any], trial: FrozenTrial, rank: int) -> dict[str, Any]:
     config = dict(trial.user_attrs["config"])
+    defaults = meta.get("trainer_defaults") or {}  # the Config's other fields, as they were when it ran
+    config.update({key: value for key, value in defaults.items() if key not in config})
     return {
         "trainer": meta["trainer"],
         "epochs": int(meta["epochs"]),

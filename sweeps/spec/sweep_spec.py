@@ -22,7 +22,7 @@ from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, never_drawn, parse_params, unknown_parameter, untyped
 from sweeps.spec.source_names import unnamed_keys
 from sweeps.spec.trial_storage_value import storage_problem
-from trainables.config import ConfigError, build_config, coerce, field_types
+from trainables.config import ConfigError, build_config, coerce, config_defaults, field_types
 from trainables.precision import canonical_precision
 from trainables.protocol import declared_metrics, declared_precisions, is_function_trainer
 from trainables.registry import TrainerLoadError, load_trainer
@@ -146,6 +146,9 @@ class SweepSpec:
     raw: dict[str, Any] = field(default_factory=dict)
     source: str = "<spec>"
     trainer_fields: tuple[str, ...] = ()
+    trainer_defaults: dict[str, Any] = field(default_factory=dict)
+    """A class trainer's ``Config`` defaults (``trainables.config.config_defaults``), kept with the sweep so that
+    an exported config names every value its trial ran with, whatever the defaults become later."""
     trial_storage: str | None = None
     """Where trials write checkpoints and Ray its records (a URI or a path every node reaches);
     None: inside the sweep's folder on the driver."""
@@ -400,6 +403,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         raw=raw,
         source=source,
         trainer_fields=tuple(types),
+        trainer_defaults=config_defaults(trainer_cls.Config) if trainer_cls is not None and not function else {},
         trial_storage=trial_storage,
         function_trainer=function,
         trainer_precisions=precisions,
