@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -553,6 +554,13 @@ def _serve(command: list[str]) -> int:
     try:
         return child.wait()
     except (_Stopped, KeyboardInterrupt):
+
+        def kill_now(signum: int, frame: object) -> None:  # a second Ctrl-C while it ends: no more waiting
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+
+        for sig in previous:
+            signal.signal(sig, kill_now)
         _end_session(child)
         return 0
     finally:

@@ -22,21 +22,32 @@ def alive(pids: set[int]) -> set[int]:
     return pids & set(parents())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "twice"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],  # the same handler either way
+    ids=["SIGTERM", "SIGINT-twice"],
+)
+def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(
+    tmp_path: Path, sig: signal.Signals, twice: bool
+) -> None:
+    """Twice: an impatient second Ctrl-C while the server ends kills it at once, with no traceback."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(uri).create_experiment("ui-stop")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "sweeps", "ui", "--tracking-uri", uri, "--port", str(port)]
-    ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started: set[int] = set()
     try:
         wait_healthy(f"http://127.0.0.1:{port}", 180, ui)
         started = descendants(ui.pid)
         assert started, "sweeps ui started no process"
         ui.send_signal(sig)  # to sweeps ui alone, as `kill PID` sends it
-        assert ui.wait(timeout=60) == 0
+        if twice:
+            time.sleep(0.3)
+            ui.send_signal(sig)
+        _, err = ui.communicate(timeout=60)
+        assert ui.returncode == 0 and "Traceback" not in err, err
         deadline = time.monotonic() + 30
         while alive(started) and time.monotonic() < deadline:
             time.sleep(0.5)
