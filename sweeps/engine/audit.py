@@ -152,6 +152,7 @@ def audit_sweep(
             stop.audit_run_id = tracker.create_audit_run(sweep.name, stop.number, params, (stop.label, stop.run_id))
             plan = trial_plan(spec, tracker.uri, stop.audit_run_id, spec_text)
             plan.divergence, plan.report_epochs = {"enabled": False}, []
+            plan.trial_time_s = 0.0  # to its last epoch, to judge the stop: budget.trial_time would cut it short
             plans.append({**params, ENGINE_KEY: plan.as_config()})
         start_ray(num_cpus=cpus, address=address)
         number = int(meta.get("audits", 0)) + 1
