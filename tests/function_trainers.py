@@ -71,6 +71,16 @@ def nan_at_epoch_two(config: Any, run: Any) -> None:
         run.report(epoch + 1, val_loss=math.nan if epoch == 1 else 1.0 / (epoch + 1))
 
 
+def nan_steps_then_nan_metric(config: Any, run: Any) -> None:
+    """NaN losses from step 3 (the detector's signal), then a NaN validation metric at epoch 2."""
+    step = 0
+    for epoch in range(run.epochs):
+        for _ in range(2):
+            step += 1
+            run.step(loss=1.0 if step < 3 else math.nan)
+        run.report(epoch + 1, val_loss=math.nan if epoch == 1 else 1.0)
+
+
 def swallows_exceptions(config: Any, run: Any) -> None:
     """A loop that catches ``Exception`` around each step (and goes on); its loss is NaN from step 3."""
     for epoch in range(run.epochs):

@@ -63,6 +63,16 @@ def test_an_observed_signal_with_a_non_finite_end_is_a_divergence_and_a_healthy_
     assert good.status == COMPLETED
 
 
+def test_an_observed_signal_is_reported_when_a_non_finite_metric_then_ends_the_trial() -> None:
+    """A user's NaN-gradient trials in observe mode: tagged would-stop in MLflow, missing from the summary."""
+    from tests.test_function_trainer import run_loop
+
+    _, channel = run_loop("tests.function_trainers:nan_steps_then_nan_metric", {}, divergence={"mode": "observe"})
+    last = channel.reports[-1]
+    assert last["sweep/diverged"] and last["epoch"] == 2
+    assert (last[OBSERVED_SIGNAL_KEY], last[OBSERVED_STEP_KEY]) == ("non_finite", 3)
+
+
 def test_the_mode_is_checked_with_the_spec() -> None:
     assert validate_spec({**TOY}, "s.yaml", []).divergence.mode == "observe"
     with pytest.raises(SpecError, match=r"divergence.mode: must be one of stop, observe, got 'watch'"):

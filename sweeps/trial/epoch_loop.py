@@ -398,7 +398,8 @@ class EpochLoop:
             if metrics:
                 self.logger.log_metrics(metrics, step=epoch)
         self._deliver()
-        result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **divergence_result(divergence)}
+        observed = self.watch.result() if self.watch is not None else {}  # observe mode: what a step signal saw first
+        result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **observed, **divergence_result(divergence)}
         self._to_channel({**result, HISTORY_KEY: self.history}, None)
 
     def _out_of_time(self) -> bool:
