@@ -224,11 +224,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Before Ray starts and before anything is made: the name, trial storage, the tracking store.
     check_sweep_start(spec, args.storage, args.name, args.tracking_uri)
     if args.warm_start is not None:
-        from sweeps.engine.warm_start import check_warm_start, warm_start_note
+        from sweeps.engine.warm_start import check_warm_start, fixed_mismatch_note, warm_start_note
 
-        epochs_note = warm_start_note(check_warm_start(args.storage, args.warm_start, spec), spec)
-        if epochs_note is not None:
-            print(f"note: --warm-start {args.warm_start}: {epochs_note}", file=sys.stderr)
+        earlier = check_warm_start(args.storage, args.warm_start, spec)
+        for warm_note in (warm_start_note(earlier, spec), fixed_mismatch_note(earlier, spec)):
+            if warm_note is not None:
+                print(f"note: --warm-start {args.warm_start}: {warm_note}", file=sys.stderr)
     from sweeps.engine.cluster import check_address_format, check_local_workers_fit, check_ray_address
 
     check_address_format(args.address)

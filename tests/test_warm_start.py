@@ -14,7 +14,13 @@ from optuna.trial import TrialState
 
 from sweeps.cli import main
 from sweeps.engine.runner import SweepResult, run_sweep
-from sweeps.engine.warm_start import check_warm_start, point_in_space, tell_earlier_trials, warm_start_note
+from sweeps.engine.warm_start import (
+    check_warm_start,
+    fixed_mismatch_note,
+    point_in_space,
+    tell_earlier_trials,
+    warm_start_note,
+)
 from sweeps.results.export import best_config
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, create_study, load_study
@@ -78,6 +84,20 @@ def test_a_warm_start_from_a_sweep_of_other_epochs_gets_a_note(tmp_path: Path) -
     )
     earlier.write_meta({"epochs": 2})
     assert warm_start_note(earlier, spec_from_dict(NARROWER)) is None
+
+
+def test_a_warm_start_that_a_fixed_value_empties_says_which_and_how_to_match_it(tmp_path: Path) -> None:
+    """A user's print flag (``verbose``) differed: the header said only "told 0 trials ... 16 fixed verbose differs"."""
+    earlier = new_sweep_dir(tmp_path, "wa")
+    old = create_study(earlier, spec_from_dict(EARLIER))
+    for lr in (0.01, 0.02):
+        old.add_trial(frozen({"lr": lr}, {"lr": lr, "width": 4, "mode": "b"}))
+    quiet = spec_from_dict(toy_spec("q", budget__epochs=2, fixed={"mode": "a"}))
+    assert fixed_mismatch_note(earlier, quiet) == (
+        "none of its trials can be told: 2 of 2 ran with mode='b', where this spec fixes 'a'; "
+        "if mode does not change training, add --set mode=b to warm-start from them"
+    )
+    assert fixed_mismatch_note(earlier, spec_from_dict(toy_spec("same", budget__epochs=2, fixed={"mode": "b"}))) is None
 
 
 @pytest.mark.integration

@@ -81,12 +81,39 @@ def warm_start_note(earlier: SweepDir, spec: SweepSpec) -> str | None:
     )
 
 
-def point_in_space(trial: FrozenTrial, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
-    """The trial's values of ``spec``'s searched parameters and their distributions, or why it is not in the space."""
+def fixed_difference(trial: FrozenTrial, spec: SweepSpec) -> tuple[str, Any, Any] | None:
+    """The first of ``spec``'s fixed values the trial ran with another value of: ``(key, its value, spec's)``."""
     config = dict(trial.user_attrs.get("config") or {}) or dict(trial.params)
     for key, value in spec.fixed.items():
         if key in config and config[key] != value:
-            return f"fixed {key} differs"
+            return key, config[key], value
+    return None
+
+
+def fixed_mismatch_note(earlier: SweepDir, spec: SweepSpec) -> str | None:
+    """A note when no trial of ``earlier`` could be told because each ran with another fixed value.
+
+    A fixed value that does not change training (a print flag) would otherwise cancel the warm start
+    with only a count in the header to say so.
+    """
+    trials = load_study(earlier).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    if not trials or any(not isinstance(point_in_space(t, spec), str) for t in trials):
+        return None
+    differences = Counter(d for t in trials if (d := fixed_difference(t, spec)) is not None)
+    if not differences:
+        return None
+    (key, theirs, ours), count = differences.most_common(1)[0]
+    return (
+        f"none of its trials can be told: {count} of {len(trials)} ran with {key}={theirs!r}, where this spec "
+        f"fixes {ours!r}; if {key} does not change training, add --set {key}={theirs} to warm-start from them"
+    )
+
+
+def point_in_space(trial: FrozenTrial, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """The trial's values of ``spec``'s searched parameters and their distributions, or why it is not in the space."""
+    config = dict(trial.user_attrs.get("config") or {}) or dict(trial.params)
+    if (difference := fixed_difference(trial, spec)) is not None:
+        return f"fixed {difference[0]} differs"
     params: dict[str, Any] = {}
     distributions: dict[str, Any] = {}
     for name, param in spec.params.items():
