@@ -234,6 +234,8 @@ def test_a_raising_trial_fails_alone(workdir: Path) -> None:
         assert run.data.tags["sweep.status"] == ("failed" if failing else "completed")
         if failing:
             assert run.data.tags["sweep.reason"].startswith("ValueError: toy failure at epoch 2")
+        _, printed = run.data.tags["sweep.prints"].split(":", 1)  # where its prints went: this Ray's worker log
+        assert Path(printed).is_file() and printed.endswith(".out") and "/logs/worker-" in printed
     states = {t.state for t in study_of(result).trials}
     assert states <= {TrialState.COMPLETE, TrialState.FAIL} and len(study_of(result).trials) == 4
 

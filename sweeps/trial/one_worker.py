@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from ray import tune
 
 from sweeps.core.failures import failure_reason
-from sweeps.core.keys import ENGINE_KEY, EPOCH, FAILED_KEY, REASON_KEY
+from sweeps.core.keys import ENGINE_KEY, EPOCH, FAILED_KEY, REASON_KEY, TAG_PRINTS
 from sweeps.core.plan import TrialPlan
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import (
@@ -41,6 +42,15 @@ def split_config(config: dict[str, Any]) -> tuple[TrialPlan, dict[str, Any]]:
     """A Ray trial config as ``(the engine's plan, the trainer's parameters)``."""
     params = {key: value for key, value in config.items() if key != ENGINE_KEY}
     return TrialPlan.from_config(config[ENGINE_KEY]), params
+
+
+def prints_file() -> str:
+    """``<host>:<file>`` that this process's stdout writes to (a Ray worker's ``.out`` log); '' if not a file."""
+    try:
+        target = os.readlink("/proc/self/fd/1")
+    except OSError:  # no /proc (not Linux)
+        return ""
+    return f"{socket.gethostname()}:{target}" if os.path.isfile(target) else ""
 
 
 def failure_result(plan: TrialPlan, exc: BaseException, progress: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +93,8 @@ def run_trial(config: dict[str, Any]) -> None:
     plan, params = split_config(config)
     os.chdir(START_FOLDER)  # Tune reuses the process: a trial that changed folder does not move the next one
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
+    if printed := prints_file():  # several Ray sessions on a machine: session_latest may be another's
+        logger.set_tags({TAG_PRINTS: printed})
     loop = EpochLoop(plan, params, logger)
     try:
         loop.run(TuneChannel())
