@@ -245,8 +245,13 @@ def test_the_live_view_prints_a_line_per_ended_trial_and_its_status_line() -> No
     view.on_trial_start(0, [], None)
     state.observe(state.trials["ray0"], {"val_loss": 0.25, "epoch": 3})
     state.finish(state.trials["ray0"], "completed")
-    view.on_trial_complete(0, [], type("T", (), {"trial_id": "ray0"})())
+    ended = type("T", (), {"trial_id": "ray0", "status": "RUNNING"})()  # Tune marks it ended after the callback
+    others = [type("T", (), {"trial_id": i, "status": s})() for i, s in (("a", "RUNNING"), ("b", "PENDING"))]
+    for number in (8, 9):  # asked for: one waits for CPUs, one is "a" (running)
+        state.trials[f"ray{number}"] = record(number, "running")
+    view.on_trial_complete(0, [ended, *others], ended)
     first, second = out.getvalue().splitlines()
+    assert "running 1 ·" in second  # users saw "running 3" on 2 CPUs, and "running 1" while 2 trained
     assert first.split() == ["t000", "completed", "val_loss=0.25", "after", "3", "epoch(s)"]
     diverged = record(1, "diverged")
     diverged.epochs, diverged.reason = 1, "loss_explosion: ... (step 14)"

@@ -11,12 +11,16 @@ from ray.tune import Callback
 from sweeps.core.records import SweepState, TrialRecord, metric_text
 
 
-def status_line(state: SweepState, total: int, elapsed: float, left: float | None = None) -> str:
+def status_line(
+    state: SweepState, total: int, elapsed: float, left: float | None = None, running: int | None = None
+) -> str:
     """One line: trials ended/planned, running, each ending's count, best so far, time left (when known).
 
     Precision rescues are extra trials: ``trials`` counts the budget's trials only (never more
     than planned), and the rescues that ended are counted beside it. An interrupted trial is not
-    done: a resume asks another in its place (it is counted as ``interrupted``).
+    done: a resume asks another in its place (it is counted as ``interrupted``). ``running``: the
+    trials training now, as Tune knows them (default: the ones asked for and not ended, which
+    counts a trial still waiting for CPUs).
     """
     ended = state.budget_done
     rescues = (
@@ -30,7 +34,7 @@ def status_line(state: SweepState, total: int, elapsed: float, left: float | Non
     parts = [
         f"[{_clock(elapsed)}]",
         f"trials {ended}/{total} done{rescues}",
-        f"running {state.running}",
+        f"running {state.running if running is None else running}",
     ]
     return " · ".join(parts + ([counts] if counts else []) + [best_text, _left(left, ended, total)])
 
@@ -88,6 +92,8 @@ class LiveView(Callback):
         """When the first trial of this run started (the pace of trials is measured from there)."""
         self.ended_here = 0
         """Trials that ended since then (a resumed sweep's earlier trials do not count to its pace)."""
+        self.running: int | None = None
+        """Trials training now (Tune's RUNNING ones; a trial asked for and waiting for CPUs is not)."""
 
     def line(self) -> str:
         """The status line now."""
@@ -98,7 +104,7 @@ class LiveView(Callback):
         if self.state.deadline is not None:  # budget.time: the sweep ends by then whatever the pace
             until = max(0.0, self.state.deadline - time.time())
             left = until if left is None else min(left, until)
-        return status_line(self.state, self.total, now - self.started, left)
+        return status_line(self.state, self.total, now - self.started, left, self.running)
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -108,7 +114,12 @@ class LiveView(Callback):
         self.stream.write("\r\x1b[2K" + self.line())
         self.stream.flush()
 
-    def _ended(self, trial_id: str) -> None:
+    def _count_running(self, trials: list[Any], ended: Any = None) -> None:
+        self.running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
+
+    def _ended(self, trials: list[Any], trial: Any) -> None:
+        self._count_running(trials, ended=trial)
+        trial_id = trial.trial_id
         record = self.state.trials.get(trial_id)
         self.ended_here += 1
         if record is not None:
@@ -126,15 +137,16 @@ class LiveView(Callback):
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         """Redraw the status line (throttled)."""
+        self._count_running(trials)
         self._draw()
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Print the ended trial."""
-        self._ended(trial.trial_id)
+        self._ended(trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Print the failed trial."""
-        self._ended(trial.trial_id)
+        self._ended(trials, trial)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Leave the cursor on a fresh line."""
