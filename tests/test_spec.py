@@ -277,6 +277,20 @@ def test_conditional_parameter_exists_only_under_its_condition(tmp_path: Path) -
     assert {v["precision"] for v in seen} == {"fp32", "fp16"}
 
 
+def test_a_condition_on_precision_takes_any_spelling_of_a_choice(tmp_path: Path) -> None:
+    """A user's ``when: {precision: O2}`` with ``choices: [fp32, fp16-o2]`` was refused as not among the choices."""
+    for choices, when in ((["fp32", "fp16-o2"], "O2"), (["fp32", "O2"], "fp16-o2"), (["fp32", "O1"], ["fp16"])):
+        params = {**GOOD["params"], "precision": {"choices": choices}}
+        params["init_scale"] = {**GOOD["params"]["init_scale"], "when": {"precision": when}}
+        spec = load_spec(write_spec(tmp_path, {**GOOD, "params": params}))
+        assert spec.params["init_scale"].when["precision"][0] == choices[1]
+        assert spec.params["init_scale"].active({"precision": choices[1]})
+    keys = problems_of(
+        tmp_path, {**GOOD, "params": {**params, "init_scale": {**params["init_scale"], "when": {"precision": "O2"}}}}
+    )
+    assert keys == [("params.init_scale.when.precision", "['O2'] not among the choices of 'precision'")]
+
+
 def test_user_trainer_by_import_path_and_its_fields(tmp_path: Path) -> None:
     data = {
         "trainer": "tests.toy_trainer:ToyTrainer",

@@ -120,8 +120,27 @@ def parse_params(
         if isinstance(entry, dict) and isinstance(entry.get("when"), dict):
             conditions[str(name)] = {str(k): v if isinstance(v, list) else [v] for k, v in entry["when"].items()}
     for name, when in conditions.items():
+        if "precision" in when:  # `when: {precision: O2}` with choices [fp32, fp16-o2]: one precision, two spellings
+            options = parsed["precision"].choices if "precision" in parsed else [fixed.get("precision")]
+            when["precision"] = _as_spelled(when["precision"], options)
+            if name in parsed:
+                parsed[name].when["precision"] = when["precision"]
         _check_conditions(name, when, parsed, section, fixed, problems)
     return _ordered(parsed, problems)
+
+
+def _as_spelled(allowed: list[Any], options: list[Any]) -> list[Any]:
+    """Each precision in ``allowed`` as ``options`` spell it (``O2`` as ``fp16-o2``), so a condition matches it."""
+    from trainables.precision import canonical_precision
+
+    def canonical(value: Any) -> str | None:
+        try:
+            return canonical_precision(str(value))
+        except ValueError:
+            return None
+
+    spelled = {canonical(option): option for option in options if canonical(option) is not None}
+    return [spelled.get(canonical(value), value) for value in allowed]
 
 
 def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> ParamSpec | None:
