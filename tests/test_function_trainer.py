@@ -417,6 +417,11 @@ def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Pat
             {"trainer": "tests.function_trainers:keyword_only"},
             "it takes (*, config, run), which two positional arguments cannot fill",
         ),
+        (  # a key the engine reads, misspelt: every trial would run fp32 whatever the sweep searched
+            {"params": {"precison": {"choices": ["fp32"]}}},
+            "params.precison: did you mean 'precision'? The engine reads 'precision', and the loop never names "
+            "'precison': as written, neither would use the value",
+        ),
         ({"trainer": "tests.function_trainers:generator"}, "it is a generator function (it yields)"),
         ({"trainer": "tests.function_trainers:coroutine"}, "it is an async function (async def)"),
         (

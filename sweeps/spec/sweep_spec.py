@@ -17,7 +17,7 @@ import yaml
 
 from sweeps.core.errors import InputError
 from sweeps.core.keys import EPOCHS_FIELD
-from sweeps.core.problems import Problems, as_duration, as_int, as_number, unknown_key
+from sweeps.core.problems import Problems, as_duration, as_int, as_number, closest_key, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, never_drawn, parse_params, unknown_parameter, untyped
 from sweeps.spec.source_names import unnamed_keys
@@ -384,9 +384,13 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         raise SpecError(source, problems.items)
     unnamed: list[tuple[str, str]] = []
     if function:
-        own = [k for k in [*fixed, *params] if k not in ENGINE_READS and k not in named_nowhere]
+        own = [k for k in [*fixed, *params] if k not in ENGINE_READS]
         sections = {**{k: "fixed" for k in fixed}, **{k: "params" for k in params}}
-        unnamed = [(f"{sections[k]}.{k}", note) for k, note in unnamed_keys(trainer_cls, own)]
+        found = unnamed_keys(trainer_cls, own)
+        _refuse_misspelt_engine_keys(
+            [k for k, _ in found], {**sections, **dict.fromkeys(named_nowhere, "--set")}, source
+        )
+        unnamed = [(f"{sections[k]}.{k}", note) for k, note in found if k not in named_nowhere]
     return SweepSpec(
         name=str(name),
         trainer=str(raw["trainer"]),
@@ -411,6 +415,22 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         unnamed_in_source=tuple(unnamed),
         notes=tuple(notes + never_drawn(params, fixed)),
     )
+
+
+def _refuse_misspelt_engine_keys(keys: list[str], sections: dict[str, str], source: str) -> None:
+    """A key the loop never names that is one the engine reads, misspelt (``precison``): an error, not a note.
+
+    As written neither uses it: every trial would run at the engine's default (fp32, the spec's seed).
+    """
+    problems = []
+    for key in keys:
+        meant = closest_key(key, sorted(ENGINE_READS), cutoff=0.8)
+        if meant is not None:
+            where = f"--set {key}" if sections[key] == "--set" else f"{sections[key]}.{key}"
+            said = f"did you mean {meant!r}? The engine reads {meant!r}, and the loop never names {key!r}"
+            problems.append((where, f"{said}: as written, neither would use the value"))
+    if problems:
+        raise SpecError(source, problems)
 
 
 def _trainer(value: Any, problems: Problems) -> Any:
