@@ -86,6 +86,31 @@ def test_a_warm_start_from_a_sweep_of_other_epochs_gets_a_note(tmp_path: Path) -
     assert warm_start_note(earlier, spec_from_dict(NARROWER)) is None
 
 
+def test_a_warm_start_of_the_same_seed_does_not_draw_the_earlier_sweeps_start_up_configs_again(tmp_path: Path) -> None:
+    """A user's warm-started sweep re-ran three of the earlier sweep's random start-up configs, value for value."""
+    spec = spec_from_dict({**EARLIER, "search": {"n_startup_trials": 8, "random_fraction": 0}})
+    earlier = new_sweep_dir(tmp_path, "wa")
+    old = create_study(earlier, spec)
+    first = []
+    for value in (0.3, 0.2):  # two finished: fewer than n_startup_trials, so start-up draws go on
+        trial = old.ask()
+        trial.suggest_float("lr", 1e-5, 1.0, log=True)
+        trial.suggest_int("width", 1, 8)
+        first.append(trial.params)
+        old.tell(trial, value)
+    study = create_study(new_sweep_dir(tmp_path, "wb"), spec)
+    warm = tell_earlier_trials(study, earlier, spec)
+    assert (warm.told, warm.queued) == (2, 2)
+    drawn = []
+    for _ in range(4):  # its 2 best first, then start-up draws
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-5, 1.0, log=True)
+        trial.suggest_int("width", 1, 8)
+        drawn.append(trial.params)
+        study.tell(trial, 0.5)
+    assert drawn[:2] == [first[1], first[0]] and not any(d in first for d in drawn[2:])
+
+
 def test_a_warm_start_that_a_fixed_value_empties_says_which_and_how_to_match_it(tmp_path: Path) -> None:
     """A user's print flag (``verbose``) differed: the header said only "told 0 trials ... 16 fixed verbose differs"."""
     earlier = new_sweep_dir(tmp_path, "wa")

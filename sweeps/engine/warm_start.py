@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps.compat.optuna_internals import in_distribution
 from sweeps.results.export import ranked
 from sweeps.spec.sweep_spec import SweepSpec
-from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, load_study
+from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, load_study, make_sampler
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
 
 TOP = 3
@@ -157,6 +157,7 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
     if unfinished:  # nothing to tell of them: they reached no value
         skipped["failed or interrupted"] = unfinished
     study.add_trials(told)
+    study.sampler = make_sampler(spec, stream=f"warm:{earlier.name}")  # not the earlier sweep's start-up draws again
     queued = queue_best(study, old, earlier.name, spec)
     return WarmStart(earlier.name, len(told), queued, dict(skipped))
 

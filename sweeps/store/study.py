@@ -59,15 +59,18 @@ def drawn_by(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> str:
     return "startup" if len(finished) < spec.search.n_startup_trials else "tpe"
 
 
-def make_sampler(spec: SweepSpec, resumed_after: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: SweepSpec, resumed_after: int = 0, stream: str = "") -> optuna.samplers.BaseSampler:
     """TPE (grouped and multivariate unless ``search.multivariate`` is off; constant liar for parallel trials).
 
     ``search.random_fraction`` of its trials are drawn at random instead (see
     :mod:`sweeps.store.interleaved_sampler`). ``resumed_after``: the trials the study holds when a
     resumed sweep reopens it; the samplers' random streams then start from a seed of their own, or
     they would draw the sweep's first configurations again (a seeded stream restarts with the process).
+    ``stream``: likewise for a sweep warm-started from another of the same seed (its name), whose
+    start-up trials would otherwise be the earlier sweep's own.
     """
-    seed = spec.seed if not resumed_after else random.Random(f"{spec.seed}:resumed:{resumed_after}").randrange(2**31)
+    key = f"resumed:{resumed_after}" if resumed_after else stream
+    seed = spec.seed if not key else random.Random(f"{spec.seed}:{key}").randrange(2**31)
     if spec.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
