@@ -230,10 +230,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         for warm_note in (warm_start_note(earlier, spec), fixed_mismatch_note(earlier, spec)):
             if warm_note is not None:
                 print(f"note: --warm-start {args.warm_start}: {warm_note}", file=sys.stderr)
-    from sweeps.engine.cluster import check_address_format, check_local_workers_fit, check_ray_address
+    from sweeps.engine.cluster import (
+        check_address_format,
+        check_local_workers_fit,
+        check_ray_address,
+        local_concurrency_note,
+    )
 
     check_address_format(args.address)
     check_local_workers_fit(spec, args.address, args.cpus)
+    if (slots := local_concurrency_note(spec, args.address, args.cpus)) is not None:
+        print(f"note: budget.concurrency: {slots}", file=sys.stderr)
     within = "" if spec.budget.time_s is None else f" within {_duration(spec.budget.time_s)}"
     if args.check:  # everything above; a cluster's address is not tried
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials{within})")

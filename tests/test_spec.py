@@ -209,6 +209,18 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
     assert load_spec(write_spec(tmp_path, GOOD), ["budget.trial_time=40m"]).budget.trial_time_s == 2400.0
 
 
+def test_more_trials_at_once_than_a_local_ray_holds_gets_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's ``concurrency: 8`` on 2 CPUs passed ``--check`` silently; 2 ran at once."""
+    path = str(write_spec(tmp_path, GOOD))
+    assert main(["run", path, "--check", "--cpus", "2", "--set", "budget.concurrency=8"]) == 0
+    assert "note: budget.concurrency: 8 trials at once, but a new local Ray on this machine holds 2 (2 CPUs, 1 a " \
+        "trial): the others wait for a free slot" in capsys.readouterr().err  # fmt: skip
+    assert main(["run", path, "--check", "--cpus", "2", "--set", "budget.concurrency=2"]) == 0
+    assert "budget.concurrency" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("metric", "noted"),
     [("val/psnr", True), ("val_ssim", True), ("acc", True), ("val_loss", False), ("psnr_loss", False)],

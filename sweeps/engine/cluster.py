@@ -242,6 +242,22 @@ def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | No
         )
 
 
+def local_concurrency_note(spec: SweepSpec, address: str | None, cpus: int | None) -> str | None:
+    """A note when ``budget.concurrency`` asks for more trials at once than a new local Ray here can hold."""
+    wanted = spec.budget.concurrency
+    if wanted is None or not starts_local_ray(address):
+        return None
+    have = float(cpus or os.cpu_count() or 1)
+    per_trial = spec.budget.workers_per_trial * max(spec.budget.cpus_per_trial, 1e-3)
+    fits = max(1, int(have // per_trial))
+    if wanted <= fits:
+        return None
+    return (
+        f"{wanted} trials at once, but a new local Ray on this machine holds {fits} ({have:g} CPUs, "
+        f"{per_trial:g} a trial): the others wait for a free slot"
+    )
+
+
 def check_address_format(address: str | None) -> None:
     """Raise RayAddressError (one line) for an ``--address`` that is not HOST:PORT, 'auto' or 'local'; no connection."""
     if address not in (None, "auto", "local"):
