@@ -7,6 +7,7 @@ written as strings (PyYAML reads ``1e-5`` as a string) are accepted wherever a n
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import yaml
 
 from sweeps.core.errors import InputError
 from sweeps.core.keys import EPOCHS_FIELD
-from sweeps.core.problems import Problems, as_duration, as_int, as_number, closest_key, unknown_key
+from sweeps.core.problems import Problems, as_duration, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import ParamSpec, never_drawn, parse_params, unknown_parameter, untyped
 from sweeps.spec.source_names import unnamed_keys
@@ -424,8 +425,9 @@ def _refuse_misspelt_engine_keys(keys: list[str], sections: dict[str, str], sour
     """
     problems = []
     for key in keys:
-        meant = closest_key(key, sorted(ENGINE_READS), cutoff=0.8)
-        if meant is not None:
+        close = difflib.get_close_matches(key, sorted(ENGINE_READS), n=1, cutoff=0.85)  # a typo, not a prefix
+        if close:
+            meant = close[0]
             where = f"--set {key}" if sections[key] == "--set" else f"{sections[key]}.{key}"
             said = f"did you mean {meant!r}? The engine reads {meant!r}, and the loop never names {key!r}"
             problems.append((where, f"{said}: as written, neither would use the value"))
