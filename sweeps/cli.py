@@ -328,8 +328,12 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     print(f"Optuna:  {result.sweep.storage_location}  study {result.sweep.name}")
     from sweeps.compat.ray_internals import PROCESS_DIED
 
-    raised = sorted(  # a process that died left no traceback (its reason says so)
-        (r for r in state.trials.values() if r.status in (FAILED, OOM) and PROCESS_DIED not in r.reason),
+    raised = sorted(  # a process that died, or that budget.trial_time ended, left no traceback (its reason says so)
+        (
+            r
+            for r in state.trials.values()
+            if r.status in (FAILED, OOM) and PROCESS_DIED not in r.reason and r.ray_id not in state.timed_out
+        ),
         key=lambda r: r.label,
     )
     if raised:  # where to read what went wrong: the traceback is an artifact of each one's run

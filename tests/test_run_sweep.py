@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import re
@@ -220,6 +221,10 @@ def test_a_trial_over_its_time_stops_at_its_epochs_end_and_a_hung_one_is_ended(w
     )
     _, (run,) = runs_of(result)
     assert run.data.tags["sweep.status"] == "failed" and run.info.status == "FAILED"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        _print_result(result, load_spec(workdir / "it-hung.yaml"), str(workdir / "runs"))
+    assert "errors:" not in printed.getvalue()  # a killed process left no traceback.txt to point to
     assert [
         m.step for m in mlflow.MlflowClient(result.tracking_uri).get_metric_history(run.info.run_id, "val_loss")
     ] == [1]
