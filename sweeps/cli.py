@@ -357,12 +357,16 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Re-run the heuristic stops of a finished sweep to the end; print each verdict."""
-    from sweeps.engine.audit import audit_sweep
+    from sweeps.engine.audit import AuditInterrupted, audit_sweep
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
     _check_cpus(args.cpus, args.address)
-    result = audit_sweep(args.storage, args.sweep, args.top_k, address=args.address, cpus=args.cpus)
+    try:
+        result = audit_sweep(args.storage, args.sweep, args.top_k, address=args.address, cpus=args.cpus)
+    except AuditInterrupted as stopped:
+        print(f"interrupted: {stopped}", file=sys.stderr)
+        return 130
     print(result.text() if result.stops else f"{result.sweep}: no trial was stopped by a heuristic signal")
     return 0
 

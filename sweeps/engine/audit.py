@@ -27,15 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeps.core.failures import failure_reason
 from sweeps.core.keys import (
     AUDIT_FALSE_STOP,
     AUDIT_TRUE_STOP,
     COMPLETED,
     DIVERGED,
+    DIVERGED_KEY,
     ENGINE_KEY,
     EPOCH,
     FAILED,
     FAILED_KEY,
+    INTERRUPTED,
     REASON_KEY,
     ROLE_TRIAL,
     RUNNING,
@@ -51,12 +54,14 @@ from sweeps.core.keys import (
     TAG_ROLE,
     TAG_SIGNAL,
     TAG_STATUS,
+    TIME_UP_KEY,
 )
-from sweeps.core.records import metric_text
+from sweeps.core.records import SweepState, metric_text
 from sweeps.divergence import HEURISTIC
 from sweeps.engine.cluster import start_ray
 from sweeps.engine.runner import configs_tuner
 from sweeps.engine.searcher import trial_plan
+from sweeps.results.report import clipped
 from sweeps.spec.sweep_spec import SweepSpec, load_spec
 from sweeps.store.study import load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
@@ -85,8 +90,13 @@ class AuditedStop:
     def line(self, metric: str, completed: int) -> str:
         """One line of the audit table."""
         end = f"{metric}={metric_text(self.value)}" if self.value is not None else (self.failure or "no finite metric")
+        end = clipped(end, 28)  # the whole reason is on the re-run's MLflow run
         rank = f"rank {self.rank} of {completed + 1}" if self.rank is not None else "-"
         return f"{self.label:<6} {self.signal + '@' + self.step:<22} {end:<28} {rank:<14} {self.verdict}"
+
+
+class AuditInterrupted(Exception):
+    """Ctrl-C during an audit: its re-runs did not all end, so no verdict is recorded."""
 
 
 @dataclass
@@ -151,12 +161,17 @@ def audit_sweep(
         for stop, params in zip(stops, configs, strict=True):
             stop.audit_run_id = tracker.create_audit_run(sweep.name, stop.number, params, (stop.label, stop.run_id))
             plan = trial_plan(spec, tracker.uri, stop.audit_run_id, spec_text)
-            plan.divergence, plan.report_epochs = {"enabled": False}, []
-            plan.trial_time_s = 0.0  # to its last epoch, to judge the stop: budget.trial_time would cut it short
+            plan.divergence, plan.report_epochs = {"enabled": False}, []  # budget.trial_time holds, as in the sweep
             plans.append({**params, ENGINE_KEY: plan.as_config()})
         start_ray(num_cpus=cpus, address=address)
         number = int(meta.get("audits", 0)) + 1
-        _rerun(spec, sweep, plans, stops, number)
+        if unfinished := _rerun(spec, sweep, plans, stops, number):
+            for stop in stops:
+                why = "the audit was stopped before this re-run ended: nothing judged"
+                tracker.finish_run(stop.audit_run_id, INTERRUPTED, why, {TAG_EPOCHS: str(stop.epochs)})
+            raise AuditInterrupted(
+                f"audit of {sweep.name} stopped before {len(unfinished)} re-run(s) ended: no verdict recorded"
+            )
         _judge(result)
         _record(result, tracker, sweep, number)
         sweep.write_meta({**meta, "audits": number})
@@ -210,23 +225,43 @@ def _completed_values(runs: list[Any], metric: str) -> list[float]:
 
 def _rerun(
     spec: SweepSpec, sweep: SweepDir, plans: list[dict[str, Any]], stops: list[AuditedStop], number: int
-) -> None:
-    """Train every plan to its last epoch on Ray (trials at once as the sweep ran them); fill in the results."""
+) -> list[AuditedStop]:
+    """Train every plan to its last epoch on Ray (trials at once as the sweep ran them); fill in the results.
+
+    Returns the re-runs Tune stopped before their end (Ctrl-C): nothing can be judged from them.
+    """
     if spec.budget.workers_per_trial > 1:
         raise SweepStoreError("audit of multi-worker sweeps is not supported yet: re-run the stopped configs alone")
-    tuner = configs_tuner(spec, sweep, audit_trial, plans, f"audit_{number}")
+    state = SweepState(spec.metric, spec.mode)
+    tuner = configs_tuner(spec, sweep, audit_trial, plans, f"audit_{number}", state)
     by_run = {stop.audit_run_id: stop for stop in stops}
     results = tuner.fit()
+    unfinished = []
     for result in (results[i] for i in range(len(results))):
         run_id = (result.config or {})["trial"][ENGINE_KEY]["run_id"]
         stop, metrics = by_run[run_id], result.metrics or {}
         stop.epochs = int(metrics.get(EPOCH, 0))
-        if metrics.get(FAILED_KEY):
-            stop.failure = str(metrics.get(REASON_KEY, "failed"))
+        if metrics.get(FAILED_KEY) or result.error is not None:
+            stop.failure = str(metrics.get(REASON_KEY, "")) or _error_reason(result.error, state)
+            continue
+        if metrics.get(TIME_UP_KEY):  # cut as the sweep would have cut it: it could not have been its best
+            stop.failure = f"budget.trial_time ran out after epoch {stop.epochs} of {spec.budget.epochs}"
             continue
         value = metrics.get(spec.metric)
         if isinstance(value, (int, float)) and math.isfinite(value) and stop.epochs >= spec.budget.epochs:
             stop.value = float(value)
+        elif stop.epochs < spec.budget.epochs and not metrics.get(DIVERGED_KEY):
+            unfinished.append(stop)  # Tune stopped it: Ctrl-C
+    return unfinished
+
+
+def _error_reason(error: BaseException | None, state: SweepState) -> str:
+    """A re-run's failure: ``budget.trial_time``'s reason for a process it ended, else the error's line."""
+    if error is None:
+        return "failed"
+    if state.timed_out and "ray.kill" in str(error):  # every timed-out trial has the same reason
+        return next(iter(state.timed_out.values()))
+    return failure_reason(error)
 
 
 def _judge(result: AuditResult) -> None:

@@ -161,14 +161,24 @@ def sweep_tuner(
 
 
 def configs_tuner(
-    spec: SweepSpec, sweep: SweepDir, trainable: Any, configs: list[dict[str, Any]], name: str
+    spec: SweepSpec, sweep: SweepDir, trainable: Any, configs: list[dict[str, Any]], name: str, state: SweepState
 ) -> tune.Tuner:
-    """A Tuner that runs each of ``configs`` once (as ``{"trial": config}``), as many at once as the sweep ran."""
+    """A Tuner that runs each of ``configs`` once (as ``{"trial": config}``), as many at once as the sweep ran.
+
+    A trial that hangs past ``budget.trial_time`` is ended as in the sweep (``state.timed_out`` says which).
+    """
+    limit = spec.budget.trial_time_s
     return tune.Tuner(
         tune.with_resources(trainable, trial_resources(spec.budget)),
         param_space={"trial": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=trial_concurrency(spec.budget)),
-        run_config=tune.RunConfig(name=name, storage_path=str(sweep.path), verbose=0),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(sweep.path),
+            verbose=0,
+            callbacks=[TrialTimeout(state, limit)] if limit else [],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
     )
 
 
