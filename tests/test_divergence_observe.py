@@ -106,6 +106,21 @@ def test_an_observed_sweep_stops_nothing_and_records_the_would_be_stops(ray_sess
     assert "non_finite@6 -> completed" in summary
 
 
+@pytest.mark.integration
+def test_a_would_be_stop_is_kept_when_the_trials_process_then_dies(ray_session: None, workdir: Path) -> None:
+    """A user's flagged trial was then killed (hung, ``budget.trial_time``): its would-be stop left the summary."""
+    from sweeps.engine.runner import run_sweep
+    from sweeps.results.summary import divergence_summary
+    from sweeps.spec.sweep_spec import load_spec
+
+    data = {**TOY, "budget": {"trials": 1, "epochs": 3, "retries": 0}, "params": {"behavior": ["diverge_die"]}}
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(data))
+    result = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="dies", stream=io.StringIO())
+    (record,) = result.state.trials.values()
+    assert record.status == "failed" and record.would_stop == "non_finite@6"
+    assert "t000 non_finite@6 -> failed" in divergence_summary(result.state)
+
+
 def test_an_observed_sweep_where_no_signal_fired_says_so() -> None:
     from sweeps.core.records import SweepState, TrialRecord
     from sweeps.results.summary import divergence_summary

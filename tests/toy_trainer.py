@@ -22,7 +22,8 @@ class ToyConfig:
     fail_at_epoch: int = 0
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), zeros (loss 0 at epoch 2), raise, oom (epoch 2),
     # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine),
-    # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2), hang (epoch 2 never ends)
+    # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2), hang (epoch 2 never ends),
+    # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     cwd_file: str = ""  # if set, each trainer appends the folder it starts in, then moves to / (as a user's loop may)
@@ -67,7 +68,12 @@ class ToyTrainer:
             import sys
 
             sys.exit(1)
-        if self.epoch == 2 and self.config.behavior == "os_exit":
+        if (
+            self.epoch == 2
+            and self.config.behavior == "os_exit"
+            or self.epoch == 3
+            and self.config.behavior == "diverge_die"
+        ):
             import os
 
             time.sleep(2.0)  # some training first, as a real epoch has: what epoch 1 logged is sent meanwhile
@@ -80,7 +86,7 @@ class ToyTrainer:
             time.sleep(self.config.epoch_seconds)
         for _ in range(self.config.steps_per_epoch):
             self.step += 1
-            loss = math.nan if self.epoch == 2 and self.config.behavior == "diverge" else self._loss()
+            loss = math.nan if self.epoch == 2 and self.config.behavior in ("diverge", "diverge_die") else self._loss()
             if self.epoch == 2 and self.config.behavior == "zeros":  # looks like a collapse, and recovers
                 loss = 0.0
             if self.on_step is not None:

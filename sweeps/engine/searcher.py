@@ -193,6 +193,7 @@ class OptunaSearcher(Searcher):
         self._report(trial_id, record, result)
         if error:
             self._recover_logged(trial_id, record)
+            self._recover_would_stop(record)
         ending = Ending(
             result,
             error=error,
@@ -257,6 +258,7 @@ class OptunaSearcher(Searcher):
         open_records = [r for r in self.state.trials.values() if r.status == RUNNING]
         for record in open_records:
             logged = self._recover_logged(record.ray_id, record)
+            self._recover_would_stop(record)
             trial = self.live.pop(record.ray_id, None)
             last = logged[-1] if logged else (0, math.nan)
             if last[0] >= self.spec.budget.epochs and math.isfinite(last[1]):
@@ -272,6 +274,15 @@ class OptunaSearcher(Searcher):
 
     def _ran_out(self, record: TrialRecord) -> str:
         return f"budget.time ran out after epoch {record.epochs} of {self.spec.budget.epochs}"
+
+    def _recover_would_stop(self, record: TrialRecord) -> None:
+        """Observe mode: a trial that never reported its would-be stop (its process died) has it on its run."""
+        if not self.spec.observing or record.would_stop or not record.run_id:
+            return
+        try:
+            record.would_stop = self.tracker.would_stop(record.run_id)
+        except Exception:  # noqa: BLE001 - the tag stays in MLflow; only the summary's line is missing
+            return
 
     def _recover_logged(self, trial_id: str, record: TrialRecord) -> list[tuple[int, float]]:
         """Take the epochs the trial's MLflow run holds that no report brought: its process died, or was stopped.

@@ -34,6 +34,8 @@ from sweeps.core.keys import (
     TAG_SIGNAL,
     TAG_STATUS,
     TAG_TRIAL,
+    TAG_WOULD_STOP_SIGNAL,
+    TAG_WOULD_STOP_STEP,
 )
 from sweeps.core.records import TrialRecord
 from sweeps.tracking.mlflow_client import (
@@ -86,6 +88,15 @@ class SweepTracker:
         """Every ``(epoch, value)`` of ``metric`` that run ``run_id`` holds, by epoch (its step)."""
         history = retry(lambda: self.client.get_metric_history(run_id, metric), "read metric history")
         return sorted((int(m.step), float(m.value)) for m in history)
+
+    def would_stop(self, run_id: str) -> str:
+        """The observe-mode would-be stop the trial tagged on its run (``signal@step``; '' if none).
+
+        A trial whose process died, or was ended, never reported it to the driver.
+        """
+        tags = retry(lambda: self.client.get_run(run_id), "read run tags").data.tags
+        signal = tags.get(TAG_WOULD_STOP_SIGNAL, "")
+        return f"{signal}@{tags.get(TAG_WOULD_STOP_STEP, '?')}" if signal else ""
 
     def start(self, experiment: str, sweep: str, spec_text: str, params: dict[str, Any]) -> str:
         """Create (or reuse) the experiment and start the sweep's parent run; return its id."""
