@@ -242,6 +242,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (slots := local_concurrency_note(spec, args.address, args.cpus)) is not None:
         print(f"note: budget.concurrency: {slots}", file=sys.stderr)
     within = "" if spec.budget.time_s is None else f" within {_duration(spec.budget.time_s)}"
+    if spec.budget.trial_time_s is not None:
+        within += f", each at most {_duration(spec.budget.trial_time_s)}"
     if args.check:  # everything above; a cluster's address is not tried
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials{within})")
         return 0
@@ -345,6 +347,9 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
         print(f"next:    sweeps export {result.sweep.name}{where} -o best.yaml && sweeps train best.yaml")
+    if result.interrupted and not state.halted:
+        more = f"sweeps run {result.sweep.spec_file} --warm-start {result.sweep.name}"
+        print(f"stopped: by Ctrl-C, {state.budget_done} of {spec.budget.trials} trials done; to go on from it: {more}")
     if state.halted:  # the trainer (or the spec's metric) is wrong: every trial would have failed so
         print(
             f"error: sweep stopped after {state.halted}; every trial would fail so: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import re
@@ -225,6 +226,11 @@ def test_a_trial_over_its_time_stops_at_its_epochs_end_and_a_hung_one_is_ended(w
     with contextlib.redirect_stdout(printed):
         _print_result(result, load_spec(workdir / "it-hung.yaml"), str(workdir / "runs"))
     assert "errors:" not in printed.getvalue()  # a killed process left no traceback.txt to point to
+    printed = io.StringIO()  # the same sweep, had Ctrl-C stopped it: the summary says so and how to go on
+    with contextlib.redirect_stdout(printed):
+        code = _print_result(dataclasses.replace(result, interrupted=True), load_spec(workdir / "it-hung.yaml"), "r")
+    assert code == 130 and "stopped: by Ctrl-C, 1 of 1 trials done; to go on from it: sweeps run " in printed.getvalue()
+    assert printed.getvalue().rstrip().endswith("--warm-start it-hung")
     assert [
         m.step for m in mlflow.MlflowClient(result.tracking_uri).get_metric_history(run.info.run_id, "val_loss")
     ] == [1]

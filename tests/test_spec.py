@@ -207,6 +207,11 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
     assert main(["run", str(write_spec(tmp_path, GOOD)), "--check", "--set", "budget.time=90m"]) == 0
     assert capsys.readouterr().out.endswith(": ok (4 searched parameters, 3 trials within 1.5h)\n")
     assert load_spec(write_spec(tmp_path, GOOD), ["budget.trial_time=40m"]).budget.trial_time_s == 2400.0
+    assert main(["run", str(write_spec(tmp_path, GOOD)), "--check", "--set", "budget.time=40s", "--set",
+                 "budget.trial_time=10m"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert out.endswith(": ok (4 searched parameters, 3 trials within 40s, each at most 10m)\n")
+    assert "note: budget.trial_time: is not shorter than budget.time, which ends every trial first" in err
 
 
 def test_more_trials_at_once_than_a_local_ray_holds_gets_a_note(

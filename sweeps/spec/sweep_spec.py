@@ -370,6 +370,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     if budget.time_s is not None and isinstance(given, dict) and "trials" not in given:  # 10 trials may end it first
         more = "set budget.trials high to use all the time"
         notes.append(("budget.time", f"the sweep also ends after budget.trials ({budget.trials}) trials; {more}"))
+    if budget.time_s is not None and budget.trial_time_s is not None and budget.trial_time_s >= budget.time_s:
+        notes.append(("budget.trial_time", "is not shorter than budget.time, which ends every trial first"))
     asha = _asha(raw.get("asha", {}), budget, problems)
     search = _search(raw.get("search", {}), problems)
     divergence = _divergence(raw.get("divergence", {}), problems)
