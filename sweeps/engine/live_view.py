@@ -106,11 +106,14 @@ class LiveView(Callback):
             left = until if left is None else min(left, until)
         return status_line(self.state, self.total, now - self.started, left, self.running)
 
+    def _due(self) -> bool:
+        """Whether a throttled redraw would draw now (on a terminal, ``interval`` after the last)."""
+        return self.tty and time.monotonic() - self.last_draw >= self.interval
+
     def _draw(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.tty or (not force and now - self.last_draw < self.interval):
+        if not self.tty or not (force or self._due()):
             return
-        self.last_draw = now
+        self.last_draw = time.monotonic()
         self.stream.write("\r\x1b[2K" + self.line())
         self.stream.flush()
 
@@ -136,9 +139,10 @@ class LiveView(Callback):
             self.first_start = time.monotonic()
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        """Redraw the status line (throttled)."""
-        self._count_running(trials)
-        self._draw()
+        """Redraw the status line (throttled): the trials are counted only when it is drawn."""
+        if self._due():
+            self._count_running(trials)
+            self._draw()
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Print the ended trial."""
