@@ -116,10 +116,12 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__output_activation": {"low": 0, "high": 1}}, "params.output_activation.type", "is one of none,"),
         ({"fixed": {"lr": float("nan")}}, "fixed.lr", "must be a finite number"),
         ({"budget__retries": -1}, "budget.retries", "must be >= 0"),
-        ({"budget__time": "8 hours"}, "budget.time", "must be a duration > 0 such as 90m, 8h or 3600 (seconds)"),
+        ({"budget__time": "8 hours"}, "budget.time", "must be a duration > 0 such as 90m, 1h30m, 8h or 3600 (seconds)"),
         ({"budget__time": 0}, "budget.time", "must be a duration > 0"),
         ({"budget__time": "-2h"}, "budget.time", "must be a duration > 0"),
-        ({"budget__trial_time": "forever"}, "budget.trial_time", "must be a duration > 0 such as 90m, 8h or 3600"),
+        ({"budget__time": "10m30"}, "budget.time", "must be a duration > 0"),
+        ({"budget__time": "1h and 30m"}, "budget.time", "must be a duration > 0"),
+        ({"budget__trial_time": "forever"}, "budget.trial_time", "such as 90m, 1h30m, 8h or 3600"),
         ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),
         ({"trial_storage": "s3://"}, "trial_storage", "names no bucket"),
         ({"trial_storage": ["s3://a"]}, "trial_storage", "must be a URI"),
@@ -199,7 +201,7 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
     assert load_spec(write_spec(tmp_path, GOOD)).budget.time_s is None
     spec = load_spec(write_spec(tmp_path, GOOD), ["budget.time=1.5h"])
     assert spec.budget.time_s == 5400.0 and not any(key == "budget.time" for key, _ in spec.notes)
-    for value, seconds in (("90m", 5400.0), ("45s", 45.0), (3600, 3600.0), ("2d", 172800.0)):
+    for value, seconds in (("90m", 5400.0), ("45s", 45.0), (3600, 3600.0), ("2d", 172800.0), ("1h30m", 5400.0)):
         spec = load_spec(write_spec(tmp_path, changed(GOOD, budget={"time": value})))
         assert spec.budget.time_s == seconds
         assert ("budget.time", "the sweep also ends after budget.trials (10) trials; set budget.trials high to "
@@ -207,6 +209,7 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
     assert main(["run", str(write_spec(tmp_path, GOOD)), "--check", "--set", "budget.time=90m"]) == 0
     assert capsys.readouterr().out.endswith(": ok (4 searched parameters, 3 trials within 1.5h)\n")
     assert load_spec(write_spec(tmp_path, GOOD), ["budget.trial_time=40m"]).budget.trial_time_s == 2400.0
+    assert load_spec(write_spec(tmp_path, GOOD), ["budget.trial_time=10m 30s"]).budget.trial_time_s == 630.0
     assert main(["run", str(write_spec(tmp_path, GOOD)), "--check", "--set", "budget.time=40s", "--set",
                  "budget.trial_time=10m"]) == 0  # fmt: skip
     out, err = capsys.readouterr()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -61,17 +62,28 @@ DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def as_duration(value: Any, key: str, problems: Problems) -> float | None:
-    """Return ``value`` (``8h``, ``90m``, ``1.5h``, ``45s``, ``2d`` or seconds) in seconds, > 0; or record a problem."""
+    """Return ``value`` (``8h``, ``90m``, ``1h30m``, ``2d``, seconds) in seconds (> 0), or record a problem."""
     text = str(value).strip().lower() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
-    unit = DURATION_UNITS.get(text[-1:], 0.0) if text else 0.0
-    try:
-        seconds = float(text[:-1] if unit else text) * (unit or 1.0)
-    except ValueError:
-        seconds = math.nan
+    seconds = _duration_seconds(text)
     if not math.isfinite(seconds) or seconds <= 0:
-        problems.add(key, f"must be a duration > 0 such as 90m, 8h or 3600 (seconds), got {value!r}")
+        problems.add(key, f"must be a duration > 0 such as 90m, 1h30m, 8h or 3600 (seconds), got {value!r}")
         return None
     return seconds
+
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd])")
+
+
+def _duration_seconds(text: str) -> float:
+    """Seconds in ``text``: a bare number, or number-unit parts (``1h30m``, ``10m 30s``); NaN if unreadable."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(_DURATION_PART.sub("", text).split()):
+        return math.nan
+    return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
 
 
 def unknown_key(name: object, known: Collection[str]) -> str:
