@@ -84,6 +84,7 @@ def test_an_observed_sweep_stops_nothing_and_records_the_would_be_stops(ray_sess
     from mlflow import MlflowClient
 
     from sweeps.engine.runner import run_sweep
+    from sweeps.results.report import result_rows, would_stop_epoch
     from sweeps.results.summary import divergence_summary
     from sweeps.spec.sweep_spec import load_spec
 
@@ -104,6 +105,9 @@ def test_an_observed_sweep_stops_nothing_and_records_the_would_be_stops(ray_sess
     summary = divergence_summary(result.state)
     assert f"would have stopped (observe mode): {len(flagged)}" in summary
     assert "non_finite@6 -> completed" in summary
+    rows = {row["trial"]: row for row in result_rows(result.state)}  # the learning curves' cross: epoch 2's NaNs
+    assert {would_stop_epoch(rows[r.label]) for r in flagged} == {2}
+    assert {would_stop_epoch(row) for row in rows.values() if not row["would_stop"]} == {0}
 
 
 @pytest.mark.integration

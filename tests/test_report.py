@@ -180,6 +180,32 @@ def test_learning_curves_draw_every_ending_with_its_mark(tmp_path: Path) -> None
     assert draw_learning_curves([Curve("t0", "failed", [])], "m", "min", 4, [], tmp_path / "none.png") is None
 
 
+def test_a_would_be_stop_is_a_thin_cross_on_its_trial_line_at_the_epoch_it_fell_in() -> None:
+    from sweeps.results.figures import _draw_curves, _figure, plain_style
+    from sweeps.results.report import would_stop_epoch
+
+    # 40 steps over 4 epochs: step 12 falls in epoch 2, step 10 in epoch 1, step 40 in epoch 4
+    row = {"would_stop": "loss_explosion@12", "steps": 40, "epochs": 4}
+    assert would_stop_epoch(row) == 2
+    assert would_stop_epoch({**row, "would_stop": "collapse@10"}) == 1
+    assert would_stop_epoch({**row, "would_stop": "collapse@40"}) == 4
+    assert would_stop_epoch({**row, "would_stop": ""}) == 0
+    assert would_stop_epoch({**row, "would_stop": "collapse@?"}) == 0
+    assert would_stop_epoch({**row, "steps": 0}) == 0
+    curves = [
+        Curve("t000", "completed", [(1, 1.0), (2, 0.6), (3, 0.5), (4, 0.45)], best=True, rank=1),
+        Curve("t001", "completed", [(1, 1.1), (2, 0.9), (3, 0.8), (4, 0.7)], rank=2, would_stop_epoch=2),
+        Curve("t002", "completed", [(1, 1.2), (2, 1.0), (3, 0.9), (4, 0.8)], rank=3),
+    ]
+    with plain_style():
+        figure = _figure(10.0, 4.8)
+        _draw_curves(figure, curves, "m", "min", 4, [])
+    marks = [line for line in figure.axes[0].lines if line.get_marker() == "x"]
+    assert [(float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in marks] == [(2.0, 0.9)]
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert "would have stopped (observe, x): 1" in legend
+
+
 @pytest.mark.parametrize(("mode", "far", "edge"), [("min", 1e9, 0.96), ("max", -1e9, 0.04)])
 def test_a_diverged_trial_off_the_plot_sits_on_the_worse_edge(mode: str, far: float, edge: float) -> None:
     from sweeps.results.figures import _draw_curves, _figure, plain_style

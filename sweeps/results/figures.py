@@ -2,7 +2,8 @@
 
 - ``learning_curves.png``: every trial's metric against the epoch on one plot, coloured by how the
   trial ended, ASHA's rungs marked, a pruned trial's line ending in a circle where ASHA cut it and
-  a diverged trial's in a cross at the epoch it was stopped in;
+  a diverged trial's in a cross at the epoch it was stopped in, and a would-be stop of
+  ``divergence.mode: observe`` a thin red cross on its trial's line, at the epoch it fell in;
 - ``importances.png`` (Optuna's parameter importances as bars) and ``contour.png`` (Optuna's
   contour of the two most important parameters);
 - ``optimization_history.png``; and ``plots.html``: Optuna's history, parallel-coordinate, slice
@@ -40,6 +41,7 @@ STYLE: dict[str, dict[str, Any]] = {
     INTERRUPTED: {"color": "#9467bd", "label": "interrupted", "z": 2},
 }
 BEST_COLOR = "#2ca02c"
+WOULD_STOP_COLOR = STYLE[DIVERGED]["color"]
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Curve:
     best: bool = False
     rank: int = 0
     """1 for the best completed trial, 2 for the next, ...; 0 for the others."""
+    would_stop_epoch: int = 0
+    """``divergence.mode: observe``: the epoch the detector would have stopped this trial in; 0 for none."""
     finite: list[tuple[int, float]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +155,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     counts: dict[str, int] = {}
     ends: list[tuple[float, float, str, str, bool]] = []  # right-edge labels: x, y, text, colour, bold
     crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the top edge
+    would = 0  # would-be stops marked (observe mode)
     for curve in sorted(curves, key=lambda c: (STYLE.get(c.status, STYLE[FAILED])["z"], -c.rank, c.best)):
         style = STYLE.get(curve.status, STYLE[FAILED])
         counts[curve.status] = counts.get(curve.status, 0) + 1
@@ -175,6 +180,9 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
                 crosses.append((stop, edge, curve.label, color, True))
         elif highlight and xs:
             ends.append((xs[-1], ys[-1], curve.label + (" best" if curve.best else ""), color, curve.best))
+        if curve.would_stop_epoch and xs:
+            would += 1
+            _mark_would_stop(ax, curve, bottom, ceiling, zorder)
     _label_ends(ax, ends)
     for x, y, text, color, on_edge in _merged(crosses)[:12]:
         where = top_edge if on_edge else ax.transData
@@ -197,7 +205,20 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
             face = "white" if status == PRUNED else style["color"]
             label = f"{style['label']}: {counts[status]}"
             handles.append(Line2D([], [], color=style["color"], marker=marker, mfc=face, label=label))
+    if would:
+        label = f"would have stopped (observe, x): {would}"
+        handles.append(Line2D([], [], ls="", color=WOULD_STOP_COLOR, marker="x", ms=8, mew=2, label=label))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+
+
+def _mark_would_stop(ax: Any, curve: Curve, bottom: float, ceiling: float, zorder: float) -> None:
+    """A thin cross on the trial's line where the detector would have stopped it, named by the trial."""
+    at = [(e, v) for e, v in curve.finite if e <= curve.would_stop_epoch] or curve.finite[:1]
+    epoch, value = at[-1]
+    if not bottom <= value <= ceiling:
+        return
+    ax.plot([epoch], [value], "x", ms=9, mew=2, color=WOULD_STOP_COLOR, zorder=zorder + 1)
+    ax.annotate(curve.label, (epoch, value), xytext=(5, 5), textcoords="offset points", **_small(WOULD_STOP_COLOR))
 
 
 def _merged(crosses: list[tuple[float, float, str, str, bool]]) -> list[tuple[float, float, str, str, bool]]:

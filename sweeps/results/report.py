@@ -158,8 +158,22 @@ def learning_curves(study: optuna.Study, rows: list[dict[str, Any]], metric: str
             points = sorted(trial.intermediate_values.items()) if trial is not None else []
         stop = int(row.get("epochs") or 0) if row["status"] == DIVERGED else 0
         label = str(row["trial"])
-        curves.append(Curve(label, str(row["status"]), points, stop, bool(row.get("best")), ranks.get(label, 0)))
+        rank, would_stop = ranks.get(label, 0), would_stop_epoch(row)
+        curves.append(Curve(label, str(row["status"]), points, stop, bool(row.get("best")), rank, would_stop))
     return curves
+
+
+def would_stop_epoch(row: dict[str, Any]) -> int:
+    """The epoch a would-be stop (``signal@step``) fell in, from the trial's steps per epoch; 0 for none or unknown.
+
+    Exact when every epoch has as many steps; a step counted before its epoch's validation.
+    """
+    observed = _observed(row, {})
+    steps, epochs = int(row.get("steps") or 0), int(row.get("epochs") or 0)
+    if observed is None or observed["step"] is None or steps <= 0 or epochs <= 0:
+        return 0
+    per_epoch = steps / epochs
+    return min(epochs, max(1, math.ceil(max(0, observed["step"]) / per_epoch)))
 
 
 def stop_decisions(rows: list[dict[str, Any]], tags: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
