@@ -28,7 +28,7 @@ from sweeps.core.keys import (
     diverged_by_tag,
 )
 from sweeps.core.records import SweepState
-from sweeps.engine.callbacks import CheckpointPruner, TrackingCallback
+from sweeps.engine.callbacks import CheckpointPruner, ReportPrewarm, TrackingCallback
 from sweeps.engine.cluster import check_workers_fit, cluster_slots, start_ray, trial_concurrency, trial_resources
 from sweeps.engine.live_view import LiveView
 from sweeps.engine.preflight import check_sweep_start
@@ -38,7 +38,7 @@ from sweeps.engine.sweep_stop import SweepStop
 from sweeps.engine.trial_timeout import TrialTimeout
 from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.export import best_export_text
-from sweeps.results.report import prewarm, result_rows, write_report
+from sweeps.results.report import result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import create_study
@@ -246,6 +246,7 @@ def _engine_configs(
                 LiveView(state, spec.budget.trials, stream),
                 TrackingCallback(state, tracker),
                 CheckpointPruner(),
+                ReportPrewarm(),
                 *([TrialTimeout(state, spec.budget.trial_time_s)] if spec.budget.trial_time_s else []),
             ],
             # Every checkpoint is kept by Tune; CheckpointPruner deletes the superseded ones safely.
@@ -271,7 +272,6 @@ def fit_and_finish(
     meta = {**meta, "searched": list(spec.params), "rungs": rung_epochs(spec)}  # for the report
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))  # read when fit() starts
 
-    prewarm()
     try:
         results = tuner.fit()
         _log_best_checkpoints(results, state, tracker, spec)
