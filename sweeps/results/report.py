@@ -166,7 +166,8 @@ def learning_curves(study: optuna.Study, rows: list[dict[str, Any]], metric: str
 def would_stop_epoch(row: dict[str, Any]) -> int:
     """The epoch a would-be stop (``signal@step``) fell in, from the trial's steps per epoch; 0 for none or unknown.
 
-    Exact when every epoch has as many steps; a step counted before its epoch's validation.
+    Steps count from 1, so with n steps an epoch, step k is in epoch ceil(k / n); exact when every
+    epoch has as many steps.
     """
     observed = _observed(row, {})
     steps, epochs = int(row.get("steps") or 0), int(row.get("epochs") or 0)
