@@ -1,4 +1,4 @@
-"""MLflow's private parts the engine uses: the step of each metric's latest value in a run."""
+"""MLflow's private parts the engine uses: the step of each metric's latest value in a run, its schema's head."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ def latest_steps(run: Any) -> dict[str, int]:
     if objects is None:
         return {key: 0 for key in run.data.metrics}
     return {m.key: int(m.step) for m in objects}
+
+
+def schema_head() -> str | None:
+    """The schema revision a store of this MLflow must be at (alembic's head); None if MLflow cannot say."""
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        return str(_get_latest_schema_revision())
+    except Exception:  # noqa: BLE001 - another MLflow: the caller does without
+        return None
 
 
 SEARCH_ENDPOINT = "/api/2.0/mlflow/experiments/search"

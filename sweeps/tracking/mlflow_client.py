@@ -84,15 +84,20 @@ def client(uri: str) -> MlflowClient:
 
     One per URI and process: building a client opens and checks the store (0.1 to 0.6 s for
     SQLite here), which a reused trial process would otherwise pay for every trial. A SQLite store
-    is opened under a lock (:func:`schema_lock`): on a new file, MLflow creates its tables then.
+    is opened under a lock (:func:`schema_lock`): a new file starts as a copy of an empty store
+    MLflow made before, or MLflow creates its tables then (``sweeps.tracking.store_template``).
     """
     from mlflow import MlflowClient
 
     from sweeps.store.sqlite_wal import use_wal
+    from sweeps.tracking import store_template
 
     use_wal()
     with schema_lock(uri):
-        return MlflowClient(tracking_uri=uri)
+        path = store_template.sqlite_path(uri)
+        if path is None or path.exists():
+            return MlflowClient(tracking_uri=uri)
+        return store_template.open_new(path, lambda: MlflowClient(tracking_uri=uri))
 
 
 def schema_lock(uri: str, timeout: float = 300.0) -> contextlib.AbstractContextManager[object]:

@@ -24,6 +24,7 @@ from sweeps.core.errors import InputError
 from sweeps.core.failures import failure_reason
 from sweeps.store.sweep_dir import nearest_existing
 from sweeps.tracking.mlflow_client import client, looks_like_uri
+from sweeps.tracking.store_template import sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -79,12 +80,6 @@ def open_store(uri: str) -> MlflowClient:
         return client(uri)
     except Exception as exc:  # noqa: BLE001 - any store that cannot open is the user's to fix
         raise TrackingStoreError(f"cannot open the MLflow store {uri}: {failure_reason(exc)}") from None
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///PATH`` URI (its query left out); None for an in-memory store."""
-    path = unquote(uri[len("sqlite:///") :].split("?", 1)[0]) if uri.startswith("sqlite:///") else ""
-    return Path(path) if path and path != ":memory:" else None
 
 
 def _check_sqlite(uri: str, must_exist: bool) -> None:
