@@ -104,6 +104,13 @@ def one_epoch_whatever_the_budget(config: Any, run: Any) -> None:
         run.report(epoch + 1, val_loss=0.5)
 
 
+def reports_from_zero(config: Any, run: Any) -> None:
+    """The off-by-one a user writes: ``run.report(epoch)`` in ``for epoch in range(run.epochs)``."""
+    for epoch in range(run.epochs):
+        run.step(loss=1.0)
+        run.report(epoch, val_loss=0.5)
+
+
 def stops_itself_after_one_epoch(config: Any, run: Any) -> None:
     """Early stopping of its own, as the docs say: raise StopTrial."""
     from sweeps import StopTrial

@@ -79,6 +79,13 @@ def test_the_mode_is_checked_with_the_spec() -> None:
         validate_spec({**TOY, "divergence": {"mode": "watch"}}, "s.yaml", [])
 
 
+def test_observing_with_asha_on_notes_that_asha_may_cut_a_flagged_trial_before_its_end() -> None:
+    assert validate_spec({**TOY}, "s.yaml", []).notes == ()  # asha: false
+    notes = dict(validate_spec({**TOY, "asha": {"grace_period": 1}}, "s.yaml", []).notes)
+    assert "set asha.enabled: false to train every trial to the end" in notes["divergence.mode"]
+    assert "divergence.mode" not in dict(validate_spec({**TOY, "asha": {}, "divergence": {}}, "s.yaml", []).notes)
+
+
 @pytest.mark.integration
 def test_an_observed_sweep_stops_nothing_and_records_the_would_be_stops(ray_session: None, workdir: Path) -> None:
     from mlflow import MlflowClient

@@ -229,7 +229,12 @@ def test_a_long_reason_in_the_terminal_table_is_cut_at_a_word() -> None:
     assert clipped(reason, 60) == "runaway_weights: d: last-layer weight norm 80.6 > 50 x..."
     assert clipped("x" * 80, 60) == "x" * 57 + "..." and clipped("short", 60) == "short"
     table = terminal_table([row(0, "diverged", None, 1, reason=reason)], "val_loss")
-    assert table.splitlines()[-1].endswith("> 50 x...")
+    assert table.splitlines()[-1].endswith("> 50 x 0.583 on 15 of the last 19 steps")  # a stop's reason: whole
+    failure = (
+        "RuntimeError: Given groups=1, weight of size [8, 3, 3, 3], expected input[4, 1, 32, 32] to have 3 channels"
+    )
+    table = terminal_table([row(0, "failed", None, 1, reason=failure)], "val_loss")
+    assert table.splitlines()[-1].endswith("expected input[4, 1, 32, 32] to...")
 
 
 def test_diverged_trials_stopped_at_the_same_spot_are_named_in_one_label() -> None:

@@ -181,6 +181,18 @@ def test_a_metric_never_produced_stops_the_sweep_after_the_first_failure(
     assert re.search(r"it-nometric  stopped \(after t00\d failed: every trial would fail so\)", capsys.readouterr().out)
 
 
+def test_a_loop_numbering_its_reports_from_zero_stops_the_sweep_after_the_first_failure(workdir: Path) -> None:
+    data = toy_spec("it-fromzero", trainer="tests.function_trainers:reports_from_zero", budget__trials=6)
+    data["budget"]["concurrency"] = 2
+    result = sweep(workdir, data)
+    _, children = runs_of(result)
+    assert 1 <= len(children) <= 4  # the two running and at most one asked ahead; never the six
+    assert re.fullmatch(
+        r"t00\d failed: ReportCallError: run.report\(epoch, \.\.\.\): epoch counts .*", result.state.halted
+    )
+    assert result.interrupted
+
+
 def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interrupted_by_it(workdir: Path) -> None:
     data = toy_spec("it-time", budget__trials=40, budget__concurrency=2, budget__time="20s", asha={"enabled": False})
     data["fixed"] = {"epoch_seconds": 2.5}  # 10 s a trial: trials are running when the time runs out

@@ -63,7 +63,12 @@ def test_the_count_of_divergences_by_signal_says_how_many_were_rescues() -> None
     assert divergence_summary(state).splitlines()[0] == "diverged by signal: loss_scale 2"
     state.finish(rescue, "diverged")
     first_line = divergence_summary(state).splitlines()[0]
-    assert first_line == "diverged by signal: loss_explosion 1, loss_scale 2 (1 of them a rescue)"
+    assert first_line == "diverged by signal: loss_explosion 1, loss_scale 2 (3 trials, 1 of them a rescue)"
+    lines = divergence_summary(state).splitlines()
+    assert lines[1:] == [
+        "diverged because of precision (the bf16/fp32 rescue completed): 0",
+        "diverged anyway (the rescue diverged too): 1 (t000)",
+    ]
 
 
 class _Events:

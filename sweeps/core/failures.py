@@ -23,9 +23,10 @@ def message_line(text: str) -> str:
     return line
 
 
-SWEEP_ENDING_ERRORS = ("MetricMissingError",)
-"""Failures every trial would meet: the trainer does not produce the spec's metric. (A loop that returns
-early is not one: it may do so only for some configs, as a loop's own guard against a NaN loss does.)"""
+SWEEP_ENDING_ERRORS = ("MetricMissingError", "ReportCallError")
+"""Failures every trial would meet: the trainer does not produce the spec's metric, or its loop numbers
+``run.report``'s epochs wrongly (from 0, say). (A loop that returns early is not one: it may do so
+only for some configs, as a loop's own guard against a NaN loss does.)"""
 
 
 def ends_the_sweep(reason: str) -> bool:

@@ -252,6 +252,11 @@ def write_stops(folder: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) 
     return path
 
 
+REASON_WIDTH = 96
+"""The terminal table's reason column: a detector's whole reason (``runaway_weights: d: last-layer weight
+norm 80.6 > 50 x 0.583 on 15 of the last 19 steps``) fits; a failure's long message is cut."""
+
+
 def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | None = None) -> str:
     """The results as a plain-text table; parameter columns ``names`` (default: every parameter)."""
     every = [k[6:] for k in dict.fromkeys(k for row in rows for k in row if k.startswith("param."))]
@@ -262,7 +267,7 @@ def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | N
         value = row.get(metric)
         shown = metric_text(value) if isinstance(value, float) and math.isfinite(value) else "-"
         cells = [("*" if row.get("best") else " ") + str(row["trial"]), str(row["status"]), shown, epochs_text(row)]
-        cells += [short(row.get(p)) for p in params] + [clipped(str(row.get("reason") or ""), 60)]
+        cells += [short(row.get(p)) for p in params] + [clipped(str(row.get("reason") or ""), REASON_WIDTH)]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]

@@ -27,17 +27,23 @@ def divergence_summary(state: SweepState, observing: bool = False) -> str:
     lines = ["diverged by signal: " + ", ".join(f"{k} {v}" for k, v in sorted(state.diverged_by.items()))]
     rescues = sum(1 for r in state.trials.values() if r.rescue_of is not None and r.status == DIVERGED)
     if rescues:  # a rescue is an extra trial: say so, or the counts read as more of the budget's trials
-        lines[0] += f" ({rescues} of them {'a rescue' if rescues == 1 else 'rescues'})"
+        total = sum(state.diverged_by.values())
+        lines[0] += f" ({total} trials, {rescues} of them {'a rescue' if rescues == 1 else 'rescues'})"
     rescued = [r for r in state.trials.values() if r.rescue is not None]
     if rescued:
         because = [r.label for r in rescued if r.rescue is not None and r.rescue.status == COMPLETED]
         anyway = [r.label for r in rescued if r.rescue is not None and r.rescue.status == DIVERGED]
         other = len(rescued) - len(because) - len(anyway)
-        lines.append(f"diverged because of precision (the bf16/fp32 rescue completed): {len(because)} {because}")
-        lines.append(f"diverged anyway (the rescue diverged too): {len(anyway)} {anyway}")
+        lines.append(f"diverged because of precision (the bf16/fp32 rescue completed): {_counted(because)}")
+        lines.append(f"diverged anyway (the rescue diverged too): {_counted(anyway)}")
         if other:
             lines.append(f"rescue cut short (pruned, failed or interrupted): {other}")
     return "\n".join(lines + observed)
+
+
+def _counted(labels: list[str]) -> str:
+    """``2 (t003, t007)``; ``0`` for none."""
+    return f"{len(labels)} ({', '.join(labels)})" if labels else "0"
 
 
 def observed_stops(state: SweepState, observing: bool = False) -> list[str]:

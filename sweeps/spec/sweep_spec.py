@@ -375,6 +375,9 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     asha = _asha(raw.get("asha", {}), budget, problems)
     search = _search(raw.get("search", {}), problems)
     divergence = _divergence(raw.get("divergence", {}), problems)
+    if divergence.enabled and divergence.mode == "observe" and asha.enabled:
+        cut = "ASHA may still cut a flagged trial at a rung, before its end shows whether the flag was right"
+        notes.append(("divergence.mode", f"observe: {cut}; set asha.enabled: false to train every trial to the end"))
     record = _record(raw.get("record", {}), problems)
     trial_storage = _trial_storage(raw.get("trial_storage"), problems)
     fixed = _fixed(raw.get("fixed", {}), types, problems)

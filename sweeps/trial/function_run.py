@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sweeps.trial.stops import non_finite_metrics
+from sweeps.trial.stops import ReportCallError, non_finite_metrics
 from trainables.diagnostics import StepProbe, loss_metrics, output_metrics
 from trainables.images import as_image
 from trainables.mixed_precision import autocast, loss_scaler
@@ -149,11 +149,12 @@ class FunctionRun:
     def report(self, epoch: int, **metrics: Any) -> bool:
         """End epoch ``epoch`` (counted from 1) with its metrics; True to go on, False after the last epoch.
 
-        Raises ``StopTrial`` when the sweep stops the trial (ASHA; a report after the last epoch)
-        and a ``DivergedError`` (a ``StopTrial``) when a metric is not finite.
+        Raises ``StopTrial`` when the sweep stops the trial (ASHA; a report after the last epoch),
+        a ``DivergedError`` (a ``StopTrial``) when a metric is not finite, and a ``ReportCallError``
+        (which stops the sweep) when ``epoch`` does not count from 1 and rise.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= self.last_epoch:
-            raise ValueError(
+            raise ReportCallError(
                 f"run.report(epoch, ...): epoch counts the epochs finished, from 1, and rises: got {epoch!r} "
                 f"after {self.last_epoch} (in `for epoch in range(n)`, report epoch + 1)"
             )

@@ -1,4 +1,4 @@
-"""How a trial's training is left early: divergence (the detector fired) and a missing metric.
+"""How a trial's training is left early: divergence (the detector fired), a missing metric, a wrong ``run.report``.
 
 Shared by the epoch loop and a function trainer's ``run``, which both raise and catch them.
 """
@@ -22,6 +22,14 @@ class TrainerExitError(RuntimeError):
 
     Left as they are, Ray would end the trial's process on them and retry the trial as if its node
     had died, and the traceback that says where would be lost.
+    """
+
+
+class ReportCallError(ValueError):
+    """A function trainer called ``run.report`` with an epoch that does not count from 1 and rise.
+
+    Its loop does so for every config (``run.report(epoch)`` in ``for epoch in range(n)``), so the
+    sweep stops at the first one (``sweeps.core.failures.SWEEP_ENDING_ERRORS``).
     """
 
 
