@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
@@ -373,6 +372,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"interrupted: {stopped}", file=sys.stderr)
         return 130
     print(result.text() if result.stops else f"{result.sweep}: no trial was stopped by a heuristic signal")
+    if result.page is not None:
+        print(f"\nreport: {result.page} (with the verdicts)")
     return 0
 
 
@@ -438,7 +439,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import shutil
 
     from sweeps.results.page import searched, verdict_text
-    from sweeps.results.report import html_page, read_results, terminal_table, write_stops
+    from sweeps.results.report import read_results, terminal_table, write_page
     from sweeps.store.sweep_dir import open_sweep_dir
 
     if args.html:
@@ -462,7 +463,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if notes:
         print()
         print(notes.rstrip("\n"))
-    stops = json.loads(write_stops(folder, meta, rows).read_text())  # with the audit verdicts MLflow holds now
+    stops, page = write_page(sweep.name, meta, folder, rows)  # with the audit verdicts MLflow holds now
     best = next((row.get(str(meta["metric"])) for row in rows if row.get("best")), None)
     audited = [stop for stop in stops if stop.get("verdict")]
     if audited:
@@ -470,8 +471,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     for stop in audited:  # sweeps audit's verdicts, as the page shows them
         where = f"{stop.get('signal') or ''} at step {stop.get('step')}".strip()
         print(f"audit:   {stop['trial']} {where}: {verdict_text(stop, best, str(meta.get('mode', 'min')))}")
-    page = folder / "report.html"
-    page.write_text(html_page(sweep.name, meta, rows, notes, folder))
     if args.html:
         shutil.copy(page, args.html)
     print(f"\nreport: {args.html or page}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,11 @@ def test_audit_reruns_the_heuristic_stops_and_finds_the_false_one(
     parent = client.get_run(swept.parent_run_id)
     assert parent.data.tags["sweep.audit.false_stops"] == str(len(stopped))
     assert "audit/audit_1.txt" in {a.path for a in client.list_artifacts(swept.parent_run_id, "audit")}
-    assert (workdir / "runs" / "audited" / "report" / "audit.txt").read_text().startswith("trial")
+    report = workdir / "runs" / "audited" / "report"
+    assert (report / "audit.txt").read_text().startswith("trial")
+    verdicts = {s["trial"]: s.get("verdict") for s in json.loads((report / "stops.json").read_text())}
+    assert {verdicts[s.label] for s in result.stops} == {"false_stop"}  # the page has them with no `sweeps report`
+    assert result.page == report / "report.html" and "false stop" in result.page.read_text()
 
     from sweeps.cli import main
 

@@ -61,7 +61,7 @@ from sweeps.divergence import HEURISTIC
 from sweeps.engine.cluster import start_ray
 from sweeps.engine.runner import configs_tuner
 from sweeps.engine.searcher import trial_plan
-from sweeps.results.report import clipped
+from sweeps.results.report import clipped, read_results, write_page
 from sweeps.spec.sweep_spec import SweepSpec, load_spec
 from sweeps.store.study import load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
@@ -109,6 +109,8 @@ class AuditResult:
     stops: list[AuditedStop]
     completed: list[float]
     top_k: int
+    page: Path | None = None
+    """The sweep's ``report.html``, rewritten with the verdicts (None when there was nothing to re-run or no report)."""
 
     @property
     def false_stops(self) -> list[AuditedStop]:
@@ -295,3 +297,6 @@ def _record(result: AuditResult, tracker: SweepTracker, sweep: SweepDir, number:
     folder = sweep.path / "report"
     folder.mkdir(exist_ok=True)
     (folder / "audit.txt").write_text(text)
+    rows = read_results(folder)
+    if rows:  # the page's stop decisions get the verdicts now, not at the next `sweeps report`
+        _, result.page = write_page(sweep.name, sweep.read_meta(), folder, rows)

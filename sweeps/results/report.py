@@ -252,6 +252,21 @@ def write_stops(folder: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) 
     return path
 
 
+def write_page(
+    name: str, meta: dict[str, Any], folder: Path, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], Path]:
+    """Rewrite a finished report's ``stops.json`` (with the audit verdicts MLflow holds now) and ``report.html``.
+
+    ``sweeps report`` and ``sweeps audit`` call it; returns the stop decisions and the page.
+    """
+    stops = json.loads(write_stops(folder, meta, rows).read_text())
+    notes_file = folder / "divergence.txt"
+    notes = notes_file.read_text() if notes_file.exists() else ""
+    page = folder / "report.html"
+    page.write_text(html_page(name, meta, rows, notes, folder))
+    return stops, page
+
+
 REASON_WIDTH = 96
 """The terminal table's reason column: a detector's whole reason (``runaway_weights: d: last-layer weight
 norm 80.6 > 50 x 0.583 on 15 of the last 19 steps``) fits; a failure's long message is cut."""
