@@ -32,7 +32,7 @@ SPEC = toy_spec(
     "resume",
     budget={"trials": TRIALS, "epochs": EPOCHS, "concurrency": 2},
     asha=False,
-    fixed={"epoch_seconds": 0.8},
+    fixed={"epoch_seconds": 0.8, "stagger": True},  # trials side by side end apart: one fresh, one reported
     record={"report_every_s": 0},  # a checkpoint every epoch: the kill falls between two
 )
 

@@ -29,6 +29,7 @@ class ToyConfig:
     cwd_file: str = ""  # if set, each trainer appends the folder it starts in, then moves to / (as a user's loop may)
     sleep_last: bool = False  # sleep after the epoch's steps, not before (its steps are logged while it sleeps)
     trace_dir: str = ""  # if set, each epoch appends "epoch node_id pid time" to <trace_dir>/<lr>.txt
+    stagger: bool = False  # epoch_seconds times (0.5 + width / 8): trials running side by side end apart
 
 
 def _trace(folder: str, lr: float, epoch: int) -> None:
@@ -83,7 +84,7 @@ class ToyTrainer:
         if self.epoch == 2 and self.config.behavior == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
         if not self.config.sleep_last:
-            time.sleep(self.config.epoch_seconds)
+            time.sleep(self._epoch_seconds())
         for _ in range(self.config.steps_per_epoch):
             self.step += 1
             loss = math.nan if self.epoch == 2 and self.config.behavior in ("diverge", "diverge_die") else self._loss()
@@ -92,8 +93,12 @@ class ToyTrainer:
             if self.on_step is not None:
                 self.on_step(self.step, {"loss": loss, "grad_norm": 1.0})
         if self.config.sleep_last:
-            time.sleep(self.config.epoch_seconds)
+            time.sleep(self._epoch_seconds())
         return {"train_loss": self._loss()}
+
+    def _epoch_seconds(self) -> float:
+        scale = 0.5 + self.config.width / 8 if self.config.stagger else 1.0
+        return self.config.epoch_seconds * scale
 
     def _loss(self) -> float:
         distance = abs(math.log10(self.config.lr) + 2.0)
