@@ -89,10 +89,16 @@ def test_stop_decisions_list_divergence_then_would_be_stops_then_asha_with_audit
     assert stops[2]["verdict"] == AUDIT_TRUE_STOP and stops[3]["verdict"] == ""
 
 
-def test_a_would_be_stop_without_its_tags_comes_from_the_rows_signal_at_step() -> None:
-    rows = [row(0, "completed", 0.5, 4, would_stop="collapse@17")]
+def test_a_would_be_stop_without_its_tags_comes_from_the_rows_signal_at_step(tmp_path: Path) -> None:
+    rows = [row(0, "completed", 0.5, 4, would_stop="collapse@17", steps=40)]
     [stop] = stop_decisions(rows, {})
     assert (stop["decision"], stop["signal"], stop["step"]) == ("would stop (observe)", "collapse", 17)
+    # 10 steps an epoch: step 17 is in epoch 2, not the trial's last (a user's VQ-VAE sweep read "epoch 5" for all)
+    assert stop["epoch"] == 2
+    (tmp_path / "stops.json").write_text(json.dumps([stop]))
+    assert "step 17 in epoch 2" in html_page("s1", META, rows, "", tmp_path)
+    [unknown] = stop_decisions([row(0, "completed", 0.5, 4, would_stop="collapse@17")], {})
+    assert unknown["epoch"] is None  # steps not recorded: no epoch rather than a wrong one
 
 
 def test_the_page_shows_the_stop_table_with_verdicts_and_a_sorted_trial_table(tmp_path: Path) -> None:
@@ -110,6 +116,7 @@ def test_the_page_shows_the_stop_table_with_verdicts_and_a_sorted_trial_table(tm
     assert "<td class='num'>1+</td>" in trials.split("t002</td>")[1].split("</tr>")[0]
     assert re.search(r"^ t002\s+diverged\s+-\s+1\+\s", terminal_table(ROWS, "val_loss"), re.M)
     assert "No sample images" in page  # no samples.json: the trainer logs none
+    assert "run.image(grid)" in page and "sample_grid()" in page  # how, for either kind of trainer
 
 
 def test_without_an_audit_the_page_says_so_and_has_no_audit_column(tmp_path: Path) -> None:
@@ -196,14 +203,19 @@ def test_a_would_be_stop_is_a_thin_cross_on_its_trial_line_at_the_epoch_it_fell_
         Curve("t000", "completed", [(1, 1.0), (2, 0.6), (3, 0.5), (4, 0.45)], best=True, rank=1),
         Curve("t001", "completed", [(1, 1.1), (2, 0.9), (3, 0.8), (4, 0.7)], rank=2, would_stop_epoch=2),
         Curve("t002", "completed", [(1, 1.2), (2, 1.0), (3, 0.9), (4, 0.8)], rank=3),
+        Curve("t003", "completed", [(1, 1.25), (2, 1.05), (3, 0.95), (4, 0.85)], rank=4, would_stop_epoch=2),
     ]
     with plain_style():
         figure = _figure(10.0, 4.8)
         _draw_curves(figure, curves, "m", "min", 4, [])
+        figure.canvas.draw()
     marks = [line for line in figure.axes[0].lines if line.get_marker() == "x"]
-    assert [(float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in marks] == [(2.0, 0.9)]
-    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
-    assert "would have stopped (observe, x): 1" in legend
+    assert sorted((float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in marks) == [(2.0, 0.9), (2.0, 1.05)]
+    # one label for the two crosses of epoch 2, not two drawn over each other
+    assert [t.get_text() for t in figure.axes[0].texts if "t003" in t.get_text()] == ["t001, t003"]
+    legend = figure.axes[0].get_legend()
+    assert "would stop (observe): 2" in [text.get_text() for text in legend.get_texts()]
+    assert legend.get_window_extent().x1 <= figure.bbox.x1  # its text whole, not cut at the image's edge
 
 
 @pytest.mark.parametrize(("mode", "far", "edge"), [("min", 1e9, 0.96), ("max", -1e9, 0.04)])

@@ -155,7 +155,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     counts: dict[str, int] = {}
     ends: list[tuple[float, float, str, str, bool]] = []  # right-edge labels: x, y, text, colour, bold
     crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the top edge
-    would = 0  # would-be stops marked (observe mode)
+    would: list[tuple[float, float, str]] = []  # would-be stops marked (observe mode): epoch, value, trial
     for curve in sorted(curves, key=lambda c: (STYLE.get(c.status, STYLE[FAILED])["z"], -c.rank, c.best)):
         style = STYLE.get(curve.status, STYLE[FAILED])
         counts[curve.status] = counts.get(curve.status, 0) + 1
@@ -181,9 +181,9 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
         elif highlight and xs:
             ends.append((xs[-1], ys[-1], curve.label + (" best" if curve.best else ""), color, curve.best))
         if curve.would_stop_epoch and xs:
-            would += 1
-            _mark_would_stop(ax, curve, bottom, ceiling, zorder)
+            would.extend(_mark_would_stop(ax, curve, bottom, ceiling, zorder))
     _label_ends(ax, ends)
+    _label_would_stops(ax, would)
     for x, y, text, color, on_edge in _merged(crosses)[:12]:
         where = top_edge if on_edge else ax.transData
         ax.annotate(text, (x, y), xycoords=where, xytext=(7, 0), textcoords="offset points", **_small(color))
@@ -206,19 +206,32 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
             label = f"{style['label']}: {counts[status]}"
             handles.append(Line2D([], [], color=style["color"], marker=marker, mfc=face, label=label))
     if would:
-        label = f"would have stopped (observe, x): {would}"
+        label = f"would stop (observe): {len(would)}"
         handles.append(Line2D([], [], ls="", color=WOULD_STOP_COLOR, marker="x", ms=8, mew=2, label=label))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
 
 
-def _mark_would_stop(ax: Any, curve: Curve, bottom: float, ceiling: float, zorder: float) -> None:
-    """A thin cross on the trial's line where the detector would have stopped it, named by the trial."""
+def _mark_would_stop(
+    ax: Any, curve: Curve, bottom: float, ceiling: float, zorder: float
+) -> list[tuple[float, float, str]]:
+    """A thin cross on the trial's line where the detector would have stopped it; the spot, to be named."""
     at = [(e, v) for e, v in curve.finite if e <= curve.would_stop_epoch] or curve.finite[:1]
     epoch, value = at[-1]
     if not bottom <= value <= ceiling:
-        return
+        return []
     ax.plot([epoch], [value], "x", ms=9, mew=2, color=WOULD_STOP_COLOR, zorder=zorder + 1)
-    ax.annotate(curve.label, (epoch, value), xytext=(5, 5), textcoords="offset points", **_small(WOULD_STOP_COLOR))
+    return [(epoch, value, curve.label)]
+
+
+def _label_would_stops(ax: Any, spots: list[tuple[float, float, str]]) -> None:
+    """One label per epoch, above its highest cross, naming its trials (``t002, t004``): not one over another."""
+    by_epoch: dict[float, list[tuple[float, str]]] = {}
+    for epoch, value, label in spots:
+        by_epoch.setdefault(epoch, []).append((value, label))
+    for epoch, marks in by_epoch.items():
+        top = max(value for value, _ in marks)
+        names = ", ".join(label for _, label in sorted(marks, key=lambda m: m[1]))
+        ax.annotate(names, (epoch, top), xytext=(5, 7), textcoords="offset points", **_small(WOULD_STOP_COLOR))
 
 
 def _merged(crosses: list[tuple[float, float, str, str, bool]]) -> list[tuple[float, float, str, str, bool]]:

@@ -199,7 +199,8 @@ def _samples(folder: Path, metric: str) -> str:
     if not samples:
         return (
             "<p class='muted'>No sample images: none of the completed trials logged "
-            "<code>images/epoch_NNN.png</code> (the trainer has no <code>sample_grid()</code>).</p>"
+            "<code>images/epoch_NNN.png</code>. A trainer class logs one with <code>sample_grid()</code>, "
+            "a function trainer with <code>run.image(grid)</code> each epoch.</p>"
         )
     figures = []
     for sample in samples:

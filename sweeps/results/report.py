@@ -170,11 +170,16 @@ def would_stop_epoch(row: dict[str, Any]) -> int:
     epoch has as many steps.
     """
     observed = _observed(row, {})
+    return _epoch_of(row, observed["step"] if observed is not None else None)
+
+
+def _epoch_of(row: dict[str, Any], step: int | None) -> int:
+    """The epoch of the trial's ``step``, from its steps per epoch; 0 when unknown."""
     steps, epochs = int(row.get("steps") or 0), int(row.get("epochs") or 0)
-    if observed is None or observed["step"] is None or steps <= 0 or epochs <= 0:
+    if step is None or steps <= 0 or epochs <= 0:
         return 0
     per_epoch = steps / epochs
-    return min(epochs, max(1, math.ceil(max(0, observed["step"]) / per_epoch)))
+    return min(epochs, max(1, math.ceil(max(0, step) / per_epoch)))
 
 
 def stop_decisions(rows: list[dict[str, Any]], tags: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
@@ -206,7 +211,8 @@ def stop_decisions(rows: list[dict[str, Any]], tags: dict[str, dict[str, str]]) 
             found.append((0, {**base, **stop, "reason": row.get("reason") or ""}))
         observed = _observed(row, run_tags)
         if observed is not None:
-            found.append((1, {**base, "decision": "would stop (observe)", **observed}))
+            epoch = _epoch_of(row, observed["step"]) or None  # the stop's epoch, not the trial's last
+            found.append((1, {**base, "decision": "would stop (observe)", **observed, "epoch": epoch}))
         if row["status"] == PRUNED:
             stop = {"decision": "stopped: pruned", "signal": "ASHA", "step": None, "reason": row.get("reason") or ""}
             found.append((2, {**base, **stop}))
