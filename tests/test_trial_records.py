@@ -210,3 +210,36 @@ def test_a_trial_that_diverges_between_reports_keeps_its_last_finite_value_in_th
     record = TrialRecord(0, "a", "r0", {}, {})
     state.observe(record, channel.reports[0])
     assert record.value == 1.0 and record.epochs == 2
+
+
+def test_a_would_be_stop_says_the_metric_after_its_epoch_and_whether_the_trial_then_recovered() -> None:
+    """A user's VQ-VAE read ``t008 collapse@73 -> completed, rank 6 of 12`` and took it for a right flag.
+
+    Six of the twelve "completed" trials were collapsed models scoring the mean image; t008 had
+    recovered from its flag in epoch 2 (0.0620) to 0.0461. The line now says so.
+    """
+    from sweeps.core.keys import HISTORY_KEY, OBSERVED_SIGNAL_KEY, OBSERVED_STEP_KEY, STEPS_KEY
+
+    state = SweepState(metric="val_mse", mode="min")
+    recovered, stuck = TrialRecord(8, "a", "r8", {}, {}), TrialRecord(9, "b", "r9", {}, {})
+    for record in (recovered, stuck):
+        state.trials[record.ray_id] = record
+    flag = {OBSERVED_SIGNAL_KEY: "collapse", OBSERVED_STEP_KEY: 73}
+    state.observe(recovered, {"epoch": 1, STEPS_KEY: 64, "val_mse": 0.0689})
+    # reported at epoch 3 (report cadence): the flag's step 73 is in epoch 2, read from the history
+    history = [(2, 0.0620), (3, 0.0589)]
+    state.observe(recovered, {"epoch": 3, STEPS_KEY: 192, "val_mse": 0.0589, HISTORY_KEY: history, **flag})
+    state.observe(recovered, {"epoch": 5, STEPS_KEY: 320, "val_mse": 0.0461, **flag})
+    state.observe(stuck, {"epoch": 1, STEPS_KEY: 64, "val_mse": 0.0555, **{**flag, OBSERVED_STEP_KEY: 26}})
+    state.observe(stuck, {"epoch": 5, STEPS_KEY: 320, "val_mse": 0.0556, **{**flag, OBSERVED_STEP_KEY: 26}})
+    for record in (recovered, stuck):
+        state.finish(record, "completed")
+    lines = divergence_summary(state, observing=True).splitlines()
+    assert (
+        lines[1] == "  t008 collapse@73 (epoch 2: val_mse=0.062, then better by 26%) -> completed val_mse=0.0461, "
+        "rank 1 of 2 completed"
+    )
+    assert (
+        lines[2] == "  t009 collapse@26 (epoch 1: val_mse=0.0555, then within 1%) -> completed val_mse=0.0556, "
+        "rank 2 of 2 completed"
+    )

@@ -51,6 +51,8 @@ class TrialRecord:
     """How the sampler drew its values (``sweeps.store.study.drawn_by``; empty for a rescue)."""
     would_stop: str = ""
     """With ``divergence.mode: observe``: ``signal@step`` of the stop the detector would have made."""
+    flagged_at: tuple[int, float] | None = None
+    """With a would-be stop: the epoch its step fell in and the metric after that epoch (what it recovered from)."""
     rescue_of: TrialRecord | None = None
     rescue: TrialRecord | None = None
     restarts: int = 0
@@ -111,6 +113,8 @@ class SweepState:
         record.steps = int(result.get(STEPS_KEY, record.steps))
         record.skipped_steps = int(result.get(SKIPPED_KEY, record.skipped_steps))
         if result.get(OBSERVED_SIGNAL_KEY):
+            if not record.would_stop:
+                record.flagged_at = self._flagged_at(record, result)
             record.would_stop = f"{result[OBSERVED_SIGNAL_KEY]}@{result.get(OBSERVED_STEP_KEY, '?')}"
         # A diverged trial's last report holds a NaN metric; the epochs it validated since its
         # previous report (its history) hold what it reached: its last finite value, as in MLflow.
@@ -118,6 +122,18 @@ class SweepState:
         value = next((v for v in values if isinstance(v, (int, float)) and math.isfinite(v)), None)
         if value is not None:
             record.value = float(value)
+
+    def _flagged_at(self, record: TrialRecord, result: dict[str, Any]) -> tuple[int, float] | None:
+        """The epoch of a would-be stop's step (from the steps per epoch so far) and the metric after it."""
+        step = result.get(OBSERVED_STEP_KEY)
+        if not isinstance(step, (int, float)) or record.steps <= 0 or record.epochs <= 0:
+            return None
+        epoch = min(record.epochs, max(1, math.ceil(step / (record.steps / record.epochs))))
+        values = {int(e): v for e, v in result.get(HISTORY_KEY) or []}
+        values[record.epochs] = result.get(self.metric, values.get(record.epochs))
+        after = [(e, v) for e, v in sorted(values.items()) if e >= epoch and isinstance(v, (int, float))]
+        finite = [(e, float(v)) for e, v in after if math.isfinite(v)]
+        return finite[0] if finite else None
 
     def finish(self, record: TrialRecord, status: str, reason: str = "") -> None:
         """Mark a trial ended and update the counts and the best completed trial."""

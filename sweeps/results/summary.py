@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sweeps.core.keys import COMPLETED, DIVERGED
-from sweeps.core.records import SweepState, metric_text
+from sweeps.core.records import SweepState, TrialRecord, metric_text
 from sweeps.results.report import result_rows, terminal_table
 
 
@@ -67,5 +67,22 @@ def observed_stops(state: SweepState, observing: bool = False) -> list[str]:
             end = f"{r.status} {state.metric}={metric_text(r.value)}"
             if r.status == COMPLETED:
                 rank = f", rank {done.index(r.value) + 1} of {len(done)} completed"
-        lines.append(f"  {r.label} {r.would_stop} -> {end}{rank}")
+        lines.append(f"  {r.label} {r.would_stop}{_flag_context(state, r)} -> {end}{rank}")
     return lines
+
+
+def _flag_context(state: SweepState, record: TrialRecord) -> str:
+    """`` (epoch 2: val_mse=0.062, then better by 26%)``: whether the trial recovered after its would-be stop.
+
+    The rank alone can mislead: a loop whose failed trials still complete (a collapsed model
+    scoring the mean image) ranks a recovered trial among them.
+    """
+    if record.flagged_at is None:
+        return ""
+    epoch, at_flag = record.flagged_at
+    text = f" (epoch {epoch}: {state.metric}={metric_text(at_flag)}"
+    if record.value is not None and record.epochs > epoch and at_flag != 0:
+        change = abs(record.value - at_flag) / abs(at_flag)
+        word = "better" if state.better(record.value, at_flag) else "worse"
+        text += f", then {word} by {change:.0%}" if change >= 0.01 else ", then within 1%"
+    return text + ")"
