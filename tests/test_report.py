@@ -360,3 +360,18 @@ def test_the_end_of_run_names_where_each_failed_trials_traceback_is(
     result = SweepResult(new_sweep_dir(tmp_path, "s"), state, "p", "sqlite:///m.db")
     assert _print_result(result, load_spec(write_spec(tmp_path, toy_spec("s"))), "sweep_runs") == 0
     assert "errors:  traceback.txt in the MLflow run of t001 run1, t002 run2\n" in capsys.readouterr().out
+
+
+def test_a_would_be_stop_shows_in_the_trial_tables_and_the_ended_trials_line() -> None:
+    """A user's observe sweep showed its flags only in the final block: the tables' reason was empty."""
+    from sweeps.core.records import TrialRecord
+    from sweeps.engine.live_view import event_line
+
+    rows = [row(8, "completed", 0.046, 5, would_stop="collapse@73"), row(1, "completed", 0.04, 5, best=True)]
+    table = terminal_table(rows, "val_loss")
+    assert re.search(r"^ t008\s+completed.*would have stopped at collapse@73 \(observe\)$", table, re.M), table
+    assert "would have stopped" not in table.split("t001")[1]
+    page = html_page("s1", META, rows, "", Path("/nonexistent"))
+    assert "would have stopped at collapse@73 (observe)" in page.split("<section id='trials'>")[1]
+    record = TrialRecord(8, "a", "r8", {}, {}, status="completed", value=0.046, epochs=5, would_stop="collapse@73")
+    assert event_line(record, "val_mse").endswith("after 5 epoch(s) · would have stopped at collapse@73 (observe)")

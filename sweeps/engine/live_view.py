@@ -73,6 +73,8 @@ def event_line(record: TrialRecord, metric: str) -> str:
     """One line for a trial that just ended."""
     value = f"{metric}={metric_text(record.value)}"
     reason = f" ({record.reason})" if record.reason else ""
+    if record.would_stop:  # observe mode: what the detector would have done, as the trial ends
+        reason += f" · would have stopped at {record.would_stop} (observe)"
     # a diverged trial stopped within the epoch it reports (its step is in the reason)
     when = f"in epoch {record.epochs}" if record.status == "diverged" else f"after {record.epochs} epoch(s)"
     return f"  {record.label:<5} {record.status:<11} {value} {when}{reason}"

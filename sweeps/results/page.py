@@ -62,6 +62,17 @@ def epochs_text(row: dict[str, Any]) -> str:
     return "" if epochs is None else str(epochs)
 
 
+def row_reason(row: dict[str, Any]) -> str:
+    """A row's reason as the tables show it: with ``divergence.mode: observe``, a would-be stop where none is given."""
+    reason = str(row.get("reason") or "")
+    flag = str(row.get("would_stop") or "")
+    if flag and flag not in reason:
+        reason = (
+            f"{reason}; would have stopped at {flag} (observe)" if reason else f"would have stopped at {flag} (observe)"
+        )
+    return reason
+
+
 def short(value: Any) -> str:
     """A parameter value as a run name shows it; '-' when the trial has none (a conditional parameter)."""
     return "-" if value is None else short_text(value)
@@ -307,7 +318,7 @@ def _trials(rows: list[dict[str, Any]], metric: str, params: list[str]) -> str:
     body = []
     for row in rows:
         value = finite(row.get(metric))
-        reason = str(row.get("reason") or "")
+        reason = row_reason(row)
         run_id = str(row.get("mlflow_run_id") or "")
         cells = [
             _td(("* " if row.get("best") else "") + str(row["trial"]), sort=str(row["trial"])),

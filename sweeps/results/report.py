@@ -44,7 +44,7 @@ from sweeps.results.figures import (
     quiet,
 )
 from sweeps.results.from_mlflow import download_images, metric_history, tagged_runs
-from sweeps.results.page import epochs_text, html_page, ordered, searched, short
+from sweeps.results.page import epochs_text, html_page, ordered, row_reason, searched, short
 
 __all__ = ["html_page", "read_results", "result_rows", "terminal_table", "write_report", "write_stops"]
 
@@ -288,7 +288,7 @@ def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | N
         value = row.get(metric)
         shown = metric_text(value) if isinstance(value, float) and math.isfinite(value) else "-"
         cells = [("*" if row.get("best") else " ") + str(row["trial"]), str(row["status"]), shown, epochs_text(row)]
-        cells += [short(row.get(p)) for p in params] + [clipped(str(row.get("reason") or ""), REASON_WIDTH)]
+        cells += [short(row.get(p)) for p in params] + [clipped(row_reason(row), REASON_WIDTH)]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
