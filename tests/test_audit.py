@@ -76,6 +76,39 @@ def test_audit_reruns_the_heuristic_stops_and_finds_the_false_one(
     assert len(printed) == len(stopped) and all(": false stop: re-run reached 0.373" in line for line in printed)
 
 
+def test_audit_of_an_observed_sweep_judges_each_flag_from_the_trials_own_end(ray_session: None, workdir: Path) -> None:
+    """A user's observe sweep: ``sweeps audit`` said "no trial was stopped" and gave its flags no verdict."""
+    from mlflow import MlflowClient
+
+    from sweeps.engine.audit import audit_sweep
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
+
+    spec = {**SPEC, "name": "observed", "divergence": {"mode": "observe", "collapse": {"steps": 3}}}
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    swept = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="observed", stream=io.StringIO())
+    flagged = sorted((r for r in swept.state.trials.values() if r.would_stop), key=lambda r: r.number)
+    assert flagged and all(r.status == "completed" and r.would_stop.startswith("collapse@") for r in flagged)
+    client = MlflowClient(swept.tracking_uri)
+    experiment = client.get_run(swept.parent_run_id).info.experiment_id
+    runs_before = len(client.search_runs([experiment], max_results=100))
+
+    result = audit_sweep(workdir / "runs", "observed")
+    assert [s.run_id for s in result.stops] == [r.run_id for r in flagged]
+    for stop in result.stops:  # it recovered to the same loss as the others: a flag the defaults would get wrong
+        assert stop.observed and stop.value == pytest.approx(0.04 + 1 / 3) and stop.audit_run_id == ""
+        assert stop.verdict == "false_stop" and stop.rank == 1
+        assert "(observe)" in stop.line("val_loss", len(result.completed))
+    assert result.best_changed == []  # they ran: the sweep's best counts them already
+    assert f"0 heuristic stop(s) re-run, {len(flagged)} would-be stop(s) judged" in result.summary()
+    assert len(client.search_runs([experiment], max_results=100)) == runs_before  # nothing re-run
+    assert {client.get_run(s.run_id).data.tags["sweep.audit.verdict"] for s in result.stops} == {"false_stop"}
+    report = workdir / "runs" / "observed" / "report"
+    stops = [s for s in json.loads((report / "stops.json").read_text()) if s["decision"] == "would stop (observe)"]
+    assert {s["verdict"] for s in stops} == {"false_stop"}
+    assert result.page is not None and "false stop: ran on to 0.373" in result.page.read_text()
+
+
 def test_audit_of_a_sweep_that_does_not_exist_is_one_line(workdir: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sweeps", "audit", "nope"], cwd=workdir, capture_output=True, text=True, timeout=120

@@ -14,6 +14,11 @@ Verdicts, against the sweep's completed trials:
   trial (it would have ended among the good ones);
 - ``true_stop``: it ended non-finite, failed, or worse than that median.
 
+In an observe-mode sweep (``divergence.mode: observe``) the flagged trials trained on to their
+end already: each would-be stop of a heuristic signal whose trial completed (or ended with no
+finite metric) is judged from the trial's own end, against the other completed trials, with
+nothing re-run.
+
 The audit also says where each re-run would have ranked and whether the sweep's best (or top
 ``k``) would have changed. The stopped trial's run gets ``sweep.audit.verdict``,
 ``sweep.audit.metric`` and ``sweep.audit.run_id``; the parent run gets the table as
@@ -54,6 +59,8 @@ from sweeps.core.keys import (
     TAG_ROLE,
     TAG_SIGNAL,
     TAG_STATUS,
+    TAG_WOULD_STOP_SIGNAL,
+    TAG_WOULD_STOP_STEP,
     TIME_UP_KEY,
 )
 from sweeps.core.records import SweepState, metric_text
@@ -86,13 +93,17 @@ class AuditedStop:
     rank: int | None = None
     """Where the re-run would have ranked among the completed trials (1 = best)."""
     verdict: str = ""
+    observed: bool = False
+    """A would-be stop of observe mode: the trial itself ran on to its end, nothing was re-run."""
 
     def line(self, metric: str, completed: int) -> str:
         """One line of the audit table."""
         end = f"{metric}={metric_text(self.value)}" if self.value is not None else (self.failure or "no finite metric")
-        end = clipped(end, 28)  # the whole reason is on the re-run's MLflow run
-        rank = f"rank {self.rank} of {completed + 1}" if self.rank is not None else "-"
-        return f"{self.label:<6} {self.signal + '@' + self.step:<22} {end:<28} {rank:<14} {self.verdict}"
+        end = clipped(("ran on: " if self.observed else "") + end, 28)  # the whole reason is on the MLflow run
+        among = completed if self.observed and self.value is not None else completed + 1  # it is among them
+        rank = f"rank {self.rank} of {among}" if self.rank is not None else "-"
+        by = self.signal + "@" + self.step + (" (observe)" if self.observed else "")
+        return f"{self.label:<6} {by:<22} {end:<28} {rank:<14} {self.verdict}"
 
 
 class AuditInterrupted(Exception):
@@ -119,8 +130,11 @@ class AuditResult:
 
     @property
     def best_changed(self) -> list[AuditedStop]:
-        """Re-runs that would have entered the sweep's top ``k`` (with ``k=1``: beaten its best)."""
-        return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k]
+        """Re-runs that would have entered the sweep's top ``k`` (with ``k=1``: beaten its best).
+
+        Never a would-be stop of observe mode: that trial ran on, so the sweep's best counts it already.
+        """
+        return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k and not s.observed]
 
     def text(self) -> str:
         """The audit as a table and a closing line."""
@@ -133,10 +147,12 @@ class AuditResult:
         """One line: how many stops were re-run, how many were wrong, and whether the best changed."""
         changed = ", ".join(s.label for s in self.best_changed) or "no"
         what = "best" if self.top_k == 1 else f"top {self.top_k}"
-        return (
-            f"audit of {self.sweep}: {len(self.stops)} heuristic stop(s) re-run, {len(self.false_stops)} false; "
-            f"the sweep's {what} would have changed: {changed}"
-        )
+        observed = sum(s.observed for s in self.stops)
+        judged = f"{len(self.stops) - observed} heuristic stop(s) re-run"
+        if observed:
+            judged += f", {observed} would-be stop(s) judged from the trial's own end"
+        false = len(self.false_stops)
+        return f"audit of {self.sweep}: {judged}, {false} false; the sweep's {what} would have changed: {changed}"
 
 
 def audit_sweep(
@@ -155,8 +171,11 @@ def audit_sweep(
     tracker = SweepTracker.of_sweep(meta)
     runs = tracker.trial_runs()
     stops, configs = _stopped_trials(sweep, spec, runs)
+    observed = _observed_trials(runs, spec)
     completed = _completed_values(runs, spec.metric)
-    result = AuditResult(sweep.name, spec.metric, spec.mode, stops, completed, top_k)
+    by_number = sorted(stops + observed, key=lambda s: s.number)
+    result = AuditResult(sweep.name, spec.metric, spec.mode, by_number, completed, top_k)
+    number = int(meta.get("audits", 0)) + 1
     if stops:
         spec_text = sweep.spec_file.read_text()
         plans = []
@@ -166,7 +185,6 @@ def audit_sweep(
             plan.divergence, plan.report_epochs = {"enabled": False}, []  # budget.trial_time holds, as in the sweep
             plans.append({**params, ENGINE_KEY: plan.as_config()})
         start_ray(num_cpus=cpus, address=address)
-        number = int(meta.get("audits", 0)) + 1
         if unfinished := _rerun(spec, sweep, plans, stops, number):
             for stop in stops:
                 why = "the audit was stopped before this re-run ended: nothing judged"
@@ -174,6 +192,7 @@ def audit_sweep(
             raise AuditInterrupted(
                 f"audit of {sweep.name} stopped before {len(unfinished)} re-run(s) ended: no verdict recorded"
             )
+    if result.stops:
         _judge(result)
         _record(result, tracker, sweep, number)
         sweep.write_meta({**meta, "audits": number})
@@ -210,6 +229,40 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
         )
         configs.append(config_of[run.info.run_id])
     return stops, configs
+
+
+def _observed_trials(runs: list[Any], spec: SweepSpec) -> list[AuditedStop]:
+    """Observe mode: the trials a heuristic signal would have stopped that then ran to their end.
+
+    A completed one is judged by its own final metric; one that ended with none (``diverged``,
+    observed, not stopped) is a right flag. Flagged trials ASHA cut or that failed are not judged.
+    """
+    found = []
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(TAG_ROLE) != ROLE_TRIAL or tags.get(TAG_WOULD_STOP_SIGNAL) not in HEURISTIC:
+            continue
+        status, value = tags.get(TAG_STATUS), run.data.metrics.get(spec.metric)
+        finite = value is not None and math.isfinite(value)
+        if status not in (COMPLETED, DIVERGED) or (status == COMPLETED and not finite):
+            continue
+        number = int(tags.get(TAG_OPTUNA_NUMBER, 0))
+        stop = AuditedStop(
+            f"t{number:03d}",
+            number,
+            run.info.run_id,
+            tags[TAG_WOULD_STOP_SIGNAL],
+            tags.get(TAG_WOULD_STOP_STEP, "?"),
+            None,
+            epochs=int(tags.get(TAG_EPOCHS) or 0),
+            observed=True,
+        )
+        if status == COMPLETED:
+            stop.value = float(value)
+        else:
+            stop.failure = f"no finite {spec.metric} at the end"
+        found.append(stop)
+    return found
 
 
 def _completed_values(runs: list[Any], metric: str) -> list[float]:
@@ -269,13 +322,16 @@ def _error_reason(error: BaseException | None, state: SweepState) -> str:
 def _judge(result: AuditResult) -> None:
     """Rank each re-run among the completed trials and give its verdict."""
     sign = 1.0 if result.mode == "min" else -1.0
-    ranked = sorted(sign * v for v in result.completed)
-    median = ranked[(len(ranked) - 1) // 2] if ranked else math.inf
+    everyone = sorted(sign * v for v in result.completed)
     for stop in result.stops:
         if stop.value is None:
             stop.verdict = AUDIT_TRUE_STOP
             continue
         score = sign * stop.value
+        ranked = list(everyone)
+        if stop.observed and score in ranked:  # a flagged trial that completed is one of them: against the others
+            ranked.remove(score)
+        median = ranked[(len(ranked) - 1) // 2] if ranked else math.inf
         stop.rank = 1 + sum(1 for v in ranked if v < score)
         stop.verdict = AUDIT_FALSE_STOP if score <= median else AUDIT_TRUE_STOP
 
@@ -283,9 +339,10 @@ def _judge(result: AuditResult) -> None:
 def _record(result: AuditResult, tracker: SweepTracker, sweep: SweepDir, number: int) -> None:
     """Close the audit runs; tag the stopped trials and the parent; keep the table beside the report."""
     for stop in result.stops:
-        status = COMPLETED if stop.value is not None else (FAILED if stop.failure else DIVERGED)
-        reason = stop.failure or ("" if stop.value is not None else f"no finite {result.metric} at the last epoch")
-        tracker.finish_run(stop.audit_run_id, status, reason, {TAG_EPOCHS: str(stop.epochs)})
+        if not stop.observed:  # the re-run's own run
+            status = COMPLETED if stop.value is not None else (FAILED if stop.failure else DIVERGED)
+            reason = stop.failure or ("" if stop.value is not None else f"no finite {result.metric} at the last epoch")
+            tracker.finish_run(stop.audit_run_id, status, reason, {TAG_EPOCHS: str(stop.epochs)})
         tags = {TAG_AUDIT_VERDICT: stop.verdict, TAG_AUDIT_RUN: stop.audit_run_id}
         if stop.value is not None:
             tags[TAG_AUDIT_METRIC] = f"{stop.value:.6g}"

@@ -292,7 +292,8 @@ def verdict_text(stop: dict[str, Any], best: Any, mode: str) -> str:
     verdict = str(stop.get("verdict") or "")
     value = stop.get("audit_metric")
     words = {AUDIT_FALSE_STOP: "false stop", AUDIT_TRUE_STOP: "true stop"}.get(verdict, verdict)
-    text = words + (f": re-run reached {metric_text(value)}" if value is not None else "")
+    ran = "ran on to" if "observe" in str(stop.get("decision") or "") else "re-run reached"  # observe: no re-run
+    text = words + (f": {ran} {metric_text(value)}" if value is not None else "")
     if verdict == AUDIT_FALSE_STOP and isinstance(value, (int, float)) and isinstance(best, (int, float)):
         if (value < best) if mode == "min" else (value > best):
             text += " (better than the sweep's best)"
