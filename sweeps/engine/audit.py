@@ -215,6 +215,8 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
             continue
         if tags.get(TAG_SIGNAL) not in HEURISTIC or run.info.run_id not in config_of:
             continue
+        if tags.get(TAG_WOULD_STOP_SIGNAL):  # observe mode: it ran on to its end, judged as it ended
+            continue
         number = int(tags.get(TAG_OPTUNA_NUMBER, 0))
         stopped = run.data.metrics.get(spec.metric)
         stops.append(

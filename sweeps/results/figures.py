@@ -156,6 +156,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     ends: list[tuple[float, float, str, str, bool]] = []  # right-edge labels: x, y, text, colour, bold
     crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the top edge
     would: list[tuple[float, float, str]] = []  # would-be stops marked (observe mode): epoch, value, trial
+    flagged = 0  # would-be stops, marked or off the plot
     for curve in sorted(curves, key=lambda c: (STYLE.get(c.status, STYLE[FAILED])["z"], -c.rank, c.best)):
         style = STYLE.get(curve.status, STYLE[FAILED])
         counts[curve.status] = counts.get(curve.status, 0) + 1
@@ -181,6 +182,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
         elif highlight and xs:
             ends.append((xs[-1], ys[-1], curve.label + (" best" if curve.best else ""), color, curve.best))
         if curve.would_stop_epoch and xs:
+            flagged += 1
             would.extend(_mark_would_stop(ax, curve, bottom, ceiling, zorder))
     _label_ends(ax, ends)
     _label_would_stops(ax, would)
@@ -205,8 +207,8 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
             face = "white" if status == PRUNED else style["color"]
             label = f"{style['label']}: {counts[status]}"
             handles.append(Line2D([], [], color=style["color"], marker=marker, mfc=face, label=label))
-    if would:
-        label = f"would stop (observe): {len(would)}"
+    if flagged:
+        label = f"would stop (observe): {flagged}"
         handles.append(Line2D([], [], ls="", color=WOULD_STOP_COLOR, marker="x", ms=8, mew=2, label=label))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
 
