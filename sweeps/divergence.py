@@ -42,7 +42,10 @@ started, not to its best value so far:
 - ``collapse``: generated output exactly constant (``output_std`` == 0) or all zero, or exactly the
   same for every sample of the batch (``output_spread`` == 0: a generator that paints one solid
   colour whatever its input), or a loss of exactly zero, for ``steps`` (20) steps in a row (raw
-  values; these are not lagging signals).
+  values; these are not lagging signals), and, for a collapse that began after the trial had
+  trained a while, for ``relative`` (1.5) x the steps it trained before: a model that learned for
+  54 steps and then gave one output for every input recovers after 69 steps (a user's VQ-VAE, its
+  codebook down to one code for a while), where a collapse from the first steps stays.
 
 The defaults were chosen on a corpus of traces from trials run to their last epoch
 (``benchmarks/divergence_corpus.py``, replayed by ``benchmarks/divergence_replay.py``): a healthy
@@ -74,7 +77,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "non_finite": {"steps": 1, "scaled_steps": 2},
     "loss_explosion": {"factor": 20.0, "steps": 8, "share": 0.75},
     "grad_explosion": {"factor": 1000.0, "window": 50, "warmup": 20, "steps": 8, "share": 0.75},
-    "collapse": {"steps": 20},
+    "collapse": {"steps": 20, "relative": 1.5},
     "runaway_weights": {"factor": 50.0, "steps": 20, "share": 0.75},
 }
 
@@ -352,18 +355,27 @@ class DivergenceDetector:
         std, mean, spread = metrics.get("output_std"), metrics.get("output_mean"), metrics.get("output_spread")
         constant = _finite(std) and std == 0.0
         same = _finite(spread) and spread == 0.0  # every sample of the batch alike: the input is ignored
-        if self.constant.update(constant or same, step) >= cfg["steps"]:
+        if self._lasted(self.constant.update(constant or same, step), cfg):
             if constant:
                 what = "all-zero output" if _finite(mean) and mean == 0.0 else "constant output"
             else:
                 what = "the same output for every sample of the batch"
             return Divergence("collapse", f"{what} for {self.constant.length} steps", step, self.constant.start)
         loss = metrics.get("loss")
-        if self.zero_loss.update(_finite(loss) and float(loss) == 0.0, step) >= cfg["steps"]:
+        if self._lasted(self.zero_loss.update(_finite(loss) and float(loss) == 0.0, step), cfg):
             return Divergence(
                 "collapse", f"loss exactly 0 for {self.zero_loss.length} steps", step, self.zero_loss.start
             )
         return None
+
+    def _lasted(self, length: int, cfg: dict[str, float]) -> bool:
+        """Whether a collapse of ``length`` steps in a row lasted long enough to count.
+
+        At least ``steps``, and ``relative`` x the steps seen before it began: a late collapse has
+        to outlast what the trial had learned.
+        """
+        before = self.steps_seen - length
+        return length > 0 and length >= max(cfg["steps"], math.ceil(cfg.get("relative", 0.0) * before))
 
     def _weights(self, step: int, metrics: dict[str, Any]) -> Divergence | None:
         cfg = self._cfg("runaway_weights")

@@ -21,8 +21,9 @@ SPEC = {
     "budget": {"trials": 4, "epochs": 3, "concurrency": 2},
     "asha": False,
     "search": {"sampler": "random"},
-    # a collapse after 3 steps of zero loss: the toy's epoch-2 zeros trip it, and the trial would recover
-    "divergence": {"collapse": {"steps": 3}},
+    # a collapse after 3 steps of zero loss, however late: the toy's epoch-2 zeros trip it, and the trial
+    # would recover
+    "divergence": {"collapse": {"steps": 3, "relative": 0}},
     "fixed": {"lr": 0.01, "width": 4},
     "params": {"behavior": {"choices": ["ok", "zeros"]}},
 }
@@ -84,7 +85,7 @@ def test_audit_of_an_observed_sweep_judges_each_flag_from_the_trials_own_end(ray
     from sweeps.engine.runner import run_sweep
     from sweeps.spec.sweep_spec import load_spec
 
-    spec = {**SPEC, "name": "observed", "divergence": {"mode": "observe", "collapse": {"steps": 3}}}
+    spec = {**SPEC, "name": "observed", "divergence": {"mode": "observe", "collapse": {"steps": 3, "relative": 0}}}
     (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
     swept = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="observed", stream=io.StringIO())
     flagged = sorted((r for r in swept.state.trials.values() if r.would_stop), key=lambda r: r.number)

@@ -357,12 +357,19 @@ def test_without_a_loss_the_other_signals_judge_alone() -> None:
 
 
 def _colorizer_steps(
-    lr: float, steps: int, frozen_head_for: int = 0
+    lr: float,
+    steps: int,
+    frozen_head_for: int = 0,
+    dead_head: tuple[int, int] = (0, 0),
+    detector: DivergenceDetector | None = None,
 ) -> tuple[Divergence | None, list[dict[str, float]]]:
     """Train a gray-to-RGB conv net (ReLU body, tanh output) with Adam; the diagnostics as ``run.step`` derives them.
 
     ``frozen_head_for``: the output conv starts with zero weights (its bias only) and learns from
-    that step on, so until then every image comes out as the same solid colour.
+    that step on, so until then every image comes out as the same solid colour. ``dead_head``
+    ``(a, b)``: the same after the net has learned, from step ``a`` (its weights zeroed) to step
+    ``b`` (they learn again; never when ``b`` is past the end): a VQ model whose codebook is down to
+    one code for a while.
     """
     torch.manual_seed(0)
     head = nn.Conv2d(16, 3, 3, padding=1)
@@ -376,9 +383,15 @@ def _colorizer_steps(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
     gray = torch.rand(256, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     color = torch.cat([gray, gray.flip(-1), 1 - gray], 1) * 2 - 1
-    detector, found, trace = DivergenceDetector(), None, []
+    detector, found, trace = detector or DivergenceDetector(), None, []
     for i in range(steps):
         if i == frozen_head_for:
+            head.weight.requires_grad_(True)
+        if dead_head[0] and i == dead_head[0]:
+            with torch.no_grad():
+                head.weight.zero_()
+            head.weight.requires_grad_(False)
+        if dead_head[0] and i == dead_head[1]:
             head.weight.requires_grad_(True)
         x, y = gray[(i * 32) % 256 :][:32], color[(i * 32) % 256 :][:32]
         out = net(x)
@@ -408,6 +421,33 @@ def test_collapse_recovering_a_head_that_paints_one_colour_for_a_while_is_not_st
     assert [s["output_spread"] for s in trace[:12]] == [0.0] * 12 and trace[-1]["output_spread"] > 0.1
     healthy, _ = _colorizer_steps(1e-3, 120)
     assert healthy is None, healthy
+
+
+def test_collapse_a_late_one_output_for_every_input_that_recovers_is_not_stopped() -> None:
+    """After 54 steps of learning, one output for every input for 69 steps, then learning again.
+
+    What a user's VQ-VAE did (its codebook down to one code): the trial ended 17% better than the
+    mean image, and the 20-step collapse window flagged it. Only a collapse lasting 1.5 x the steps
+    the trial trained before it counts now; the old rule (``relative: 0``) still fires.
+    """
+    found, trace = _colorizer_steps(1e-3, 160, dead_head=(54, 123))
+    assert found is None, found
+    spread = [s["output_spread"] for s in trace]
+    assert spread[53] > 0 and spread[54:123] == [0.0] * 69 and spread[-1] > 0.1
+    assert trace[-1]["loss"] < trace[100]["loss"]  # learning again
+    settings = DivergenceSettings()
+    settings.signals["collapse"]["relative"] = 0.0
+    old = DivergenceDetector(settings)
+    flagged, _ = _colorizer_steps(1e-3, 160, dead_head=(54, 123), detector=old)
+    assert flagged is not None and flagged.signal == "collapse" and flagged.step == 74
+
+
+def test_collapse_a_late_one_output_for_every_input_that_stays_is_stopped() -> None:
+    found, trace = _colorizer_steps(1e-3, 200, dead_head=(54, 10_000))
+    assert found is not None and found.signal == "collapse", found
+    # 54 steps of learning before: it must last ceil(1.5 x 54) = 81 steps, from step 55
+    assert found.step == 54 + 81 and found.onset == 55
+    assert "the same output for every sample" in found.reason
 
 
 def test_the_batch_spread_is_sent_only_for_a_batch_of_images() -> None:
