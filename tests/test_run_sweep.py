@@ -259,6 +259,9 @@ def test_a_raising_trial_fails_alone(workdir: Path) -> None:
             assert run.data.tags["sweep.reason"].startswith("ValueError: toy failure at epoch 2")
         _, printed = run.data.tags["sweep.prints"].split(":", 1)  # where its prints went: this Ray's worker log
         assert Path(printed).is_file() and printed.endswith(".out") and "/logs/worker-" in printed
+        # a worker's log holds the trials it ran one after another: each begins with a line naming it
+        label = f"t{int(run.data.tags['optuna.trial_number']):03d}"
+        assert f"==== sweeps: {label} starts (MLflow run {run.info.run_id}) ====" in Path(printed).read_text()
     states = {t.state for t in study_of(result).trials}
     assert states <= {TrialState.COMPLETE, TrialState.FAIL} and len(study_of(result).trials) == 4
 

@@ -88,6 +88,12 @@ class TuneChannel:
         return True
 
 
+def start_line(plan: TrialPlan) -> str:
+    """The line a trial prints first, so the prints of the trials one worker ran can be told apart."""
+    name = plan.label or "a trial"
+    return f"==== sweeps: {name} starts (MLflow run {plan.run_id or '-'}) ===="
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
@@ -95,6 +101,7 @@ def run_trial(config: dict[str, Any]) -> None:
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
     if printed := prints_file():  # several Ray sessions on a machine: session_latest may be another's
         logger.set_tags({TAG_PRINTS: printed})
+    print(start_line(plan), flush=True)  # a worker's log holds the trials it ran one after another
     loop = EpochLoop(plan, params, logger)
     try:
         loop.run(TuneChannel())
