@@ -51,9 +51,12 @@ def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tm
     lines = [line.split() for line in outcome["traces"][killed["trace"]]]
     epochs, nodes = [int(e) for e, *_ in lines], [n for _, n, *_ in lines]
     first_after = next(i for i, node in enumerate(nodes) if node != killed["node_id"])
-    assert epochs[:first_after] == list(range(1, killed["epoch"] + 1))
+    # On the killed node: epochs 1.. up to the one it was in when the node went; removing a node takes a
+    # while, so under load the trial can begin one more epoch there before it dies (CI saw 1-4 for 3).
+    last_on_killed = epochs[first_after - 1]
+    assert epochs[:first_after] == list(range(1, last_on_killed + 1)) and last_on_killed >= killed["epoch"]
     resumed = epochs[first_after]
-    assert 1 < resumed <= killed["epoch"]  # the epoch after the last checkpoint Ray had
+    assert 1 < resumed <= last_on_killed  # the epoch after the last checkpoint Ray had
     assert epochs[first_after:] == list(range(resumed, EPOCHS + 1))
     assert set(nodes[first_after:]) == {nodes[first_after]} and nodes[first_after] != killed["node_id"]
 
