@@ -28,6 +28,17 @@ def metric_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.{METRIC_DIGITS}g}"
 
 
+def step_epoch(step: float | None, steps: int, epochs: int) -> int:
+    """The epoch a step fell in, from a trial's ``steps`` over its ``epochs``; 0 when unknown.
+
+    Steps count from 1, so with n steps an epoch, step k is in epoch ceil(k / n); exact when every
+    epoch has as many steps.
+    """
+    if step is None or steps <= 0 or epochs <= 0:
+        return 0
+    return min(epochs, max(1, math.ceil(max(0.0, step) / (steps / epochs))))
+
+
 @dataclass
 class TrialRecord:
     """One trial: its Optuna number, MLflow run, parameters and how it ended."""
@@ -126,9 +137,9 @@ class SweepState:
     def _flagged_at(self, record: TrialRecord, result: dict[str, Any]) -> tuple[int, float] | None:
         """The epoch of a would-be stop's step (from the steps per epoch so far) and the metric after it."""
         step = result.get(OBSERVED_STEP_KEY)
-        if not isinstance(step, (int, float)) or record.steps <= 0 or record.epochs <= 0:
+        epoch = step_epoch(step if isinstance(step, (int, float)) else None, record.steps, record.epochs)
+        if not epoch:
             return None
-        epoch = min(record.epochs, max(1, math.ceil(step / (record.steps / record.epochs))))
         values = {int(e): v for e, v in result.get(HISTORY_KEY) or []}
         values[record.epochs] = result.get(self.metric, values.get(record.epochs))
         after = [(e, v) for e, v in sorted(values.items()) if e >= epoch and isinstance(v, (int, float))]

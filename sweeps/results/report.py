@@ -33,7 +33,7 @@ from sweeps.core.keys import (
     TAG_WOULD_STOP_SIGNAL,
     TAG_WOULD_STOP_STEP,
 )
-from sweeps.core.records import SweepState, metric_text
+from sweeps.core.records import SweepState, metric_text, step_epoch
 from sweeps.results.figures import (
     Curve,
     draw_contour,
@@ -164,22 +164,14 @@ def learning_curves(study: optuna.Study, rows: list[dict[str, Any]], metric: str
 
 
 def would_stop_epoch(row: dict[str, Any]) -> int:
-    """The epoch a would-be stop (``signal@step``) fell in, from the trial's steps per epoch; 0 for none or unknown.
-
-    Steps count from 1, so with n steps an epoch, step k is in epoch ceil(k / n); exact when every
-    epoch has as many steps.
-    """
+    """The epoch a would-be stop (``signal@step``) fell in (:func:`step_epoch`); 0 for none or unknown."""
     observed = _observed(row, {})
     return _epoch_of(row, observed["step"] if observed is not None else None)
 
 
 def _epoch_of(row: dict[str, Any], step: int | None) -> int:
     """The epoch of the trial's ``step``, from its steps per epoch; 0 when unknown."""
-    steps, epochs = int(row.get("steps") or 0), int(row.get("epochs") or 0)
-    if step is None or steps <= 0 or epochs <= 0:
-        return 0
-    per_epoch = steps / epochs
-    return min(epochs, max(1, math.ceil(max(0, step) / per_epoch)))
+    return step_epoch(step, int(row.get("steps") or 0), int(row.get("epochs") or 0))
 
 
 def stop_decisions(rows: list[dict[str, Any]], tags: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
