@@ -28,6 +28,11 @@ def metric_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.{METRIC_DIGITS}g}"
 
 
+def observed_text(would_stop: str) -> str:
+    """How a would-be stop (``signal@step``, ``divergence.mode: observe``) reads beside a trial."""
+    return f"would have stopped at {would_stop} (observe)"
+
+
 def step_epoch(step: float | None, steps: int, epochs: int) -> int:
     """The epoch a step fell in, from a trial's ``steps`` over its ``epochs``; 0 when unknown.
 

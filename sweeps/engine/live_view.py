@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from sweeps.core.records import SweepState, TrialRecord, metric_text
+from sweeps.core.records import SweepState, TrialRecord, metric_text, observed_text
 
 
 def status_line(
@@ -74,7 +74,7 @@ def event_line(record: TrialRecord, metric: str) -> str:
     value = f"{metric}={metric_text(record.value)}"
     reason = f" ({record.reason})" if record.reason else ""
     if record.would_stop:  # observe mode: what the detector would have done, as the trial ends
-        reason += f" · would have stopped at {record.would_stop} (observe)"
+        reason += f" · {observed_text(record.would_stop)}"
     # a diverged trial stopped within the epoch it reports (its step is in the reason)
     when = f"in epoch {record.epochs}" if record.status == "diverged" else f"after {record.epochs} epoch(s)"
     return f"  {record.label:<5} {record.status:<11} {value} {when}{reason}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.core.keys import AUDIT_FALSE_STOP, AUDIT_TRUE_STOP, COMPLETED, DIVERGED, PRUNED
+from sweeps.core.records import observed_text
 from sweeps.tracking.mlflow_client import short_text
 
 GROUPS = {COMPLETED: 0, PRUNED: 1, DIVERGED: 2}
@@ -67,9 +68,7 @@ def row_reason(row: dict[str, Any]) -> str:
     reason = str(row.get("reason") or "")
     flag = str(row.get("would_stop") or "")
     if flag and flag not in reason:
-        reason = (
-            f"{reason}; would have stopped at {flag} (observe)" if reason else f"would have stopped at {flag} (observe)"
-        )
+        return f"{reason}; {observed_text(flag)}" if reason else observed_text(flag)
     return reason
 
 
