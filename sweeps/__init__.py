@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from sweeps.version import __version__
 
 if TYPE_CHECKING:
+    from sweeps.engine.launch import run_sweep
     from sweeps.engine.resume import resume_sweep
-    from sweeps.engine.runner import SweepResult, run_sweep
+    from sweeps.engine.runner import SweepResult
     from sweeps.results.export import best_configs
     from sweeps.spec.sweep_spec import SpecError, SweepSpec, load_spec
     from sweeps.store.sweep_dir import SweepDir, SweepStoreError
@@ -37,7 +38,7 @@ _PUBLIC = {
     "StopTrial": ("trainables.protocol", "StopTrial"),
     "SweepSpec": ("sweeps.spec.sweep_spec", "SweepSpec"),
     "load_spec": ("sweeps.spec.sweep_spec", "load_spec"),
-    "run_sweep": ("sweeps.engine.runner", "run_sweep"),
+    "run_sweep": ("sweeps.engine.launch", "run_sweep"),
     "SweepResult": ("sweeps.engine.runner", "SweepResult"),
     "resume_sweep": ("sweeps.engine.resume", "resume_sweep"),
     "open_sweep": ("sweeps.store.sweep_dir", "open_sweep_dir"),

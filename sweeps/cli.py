@@ -247,7 +247,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.spec}: ok ({len(spec.params)} searched parameters, {spec.budget.trials} trials{within})")
         return 0
     address = check_ray_address(args.address)  # before Ray (and the engine) is imported: seconds, not minutes
-    from sweeps.engine.runner import run_sweep
+    from sweeps.engine.launch import run_sweep
 
     if args.cpus is not None and address not in (None, "local"):
         print(f"note: --cpus sizes a new local Ray; ignored with --address {address}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +99,18 @@ def default_ray_address() -> tuple[str, str] | None:
     return (address, str(path)) if address else None
 
 
+TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
+"""Tune's own env vars for every trial actor in Ray 2.60 (``ray.tune.execution.class_cache.DEFAULT_ENV_VARS``).
+
+Known here so that a new local Ray can start with them in its workers' environment before Ray
+Tune (about 0.7 s of imports) is imported; :func:`trial_actors_inherit_env` checks them against
+Tune's once it is.
+"""
 _TUNE_ACTOR_ENV: tuple[dict[str, str], set[str]] | None = None
 """Tune's own per-actor env vars and the names it copies from the driver, kept while they are switched off."""
 
 
-def trial_actors_inherit_env(inherit: bool) -> bool:
+def trial_actors_inherit_env(inherit: bool, workers_env: Mapping[str, str] | None = None) -> bool:
     """Start Tune's trial actors with no runtime env of their own (``inherit``), or give Tune back its own.
 
     Tune gives each trial actor a runtime env of env vars (``PL_DISABLE_FORK`` and the driver's
@@ -110,6 +119,10 @@ def trial_actors_inherit_env(inherit: bool) -> bool:
     new process (1 to 2 s here). On a local Ray the workers inherit the driver's environment, so
     those values reach them anyway: they are put into ``os.environ`` and actors get none. Returns
     whether Tune's actors now inherit (False where its private module moved).
+
+    ``workers_env``: the environment the local Ray started with (its workers' own), when Ray
+    started before this was called (:data:`TUNE_ACTOR_ENV` was put into it ahead, so that Ray could
+    start before Tune is imported). Should Tune's values differ from it, actors keep Tune's runtime env.
     """
     import os
 
@@ -124,6 +137,8 @@ def trial_actors_inherit_env(inherit: bool) -> bool:
         return False
     if _TUNE_ACTOR_ENV is None:
         _TUNE_ACTOR_ENV = (dict(defaults), set(propagated))
+    if inherit and workers_env is not None and any(workers_env.get(k) != v for k, v in _TUNE_ACTOR_ENV[0].items()):
+        inherit = False  # the workers started without one of Tune's values: the actors must carry it
     if inherit:
         for key, value in _TUNE_ACTOR_ENV[0].items():
             os.environ.setdefault(key, value)
@@ -199,3 +214,34 @@ def end_trial_process(trial: Any) -> bool:
     trial.max_failures = 0  # Trial.should_recover: no restart from its checkpoint (budget.retries is for crashes)
     ray.kill(actor, no_restart=True)
     return True
+
+
+SIGTERM_NOTE = "SIGTERM handler is not set because current thread is not the main thread"
+"""What ``ray.init`` logs (a warning) when called outside the main thread."""
+
+
+def exit_on_sigterm() -> None:
+    """Exit on SIGTERM (so that Ray's atexit shutdown runs), the handler ``ray.init`` sets in the main thread only."""
+    import signal
+    import sys
+
+    def leave(signum: int, frame: object) -> None:
+        sys.exit(signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
+@contextlib.contextmanager
+def quiet_sigterm_note() -> Iterator[None]:
+    """Leave out ``ray.init``'s warning that it set no SIGTERM handler (:func:`exit_on_sigterm` set it ahead)."""
+    import logging
+
+    def other(record: logging.LogRecord) -> bool:
+        return SIGTERM_NOTE not in record.getMessage()
+
+    logger = logging.getLogger("ray._private.worker")
+    logger.addFilter(other)
+    try:
+        yield
+    finally:
+        logger.removeFilter(other)

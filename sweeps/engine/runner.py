@@ -29,7 +29,14 @@ from sweeps.core.keys import (
 )
 from sweeps.core.records import SweepState
 from sweeps.engine.callbacks import CheckpointPruner, ReportPrewarm, TrackingCallback
-from sweeps.engine.cluster import check_workers_fit, cluster_slots, start_ray, trial_concurrency, trial_resources
+from sweeps.engine.cluster import (
+    check_workers_fit,
+    cluster_slots,
+    start_ray,
+    trial_concurrency,
+    trial_imports,
+    trial_resources,
+)
 from sweeps.engine.live_view import LiveView
 from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
@@ -126,18 +133,6 @@ def start_ray_and_store(uri: str, cpus: int | None = None, address: str | None =
         store = pool.submit(open_store, uri)
         start_ray(num_cpus=cpus, address=address, preload=trial_imports(uri))
         store.result()
-
-
-def trial_imports(uri: str) -> tuple[str, ...]:
-    """The modules a one-worker trial's process imports before its first step, for idle workers to import ahead.
-
-    The trial module (torch, Ray Tune, the engine) and the MLflow store of ``uri``: 3 to 4 s of CPU
-    here, paid once per worker process.
-    """
-    store = {"sqlite": "sqlalchemy_store", "http": "rest_store", "https": "rest_store", "file": "file_store"}
-    scheme = uri.split(":", 1)[0]
-    found = store.get(scheme)
-    return ("sweeps.trial.one_worker", *([f"mlflow.store.tracking.{found}"] if found else []))
 
 
 def sweep_tuner(
