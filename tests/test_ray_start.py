@@ -102,6 +102,27 @@ def test_sigterm_ends_a_ray_started_in_the_background() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_a_sweep_started_from_a_thread_of_its_own_starts_ray_in_the_background_too() -> None:
+    """Python sets signal handlers from the main thread only: a caller in a thread of its own (a
+    notebook's or a web app's) gets Ray started, with no SIGTERM handler set, as ``ray.init`` does there."""
+    script = (
+        "import threading, ray\n"
+        "from sweeps.engine.cluster import start_ray, start_ray_soon\n"
+        "def sweep():\n"
+        "    start_ray_soon(num_cpus=1, address='local')\n"
+        "    start_ray()\n"
+        "    print('answer', ray.get(ray.remote(lambda: 1).remote(), timeout=60), flush=True)\n"
+        "thread = threading.Thread(target=sweep)\n"
+        "thread.start()\n"
+        "thread.join()\n"
+    )
+    env = project_env()
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answer 1" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
 def test_a_bad_address_given_to_the_background_start_is_raised_by_start_ray() -> None:
     """The background start's error (one line) reaches the caller at its next ``start_ray``."""
     script = (

@@ -221,14 +221,20 @@ SIGTERM_NOTE = "SIGTERM handler is not set because current thread is not the mai
 
 
 def exit_on_sigterm() -> None:
-    """Exit on SIGTERM (so that Ray's atexit shutdown runs), the handler ``ray.init`` sets in the main thread only."""
+    """Exit on SIGTERM (so that Ray's atexit shutdown runs), the handler ``ray.init`` sets in the main thread only.
+
+    Called from another thread (a sweep started from a user's own thread), it sets nothing, as
+    ``ray.init`` would not have: Python takes signal handlers from the main thread only.
+    """
     import signal
     import sys
+    import threading
 
     def leave(signum: int, frame: object) -> None:
         sys.exit(signum)
 
-    signal.signal(signal.SIGTERM, leave)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, leave)
 
 
 @contextlib.contextmanager
