@@ -110,6 +110,41 @@ def test_audit_of_an_observed_sweep_judges_each_flag_from_the_trials_own_end(ray
     assert result.page is not None and "false stop: ran on to 0.373" in result.page.read_text()
 
 
+def test_audit_of_an_observed_sweep_calls_a_flag_right_when_its_trial_ended_with_no_metric(
+    ray_session: None, workdir: Path
+) -> None:
+    """An observed trial flagged by a heuristic signal that ran on to a NaN metric: the flag was right, and
+    nothing is re-run (the trial's own end is the evidence)."""
+    from mlflow import MlflowClient
+
+    from sweeps.engine.audit import audit_sweep
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
+
+    spec = {
+        **SPEC,
+        "name": "observed-nan",
+        "budget": {"trials": 2, "epochs": 3, "concurrency": 2},
+        "divergence": {"mode": "observe", "collapse": {"steps": 3, "relative": 0}},
+        "fixed": {"width": 4, "behavior": "zeros_nan"},
+        "params": {"lr": {"choices": [0.01, 0.02]}},
+    }
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    swept = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="observed", stream=io.StringIO())
+    flagged = sorted(swept.state.trials.values(), key=lambda r: r.number)
+    assert len(flagged) == 2 and all(r.status == "diverged" and r.would_stop.startswith("collapse@") for r in flagged)
+
+    result = audit_sweep(workdir / "runs", "observed")
+    assert [s.run_id for s in result.stops] == [r.run_id for r in flagged]
+    for stop in result.stops:
+        assert stop.observed and stop.value is None and stop.audit_run_id == ""
+        assert stop.failure == "no finite val_loss at the end" and stop.verdict == "true_stop"
+        assert "ran on: no finite" in stop.line("val_loss", len(result.completed))  # clipped; whole on the run
+    assert result.false_stops == [] and result.best_changed == []
+    client = MlflowClient(swept.tracking_uri)
+    assert {client.get_run(s.run_id).data.tags["sweep.audit.verdict"] for s in result.stops} == {"true_stop"}
+
+
 def test_audit_of_a_sweep_that_does_not_exist_is_one_line(workdir: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sweeps", "audit", "nope"], cwd=workdir, capture_output=True, text=True, timeout=120

@@ -23,7 +23,8 @@ class ToyConfig:
     behavior: str = "ok"  # ok, diverge (NaN loss at epoch 2), zeros (loss 0 at epoch 2), raise, oom (epoch 2),
     # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine),
     # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2), hang (epoch 2 never ends),
-    # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3)
+    # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3),
+    # zeros_nan (loss 0 at epoch 2, a collapse's look, then validate gives NaN from epoch 3)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     cwd_file: str = ""  # if set, each trainer appends the folder it starts in, then moves to / (as a user's loop may)
@@ -88,7 +89,7 @@ class ToyTrainer:
         for _ in range(self.config.steps_per_epoch):
             self.step += 1
             loss = math.nan if self.epoch == 2 and self.config.behavior in ("diverge", "diverge_die") else self._loss()
-            if self.epoch == 2 and self.config.behavior == "zeros":  # looks like a collapse, and recovers
+            if self.epoch == 2 and self.config.behavior in ("zeros", "zeros_nan"):  # looks like a collapse
                 loss = 0.0
             if self.on_step is not None:
                 self.on_step(self.step, {"loss": loss, "grad_norm": 1.0})
@@ -107,6 +108,8 @@ class ToyTrainer:
     def validate(self) -> dict[str, float]:
         if self.epoch == 2 and self.config.behavior in ("nan_val", "inf_val"):
             return {"val_loss": math.nan if self.config.behavior == "nan_val" else math.inf}
+        if self.epoch >= 3 and self.config.behavior == "zeros_nan":
+            return {"val_loss": math.nan}
         return {"val_loss": self._loss()}
 
     def state_dict(self) -> dict[str, Any]:
