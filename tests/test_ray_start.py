@@ -55,6 +55,15 @@ def started_soon(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def run_script(script: str) -> str:
+    """Run ``script`` in a Python process of its own (no ``$RAY_ADDRESS``); its output, once it exited 0."""
+    env = project_env()
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    return done.stdout
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not)."""
     try:
@@ -116,11 +125,7 @@ def test_a_sweep_started_from_a_thread_of_its_own_starts_ray_in_the_background_t
         "thread.start()\n"
         "thread.join()\n"
     )
-    env = project_env()
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "answer 1" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "answer 1" in run_script(script)
 
 
 def test_a_bad_address_given_to_the_background_start_is_raised_by_start_ray() -> None:
@@ -130,11 +135,7 @@ def test_a_bad_address_given_to_the_background_start_is_raised_by_start_ray() ->
         "start_ray_soon(address='127.0.0.1:1')\n"
         "try:\n    start_ray()\nexcept RayAddressError as exc:\n    print('refused:', exc)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=project_env(), capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "refused: no Ray cluster answers at 127.0.0.1:1" in done.stdout, done.stdout
+    assert "refused: no Ray cluster answers at 127.0.0.1:1" in run_script(script)
 
 
 def test_the_sweep_entry_imports_neither_tune_nor_mlflow_nor_optuna() -> None:
@@ -145,8 +146,4 @@ def test_the_sweep_entry_imports_neither_tune_nor_mlflow_nor_optuna() -> None:
         "assert sweeps.run_sweep.__module__ == 'sweeps.engine.launch', sweeps.run_sweep.__module__\n"
         "print(sorted(m for m in ('ray.tune', 'mlflow', 'optuna') if m in sys.modules))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=project_env(), capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]", done.stdout
+    assert run_script(script).strip() == "[]"
