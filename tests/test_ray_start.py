@@ -111,6 +111,31 @@ def test_sigterm_ends_a_ray_started_in_the_background() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+SHUT_DOWN = """
+import time, ray
+from ray._private import worker
+from sweeps.engine.cluster import start_ray, start_ray_soon
+
+start_ray_soon(num_cpus=1, address="local")
+start_ray()
+started = {kind: [info.process for info in infos] for kind, infos in worker._global_node.all_processes.items()}
+ray.shutdown()
+deadline = time.time() + 30
+while any(p.poll() is None for ps in started.values() for p in ps) and time.time() < deadline:
+    time.sleep(0.2)
+for kind, processes in sorted(started.items()):
+    print(kind, *[p.poll() for p in processes])
+"""
+
+
+def test_ray_shut_down_ends_its_processes_as_a_main_thread_start_does() -> None:
+    """``ray.shutdown`` disconnects, then sends SIGTERM without waiting: the starting thread must not end at
+    the disconnect, or ``PR_SET_PDEATHSIG`` kills the dashboard and log monitor mid-exit (return code -9;
+    15 and -15 when Ray was started from the main thread)."""
+    codes = dict(line.split(" ", 1) for line in run_script(SHUT_DOWN).splitlines())
+    assert codes["dashboard"] != "-9" and codes["log_monitor"] != "-9", codes
+
+
 def test_a_sweep_started_from_a_thread_of_its_own_starts_ray_in_the_background_too() -> None:
     """Python sets signal handlers from the main thread only: a caller in a thread of its own (a
     notebook's or a web app's) gets Ray started, with no SIGTERM handler set, as ``ray.init`` does there."""

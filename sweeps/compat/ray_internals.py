@@ -251,3 +251,28 @@ def quiet_sigterm_note() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(other)
+
+
+def stay_while_ray_runs(poll_s: float = 1.0, grace_s: float = 30.0) -> None:
+    """Return once the Ray node this process started is shut down and its processes have ended.
+
+    For the thread that started them (``sweeps.engine.cluster.start_ray_soon``): Ray starts its
+    processes with ``PR_SET_PDEATHSIG``, so they get SIGKILL when that thread ends. ``ray.shutdown``
+    disconnects first (``ray.is_initialized()`` is False from then on), then sends its processes
+    SIGTERM without waiting; a thread that ended at the disconnect killed the dashboard and the log
+    monitor in the middle of their exit (return codes -9 where a main-thread start gives 15 and
+    -15). Processes that outlive SIGTERM by ``grace_s`` are left to that SIGKILL.
+    """
+    import time
+
+    from ray._private import worker
+
+    node = worker._global_node
+    if node is None:
+        return
+    started = [info.process for infos in node.all_processes.values() for info in infos]
+    while worker._global_node is node:
+        time.sleep(poll_s)
+    deadline = time.monotonic() + grace_s
+    while any(process.poll() is None for process in started) and time.monotonic() < deadline:
+        time.sleep(0.1)

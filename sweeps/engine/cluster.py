@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
@@ -23,6 +22,7 @@ from sweeps.compat.ray_internals import (
     local_ray_on_loopback,
     max_cluster_resources,
     quiet_sigterm_note,
+    stay_while_ray_runs,
     trial_actors_inherit_env,
 )
 from sweeps.core.errors import InputError
@@ -84,22 +84,19 @@ def start_ray_soon(num_cpus: int | None = None, address: str | None = None, prel
 
 
 def _start_and_stay(done: Future[None], num_cpus: int | None, address: str | None, preload: Sequence[str]) -> None:
-    """Start Ray, tell ``done``, then stay while Ray runs: the processes this thread started end with it.
+    """Start Ray, tell ``done``, then stay until Ray's processes have ended: they end with this thread.
 
     Ray starts its GCS, raylet and monitors with ``PR_SET_PDEATHSIG``, which the kernel sends when
     the *thread* that started them ends (a first try, in a pool's thread, lost the GCS as the
     thread ended: "Failed to connect to GCS within 60 seconds").
     """
-    import ray
-
     try:
         _start_ray(num_cpus, address, preload)
     except BaseException as exc:  # noqa: BLE001 - raised again by start_ray, in the caller's thread
         done.set_exception(exc)
         return
     done.set_result(None)
-    while ray.is_initialized():
-        time.sleep(1.0)
+    stay_while_ray_runs()
 
 
 def start_ray(num_cpus: int | None = None, address: str | None = None, preload: Sequence[str] = ()) -> None:
