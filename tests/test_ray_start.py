@@ -34,9 +34,10 @@ time.sleep(3)  # the thread that started Ray has long finished starting it
 def answer():
     return os.environ.get("PL_DISABLE_FORK")
 
+if sys.argv[1:] == ["wait"]:  # before the line the test waits for: its SIGTERM may come right after
+    atexit.register(print, "exit handlers ran", flush=True)  # as Ray's own shutdown does at exit
 print("gcs", gcs, "answer", ray.get(answer.remote(), timeout=60), flush=True)
 if sys.argv[1:] == ["wait"]:
-    atexit.register(print, "exit handlers ran", flush=True)  # as Ray's own shutdown does at exit
     time.sleep(300)  # until the test's SIGTERM
 """
 
@@ -100,8 +101,8 @@ def test_sigterm_ends_a_ray_started_in_the_background() -> None:
         gcs = int(line.split()[1])
         assert alive(gcs)
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=60)
-        assert "exit handlers ran" in rest, rest
+        rest, err = proc.communicate(timeout=60)
+        assert "exit handlers ran" in rest, f"exit code {proc.returncode}: {rest} {err[-2000:]}"
         deadline = time.time() + 30
         while alive(gcs) and time.time() < deadline:
             time.sleep(0.5)
