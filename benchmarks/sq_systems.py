@@ -2,10 +2,11 @@
 
 ``python -m benchmarks.sq_systems '<json>'`` with ``{"system", "task", "seed", "trace_dir", "work",
 "budget_s"}``: the system searches ``task``'s space with the traced trainers of
-``benchmarks.sq_trainer`` on 2 CPUs (2 trials at once) for ever, or until its own wall-clock stop; the
+``benchmarks.sq_trainer`` with the task's workers (2 trials at once on 2 CPUs; 4 sharing a GPU on
+the GPU task) for ever, or until its own wall-clock stop; the
 parent (``benchmarks/search_quality.py``) stops it at the deadline and reads the traces. Each system
 is set up as its own documentation sets it up, with its defaults; only ``max_t``/epochs, the metric
-and 2 workers are given. The peers' imports (Syne Tune, SMAC, hpbandster) are found only in the
+and the task's workers are given. The peers' imports (Syne Tune, SMAC, hpbandster) are found only in the
 benchmark's own virtualenv.
 """
 
@@ -22,7 +23,6 @@ from typing import Any, Literal
 
 from benchmarks.search_quality import TASKS, Task
 
-WORKERS = 2
 MANY = 100_000  # "trials": every system runs until it is stopped
 
 
@@ -59,7 +59,9 @@ def run_ours(
     spec = sweeps.load_spec(str(spec_file))
     uri = f"sqlite:///{work}/mlflow.db"
     # as `sweeps run --cpus 2` does: Ray starts inside, while the store opens
-    sweeps.run_sweep(spec, root=work / "runs", tracking_uri=uri, stream=io.StringIO(), cpus=WORKERS, address="local")
+    sweeps.run_sweep(
+        spec, root=work / "runs", tracking_uri=uri, stream=io.StringIO(), cpus=task.workers, address="local"
+    )
 
 
 def _space(task: Task, lib: Any) -> dict[str, Any]:
@@ -87,9 +89,10 @@ def _tune(task: Task, seed: int, trace_dir: str, work: Path, search_alg: Any, sc
             tune.report({**trainer.train_epoch(), **trainer.validate()})
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
-    ray.init(num_cpus=WORKERS, address="local", include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=task.workers, address="local", include_dashboard=False, log_to_driver=False)
+    resources: dict[str, float] = {"cpu": 1.0, "gpu": task.gpus_per_trial} if task.gpus_per_trial else {"cpu": 1.0}
     tuner = tune.Tuner(
-        trainable,
+        tune.with_resources(trainable, resources),
         param_space=_space(task, tune),
         tune_config=tune.TuneConfig(
             metric=task.metric,
@@ -97,7 +100,7 @@ def _tune(task: Task, seed: int, trace_dir: str, work: Path, search_alg: Any, sc
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=MANY,
-            max_concurrent_trials=WORKERS,
+            max_concurrent_trials=task.workers,
         ),
         run_config=tune.RunConfig(storage_path=str(work), name=name, verbose=0),
     )
@@ -144,7 +147,7 @@ def _optuna_parts(task: Task, work: Path, seed: int) -> tuple[Any, Any, Any]:
 
 
 def run_optuna(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float) -> None:
-    """Optuna alone: TPE + HyperbandPruner, two worker processes on one journal file."""
+    """Optuna alone: TPE + HyperbandPruner, the task's workers (processes) on one journal file."""
     import optuna
 
     storage, sampler, pruner = _optuna_parts(task, work, seed)
@@ -153,14 +156,14 @@ def run_optuna(task: Task, seed: int, trace_dir: str, work: Path, budget_s: floa
     args = {"system": "optuna_worker", "task": task.name, "seed": seed, "trace_dir": trace_dir, "work": str(work)}
     workers = [
         subprocess.Popen([sys.executable, "-m", "benchmarks.sq_systems", json.dumps({**args, "worker": i})])
-        for i in range(WORKERS)
+        for i in range(task.workers)
     ]
     for worker in workers:
         worker.wait()
 
 
 def run_optuna_worker(task: Task, seed: int, trace_dir: str, work: Path, worker: int) -> None:
-    """One of Optuna's two workers."""
+    """One of Optuna's workers."""
     import optuna
 
     from benchmarks.sq_trainer import make_trainer
@@ -183,7 +186,7 @@ def run_optuna_worker(task: Task, seed: int, trace_dir: str, work: Path, worker:
 
 
 def run_synetune(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float) -> None:
-    """Syne Tune's BOHB (asynchronous Hyperband with a KDE searcher) on its LocalBackend, 2 workers."""
+    """Syne Tune's BOHB (asynchronous Hyperband with a KDE searcher) on its LocalBackend."""
     from syne_tune import StoppingCriterion, Tuner
     from syne_tune import config_space as cs
     from syne_tune.backend import LocalBackend
@@ -204,7 +207,7 @@ def run_synetune(task: Task, seed: int, trace_dir: str, work: Path, budget_s: fl
         trial_backend=LocalBackend(entry_point=str(entry)),
         scheduler=scheduler,
         stop_criterion=StoppingCriterion(max_wallclock_time=budget_s),
-        n_workers=WORKERS,
+        n_workers=task.workers,
         tuner_name=f"sq-{task.name}-{seed}",
         save_tuner=False,
     )
@@ -212,7 +215,7 @@ def run_synetune(task: Task, seed: int, trace_dir: str, work: Path, budget_s: fl
 
 
 def run_smac(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float) -> None:
-    """SMAC3's multi-fidelity facade (random forest + Hyperband), 2 dask workers."""
+    """SMAC3's multi-fidelity facade (random forest + Hyperband), dask workers."""
     from ConfigSpace import Categorical, ConfigurationSpace, Float
     from smac import MultiFidelityFacade, Scenario
 
@@ -237,7 +240,7 @@ def run_smac(task: Task, seed: int, trace_dir: str, work: Path, budget_s: float)
         walltime_limit=budget_s,
         min_budget=1,
         max_budget=task.epochs,
-        n_workers=WORKERS,
+        n_workers=task.workers,
         seed=seed,
         output_directory=work / "smac",
     )

@@ -121,3 +121,18 @@ def test_quick_mode_prints_the_table_and_the_verdict(tmp_path: Path) -> None:
         assert run["first_s"] == (run["firsts"][0] if run["firsts"] else None)
         values = curve([tuple(c) for c in run["completions"]], run["budget_s"])
         assert all(b <= a for a, b in zip(values, values[1:], strict=False))
+
+
+def test_the_gpu_task_is_a_valid_spec_whose_trials_share_the_gpu(tmp_path: Path) -> None:
+    import yaml
+
+    import sweeps
+
+    task = TASKS["sr_gan_gpu"]
+    raw = task.spec("gpu", 0, {"trials": 8, "epochs": task.epochs}, trace_dir=str(tmp_path))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = sweeps.load_spec(str(path))
+    assert spec.budget.gpus_per_trial == task.gpus_per_trial == 1 / task.workers
+    assert "precision" not in raw["fixed"]  # searched: fp32, bf16, fp16
+    assert TASKS["sr_gan"].spec("cpu", 0, {"trials": 8})["budget"] == {"trials": 8}  # the CPU tasks ask no GPU
