@@ -171,16 +171,24 @@ def run_optuna_worker(task: Task, seed: int, trace_dir: str, work: Path, worker:
     storage, sampler, pruner = _optuna_parts(task, work, seed * 100 + worker)
     study = optuna.load_study(study_name="sq", storage=storage, sampler=sampler, pruner=pruner)
 
+    failures = 0
+
     def objective(trial: optuna.Trial) -> float:
-        trainer = make_trainer(task.name, {**task.fixed, **_suggest(trial, task), "trace_dir": trace_dir})
-        value = math.nan
-        for epoch in range(1, task.epochs + 1):
-            trainer.train_epoch()
-            value = trainer.validate()[task.metric]
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return value
+        nonlocal failures
+        try:
+            trainer = make_trainer(task.name, {**task.fixed, **_suggest(trial, task), "trace_dir": trace_dir})
+            value = math.nan
+            for epoch in range(1, task.epochs + 1):
+                trainer.train_epoch()
+                value = trainer.validate()[task.metric]
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            return value
+        except Exception as exc:  # Optuna's own warning is silenced above: say why, for the run's log
+            if not isinstance(exc, optuna.TrialPruned) and (failures := failures + 1) <= 3:
+                print(f"optuna worker {worker}: trial {trial.number} failed: {exc!r}", file=sys.stderr, flush=True)
+            raise
 
     study.optimize(objective, n_trials=MANY, catch=(Exception,))
 

@@ -91,7 +91,8 @@ class TracedSRGAN(SRGANTrainer):
         return metrics
 
 
-TRAINERS: dict[str, Any] = {"vae": TracedVAE, "sr_gan": TracedSRGAN}
+TRAINERS: dict[str, Any] = {"vae": TracedVAE, "sr_gan": TracedSRGAN, "sr_gan_gpu": TracedSRGAN}
+"""Each task of ``benchmarks/search_quality.py``'s trainer, for the systems that build it themselves."""
 
 
 def make_trainer(task: str, config: dict[str, Any]) -> Any:

@@ -136,3 +136,10 @@ def test_the_gpu_task_is_a_valid_spec_whose_trials_share_the_gpu(tmp_path: Path)
     assert spec.budget.gpus_per_trial == task.gpus_per_trial == 1 / task.workers
     assert "precision" not in raw["fixed"]  # searched: fp32, bf16, fp16
     assert TASKS["sr_gan"].spec("cpu", 0, {"trials": 8})["budget"] == {"trials": 8}  # the CPU tasks ask no GPU
+
+
+def test_every_task_has_the_trainer_its_spec_names() -> None:
+    from benchmarks.sq_trainer import TRAINERS
+
+    for name, task in TASKS.items():  # the peers build TRAINERS[name]; ours imports trainer_path
+        assert task.trainer_path == f"benchmarks.sq_trainer:{TRAINERS[name].__name__}", name
