@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -161,27 +161,23 @@ TASKS = {
 # The same SR-GAN space at a realistic size, for a machine with one GPU (issue 17: "an absolute time
 # holds only on a GPU"): 4x super-resolution of 96 px images by an SRResNet-like generator (8
 # residual blocks of width 64), AMP level searched too; 4 trials share the GPU, one CPU each.
-TASKS["sr_gan_gpu"] = Task(
+TASKS["sr_gan_gpu"] = replace(
+    TASKS["sr_gan"],
     name="sr_gan_gpu",
-    trainer_path="benchmarks.sq_trainer:TracedSRGAN",
-    metric="val_psnr",
-    mode="max",
-    epochs=4,
     budget_s=150.0,
     fixed={
         **{k: v for k, v in TASKS["sr_gan"].fixed.items() if k != "precision"},
-        "image_size": 96,
-        "scale": 4,
-        "train_images": 512,
-        "val_images": 64,
-        "width": 64,
-        "blocks": 8,
-        "d_width": 32,
+        **{
+            "image_size": 96,
+            "scale": 4,
+            "train_images": 512,
+            "val_images": 64,
+            "width": 64,
+            "blocks": 8,
+            "d_width": 32,
+        },
     },
-    params={
-        **TASKS["sr_gan"].params,
-        "precision": {"choices": ["fp32", "bf16", "fp16"]},
-    },
+    params={**TASKS["sr_gan"].params, "precision": {"choices": ["fp32", "bf16", "fp16"]}},
     workers=4,
     gpus_per_trial=0.25,
 )
