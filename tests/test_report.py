@@ -22,7 +22,7 @@ from sweeps.core.keys import (
     TAG_WOULD_STOP_STEP,
 )
 from sweeps.core.records import SweepState, TrialRecord
-from sweeps.engine.live_view import LiveView, estimate_left, event_line, status_line
+from sweeps.engine.live_view import LiveView, estimate_left, event_line, status_line, trial_left
 from sweeps.results.figures import Curve, draw_learning_curves
 from sweeps.results.page import html_page, ordered
 from sweeps.results.report import clipped, stop_decisions, terminal_table, write_stops
@@ -278,6 +278,30 @@ def test_the_live_line_says_trials_done_of_planned_and_the_time_left() -> None:
     state.trials["ray0"].value = 29.9954  # as the table shows it (5 digits), not "30"
     assert "best val_loss=29.995 (t000)" in status_line(state, 12, 5.0)
     assert event_line(state.trials["ray0"], "val_loss").startswith("  t000  completed   val_loss=29.995 after")
+
+
+def test_time_left_is_never_less_than_a_running_trial_needs_at_its_own_pace() -> None:
+    # 3 of 12 trials diverged in seconds: the pace says 4 s left; a slow trial has 3 of 4 epochs to go
+    assert estimate_left(3, 3.0, 4) == 4.0
+    slow = trial_left({"epoch": 1, "time_total_s": 20.0, "timestamp": 1000.0}, 4, now=1005.0)
+    assert slow == 55.0  # 20 s an epoch, 3 epochs left, 5 s of them gone since it reported
+    assert estimate_left(3, 3.0, 4, [slow, 2.0]) == 55.0
+    assert estimate_left(0, 0.0, 4, [slow]) is None  # before any trial ended: "time left ?"
+    assert estimate_left(9, 900.0, 3, [slow]) == 300.0  # the pace, when it says more
+    assert trial_left({"epoch": 4, "time_total_s": 8.0, "timestamp": 0.0}, 4, now=1.0) == 0.0
+    assert trial_left({"training_iteration": 2, "time_total_s": 8.0}, 4, now=1.0) == 8.0  # a user's own epoch key
+    assert trial_left({}, 4, now=0.0) is None and trial_left({"epoch": 1}, 4, now=0.0) is None
+    assert trial_left({"timestamp": 5.0}, 4, now=70.0, started=10.0) == 180.0  # 60 s in, no epoch done yet
+
+    state = SweepState(metric="val_loss", mode="min")
+    view = LiveView(state, 12, io.StringIO(), epochs=4)
+    view.on_trial_start(0, [], None)
+    view.ended_here = 1
+    running = type(
+        "T", (), {"trial_id": "a", "status": "RUNNING", "last_result": {"epoch": 1, "time_total_s": 600.0}}
+    )()
+    view._count_running([running, type("T", (), {"trial_id": "b", "status": "PENDING", "last_result": {}})()])
+    assert view.line().endswith("~30:00 left")  # 600 s an epoch, 3 to go
 
 
 def test_the_live_view_prints_a_line_per_ended_trial_and_its_status_line() -> None:

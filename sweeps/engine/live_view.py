@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from sweeps.core.keys import EPOCH
 from sweeps.core.records import SweepState, TrialRecord, metric_text, observed_text
 
 
@@ -39,15 +41,36 @@ def status_line(
     return " · ".join(parts + ([counts] if counts else []) + [best_text, _left(left, ended, total)])
 
 
-def estimate_left(ended_here: int, since_first_start: float, remaining: int) -> float | None:
-    """Seconds until the last trial ends, at the pace of the trials that ended so far (None before one ended).
+def estimate_left(
+    ended_here: int, since_first_start: float, remaining: int, running_left: Sequence[float] = ()
+) -> float | None:
+    """Seconds until the last trial ends (None before a trial ended).
 
     The pace is trials ended per second since the first trial started: it counts the trials that
-    run at once, and the short ones ASHA or divergence stopped as the sweep met them so far.
+    run at once, and the short ones ASHA or divergence stopped as the sweep met them so far. It is
+    never less than what a running trial still needs at its own pace (``running_left``, see
+    :func:`trial_left`): trials that diverged in a few steps make the pace fast while a slow
+    configuration (fp16 on a CPU, say) still has most of its epochs to go.
     """
     if ended_here <= 0 or since_first_start <= 0:
         return None
-    return max(0.0, since_first_start / ended_here * remaining)
+    return max(since_first_start / ended_here * remaining, *running_left, 0.0)
+
+
+def trial_left(result: dict[str, Any], epochs: int, now: float, started: float | None = None) -> float | None:
+    """Seconds a running trial still needs at its own pace (None when nothing says).
+
+    From its last result: its seconds per epoch so far (Tune's ``time_total_s`` over the result's
+    epoch) times the epochs it has left, less the time since that result. Before its first result,
+    from when it ``started``: its first epoch has taken at least that long, and so may each of the
+    others.
+    """
+    epoch = result.get(EPOCH) or result.get("training_iteration")
+    total, at = result.get("time_total_s"), result.get("timestamp")
+    if not isinstance(epoch, int | float) or epoch <= 0 or not isinstance(total, int | float):
+        return None if started is None else max(0.0, now - started) * max(0, epochs - 1)
+    since = now - at if isinstance(at, int | float) else 0.0
+    return max(0.0, total / epoch * max(0.0, epochs - epoch) - since)
 
 
 def _left(left: float | None, ended: int, total: int) -> str:
@@ -83,8 +106,10 @@ def event_line(record: TrialRecord, metric: str) -> str:
 class LiveView(Callback):
     """Redraws one status line on a terminal; elsewhere prints a line per ended trial."""
 
-    def __init__(self, state: SweepState, total: int, stream: TextIO | None = None, interval: float = 0.5) -> None:
-        self.state, self.total = state, total
+    def __init__(
+        self, state: SweepState, total: int, stream: TextIO | None = None, interval: float = 0.5, epochs: int = 0
+    ) -> None:
+        self.state, self.total, self.epochs = state, total, epochs
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.interval = interval
@@ -96,13 +121,17 @@ class LiveView(Callback):
         """Trials that ended since then (a resumed sweep's earlier trials do not count to its pace)."""
         self.running: int | None = None
         """Trials training now (Tune's RUNNING ones; a trial asked for and waiting for CPUs is not)."""
+        self.started_at: dict[str, float] = {}
+        """Each trial's start (epoch seconds), by Tune's trial id."""
+        self.running_left: list[float] = []
+        """What each running trial that has reported still needs, in seconds at its own pace (``epochs`` known)."""
 
     def line(self) -> str:
         """The status line now."""
         now = time.monotonic()
         since = now - self.first_start if self.first_start is not None else 0.0
         remaining = max(0, self.total - self.state.budget_done)
-        left = estimate_left(self.ended_here, since, remaining)
+        left = estimate_left(self.ended_here, since, remaining, self.running_left)
         if self.state.deadline is not None:  # budget.time: the sweep ends by then whatever the pace
             until = max(0.0, self.state.deadline - time.time())
             left = until if left is None else min(left, until)
@@ -120,7 +149,15 @@ class LiveView(Callback):
         self.stream.flush()
 
     def _count_running(self, trials: list[Any], ended: Any = None) -> None:
-        self.running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
+        running = [t for t in trials if t.status == "RUNNING" and t is not ended]
+        self.running = len(running)
+        if self.epochs > 0:
+            now = time.time()
+            found = (
+                trial_left(getattr(t, "last_result", None) or {}, self.epochs, now, self.started_at.get(t.trial_id))
+                for t in running
+            )
+            self.running_left = [left for left in found if left is not None]
 
     def _ended(self, trials: list[Any], trial: Any) -> None:
         self._count_running(trials, ended=trial)
@@ -136,9 +173,11 @@ class LiveView(Callback):
         self._draw(force=True)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Start the clock of the trials' pace at the first trial."""
+        """Start the clock of the trials' pace at the first trial, and this trial's own."""
         if self.first_start is None:
             self.first_start = time.monotonic()
+        if trial is not None:
+            self.started_at[trial.trial_id] = time.time()
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         """Redraw the status line (throttled): the trials are counted only when it is drawn."""

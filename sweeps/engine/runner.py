@@ -238,7 +238,7 @@ def _engine_configs(
             verbose=0,
             stop=SweepStop(state),
             callbacks=[
-                LiveView(state, spec.budget.trials, stream),
+                LiveView(state, spec.budget.trials, stream, epochs=spec.budget.epochs),
                 TrackingCallback(state, tracker),
                 CheckpointPruner(),
                 ReportPrewarm(),
