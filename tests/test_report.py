@@ -114,7 +114,9 @@ def test_the_page_shows_the_stop_table_with_verdicts_and_a_sorted_trial_table(tm
     assert "<th>seed</th>" not in trials and "<th>lr</th>" in trials  # the swept parameters only
     # t002 was stopped in epoch 2: one epoch validated and part of the next, not "2" as if it ran two
     assert "<td class='num'>1+</td>" in trials.split("t002</td>")[1].split("</tr>")[0]
-    assert re.search(r"^ t002\s+diverged\s+-\s+1\+\s", terminal_table(ROWS, "val_loss"), re.M)
+    table = terminal_table(ROWS, "val_loss")
+    assert re.search(r"^ t002\s+diverged\s+-\s+1\+\s", table, re.M)
+    assert table.endswith("\nepochs N+: stopped during epoch N+1, as diverged")
     assert "No sample images" in page  # no samples.json: the trainer logs none
     assert "run.image(grid)" in page and "sample_grid()" in page  # how, for either kind of trainer
 
@@ -241,7 +243,7 @@ def test_a_long_reason_in_the_terminal_table_is_cut_at_a_word() -> None:
     assert clipped(reason, 60) == "runaway_weights: d: last-layer weight norm 80.6 > 50 x..."
     assert clipped("x" * 80, 60) == "x" * 57 + "..." and clipped("short", 60) == "short"
     table = terminal_table([row(0, "diverged", None, 1, reason=reason)], "val_loss")
-    assert table.splitlines()[-1].endswith("> 50 x 0.583 on 15 of the last 19 steps")  # a stop's reason: whole
+    assert table.splitlines()[-2].endswith("> 50 x 0.583 on 15 of the last 19 steps")  # a stop's reason: whole
     failure = (
         "RuntimeError: Given groups=1, weight of size [8, 3, 3, 3], expected input[4, 1, 32, 32] to have 3 channels"
     )

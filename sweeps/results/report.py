@@ -284,7 +284,10 @@ def terminal_table(rows: list[dict[str, Any]], metric: str, names: list[str] | N
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
-    return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
+    legend = (
+        ["epochs N+: stopped during epoch N+1, as diverged"] if any(line[3].endswith("+") for line in lines) else []
+    )
+    return "\n".join([text[0], "-" * len(text[0]), *text[1:], *legend])
 
 
 def clipped(text: str, width: int) -> str:
