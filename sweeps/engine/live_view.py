@@ -124,7 +124,7 @@ class LiveView(Callback):
         self.started_at: dict[str, float] = {}
         """Each trial's start (epoch seconds), by Tune's trial id."""
         self.running_left: list[float] = []
-        """What each running trial that has reported still needs, in seconds at its own pace (``epochs`` known)."""
+        """What each running trial still needs, in seconds at its own pace (:func:`trial_left`; ``epochs`` known)."""
 
     def line(self) -> str:
         """The status line now."""
