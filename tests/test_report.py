@@ -299,10 +299,9 @@ def test_time_left_is_never_less_than_a_running_trial_needs_at_its_own_pace() ->
     view = LiveView(state, 12, io.StringIO(), epochs=4)
     view.on_trial_start(0, [], None)
     view.ended_here = 1
-    running = type(
-        "T", (), {"trial_id": "a", "status": "RUNNING", "last_result": {"epoch": 1, "time_total_s": 600.0}}
-    )()
-    view._count_running([running, type("T", (), {"trial_id": "b", "status": "PENDING", "last_result": {}})()])
+    running = type("T", (), {"trial_id": "a", "status": "RUNNING"})()
+    view.on_trial_result(0, [], running, {"epoch": 1, "time_total_s": 600.0})
+    view._count_running([running, type("T", (), {"trial_id": "b", "status": "PENDING"})()])
     assert view.line().endswith("~30:00 left")  # 600 s an epoch, 3 to go
 
 

@@ -123,6 +123,9 @@ class LiveView(Callback):
         """Trials training now (Tune's RUNNING ones; a trial asked for and waiting for CPUs is not)."""
         self.started_at: dict[str, float] = {}
         """Each trial's start (epoch seconds), by Tune's trial id."""
+        self.results: dict[str, dict[str, Any]] = {}
+        """Each trial's last result, by Tune's trial id (kept here: reading ``Trial.last_result`` before a
+        trial's first report waits on its actor)."""
         self.running_left: list[float] = []
         """What each running trial still needs, in seconds at its own pace (:func:`trial_left`; ``epochs`` known)."""
 
@@ -154,14 +157,16 @@ class LiveView(Callback):
         if self.epochs > 0:
             now = time.time()
             found = (
-                trial_left(getattr(t, "last_result", None) or {}, self.epochs, now, self.started_at.get(t.trial_id))
+                trial_left(self.results.get(t.trial_id, {}), self.epochs, now, self.started_at.get(t.trial_id))
                 for t in running
             )
             self.running_left = [left for left in found if left is not None]
 
     def _ended(self, trials: list[Any], trial: Any) -> None:
-        self._count_running(trials, ended=trial)
         trial_id = trial.trial_id
+        self.results.pop(trial_id, None)
+        self.started_at.pop(trial_id, None)
+        self._count_running(trials, ended=trial)
         record = self.state.trials.get(trial_id)
         self.ended_here += 1
         if record is not None:
@@ -178,6 +183,12 @@ class LiveView(Callback):
             self.first_start = time.monotonic()
         if trial is not None:
             self.started_at[trial.trial_id] = time.time()
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        """Keep the trial's result: its pace, for the time left."""
+        self.results[trial.trial_id] = result
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         """Redraw the status line (throttled): the trials are counted only when it is drawn."""
