@@ -91,13 +91,19 @@ class TracedSRGAN(SRGANTrainer):
         return metrics
 
 
-TRAINERS: dict[str, Any] = {"vae": TracedVAE, "sr_gan": TracedSRGAN, "sr_gan_gpu": TracedSRGAN}
-"""Each task of ``benchmarks/search_quality.py``'s trainer, for the systems that build it themselves."""
+def trainer_class(task: str) -> Any:
+    """The traced trainer class named by ``task``'s ``trainer_path``, for the systems that build it themselves."""
+    import importlib
+
+    from benchmarks.search_quality import TASKS
+
+    module, name = TASKS[task].trainer_path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def make_trainer(task: str, config: dict[str, Any]) -> Any:
     """The traced trainer of ``task`` built from ``config`` (fixed values, sampled values, trace_dir)."""
     from trainables import build_config
 
-    cls = TRAINERS[task]
+    cls = trainer_class(task)
     return cls(build_config(cls.Config, config))
