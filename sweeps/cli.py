@@ -234,12 +234,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_local_workers_fit,
         check_ray_address,
         local_concurrency_note,
+        local_gpu_note,
     )
 
     check_address_format(args.address)
     check_local_workers_fit(spec, args.address, args.cpus)
     if (slots := local_concurrency_note(spec, args.address, args.cpus)) is not None:
         print(f"note: budget.concurrency: {slots}", file=sys.stderr)
+    if (idle := local_gpu_note(spec, args.address)) is not None:
+        print(f"note: budget.gpus_per_trial: {idle}", file=sys.stderr)
     within = "" if spec.budget.time_s is None else f" within {_duration(spec.budget.time_s)}"
     if spec.budget.trial_time_s is not None:
         within += f", each at most {_duration(spec.budget.trial_time_s)}"

@@ -169,9 +169,27 @@ ROWS = [
         r"s\.yaml: budget\.gpus_per_trial: a trial needs 1 GPU; a new local Ray on this machine has 0$",
     ),
     Row(
-        "--check: a GPU device on a machine without one, trials on a new local Ray",
+        "--check: a GPU device, but no GPU reserved (a trial that reserves none sees none)",
         ["run", "s.yaml", "--set", "trainer=vae", "--set", "metric.name=val_mse", "--set", "device=cuda", "--check"],
-        r"s\.yaml: fixed\.device: cuda: this machine has no GPU, and a new local Ray runs the trials here$",
+        r"s\.yaml: fixed\.device: cuda, but budget\.gpus_per_trial is 0 and a trial that reserves no GPU sees none; "
+        r"set budget\.gpus_per_trial \(1: a GPU each, 0\.25: four trials to a GPU\)$",
+    ),
+    Row(
+        "--check: a GPU device and a GPU reserved, on a machine without one",
+        [
+            "run",
+            "s.yaml",
+            "--set",
+            "trainer=vae",
+            "--set",
+            "metric.name=val_mse",
+            "--set",
+            "device=cuda:0",
+            "--set",
+            "budget.gpus_per_trial=0.5",
+            "--check",
+        ],
+        r"s\.yaml: budget\.gpus_per_trial: a trial needs 0\.5 GPUs; a new local Ray on this machine has 0$",
     ),
     Row(
         "--check: a device torch has not heard of",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import math
 import re
 import time
@@ -432,6 +433,9 @@ def test_a_plain_loop_kept_as_a_function_sweeps_and_its_diverging_trial_stops_wi
         assert run.data.params["seed"] == "2"  # the seed reaches a function trainer's config
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "spec.yaml", "source", "environment.json", "curves"} <= artifacts
+        # no GPU reserved (budget.gpus_per_trial 0): the trial sees none, on a machine with GPUs too
+        environment = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/environment.json"))
+        assert environment["cuda_visible_devices"] == "" and environment["device"] == "cpu"
         assert {"loss", "model/lr", "model/grad_norm", "model/weight_norm_last"} <= set(run.data.metrics)
         if lr == 1.0:
             assert tags["sweep.status"] == "diverged" and tags["sweep.signal"] == "loss_explosion"

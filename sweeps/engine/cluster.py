@@ -293,8 +293,8 @@ def cluster_slots(budget: Budget) -> int:
 def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | None) -> None:
     """Before Ray starts: raise SpecError (one line) when a trial could never start on a new local Ray.
 
-    Its workers need more CPUs or GPUs than the machine has, or it asks for a ``cuda`` device
-    on a machine without a GPU.
+    Its workers need more CPUs or GPUs than the machine has (a ``cuda`` device needs a GPU
+    reserved, which the spec checks).
 
     ``address`` as given (``--address``); no cluster is contacted. A cluster, or a new local Ray
     this cannot be sure of, is checked once joined (:func:`check_workers_fit`, which knows the
@@ -306,12 +306,6 @@ def check_local_workers_fit(spec: SweepSpec, address: str | None, cpus: int | No
 
     have = {"CPU": float(cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
     _refuse_if_short(spec, have, where="a new local Ray on this machine has")
-    device = str(spec.fixed.get("device", "auto"))
-    if device.startswith("cuda") and not have["GPU"]:  # every trial would fail at its start
-        raise SpecError(
-            spec.source,
-            [("fixed.device", f"{device}: this machine has no GPU, and a new local Ray runs the trials here")],
-        )
 
 
 def local_concurrency_note(spec: SweepSpec, address: str | None, cpus: int | None) -> str | None:
@@ -327,6 +321,25 @@ def local_concurrency_note(spec: SweepSpec, address: str | None, cpus: int | Non
     return (
         f"{wanted} trials at once, but a new local Ray on this machine holds {fits} ({have:g} CPUs, "
         f"{per_trial:g} a trial): the others wait for a free slot"
+    )
+
+
+def local_gpu_note(spec: SweepSpec, address: str | None, gpus: int | None = None) -> str | None:
+    """A note when a new local Ray here has GPUs but the trials reserve none: they then train on the CPU.
+
+    ``gpus``: this machine's GPUs (None: as torch counts them).
+    """
+    if spec.budget.gpus_per_trial > 0 or not starts_local_ray(address):
+        return None
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if not gpus:
+        return None
+    return (
+        f"0 on a machine with {gpus} GPU{'' if gpus == 1 else 's'}: the trials reserve none, so they see none "
+        "and train on the CPU; set it (1: a GPU each, 0.25: four trials to a GPU)"
     )
 
 

@@ -381,6 +381,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     record = _record(raw.get("record", {}), problems)
     trial_storage = _trial_storage(raw.get("trial_storage"), problems)
     fixed = _fixed(raw.get("fixed", {}), types, problems)
+    _check_gpu_device(fixed, budget, problems)
     params = parse_params(raw.get("params", {}), types, fixed, problems)
     if trainer_cls is not None and not function:
         _check_epochs_field(types, fixed, params, budget.epochs, problems)
@@ -683,6 +684,17 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
         if isinstance(fixed[str(key)], float) and not math.isfinite(fixed[str(key)]):
             problems.add(f"fixed.{key}", f"must be a finite number, got {fixed[str(key)]}")
     return fixed
+
+
+def _check_gpu_device(fixed: dict[str, Any], budget: Budget, problems: Problems) -> None:
+    """A GPU device needs a GPU reserved: a trial that reserves none sees none (``sweeps.trial.gpu_visibility``)."""
+    device = str(fixed.get("device", ""))
+    if device.startswith("cuda") and budget.gpus_per_trial <= 0:
+        problems.add(
+            "fixed.device",
+            f"{device}, but budget.gpus_per_trial is 0 and a trial that reserves no GPU sees none; "
+            "set budget.gpus_per_trial (1: a GPU each, 0.25: four trials to a GPU)",
+        )
 
 
 def _check_epochs_field(

@@ -54,6 +54,7 @@ def environment(device: str = "") -> dict[str, Any]:
         "packages": versions,
         "git_commit": git_commit(os.getcwd()),
         "device": device,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # "": no GPU reserved, none seen
     }
     try:
         import torch

@@ -33,6 +33,7 @@ from sweeps.trial.epoch_loop import (
     load_checkpoint,
     save_checkpoint,
 )
+from sweeps.trial.gpu_visibility import hide_unreserved_gpus
 
 START_FOLDER = os.getcwd()
 """The folder this trial process started in (where ``sweeps run`` ran, on a local Ray): each trial starts there."""
@@ -97,6 +98,7 @@ def start_line(plan: TrialPlan) -> str:
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
+    hide_unreserved_gpus(plan.gpus)  # before the trainer can start CUDA: ``auto`` then means the CPU
     os.chdir(START_FOLDER)  # Tune reuses the process: a trial that changed folder does not move the next one
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
     if printed := prints_file():  # several Ray sessions on a machine: session_latest may be another's
