@@ -1,6 +1,6 @@
 """A trial that reserves no GPU sees none; a machine's GPUs left idle by the spec get a note.
 
-Ray 2.49+ leaves ``CUDA_VISIBLE_DEVICES`` alone for an actor that reserved no GPU, so without
+Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for an actor that reserved no GPU, so without
 the engine hiding them every such trial on ``device: auto`` trains on GPU 0, unreserved. The
 real sweep that checks a trial's environment is in ``test_run_sweep.py`` (the plain-loop test).
 """

@@ -1,7 +1,7 @@
 """Which GPUs a trial's process may use: none, unless the trial reserved some.
 
 Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned to a task or actor that reserved one,
-but since Ray 2.49 (ray-project/ray#54868) it leaves the variable alone for one that reserved
+but Ray (2.60 here; ray-project/ray#54868) leaves the variable alone for one that reserved
 none. On a machine with GPUs, every trial of a sweep with ``budget.gpus_per_trial: 0`` would then
 see every GPU, and a trainer on ``device: auto`` would train on GPU 0, which nobody reserved:
 as many trials on one GPU as the machine has CPUs, the other GPUs idle. A trial that reserved no
