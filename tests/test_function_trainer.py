@@ -23,13 +23,14 @@ import yaml
 from torch import nn
 
 from sweeps.cli import main
+from sweeps.core.failures import ends_the_sweep, failure_reason
 from sweeps.core.keys import DIVERGED_KEY, REASON_KEY, SIGNAL_KEY, STEP_KEY, STEPS_KEY
 from sweeps.core.plan import TrialPlan
 from sweeps.engine.searcher import rescue_precision
 from sweeps.spec.sweep_spec import SpecError, load_spec
 from sweeps.trial.epoch_loop import EpochLoop, MetricMissingError
 from sweeps.trial.function_run import FunctionRun, trial_config
-from sweeps.trial.stops import ReturnedEarlyError, TrainerExitError
+from sweeps.trial.stops import MetricsTypeError, ReturnedEarlyError, TrainerExitError
 from tests.function_trainers import MemoryChannel
 from trainables.diagnostics import StepProbe, loss_metrics
 from trainables.mixed_precision import loss_scaler
@@ -214,6 +215,15 @@ def test_a_class_trainer_whose_validation_is_not_finite_is_diverged_as_a_functio
     assert last[DIVERGED_KEY] == 1.0 and last[SIGNAL_KEY] == "non_finite" and last["epoch"] == 2
     assert last[REASON_KEY] == "val_loss not finite at epoch 2" and math.isnan(last["val_loss"])
     assert [e for e, _ in channel.metric()] == [1, 2] and math.isfinite(channel.metric()[0][1])
+
+
+def test_a_class_trainer_whose_validate_returns_no_dict_fails_saying_what_it_returned_and_ends_the_sweep() -> None:
+    """A user's validate() returned the bare value: the trial failed with "'float' object is not a mapping"."""
+    with pytest.raises(
+        MetricsTypeError, match=r"^validate\(\) must return a dict of metrics, .* it returned float [\d.]+$"
+    ) as info:
+        run_loop("tests.toy_trainer:ToyTrainer", {"lr": 0.01, "behavior": "bare_val"}, epochs=2)
+    assert ends_the_sweep(failure_reason(info.value))  # every trial would fail so
 
 
 def test_a_loop_catching_exception_does_not_swallow_the_stop() -> None:

@@ -91,6 +91,14 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"metric": {"name": "val_nope"}}, "metric", "not produced by trainer"),
         ({"metric": {"name": "val_mse", "mode": "down"}}, "metric.mode", "'min' or 'max'"),
         ({"params__kernel_size": {"choices": [3, 4]}}, "params.kernel_size.choices[1]", "odd"),
+        # the bounds are odd, 4 between them is not: its trials would fail one by one once started
+        (
+            {"params__kernel_size": {"type": "int", "low": 3, "high": 7}},
+            "params.kernel_size.low+1",
+            "got 4; every int from low to high can be drawn (a step, or choices, keeps to some)",
+        ),
+        ({"params__lr": {"low": 1e-4, "high": 1e-2, "choices": [0.5]}}, "params.lr", "has both choices and low/high"),
+        ({"params__lr": {"type": "categorical", "low": 1e-4}}, "params.lr", "categorical takes choices, not low"),
         ({"params__lr__type": "complex"}, "params.lr.type", "must be one of"),
         ({"params__lr__high": None}, "params.lr.high", "missing"),
         ({"params__lr": {"low": 1e-4, "hihg": 1}}, "params.lr.hihg", "unknown key (did you mean 'high'? known:"),

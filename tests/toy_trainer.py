@@ -24,7 +24,8 @@ class ToyConfig:
     # nan_val / inf_val (validate gives NaN / inf at epoch 2, the training loss fine),
     # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2), hang (epoch 2 never ends),
     # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3),
-    # zeros_nan (loss 0 at epoch 2, a collapse's look, then validate gives NaN from epoch 3)
+    # zeros_nan (loss 0 at epoch 2, a collapse's look, then validate gives NaN from epoch 3),
+    # bare_val (validate returns the bare metric value, not a dict)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     cwd_file: str = ""  # if set, each trainer appends the folder it starts in, then moves to / (as a user's loop may)
@@ -106,6 +107,8 @@ class ToyTrainer:
         return distance + 1.0 / self.epoch + 0.01 * self.config.width
 
     def validate(self) -> dict[str, float]:
+        if self.config.behavior == "bare_val":  # a user's slip: the value without its name
+            return self._loss()  # type: ignore[return-value]
         if self.epoch == 2 and self.config.behavior in ("nan_val", "inf_val"):
             return {"val_loss": math.nan if self.config.behavior == "nan_val" else math.inf}
         if self.epoch >= 3 and self.config.behavior == "zeros_nan":

@@ -23,10 +23,11 @@ def message_line(text: str) -> str:
     return line
 
 
-SWEEP_ENDING_ERRORS = ("MetricMissingError", "ReportCallError")
-"""Failures every trial would meet: the trainer does not produce the spec's metric, or its loop numbers
-``run.report``'s epochs wrongly (from 0, say). (A loop that returns early is not one: it may do so
-only for some configs, as a loop's own guard against a NaN loss does.)"""
+SWEEP_ENDING_ERRORS = ("MetricMissingError", "ReportCallError", "MetricsTypeError")
+"""Failures every trial would meet: the trainer does not produce the spec's metric, its loop numbers
+``run.report``'s epochs wrongly (from 0, say), or its ``train_epoch``/``validate`` returns no dict.
+(A loop that returns early is not one: it may do so only for some configs, as a loop's own guard
+against a NaN loss does.)"""
 
 
 def ends_the_sweep(reason: str) -> bool:

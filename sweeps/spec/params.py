@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 KINDS = ("float", "int", "categorical")
 EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
+PROBE_ALL = 64
+"""An int range of at most this many values has each of them checked against the trainer's config."""
 
 
 @dataclass
@@ -39,11 +41,23 @@ class ParamSpec:
     when: dict[str, list[Any]] = field(default_factory=dict)
 
     def probe_values(self) -> list[tuple[str, Any]]:
-        """Values worth checking against the trainer config: each choice, or both bounds."""
+        """Values worth checking against the trainer config: each choice, or both bounds.
+
+        An int range of at most :data:`PROBE_ALL` values is checked at each of them (``low+1``,
+        ``low+2``, ...): a kernel size searched over 3..5 draws 4, which a trainer that takes odd
+        sizes only refuses, and its trials would fail one by one after the sweep started.
+        """
         if self.kind == "categorical":
             return [(f"choices[{i}]", c) for i, c in enumerate(self.choices)]
-        cast = int if self.kind == "int" else float
-        return [("low", cast(self.low)), ("high", cast(self.high))]
+        if self.kind == "int":
+            low, high, step = int(self.low), int(self.high), int(self.step or 1)
+            values = range(low, high + 1, step)
+            if len(values) <= PROBE_ALL:
+                return [("low" if v == low else f"low+{v - low}", v) for v in values] + (
+                    [("high", high)] if values[-1] != high else []
+                )
+            return [("low", low), ("high", high)]
+        return [("low", float(self.low)), ("high", float(self.high))]
 
     def active(self, values: dict[str, Any]) -> bool:
         """Whether every condition holds for the values chosen so far."""
@@ -155,7 +169,14 @@ def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> Par
         if extra not in PARAM_KEYS:
             problems.add(f"{key}.{extra}", unknown_key(extra, PARAM_KEYS))
             misspelt.update(k for k in difflib.get_close_matches(str(extra), sorted(PARAM_KEYS), n=1) if k not in entry)
+    bounds = [b for b in ("low", "high") if b in entry]
+    if "choices" in entry and bounds:  # one of them would be ignored without a word
+        problems.add(key, f"has both choices and {'/'.join(bounds)}: give choices (a list) or low and high (a range)")
+        return None
     kind = entry.get("type") or ("categorical" if "choices" in entry else "int" if kind_hint is int else "float")
+    if kind == "categorical" and bounds:
+        problems.add(key, f"type categorical takes choices, not {'/'.join(bounds)} (those are for int or float)")
+        return None
     if kind not in KINDS:
         problems.add(f"{key}.type", f"must be one of {', '.join(KINDS)}, got {kind!r}")
         return None

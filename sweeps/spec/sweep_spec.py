@@ -734,9 +734,13 @@ def _check_configs(
             try:
                 build_config(trainer_cls.Config, {**base, name: value})
             except ConfigError as exc:
+                inside = label.startswith("low+")  # a value between the bounds: the first one refused says it
+                hint = "; every int from low to high can be drawn (a step, or choices, keeps to some)" if inside else ""
                 for key, msg in exc.problems:
                     where = f"params.{name}.{label}" if key == name else f"params.{name}.{label} (with {key})"
-                    problems.add(where, msg)
+                    problems.add(where, msg + hint)
+                if inside:
+                    break
 
 
 def _precisions(

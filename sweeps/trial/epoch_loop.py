@@ -57,6 +57,7 @@ from sweeps.trial.stops import (
     ReturnedEarlyError,
     TrainerExitError,
     divergence_result,
+    metrics_dict,
     non_finite_metrics,
 )
 from trainables.config import build_config, field_types
@@ -290,8 +291,8 @@ class EpochLoop:
         image = trainer.sample_grid if isinstance(trainer, SamplesImages) else None
         for epoch in range(self.epochs_done + 1, self.plan.epochs + 1):
             try:
-                trained = trainer.train_epoch()
-                validated = trainer.validate()
+                trained = metrics_dict(trainer.train_epoch(), "train_epoch")
+                validated = metrics_dict(trainer.validate(), "validate")
                 metrics = {**(self.reduce(trained) if self.reduce else trained), **validated}
                 # as a function's run.report: never ranked by an older epoch's value (training means, such
                 # as an fp16 epoch's mean gradient norm over skipped steps, may be NaN in a healthy trial)

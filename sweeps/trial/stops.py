@@ -17,6 +17,25 @@ class MetricMissingError(RuntimeError):
     """The trainer's results lack the metric the sweep optimizes."""
 
 
+class MetricsTypeError(TypeError):
+    """A class trainer's ``train_epoch`` or ``validate`` returned something other than a dict of metrics.
+
+    Its code does so for every config, so the sweep stops at the first such trial
+    (``sweeps.core.failures.SWEEP_ENDING_ERRORS``).
+    """
+
+
+def metrics_dict(value: Any, method: str) -> dict[str, Any]:
+    """``value`` (what ``method`` returned) when it is a dict of metrics, else :class:`MetricsTypeError` saying so."""
+    if isinstance(value, dict):
+        return value
+    shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+    raise MetricsTypeError(
+        f"{method}() must return a dict of metrics, such as {{'val_loss': 0.12}}; it returned "
+        f"{type(value).__name__} {shown}"
+    )
+
+
 class TrainerExitError(RuntimeError):
     """The trainer called ``sys.exit`` or raised ``KeyboardInterrupt``: a failure of the trial, not of its process.
 
