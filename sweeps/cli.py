@@ -36,6 +36,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print the one line and exit 2 (argparse prints a usage block first)."""
         text = " ".join(message.split())
+        if "unrecognized arguments: --resume" in text:  # Ray Tune's word for it; here it is a command
+            text += "; to go on with an interrupted sweep, run 'sweeps resume SWEEP'"
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {text} ('{self.prog} --help' lists the options)\n")
 
 

@@ -212,6 +212,12 @@ ROWS = [
         r"no MLflow server answers at http://127\.0\.0\.1:\d+",
         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{free}"},
     ),
+    Row(
+        "run: --resume, as Ray Tune spells it, points to the command",
+        ["run", "s.yaml", "--resume"],
+        r"^error: sweeps: unrecognized arguments: --resume; to go on with an interrupted sweep, "
+        r"run 'sweeps resume SWEEP'",
+    ),
     Row("run: --tracking-uri empty", ["run", "s.yaml", "--tracking-uri", ""], r"^error: --tracking-uri: empty;"),
     Row("--check: storage that is a URL", ["run", "s.yaml", "--storage", "s3://b/x", "--check"], r"not a URL"),
     Row(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
+from sweeps.core.failures import ends_the_sweep, failure_reason
 from sweeps.core.plan import TrialPlan
 from sweeps.spec.sweep_spec import SpecError
-from sweeps.trial.epoch_loop import ReportCadence
+from sweeps.trial.epoch_loop import ReportCadence, save_checkpoint
+from sweeps.trial.stops import CheckpointSaveError
 from tests.helpers import minimal_toy_spec, spec_from_dict
 
 
@@ -39,3 +42,12 @@ def test_step_interval_must_not_be_negative_and_reaches_the_trial_plan() -> None
     spec = spec_from_dict(minimal_toy_spec("steps", record={"step_every_s": "0"}))
     assert spec.record.step_every_s == 0.0
     assert trial_plan(spec, "sqlite:///x.db", "run", "").step_every_s == 0.0
+
+
+def test_a_state_dict_that_cannot_be_pickled_fails_saying_where_and_ends_the_sweep(tmp_path: Path) -> None:
+    """A user's state_dict held a lambda: the trial failed after training with pickle's bare AttributeError."""
+    state = {"trainer": {"schedule": lambda step: 0.1}, "epoch": 1, "counts": {}, "undelivered": []}
+    with pytest.raises(CheckpointSaveError, match=r"^the trainer's state_dict\(\) cannot be saved .*lambda") as info:
+        save_checkpoint(state, tmp_path)  # type: ignore[arg-type]
+    assert ends_the_sweep(failure_reason(info.value))  # every trial would fail so
+    assert save_checkpoint({**state, "trainer": {"w": 1}}, tmp_path).is_file()  # type: ignore[arg-type]

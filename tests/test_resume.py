@@ -361,7 +361,10 @@ def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_sa
     assert (trials["a"].status, trials["a"].value) == ("completed", 0.4)
     assert (trials["b"].status, trials["b"].value, trials["b"].epochs) == ("completed", 0.3, 2)
     assert trials["c"].status == "interrupted" and trials["c"].reason == "budget.time ran out after epoch 2 of 2"
-    assert trials["d"].status == "interrupted" and trials["d"].reason == "budget.time ran out after epoch 0 of 2"
+    assert (
+        trials["d"].status == "interrupted"
+        and trials["d"].reason == "budget.time ran out before its first epoch ended (of 2)"
+    )
     assert {r.ray_id for r in ended} == {"b", "c", "d"} and state.best is trials["b"]
     told = {t.user_attrs["ray_trial_id"]: t for t in searcher.study.trials}
     assert told["a"].value == 0.4 and told["b"].value == 0.3

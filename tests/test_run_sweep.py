@@ -205,7 +205,10 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     assert ended <= {"completed", "interrupted"}
     assert 2 <= len(result.state.trials) < 40
     cut = [r for r in result.state.trials.values() if r.status == "interrupted"]
-    assert cut and all(re.fullmatch(r"budget\.time ran out after epoch \d of 4", r.reason) for r in cut), cut
+    assert cut and all(
+        re.fullmatch(r"budget\.time ran out (after epoch \d of 4|before its first epoch ended \(of 4\))", r.reason)
+        for r in cut
+    ), cut
     meta = result.sweep.read_meta()
     assert meta["status"] == "completed" and not result.interrupted  # the budget it was given, used
     assert meta["deadline"] == result.state.deadline and result.state.time_up()

@@ -90,6 +90,7 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__kernel_size": {"type": "int", "low": 3}}, "params.kernel_size.high", "(an int parameter needs"),
         ({"metric": {"name": "val_nope"}}, "metric", "not produced by trainer"),
         ({"metric": {"name": "val_mse", "mode": "down"}}, "metric.mode", "'min' or 'max'"),
+        ({"mode": "max", "metric": {"name": "val_mse", "mode": "min"}}, "mode", "max, but metric.mode is min: give"),
         ({"params__kernel_size": {"choices": [3, 4]}}, "params.kernel_size.choices[1]", "odd"),
         # the bounds are odd, 4 between them is not: its trials would fail one by one once started
         (
@@ -209,6 +210,8 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
     assert load_spec(write_spec(tmp_path, GOOD)).budget.time_s is None
     spec = load_spec(write_spec(tmp_path, GOOD), ["budget.time=1.5h"])
     assert spec.budget.time_s == 5400.0 and not any(key == "budget.time" for key, _ in spec.notes)
+    short = dict(load_spec(write_spec(tmp_path, GOOD), ["budget.time=3", "budget.trials=50"]).notes)
+    assert short["budget.time"].startswith("3 s: on 2 CPUs a sweep's first validation came 10-12 s after its start")
     for value, seconds in (("90m", 5400.0), ("45s", 45.0), (3600, 3600.0), ("2d", 172800.0), ("1h30m", 5400.0)):
         spec = load_spec(write_spec(tmp_path, changed(GOOD, budget={"time": value})))
         assert spec.budget.time_s == seconds

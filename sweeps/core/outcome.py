@@ -67,6 +67,13 @@ class Ending:
     """Its last finite metric value."""
 
 
+def ran_out(limit: str, epochs: int, of: int) -> str:
+    """Why a trial cut by a time limit (``limit``: ``budget.time``, ...) ended, after ``epochs`` of ``of``."""
+    if epochs <= 0:
+        return f"{limit} ran out before its first epoch ended (of {of})"
+    return f"{limit} ran out after epoch {epochs} of {of}"
+
+
 def decide_outcome(ending: Ending, metric: str, epochs_budget: int) -> Outcome:
     """The status and reason of a trial that ended (see the module docstring)."""
     result = ending.result or {}
@@ -81,7 +88,7 @@ def decide_outcome(ending: Ending, metric: str, epochs_budget: int) -> Outcome:
         return Outcome(PRUNED, f"stopped by ASHA after epoch {ending.epochs}")
     if result.get(TIME_UP_KEY):
         limit = f"{float(result[TIME_UP_KEY]):g} s"
-        return Outcome(PRUNED, f"budget.trial_time ({limit}) ran out after epoch {ending.epochs} of {epochs_budget}")
+        return Outcome(PRUNED, ran_out(f"budget.trial_time ({limit})", ending.epochs, epochs_budget))
     if not ending.result:
         return Outcome(INTERRUPTED, "stopped before it reported")
     last = result.get(metric)

@@ -63,6 +63,7 @@ from sweeps.core.keys import (
     TAG_WOULD_STOP_STEP,
     TIME_UP_KEY,
 )
+from sweeps.core.outcome import ran_out
 from sweeps.core.records import SweepState, metric_text
 from sweeps.divergence import HEURISTIC
 from sweeps.engine.cluster import start_ray
@@ -302,7 +303,7 @@ def _rerun(
             stop.failure = str(metrics.get(REASON_KEY, "")) or _error_reason(result.error, state)
             continue
         if metrics.get(TIME_UP_KEY):  # cut as the sweep would have cut it: it could not have been its best
-            stop.failure = f"budget.trial_time ran out after epoch {stop.epochs} of {spec.budget.epochs}"
+            stop.failure = ran_out("budget.trial_time", stop.epochs, spec.budget.epochs)
             continue
         value = metrics.get(spec.metric)
         if isinstance(value, (int, float)) and math.isfinite(value) and stop.epochs >= spec.budget.epochs:

@@ -34,6 +34,7 @@ from sweeps.core.outcome import (
     decide_outcome,
     final_result,
     fresh_intermediate_values,
+    ran_out,
     study_verdict,
     wants_rescue,
 )
@@ -273,7 +274,7 @@ class OptunaSearcher(Searcher):
         return open_records
 
     def _ran_out(self, record: TrialRecord) -> str:
-        return f"budget.time ran out after epoch {record.epochs} of {self.spec.budget.epochs}"
+        return ran_out("budget.time", record.epochs, self.spec.budget.epochs)
 
     def _recover_would_stop(self, record: TrialRecord) -> None:
         """Observe mode: a trial that never reported its would-be stop (its process died) has it on its run."""

@@ -366,6 +366,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         problems.add("seed", f"must be from 0 to 2**32 - 1, got {seed}")
         seed = 0
     budget = _budget(raw.get("budget", {}), problems)
+    if budget.time_s is not None and budget.time_s < SHORT_TIME_S:
+        notes.append(("budget.time", f"{budget.time_s:g} s: {SHORT_TIME_WHY}; trials may end before they validate"))
     given = raw.get("budget")
     if budget.time_s is not None and isinstance(given, dict) and "trials" not in given:  # 10 trials may end it first
         more = "set budget.trials high to use all the time"
@@ -457,6 +459,8 @@ def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[
     mode = raw.get("mode", "min")
     if isinstance(value, dict):
         _unknown(value, {"name", "mode"}, "metric", problems)
+        if "mode" in raw and "mode" in value and raw["mode"] != value["mode"]:  # which one was meant?
+            problems.add("mode", f"{raw['mode']}, but metric.mode is {value['mode']}: give the direction once")
         mode = value.get("mode", mode)
         value = value.get("name")
     if value is None or value == "":
@@ -473,6 +477,10 @@ def _metric(raw: dict[str, Any], trainer_cls: Any, problems: Problems) -> tuple[
         problems.add("metric", undeclared)
     return value, str(mode)
 
+
+SHORT_TIME_S = 30.0
+SHORT_TIME_WHY = "on 2 CPUs a sweep's first validation came 10-12 s after its start"
+"""A ``budget.time`` under ``SHORT_TIME_S`` gets a note: little of it is left for training."""
 
 HIGHER_IS_BETTER = re.compile(r"psnr|ssim|acc|accuracy|iou|dice|f1|auc|recall|precision|bleu|score|reward")
 """The ends of metric names that are better when higher: PSNR, SSIM, accuracy, IoU, ..."""

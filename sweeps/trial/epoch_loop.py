@@ -21,6 +21,7 @@ channel makes every rank follow rank 0's decisions; only rank 0 has a logger.
 from __future__ import annotations
 
 import math
+import pickle
 import time
 import traceback
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.function_run import FunctionRun
 from sweeps.trial.stops import (
+    CheckpointSaveError,
     DivergedError,
     MetricMissingError,
     ReturnedEarlyError,
@@ -539,7 +541,13 @@ def reload_curves(logger: TrialLogger, curves: CurveHistory, undelivered: list[t
 def save_checkpoint(state: CheckpointState, folder: str | Path) -> Path:
     """Write a checkpoint's state into ``folder``; return the file."""
     path = Path(folder) / CHECKPOINT_FILE
-    torch.save(state, path)
+    try:
+        torch.save(state, path)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:  # what pickle raises for what it cannot save
+        raise CheckpointSaveError(
+            f"the trainer's state_dict() cannot be saved in a checkpoint ({type(exc).__name__}: {exc}); "
+            "keep lambdas, locks, open files and generators out of it"
+        ) from exc
     return path
 
 

@@ -36,6 +36,14 @@ def metrics_dict(value: Any, method: str) -> dict[str, Any]:
     )
 
 
+class CheckpointSaveError(RuntimeError):
+    """The trainer's ``state_dict()`` cannot be pickled into a checkpoint (it holds a lambda, a lock, an open file).
+
+    It holds it for every config, so the sweep stops at the first such trial
+    (``sweeps.core.failures.SWEEP_ENDING_ERRORS``).
+    """
+
+
 class TrainerExitError(RuntimeError):
     """The trainer called ``sys.exit`` or raised ``KeyboardInterrupt``: a failure of the trial, not of its process.
 
