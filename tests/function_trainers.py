@@ -111,6 +111,23 @@ def reports_from_zero(config: Any, run: Any) -> None:
         run.report(epoch, val_loss=0.5)
 
 
+def reports_steps_as_epochs(config: Any, run: Any) -> None:
+    """Validates every 40 steps and reports the step count where the epoch goes (a user's first mapping)."""
+    for step in range(1, 40 * run.epochs + 1):
+        run.step(loss=1.0)
+        if step % 40 == 0:
+            run.report(step, val_loss=0.5)
+
+
+def code_after_its_loop(config: Any, run: Any) -> None:
+    """Writes what each report returned, then a line after its loop (a final test, a save, closing a file)."""
+    with open(config["out"], "w") as out:
+        for epoch in range(run.epochs):
+            run.step(loss=1.0)
+            out.write(f"report {epoch + 1} returned {run.report(epoch + 1, val_loss=0.5)}\n")
+        out.write("after the loop\n")
+
+
 def stops_itself_after_one_epoch(config: Any, run: Any) -> None:
     """Early stopping of its own, as the docs say: raise StopTrial."""
     from sweeps import StopTrial

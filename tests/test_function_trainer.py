@@ -30,7 +30,7 @@ from sweeps.engine.searcher import rescue_precision
 from sweeps.spec.sweep_spec import SpecError, load_spec
 from sweeps.trial.epoch_loop import EpochLoop, MetricMissingError
 from sweeps.trial.function_run import FunctionRun, trial_config
-from sweeps.trial.stops import MetricsTypeError, ReturnedEarlyError, TrainerExitError
+from sweeps.trial.stops import MetricsTypeError, ReportCallError, ReturnedEarlyError, TrainerExitError
 from tests.function_trainers import MemoryChannel
 from trainables.diagnostics import StepProbe, loss_metrics
 from trainables.mixed_precision import loss_scaler
@@ -335,6 +335,21 @@ def test_without_a_checkpoint_a_restored_function_trial_starts_over() -> None:
 def test_the_sweep_stopping_a_function_trial_ends_it_cleanly() -> None:
     loop, channel = run_loop(EXAMPLE, {"lr": 1e-3}, epochs=5, channel=MemoryChannel(stop_after=2))
     assert [r["epoch"] for r in channel.reports] == [1, 2] and loop.epochs_done == 2
+
+
+def test_code_after_a_functions_loop_runs_when_the_sweep_stops_it_at_its_last_report(tmp_path: Path) -> None:
+    """ASHA stops every trial at its last epoch: Tune ended the thread in that report, skipping what followed."""
+    out = tmp_path / "out.txt"
+    _, channel = run_loop("tests.function_trainers:code_after_its_loop", {"out": str(out)}, epochs=2,
+                          channel=MemoryChannel(stop_after=2), report_every_s=0)  # fmt: skip
+    assert out.read_text() == "report 1 returned True\nreport 2 returned False\nafter the loop\n"
+    assert [r["epoch"] for r in channel.reports] == [1, 2]  # the last epoch reported once the function returned
+
+
+def test_an_epoch_past_run_epochs_is_a_report_call_error_not_a_completed_trial() -> None:
+    """A user reported the step count: epoch 40 of 3 ended the trial "completed" after one validation."""
+    with pytest.raises(ReportCallError, match=r"epoch 40 is past run\.epochs \(3\): .* report step // N"):
+        run_loop("tests.function_trainers:reports_steps_as_epochs", {}, epochs=3)
 
 
 def test_fp16_o2_keeps_fp32_master_weights_and_its_checkpoint_resumes_bit_exact() -> None:

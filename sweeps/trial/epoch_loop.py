@@ -322,7 +322,7 @@ class EpochLoop:
             self.params,
             self.plan.epochs,
             self.step_hook(),
-            self.end_epoch,
+            self.end_function_epoch,
             saved,
             restored,
             self.reduce,
@@ -363,13 +363,7 @@ class EpochLoop:
         True if the trial goes on.
         """
         assert self.channel is not None
-        self._check_metric(metrics)
-        self.epochs_done, self.metrics = epoch, metrics
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=epoch)
-            self._log_image(image, epoch)
-        if self.plan.metric in metrics:
-            self.history.append((epoch, float(metrics[self.plan.metric])))
+        self._record_epoch(epoch, metrics, image)
         if self.plan.deadline and epoch < self.plan.epochs and self.channel.agree(time.time() >= self.plan.deadline):
             self._report(epoch)  # the sweep's budget.time ran out: this epoch is the trial's last
             return False
@@ -382,6 +376,29 @@ class EpochLoop:
             self.unreported = True
             return True
         return self._report(epoch)
+
+    def end_function_epoch(self, epoch: int, metrics: dict[str, float], image: Callable[[], Any] | None = None) -> bool:
+        """A function trainer's ``run.report``: :meth:`end_epoch`, except at its last epoch.
+
+        There the epoch is recorded but reported only once the function returns: Tune may end the
+        trial's thread at that report (ASHA stops every trial that reaches its last epoch), and the
+        code after the function's loop (a test, a save, closing its files) would never run.
+        """
+        if epoch < self.plan.epochs:
+            return self.end_epoch(epoch, metrics, image)
+        self._record_epoch(epoch, metrics, image)
+        self.unreported = True
+        return True
+
+    def _record_epoch(self, epoch: int, metrics: dict[str, float], image: Callable[[], Any] | None) -> None:
+        """The epoch's metrics (the sweep's among them) and image recorded, and kept for its report."""
+        self._check_metric(metrics)
+        self.epochs_done, self.metrics = epoch, metrics
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=epoch)
+            self._log_image(image, epoch)
+        if self.plan.metric in metrics:
+            self.history.append((epoch, float(metrics[self.plan.metric])))
 
     def progress(self) -> dict[str, Any]:
         """Where the trial is: epochs done, step counts, and the epochs' metric since the last report.

@@ -160,6 +160,11 @@ class FunctionRun:
             )
         if self._done:
             raise StopTrial(f"epoch {epoch} is past the trial's last epoch ({self.epochs})")
+        if epoch > self.epochs:  # a step count, say: taken, the trial would end "completed" after one report
+            raise ReportCallError(
+                f"run.report(epoch, ...): epoch {epoch} is past run.epochs ({self.epochs}): epochs count the "
+                f"validations from 1 to run.epochs (validating every N steps, report step // N)"
+            )
         values = {name: _number(name, value) for name, value in metrics.items()}
         if self._reduce is not None:
             values = self._reduce(values)
