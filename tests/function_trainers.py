@@ -128,6 +128,16 @@ def code_after_its_loop(config: Any, run: Any) -> None:
         out.write("after the loop\n")
 
 
+def images_from_tanh(config: Any, run: Any) -> None:
+    """Logs a generator's tanh output, in [-1, 1], as it is."""
+    import torch
+
+    for epoch in range(run.epochs):
+        run.step(loss=1.0)
+        run.image(torch.linspace(-1, 1, 4 * 3 * 8 * 8).reshape(4, 3, 8, 8))  # a batch, tiled (and clamped) in a row
+        run.report(epoch + 1, val_loss=0.5)
+
+
 def stops_itself_after_one_epoch(config: Any, run: Any) -> None:
     """Early stopping of its own, as the docs say: raise StopTrial."""
     from sweeps import StopTrial

@@ -28,6 +28,7 @@ from sweeps.core.keys import DIVERGED_KEY, REASON_KEY, SIGNAL_KEY, STEP_KEY, STE
 from sweeps.core.plan import TrialPlan
 from sweeps.engine.searcher import rescue_precision
 from sweeps.spec.sweep_spec import SpecError, load_spec
+from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import EpochLoop, MetricMissingError
 from sweeps.trial.function_run import FunctionRun, trial_config
 from sweeps.trial.stops import MetricsTypeError, ReportCallError, ReturnedEarlyError, TrainerExitError
@@ -272,6 +273,23 @@ def test_a_loop_names_its_own_files_by_the_trials_name_and_adds_them_to_its_mlfl
     assert [a.path for a in client.list_artifacts(run_id, "mine")] == ["mine/t007.txt"]
     run_loop(trainer, {"out_dir": str(tmp_path)}, epochs=1)  # sweeps train: no sweep, no run of its own
     assert (tmp_path / "train.txt").read_text() == "epoch 1\n"
+
+
+def test_an_image_outside_0_1_is_saved_clamped_with_one_warning_on_its_run(tmp_path: Path) -> None:
+    """A GAN's tanh output passed to run.image as it is: its -1 background saved black, without a word."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("images")).info.run_id
+    logger = TrialLogger(uri, run_id)
+    loop = EpochLoop(TrialPlan("tests.function_trainers:images_from_tanh", "val_loss", 2, report_every_s=0), {}, logger)
+    with contextlib.redirect_stdout(io.StringIO()):
+        loop.run(MemoryChannel())
+    logger.close()
+    warning = client.get_run(run_id).data.tags["sweep.warning"]
+    assert warning.startswith("the epoch 1 image has values in [-1.00, 1.00], outside [0, 1]: saved clamped")
+    assert [a.path for a in client.list_artifacts(run_id, "images")] == ["images/epoch_001.png", "images/epoch_002.png"]
 
 
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:

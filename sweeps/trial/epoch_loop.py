@@ -260,6 +260,8 @@ class EpochLoop:
         """A report raised ``SystemExit``: Ray Tune ends a stopped trial's training thread with ``sys.exit(0)``."""
         self.started = time.monotonic()
         """When this trial process began the trial (``budget.trial_time`` counts from it)."""
+        self.image_range_told = False
+        """An epoch's image had values outside [0, 1], and the run's warning says so (once)."""
 
     def run(self, channel: Channel) -> dict[str, float]:
         """Train from the channel's checkpoint (or from scratch) until the last epoch or a stop; the last metrics."""
@@ -527,11 +529,24 @@ class EpochLoop:
         from trainables.images import as_image, save_png
 
         try:
-            path = save_png(as_image(image()), self.logger.spool_folder() / f"epoch_{epoch:03d}.png")
+            raw = image()
+            values = raw.detach() if torch.is_tensor(raw) else torch.as_tensor(raw)
+            low, high = float(values.min()), float(values.max())  # before a batch's tiling clamps it
+            path = save_png(as_image(raw), self.logger.spool_folder() / f"epoch_{epoch:03d}.png")
         except Exception as exc:  # noqa: BLE001 - a picture must never end the trial
             self.logger.warn(f"could not save the epoch {epoch} image: {type(exc).__name__}: {exc}")
             return
         self.logger.log_spooled(path, "images")
+        if not self.image_range_told and (low < -IMAGE_SLACK or high > 1 + IMAGE_SLACK):  # once a trial
+            self.image_range_told = True
+            self.logger.warn(
+                f"the epoch {epoch} image has values in [{low:.2f}, {high:.2f}], outside [0, 1]: saved clamped "
+                "(a tanh output in [-1, 1]: pass (x + 1) / 2)"
+            )
+
+
+IMAGE_SLACK = 0.01
+"""How far outside [0, 1] an image's values may stray (rounding) before its run gets a warning."""
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:

@@ -29,7 +29,6 @@ import torch
 
 from sweeps.trial.stops import ReportCallError, non_finite_metrics
 from trainables.diagnostics import StepProbe, loss_metrics, output_metrics
-from trainables.images import as_image
 from trainables.mixed_precision import autocast, loss_scaler
 from trainables.precision import ScalerSettings, canonical_precision
 from trainables.protocol import StepHook, StopTrial
@@ -173,7 +172,7 @@ class FunctionRun:
             raise diverged
         self.last_epoch, self.reports = epoch, self.reports + 1
         image, self._image = self._image, None
-        go_on = self._end_epoch(epoch, values, (lambda: as_image(image)) if image is not None else None)
+        go_on = self._end_epoch(epoch, values, (lambda: image) if image is not None else None)  # as_image'd there
         if not go_on:
             raise StopTrial(f"stopped by the sweep after epoch {epoch}")
         if epoch >= self.epochs:
