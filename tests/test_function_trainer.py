@@ -292,6 +292,25 @@ def test_an_image_outside_0_1_is_saved_clamped_with_one_warning_on_its_run(tmp_p
     assert [a.path for a in client.list_artifacts(run_id, "images")] == ["images/epoch_001.png", "images/epoch_002.png"]
 
 
+def test_a_trial_restarted_before_its_first_checkpoint_does_not_log_the_dead_processs_steps_twice(
+    tmp_path: Path,
+) -> None:
+    """A user's loop whose process died at step 50, before any checkpoint: its loss history read 1, 1, 5, 9, ..."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("restart")).info.run_id
+    for epochs in (1, 3):  # the first process got through epoch 1 (3 steps), then died; the second starts over
+        logger = TrialLogger(uri, run_id)
+        loop = EpochLoop(TrialPlan("tests.function_trainers:no_checkpoint", "val_loss", 3), {"epochs": epochs}, logger)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(ReturnedEarlyError):
+            loop.run(MemoryChannel())
+        logger.close()
+    for key, steps in (("loss", list(range(1, 10))), ("val_loss", [1, 2, 3])):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == steps, key
+
+
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:
     with pytest.raises(MetricMissingError, match=r"metric 'val_loss' not produced by .* \(it reports: val_psnr\)"):
         run_loop("tests.function_trainers:reports_other_metric", {})

@@ -80,6 +80,9 @@ class _Events:
         self.root, self.folders = root, 0
 
     # the logger's side
+    def resume(self, undelivered: list[tuple[str, float, int, int]]) -> None:
+        pass  # a fresh run: the store has nothing of this trial yet
+
     def add_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
 

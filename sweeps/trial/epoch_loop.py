@@ -490,15 +490,19 @@ class EpochLoop:
         """The channel's checkpoint (None: a fresh start); the logger resumed from it; provenance on a fresh run.
 
         The logger resends what the previous process queued before the checkpoint but may not have
-        delivered, and skips what that process logged after it (the epoch being rerun).
+        delivered, and skips what that process logged after it (the epoch being rerun, or every
+        step it logged when it died before its first checkpoint).
         """
         assert self.channel is not None
         saved = self.channel.restore()
         logger = self.logger
-        if saved is not None and logger is not None:
-            undelivered = saved.get("undelivered", [])
+        if logger is not None:
+            # a restart without a checkpoint (its process died before its first) starts over: what the
+            # store has from the dead process is not logged again either
+            undelivered = saved.get("undelivered", []) if saved is not None else []
             logger.resume(undelivered)
-            reload_curves(logger, self.curves, undelivered)
+            if saved is not None:
+                reload_curves(logger, self.curves, undelivered)
         if logger is not None and (saved is None or not logger.has_artifact("config.yaml")):
             self._log_provenance(source, device)
         self.cadence = ReportCadence(self.plan)
