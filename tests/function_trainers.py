@@ -138,6 +138,17 @@ def images_from_tanh(config: Any, run: Any) -> None:
         run.report(epoch + 1, val_loss=0.5)
 
 
+def logs_to_mlflow_itself(config: Any, run: Any) -> None:
+    """A loop that already logged with MLflow's fluent API, no tracking URI of its own."""
+    import mlflow
+
+    with mlflow.start_run(run_name=f"mine-{run.name}"):
+        for epoch in range(run.epochs):
+            run.step(loss=1.0)
+            mlflow.log_metric("mine", float(epoch), step=epoch)
+            run.report(epoch + 1, val_loss=0.5)
+
+
 def stops_itself_after_one_epoch(config: Any, run: Any) -> None:
     """Early stopping of its own, as the docs say: raise StopTrial."""
     from sweeps import StopTrial

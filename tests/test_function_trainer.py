@@ -311,6 +311,18 @@ def test_a_trial_restarted_before_its_first_checkpoint_does_not_log_the_dead_pro
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == steps, key
 
 
+def test_trials_in_one_process_train_alike_when_the_module_sets_threads_and_seed_at_import() -> None:
+    """A user's script called set_num_threads(4) and manual_seed(0) at import: only each process's first
+    trial (the one that imported it) ran with them; the next ones had 1 thread and the RNG where it was left."""
+    before = torch.get_num_threads()
+    try:
+        runs = [run_loop("tests.threads_at_import:train", {}, epochs=1, threads=2)[1] for _ in range(2)]
+    finally:
+        torch.set_num_threads(before)
+    assert [c.metric() for c in runs] == [[(1, 2.0)], [(1, 2.0)]]  # the trial's threads, not the import's
+    assert runs[0].metric("draw") == runs[1].metric("draw")  # seeded by the trial's seed (0), each time
+
+
 def test_a_metric_the_function_never_reports_fails_at_its_first_report_with_that_message() -> None:
     with pytest.raises(MetricMissingError, match=r"metric 'val_loss' not produced by .* \(it reports: val_psnr\)"):
         run_loop("tests.function_trainers:reports_other_metric", {})

@@ -416,6 +416,27 @@ def test_a_short_sweep_of_each_gan_trainer(workdir: Path, name: str) -> None:
         assert "images" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+def test_a_loops_own_fluent_mlflow_runs_go_to_the_sweeps_store_not_a_new_one_beside_it(workdir: Path) -> None:
+    """Trials creating MLflow's default ./mlflow.db at once raced on its tables: 3 of 4 failed."""
+    spec = {
+        "name": "it-fluent",
+        "trainer": "tests.function_trainers:logs_to_mlflow_itself",
+        "metric": {"name": "val_loss", "mode": "min"},
+        "budget": {"trials": 2, "epochs": 1, "concurrency": 2},
+        "asha": False,
+        "params": {"lr": {"choices": [0.1, 0.2]}},
+    }
+    store = workdir / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'm.db'}"
+    result = run_sweep(
+        load_spec(write_spec(workdir, spec)), root=workdir / "runs", tracking_uri=uri, stream=io.StringIO()
+    )
+    assert result.state.counts == {"completed": 2}
+    mine = mlflow.MlflowClient(uri).search_runs(["0"])  # MLflow's Default experiment, in the sweep's store
+    assert sorted(r.info.run_name for r in mine) == ["mine-t000", "mine-t001"] and not (workdir / "mlflow.db").exists()
+
+
 def test_a_plain_loop_kept_as_a_function_sweeps_and_its_diverging_trial_stops_within_steps(workdir: Path) -> None:
     spec = {
         "name": "it-function",

@@ -23,11 +23,16 @@ def seed_everything(seed: int) -> None:
     H100 (cuDNN's autotuned, atomics-based convolution kernels), so a trial retrained from its
     exported config would not reproduce its recorded metric exactly.
     """
+    seed_rngs(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global RNGs (every GPU's too); cuDNN's settings left as they are."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
 
 def rng_state() -> dict[str, Any]:

@@ -65,7 +65,7 @@ from sweeps.trial.stops import (
 from trainables.config import build_config, field_types
 from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer
-from trainables.runtime import pick_device
+from trainables.runtime import pick_device, seed_rngs
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -265,9 +265,11 @@ class EpochLoop:
 
     def run(self, channel: Channel) -> dict[str, float]:
         """Train from the channel's checkpoint (or from scratch) until the last epoch or a stop; the last metrics."""
-        torch.set_num_threads(max(1, int(self.plan.threads)))
         self.channel = channel
         trainer = load_trainer(self.plan.trainer)
+        # after the import: a module that sets its own threads at import time (the first trial of a
+        # process imports it, the next ones do not) no longer gives trials of one sweep different counts
+        torch.set_num_threads(max(1, int(self.plan.threads)))
         try:
             if is_function_trainer(trainer):
                 return self._run_function(trainer)
@@ -333,6 +335,11 @@ class EpochLoop:
         )
         self.trainer, self.trainer_state = run, run.checkpoint_state
         stopped = False
+        # the global RNGs start from the trial's seed: a loop seeded at import time (once a process,
+        # which runs trial after trial) or not at all trains the same config the same way every time
+        seed = run.config.get("seed", 0)
+        if isinstance(seed, (int, float)) and not isinstance(seed, bool):
+            seed_rngs(int(seed))
         try:
             train(run.config, run)
         except DivergedError as diverged:

@@ -89,6 +89,17 @@ class TuneChannel:
         return True
 
 
+def point_fluent_mlflow(tracking_uri: str) -> None:
+    """Send a loop's own fluent ``mlflow`` calls to the sweep's store, unless ``MLFLOW_TRACKING_URI`` says otherwise.
+
+    Without it a loop that already logs with ``mlflow.start_run()`` wrote to MLflow's default
+    ``./mlflow.db`` beside the sweep's store; trials creating that file at once raced on its tables
+    (``table spans already exists``) and failed.
+    """
+    if tracking_uri:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
+
+
 def start_line(plan: TrialPlan) -> str:
     """The line a trial prints first, so the prints of the trials one worker ran can be told apart."""
     name = plan.label or "a trial"
@@ -99,6 +110,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
     hide_unreserved_gpus(plan.gpus)  # before the trainer can start CUDA: ``auto`` then means the CPU
+    point_fluent_mlflow(plan.tracking_uri)
     os.chdir(START_FOLDER)  # Tune reuses the process: a trial that changed folder does not move the next one
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
     if printed := prints_file():  # several Ray sessions on a machine: session_latest may be another's
