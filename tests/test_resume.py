@@ -295,6 +295,47 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     assert b.state == TrialState.COMPLETE and b.intermediate_values == {1: 2.0, 2: 1.5}
 
 
+def test_a_lost_trial_gets_the_epochs_its_run_logged_after_its_driver_died(tmp_path: Path) -> None:
+    """A user's kill -9 of the driver: two trials trained on to their last epoch, which MLflow held; resume
+    recorded them interrupted after the epochs they had reported, and Optuna and the table lost the last."""
+    from sweeps.core.records import SweepState
+    from sweeps.engine.resume import LOST_REASON, _close_runs, rebuild
+    from sweeps.engine.searcher import OptunaSearcher
+    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.store.study import create_study, load_study
+    from sweeps.store.sweep_dir import new_sweep_dir
+    from sweeps.tracking.sweep_tracker import SweepTracker
+
+    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": 4, "epochs": 3})))
+    sweep = new_sweep_dir(tmp_path / "runs", "s")
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start("resume", "s", "", {})
+    first = OptunaSearcher(spec, create_study(sweep, spec), SweepState("val_loss", "min"), tracker, "s")
+    for ray_id in "ab":
+        assert first.suggest(ray_id) is not None
+        for epoch in (1, 2):  # reported, and logged as every epoch is
+            first.on_trial_result(ray_id, {"val_loss": 1.0 / epoch, "training_iteration": epoch})
+            tracker.client.log_metric(first.state.trials[ray_id].run_id, "val_loss", 1.0 / epoch, step=epoch)
+    tracker.client.log_metric(first.state.trials["a"].run_id, "val_loss", 0.25, step=3)  # after the driver died
+
+    study = load_study(sweep)
+    again = OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s")
+    plan = rebuild(again, tracker.trial_runs(), unfinished={"a": False, "b": False})  # no checkpoint in Ray's snapshot
+    _close_runs(tracker, plan.closed)
+
+    a, b = again.state.trials["a"], again.state.trials["b"]
+    assert (a.status, a.epochs, a.value) == ("completed", 3, 0.25)  # it validated its last epoch: nothing to redo
+    assert (b.status, b.epochs, b.value, b.reason) == ("interrupted", 2, 0.5, LOST_REASON)
+    assert [r.ray_id for r in plan.interrupted] == ["b"] and {r.ray_id for r in plan.closed} == {"a", "b"}
+    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.25
+    assert study.trials[0].intermediate_values == {1: 1.0, 2: 0.5, 3: 0.25}
+    assert study.trials[1].state == TrialState.FAIL and study.trials[1].intermediate_values == {1: 1.0, 2: 0.5}
+    assert again.asked == 1  # a ended on its own; b is replaced
+    runs = {r.data.tags["ray.trial_id"]: r for r in tracker.trial_runs()}
+    assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["sweep.status"] == "completed"
+    assert runs["b"].info.status == "KILLED"
+
+
 def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_go_on(tmp_path: Path) -> None:
     from sweeps.engine.resume import check_resumable
     from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir

@@ -11,9 +11,11 @@ and when it ends, never from Ray's snapshot (taken every few seconds, so it can 
   not logged an epoch yet (it starts over, nothing recorded is repeated);
 * any other trial running when the driver died cannot continue without training again what its
   MLflow run already holds: it started after Ray's last snapshot, or had logged an epoch before
-  Ray recorded a checkpoint. It is recorded once as interrupted (Optuna FAIL with
-  ``status=interrupted``, MLflow KILLED), is not run again, and does not count toward the
-  budget, so a replacement is asked.
+  Ray recorded a checkpoint. It is not run again. It gets the epochs its MLflow run holds past
+  what the study was told (its process may have trained on after the driver died); if they reach
+  its last epoch it is ``completed``, else it is recorded once as interrupted (Optuna FAIL with
+  ``status=interrupted``, MLflow KILLED), does not count toward the budget, and a replacement is
+  asked.
 
 So a resumed sweep ends with ``budget.trials`` trials that ended on their own (completed, pruned,
 diverged, failed), each one Optuna trial and one MLflow run under the same parent, plus the
@@ -231,11 +233,10 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
                 searcher.continue_trial(record, trial, max(frozen.intermediate_values, default=0))
                 plan.continued.append(record)
             else:
-                state.finish(record, INTERRUPTED, LOST_REASON)
-                trial.set_user_attr("status", INTERRUPTED)
-                trial.set_user_attr("reason", LOST_REASON)
-                study.tell(trial, state=TrialState.FAIL)
-                plan.interrupted.append(record)
+                if searcher.end_lost(record, trial, LOST_REASON) == INTERRUPTED:
+                    plan.interrupted.append(record)
+                else:  # it trained to its last epoch after its driver died: MLflow holds every epoch
+                    plan.ended += 1
                 plan.closed.extend([record] if run is not None else [])
         else:
             status = str(attrs.get("status") or ENDED.get(frozen.state, FAILED))

@@ -285,6 +285,27 @@ class OptunaSearcher(Searcher):
         except Exception:  # noqa: BLE001 - the tag stays in MLflow; only the summary's line is missing
             return
 
+    def end_lost(self, record: TrialRecord, trial: optuna.Trial, reason: str) -> str:
+        """End a trial no driver will hear from again (``sweeps resume`` after its driver died); its status.
+
+        The epochs its MLflow run holds past what the study was told are taken first (its process
+        may have trained on after the driver died): ``completed`` when they reach its last epoch
+        with a finite metric, else ``interrupted`` (Optuna FAIL) with ``reason``.
+        """
+        self.live[record.ray_id] = trial
+        logged = self._recover_logged(record.ray_id, record)
+        self.live.pop(record.ray_id, None)
+        last = logged[-1] if logged else (0, math.nan)
+        if last[0] >= self.spec.budget.epochs and math.isfinite(last[1]):
+            self.state.finish(record, COMPLETED)
+            self._tell(trial, record)
+            return COMPLETED
+        self.state.finish(record, INTERRUPTED, reason)
+        trial.set_user_attr("status", INTERRUPTED)
+        trial.set_user_attr("reason", reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        return INTERRUPTED
+
     def _recover_logged(self, trial_id: str, record: TrialRecord) -> list[tuple[int, float]]:
         """Take the epochs the trial's MLflow run holds that no report brought: its process died, or was stopped.
 
