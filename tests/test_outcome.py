@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +102,21 @@ def test_a_trial_without_a_finite_metric_failed() -> None:
 )
 def test_a_failure_is_one_line_that_says_something(exc: BaseException, reason: str) -> None:
     assert failure_reason(exc) == reason
+
+
+def test_a_file_not_found_by_a_relative_path_says_where_it_was_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's trials read myconfig.yaml beside the spec, but ran where `sweeps run` started."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as relative:
+        open("myconfig.yaml")  # noqa: SIM115
+    assert failure_reason(relative.value) == (
+        f"FileNotFoundError: [Errno 2] No such file or directory: 'myconfig.yaml' (looked for in {tmp_path})"
+    )
+    with pytest.raises(FileNotFoundError) as absolute:
+        open(tmp_path / "x.yaml")  # noqa: SIM115
+    assert failure_reason(absolute.value).endswith("x.yaml'")
 
 
 def test_failure_wins_over_divergence_and_divergence_over_asha() -> None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 
 def failure_reason(exc: BaseException) -> str:
-    """An exception's one line, e.g. ``ValueError: bad kernel`` (see :func:`message_line`)."""
+    """An exception's one line, e.g. ``ValueError: bad kernel`` (see :func:`message_line`).
+
+    A file not found by a relative path says the folder it was looked for in (a trial's is
+    where ``sweeps run`` started, not the spec's folder).
+    """
     message = message_line(str(exc))
+    filename = getattr(exc, "filename", None) if isinstance(exc, FileNotFoundError) else None
+    if isinstance(filename, str) and filename and not os.path.isabs(filename):
+        message += f" (looked for in {os.getcwd()})"
     return (f"{type(exc).__name__}: {message}" if message else type(exc).__name__)[:5000]
 
 
