@@ -234,22 +234,32 @@ def _plan_count(output: str, words: str) -> int:
     return 0 if listed == "none" else len(listed.split(","))
 
 
+def _first_driver(tmp_path: Path, trials: int, epochs: int) -> tuple[Any, Any, Any, Any]:
+    """A sweep's folder, its MLflow store (parent run started) and its first driver's searcher; no Ray."""
+    from sweeps.core.records import SweepState
+    from sweeps.engine.searcher import OptunaSearcher
+    from sweeps.spec.sweep_spec import load_spec
+    from sweeps.store.study import create_study
+    from sweeps.store.sweep_dir import new_sweep_dir
+    from sweeps.tracking.sweep_tracker import SweepTracker
+
+    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": trials, "epochs": epochs})))
+    sweep = new_sweep_dir(tmp_path / "runs", "s")
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start("resume", "s", "", {})
+    first = OptunaSearcher(spec, create_study(sweep, spec), SweepState("val_loss", "min"), tracker, "s")
+    return spec, sweep, tracker, first
+
+
 def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     """Each way a trial can be left by a dead driver, rebuilt from a real study and MLflow store (no Ray)."""
     from sweeps.core.records import SweepState
     from sweeps.engine.live_view import status_line
     from sweeps.engine.resume import LOST_REASON, _close_runs, rebuild
     from sweeps.engine.searcher import OptunaSearcher
-    from sweeps.spec.sweep_spec import load_spec
-    from sweeps.store.study import create_study, load_study
-    from sweeps.store.sweep_dir import new_sweep_dir
-    from sweeps.tracking.sweep_tracker import SweepTracker
+    from sweeps.store.study import load_study
 
-    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": 5, "epochs": 2})))
-    sweep = new_sweep_dir(tmp_path / "runs", "s")
-    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracker.start("resume", "s", "", {})
-    first = OptunaSearcher(spec, create_study(sweep, spec), SweepState("val_loss", "min"), tracker, "s")
+    spec, sweep, tracker, first = _first_driver(tmp_path, trials=5, epochs=2)
     for ray_id in "abcde":
         assert first.suggest(ray_id) is not None
     for epoch in (1, 2):
@@ -301,16 +311,9 @@ def test_a_lost_trial_gets_the_epochs_its_run_logged_after_its_driver_died(tmp_p
     from sweeps.core.records import SweepState
     from sweeps.engine.resume import LOST_REASON, _close_runs, rebuild
     from sweeps.engine.searcher import OptunaSearcher
-    from sweeps.spec.sweep_spec import load_spec
-    from sweeps.store.study import create_study, load_study
-    from sweeps.store.sweep_dir import new_sweep_dir
-    from sweeps.tracking.sweep_tracker import SweepTracker
+    from sweeps.store.study import load_study
 
-    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": 4, "epochs": 3})))
-    sweep = new_sweep_dir(tmp_path / "runs", "s")
-    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracker.start("resume", "s", "", {})
-    first = OptunaSearcher(spec, create_study(sweep, spec), SweepState("val_loss", "min"), tracker, "s")
+    spec, sweep, tracker, first = _first_driver(tmp_path, trials=4, epochs=3)
     for ray_id in "ab":
         assert first.suggest(ray_id) is not None
         for epoch in (1, 2):  # reported, and logged as every epoch is
