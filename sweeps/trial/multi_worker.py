@@ -37,8 +37,7 @@ from sweeps.compat.ray_internals import worker_cause
 from sweeps.core.plan import TrialPlan
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop, load_checkpoint, save_checkpoint
-from sweeps.trial.gpu_visibility import hide_unreserved_gpus
-from sweeps.trial.one_worker import failure_result, point_fluent_mlflow, split_config
+from sweeps.trial.one_worker import failure_result, settle_process, split_config
 from trainables.data_parallel import agree, mean_over_ranks, rank
 
 RELAY_TIMEOUT_S = 600.0
@@ -193,8 +192,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     plan, params = split_config(loop_config["config"])
-    hide_unreserved_gpus(plan.gpus)
-    point_fluent_mlflow(plan.tracking_uri)
+    settle_process(plan)
     if plan.gpus > 0 and torch.cuda.is_available():
         torch.cuda.set_device(ray.train.torch.get_device())  # "auto"/"cuda" then means this rank's GPU
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s) if rank() == 0 else None

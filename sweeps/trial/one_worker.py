@@ -100,6 +100,12 @@ def point_fluent_mlflow(tracking_uri: str) -> None:
         os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
 
 
+def settle_process(plan: TrialPlan) -> None:
+    """Before a trial (or a rank of one) loads its trainer: the GPUs it may see, where fluent MLflow writes."""
+    hide_unreserved_gpus(plan.gpus)  # before the trainer can start CUDA: ``auto`` then means the CPU
+    point_fluent_mlflow(plan.tracking_uri)
+
+
 def start_line(plan: TrialPlan) -> str:
     """The line a trial prints first, so the prints of the trials one worker ran can be told apart."""
     name = plan.label or "a trial"
@@ -109,8 +115,7 @@ def start_line(plan: TrialPlan) -> str:
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
-    hide_unreserved_gpus(plan.gpus)  # before the trainer can start CUDA: ``auto`` then means the CPU
-    point_fluent_mlflow(plan.tracking_uri)
+    settle_process(plan)
     os.chdir(START_FOLDER)  # Tune reuses the process: a trial that changed folder does not move the next one
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
     if printed := prints_file():  # several Ray sessions on a machine: session_latest may be another's
