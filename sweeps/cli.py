@@ -432,13 +432,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_sweep_name(source["sweep"])
         except SweepStoreError as exc:
             raise SpecError(args.config, [("source.sweep", str(exc))]) from None
-    from sweeps.trial.stops import MetricMissingError, ReportCallError, ReturnedEarlyError
+    from sweeps.trial.stops import MetricMissingError, ReportCallError, ReturnedEarlyError, RunCallError
 
     try:
         train_from_file(data, epochs=args.epochs, save=args.save)
     except MetricMissingError as exc:  # a function trainer declares no metrics: known only once it reports
         raise InputError(f"{args.config}: metric.name: {exc}") from None
-    except (ReturnedEarlyError, ReportCallError) as exc:
+    except (ReturnedEarlyError, ReportCallError, RunCallError) as exc:
         raise InputError(f"{args.config}: {exc}") from None
     return 0
 

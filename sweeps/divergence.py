@@ -6,9 +6,10 @@ Each signal has a name, defaults, and a spec setting under ``divergence:``. Two 
 
 - ``non_finite``: without a loss scaler, the loss (``loss``, ``loss/<term>``) or a gradient norm is
   NaN/inf for ``steps`` steps in a row (default 1: the optimizer has already stepped on it, so the
-  weights are NaN). Under a loss scaler (fp16) such a step was skipped instead; a loss that stays
-  non-finite ``scaled_steps`` (2) steps in a row counts as ``loss_scale``: the forward pass itself
-  overflows and no scale can fix it (bf16 can).
+  weights are NaN; a non-finite gradient over last-layer weights still finite after the step was
+  skipped by a scaler the loop did not send). Under a loss scaler (fp16) such a step was skipped
+  instead; a loss that stays non-finite ``scaled_steps`` (2) steps in a row counts as
+  ``loss_scale``: the forward pass itself overflows and no scale can fix it (bf16 can).
 - ``loss_scale``: the AMP loss scale falls below ``floor`` (1), or ``consecutive`` (6) steps in a row
   overflow (are skipped), or more than ``max_share`` (50%) of the last ``window`` (50) steps
   overflow. GradScaler's calibration (the run of overflows from its initial scale down before the
@@ -216,18 +217,44 @@ class DivergenceDetector:
         self.grad_start: dict[str, float] = {}
         self.first_weights: dict[str, float] = {}
         self.weight_evidence: dict[str, _Evidence] = {}
+        self.unpassed: set[str] = set()
+        """Networks seen skipping steps under a loss scale they do not send (:meth:`_unpassed_scalers`)."""
 
     def observe(self, step: int, metrics: dict[str, Any]) -> Divergence | None:
         """Check one step; return the first signal that fires, else None."""
         if not self.settings.enabled:
             return None
         self.steps_seen += 1
+        metrics = self._unpassed_scalers(metrics)
         self._loss_state(metrics.get("loss"))
         for check in (self._scale, self._non_finite, self._explosion, self._grad, self._collapse, self._weights):
             found = check(step, metrics)
             if found is not None:
                 return found
         return None
+
+    def _unpassed_scalers(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` with the skipped steps of a loss scaler a loop used but did not send.
+
+        A network with no ``loss_scale`` whose last layer's gradient is not finite while that
+        layer's weights still are after the step was not stepped on it: a ``GradScaler`` the loop
+        did not pass to ``run.step`` (or the loop itself) skipped the step. Without a scaler the
+        optimizer would have made those weights NaN. From then on the network is judged as one
+        under a loss scaler of unknown scale: an overflow is a skipped step, not ``non_finite``;
+        runs and shares of skipped steps count for ``loss_scale`` (not its floor).
+        """
+        added: dict[str, Any] = {}
+        for net, norm in _per_net(metrics, "grad_norm").items():
+            key = f"{net}/" if net else ""
+            if f"{key}loss_scale" in metrics:
+                continue
+            weights, last = metrics.get(f"{key}weight_norm_last"), metrics.get(f"{key}grad_norm_last", norm)
+            skipped = not _finite(norm) and not _finite(last) and _finite(weights)
+            if skipped or net in self.unpassed:
+                self.unpassed.add(net)
+                added[f"{key}loss_scale"] = math.inf
+                added[f"{key}skipped"] = float(skipped or bool(metrics.get(f"{key}skipped")))
+        return {**metrics, **added} if added else metrics
 
     def _cfg(self, signal: str) -> dict[str, float] | None:
         return self.settings.signals.get(signal) if self.settings.on(signal) else None

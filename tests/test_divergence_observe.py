@@ -113,7 +113,8 @@ def test_an_observed_sweep_stops_nothing_and_records_the_would_be_stops(ray_sess
     summary = divergence_summary(result.state)
     assert f"would have stopped (observe mode): {len(flagged)}" in summary
     # step 6 of 5-step epochs: epoch 2, its val_loss (the NaN steps harmed nothing), then better at the end
-    assert re.search(r"non_finite@6 \(epoch 2: val_loss=[0-9.]+, then better by \d+%\) -> completed", summary), summary
+    recovered = r"non_finite@6 \(epoch 2: val_loss=[0-9.]+, then better by [0-9.e-]+ \(\d+%\)\) -> completed"
+    assert re.search(recovered, summary), summary
     rows = {row["trial"]: row for row in result_rows(result.state)}  # the learning curves' cross: epoch 2's NaNs
     assert {would_stop_epoch(rows[r.label]) for r in flagged} == {2}
     assert {would_stop_epoch(row) for row in rows.values() if not row["would_stop"]} == {0}

@@ -31,7 +31,13 @@ from sweeps.spec.sweep_spec import SpecError, load_spec
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import EpochLoop, MetricMissingError
 from sweeps.trial.function_run import FunctionRun, trial_config
-from sweeps.trial.stops import MetricsTypeError, ReportCallError, ReturnedEarlyError, TrainerExitError
+from sweeps.trial.stops import (
+    MetricsTypeError,
+    ReportCallError,
+    ReturnedEarlyError,
+    RunCallError,
+    TrainerExitError,
+)
 from tests.function_trainers import MemoryChannel
 from trainables.diagnostics import StepProbe, loss_metrics
 from trainables.mixed_precision import loss_scaler
@@ -197,6 +203,62 @@ def test_numpy_numbers_are_numbers_and_a_bad_step_value_names_run_step() -> None
         run.step(loss=0.5, acc="high")
     with pytest.raises(TypeError, match=r"^run\.step: loss must be a number, a one-element tensor or a dict"):
         run.step(loss=[0.5])
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ({"loss": "0.5"}, r"^run\.step: loss must be a number, a one-element tensor or a dict of them, got a str$"),
+        ({"loss": {"l1": 0.5, "adv": None}}, r"^run\.step: loss must be a number, .* got a NoneType$"),
+        ({"loss": torch.ones(16)}, r"^run\.step: loss must be one value per step, got a tensor of 16 values "),
+        ({"loss": 0.5, "scaler": 1024.0}, r"^run\.step: scaler must be a GradScaler \(yours or run\.scaler\(\)'s\), "),
+        (
+            {"loss": 0.5, "optimizer": nn.Linear(2, 2)},
+            r"^run\.step: optimizer must be a torch optimizer, got a Linear: pass",
+        ),
+        (
+            {"loss": 0.5, "optimizer": {"g": "adam"}},
+            r"^run\.step: optimizer \('g'\) must be a torch optimizer, got a str$",
+        ),
+        ({"loss": 0.5, "model": 3}, r"^run\.step: model must be a torch\.nn\.Module, got a int$"),
+        (
+            {"loss": 0.5, "acc": torch.ones(2)},
+            r"^run\.step: acc is a tensor of 2 values \(shape \[2\]\), not a number$",
+        ),
+    ],
+)
+def test_run_step_refuses_what_is_not_its_kind_in_one_line_that_ends_the_sweep(
+    call: dict[str, Any], message: str
+) -> None:
+    """A user's sweep ran every trial into ``AttributeError: 'float' object has no attribute 'is_enabled'``."""
+    run, steps, _ = recording_run()
+    with pytest.raises(RunCallError, match=message) as info:
+        run.step(**call)
+    assert ends_the_sweep(failure_reason(info.value)) and not steps  # every trial would fail so
+
+
+def test_run_step_takes_a_bool_as_a_step_metric() -> None:
+    run, steps, _ = recording_run()
+    run.step(loss=0.5, **{"model/skipped": True})
+    assert steps[0][1]["model/skipped"] == 1.0
+
+
+def test_a_loop_that_sends_no_loss_is_warned_that_the_loss_signals_watch_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sweeps.divergence import DivergenceDetector
+    from sweeps.tracking.curves import CurveHistory
+    from sweeps.trial.epoch_loop import NO_LOSS_STEPS, StepWatch
+
+    counts = {STEPS_KEY: 0.0, "sweep/skipped_steps": 0.0}
+    watch = StepWatch(DivergenceDetector(), counts, None, CurveHistory())
+    for step in range(1, NO_LOSS_STEPS + 5):
+        watch(step, {"model/grad_norm": 1.0})
+    assert capsys.readouterr().err.count("warning: no step sent a loss in the first 10 steps") == 1
+    watch = StepWatch(DivergenceDetector(), dict(counts), None, CurveHistory())
+    for step in range(1, NO_LOSS_STEPS + 5):
+        watch(step, {"loss": 1.0} if step == 2 else {})
+    assert capsys.readouterr().err == ""
 
 
 def test_a_non_finite_report_ends_the_trial_as_diverged_not_failed() -> None:

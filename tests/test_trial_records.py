@@ -239,8 +239,8 @@ def test_a_would_be_stop_says_the_metric_after_its_epoch_and_whether_the_trial_t
         state.finish(record, "completed")
     lines = divergence_summary(state, observing=True).splitlines()
     assert (
-        lines[1] == "  t008 collapse@73 (epoch 2: val_mse=0.062, then better by 26%) -> completed val_mse=0.0461, "
-        "rank 1 of 2 completed"
+        lines[1] == "  t008 collapse@73 (epoch 2: val_mse=0.062, then better by 0.0159 (26%)) -> completed "
+        "val_mse=0.0461, rank 1 of 2 completed"
     )
     assert (
         lines[2] == "  t009 collapse@26 (epoch 1: val_mse=0.0555, then within 1%) -> completed val_mse=0.0556, "

@@ -32,10 +32,17 @@ def message_line(text: str) -> str:
     return line
 
 
-SWEEP_ENDING_ERRORS = ("MetricMissingError", "ReportCallError", "MetricsTypeError", "CheckpointSaveError")
+SWEEP_ENDING_ERRORS = (
+    "MetricMissingError",
+    "ReportCallError",
+    "RunCallError",
+    "MetricsTypeError",
+    "CheckpointSaveError",
+)
 """Failures every trial would meet: the trainer does not produce the spec's metric, its loop numbers
-``run.report``'s epochs wrongly (from 0, say), its ``train_epoch``/``validate`` returns no dict, or
-its ``state_dict()`` cannot be pickled into a checkpoint.
+``run.report``'s epochs wrongly (from 0, say) or passes ``run.step``/``run.report`` a value of the
+wrong kind, its ``train_epoch``/``validate`` returns no dict, or its ``state_dict()`` cannot be
+pickled into a checkpoint.
 (A loop that returns early is not one: it may do so only for some configs, as a loop's own guard
 against a NaN loss does.)"""
 

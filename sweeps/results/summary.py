@@ -72,7 +72,7 @@ def observed_stops(state: SweepState, observing: bool = False) -> list[str]:
 
 
 def _flag_context(state: SweepState, record: TrialRecord) -> str:
-    """`` (epoch 2: val_mse=0.062, then better by 26%)``: whether the trial recovered after its would-be stop.
+    """`` (epoch 2: val_mse=0.062, then better by 0.0159 (26%))``: whether the trial recovered after its would-be stop.
 
     The rank alone can mislead: a loop whose failed trials still complete (a collapsed model
     scoring the mean image) ranks a recovered trial among them.
@@ -84,5 +84,6 @@ def _flag_context(state: SweepState, record: TrialRecord) -> str:
     if record.value is not None and record.epochs > epoch and at_flag != 0:
         change = abs(record.value - at_flag) / abs(at_flag)
         word = "better" if state.better(record.value, at_flag) else "worse"
-        text += f", then {word} by {change:.0%}" if change >= 0.01 else ", then within 1%"
+        by = metric_text(abs(record.value - at_flag))  # the change itself too: a percentage of decibels says little
+        text += f", then {word} by {by} ({change:.0%})" if change >= 0.01 else ", then within 1%"
     return text + ")"

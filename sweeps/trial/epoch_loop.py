@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -149,6 +150,14 @@ class OverflowCount:
         return counted
 
 
+NO_LOSS_STEPS = 10
+"""After this many steps with no ``loss`` among a trial's step diagnostics, its run gets a warning."""
+NO_LOSS_WARNING = (
+    f"no step sent a loss in the first {NO_LOSS_STEPS} steps: loss_explosion and the non-finite loss check watch "
+    "nothing (send it: run.step(loss=...), or 'loss' among on_step's metrics)"
+)
+
+
 class StepWatch:
     """The per-step hook: record the step (where there is a logger), count it, watch it.
 
@@ -170,6 +179,8 @@ class StepWatch:
         self.observe_only = detector.settings.mode == "observe"
         self.observed: Divergence | None = None
         self.overflows = OverflowCount()
+        self.losses = 0
+        """Steps so far that sent a ``loss``."""
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
@@ -178,6 +189,9 @@ class StepWatch:
             self.logger.add_step(step, values)
             self.curves.add(step, values)
         self.counts[STEPS_KEY] += 1
+        self.losses += "loss" in values
+        if self.counts[STEPS_KEY] == NO_LOSS_STEPS and not self.losses:
+            self._warn(NO_LOSS_WARNING)
         self.counts[SKIPPED_KEY] += float(self.overflows.overflowed(values))
         if self.observed is not None:
             return
@@ -192,6 +206,13 @@ class StepWatch:
         if self.logger is not None:
             tags = {TAG_WOULD_STOP_SIGNAL: found.signal, TAG_WOULD_STOP_STEP: str(found.step)}
             self.logger.set_tags({**tags, TAG_WOULD_STOP_REASON: found.reason})
+
+    def _warn(self, message: str) -> None:
+        """A warning on the trial's run (and in its log); on stderr under ``sweeps train``, which has no run."""
+        if self.logger is not None:
+            self.logger.warn(message)
+        elif self.reduce is None:  # a multi-worker trial's other ranks: rank 0 warns on the run
+            print(f"warning: {message}", file=sys.stderr)
 
     def result(self) -> dict[str, Any]:
         """The report keys of the stop observed so far (none before one)."""

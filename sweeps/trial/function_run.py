@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sweeps.trial.stops import ReportCallError, non_finite_metrics
+from sweeps.trial.stops import ReportCallError, RunCallError, non_finite_metrics
 from trainables.diagnostics import StepProbe, loss_metrics, output_metrics
 from trainables.mixed_precision import autocast, loss_scaler
 from trainables.precision import ScalerSettings, canonical_precision
@@ -125,14 +125,9 @@ class FunctionRun:
         Raises ``StopTrial`` (a ``DivergedError``) when the divergence detector fires.
         """
         self.steps += 1
-        try:
-            metrics = loss_metrics(loss) if loss is not None else {}
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(
-                f"run.step: loss must be a number, a one-element tensor or a dict of them, got a {type(loss).__name__} "
-                f"({exc})"
-            ) from None
+        metrics = _step_loss(loss) if loss is not None else {}
         for name, (opt, mod, scl) in _networks(net, optimizer, model, scaler):
+            _check_network(name, opt, mod, scl)
             probe = self._probes.get(name)
             if probe is None or probe.optimizer is not opt or (opt is None and probe.model is not mod):
                 probe = self._probes[name] = StepProbe(name, opt, mod)
@@ -140,7 +135,7 @@ class FunctionRun:
         if output is not None:
             metrics.update(output_metrics(output))
         for key, value in extra.items():
-            metrics[key] = _number(key, value, "run.step")
+            metrics[key] = float(value) if isinstance(value, bool) else _number(key, value, "run.step")
         self._hook(self.steps, metrics)
 
     # -- after each validation ------------------------------------------------------------------
@@ -267,9 +262,45 @@ def _networks(net: str, optimizer: Any, model: Any, scaler: Any) -> Iterator[tup
 
 
 def _number(name: str, value: Any, call: str = "run.report") -> float:
-    """``value`` as a float: a number (NumPy's too) or a one-element tensor; else a TypeError naming ``call``."""
+    """``value`` as a float: a number (NumPy's too) or a one-element tensor; else a RunCallError naming ``call``."""
     if torch.is_tensor(value) and value.numel() == 1:
         return float(value.detach().float().item())
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
-    raise TypeError(f"{call}: {name} is a {type(value).__name__}, not a number")
+    raise RunCallError(f"{call}: {name} is {_kind(value)}, not a number")
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, in words: ``a str``, ``a tensor of 16 values (shape [16])``."""
+    if torch.is_tensor(value):
+        return f"a tensor of {value.numel()} values (shape {list(value.shape)})"
+    return f"a {type(value).__name__}"
+
+
+def _step_loss(loss: Any) -> dict[str, float]:
+    """``run.step``'s ``loss`` as step metrics; a RunCallError (one line) for anything but numbers and their dicts."""
+    terms = loss.values() if isinstance(loss, dict) else [loss]
+    for term in terms:
+        if torch.is_tensor(term) and term.numel() != 1:
+            raise RunCallError(
+                f"run.step: loss must be one value per step, got {_kind(term)}: reduce it first (loss.mean())"
+            )
+        if not torch.is_tensor(term) and (not isinstance(term, numbers.Real) or isinstance(term, bool)):
+            raise RunCallError(
+                f"run.step: loss must be a number, a one-element tensor or a dict of them, got {_kind(term)}"
+            )
+    return loss_metrics(loss)
+
+
+def _check_network(name: str, optimizer: Any, model: Any, scaler: Any) -> None:
+    """A RunCallError (one line) when ``run.step``'s optimizer, model or scaler is not one."""
+    shown = "" if name == "model" else f" ({name!r})"
+    if optimizer is not None and not hasattr(optimizer, "param_groups"):
+        hint = ": pass the model as model=..." if isinstance(optimizer, torch.nn.Module) else ""
+        raise RunCallError(f"run.step: optimizer{shown} must be a torch optimizer, got {_kind(optimizer)}{hint}")
+    if model is not None and not callable(getattr(model, "parameters", None)):
+        raise RunCallError(f"run.step: model{shown} must be a torch.nn.Module, got {_kind(model)}")
+    if scaler is not None and not all(hasattr(scaler, m) for m in ("get_scale", "is_enabled")):
+        raise RunCallError(
+            f"run.step: scaler{shown} must be a GradScaler (yours or run.scaler()'s), got {_kind(scaler)}"
+        )

@@ -60,6 +60,15 @@ class ReportCallError(ValueError):
     """
 
 
+class RunCallError(TypeError):
+    """A function trainer called ``run.step`` or ``run.report`` with a value of the wrong kind.
+
+    A string for a metric, a model where the optimizer goes, a float where the scaler goes: its
+    loop passes the same for every config, so the sweep stops at the first one
+    (``sweeps.core.failures.SWEEP_ENDING_ERRORS``).
+    """
+
+
 class ReturnedEarlyError(RuntimeError):
     """A function trainer returned, unstopped, before reporting its last epoch (its loop ignores ``run.epochs``)."""
 
