@@ -261,6 +261,19 @@ def test_a_loop_that_sends_no_loss_is_warned_that_the_loss_signals_watch_nothing
     assert capsys.readouterr().err == ""
 
 
+def test_a_class_trainers_on_step_may_send_tensors_and_numpy_numbers() -> None:
+    """A user's ``on_step(step, {"loss": loss})`` with the tensor: every trial "diverged" at step 1, non_finite."""
+    _, channel = run_loop("tests.toy_trainer:ToyTrainer", {"lr": 0.01, "behavior": "tensor_step"}, epochs=2)
+    last = channel.reports[-1]
+    assert last["epoch"] == 2 and DIVERGED_KEY not in last and last[STEPS_KEY] == 10
+
+
+def test_a_class_trainers_on_step_value_that_is_no_number_ends_the_sweep_in_one_line() -> None:
+    with pytest.raises(RunCallError, match=r"^on_step: loss is a str, not a number$") as info:
+        run_loop("tests.toy_trainer:ToyTrainer", {"lr": 0.01, "behavior": "str_step"}, epochs=2)
+    assert ends_the_sweep(failure_reason(info.value))
+
+
 def test_a_non_finite_report_ends_the_trial_as_diverged_not_failed() -> None:
     loop, channel = run_loop("tests.function_trainers:nan_at_epoch_two", {}, epochs=3)
     last = channel.reports[-1]

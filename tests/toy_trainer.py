@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 
@@ -25,7 +26,9 @@ class ToyConfig:
     # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2), hang (epoch 2 never ends),
     # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3),
     # zeros_nan (loss 0 at epoch 2, a collapse's look, then validate gives NaN from epoch 3),
-    # bare_val (validate returns the bare metric value, not a dict)
+    # bare_val (validate returns the bare metric value, not a dict),
+    # tensor_step (on_step gets the loss as a tensor and the grad norm as a NumPy float32),
+    # str_step (on_step gets the loss as a string)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
     cwd_file: str = ""  # if set, each trainer appends the folder it starts in, then moves to / (as a user's loop may)
@@ -93,7 +96,12 @@ class ToyTrainer:
             if self.epoch == 2 and self.config.behavior in ("zeros", "zeros_nan"):  # looks like a collapse
                 loss = 0.0
             if self.on_step is not None:
-                self.on_step(self.step, {"loss": loss, "grad_norm": 1.0})
+                sent: dict[str, Any] = {"loss": loss, "grad_norm": 1.0}
+                if self.config.behavior == "tensor_step":
+                    sent = {"loss": torch.tensor(loss), "grad_norm": np.float32(1.0)}
+                elif self.config.behavior == "str_step":
+                    sent["loss"] = str(loss)
+                self.on_step(self.step, sent)
         if self.config.sleep_last:
             time.sleep(self._epoch_seconds())
         return {"train_loss": self._loss()}

@@ -52,7 +52,7 @@ from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, Divergen
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.function_run import FunctionRun
+from sweeps.trial.function_run import FunctionRun, step_numbers
 from sweeps.trial.stops import (
     CheckpointSaveError,
     DivergedError,
@@ -184,7 +184,8 @@ class StepWatch:
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
-        values = self.reduce(metrics) if self.reduce is not None else metrics
+        values = step_numbers(metrics)
+        values = self.reduce(values) if self.reduce is not None else values
         if self.logger is not None:
             self.logger.add_step(step, values)
             self.curves.add(step, values)

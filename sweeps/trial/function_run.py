@@ -270,6 +270,19 @@ def _number(name: str, value: Any, call: str = "run.report") -> float:
     raise RunCallError(f"{call}: {name} is {_kind(value)}, not a number")
 
 
+def step_numbers(metrics: dict[str, Any], call: str = "on_step") -> dict[str, float]:
+    """A step's metrics as floats (tensors of one value, NumPy numbers, bools); a RunCallError for any other value.
+
+    A class trainer's ``on_step({"loss": loss})`` with the loss tensor itself was read as a loss
+    that is not a number, so not finite: every trial stopped at its first step as ``non_finite``.
+    """
+    if all(type(value) is float for value in metrics.values()):
+        return metrics
+    return {
+        key: float(value) if isinstance(value, bool) else _number(key, value, call) for key, value in metrics.items()
+    }
+
+
 def _kind(value: Any) -> str:
     """What ``value`` is, in words: ``a str``, ``a tensor of 16 values (shape [16])``."""
     if torch.is_tensor(value):
