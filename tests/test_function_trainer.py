@@ -261,11 +261,15 @@ def test_a_loop_that_sends_no_loss_is_warned_that_the_loss_signals_watch_nothing
     assert capsys.readouterr().err == ""
 
 
-def test_a_class_trainers_on_step_may_send_tensors_and_numpy_numbers() -> None:
-    """A user's ``on_step(step, {"loss": loss})`` with the tensor: every trial "diverged" at step 1, non_finite."""
+def test_a_class_trainers_on_step_and_validate_may_give_tensors_and_numpy_numbers() -> None:
+    """A user's ``on_step(step, {"loss": loss})`` with the tensor: every trial "diverged" at step 1, non_finite.
+
+    And a ``validate()`` value of NumPy's float32 went to Tune as it was and never reached MLflow.
+    """
     _, channel = run_loop("tests.toy_trainer:ToyTrainer", {"lr": 0.01, "behavior": "tensor_step"}, epochs=2)
     last = channel.reports[-1]
     assert last["epoch"] == 2 and DIVERGED_KEY not in last and last[STEPS_KEY] == 10
+    assert type(last["val_loss"]) is float and last["val_acc"] == 0.5  # MLflow's logger took plain numbers only
 
 
 def test_a_class_trainers_on_step_value_that_is_no_number_ends_the_sweep_in_one_line() -> None:

@@ -27,7 +27,8 @@ class ToyConfig:
     # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3),
     # zeros_nan (loss 0 at epoch 2, a collapse's look, then validate gives NaN from epoch 3),
     # bare_val (validate returns the bare metric value, not a dict),
-    # tensor_step (on_step gets the loss as a tensor and the grad norm as a NumPy float32),
+    # tensor_step (on_step gets the loss as a tensor and the grad norm as a NumPy float32; validate gives
+    # NumPy's float32 and a tensor),
     # str_step (on_step gets the loss as a string)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
@@ -121,6 +122,8 @@ class ToyTrainer:
             return {"val_loss": math.nan if self.config.behavior == "nan_val" else math.inf}
         if self.epoch >= 3 and self.config.behavior == "zeros_nan":
             return {"val_loss": math.nan}
+        if self.config.behavior == "tensor_step":
+            return {"val_loss": np.float32(self._loss()), "val_acc": torch.tensor(0.5)}  # type: ignore[dict-item]
         return {"val_loss": self._loss()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, Divergen
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.function_run import FunctionRun, step_numbers
+from sweeps.trial.function_run import FunctionRun, metric_floats
 from sweeps.trial.stops import (
     CheckpointSaveError,
     DivergedError,
@@ -184,7 +184,7 @@ class StepWatch:
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
-        values = step_numbers(metrics)
+        values = metric_floats(metrics)
         values = self.reduce(values) if self.reduce is not None else values
         if self.logger is not None:
             self.logger.add_step(step, values)
@@ -319,14 +319,14 @@ class EpochLoop:
         image = trainer.sample_grid if isinstance(trainer, SamplesImages) else None
         for epoch in range(self.epochs_done + 1, self.plan.epochs + 1):
             try:
-                trained = metrics_dict(trainer.train_epoch(), "train_epoch")
-                validated = metrics_dict(trainer.validate(), "validate")
+                trained = metric_floats(metrics_dict(trainer.train_epoch(), "train_epoch"), "train_epoch()")
+                validated = metric_floats(metrics_dict(trainer.validate(), "validate"), "validate()")
                 metrics = {**(self.reduce(trained) if self.reduce else trained), **validated}
                 # as a function's run.report: never ranked by an older epoch's value (training means, such
                 # as an fp16 epoch's mean gradient norm over skipped steps, may be NaN in a healthy trial)
-                diverged = non_finite_metrics(_numbers(validated), epoch, int(self.counts[STEPS_KEY]))
+                diverged = non_finite_metrics(validated, epoch, int(self.counts[STEPS_KEY]))
                 if diverged is not None:
-                    diverged.metrics = _numbers(metrics)
+                    diverged.metrics = metrics
                     raise diverged
             except DivergedError as diverged:
                 self.end_diverged(epoch, diverged.divergence, diverged.metrics)
@@ -580,17 +580,6 @@ class EpochLoop:
 
 IMAGE_SLACK = 0.01
 """How far outside [0, 1] an image's values may stray (rounding) before its run gets a warning."""
-
-
-def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    """The values of ``metrics`` that are numbers (a class trainer may return tensors), as floats."""
-    numbers = {}
-    for key, value in metrics.items():
-        if torch.is_tensor(value) and value.numel() == 1:
-            numbers[key] = float(value.item())
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            numbers[key] = float(value)
-    return numbers
 
 
 def reload_curves(logger: TrialLogger, curves: CurveHistory, undelivered: list[tuple[str, float, int, int]]) -> None:

@@ -270,11 +270,13 @@ def _number(name: str, value: Any, call: str = "run.report") -> float:
     raise RunCallError(f"{call}: {name} is {_kind(value)}, not a number")
 
 
-def step_numbers(metrics: dict[str, Any], call: str = "on_step") -> dict[str, float]:
-    """A step's metrics as floats (tensors of one value, NumPy numbers, bools); a RunCallError for any other value.
+def metric_floats(metrics: dict[str, Any], call: str = "on_step") -> dict[str, float]:
+    """Metrics as floats (tensors of one value, NumPy numbers, bools); a RunCallError naming ``call`` for any other.
 
-    A class trainer's ``on_step({"loss": loss})`` with the loss tensor itself was read as a loss
-    that is not a number, so not finite: every trial stopped at its first step as ``non_finite``.
+    What a class trainer's ``on_step``, ``train_epoch`` and ``validate`` give: ``on_step({"loss":
+    loss})`` with the loss tensor itself was read as a loss that is not a number, so not finite
+    (every trial stopped at its first step as ``non_finite``), and a ``validate()`` value of NumPy's
+    float32 never reached MLflow.
     """
     if all(type(value) is float for value in metrics.values()):
         return metrics

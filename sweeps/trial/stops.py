@@ -61,10 +61,11 @@ class ReportCallError(ValueError):
 
 
 class RunCallError(TypeError):
-    """A function trainer called ``run.step`` or ``run.report`` with a value of the wrong kind.
+    """A trainer gave the sweep a value of the wrong kind.
 
-    A string for a metric, a model where the optimizer goes, a float where the scaler goes: its
-    loop passes the same for every config, so the sweep stops at the first one
+    A string for a metric (to ``run.step``, ``run.report``, ``on_step``, or from ``train_epoch`` or
+    ``validate``), a model where ``run.step``'s optimizer goes, a float where its scaler goes: its
+    code does the same for every config, so the sweep stops at the first one
     (``sweeps.core.failures.SWEEP_ENDING_ERRORS``).
     """
 
