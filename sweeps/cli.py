@@ -449,7 +449,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from sweeps.results.page import searched, verdict_text
     from sweeps.results.report import read_results, terminal_table, write_page
-    from sweeps.store.sweep_dir import open_sweep_dir
+    from sweeps.store.sweep_dir import driver_state, open_sweep_dir
 
     if args.html:
         check_output_file(
@@ -463,6 +463,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"sweep {sweep.name!r} ended ({meta['status']}) but its {folder / 'results.parquet'} is gone; every trial "
             f"is still in MLflow ({meta.get('tracking_uri', '')}, parent run {meta.get('parent_run_id', '')}) and "
             f"Optuna ({sweep.storage_location})"
+        )
+    if not rows and driver_state(meta.get("driver") or {}) == "dead":
+        raise SweepStoreError(
+            f"sweep {sweep.name!r} has no results: its driver is gone before it wrote them; finish it with "
+            f"sweeps resume {sweep.name} (its trials so far are in MLflow: sweeps ui {sweep.name})"
         )
     if not rows:
         raise SweepStoreError(f"sweep {sweep.name!r} has no results yet (it is running or was stopped early)")

@@ -283,6 +283,7 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     assert state.trials["b"].status == "running" and state.trials["b"].epochs == 1
     assert state.trials["d"].value == 3.0  # logged to MLflow before the driver died: in the table and results.csv
     assert state.trials["d"].epochs == 1 and state.trials["c"].epochs == 0  # d's epoch 1 is in its run
+    assert study.trials[3].intermediate_values == {1: 3.0}  # and in Optuna (the report's learning curves)
     assert state.trials["c"].value is None
     assert again.reported == {"b": 1, "e": 0} and set(again.live) == {"b", "e"}
     assert again.asked == 3  # c and d do not count toward the budget
@@ -371,6 +372,8 @@ def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: 
         "alive  running  vae  val_mse",
         "gone  stopped (its driver is gone: sweeps resume gone)  vae  val_mse",
     ]
+    assert main(["report", "gone", "--storage", str(tmp_path / "runs")]) == 2  # it pointed at nothing to do
+    assert "its driver is gone before it wrote them; finish it with sweeps resume gone" in capsys.readouterr().err
 
 
 def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_says(tmp_path: Path) -> None:
@@ -413,3 +416,36 @@ def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_sa
     told = {t.user_attrs["ray_trial_id"]: t for t in searcher.study.trials}
     assert told["a"].value == 0.4 and told["b"].value == 0.3
     assert told["c"].state == told["d"].state == TrialState.FAIL
+
+
+def test_a_second_resume_started_a_moment_after_the_first_is_refused(tmp_path: Path) -> None:
+    """A user's two ``sweeps resume`` 0.5 s apart both passed the dead driver's pid check: both ran the sweep,
+    every epoch of its trials was logged twice, and one ended in Optuna's ``UpdateFinishedTrialError``."""
+    from sweeps.engine.resume import check_resumable
+    from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
+
+    sweep = new_sweep_dir(tmp_path / "runs", "s")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    sweep.write_meta({"status": "running", "driver": {"pid": ended.pid, "host": "elsewhere"}})  # its driver died
+    holder = subprocess.Popen(  # the first resume, its pid not in sweep.json yet
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from sweeps.store.sweep_dir import SweepDir, claim_driver; "
+            "claim_driver(SweepDir(Path(sys.argv[1]), 's')); print('held', flush=True); time.sleep(60)",
+            str(tmp_path / "runs"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=project_env(),
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(SweepStoreError, match=r"^sweep 's' is driven by another process right now .*driver\.lock"):
+            check_resumable(tmp_path / "runs", "s")
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a driver killed outright lets go of the lock with its process
+        holder.wait()
+    with pytest.raises(SweepStoreError, match="has no Ray experiment"):  # past the lock: the next check
+        check_resumable(tmp_path / "runs", "s")

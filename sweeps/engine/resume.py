@@ -61,7 +61,14 @@ from sweeps.engine.runner import SweepResult, driver_identity, fit_and_finish, s
 from sweeps.engine.searcher import OptunaSearcher
 from sweeps.spec.sweep_spec import SweepSpec, load_spec
 from sweeps.store.study import is_told, load_study, make_sampler
-from sweeps.store.sweep_dir import SweepDir, SweepStoreError, driver_state, open_sweep_dir
+from sweeps.store.sweep_dir import (
+    SweepDir,
+    SweepStoreError,
+    claim_driver,
+    driver_state,
+    open_sweep_dir,
+    release_driver,
+)
 from sweeps.tracking.mlflow_client import retry
 from sweeps.tracking.store_check import check_tracking_uri, open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
@@ -126,6 +133,7 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
             f"sweep {sweep.name!r} is still driven by pid {driver.get('pid')} on {driver.get('host')}; "
             "stop it first (or pass --force if that process is not the sweep)"
         )
+    claim_driver(sweep)  # held until this process ends: a second resume started a moment later is refused
     ray_dir = ray_experiment(sweep, meta)
     if "://" in str(meta.get("ray_experiment", "")):
         raise SweepStoreError(f"sweep {sweep.name!r} keeps its trials at a URI: resume supports paths only")
@@ -149,6 +157,16 @@ def resume_sweep(
 ) -> SweepResult:
     """Finish sweep ``name`` in ``root`` (see the module's docstring for what happens to each trial)."""
     sweep, meta = check_resumable(root, name, force)
+    try:
+        return _resume_claimed(sweep, meta, stream, say)
+    finally:
+        release_driver(sweep)
+
+
+def _resume_claimed(
+    sweep: SweepDir, meta: dict[str, Any], stream: TextIO | None, say: Callable[[str], object]
+) -> SweepResult:
+    """:func:`resume_sweep` once this process holds the sweep's driver lock."""
     spec = load_spec(sweep.spec_file)
     open_store(str(meta["tracking_uri"]))  # a one-line error if it cannot open
     tracker = SweepTracker.of_sweep(meta)
@@ -233,6 +251,9 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
                 searcher.continue_trial(record, trial, max(frozen.intermediate_values, default=0))
                 plan.continued.append(record)
             else:
+                # what the study was told: end_lost takes the epochs past it from the MLflow run (the
+                # epochs filled in above from that run would hide them from Optuna and the curves)
+                record.epochs = max(frozen.intermediate_values, default=0)
                 if searcher.end_lost(record, trial, LOST_REASON) == INTERRUPTED:
                     plan.interrupted.append(record)
                 else:  # it trained to its last epoch after its driver died: MLflow holds every epoch

@@ -49,7 +49,14 @@ from sweeps.results.report import result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import create_study
-from sweeps.store.sweep_dir import SweepDir, SweepStoreError, default_name, new_sweep_dir
+from sweeps.store.sweep_dir import (
+    SweepDir,
+    SweepStoreError,
+    claim_driver,
+    default_name,
+    new_sweep_dir,
+    release_driver,
+)
 from sweeps.store.trial_storage import resolve_trial_storage
 from sweeps.tracking.provenance import git_commit
 from sweeps.tracking.store_check import open_store
@@ -97,6 +104,7 @@ def run_sweep(
     start_ray_and_store(uri, cpus, address)
     tracker = SweepTracker(uri)
     sweep = new_sweep_dir(root, name or default_name(spec.name), unique=name is None)
+    claim_driver(sweep)  # a sweeps resume of it while this process runs is refused, whatever its pid says
     try:
         spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
         sweep.spec_file.write_text(spec_text)
@@ -116,9 +124,13 @@ def run_sweep(
         searcher = OptunaSearcher(spec, study, state, tracker, sweep.name)
         tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream)
     except BaseException:
+        release_driver(sweep)
         _undo_start(sweep, tracker)
         raise
-    interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
+    try:
+        interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
+    finally:
+        release_driver(sweep)
     return SweepResult(sweep, state, parent, uri, interrupted)
 
 

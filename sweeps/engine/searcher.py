@@ -295,6 +295,7 @@ class OptunaSearcher(Searcher):
         self.live[record.ray_id] = trial
         logged = self._recover_logged(record.ray_id, record)
         self.live.pop(record.ray_id, None)
+        self.reported.pop(record.ray_id, None)
         last = logged[-1] if logged else (0, math.nan)
         if last[0] >= self.spec.budget.epochs and math.isfinite(last[1]):
             self.state.finish(record, COMPLETED)

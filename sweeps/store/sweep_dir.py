@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from sweeps.core.errors import InputError
 
 DEFAULT_ROOT = "sweep_runs"
@@ -200,3 +202,38 @@ def driver_state(driver: dict[str, Any]) -> str:
         return "dead" if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z" else "alive"  # a zombie has ended
     except (OSError, IndexError):
         return "alive"
+
+
+DRIVER_LOCK = "driver.lock"
+"""The file in a sweep's folder that its driver holds locked while it runs."""
+_DRIVING: dict[Path, FileLock] = {}
+
+
+def claim_driver(sweep: SweepDir) -> None:
+    """Make this process the sweep's one driver until it ends or calls :func:`release_driver`.
+
+    An exclusive lock on ``<sweep>/driver.lock`` (``flock``): the kernel drops it when its process
+    ends, a ``kill -9`` too, so a dead driver never blocks a resume. The recorded driver's pid alone
+    let two ``sweeps resume`` started a moment apart both pass (neither had written its pid yet):
+    both ran the sweep and logged every epoch twice. A SweepStoreError (one line) if another
+    process holds it; nothing when this process does already.
+    """
+    key = sweep.path.resolve()
+    if key in _DRIVING:
+        return
+    lock = FileLock(str(key / DRIVER_LOCK), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SweepStoreError(
+            f"sweep {sweep.name!r} is driven by another process right now (a sweeps run or resume holds "
+            f"{key / DRIVER_LOCK}); wait for it to end, or stop it first"
+        ) from None
+    _DRIVING[key] = lock
+
+
+def release_driver(sweep: SweepDir) -> None:
+    """Let go of the sweep's driver lock (its driver is done with it)."""
+    lock = _DRIVING.pop(sweep.path.resolve(), None)
+    if lock is not None:
+        lock.release()
