@@ -405,6 +405,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     short = study_shortfall(study, meta)
     if short:
         print(f"note: sweep {sweep.name!r}: {short}: the best may be a trial the study lost", file=sys.stderr)
+    if 0 < len(configs) < args.top_k:
+        print(f"note: --top-k {args.top_k}: sweep {sweep.name!r} has {len(configs)} to export", file=sys.stderr)
     for data in configs:
         out = write_export(data, ranked_path(args.output, data["source"]["rank"]))
         metric = data["metric"]

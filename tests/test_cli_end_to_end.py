@@ -61,5 +61,8 @@ def test_run_export_train(tmp_path: Path) -> None:
     assert apart and float(apart.group(1)) < 1.0, train.stdout
     assert (tmp_path / "model.pt").exists()
 
+    more = run_cli("export", "s1", "-o", "top.yaml", "--top-k", "5", cwd=tmp_path)  # 3 trials: says so
+    assert more.returncode == 0 and "note: --top-k 5: sweep 's1' has 3 to export" in more.stderr, more.stderr
+
     missing = run_cli("export", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr and "s1" in missing.stderr

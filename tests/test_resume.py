@@ -304,6 +304,10 @@ def test_rebuild_from_study_and_runs(tmp_path: Path) -> None:
     again.on_trial_complete("b", {"val_loss": 1.5, "training_iteration": 2})
     b = study.trials[1]
     assert b.state == TrialState.COMPLETE and b.intermediate_values == {1: 2.0, 2: 1.5}
+    # a second resume: c and d ended before it, interrupted and replaced by the first (a user read "ended
+    # before: 6" as six trials done)
+    later = rebuild(OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s"), tracker.trial_runs(), {})
+    assert later.lines()[0] == "ended before: 4 trial(s) (2 of them interrupted and replaced before)"
 
 
 def test_a_lost_trial_gets_the_epochs_its_run_logged_after_its_driver_died(tmp_path: Path) -> None:

@@ -89,12 +89,15 @@ class ResumePlan:
     closed: list[TrialRecord] = field(default_factory=list)
     not_rerun: list[TrialRecord] = field(default_factory=list)
     ended: int = 0
+    replaced_before: int = 0
+    """Of ``ended``: trials an earlier resume recorded as interrupted and replaced."""
     ray_state: bool = True
 
     def lines(self) -> list[str]:
         """A few lines for the console and the parent run."""
+        replaced = f" ({self.replaced_before} of them interrupted and replaced before)" if self.replaced_before else ""
         return [
-            f"ended before: {self.ended} trial(s)",
+            f"ended before: {self.ended} trial(s){replaced}",
             f"continue from their last checkpoint: {_labels(self.continued)}",
             f"ended after Ray's last snapshot (not run again): {_labels(self.not_rerun)}",
             f"interrupted, to be replaced: {_labels(self.interrupted)}",
@@ -263,6 +266,7 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
             status = str(attrs.get("status") or ENDED.get(frozen.state, FAILED))
             state.finish(record, status, tags.get(TAG_REASON) or str(attrs.get("reason", "")))
             plan.ended += 1
+            plan.replaced_before += status == INTERRUPTED
             if ray_id in unfinished:
                 plan.not_rerun.append(record)
             if run is not None and run.info.status == "RUNNING":
