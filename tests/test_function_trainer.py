@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -272,6 +273,27 @@ def test_a_class_trainers_on_step_and_validate_may_give_tensors_and_numpy_number
     assert type(last["val_loss"]) is float and last["val_acc"] == 0.5  # MLflow's logger took plain numbers only
 
 
+def test_on_step_takes_whole_numbers_of_any_kind_as_the_step_and_warns_once_when_steps_go_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A user's ``on_step(np.int64(step), ...)`` went to MLflow as bytes, refused on every retry: the sweep hung."""
+    from sweeps.divergence import DivergenceDetector
+    from sweeps.tracking.curves import CurveHistory
+    from sweeps.trial.epoch_loop import StepWatch
+
+    counts = {STEPS_KEY: 0.0, "sweep/skipped_steps": 0.0}
+    seen: list[Any] = []
+    watch = StepWatch(DivergenceDetector(), counts, None, CurveHistory())
+    watch.detector.observe = lambda step, metrics: seen.append(step)  # type: ignore[method-assign]
+    for step in (np.int64(1), torch.tensor(2), 3.0, np.uint8(4), 1, 2):  # then from 1 again: each epoch's own count
+        watch(step, {"loss": 1.0})
+    assert seen == [1, 2, 3, 4, 1, 2] and all(type(s) is int for s in seen)
+    assert capsys.readouterr().err.count("warning: on_step: step 1 after step 4: step numbers should rise") == 1
+    for bad in ("3", 2.5, torch.tensor([1, 2]), None):
+        with pytest.raises(RunCallError, match=r"^on_step: step must be a whole number \(the optimizer steps so far\)"):
+            watch(bad, {"loss": 1.0})
+
+
 def test_a_class_trainers_on_step_value_that_is_no_number_ends_the_sweep_in_one_line() -> None:
     with pytest.raises(RunCallError, match=r"^on_step: loss is a str, not a number$") as info:
         run_loop("tests.toy_trainer:ToyTrainer", {"lr": 0.01, "behavior": "str_step"}, epochs=2)
@@ -369,6 +391,26 @@ def test_an_image_outside_0_1_is_saved_clamped_with_one_warning_on_its_run(tmp_p
     warning = client.get_run(run_id).data.tags["sweep.warning"]
     assert warning.startswith("the epoch 1 image has values in [-1.00, 1.00], outside [0, 1]: saved clamped")
     assert [a.path for a in client.list_artifacts(run_id, "images")] == ["images/epoch_001.png", "images/epoch_002.png"]
+
+
+def test_a_sample_grid_that_draws_random_numbers_leaves_the_sweeps_training_as_sweeps_train_has_it(
+    tmp_path: Path,
+) -> None:
+    """A user's VAE sampled random latents in sample_grid, which only a sweep calls: the same config trained
+    from its export ended 0.8% to 8.9% apart from what the sweep recorded (epoch 1 alike, then not)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("grid")).info.run_id
+    trainer, params = "tests.toy_trainer:RandomGridToyTrainer", {"seed": 3}
+    logger, swept = TrialLogger(uri, run_id), MemoryChannel()
+    with contextlib.redirect_stdout(io.StringIO()):
+        EpochLoop(TrialPlan(trainer, "val_loss", 3, report_every_s=0), params, logger).run(swept)
+    logger.close()
+    _, trained = run_loop(trainer, params, epochs=3, report_every_s=0)  # as sweeps train: no images drawn
+    assert [a.path for a in client.list_artifacts(run_id, "images")][-1] == "images/epoch_003.png"
+    assert swept.metric() == trained.metric()
 
 
 def test_a_trial_restarted_before_its_first_checkpoint_does_not_log_the_dead_processs_steps_twice(

@@ -27,8 +27,8 @@ class ToyConfig:
     # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3),
     # zeros_nan (loss 0 at epoch 2, a collapse's look, then validate gives NaN from epoch 3),
     # bare_val (validate returns the bare metric value, not a dict),
-    # tensor_step (on_step gets the loss as a tensor and the grad norm as a NumPy float32; validate gives
-    # NumPy's float32 and a tensor),
+    # tensor_step (on_step gets the step as a NumPy int or a tensor, the loss as a tensor and the grad norm as
+    # a NumPy float32; validate gives NumPy's float32 and a tensor),
     # str_step (on_step gets the loss as a string)
     steps_per_epoch: int = 5
     epoch_seconds: float = 0.0  # sleep per epoch: trials long enough to stop a sweep or kill a node under
@@ -98,11 +98,13 @@ class ToyTrainer:
                 loss = 0.0
             if self.on_step is not None:
                 sent: dict[str, Any] = {"loss": loss, "grad_norm": 1.0}
+                step: Any = self.step
                 if self.config.behavior == "tensor_step":
                     sent = {"loss": torch.tensor(loss), "grad_norm": np.float32(1.0)}
+                    step = np.int64(step) if step % 2 else torch.tensor(step)
                 elif self.config.behavior == "str_step":
                     sent["loss"] = str(loss)
-                self.on_step(self.step, sent)
+                self.on_step(step, sent)
         if self.config.sleep_last:
             time.sleep(self._epoch_seconds())
         return {"train_loss": self._loss()}
@@ -177,3 +179,17 @@ class EpochsToyTrainer(ToyTrainer):
 
     def validate(self) -> dict[str, float]:
         return {**super().validate(), "planned_epochs": float(self.config.epochs)}
+
+
+class RandomGridToyTrainer(ToyTrainer):
+    """Its validation draws from torch's global generator, and so does its ``sample_grid`` (a VAE's random latents)."""
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__(config)
+        torch.manual_seed(config.seed)  # as a user's trainer seeds itself
+
+    def validate(self) -> dict[str, float]:
+        return {"val_loss": self._loss() + float(torch.rand(()))}
+
+    def sample_grid(self) -> torch.Tensor:
+        return torch.rand(4, 3, 8, 8)

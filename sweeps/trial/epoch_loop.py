@@ -52,7 +52,7 @@ from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, Divergen
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.function_run import FunctionRun, metric_floats
+from sweeps.trial.function_run import FunctionRun, metric_floats, step_number
 from sweeps.trial.stops import (
     CheckpointSaveError,
     DivergedError,
@@ -66,7 +66,7 @@ from sweeps.trial.stops import (
 from trainables.config import build_config, field_types
 from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer
-from trainables.runtime import pick_device, seed_rngs
+from trainables.runtime import pick_device, restore_rng, rng_state, seed_rngs
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -181,10 +181,19 @@ class StepWatch:
         self.overflows = OverflowCount()
         self.losses = 0
         """Steps so far that sent a ``loss``."""
+        self.last_step = -1
+        self.steps_told = False
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
-        values = metric_floats(metrics)
+        step, values = step_number(step), metric_floats(metrics)
+        if step < self.last_step and not self.steps_told:  # once a trial: its curves and MLflow's charts fold
+            self.steps_told = True
+            self._warn(
+                f"on_step: step {step} after step {self.last_step}: step numbers should rise over the trial "
+                "(count optimizer steps from the trial's start, not from each epoch's)"
+            )
+        self.last_step = step
         values = self.reduce(values) if self.reduce is not None else values
         if self.logger is not None:
             self.logger.add_step(step, values)
@@ -562,7 +571,7 @@ class EpochLoop:
         from trainables.images import as_image, save_png
 
         try:
-            raw = image()
+            raw = _apart_from_training(image)
             values = raw.detach() if torch.is_tensor(raw) else torch.as_tensor(raw)
             low, high = float(values.min()), float(values.max())  # before a batch's tiling clamps it
             path = save_png(as_image(raw), self.logger.spool_folder() / f"epoch_{epoch:03d}.png")
@@ -576,6 +585,19 @@ class EpochLoop:
                 f"the epoch {epoch} image has values in [{low:.2f}, {high:.2f}], outside [0, 1]: saved clamped "
                 "(a tanh output in [-1, 1]: pass (x + 1) / 2)"
             )
+
+
+def _apart_from_training(image: Callable[[], Any]) -> Any:
+    """``image()`` with every RNG put back after it: what it draws (a VAE's random latents) leaves training alone.
+
+    ``sweeps train`` draws no image, so a ``sample_grid`` that drew from the global generators made
+    the sweep's later epochs differ from the same config trained from its export (0.8-8.9% apart).
+    """
+    state = rng_state()
+    try:
+        return image()
+    finally:
+        restore_rng(state)
 
 
 IMAGE_SLACK = 0.01

@@ -285,6 +285,23 @@ def metric_floats(metrics: dict[str, Any], call: str = "on_step") -> dict[str, f
     }
 
 
+def step_number(step: Any, call: str = "on_step") -> int:
+    """A step number as an int (NumPy integers, one-value tensors, whole floats); a RunCallError for any other.
+
+    A class trainer's ``on_step(np.int64(step), ...)`` or ``on_step(torch.tensor(step), ...)`` went
+    to MLflow as bytes, which the store refused on every retry: the trial never reported again and
+    the sweep hung without a word.
+    """
+    if type(step) is int:
+        return step
+    value: Any = step.item() if torch.is_tensor(step) and step.numel() == 1 else step
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(float(value))
+    raise RunCallError(f"{call}: step must be a whole number (the optimizer steps so far), got {_kind(step)}")
+
+
 def _kind(value: Any) -> str:
     """What ``value`` is, in words: ``a str``, ``a tensor of 16 values (shape [16])``."""
     if torch.is_tensor(value):
