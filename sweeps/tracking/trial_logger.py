@@ -240,7 +240,7 @@ class TrialLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        values = [Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v)]
+        values = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _numeric(v)]
         clock = time.monotonic()
         if self.step_every_s > 0 and clock - self.step_recorded_at < self.step_every_s and not _notable(metrics):
             self.held.append(values)
@@ -290,7 +290,7 @@ class TrialLogger:
         self._record_epoch_end()
         now = int(time.time() * 1000)
         with self.pending_lock:
-            self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if _numeric(v))
+            self.pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _numeric(v))
             self._send_if_due()
 
     def log_text(self, text: str, path: str) -> None:
