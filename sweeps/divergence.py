@@ -283,7 +283,7 @@ class DivergenceDetector:
             # is a forward pass that overflowed: lowering the scale cannot fix it.
             run = self.non_finite.update(bool(bad), step)
             if run >= cfg["scaled_steps"]:
-                reason = f"{', '.join(bad)} not finite for {run} steps under loss scaling"
+                reason = f"{', '.join(bad)} not finite for {_steps(run)} under loss scaling"
                 return Divergence("loss_scale", reason, step, self.non_finite.start)
             return None
         for net, norm in _per_net(metrics, "grad_norm").items():
@@ -292,7 +292,8 @@ class DivergenceDetector:
                 bad.append(f"{net}/grad_norm" if net else "grad_norm")
         run = self.non_finite.update(bool(bad), step)
         if run >= cfg["steps"]:
-            return Divergence("non_finite", f"{', '.join(bad)} not finite for {run} steps", step, self.non_finite.start)
+            reason = f"{', '.join(bad)} not finite for {_steps(run)}"
+            return Divergence("non_finite", reason, step, self.non_finite.start)
         return None
 
     def _loss_state(self, loss: Any) -> None:
@@ -430,6 +431,10 @@ def _per_net(metrics: dict[str, Any], name: str) -> dict[str, Any]:
     if name in metrics:
         found[""] = metrics[name]
     return found
+
+
+def _steps(count: int) -> str:
+    return "1 step" if count == 1 else f"{count} steps"
 
 
 def _has_scaler(scale: Any, skipped: bool) -> bool:

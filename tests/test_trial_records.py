@@ -196,7 +196,18 @@ def test_a_batch_from_sample_grid_is_tiled_and_an_image_that_cannot_be_made_is_a
         if images:
             assert not warning
         else:
-            assert warning.startswith("could not save the epoch 2 image: ValueError: an image is (C, H, W)")
+            assert warning.startswith("could not save the epoch 1 image: ValueError: an image is (C, H, W)")
+
+
+def test_an_image_batch_of_other_than_1_or_3_channels_is_refused_saying_what_an_image_is() -> None:
+    """A user's sample_grid of 5-channel samples got torch's "The expanded size of the tensor (3) must match"."""
+    import torch
+
+    from trainables.images import as_image
+
+    assert tuple(as_image(torch.rand(2, 1, 4, 4)).shape)[0] == 3
+    with pytest.raises(ValueError, match=r"^an image is \(C, H, W\) with 1 or 3 channels, .* shape \(2, 5, 4, 4\)$"):
+        as_image(torch.rand(2, 5, 4, 4))
 
 
 def test_a_trial_that_diverges_between_reports_keeps_its_last_finite_value_in_the_sweeps_records() -> None:

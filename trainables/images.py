@@ -86,7 +86,7 @@ def as_image(image: Any) -> torch.Tensor:
     It takes ``(C, H, W)`` (1 or 3 channels), ``(H, W)``, or a batch ``(N, C, H, W)``, tiled in a row.
     """
     tensor = image.detach().float().cpu() if torch.is_tensor(image) else torch.as_tensor(image, dtype=torch.float32)
-    if tensor.dim() == 4:
+    if tensor.dim() == 4 and tensor.shape[1] in (1, 3):
         return make_grid([tensor])
     if tensor.dim() == 2:
         tensor = tensor[None]

@@ -20,6 +20,7 @@ channel makes every rank follow rank 0's decisions; only rank 0 has a logger.
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import sys
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 import torch
 import yaml
 
+from sweeps.core.failures import message_line
 from sweeps.core.keys import (
     EPOCH,
     EPOCHS_FIELD,
@@ -84,6 +86,8 @@ __all__ = [
     "save_checkpoint",
     "StepWatch",
 ]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trainer.pt"
 DELIVERY_TIMEOUT_S = 900.0  # as long as TrialLogger waits at the end of a trial
@@ -292,6 +296,7 @@ class EpochLoop:
         self.started = time.monotonic()
         """When this trial process began the trial (``budget.trial_time`` counts from it)."""
         self.image_range_told = False
+        self.image_failures = 0
         """An epoch's image had values outside [0, 1], and the run's warning says so (once)."""
 
     def run(self, channel: Channel) -> dict[str, float]:
@@ -576,7 +581,12 @@ class EpochLoop:
             low, high = float(values.min()), float(values.max())  # before a batch's tiling clamps it
             path = save_png(as_image(raw), self.logger.spool_folder() / f"epoch_{epoch:03d}.png")
         except Exception as exc:  # noqa: BLE001 - a picture must never end the trial
-            self.logger.warn(f"could not save the epoch {epoch} image: {type(exc).__name__}: {exc}")
+            failure = f"could not save the epoch {epoch} image: {type(exc).__name__}: {message_line(str(exc))}"
+            if self.image_failures == 0:  # its run's tag names the first; each is in the trial's log
+                self.logger.warn(f"{failure} (later epochs' images are tried again; each failure is in the log)")
+            else:
+                log.warning("trial run %s: %s", self.logger.run_id, failure)
+            self.image_failures += 1
             return
         self.logger.log_spooled(path, "images")
         if not self.image_range_told and (low < -IMAGE_SLACK or high > 1 + IMAGE_SLACK):  # once a trial
