@@ -837,6 +837,15 @@ def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones
         ("metric: {name: val_loss, mode: min, value: abc}\n", r"metric\.value: 'abc' is not a number"),
         ("config: {lr: 1e-3, seed: abc}\n", r"config\.seed: 'abc' is not a number"),
         ("trainer: ''\n", r"trainer: missing: the trainer the sweep ran"),
+        ("config: {lr: 1e-3, precision: fp8}\n", r"config\.precision: unknown precision 'fp8' \(accepted: fp32"),
+        (
+            "config: {lr: 1e-3, precision: fp16}\n",
+            r"config\.precision: trainer '.*' does not run 'fp16' \(it runs: fp32",
+        ),
+        (
+            "trainer: tests.toy_trainer:EpochsToyTrainer\nepochs: 3\nconfig: {lr: 0.01, epochs: 5}\n",
+            r"config\.epochs: 5 is not the file's epochs \(3\): the trainer's 'epochs' field is set to those",
+        ),
     ],
 )
 def test_an_exported_config_edited_wrongly_by_hand_is_refused_in_one_line(

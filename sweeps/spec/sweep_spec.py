@@ -751,6 +751,24 @@ def _check_configs(
                     break
 
 
+def unrun_precision(trainer: Any, name: Any, value: Any, supported: tuple[str, ...] | None) -> str | None:
+    """Why ``trainer`` (which declares ``supported``) would not run precision ``value``; None when it would.
+
+    A function, or a class that declares what it runs, takes canonical names only; a class that
+    declares nothing may take its own (a Literal field of its Config says so already).
+    """
+    try:
+        precision = canonical_precision(str(value))
+    except ValueError as exc:
+        return str(exc) if is_function_trainer(trainer) or supported is not None else None
+    if supported is not None and precision not in supported:
+        return (
+            f"trainer {name!r} does not run {value!r} (it runs: {', '.join(supported)}; "
+            "a trainer declares more in a `precisions` attribute)"
+        )
+    return None
+
+
 def _precisions(
     trainer: Any,
     name: Any,
@@ -775,20 +793,9 @@ def _precisions(
     if "precision" in params:
         asked += [(f"params.precision.{label}", value) for label, value in params["precision"].probe_values()]
     for key, value in asked:
-        try:
-            precision = canonical_precision(str(value))
-        except ValueError as exc:
-            # a function, or a class that declares what it runs, takes canonical names only; a class
-            # that declares nothing may take its own (a Literal field of its Config says so already)
-            if (is_function_trainer(trainer) or supported is not None) and key not in {k for k, _ in problems.items}:
-                problems.add(key, str(exc))
-            continue
-        if supported is not None and precision not in supported:
-            problems.add(
-                key,
-                f"trainer {name!r} does not run {value!r} (it runs: {', '.join(supported)}; "
-                "a trainer declares more in a `precisions` attribute)",
-            )
+        problem = unrun_precision(trainer, name, value, supported)
+        if problem and key not in {k for k, _ in problems.items}:  # not twice: a Literal field may have said it
+            problems.add(key, problem)
     if divergence.enabled and divergence.rescue:
         if supported is None:
             problems.add(

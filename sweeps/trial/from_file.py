@@ -16,10 +16,10 @@ from sweeps.core.problems import Problems, as_int, unknown_key
 from sweeps.core.records import metric_text
 from sweeps.spec.params import untyped
 from sweeps.spec.source_names import unnamed_keys
-from sweeps.spec.sweep_spec import ENGINE_READS, SpecError, read_yaml, undeclared_metric
+from sweeps.spec.sweep_spec import ENGINE_READS, SpecError, read_yaml, undeclared_metric, unrun_precision
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
-from trainables.config import ConfigError, build_config
-from trainables.protocol import is_function_trainer
+from trainables.config import ConfigError, build_config, field_types
+from trainables.protocol import declared_precisions, is_function_trainer
 from trainables.registry import TrainerLoadError, load_trainer
 
 
@@ -53,6 +53,8 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
         trainer_cls = load_trainer(str(data.get("trainer")))
         if metric and (undeclared := undeclared_metric(metric, trainer_cls, data["trainer"])):
             problems.add("metric.name", undeclared)
+        if isinstance(data.get("config"), dict):
+            _check_engine_fields(trainer_cls, data, problems)
         if isinstance(data.get("config"), dict) and not is_function_trainer(trainer_cls):
             build_config(trainer_cls.Config, data["config"], prefix="config.")
         elif isinstance(data.get("config"), dict):  # no config fields to type the values: read as a spec's are
@@ -79,6 +81,30 @@ def unnamed_config_keys(data: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     own = [key for key in data["config"] if key not in ENGINE_READS]
     return [(f"config.{key}", note) for key, note in unnamed_keys(trainer, own)]
+
+
+def _check_engine_fields(trainer: Any, data: dict[str, Any], problems: Problems) -> None:
+    """A hand-edited config's precision the trainer does not run, or ``epochs`` apart from the file's own.
+
+    ``precision: fp8`` ran into the trainer and ended in a traceback (``KeyError: 'fp8'``); a
+    class's ``config.epochs`` is the engine's to set, from the file's ``epochs`` (or ``--epochs``).
+    """
+    config = data["config"]
+    if "precision" in config:
+        try:
+            problem = unrun_precision(trainer, data["trainer"], config["precision"], declared_precisions(trainer))
+        except ValueError as exc:  # the trainer's own `precisions` attribute is wrong
+            problem = f"the trainer's precisions: {exc}"
+        if problem:
+            problems.add("config.precision", problem)
+    epochs = config.get(EPOCHS_FIELD)
+    has_epochs = not is_function_trainer(trainer) and EPOCHS_FIELD in field_types(trainer.Config)
+    if has_epochs and epochs not in (None, data.get("epochs")):
+        problems.add(
+            f"config.{EPOCHS_FIELD}",
+            f"{epochs!r} is not the file's epochs ({data.get('epochs')!r}): the trainer's {EPOCHS_FIELD!r} field is "
+            "set to those (or to --epochs); change epochs at the top instead",
+        )
 
 
 EXPORTED_KEYS = ("trainer", "epochs", "threads", "metric", "config", "source")
