@@ -319,7 +319,7 @@ def _check_cpus(cpus: int | None, address: str | None) -> None:
 
 def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     """The end-of-sweep summary; exit code 130 when interrupted."""
-    from sweeps.results.summary import divergence_summary, summary_table
+    from sweeps.results.summary import divergence_summary, summary_table, unstable_best_note
 
     state = result.state
     print()
@@ -351,6 +351,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
         print(f"next:    sweeps export {result.sweep.name}{where} -o best.yaml && sweeps train best.yaml")
+        if note := unstable_best_note(state):
+            print(note)
     if result.interrupted and not state.halted:
         more = f"sweeps run {result.sweep.spec_file} --warm-start {result.sweep.name}"
         print(f"stopped: by Ctrl-C, {state.budget_done} of {spec.budget.trials} trials done; to go on from it: {more}")

@@ -15,7 +15,7 @@ from sweeps.core.keys import DIVERGED_KEY, TAG_WARNING
 from sweeps.core.plan import TrialPlan
 from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.live_view import status_line
-from sweeps.results.summary import divergence_summary
+from sweeps.results.summary import divergence_summary, unstable_best_note
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import EpochLoop
@@ -48,6 +48,22 @@ def test_a_rescue_is_never_the_sweeps_best() -> None:
     assert state.best is None
     state.finish(second, "completed")
     assert state.best is second
+
+
+def test_a_best_trial_that_skipped_many_steps_is_said_so_at_the_end() -> None:
+    """A user's GAN that never learned (75% of its steps overflowed) was its sweep's best, unremarked."""
+    state = SweepState(metric="val_fd", mode="min")
+    best, other = TrialRecord(2, "a", "r0", {}, {}), TrialRecord(1, "b", "r1", {}, {})
+    best.value, other.value = 0.42, 0.5
+    best.steps, best.skipped_steps, other.steps = 12, 9, 12
+    for record in (best, other):
+        state.finish(record, "completed")
+    assert unstable_best_note(state) == (
+        "note:    the best, t002, skipped 75% of its optimizer steps (loss-scale overflows); "
+        "sweeps export --skip-unstable passes over trials that skip more than 5%"
+    )
+    best.skipped_steps = 0  # an fp16 trial's calibration overflows are not counted
+    assert unstable_best_note(state) == ""
 
 
 def test_the_count_of_divergences_by_signal_says_how_many_were_rescues() -> None:

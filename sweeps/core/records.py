@@ -44,6 +44,10 @@ def step_epoch(step: float | None, steps: int, epochs: int) -> int:
     return min(epochs, max(1, math.ceil(max(0.0, step) / (steps / epochs))))
 
 
+UNSTABLE_SHARE = 0.05
+"""A trial with more than this share of overflowed (skipped) steps is unstable."""
+
+
 @dataclass
 class TrialRecord:
     """One trial: its Optuna number, MLflow run, parameters and how it ended."""
@@ -77,6 +81,11 @@ class TrialRecord:
     def skipped_share(self) -> float:
         """Share of optimizer steps that overflowed (were skipped by the loss scaler)."""
         return self.skipped_steps / self.steps if self.steps else 0.0
+
+    @property
+    def unstable(self) -> bool:
+        """Whether over :data:`UNSTABLE_SHARE` of its steps overflowed (``sweeps export --skip-unstable`` passes it)."""
+        return self.skipped_share > UNSTABLE_SHARE
 
     @property
     def label(self) -> str:

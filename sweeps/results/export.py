@@ -9,11 +9,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.core.records import UNSTABLE_SHARE
 from sweeps.store.study import is_told, load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
-
-UNSTABLE_SHARE = 0.05
-"""A trial with more than this share of overflowed (skipped) steps is unstable."""
 
 
 def ranked(study: optuna.Study, skip_unstable: bool = False) -> list[FrozenTrial]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sweeps.core.keys import COMPLETED, DIVERGED
-from sweeps.core.records import SweepState, TrialRecord, metric_text
+from sweeps.core.records import UNSTABLE_SHARE, SweepState, TrialRecord, metric_text
 from sweeps.results.report import result_rows, terminal_table
 
 
@@ -13,6 +13,21 @@ def summary_table(state: SweepState) -> str:
     records = sorted(state.trials.values(), key=lambda r: (r.number, r.rescue_of is not None))
     sampled = list(dict.fromkeys(name for r in records for name in r.sampled))
     return terminal_table(rows, state.metric, sampled)
+
+
+def unstable_best_note(state: SweepState) -> str:
+    """A line when the sweep's best trial overflowed on many of its steps ('' otherwise).
+
+    A user's GAN whose generator never learned (every gradient 0 or inf, 75% of its steps
+    skipped) ended as its sweep's best, unremarked: no signal's thresholds were met in 12 steps.
+    """
+    best = state.best
+    if best is None or not best.unstable:
+        return ""
+    return (
+        f"note:    the best, {best.label}, skipped {best.skipped_share:.0%} of its optimizer steps (loss-scale "
+        f"overflows); sweeps export --skip-unstable passes over trials that skip more than {UNSTABLE_SHARE:.0%}"
+    )
 
 
 def divergence_summary(state: SweepState, observing: bool = False) -> str:
