@@ -294,6 +294,20 @@ def test_set_of_a_function_trainers_numeric_choice_takes_a_number_only(tmp_path:
     assert spec.fixed["width"] == 16 and spec.fixed["act"] == "gelu"
 
 
+def test_choices_equal_in_python_are_refused_as_optuna_would_record_one_as_the_other(tmp_path: Path) -> None:
+    """A user's ``choices: [1, "two", 3.5, true]``: trials ran with True and the study recorded them as 1."""
+    text = {**GOOD, "trainer": "examples.plain_loop_sweepable:train", "metric": {"name": "val_loss", "mode": "min"}}
+    text["params"] = {"a": {"choices": [1, "two", 3.5, True]}, "b": {"choices": [0, False, 0.0]}}
+    text["params"]["c"] = {"choices": [1, "1", "true", 2.0]}  # strings and a float apart from an int: all fine
+    problems = dict(problems_of(tmp_path, text))
+    said = "are equal in Python, so Optuna records one as the other: keep one, or quote the others as strings"
+    assert problems == {
+        "params.a.choices": f"choices 1 and true {said}",
+        "params.b.choices": f"choices 0, false and 0.0 {said}",
+    }
+    assert optuna.distributions.CategoricalDistribution([1, True]).to_internal_repr(True) == 0  # why: True is 1
+
+
 def test_conditional_parameter_exists_only_under_its_condition(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, GOOD))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))

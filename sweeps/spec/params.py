@@ -211,7 +211,31 @@ def _categorical(
             problems.add(f"{key}[{i}]", str(exc))
     if len(set(map(repr, converted))) != len(converted):
         problems.add(key, "has duplicate choices")
+    elif alike := _equal_choices(converted):
+        problems.add(
+            key,
+            f"choices {', '.join(map(_yaml_text, alike[:-1]))} and {_yaml_text(alike[-1])} are equal in Python, so "
+            "Optuna records one as the other: keep one, or quote the others as strings",
+        )
     return ParamSpec(name=name, kind="categorical", choices=converted, when=when)
+
+
+def _yaml_text(value: Any) -> str:
+    """A choice as the spec writes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _equal_choices(choices: list[Any]) -> list[Any]:
+    """The first choices of different kinds that compare equal (``1`` and ``True``, ``0`` and ``0.0``); [] if none.
+
+    Optuna finds a choice by ``==``: a sweep with ``choices: [1, true]`` ran trials with ``True``
+    that its study recorded as ``1``, so TPE and a warm start learned from the wrong value.
+    """
+    for i, first in enumerate(choices):
+        same = [other for other in choices[i + 1 :] if other == first]
+        if same:
+            return [first, *same]
+    return []
 
 
 def _numeric(
