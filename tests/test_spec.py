@@ -493,3 +493,20 @@ def test_a_set_value_outside_the_searched_choices_is_a_note(tmp_path: Path, caps
     assert load_spec(path, ["kernel_size=3"]).notes == ()
     assert main(["run", str(path), "--set", "kernel_size=7", "--check"]) == 0
     assert capsys.readouterr().err == "note: --set kernel_size=7: not among the values the spec searches (3, 5)\n"
+
+
+def test_a_set_number_a_searched_range_would_not_draw_is_a_note(tmp_path: Path) -> None:
+    """A user's ``--set n_step=6.5`` of an int searched over 2..10, and ``--set lr=0.5`` of 1e-4..1e-2: no word."""
+    text = {**GOOD, "trainer": "examples.plain_loop_sweepable:train", "metric": {"name": "val_loss", "mode": "min"}}
+    text["params"] = {"lr": GOOD["params"]["lr"], "width": {"type": "int", "low": 4, "high": 16}}  # a function: untyped
+    path = write_spec(tmp_path, text)
+    assert load_spec(path, ["lr=1e-3", "width=8"]).notes == ()  # inside, and bounds themselves are fine too
+    assert load_spec(path, ["lr=1e-4", "width=16"]).notes == ()
+    notes = load_spec(path, ["lr=0.5", "width=6.5"]).notes
+    assert notes == (
+        (
+            "--set lr=0.5",
+            f"outside the range the spec searches ({GOOD['params']['lr']['low']}..{GOOD['params']['lr']['high']})",
+        ),
+        ("--set width=6.5", "not a whole number: params.width is searched as an int"),
+    )

@@ -290,6 +290,8 @@ def apply_overrides(
                 said = f"must be > 0 (params.{key} is searched on a log scale), got {text.strip()}"
                 problems.append((f"--set {key}", said))
                 continue
+            if notes is not None and isinstance(entry, dict) and number is not None:
+                notes.extend((f"--set {key}={text.strip()}", note) for note in _outside_range(entry, key, number))
             fixed = raw.get("fixed")
             raw["fixed"] = fixed = fixed if isinstance(fixed, dict) else {}
             params = raw.get("params")
@@ -302,6 +304,27 @@ def apply_overrides(
         else:
             problems.append((f"--set {key}", unknown_parameter(key, trainer_fields)))
     return problems
+
+
+def _outside_range(entry: dict[str, Any], key: str, number: float) -> list[str]:
+    """Notes for a ``--set`` number a searched range would not draw: a fraction of an int, a value past a bound.
+
+    A user's ``--set n_step=6.5`` of an int searched over 2..10, and ``--set lr=0.5`` of 1e-4..1e-2,
+    went to the trainer without a word (a value outside searched choices gets a note).
+    """
+    low, high = (as_number(entry.get(bound), "", Problems()) for bound in ("low", "high"))
+    if low is None or high is None or "choices" in entry:
+        return []
+    integral = entry.get("type") == "int" or (
+        "type" not in entry
+        and all(isinstance(entry.get(b), int) and not isinstance(entry.get(b), bool) for b in ("low", "high"))
+    )
+    notes = []
+    if integral and not float(number).is_integer():
+        notes.append(f"not a whole number: params.{key} is searched as an int")
+    if not low <= number <= high:
+        notes.append(f"outside the range the spec searches ({entry.get('low')}..{entry.get('high')})")
+    return notes
 
 
 def _declared_number(params: Any, key: str) -> bool:
