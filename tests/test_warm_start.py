@@ -19,9 +19,11 @@ from sweeps.engine.warm_start import (
     fixed_mismatch_note,
     point_in_space,
     tell_earlier_trials,
+    unknown_in,
     warm_start_note,
 )
 from sweeps.results.export import best_config
+from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, create_study, load_study
 from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
@@ -52,7 +54,11 @@ def test_a_trial_is_a_point_of_the_new_space_only_where_every_value_fits() -> No
     wider = spec_from_dict(
         toy_spec("w", params={**EARLIER["params"], "steps_per_epoch": {"type": "int", "low": 1, "high": 9}})
     )
-    assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01, "width": 4}), wider) == "no value of steps_per_epoch"
+    # a parameter new to the space: the trial is told without it (a user's warm start after adding one told nothing)
+    assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01, "width": 4}), wider)[0] == {"lr": 0.01, "width": 4}  # type: ignore[index]
+    assert unknown_in({"lr": 0.01, "width": 4}, wider) == ["steps_per_epoch"]
+    other = spec_from_dict(toy_spec("o", params={"steps_per_epoch": {"type": "int", "low": 1, "high": 9}}))
+    assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01}), other) == "no value of any parameter searched here"
 
 
 def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_path: Path) -> None:
@@ -73,6 +79,29 @@ def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_pat
         "warm start from wa: told 1 trial, its best 1 first; left out 3 (2 failed or interrupted, "
         "1 lr outside this space)"
     )
+
+
+def test_a_warm_start_after_a_parameter_was_added_tells_its_trials_and_draws_it_in_their_best(tmp_path: Path) -> None:
+    """A user added ``wd`` to the space: "told 0 trials, its best 0 first; left out 12 (8 no value of wd ...)"."""
+    added = {**EARLIER["params"], "steps_per_epoch": {"type": "int", "low": 1, "high": 9}}
+    wider = spec_from_dict(toy_spec("w", params=added))
+    earlier = new_sweep_dir(tmp_path, "wa")
+    old = create_study(earlier, spec_from_dict(EARLIER))
+    lr = optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
+    width = optuna.distributions.IntDistribution(1, 8)
+    for value, trial_lr in ((0.5, 0.01), (0.4, 0.02)):
+        config = {"lr": trial_lr, "width": 4}
+        old.add_trial(
+            optuna.trial.create_trial(
+                value=value, params=config, distributions={"lr": lr, "width": width}, user_attrs={"config": config}
+            )
+        )
+    study = create_study(new_sweep_dir(tmp_path, "wb"), wider)
+    warm = tell_earlier_trials(study, earlier, wider)
+    assert warm.line() == "warm start from wa: told 2 trials (2 without steps_per_epoch, drawn anew), its best 2 first"
+    first = study.ask()  # the earlier best, queued: its lr and width, steps_per_epoch drawn
+    drawn = sample(first, wider.params, wider.fixed)
+    assert (drawn["lr"], drawn["width"]) == (0.02, 4) and 1 <= drawn["steps_per_epoch"] <= 9
 
 
 def test_a_warm_start_from_a_sweep_of_other_epochs_gets_a_note(tmp_path: Path) -> None:

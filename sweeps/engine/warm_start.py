@@ -4,9 +4,11 @@
 say (completed, pruned with its epochs' values, diverged or out of memory as infeasible) and lies in
 the new spec's space is added to the new study as it ended, so TPE models from the first trial on.
 A trial lies in the space when the new spec's fixed values are its own and each parameter the new
-spec searches (where its condition holds) had a value in range. Failed and interrupted trials say
-nothing and are left out. The earlier sweep's best completed configs (up to :data:`TOP`) are queued:
-they are the new sweep's first trials, trained again under the new code and spec.
+spec searches (where its condition holds) had a value in range, or none at all: a parameter the
+earlier sweep neither searched nor fixed is told unknown (TPE learns it from the new trials) and is
+drawn in the best configs queued. Failed and interrupted trials say nothing and are left out. The
+earlier sweep's best completed configs (up to :data:`TOP`) are queued: they are the new sweep's
+first trials, trained again under the new code and spec.
 
 Told trials carry the user attribute :data:`WARM_ATTR` (the sweep they ran in). They are the study's
 and not this sweep's: no MLflow run, no row in the report, never exported, and ``sweeps resume``
@@ -42,6 +44,8 @@ class WarmStart:
     told: int
     queued: int
     skipped: dict[str, int] = field(default_factory=dict)
+    unknown: dict[str, int] = field(default_factory=dict)
+    """Parameters told trials had no value of (the earlier sweep did not search them), with how many."""
 
     def line(self) -> str:
         """One line for the sweep's header, e.g. ``warm start from s1: told 12 trials, its best 3 first``."""
@@ -49,6 +53,9 @@ class WarmStart:
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
         skipped = f"; left out {left} ({why})" if left else ""
         told = f"{self.told} trial{'' if self.told == 1 else 's'}"
+        if self.unknown:
+            lacking = ", ".join(f"{n} without {name}" for name, n in sorted(self.unknown.items()))
+            told += f" ({lacking}, drawn anew)"
         return f"warm start from {self.source}: told {told}, its best {self.queued} first{skipped}"
 
 
@@ -117,15 +124,22 @@ def point_in_space(trial: FrozenTrial, spec: SweepSpec) -> tuple[dict[str, Any],
     params: dict[str, Any] = {}
     distributions: dict[str, Any] = {}
     for name, param in spec.params.items():
-        if not param.active({**spec.fixed, **params}):
-            continue
-        if name not in config:
-            return f"no value of {name}"
+        if not param.active({**spec.fixed, **params}) or name not in config:
+            continue  # not in its space here; or a parameter new to this spec: unknown, drawn where queued
         distribution = param.distribution()
         if not in_distribution(distribution, config[name]):
             return f"{name} outside this space"
         params[name], distributions[name] = config[name], distribution
+    if spec.params and not params:
+        return "no value of any parameter searched here"
     return params, distributions
+
+
+def unknown_in(params: dict[str, Any], spec: SweepSpec) -> list[str]:
+    """The parameters ``spec`` searches (where their condition holds) that a told point has no value of."""
+    return [
+        name for name, param in spec.params.items() if name not in params and param.active({**spec.fixed, **params})
+    ]
 
 
 def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec) -> WarmStart:
@@ -133,12 +147,14 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
     old = load_study(earlier)
     told: list[FrozenTrial] = []
     skipped: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
     for trial in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         point = point_in_space(trial, spec)
         if isinstance(point, str):
             skipped[point] += 1
             continue
         params, distributions = point
+        unknown.update(unknown_in(params, spec))
         told.append(
             optuna.trial.create_trial(
                 state=trial.state,
@@ -159,7 +175,7 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
     study.add_trials(told)
     study.sampler = make_sampler(spec, stream=f"warm:{earlier.name}")  # not the earlier sweep's start-up draws again
     queued = queue_best(study, old, earlier.name, spec)
-    return WarmStart(earlier.name, len(told), queued, dict(skipped))
+    return WarmStart(earlier.name, len(told), queued, dict(skipped), dict(unknown))
 
 
 def queue_best(study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec) -> int:
