@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sweeps.core.errors import InputError
-from sweeps.core.keys import FAILED, OOM
+from sweeps.core.keys import FAILED, INTERRUPTED, OOM
 from sweeps.core.records import metric_text
 from sweeps.spec.sweep_spec import SpecError
 from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name
@@ -346,7 +346,9 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         runs = ", ".join(f"{r.label} {r.run_id}" for r in raised)
         print(f"errors:  traceback.txt in the MLflow run of {runs}")
     if state.time_up() and state.budget_done < spec.budget.trials:
-        print(f"time:    budget.time ran out after {state.budget_done} of {spec.budget.trials} trials")
+        cut = sum(1 for r in state.trials.values() if r.status == INTERRUPTED)
+        also = f"; {cut} more cut short by it (interrupted)" if cut else ""
+        print(f"time:    budget.time ran out after {state.budget_done} of {spec.budget.trials} trials{also}")
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"

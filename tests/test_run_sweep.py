@@ -198,7 +198,10 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     data = toy_spec("it-time", budget__trials=40, budget__concurrency=2, budget__time="20s", asha={"enabled": False})
     data["fixed"] = {"epoch_seconds": 2.5}  # 10 s a trial: trials are running when the time runs out
     started = time.monotonic()
-    result = sweep(workdir, data)
+    out = io.StringIO()
+    result = run_sweep(
+        load_spec(write_spec(workdir, data, "t.yaml")), root=workdir / "runs", name="it-time", stream=out
+    )
     took = time.monotonic() - started
     assert 20 <= took < 55  # its setup, then 20 s, then the running trials stopped and everything recorded
     ended = {record.status for record in result.state.trials.values()}
@@ -209,6 +212,8 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
         re.fullmatch(r"budget\.time ran out (after epoch \d of 4|before its first epoch ended \(of 4\))", r.reason)
         for r in cut
     ), cut
+    lines = out.getvalue().splitlines()  # a line for each trial as it ends, those the deadline ended too
+    assert all(any(line.startswith(f"  {r.label:<5} interrupted ") for line in lines) for r in cut), lines
     meta = result.sweep.read_meta()
     assert meta["status"] == "completed" and not result.interrupted  # the budget it was given, used
     assert meta["deadline"] == result.state.deadline and result.state.time_up()

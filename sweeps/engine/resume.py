@@ -190,7 +190,7 @@ def _resume_claimed(
     if unfinished is not None:
         searcher.must_restore = True
     tuner = sweep_tuner(spec, sweep, searcher, state, tracker, stream, restore=None if unfinished is None else ray_dir)
-    interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
+    interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker, stream)
     return SweepResult(sweep, state, tracker.parent_run_id, tracker.uri, interrupted)
 
 

@@ -37,7 +37,7 @@ from sweeps.engine.cluster import (
     trial_imports,
     trial_resources,
 )
-from sweeps.engine.live_view import LiveView
+from sweeps.engine.live_view import LiveView, event_line
 from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
 from sweeps.engine.searcher import OptunaSearcher
@@ -128,7 +128,7 @@ def run_sweep(
         _undo_start(sweep, tracker)
         raise
     try:
-        interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker)
+        interrupted = fit_and_finish(tuner, spec, sweep, meta, searcher, tracker, stream)
     finally:
         release_driver(sweep)
     return SweepResult(sweep, state, parent, uri, interrupted)
@@ -272,8 +272,12 @@ def fit_and_finish(
     meta: dict[str, object],
     searcher: OptunaSearcher,
     tracker: SweepTracker,
+    stream: TextIO | None = None,
 ) -> bool:
-    """Run ``tuner`` to the end, then close open trials and the parent run; True if interrupted."""
+    """Run ``tuner`` to the end, then close open trials and the parent run; True if interrupted.
+
+    ``stream``: where the live view writes (stdout when None).
+    """
     state = searcher.state
     interrupted = False
     meta = {**meta, "searched": list(spec.params), "rungs": rung_epochs(spec)}  # for the report
@@ -285,7 +289,7 @@ def fit_and_finish(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        closed = _close_open_trials(searcher, tracker)  # none left open unless Tune was stopped early
+        closed = _close_open_trials(searcher, tracker, stream)  # none left open unless Tune was stopped early
         interrupted = interrupted or bool(state.halted) or (closed and not state.time_up())
         if state.halted:
             meta["halted"] = state.halted
@@ -370,11 +374,18 @@ def driver_identity() -> dict[str, object]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _close_open_trials(searcher: OptunaSearcher, tracker: SweepTracker) -> bool:
-    """End the trials still open when Tune returned and close their runs; True if any was interrupted."""
+def _close_open_trials(searcher: OptunaSearcher, tracker: SweepTracker, stream: TextIO | None = None) -> bool:
+    """End the trials still open when Tune returned and close their runs; True if any was interrupted.
+
+    Each gets its line, as a trial that ends while Tune runs does (``budget.time``'s last trials
+    ended here, unannounced).
+    """
     ended = searcher.end_open_trials("the sweep stopped before this trial ended")
+    out = stream or sys.stdout
     for record in ended:
         tracker.finish_trial(record)
+        out.write(event_line(record, searcher.state.metric) + "\n")
+    out.flush()
     return any(record.status == INTERRUPTED for record in ended)
 
 

@@ -246,16 +246,18 @@ class OptunaSearcher(Searcher):
         self.asked += trials
 
     def end_open_trials(self, reason: str) -> list[TrialRecord]:
-        """End every trial still running when Tune returned; return them.
+        """End every trial still running when Tune returned; return them (their MLflow runs are still open).
 
         Tune stopped the sweep (Ctrl-C, ``budget.time``, a halt) before it passed their endings on.
         A trial whose last result was final (its last epoch, a divergence, a failure), or whose
         MLflow run holds every epoch validated, ends as that says; the others are interrupted
         (Optuna FAIL with ``status=interrupted``), with ``reason``.
         """
+        ended = []
         for trial_id, result in list(self.last_results.items()):
-            if final_result(result, self.spec.budget.epochs):
+            if final_result(result, self.spec.budget.epochs) and trial_id in self.state.trials:
                 self.on_trial_complete(trial_id, result)
+                ended.append(self.state.trials[trial_id])
         open_records = [r for r in self.state.trials.values() if r.status == RUNNING]
         for record in open_records:
             logged = self._recover_logged(record.ray_id, record)
@@ -271,7 +273,7 @@ class OptunaSearcher(Searcher):
             if trial is not None:
                 trial.set_user_attr("status", INTERRUPTED)
                 self.study.tell(trial, state=TrialState.FAIL)
-        return open_records
+        return ended + open_records
 
     def _ran_out(self, record: TrialRecord) -> str:
         return ran_out("budget.time", record.epochs, self.spec.budget.epochs)
