@@ -406,11 +406,13 @@ def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_sa
         searcher.on_trial_result(ray_id, {"val_loss": 0.6, "epoch": 1})
         tracker.client.log_metric(state.trials[ray_id].run_id, "val_loss", 0.6, step=1)
         tracker.client.log_metric(state.trials[ray_id].run_id, "val_loss", second, step=2)
+        tracker.client.log_metric(state.trials[ray_id].run_id, "sweep/steps", 20, step=2)  # as every epoch logs it
 
     ended = searcher.end_open_trials("the sweep stopped before this trial ended")
     trials = state.trials
     assert (trials["a"].status, trials["a"].value) == ("completed", 0.4)
     assert (trials["b"].status, trials["b"].value, trials["b"].epochs) == ("completed", 0.3, 2)
+    assert trials["b"].steps == 20  # the report table's steps were 0 for such a trial
     assert trials["c"].status == "interrupted" and trials["c"].reason == "budget.time ran out after epoch 2 of 2"
     assert (
         trials["d"].status == "interrupted"

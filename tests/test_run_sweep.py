@@ -212,6 +212,7 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
         re.fullmatch(r"budget\.time ran out (after epoch \d of 4|before its first epoch ended \(of 4\))", r.reason)
         for r in cut
     ), cut
+    assert all(r.steps > 0 for r in result.state.trials.values() if r.epochs)  # those whose last report never came too
     lines = out.getvalue().splitlines()  # a line for each trial as it ends, those the deadline ended too
     assert all(any(line.startswith(f"  {r.label:<5} interrupted ") for line in lines) for r in cut), lines
     meta = result.sweep.read_meta()

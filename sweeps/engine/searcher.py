@@ -24,7 +24,18 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from sweeps.core.failures import ends_the_sweep
-from sweeps.core.keys import COMPLETED, DIVERGED, ENGINE_KEY, EPOCH, FAILED, HISTORY_KEY, INTERRUPTED, RUNNING
+from sweeps.core.keys import (
+    COMPLETED,
+    DIVERGED,
+    ENGINE_KEY,
+    EPOCH,
+    FAILED,
+    HISTORY_KEY,
+    INTERRUPTED,
+    RUNNING,
+    SKIPPED_KEY,
+    STEPS_KEY,
+)
 from sweeps.core.outcome import (
     TELL_COMPLETE,
     TELL_INFEASIBLE,
@@ -325,7 +336,12 @@ class OptunaSearcher(Searcher):
             return []
         newer = [(epoch, value) for epoch, value in history if epoch > record.epochs]
         if newer:
-            result = {EPOCH: newer[-1][0], HISTORY_KEY: newer}
+            result: dict[str, Any] = {EPOCH: newer[-1][0], HISTORY_KEY: newer}
+            try:  # the step counts its last epoch logged (the report table's steps, the skipped share)
+                logged = self.tracker.latest_metrics(record.run_id)
+                result.update({key: logged[key] for key in (STEPS_KEY, SKIPPED_KEY) if key in logged})
+            except Exception:  # noqa: BLE001 - the counts stay as the last report left them
+                pass
             self.state.observe(record, result)
             self._report(trial_id, record, result)
         return history

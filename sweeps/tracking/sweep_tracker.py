@@ -89,6 +89,10 @@ class SweepTracker:
         history = retry(lambda: self.client.get_metric_history(run_id, metric), "read metric history")
         return sorted((int(m.step), float(m.value)) for m in history)
 
+    def latest_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each metric run ``run_id`` holds."""
+        return dict(retry(lambda: self.client.get_run(run_id), "read run metrics").data.metrics)
+
     def would_stop(self, run_id: str) -> str:
         """The observe-mode would-be stop the trial tagged on its run (``signal@step``; '' if none).
 

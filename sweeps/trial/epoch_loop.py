@@ -440,7 +440,10 @@ class EpochLoop:
         self._check_metric(metrics)
         self.epochs_done, self.metrics = epoch, metrics
         if self.logger is not None:
-            self.logger.log_metrics(metrics, step=epoch)
+            # with the step counts so far: a trial whose last report never reaches the driver (the
+            # sweep's time ran out, its driver died) is still counted from its run
+            counts = {STEPS_KEY: self.counts[STEPS_KEY], SKIPPED_KEY: self.counts[SKIPPED_KEY]}
+            self.logger.log_metrics({**metrics, **counts}, step=epoch)
             self._log_image(image, epoch)
         if self.plan.metric in metrics:
             self.history.append((epoch, float(metrics[self.plan.metric])))
