@@ -448,6 +448,9 @@ def test_a_parameter_a_fixed_value_keeps_from_being_drawn_is_a_note(
     assert pinned.notes == (("params.init_scale", "never drawn: drawn only when precision is 'fp16', fixed to 'fp32'"),)
     study = optuna.create_study()
     assert "init_scale" not in sample(study.ask(), pinned.params, pinned.fixed)  # the note tells the truth
+    from sweeps.engine.runner import drawn_params
+
+    assert drawn_params(pinned) == ["kernel_size", "lr"]  # the parent run's `searched` named init_scale too
     assert main(["run", str(path), "--set", "precision=fp32", "--check"]) == 0
     err = capsys.readouterr().err
     assert err == "note: params.init_scale: never drawn: drawn only when precision is 'fp16', fixed to 'fp32'\n"

@@ -47,6 +47,7 @@ from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.export import best_export_text
 from sweeps.results.report import result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
+from sweeps.spec.params import never_drawn
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import create_study
 from sweeps.store.sweep_dir import (
@@ -280,7 +281,7 @@ def fit_and_finish(
     """
     state = searcher.state
     interrupted = False
-    meta = {**meta, "searched": list(spec.params), "rungs": rung_epochs(spec)}  # for the report
+    meta = {**meta, "searched": drawn_params(spec), "rungs": rung_epochs(spec)}  # for the report
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))  # read when fit() starts
 
     try:
@@ -332,6 +333,12 @@ def _log_best_checkpoints(results: object, state: SweepState, tracker: SweepTrac
             tracker.log_artifacts(run_id, Path(folder), "checkpoint")
 
 
+def drawn_params(spec: SweepSpec) -> list[str]:
+    """The parameters the sweep searches, less those a fixed value keeps from ever being drawn (``--set``)."""
+    never = {key.split(".", 1)[1] for key, _ in never_drawn(spec.params, spec.fixed)}
+    return [name for name in spec.params if name not in never]
+
+
 def _parent_params(spec: SweepSpec, sweep: SweepDir) -> dict[str, object]:
     return {
         "trainer": spec.trainer,
@@ -340,7 +347,7 @@ def _parent_params(spec: SweepSpec, sweep: SweepDir) -> dict[str, object]:
         "seed": spec.seed,
         "trials": spec.budget.trials,
         "epochs": spec.budget.epochs,
-        "searched": ",".join(spec.params),
+        "searched": ",".join(drawn_params(spec)),
         **{f"fixed.{key}": value for key, value in spec.fixed.items()},
     }
 
