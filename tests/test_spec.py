@@ -65,6 +65,17 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
             "params.width.step",
             "8 is wider than the range 4..8: only 4 could be drawn",
         ),
+        # a step that does not divide the range: Optuna never draws high (a user's 0..1 step 0.3)
+        (
+            {"params__lr": {"low": 0.0, "high": 1.0, "step": 0.3}},
+            "params.lr.step",
+            "0.3 does not divide the range 0.0..1.0: 1.0 could never be drawn (Optuna stops at 0.9); make high 0.9",
+        ),
+        (
+            {"params__width": {"type": "int", "low": 2, "high": 11, "step": 4}},
+            "params.width.step",
+            "4 does not divide the range 2..11: 11 could never be drawn (Optuna stops at 10)",
+        ),
         ({"params__lr": {"low": 0, "high": 1, "log": True}}, "params.lr.low", "log scale needs low > 0"),
         ({"params__kernel_size": {"choices": []}}, "params.kernel_size.choices", "non-empty"),
         ({"params__precision": {"choices": ["fp32", "fp8"]}}, "params.precision.choices[1]", "unknown precision 'fp8'"),

@@ -7,6 +7,7 @@ parameter has one of the listed values (``init_scale`` only under ``precision: f
 
 from __future__ import annotations
 
+import decimal
 import difflib
 import math
 import re
@@ -90,6 +91,13 @@ def sample(trial: optuna.Trial, params: dict[str, ParamSpec], fixed: dict[str, A
         if param.active({**fixed, **values}):
             values[name] = param.suggest(trial)
     return values
+
+
+def _last_on_grid(low: float, high: float, step: float) -> float:
+    """The highest value of ``low + k * step`` up to ``high``, as Optuna computes it (in decimal)."""
+    span = decimal.Decimal(str(high)) - decimal.Decimal(str(low))
+    last = decimal.Decimal(str(low)) + span - span % decimal.Decimal(str(step))
+    return type(high)(last) if isinstance(high, int) else float(last)
 
 
 def never_drawn(params: dict[str, ParamSpec], fixed: dict[str, Any]) -> list[tuple[str, str]]:
@@ -273,6 +281,12 @@ def _numeric(
             problems.add(key, f"low = high = {low}: nothing to search; put it under fixed: instead")
         elif step is not None and step > high - low:
             problems.add(f"{key}.step", f"{step} is wider than the range {low}..{high}: only {low} could be drawn")
+        elif step is not None and (last := _last_on_grid(low, high, step)) != high:
+            problems.add(
+                f"{key}.step",
+                f"{step} does not divide the range {low}..{high}: {high} could never be drawn (Optuna stops at "
+                f"{last}); make high {last}, or a step that divides the range",
+            )
         if log and low <= 0:
             problems.add(f"{key}.low", f"log scale needs low > 0, got {low}")
     if len(problems) > before or low is None or high is None:
