@@ -150,3 +150,17 @@ def test_audit_of_a_sweep_that_does_not_exist_is_one_line(workdir: Path) -> None
         [sys.executable, "-m", "sweeps", "audit", "nope"], cwd=workdir, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr
+
+
+def test_a_re_run_with_no_completed_trial_to_compare_is_not_judged_a_false_stop() -> None:
+    """A newcomer's sweep at lr 1.0 completed no trial: its stop's re-run (val_loss 14.9, worse than the 6.3 it
+    was stopped after) read "rank 1 of 1 false_stop"."""
+    from sweeps.engine.audit import AuditedStop, AuditResult, _judge
+
+    stop = AuditedStop("t000", 0, "r", "loss_explosion", "12", 6.3, value=14.867)
+    lost = AuditedStop("t001", 1, "s", "loss_explosion", "9", 7.0, value=None)
+    result = AuditResult("s", "val_loss", "min", [stop, lost], completed=[], top_k=1)
+    _judge(result)
+    assert (stop.verdict, lost.verdict) == ("unjudged", "true_stop") and not result.false_stops
+    _judge(AuditResult("s", "val_loss", "min", [stop], completed=[20.0], top_k=1))
+    assert stop.verdict == "false_stop"

@@ -12,7 +12,8 @@ Verdicts, against the sweep's completed trials:
 
 - ``false_stop``: the re-run ended with a finite metric at least as good as the median completed
   trial (it would have ended among the good ones);
-- ``true_stop``: it ended non-finite, failed, or worse than that median.
+- ``true_stop``: it ended non-finite, failed, or worse than that median;
+- ``unjudged``: it ended with a finite metric, but no trial of the sweep completed to compare it with.
 
 In an observe-mode sweep (``divergence.mode: observe``) the flagged trials trained on to their
 end already: each would-be stop of a heuristic signal whose trial completed (or ended with no
@@ -36,6 +37,7 @@ from sweeps.core.failures import failure_reason
 from sweeps.core.keys import (
     AUDIT_FALSE_STOP,
     AUDIT_TRUE_STOP,
+    AUDIT_UNJUDGED,
     COMPLETED,
     DIVERGED,
     DIVERGED_KEY,
@@ -334,8 +336,11 @@ def _judge(result: AuditResult) -> None:
         ranked = list(everyone)
         if stop.observed and score in ranked:  # a flagged trial that completed is one of them: against the others
             ranked.remove(score)
-        median = ranked[(len(ranked) - 1) // 2] if ranked else math.inf
         stop.rank = 1 + sum(1 for v in ranked if v < score)
+        if not ranked:  # no completed trial: "at least as good as the median" says nothing (it read false_stop)
+            stop.verdict = AUDIT_UNJUDGED
+            continue
+        median = ranked[(len(ranked) - 1) // 2]
         stop.verdict = AUDIT_FALSE_STOP if score <= median else AUDIT_TRUE_STOP
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sweeps.core.keys import AUDIT_FALSE_STOP, AUDIT_TRUE_STOP, COMPLETED, DIVERGED, PRUNED
+from sweeps.core.keys import AUDIT_FALSE_STOP, AUDIT_TRUE_STOP, AUDIT_UNJUDGED, COMPLETED, DIVERGED, PRUNED
 from sweeps.core.records import observed_text
 from sweeps.tracking.mlflow_client import short_text
 
@@ -290,7 +290,11 @@ def verdict_text(stop: dict[str, Any], best: Any, mode: str) -> str:
     """An audited stop's verdict in words: ``false stop: re-run reached 0.35 (better than the sweep's best)``."""
     verdict = str(stop.get("verdict") or "")
     value = stop.get("audit_metric")
-    words = {AUDIT_FALSE_STOP: "false stop", AUDIT_TRUE_STOP: "true stop"}.get(verdict, verdict)
+    words = {
+        AUDIT_FALSE_STOP: "false stop",
+        AUDIT_TRUE_STOP: "true stop",
+        AUDIT_UNJUDGED: "not judged: no trial completed to compare with",
+    }.get(verdict, verdict)
     ran = "ran on to" if "observe" in str(stop.get("decision") or "") else "re-run reached"  # observe: no re-run
     text = words + (f": {ran} {metric_text(value)}" if value is not None else "")
     if verdict == AUDIT_FALSE_STOP and isinstance(value, (int, float)) and isinstance(best, (int, float)):
