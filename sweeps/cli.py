@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--top-k", type=int, default=5, help="trials the comparison link opens on (default: 5)")
     ui.add_argument("--sweep", help="the sweep whose links are printed (default: each experiment's latest)")
     return parser
+
+
+def command_name() -> str:
+    """How to call this command again: ``sweeps`` where that is on PATH, else the path it was run by.
+
+    After ``scripts/demo.sh`` the command is ``.venv/bin/sweeps``: a ``next:`` line that said
+    ``sweeps export ...`` gave "command not found" when pasted.
+    """
+    invoked = sys.argv[0] if sys.argv else ""
+    if os.path.basename(invoked) != "sweeps":  # python -m sweeps, or a test calling main()
+        return "sweeps" if shutil.which("sweeps") else f"{os.path.basename(sys.executable)} -m sweeps"
+    found = shutil.which("sweeps")
+    return "sweeps" if found and os.path.realpath(found) == os.path.realpath(invoked) else invoked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,6 +346,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     print(f"sweep:   {result.sweep.name}  ({result.sweep.path})")
     print(f"MLflow:  {result.tracking_uri}  parent run {result.parent_run_id}")
     print(f"Optuna:  {result.sweep.storage_location}  study {result.sweep.name}")
+    if (page := result.sweep.path / "report" / "report.html").is_file():
+        print(f"report:  {page}")
     from sweeps.compat.ray_internals import PROCESS_DIED
 
     raised = sorted(  # a process that died, or that budget.trial_time ended, left no traceback (its reason says so)
@@ -352,7 +368,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
-        print(f"next:    sweeps export {result.sweep.name}{where} -o best.yaml && sweeps train best.yaml")
+        sweeps = command_name()
+        print(f"next:    {sweeps} export {result.sweep.name}{where} -o best.yaml && {sweeps} train best.yaml")
         if note := unstable_best_note(state):
             print(note)
     if result.interrupted and not state.halted:
@@ -451,8 +468,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the results table and (re)write the HTML report."""
-    import shutil
-
     from sweeps.results.page import searched, verdict_text
     from sweeps.results.report import read_results, terminal_table, write_page
     from sweeps.store.sweep_dir import driver_state, open_sweep_dir

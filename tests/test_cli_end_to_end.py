@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,21 @@ def test_run_export_train(tmp_path: Path) -> None:
 
     missing = run_cli("export", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr and "s1" in missing.stderr
+
+
+def test_the_next_line_names_the_command_as_the_user_can_run_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After scripts/demo.sh, ``sweeps`` is .venv/bin/sweeps, not on PATH: the pasted next: line was not found."""
+    from sweeps.cli import command_name
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "sweeps").write_text("#!/bin/sh\n")
+    (venv_bin / "sweeps").chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [".venv/bin/sweeps", "run"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert command_name() == ".venv/bin/sweeps"
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # an activated venv: the bare name runs it
+    assert command_name() == "sweeps"
