@@ -54,7 +54,7 @@ from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, Divergen
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.function_run import FunctionRun, metric_floats, step_number
+from sweeps.trial.function_run import FunctionRun
 from sweeps.trial.stops import (
     CheckpointSaveError,
     DivergedError,
@@ -65,6 +65,7 @@ from sweeps.trial.stops import (
     metrics_dict,
     non_finite_metrics,
 )
+from sweeps.trial.trainer_values import metric_floats, step_number
 from trainables.config import build_config, field_types
 from trainables.protocol import ObservesSteps, SamplesImages, StopTrial, is_function_trainer, trainer_device
 from trainables.registry import load_trainer

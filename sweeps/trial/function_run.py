@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from sweeps.trial.stops import ReportCallError, RunCallError, non_finite_metrics
+from sweeps.trial.trainer_values import as_float, kind_of, metric_floats
 from trainables.diagnostics import StepProbe, loss_metrics, output_metrics
 from trainables.mixed_precision import autocast, loss_scaler
 from trainables.precision import ScalerSettings, canonical_precision
@@ -134,8 +135,7 @@ class FunctionRun:
             metrics.update(probe(scl))
         if output is not None:
             metrics.update(output_metrics(output))
-        for key, value in extra.items():
-            metrics[key] = float(value) if isinstance(value, bool) else _number(key, value, "run.step")
+        metrics.update(metric_floats(extra, "run.step"))
         self._hook(self.steps, metrics)
 
     # -- after each validation ------------------------------------------------------------------
@@ -159,7 +159,7 @@ class FunctionRun:
                 f"run.report(epoch, ...): epoch {epoch} is past run.epochs ({self.epochs}): epochs count the "
                 f"validations from 1 to run.epochs (validating every N steps, report step // N)"
             )
-        values = {name: _number(name, value) for name, value in metrics.items()}
+        values = {name: as_float(name, value) for name, value in metrics.items()}
         if self._reduce is not None:
             values = self._reduce(values)
         diverged = non_finite_metrics(values, epoch, self.steps)
@@ -261,65 +261,17 @@ def _networks(net: str, optimizer: Any, model: Any, scaler: Any) -> Iterator[tup
         yield str(name), tuple(g.get(name) if isinstance(g, dict) else None for g in given)  # type: ignore[misc]
 
 
-def _number(name: str, value: Any, call: str = "run.report") -> float:
-    """``value`` as a float: a number (NumPy's too) or a one-element tensor; else a RunCallError naming ``call``."""
-    if torch.is_tensor(value) and value.numel() == 1:
-        return float(value.detach().float().item())
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    raise RunCallError(f"{call}: {name} is {_kind(value)}, not a number")
-
-
-def metric_floats(metrics: dict[str, Any], call: str = "on_step") -> dict[str, float]:
-    """Metrics as floats (tensors of one value, NumPy numbers, bools); a RunCallError naming ``call`` for any other.
-
-    What a class trainer's ``on_step``, ``train_epoch`` and ``validate`` give: ``on_step({"loss":
-    loss})`` with the loss tensor itself was read as a loss that is not a number, so not finite
-    (every trial stopped at its first step as ``non_finite``), and a ``validate()`` value of NumPy's
-    float32 never reached MLflow.
-    """
-    if all(type(value) is float for value in metrics.values()):
-        return metrics
-    return {
-        key: float(value) if isinstance(value, bool) else _number(key, value, call) for key, value in metrics.items()
-    }
-
-
-def step_number(step: Any, call: str = "on_step") -> int:
-    """A step number as an int (NumPy integers, one-value tensors, whole floats); a RunCallError for any other.
-
-    A class trainer's ``on_step(np.int64(step), ...)`` or ``on_step(torch.tensor(step), ...)`` went
-    to MLflow as bytes, which the store refused on every retry: the trial never reported again and
-    the sweep hung without a word.
-    """
-    if type(step) is int:
-        return step
-    value: Any = step.item() if torch.is_tensor(step) and step.numel() == 1 else step
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-        return int(float(value))
-    raise RunCallError(f"{call}: step must be a whole number (the optimizer steps so far), got {_kind(step)}")
-
-
-def _kind(value: Any) -> str:
-    """What ``value`` is, in words: ``a str``, ``a tensor of 16 values (shape [16])``."""
-    if torch.is_tensor(value):
-        return f"a tensor of {value.numel()} values (shape {list(value.shape)})"
-    return f"a {type(value).__name__}"
-
-
 def _step_loss(loss: Any) -> dict[str, float]:
     """``run.step``'s ``loss`` as step metrics; a RunCallError (one line) for anything but numbers and their dicts."""
     terms = loss.values() if isinstance(loss, dict) else [loss]
     for term in terms:
         if torch.is_tensor(term) and term.numel() != 1:
             raise RunCallError(
-                f"run.step: loss must be one value per step, got {_kind(term)}: reduce it first (loss.mean())"
+                f"run.step: loss must be one value per step, got {kind_of(term)}: reduce it first (loss.mean())"
             )
         if not torch.is_tensor(term) and (not isinstance(term, numbers.Real) or isinstance(term, bool)):
             raise RunCallError(
-                f"run.step: loss must be a number, a one-element tensor or a dict of them, got {_kind(term)}"
+                f"run.step: loss must be a number, a one-element tensor or a dict of them, got {kind_of(term)}"
             )
     return loss_metrics(loss)
 
@@ -329,10 +281,10 @@ def _check_network(name: str, optimizer: Any, model: Any, scaler: Any) -> None:
     shown = "" if name == "model" else f" ({name!r})"
     if optimizer is not None and not hasattr(optimizer, "param_groups"):
         hint = ": pass the model as model=..." if isinstance(optimizer, torch.nn.Module) else ""
-        raise RunCallError(f"run.step: optimizer{shown} must be a torch optimizer, got {_kind(optimizer)}{hint}")
+        raise RunCallError(f"run.step: optimizer{shown} must be a torch optimizer, got {kind_of(optimizer)}{hint}")
     if model is not None and not callable(getattr(model, "parameters", None)):
-        raise RunCallError(f"run.step: model{shown} must be a torch.nn.Module, got {_kind(model)}")
+        raise RunCallError(f"run.step: model{shown} must be a torch.nn.Module, got {kind_of(model)}")
     if scaler is not None and not all(hasattr(scaler, m) for m in ("get_scale", "is_enabled")):
         raise RunCallError(
-            f"run.step: scaler{shown} must be a GradScaler (yours or run.scaler()'s), got {_kind(scaler)}"
+            f"run.step: scaler{shown} must be a GradScaler (yours or run.scaler()'s), got {kind_of(scaler)}"
         )
