@@ -141,7 +141,7 @@ def command_name() -> str:
     """
     invoked = sys.argv[0] if sys.argv else ""
     if os.path.basename(invoked) != "sweeps":  # python -m sweeps, or a test calling main()
-        return "sweeps" if shutil.which("sweeps") else f"{os.path.basename(sys.executable)} -m sweeps"
+        return "sweeps" if shutil.which("sweeps") else f"{sys.executable} -m sweeps"  # a venv's python: by path
     found = shutil.which("sweeps")
     return "sweeps" if found and os.path.realpath(found) == os.path.realpath(invoked) else invoked
 
