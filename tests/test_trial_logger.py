@@ -156,3 +156,21 @@ def test_the_spools_of_killed_trial_processes_are_removed_and_live_ones_kept(tmp
         os.utime(spool, (old, old))
     assert remove_stale_spools(str(tmp_path)) == [dead]
     assert not dead.exists() and live.exists() and fresh.exists()
+
+
+def test_a_call_the_store_refuses_is_given_up_soon_and_the_calls_behind_it_go_through(tmp_path: Path) -> None:
+    """A param logged again with another value is refused on every try: it used to hold the queue 15 minutes."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = client(uri)
+    run_id = store.create_run(store.create_experiment("refused")).info.run_id
+    store.log_param(run_id, "lr", "0.1")
+    logger = TrialLogger(uri, run_id)  # patience: 900 s
+    started = time.monotonic()
+    logger.sender.submit("log param", lambda: store.log_param(run_id, "lr", "0.2"))
+    logger.log_metrics({"val_loss": 0.5}, step=1)
+    assert logger.flush(timeout=60)
+    assert time.monotonic() - started < 30
+    assert logger.sender.failed == ["log param"]
+    assert [m.value for m in store.get_metric_history(run_id, "val_loss")] == [0.5]
+    assert store.get_run(run_id).data.params == {"lr": "0.1"}
+    assert not logger.close(timeout=60)  # the refused call is reported as not delivered

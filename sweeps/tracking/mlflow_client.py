@@ -65,13 +65,23 @@ def ui_url(server: str, experiment_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store refusing the request (a bad value, a changed param), not being busy or down."""
+    from mlflow.exceptions import MlflowException  # imported here: mlflow is heavy, and this runs only on errors
+
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() == 400
+
+
 def retry(call: Callable[[], T], what: str, attempts: int = 8, delay: float = 0.5) -> T:
-    """Run ``call``, retrying with exponential backoff; re-raise after ``attempts`` failures."""
+    """Run ``call``, retrying with exponential backoff; re-raise after ``attempts`` failures.
+
+    A call the store refuses as a bad request (:func:`refused`) is tried twice at most.
+    """
     for attempt in range(attempts):
         try:
             return call()
         except Exception as exc:  # noqa: BLE001 - any store error is worth another try
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or (refused(exc) and attempt >= 1):
                 raise
             log.warning("MLflow %s failed (%s); retrying", what, exc)
             time.sleep(min(delay * 2**attempt, 30.0))

@@ -21,16 +21,22 @@ from typing import Any
 from sweeps.compat.mlflow_internals import latest_steps
 from sweeps.core.failures import failure_reason
 from sweeps.core.keys import TAG_REASON, TAG_WARNING
-from sweeps.tracking.mlflow_client import client, retry
+from sweeps.tracking.mlflow_client import client, refused, retry
 
 log = logging.getLogger(__name__)
+
+
+REFUSED_ATTEMPTS = 3
+"""Tries of a call the store refuses as a bad request (HTTP 400): a busy store is waited for, a refusal is not."""
 
 
 class _Sender:
     """Sends MLflow calls from a background thread, in order, retrying each until it succeeds.
 
     Training never waits on the tracking store: a busy SQLite file or a tracking server that is
-    down for minutes only delays the calls, which go through when it is back.
+    down for minutes only delays the calls, which go through when it is back. A call the store
+    refuses as a bad request is given up after :data:`REFUSED_ATTEMPTS` tries (it would be refused
+    for the whole ``patience``, and the calls queued behind it would wait as long).
     """
 
     def __init__(self, patience: float = 900.0) -> None:
@@ -62,6 +68,10 @@ class _Sender:
                 call()
                 return
             except Exception as exc:  # noqa: BLE001 - any store error is worth another try
+                if refused(exc) and attempt + 1 >= REFUSED_ATTEMPTS:
+                    log.error("MLflow refused %s %d times, giving up: %s", what, attempt + 1, exc)
+                    self.failed.append(what)
+                    return
                 if time.monotonic() > deadline:
                     log.error("MLflow %s failed for %.0f s, giving up: %s", what, self.patience, exc)
                     self.failed.append(what)
