@@ -289,6 +289,9 @@ def test_on_step_takes_whole_numbers_of_any_kind_as_the_step_and_warns_once_when
         watch(step, {"loss": 1.0})
     assert seen == [1, 2, 3, 4, 1, 2] and all(type(s) is int for s in seen)
     assert capsys.readouterr().err.count("warning: on_step: step 1 after step 4: step numbers should rise") == 1
+    for step in (3, 3, 4, 4):  # a GAN loop sending its two losses in two calls of one step
+        watch(step, {"loss": 1.0})
+    assert capsys.readouterr().err.count("warning: on_step: step 3 sent twice: send each optimizer step once") == 1
     for bad in ("3", 2.5, torch.tensor([1, 2]), None):
         with pytest.raises(RunCallError, match=r"^on_step: step must be a whole number \(the optimizer steps so far\)"):
             watch(bad, {"loss": 1.0})

@@ -188,6 +188,7 @@ class StepWatch:
         """Steps so far that sent a ``loss``."""
         self.last_step = -1
         self.steps_told = False
+        self.twice_told = False
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
@@ -197,6 +198,12 @@ class StepWatch:
             self._warn(
                 f"on_step: step {step} after step {self.last_step}: step numbers should rise over the trial "
                 "(count optimizer steps from the trial's start, not from each epoch's)"
+            )
+        elif step == self.last_step and not self.twice_told:  # the detector would count two steps
+            self.twice_told = True
+            self._warn(
+                f"on_step: step {step} sent twice: send each optimizer step once, with all its values in one call "
+                "(e.g. {'loss': g_loss, 'loss_d': d_loss})"
             )
         self.last_step = step
         values = self.reduce(values) if self.reduce is not None else values
