@@ -595,7 +595,7 @@ class _Stopped(Exception):
 
 
 def _serve(command: list[str]) -> int:
-    """Run ``command`` until it ends, or until SIGINT/SIGTERM: then end it and every process it started.
+    """Run ``command`` until SIGINT/SIGTERM, then end it and every process it started (0); or until it ends (error).
 
     ``mlflow ui`` starts a server that starts workers; run in a session of its own, they all go
     with it, so neither Ctrl-C nor a ``kill`` of ``sweeps ui`` leaves a server behind.
@@ -607,7 +607,9 @@ def _serve(command: list[str]) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return child.wait()
+        code = child.wait()  # a server ends only when stopped: ending on its own, it failed (a port taken since)
+        print(f"error: the MLflow UI server ended (exit status {code}); what it printed is above", file=sys.stderr)
+        return code or 1
     except (_Stopped, KeyboardInterrupt):
 
         def kill_now(signum: int, frame: object) -> None:  # a second Ctrl-C while it ends: no more waiting

@@ -55,3 +55,23 @@ def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(
     finally:
         for pid in alive(started | descendants(ui.pid) | {ui.pid}):  # what a failure left (orphans included)
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_server_that_ends_on_its_own_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its port taken between the check and its start, ``mlflow ui`` printed an error and ended with status 0.
+
+    ``sweeps ui`` then ended with status 0 too, its links printed above for a server that never ran.
+    """
+    import socket
+
+    from sweeps.cli import _serve
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]
+        assert _serve([*command, "--host", "127.0.0.1"]) != 0
+    assert "error: the MLflow UI server ended (exit status 0)" in capsys.readouterr().err
