@@ -277,6 +277,13 @@ def test_overrides_set_paths_and_fix_parameters(tmp_path: Path) -> None:
     assert problems["--set zzzz"].startswith("unknown parameter for this trainer (its fields: batch_size, ")
 
 
+def test_set_of_a_word_yaml_reads_as_a_boolean_says_so_in_one_line(tmp_path: Path) -> None:
+    """``--set precision=no`` gave ``False is not a string``, then a second line about init_scale's condition."""
+    problems = problems_of(tmp_path, GOOD, overrides=["precision=off"])
+    hint = "(YAML reads an unquoted yes, no, on or off as a boolean: quote the word, e.g. 'off')"
+    assert problems == [("fixed.precision", f"False is not a string {hint}")]
+
+
 @pytest.mark.parametrize("trainer", ["vae", "examples.plain_loop_sweepable:train"])
 def test_set_turns_sections_off_by_name_and_a_searched_number_stays_a_number(tmp_path: Path, trainer: str) -> None:
     """``--set asha=false`` is the spec's ASHA, for a class or a function trainer alike (a function takes any key)."""

@@ -71,7 +71,7 @@ def coerce(value: Any, kind: Any) -> Any:
         choices = typing.get_args(kind)
         if value in choices:
             return value
-        raise ValueError(f"{value!r} is not one of {', '.join(map(str, choices))}")
+        raise ValueError(f"{value!r} is not one of {', '.join(map(str, choices))}{_yaml_bool_hint(value)}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -98,8 +98,15 @@ def coerce(value: Any, kind: Any) -> Any:
     if kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ValueError(f"{value!r} is not a string")
+        raise ValueError(f"{value!r} is not a string{_yaml_bool_hint(value)}")
     return value
+
+
+def _yaml_bool_hint(value: Any) -> str:
+    """Why a boolean came where a word was meant: YAML reads an unquoted yes/no/on/off as one."""
+    if isinstance(value, bool):
+        return " (YAML reads an unquoted yes, no, on or off as a boolean: quote the word, e.g. 'off')"
+    return ""
 
 
 def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:

@@ -23,6 +23,10 @@ class Problems:
         """Record several problems."""
         self.items.extend(items)
 
+    def about(self, key: str) -> bool:
+        """Whether a problem is already recorded at ``key`` (a value refused there, so later checks miss it)."""
+        return any(k == key for k, _ in self.items)
+
     def __bool__(self) -> bool:
         return bool(self.items)
 

@@ -340,7 +340,7 @@ def _check_conditions(
             grid = range(int(spec.low), int(spec.high) + 1, int(spec.step or 1))
             if not any(isinstance(v, int) and v in grid for v in allowed):
                 problems.add(key, f"{allowed} never drawn from {parent!r} ({int(spec.low)}..{int(spec.high)}), {never}")
-        elif parent not in section and parent not in fixed:
+        elif parent not in section and parent not in fixed and not problems.about(f"fixed.{parent}"):
             problems.add(key, f"names an unknown parameter {parent!r}")
 
 
