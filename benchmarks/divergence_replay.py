@@ -41,9 +41,10 @@ written after the defaults were fixed and replayed once, after (``divergence_cor
 ``FRESH_2`` loops were written after the detector's last change and replayed once, after.
 
 Run: ``python -m benchmarks.divergence_replay [--split tuned|held-out|fresh|fresh-2|all] [--old]
-[--set loss_explosion.factor=50 ...] [--list]``. ``--old`` also prints the table for the detector
-as it was before issue 13 (``benchmarks/divergence_v1.py``, its defaults); ``--list`` prints every
-stopped or missed trial of the loops shown.
+[--set loss_explosion.factor=50 ...] [--list] [--gate-on-validation]``. ``--old`` also prints the
+table for the detector as it was before issue 13 (``benchmarks/divergence_v1.py``, its defaults);
+``--list`` prints every stopped or missed trial of the loops shown; ``--gate-on-validation``
+replays a what-if (:func:`gated_replay`), not the detector as it is.
 """
 
 from __future__ import annotations
@@ -132,11 +133,51 @@ def replay(trial: dict[str, Any], make: Detector) -> tuple[int | None, Any]:
     return None, None
 
 
-def judge(trials: list[dict[str, Any]], make: Detector) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def no_better_than_untrained(trial: dict[str, Any], epoch: int) -> bool:
+    """Whether the trial's metric after ``epoch`` (from 1) is not finite or no better than its untrained model's."""
+    vals = trial["val"]
+    val = vals[epoch - 1] if epoch <= len(vals) else None
+    if val is None or not math.isfinite(val):
+        return True
+    untrained = trial["untrained"]
+    if untrained is None or not math.isfinite(untrained):
+        return False
+    return bool(val >= untrained if trial["mode"] == "min" else val <= untrained)
+
+
+def gated_replay(trial: dict[str, Any], make: Detector) -> tuple[int | None, Any]:
+    """:func:`replay` with heuristic signals gated on validation (``--gate-on-validation``, a what-if).
+
+    A heuristic signal does not stop the trial when it fires: it stops it at the end of the first
+    epoch from then on whose metric is no better than the untrained model's (the label's own
+    test of "diverged"); never, if no such epoch comes. The other signals stop at once. After a
+    heuristic signal the detector starts afresh, so later signals are still seen.
+    """
+    detector = make()
+    per_epoch = int(trial["steps_per_epoch"])
+    pending = None
+    for i, (step, metrics) in enumerate(step_dicts(trial)):
+        found = detector.observe(step, metrics)
+        if found is not None:
+            if found.signal not in HEURISTIC:
+                return i, found
+            pending = pending or found
+            detector = make()
+        if pending is not None and (i + 1) % per_epoch == 0 and no_better_than_untrained(trial, (i + 1) // per_epoch):
+            return i, pending
+    return None, None
+
+
+Replayer = Callable[[dict[str, Any], Detector], tuple[int | None, Any]]
+
+
+def judge(
+    trials: list[dict[str, Any]], make: Detector, replayer: Replayer = replay
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The table's figures for ``trials`` and one record per trial."""
     records = []
     for trial, asha_end in zip(trials, asha_ends(trials), strict=True):
-        stop, found = replay(trial, make)
+        stop, found = replayer(trial, make)
         onset = onset_of(trial)
         length = len(trial["steps"])
         ran = length if stop is None else stop + 1
@@ -227,7 +268,13 @@ HEADERS = {
 }
 
 
-def table(title: str, loops: Iterable[str], corpus: dict[str, list[dict[str, Any]]], make: Detector) -> list[str]:
+def table(
+    title: str,
+    loops: Iterable[str],
+    corpus: dict[str, list[dict[str, Any]]],
+    make: Detector,
+    replayer: Replayer = replay,
+) -> list[str]:
     """Lines of one table: a row per loop and one for all of them; also the per-trial records."""
     lines = [title, " ".join(HEADERS.get(name, name).rjust(width) for name, width, _ in COLUMNS)]
     everything: list[dict[str, Any]] = []
@@ -235,7 +282,7 @@ def table(title: str, loops: Iterable[str], corpus: dict[str, list[dict[str, Any
         if loop not in corpus:
             lines.append(f"{loop:>16} (no corpus file)")
             continue
-        row, records = judge(corpus[loop], make)
+        row, records = judge(corpus[loop], make, replayer)
         everything += records
         lines.append(_row({"loop": loop, **row}))
     lines.append(_row({"loop": "all", **figures(everything)}))
@@ -310,6 +357,11 @@ def main() -> None:
     parser.add_argument("--old", action="store_true", help="also the detector before issue 13, at its defaults")
     parser.add_argument("--set", action="append", default=[], metavar="SIGNAL.KEY=VALUE")
     parser.add_argument("--list", action="store_true", help="every stopped or missed trial")
+    parser.add_argument(
+        "--gate-on-validation",
+        action="store_true",
+        help="what-if: a heuristic signal stops only at an epoch end whose metric is no better than untrained",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     corpus = load(args.corpus)
@@ -328,7 +380,10 @@ def main() -> None:
             what = "current detector" if name == "new" else "detector before issue 13"
             if name == "new" and args.set:
                 what += " with " + ", ".join(args.set)
-            print("\n".join(table(f"{split} loops, {what}:", loops, corpus, make)))
+            replayer = gated_replay if args.gate_on_validation and name == "new" else replay
+            if replayer is gated_replay:
+                what += ", heuristic signals gated on validation"
+            print("\n".join(table(f"{split} loops, {what}:", loops, corpus, make, replayer)))
             if args.list:
                 print("\n".join(listing(table.records)))  # type: ignore[attr-defined]
             print()
