@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from benchmarks.divergence_replay import asha_ends, figures, judge, new_detector, onset_of
+from benchmarks.divergence_replay import asha_ends, figures, gated_replay, judge, new_detector, onset_of
 
 
 def trial(n: int, val: list[float], losses: list[float], label: str = "healthy", rank: int = 1) -> dict[str, Any]:
@@ -56,3 +56,16 @@ def test_a_false_stop_asha_would_have_cut_anyway_is_not_counted_as_kept() -> Non
     # With ASHA the diverged trial ends at the earlier of the detector's stop (step 7) and epoch 1 (step 4).
     assert records[3]["ran_asha"] == 4 and records[3]["after_asha"] == 3
     assert figures(records)["after_asha"] == 3 / sum(r["ran_asha"] for r in records)
+
+
+def test_gated_a_heuristic_stop_waits_for_an_epoch_no_better_than_untrained() -> None:
+    """``--gate-on-validation``: the loss explodes at step 2; the stop waits for an epoch worse than untrained."""
+    exploding = [1.0] + [1000.0] * 15
+    recovered = {**trial(0, [0.5, 0.4, 0.3, 0.2], exploding), "untrained": 0.9}  # better than untrained each epoch
+    late = {**trial(1, [0.5, 1.5, 0.3, 0.2], exploding), "untrained": 0.9}  # worse than untrained after epoch 2
+    nan = {**trial(2, [math.nan] * 4, [1.0, math.nan] + [1.0] * 14), "untrained": 0.9}
+    assert gated_replay(recovered, new_detector({})) == (None, None)
+    stop, found = gated_replay(late, new_detector({}))
+    assert stop == 7 and found.signal == "loss_explosion"
+    stop, found = gated_replay(nan, new_detector({}))  # not a heuristic signal: at once
+    assert stop == 1 and found.signal == "non_finite"
