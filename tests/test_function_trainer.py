@@ -152,6 +152,52 @@ def test_several_networks_in_one_step() -> None:
     assert {"g/grad_norm", "d/grad_norm", "loss/g", "loss/d"} <= set(metrics) and metrics["loss"] == 3.0
 
 
+def gan_iteration(g: nn.Module, d: nn.Module, opts: tuple[Any, Any], scalers: tuple[Any, Any]) -> float:
+    """One fp16 GAN iteration as users write it: D's step, then G's, whose backward leaves gradients in D.
+
+    Returns the norm of the gradients D's step applied (unscaled), as read just before it.
+    """
+    (opt_g, opt_d), (scaler_g, scaler_d) = opts, scalers
+    real, z = torch.randn(8, 4), torch.randn(8, 2)
+    opt_d.zero_grad()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss_d = torch.relu(1 - d(real)).mean() + torch.relu(1 + d(g(z).detach())).mean()
+    scaler_d.scale(loss_d).backward()
+    scaler_d.unscale_(opt_d)
+    applied = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in d.parameters()])))
+    scaler_d.step(opt_d)
+    scaler_d.update()
+    opt_g.zero_grad()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss_g = -d(g(z)).mean()
+    scaler_g.scale(loss_g).backward()  # D's .grad now holds G's scaled gradient through D
+    scaler_g.step(opt_g)
+    scaler_g.update()
+    return applied
+
+
+def test_a_gans_one_step_call_records_each_networks_gradients_as_its_own_step_applied_them() -> None:
+    """A user's fp16 GAN, run.step once per G step: d/grad_norm was G's backward through D, times G's loss scale.
+
+    And one GradScaler given for a dict of optimizers (PyTorch's own pattern) was dropped: no loss scale recorded.
+    """
+    torch.manual_seed(0)
+    g, d = nn.Linear(2, 4), nn.Linear(4, 1)
+    opts = (torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3))
+    scalers = (torch.amp.GradScaler("cpu", init_scale=2.0**16), torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    run, steps, _ = recording_run()
+    for step in range(1, 4):  # the first call puts the hook on: from the second on, the norms are the applied ones
+        applied = gan_iteration(g, d, opts, scalers)
+        run.step(loss=1.0, optimizer={"g": opts[0], "d": opts[1]}, scaler={"g": scalers[0], "d": scalers[1]})
+        if step > 1:
+            assert steps[-1][1]["d/grad_norm"] == pytest.approx(applied, rel=1e-3)
+    shared = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    run, steps, _ = recording_run()
+    gan_iteration(g, d, opts, (shared, shared))
+    run.step(loss=1.0, optimizer={"g": opts[0], "d": opts[1]}, scaler=shared)
+    assert steps[-1][1]["g/loss_scale"] == steps[-1][1]["d/loss_scale"] == 1024.0
+
+
 def test_loss_metrics_fetch_every_term_at_once() -> None:
     assert loss_metrics(torch.tensor(2.0)) == {"loss": 2.0}
     assert loss_metrics({"x": torch.tensor(1.0), "y": 2}) == {"loss": 3.0, "loss/x": 1.0, "loss/y": 2.0}

@@ -96,10 +96,14 @@ class StepProbe:
     """One network's step diagnostics in a loop of one's own: learning rate, gradient and weight norms, loss scale.
 
     Built once per network from its optimizer (or its model), then called after each optimizer
-    step. Gradients are read as they are after the step: a ``GradScaler``'s ``step`` has unscaled
-    them (call ``run.step`` before the next ``zero_grad``). ``skipped`` is the scaler's own
+    step. With an optimizer, the gradient norms are those of the gradients it applied at its last
+    ``step()`` since the previous call (read by a step pre-hook: a ``GradScaler``'s ``step`` has
+    unscaled them by then, and a GAN's discriminator keeps the norms of its own step, not of the
+    gradients the generator's backward pass leaves in it). Where it did not step since (a
+    ``GradScaler`` skipped an overflow), and with a model only, they are read as they are at the
+    call (call ``run.step`` before the next ``zero_grad``). ``skipped`` is the scaler's own
     ``last_skipped`` where it keeps one (``run.scaler()``'s do), else a loss scale that fell or a
-    non-finite gradient under an enabled scaler.
+    non-finite gradient under an enabled scaler. :meth:`close` takes the hook off the optimizer.
     """
 
     def __init__(self, net: str, optimizer: Any = None, model: Any = None) -> None:
@@ -113,6 +117,36 @@ class StepProbe:
         weights = [i for i, p in enumerate(self.params) if p.dim() >= 2] or list(range(len(self.params)))
         self.first, self.last = (weights[0], weights[-1]) if weights else (-1, -1)
         self.scale: float | None = None
+        self.applied: list[torch.Tensor] | None = None
+        """The gradient norms (total, first, last layer) at the optimizer's last step since the last call."""
+        self.hook = None
+        if self.params and callable(getattr(optimizer, "register_step_pre_hook", None)):
+            self.hook = optimizer.register_step_pre_hook(self._at_step)
+
+    def _at_step(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Before ``optimizer.step()``: keep the norms of the gradients it is about to apply."""
+        given = args[1:] if args and args[0] is optimizer else args  # torch passes the optimizer itself first
+        if given or kwargs.get("closure") is not None:  # a closure computes the gradients inside the step (LBFGS)
+            self.applied = None
+            return
+        self.applied = self._grad_norms()
+
+    def _grad_norms(self) -> list[torch.Tensor] | None:
+        """The norms of the gradients as they are now (total, first, last layer); None when there is none."""
+        present = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not present:
+            return None
+        per_grad = list(_norms([self.params[i].grad.detach() for i in present]))  # one kernel for all
+        index = {param: at for at, param in enumerate(present)}
+        zero = torch.zeros((), device=per_grad[0].device)
+        total = torch.linalg.vector_norm(torch.stack(per_grad))
+        return [total, *(per_grad[index[i]] if i in index else zero for i in (self.first, self.last))]
+
+    def close(self) -> None:
+        """Take the step hook off the optimizer (a probe that is replaced, or no longer used)."""
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
 
     def __call__(self, scaler: Any = None) -> dict[str, float]:
         """The step's ``<net>/...`` diagnostics (those it has what to derive them from)."""
@@ -122,18 +156,11 @@ class StepProbe:
             metrics[f"{net}/lr"] = float(lr.item() if torch.is_tensor(lr) else lr)
         grad_norm: float | None = None
         if self.params:
-            present = [i for i, p in enumerate(self.params) if p.grad is not None]
-            norms = [torch.linalg.vector_norm(self.params[self.last].detach().float())]
-            if present:  # one norm per gradient (one kernel for all), the total from them
-                grads = [self.params[i].grad.detach() for i in present]
-                per_grad = list(_norms(grads))
-                norms.append(torch.linalg.vector_norm(torch.stack(per_grad)))
-                index = {param: at for at, param in enumerate(present)}
-                zero = torch.zeros((), device=norms[0].device)
-                norms += [per_grad[index[i]] if i in index else zero for i in (self.first, self.last)]
-            values = torch.stack([n.float().reshape(()) for n in norms]).tolist()
+            grads, self.applied = (self.applied if self.applied is not None else self._grad_norms()), None
+            norms = [torch.linalg.vector_norm(self.params[self.last].detach().float()), *(grads or [])]
+            values = torch.stack([n.float().reshape(()).to(norms[0].device) for n in norms]).tolist()
             metrics[f"{net}/weight_norm_last"] = values[0]
-            if present:
+            if grads is not None:
                 grad_norm = values[1]
                 metrics[f"{net}/grad_norm"] = grad_norm
                 metrics[f"{net}/grad_norm_first"], metrics[f"{net}/grad_norm_last"] = values[2], values[3]

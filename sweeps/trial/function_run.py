@@ -131,6 +131,8 @@ class FunctionRun:
             _check_network(name, opt, mod, scl)
             probe = self._probes.get(name)
             if probe is None or probe.optimizer is not opt or (opt is None and probe.model is not mod):
+                if probe is not None:
+                    probe.close()
                 probe = self._probes[name] = StepProbe(name, opt, mod)
             metrics.update(probe(scl))
         if output is not None:
@@ -250,7 +252,10 @@ class FunctionRun:
 
 
 def _networks(net: str, optimizer: Any, model: Any, scaler: Any) -> Iterator[tuple[str, tuple[Any, Any, Any]]]:
-    """``(name, (optimizer, model, scaler))`` per network: one named ``net``, or one per key of dict arguments."""
+    """``(name, (optimizer, model, scaler))`` per network: one named ``net``, or one per key of dict arguments.
+
+    A scaler that is not a dict is every network's (one ``GradScaler`` for several optimizers).
+    """
     given = (optimizer, model, scaler)
     if not any(isinstance(g, dict) for g in given):
         if any(g is not None for g in given):
@@ -258,7 +263,9 @@ def _networks(net: str, optimizer: Any, model: Any, scaler: Any) -> Iterator[tup
         return
     names = dict.fromkeys(name for g in given if isinstance(g, dict) for name in g)
     for name in names:
-        yield str(name), tuple(g.get(name) if isinstance(g, dict) else None for g in given)  # type: ignore[misc]
+        opt, mod = (g.get(name) if isinstance(g, dict) else None for g in (optimizer, model))
+        scl = scaler.get(name) if isinstance(scaler, dict) else scaler  # one GradScaler for all: PyTorch's own pattern
+        yield str(name), (opt, mod, scl)
 
 
 def _step_loss(loss: Any) -> dict[str, float]:
