@@ -81,6 +81,33 @@ def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_pat
     )
 
 
+def test_a_warm_start_from_a_sweep_stopped_by_ctrl_c_trains_its_interrupted_trials_again(tmp_path: Path) -> None:
+    """A user's GAN sweep, Ctrl-C'd: the trial that was running (8.48 in an earlier sweep) was never tried again."""
+    spec = spec_from_dict(NARROWER)
+    earlier = new_sweep_dir(tmp_path, "wa")
+    old = create_study(earlier, spec_from_dict(EARLIER))
+    lr = optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
+    width = optuna.distributions.IntDistribution(1, 8)
+    config = {"lr": 0.01, "width": 4}
+    old.add_trial(optuna.trial.create_trial(value=0.5, params=config, distributions={"lr": lr, "width": width}))
+    for trial_lr, status in ((0.05, "interrupted"), (0.06, "failed"), (1e-4, "interrupted")):  # the last: out of space
+        trial = old.ask({"lr": lr, "width": width})
+        trial.set_user_attr("config", {"lr": trial_lr, "width": 3})
+        trial.set_user_attr("status", status)
+        old.tell(trial, state=TrialState.FAIL)
+    study = create_study(new_sweep_dir(tmp_path, "wb"), spec)
+    warm = tell_earlier_trials(study, earlier, spec)
+    assert warm.line() == (
+        "warm start from wa: told 1 trial, its best 1 first, then its 1 interrupted trial again; "
+        "left out 3 (3 failed or interrupted)"
+    )
+    assert [t.user_attrs[QUEUED_ATTR] for t in study.get_trials(states=(TrialState.WAITING,))] == [
+        "wa t000",
+        "wa t001 (interrupted)",
+    ]
+    assert [sample(study.ask(), spec.params, spec.fixed) for _ in range(2)] == [config, {"lr": 0.05, "width": 3}]
+
+
 def test_a_warm_start_after_a_parameter_was_added_tells_its_trials_and_draws_it_in_their_best(tmp_path: Path) -> None:
     """A user added ``wd`` to the space: "told 0 trials, its best 0 first; left out 12 (8 no value of wd ...)"."""
     added = {**EARLIER["params"], "steps_per_epoch": {"type": "int", "low": 1, "high": 9}}

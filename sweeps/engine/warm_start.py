@@ -8,7 +8,8 @@ spec searches (where its condition holds) had a value in range, or none at all: 
 earlier sweep neither searched nor fixed is told unknown (TPE learns it from the new trials) and is
 drawn in the best configs queued. Failed and interrupted trials say nothing and are left out. The
 earlier sweep's best completed configs (up to :data:`TOP`) are queued: they are the new sweep's
-first trials, trained again under the new code and spec.
+first trials, trained again under the new code and spec; then its interrupted trials (running
+when it was stopped), so that a sweep stopped with Ctrl-C goes on with them.
 
 Told trials carry the user attribute :data:`WARM_ATTR` (the sweep they ran in). They are the study's
 and not this sweep's: no MLflow run, no row in the report, never exported, and ``sweeps resume``
@@ -27,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.compat.optuna_internals import in_distribution
+from sweeps.core.keys import INTERRUPTED
 from sweeps.results.export import ranked
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, load_study, make_sampler
@@ -46,6 +48,8 @@ class WarmStart:
     skipped: dict[str, int] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)
     """Parameters told trials had no value of (the earlier sweep did not search them), with how many."""
+    rerun: int = 0
+    """The earlier sweep's interrupted trials queued after its best (a sweep stopped by Ctrl-C goes on with them)."""
 
     def line(self) -> str:
         """One line for the sweep's header, e.g. ``warm start from s1: told 12 trials, its best 3 first``."""
@@ -56,7 +60,8 @@ class WarmStart:
         if self.unknown:
             lacking = ", ".join(f"{n} without {name}" for name, n in sorted(self.unknown.items()))
             told += f" ({lacking}, drawn anew)"
-        return f"warm start from {self.source}: told {told}, its best {self.queued} first{skipped}"
+        rerun = f", then its {self.rerun} interrupted trial{'' if self.rerun == 1 else 's'} again" if self.rerun else ""
+        return f"warm start from {self.source}: told {told}, its best {self.queued} first{rerun}{skipped}"
 
 
 def check_warm_start(root: str | Path, name: str, spec: SweepSpec) -> SweepDir:
@@ -175,7 +180,8 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
     study.add_trials(told)
     study.sampler = make_sampler(spec, stream=f"warm:{earlier.name}")  # not the earlier sweep's start-up draws again
     queued = queue_best(study, old, earlier.name, spec)
-    return WarmStart(earlier.name, len(told), queued, dict(skipped), dict(unknown))
+    rerun = queue_interrupted(study, old, earlier.name, spec)
+    return WarmStart(earlier.name, len(told), queued, dict(skipped), dict(unknown), rerun)
 
 
 def queue_best(study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec) -> int:
@@ -190,3 +196,25 @@ def queue_best(study: optuna.Study, old: optuna.Study, source: str, spec: SweepS
         if len(queued) >= min(TOP, spec.budget.trials):
             break
     return len(queued)
+
+
+def queue_interrupted(study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec) -> int:
+    """Queue, after its best, the earlier sweep's trials that were interrupted (running when it was stopped).
+
+    They never reached an end, so nothing of them is told; trained again, they are judged. Only
+    those in the space and not queued already, within the trial budget.
+    """
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    seen = [dict(t.system_attrs.get("fixed_params") or {}) for t in waiting]  # where Optuna keeps a queued config
+    room = spec.budget.trials - len(waiting)
+    queued = 0
+    for trial in old.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if queued >= room or trial.user_attrs.get("status") != INTERRUPTED or WARM_ATTR in trial.user_attrs:
+            continue
+        point = point_in_space(trial, spec)
+        if isinstance(point, str) or point[0] in seen:
+            continue
+        seen.append(point[0])
+        study.enqueue_trial(point[0], user_attrs={QUEUED_ATTR: f"{source} t{trial.number:03d} (interrupted)"})
+        queued += 1
+    return queued
