@@ -323,7 +323,9 @@ def test_the_live_view_prints_a_line_per_ended_trial_and_its_status_line() -> No
     assert first.split() == ["t000", "completed", "val_loss=0.25", "after", "3", "epoch(s)"]
     diverged = record(1, "diverged")
     diverged.epochs, diverged.reason = 1, "loss_explosion: ... (step 14)"
-    assert event_line(diverged, "val_loss").split()[:5] == ["t001", "diverged", "val_loss=-", "in", "epoch"]
+    assert event_line(diverged, "val_loss") == "  t001  diverged    in epoch 1 (loss_explosion: ... (step 14))"
+    diverged.epochs, diverged.value = 2, 0.5  # a user read "val_fd=32.415 in epoch 2" as epoch 2's value
+    assert event_line(diverged, "val_loss").startswith("  t001  diverged    in epoch 2, last val_loss=0.5 (")
     assert "trials 1/4 done" in second and second.endswith(" left") and "~" in second
 
 

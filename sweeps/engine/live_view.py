@@ -98,9 +98,10 @@ def event_line(record: TrialRecord, metric: str) -> str:
     reason = f" ({record.reason})" if record.reason else ""
     if record.would_stop:  # observe mode: what the detector would have done, as the trial ends
         reason += f" · {observed_text(record.would_stop)}"
-    # a diverged trial stopped within the epoch it reports (its step is in the reason)
-    when = f"in epoch {record.epochs}" if record.status == "diverged" else f"after {record.epochs} epoch(s)"
-    return f"  {record.label:<5} {record.status:<11} {value} {when}{reason}"
+    if record.status == "diverged":  # stopped within the epoch it counts (its step is in the reason): the
+        last = f", last {value}" if record.value is not None else ""  # value is an earlier epoch's, if any
+        return f"  {record.label:<5} {record.status:<11} in epoch {record.epochs}{last}{reason}"
+    return f"  {record.label:<5} {record.status:<11} {value} after {record.epochs} epoch(s){reason}"
 
 
 class LiveView(Callback):
