@@ -164,3 +164,19 @@ def test_a_re_run_with_no_completed_trial_to_compare_is_not_judged_a_false_stop(
     assert (stop.verdict, lost.verdict) == ("unjudged", "true_stop") and not result.false_stops
     _judge(AuditResult("s", "val_loss", "min", [stop], completed=[20.0], top_k=1))
     assert stop.verdict == "false_stop"
+
+
+def test_an_observed_flag_is_judged_against_the_trials_no_signal_flagged() -> None:
+    """A user's inpainting sweep: the same trial, same metric, read ``true_stop`` stopped and ``false_stop`` observed.
+
+    Observed, the pool held the other flagged trials (one-colour fills at 0.195, one at 1.6e6) and lowered the median.
+    """
+    from sweeps.engine.audit import AuditedStop, AuditResult, _judge
+
+    flagged = [0.19508, 0.19510, 0.19514, 0.19587, 0.19603, 1.58e6]
+    unflagged = [0.1504, 0.1512, 0.1530]
+    stop = AuditedStop("t006", 6, "r", "collapse", "38", None, value=0.19508, observed=True)
+    result = AuditResult("s", "val_l1", "min", [stop], completed=flagged + unflagged, top_k=1, unflagged=unflagged)
+    _judge(result)
+    assert (stop.verdict, stop.rank) == ("true_stop", 4)
+    assert "rank 4 of 4" in stop.line("val_l1", len(result.unflagged))

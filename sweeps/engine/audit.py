@@ -17,8 +17,9 @@ Verdicts, against the sweep's completed trials:
 
 In an observe-mode sweep (``divergence.mode: observe``) the flagged trials trained on to their
 end already: each would-be stop of a heuristic signal whose trial completed (or ended with no
-finite metric) is judged from the trial's own end, against the other completed trials, with
-nothing re-run.
+finite metric) is judged from the trial's own end, with nothing re-run, against the completed
+trials no signal flagged: those a sweep that stopped would have completed (with the flagged ones
+in the pool, the same trial read ``false_stop`` observed and ``true_stop`` stopped).
 
 The audit also says where each re-run would have ranked and whether the sweep's best (or top
 ``k``) would have changed. The stopped trial's run gets ``sweep.audit.verdict``,
@@ -29,7 +30,7 @@ The audit also says where each re-run would have ranked and whether the sweep's 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ class AuditedStop:
         """One line of the audit table."""
         end = f"{metric}={metric_text(self.value)}" if self.value is not None else (self.failure or "no finite metric")
         end = clipped(("ran on: " if self.observed else "") + end, 28)  # the whole reason is on the MLflow run
-        among = completed if self.observed and self.value is not None else completed + 1  # it is among them
+        among = completed + 1  # where it would have ranked had it joined them
         rank = f"rank {self.rank} of {among}" if self.rank is not None else "-"
         by = self.signal + "@" + self.step + (" (observe)" if self.observed else "")
         return f"{self.label:<6} {by:<22} {end:<28} {rank:<14} {self.verdict}"
@@ -124,6 +125,8 @@ class AuditResult:
     completed: list[float]
     top_k: int
     page: Path | None = None
+    unflagged: list[float] = field(default_factory=list)
+    """The completed trials no signal flagged (observe mode): the pool a would-be stop is judged against."""
     """The sweep's ``report.html``, rewritten with the verdicts (None when there was nothing to re-run or no report)."""
 
     @property
@@ -143,7 +146,7 @@ class AuditResult:
         """The audit as a table and a closing line."""
         head = f"{'trial':<6} {'stopped by':<22} {'re-run to the last epoch':<28} {'rank':<14} verdict"
         lines = [head, "-" * len(head)]
-        lines += [s.line(self.metric, len(self.completed)) for s in self.stops]
+        lines += [s.line(self.metric, len(self.unflagged if s.observed else self.completed)) for s in self.stops]
         return "\n".join([*lines, "", self.summary()])
 
     def summary(self) -> str:
@@ -178,6 +181,7 @@ def audit_sweep(
     completed = _completed_values(runs, spec.metric)
     by_number = sorted(stops + observed, key=lambda s: s.number)
     result = AuditResult(sweep.name, spec.metric, spec.mode, by_number, completed, top_k)
+    result.unflagged = _completed_values(runs, spec.metric, unflagged=True)
     number = int(meta.get("audits", 0)) + 1
     if stops:
         spec_text = sweep.spec_file.read_text()
@@ -270,7 +274,8 @@ def _observed_trials(runs: list[Any], spec: SweepSpec) -> list[AuditedStop]:
     return found
 
 
-def _completed_values(runs: list[Any], metric: str) -> list[float]:
+def _completed_values(runs: list[Any], metric: str, unflagged: bool = False) -> list[float]:
+    """The metric of every completed trial (``unflagged``: of those with no would-be stop of observe mode)."""
     values = []
     for run in runs:
         value = run.data.metrics.get(metric)
@@ -278,6 +283,7 @@ def _completed_values(runs: list[Any], metric: str) -> list[float]:
             run.data.tags.get(TAG_ROLE) == ROLE_TRIAL
             and run.data.tags.get(TAG_STATUS) == COMPLETED
             and value is not None
+            and not (unflagged and run.data.tags.get(TAG_WOULD_STOP_SIGNAL))
         ):
             values.append(float(value))
     return values
@@ -327,15 +333,12 @@ def _error_reason(error: BaseException | None, state: SweepState) -> str:
 def _judge(result: AuditResult) -> None:
     """Rank each re-run among the completed trials and give its verdict."""
     sign = 1.0 if result.mode == "min" else -1.0
-    everyone = sorted(sign * v for v in result.completed)
     for stop in result.stops:
         if stop.value is None:
             stop.verdict = AUDIT_TRUE_STOP
             continue
         score = sign * stop.value
-        ranked = list(everyone)
-        if stop.observed and score in ranked:  # a flagged trial that completed is one of them: against the others
-            ranked.remove(score)
+        ranked = sorted(sign * v for v in (result.unflagged if stop.observed else result.completed))
         stop.rank = 1 + sum(1 for v in ranked if v < score)
         if not ranked:  # no completed trial: "at least as good as the median" says nothing (it read false_stop)
             stop.verdict = AUDIT_UNJUDGED
