@@ -14,6 +14,8 @@ Each signal has a name, defaults, and a spec setting under ``divergence:``. Two 
   overflow (are skipped), or more than ``max_share`` (50%) of the last ``window`` (50) steps
   overflow. GradScaler's calibration (the run of overflows from its initial scale down before the
   first good step, up to ``calibration`` (24) of them) and isolated overflows later do not count.
+  The floor is irrecoverable; a run or share of overflows is strong evidence, not proof (a scale
+  that settles lower can outlive it), so ``sweeps audit`` re-runs those stops too (:func:`may_recover`).
 
 **Heuristic signals** judge from a pattern that a trial can recover from (a spike after a large
 update, an lr restart), so each waits for evidence: a window of the last ``steps`` steps of which
@@ -84,6 +86,21 @@ DEFAULTS: dict[str, dict[str, float]] = {
 
 HEURISTIC = ("loss_explosion", "grad_explosion", "collapse", "runaway_weights")
 """The signals that judge from a pattern and so wait for evidence (the others are irrecoverable states)."""
+OVERFLOW_RUN = "consecutive overflow steps"
+OVERFLOW_SHARE = "steps overflowed"
+"""The words of ``loss_scale``'s reasons for a run, and for a share, of overflow steps."""
+
+
+def may_recover(signal: str, reason: str) -> bool:
+    """Whether a stop (``signal`` and its ``reason``) judged a pattern a trial can still recover from.
+
+    Every heuristic signal; and ``loss_scale``'s run or share of overflows after GradScaler's
+    calibration, which a scale that settles lower can outlive (a user's fp16 loop stopped after 6
+    overflows in a row trained on to a finite metric). Not the scale's floor, a forward pass that
+    overflows at every scale, nor non-finite weights.
+    """
+    return signal in HEURISTIC or (signal == "loss_scale" and (OVERFLOW_RUN in reason or OVERFLOW_SHARE in reason))
+
 
 LOSS_UP = 2.0
 """``grad_explosion`` and ``runaway_weights`` fire only while the loss is above this many times its first
@@ -180,12 +197,12 @@ class _ScaleWatch:
                 return self._floor(net, step, scale)
         self.recent.append((step, skipped))
         if run >= self.s["consecutive"]:
-            return Divergence("loss_scale", f"{net}: {run} consecutive overflow steps", step, self.streak.start)
+            return Divergence("loss_scale", f"{net}: {run} {OVERFLOW_RUN}", step, self.streak.start)
         if len(self.recent) == self.recent.maxlen:
             share = sum(s for _, s in self.recent) / len(self.recent)
             if share > self.s["max_share"]:
                 onset = next(st for st, s in self.recent if s)
-                reason = f"{net}: {share:.0%} of the last {len(self.recent)} steps overflowed"
+                reason = f"{net}: {share:.0%} of the last {len(self.recent)} {OVERFLOW_SHARE}"
                 return Divergence("loss_scale", reason, step, onset)
         return self._floor(net, step, scale)
 

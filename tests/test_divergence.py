@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
+from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings, may_recover
 from trainables import build_config, load_trainer
 
 TINY = {"image_size": 16, "train_images": 64, "val_images": 32, "width": 4, "batch_size": 8, "latent_dim": 4}
@@ -62,6 +62,17 @@ def test_fp16_with_huge_losses_collapses_the_loss_scale() -> None:
     found, steps = train(precision="fp16", kl_weight=1e8)
     assert found is not None and found.signal == "loss_scale" and "below floor" in found.reason
     assert found.step <= 20 and all(s["vae/skipped"] for s in steps)
+    assert not may_recover(found.signal, found.reason)  # sweeps audit does not re-run it
+
+
+def test_a_run_of_overflows_after_calibration_is_a_stop_the_audit_re_runs() -> None:
+    """A user's fp16 loop, stopped after 6 overflows in a row at step 7, trained on to a finite metric."""
+    detector = DivergenceDetector()
+    for step, skipped in enumerate([0, 1, 1, 1, 1, 1, 1], start=1):
+        found = detector.observe(step, {"loss": 1.0, "model/loss_scale": 1024.0, "model/skipped": float(skipped)})
+    assert found is not None and found.signal == "loss_scale" and found.step == 7
+    assert may_recover(found.signal, found.reason)
+    assert may_recover("collapse", "") and not may_recover("non_finite", "loss not finite")
 
 
 def test_a_minimum_loss_scale_turns_collapse_into_consecutive_overflows() -> None:

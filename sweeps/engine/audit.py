@@ -2,8 +2,9 @@
 
 A stop is a claim: "this trial would not have ended among the good ones". The audit checks it.
 Every trial of the sweep that a *heuristic* signal stopped (``loss_explosion``,
-``grad_explosion``, ``collapse``, ``runaway_weights``; the irrecoverable ones, non-finite weights
-and loss-scale collapse, are not re-run) is trained again with the same parameters and seed to
+``grad_explosion``, ``collapse``, ``runaway_weights``), or ``loss_scale`` for a run or share of
+overflow steps (:func:`sweeps.divergence.may_recover`; the irrecoverable ones, non-finite weights
+and a loss scale below its floor, are not re-run) is trained again with the same parameters and seed to
 the sweep's last epoch, with the detector off, on the sweep's Ray cluster. Each re-run is an
 MLflow run under the sweep's parent (``sweep.role=audit``), linked both ways to the trial it
 re-runs.
@@ -59,16 +60,18 @@ from sweeps.core.keys import (
     TAG_DIVERGENCE_STEP,
     TAG_EPOCHS,
     TAG_OPTUNA_NUMBER,
+    TAG_REASON,
     TAG_ROLE,
     TAG_SIGNAL,
     TAG_STATUS,
+    TAG_WOULD_STOP_REASON,
     TAG_WOULD_STOP_SIGNAL,
     TAG_WOULD_STOP_STEP,
     TIME_UP_KEY,
 )
 from sweeps.core.outcome import ran_out
 from sweeps.core.records import SweepState, metric_text
-from sweeps.divergence import HEURISTIC
+from sweeps.divergence import may_recover
 from sweeps.engine.cluster import start_ray
 from sweeps.engine.runner import configs_tuner
 from sweeps.engine.searcher import trial_plan
@@ -220,7 +223,7 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
         tags = run.data.tags
         if tags.get(TAG_ROLE) != ROLE_TRIAL or tags.get(TAG_STATUS) != DIVERGED:
             continue
-        if tags.get(TAG_SIGNAL) not in HEURISTIC or run.info.run_id not in config_of:
+        if not may_recover(tags.get(TAG_SIGNAL, ""), tags.get(TAG_REASON, "")) or run.info.run_id not in config_of:
             continue
         if tags.get(TAG_WOULD_STOP_SIGNAL):  # observe mode: it ran on to its end, judged as it ended
             continue
@@ -249,7 +252,8 @@ def _observed_trials(runs: list[Any], spec: SweepSpec) -> list[AuditedStop]:
     found = []
     for run in runs:
         tags = run.data.tags
-        if tags.get(TAG_ROLE) != ROLE_TRIAL or tags.get(TAG_WOULD_STOP_SIGNAL) not in HEURISTIC:
+        signal, reason = tags.get(TAG_WOULD_STOP_SIGNAL, ""), tags.get(TAG_WOULD_STOP_REASON, "")
+        if tags.get(TAG_ROLE) != ROLE_TRIAL or not may_recover(signal, reason):
             continue
         status, value = tags.get(TAG_STATUS), run.data.metrics.get(spec.metric)
         finite = value is not None and math.isfinite(value)
