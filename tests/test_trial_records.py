@@ -151,6 +151,25 @@ def test_a_diverged_trials_curves_and_steps_are_delivered_before_its_last_report
     assert events.events[-3:] == ["upload curves/curves.png", "flush 900", "report diverged"]
 
 
+def test_a_diverged_trials_run_holds_its_step_count_at_the_stop(tmp_path: Path) -> None:
+    """A user's trial stopped at step 30, in epoch 2: its run said sweep/steps 16 (epoch 1's), results.csv 30."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("stopped")).info.run_id
+    logger = TrialLogger(uri, run_id)
+    channel = MemoryChannel()
+    plan = TrialPlan("examples.plain_loop_sweepable:train", "val_loss", 3, report_every_s=0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        EpochLoop(plan, {"lr": 1.0}, logger).run(channel)
+    assert logger.close(timeout=60)
+    last = channel.reports[-1]
+    assert last[DIVERGED_KEY] and last["sweep/steps"] > 0
+    history = client.get_metric_history(run_id, "sweep/steps")
+    assert (history[-1].step, history[-1].value) == (last["epoch"], last["sweep/steps"])
+
+
 def test_a_plot_that_cannot_be_drawn_is_a_warning_in_the_trials_log_and_a_tag(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -471,8 +471,8 @@ class EpochLoop:
         assert self.channel is not None
         if self.logger is not None:
             self.logger.record_held()  # the steps that led to the stop, held back by the step cadence
-            if metrics:
-                self.logger.log_metrics(metrics, step=epoch)
+            counts = {STEPS_KEY: self.counts[STEPS_KEY], SKIPPED_KEY: self.counts[SKIPPED_KEY]}  # at the stop
+            self.logger.log_metrics({**(metrics or {}), **counts}, step=epoch)
         self._deliver()
         observed = self.watch.result() if self.watch is not None else {}  # observe mode: what a step signal saw first
         result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **observed, **divergence_result(divergence)}
