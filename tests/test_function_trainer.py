@@ -887,6 +887,10 @@ def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones
         ("config: {lr: 1e-3, seed: abc}\n", r"config\.seed: 'abc' is not a number"),
         ("trainer: ''\n", r"trainer: missing: the trainer the sweep ran"),
         ("config: {lr: 1e-3, precision: fp8}\n", r"config\.precision: unknown precision 'fp8' \(accepted: fp32"),
+        (  # a class whose Config field is a Literal said it once, and the engine's precision check again
+            "trainer: vae\nmetric: {name: val_mse, mode: min}\nconfig: {lr: 1e-3, precision: fp8}\n",
+            r"config\.precision: unknown precision 'fp8' \(accepted: fp32",
+        ),
         (
             "config: {lr: 1e-3, precision: fp16}\n",
             r"config\.precision: trainer '.*' does not run 'fp16' \(it runs: fp32",

@@ -49,7 +49,7 @@ class SpecError(InputError):
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
-        self.problems = problems
+        self.problems = problems = list(dict.fromkeys(problems))  # one check and another may find the same
         lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems]
         super().__init__("\n".join(_one_line(line) for line in lines))
 
