@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from sweeps.core.errors import InputError
+from sweeps.core.files import CommandError, disk_error_line
 from sweeps.core.keys import FAILED, INTERRUPTED, OOM
 from sweeps.core.records import metric_text
 from sweeps.spec.sweep_spec import SpecError
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from sweeps.spec.sweep_spec import SweepSpec
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 UI_PORT = 5000
 
 
@@ -141,9 +145,9 @@ def command_name() -> str:
     """
     invoked = sys.argv[0] if sys.argv else ""
     if os.path.basename(invoked) != "sweeps":  # python -m sweeps, or a test calling main()
-        return "sweeps" if shutil.which("sweeps") else f"{sys.executable} -m sweeps"  # a venv's python: by path
+        return "sweeps" if shutil.which("sweeps") else f"{shlex.quote(sys.executable)} -m sweeps"  # by path
     found = shutil.which("sweeps")
-    return "sweeps" if found and os.path.realpath(found) == os.path.realpath(invoked) else invoked
+    return "sweeps" if found and os.path.realpath(found) == os.path.realpath(invoked) else shlex.quote(invoked)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:  # a spec's problems, one per line; any other bad input, one line
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except CommandError as exc:  # it began, then could not go on (a full disk): one line
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # the disk's, not the command's: one line; any other is a bug, with its traceback
+        if (line := disk_error_line(exc)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C outside a sweep's own handling (starting up, a report, an export)
+        print("stopped by Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _refuse_empty(args: argparse.Namespace) -> None:
@@ -365,15 +380,15 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         cut = sum(1 for r in state.trials.values() if r.status == INTERRUPTED)
         also = f"; {cut} more cut short by it (interrupted)" if cut else ""
         print(f"time:    budget.time ran out after {state.budget_done} of {spec.budget.trials} trials{also}")
+    where = "" if storage == DEFAULT_ROOT else f" --storage {shlex.quote(str(storage))}"
+    sweeps, name = command_name(), shlex.quote(result.sweep.name)  # as pasted into a shell
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
-        where = "" if storage == DEFAULT_ROOT else f" --storage {storage}"
-        sweeps = command_name()
-        print(f"next:    {sweeps} export {result.sweep.name}{where} -o best.yaml && {sweeps} train best.yaml")
+        print(f"next:    {sweeps} export {name}{where} -o best.yaml && {sweeps} train best.yaml")
         if note := unstable_best_note(state):
             print(note)
     if result.interrupted and not state.halted:
-        more = f"sweeps run {result.sweep.spec_file} --warm-start {result.sweep.name}"
+        more = f"{sweeps} run {shlex.quote(str(result.sweep.spec_file))}{where} --warm-start {name}"
         print(f"stopped: by Ctrl-C, {state.budget_done} of {spec.budget.trials} trials done; to go on from it: {more}")
     if state.halted:  # the trainer (or the spec's metric) is wrong: every trial would have failed so
         print(
@@ -455,10 +470,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_sweep_name(source["sweep"])
         except SweepStoreError as exc:
             raise SpecError(args.config, [("source.sweep", str(exc))]) from None
-    from sweeps.trial.stops import MetricMissingError, ReportCallError, ReturnedEarlyError, RunCallError
+    from sweeps.trial.stops import (
+        MetricMissingError,
+        ReportCallError,
+        ReturnedEarlyError,
+        RunCallError,
+        TrainerExitError,
+    )
 
     try:
         train_from_file(data, epochs=args.epochs, save=args.save)
+    except TrainerExitError as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C in the trainer's loop (in a trial, a failure)
+            raise KeyboardInterrupt from None
+        raise
     except MetricMissingError as exc:  # a function trainer declares no metrics: known only once it reports
         raise InputError(f"{args.config}: metric.name: {exc}") from None
     except (ReturnedEarlyError, ReportCallError, RunCallError) as exc:
@@ -507,7 +532,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         where = f"{stop.get('signal') or ''} at step {stop.get('step')}".strip()
         print(f"audit:   {stop['trial']} {where}: {verdict_text(stop, best, str(meta.get('mode', 'min')))}")
     if args.html:
-        shutil.copy(page, args.html)
+        from sweeps.core.files import write_whole
+
+        write_whole(args.html, lambda part: shutil.copyfile(page, part))
     print(f"\nreport: {args.html or page}")
     return 0
 

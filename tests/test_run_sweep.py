@@ -251,8 +251,12 @@ def test_a_trial_over_its_time_stops_at_its_epochs_end_and_a_hung_one_is_ended(w
     printed = io.StringIO()  # the same sweep, had Ctrl-C stopped it: the summary says so and how to go on
     with contextlib.redirect_stdout(printed):
         code = _print_result(dataclasses.replace(result, interrupted=True), load_spec(workdir / "it-hung.yaml"), "r")
-    assert code == 130 and "stopped: by Ctrl-C, 1 of 1 trials done; to go on from it: sweeps run " in printed.getvalue()
-    assert printed.getvalue().rstrip().endswith("--warm-start it-hung")
+    assert code == 130 and "stopped: by Ctrl-C, 1 of 1 trials done; to go on from it: " in printed.getvalue()
+    assert printed.getvalue().rstrip().endswith(" --storage r --warm-start it-hung")  # the sweep is found there
+    printed = io.StringIO()  # a storage folder with a space: the printed command, pasted, read "ü" as an argument
+    with contextlib.redirect_stdout(printed):
+        _print_result(dataclasses.replace(result, interrupted=True), load_spec(workdir / "it-hung.yaml"), "st ü")
+    assert printed.getvalue().rstrip().endswith(" --storage 'st ü' --warm-start it-hung")
     assert [
         m.step for m in mlflow.MlflowClient(result.tracking_uri).get_metric_history(run.info.run_id, "val_loss")
     ] == [1]

@@ -9,6 +9,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.core.files import write_whole
 from sweeps.core.records import UNSTABLE_SHARE
 from sweeps.store.study import is_told, load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
@@ -94,7 +95,8 @@ def _export(sweep: SweepDir, meta: dict[str, Any], trial: FrozenTrial, rank: int
 def write_export(data: dict[str, Any], path: str | Path) -> Path:
     """Write an exported config with a header saying where it came from and how to use it."""
     out = Path(path)
-    out.write_text(export_text(data, out.name))
+    text = export_text(data, out.name)
+    write_whole(out, lambda part: part.write_text(text))
     return out
 
 

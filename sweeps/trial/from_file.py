@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
+from sweeps.core.files import write_whole
 from sweeps.core.keys import EPOCH, EPOCHS_FIELD
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int, unknown_key
@@ -170,7 +172,7 @@ def train_from_file(
             out.write(f"not saved: {data['trainer']} keeps no state to save (it never calls run.checkpoint)\n")
         else:
             config = {**data["config"], **({EPOCHS_FIELD: total} if EPOCHS_FIELD in data["config"] else {})}
-            torch.save({"trainer": state, "config": config, "epoch": total}, save)
+            write_whole(save, partial(torch.save, {"trainer": state, "config": config, "epoch": total}))
             out.write(f"saved {save}\n")
     recorded = (data.get("metric") or {}).get("value")
     if metric in metrics and isinstance(recorded, (int, float)) and total == int(data["epochs"]):
