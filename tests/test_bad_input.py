@@ -139,6 +139,12 @@ def _finished_sweep_whose_journal_was_cut(folder: Path, keep_first: bool = False
     cut.optuna_journal.write_bytes(cut.optuna_journal.read_bytes()[: len(whole) + 40])
 
 
+def _finished_sweep_whose_journal_is_empty(folder: Path) -> None:
+    """A user's finished sweep whose optuna-journal.log was left with 0 bytes (a full disk)."""
+    _finished_sweep_whose_journal_was_cut(folder)
+    (folder / "sweep_runs" / "cut" / "optuna-journal.log").write_bytes(b"")
+
+
 def _sweep_folder_without_its_sweep_json(folder: Path) -> None:
     (folder / "sweep_runs" / "gone").mkdir(parents=True)
     (folder / "sweep_runs" / "gone" / "spec.yaml").write_text("name: x\n")
@@ -345,6 +351,13 @@ ROWS = [
         r"^error: sweep 'cut' has no completed trial to export: its Optuna study holds 1 of its 2 trials \(the "
         r"journal is damaged or cut short\); every trial is still in MLflow \(sqlite:///m\.db, parent run p1\)$",
         setup=_finished_sweep_whose_journal_was_cut,
+    ),
+    Row(
+        "export: a finished sweep whose Optuna journal is empty",
+        ["export", "cut", "-o", "b.yaml"],
+        r"^error: no Optuna study 'cut' in \S+optuna-journal\.log \(empty or cut short\): its trials are still "
+        r"in MLflow$",
+        setup=_finished_sweep_whose_journal_is_empty,
     ),
     Row(
         "export: a file in a folder that does not exist",

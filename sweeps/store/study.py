@@ -117,7 +117,13 @@ def load_study(sweep: SweepDir, sampler: optuna.samplers.BaseSampler | None = No
     if not sweep.optuna_db.is_file() and not sweep.optuna_journal.is_file():
         raise SweepStoreError(f"no Optuna study in {sweep.path}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=sweep.name, storage=open_storage(sweep), sampler=sampler)
+    try:
+        return optuna.load_study(study_name=sweep.name, storage=open_storage(sweep), sampler=sampler)
+    except KeyError:  # Optuna's "Record does not exist.": a journal emptied (a full disk, a copy cut short)
+        where = sweep.optuna_journal if sweep.optuna_journal.is_file() else sweep.optuna_db
+        raise SweepStoreError(
+            f"no Optuna study {sweep.name!r} in {where} (empty or cut short): its trials are still in MLflow"
+        ) from None
 
 
 def record_trial(
