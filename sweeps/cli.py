@@ -212,6 +212,8 @@ def check_output_file(option: str, path: str, overwrites: Callable[[bytes], bool
     if target.is_dir():
         raise InputError(f"{option} {path}: is a folder; name a file")
     if not target.parent.is_dir():
+        if target.parent.exists():
+            raise InputError(f"{option} {path}: {target.parent} is a file, not a folder to write it in")
         raise InputError(f"{option} {path}: no folder {target.parent} to write it in (create it first)")
     if target.exists():
         if overwrites is not None and not overwrites(target.read_bytes()[:64]):

@@ -365,6 +365,11 @@ ROWS = [
         r"^error: --output no/such/best\.yaml: no folder no/such to write it in \(create it first\)$",
     ),
     Row(
+        "export: a file under a file",
+        ["export", "any", "-o", "s.yaml/best.yaml"],
+        r"^error: --output s\.yaml/best\.yaml: s\.yaml is a file, not a folder to write it in$",
+    ),
+    Row(
         "report: --html over a file it did not write (the user's spec)",
         ["report", "any", "--html", "s.yaml"],
         r"^error: --html s\.yaml: a file that this command did not write is there; name another$",
