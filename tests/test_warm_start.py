@@ -61,12 +61,18 @@ def test_a_trial_is_a_point_of_the_new_space_only_where_every_value_fits() -> No
     assert point_in_space(frozen({"lr": 0.01}, {"lr": 0.01}), other) == "no value of any parameter searched here"
 
 
-def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_path: Path) -> None:
-    spec = spec_from_dict(NARROWER)
+def earlier_study(tmp_path: Path) -> tuple[Any, optuna.Study, dict[str, Any]]:
+    """The earlier sweep ``wa`` (EARLIER's space) with an empty study, and its distributions of lr and width."""
     earlier = new_sweep_dir(tmp_path, "wa")
-    old = create_study(earlier, spec_from_dict(EARLIER))
     lr = optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
     width = optuna.distributions.IntDistribution(1, 8)
+    return earlier, create_study(earlier, spec_from_dict(EARLIER)), {"lr": lr, "width": width}
+
+
+def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_path: Path) -> None:
+    spec = spec_from_dict(NARROWER)
+    earlier, old, dists = earlier_study(tmp_path)
+    lr, width = dists["lr"], dists["width"]
     for value, trial_lr in ((0.5, 0.01), (0.4, 1e-4)):  # told; outside the narrower lr range
         trial = optuna.trial.create_trial(
             value=value, params={"lr": trial_lr, "width": 4}, distributions={"lr": lr, "width": width}
@@ -84,14 +90,11 @@ def test_the_warm_start_line_counts_the_earlier_trials_it_could_not_tell(tmp_pat
 def test_a_warm_start_from_a_sweep_stopped_by_ctrl_c_trains_its_interrupted_trials_again(tmp_path: Path) -> None:
     """A user's GAN sweep, Ctrl-C'd: the trial that was running (8.48 in an earlier sweep) was never tried again."""
     spec = spec_from_dict(NARROWER)
-    earlier = new_sweep_dir(tmp_path, "wa")
-    old = create_study(earlier, spec_from_dict(EARLIER))
-    lr = optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
-    width = optuna.distributions.IntDistribution(1, 8)
+    earlier, old, dists = earlier_study(tmp_path)
     config = {"lr": 0.01, "width": 4}
-    old.add_trial(optuna.trial.create_trial(value=0.5, params=config, distributions={"lr": lr, "width": width}))
+    old.add_trial(optuna.trial.create_trial(value=0.5, params=config, distributions=dists))
     for trial_lr, status in ((0.05, "interrupted"), (0.06, "failed"), (1e-4, "interrupted")):  # the last: out of space
-        trial = old.ask({"lr": lr, "width": width})
+        trial = old.ask(dists)
         trial.set_user_attr("config", {"lr": trial_lr, "width": 3})
         trial.set_user_attr("status", status)
         old.tell(trial, state=TrialState.FAIL)
