@@ -128,9 +128,9 @@ class AuditResult:
     completed: list[float]
     top_k: int
     page: Path | None = None
+    """The sweep's ``report.html``, rewritten with the verdicts (None when there was nothing to re-run or no report)."""
     unflagged: list[float] = field(default_factory=list)
     """The completed trials no signal flagged (observe mode): the pool a would-be stop is judged against."""
-    """The sweep's ``report.html``, rewritten with the verdicts (None when there was nothing to re-run or no report)."""
 
     @property
     def false_stops(self) -> list[AuditedStop]:
