@@ -39,7 +39,7 @@ from sweeps.core.keys import SKIPPED_KEY, STEPS_KEY
 from sweeps.core.plan import TrialPlan
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.trial_logger import TrialLogger
-from sweeps.trial.epoch_loop import detector_for, step_hook
+from sweeps.trial.epoch_loop import StepWatch, detector_for
 from sweeps.trial.function_run import FunctionRun
 from trainables.data import procedural_images
 
@@ -50,7 +50,7 @@ def make_run(logger: TrialLogger | None) -> FunctionRun:
     """A function trainer's run with the sweep's step hook (the detector's default settings)."""
     plan = TrialPlan("examples.plain_loop_sweepable:train", "val_loss", 1)
     counts = {STEPS_KEY: 0.0, SKIPPED_KEY: 0.0}
-    hook = step_hook(detector_for(plan), counts, logger, CurveHistory())
+    hook = StepWatch(detector_for(plan), counts, logger, CurveHistory())
     return FunctionRun({"lr": 1e-3}, 10**6, hook, lambda epoch, metrics, image: True)
 
 
@@ -67,10 +67,11 @@ class Loop:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.start = 0
 
-    def steps(self, count: int, run: FunctionRun | None) -> tuple[float, float, float]:
+    def steps(self, count: int, run: FunctionRun | None) -> tuple[float, float, float, float]:
         """Per step over ``count`` steps: wall seconds, this process's CPU seconds (all its threads),
-        and the CPU seconds of this thread inside ``run.step``."""
-        inside = 0.0
+        the CPU seconds of this thread inside ``run.step``, and inside ``optimizer.step()`` (where
+        ``run.step``'s step pre-hook reads the gradient norms, from the second call on)."""
+        inside = stepping = 0.0
         cpu = time.process_time()
         began = time.perf_counter()
         for _ in range(count):
@@ -79,13 +80,15 @@ class Loop:
             loss = F.mse_loss(self.model(x + 0.1 * torch.randn_like(x)), x)
             self.optimizer.zero_grad()
             loss.backward()
+            before = time.thread_time()
             self.optimizer.step()
+            stepping += time.thread_time() - before
             if run is not None:
                 before = time.thread_time()
                 run.step(loss=loss, optimizer=self.optimizer)
                 inside += time.thread_time() - before
         wall = time.perf_counter() - began
-        return wall / count, (time.process_time() - cpu) / count, inside / count
+        return wall / count, (time.process_time() - cpu) / count, inside / count, stepping / count
 
 
 def measure(repeats: int, steps: int, width: int) -> dict[str, dict[str, Any]]:
@@ -102,15 +105,16 @@ def measure(repeats: int, steps: int, width: int) -> dict[str, dict[str, Any]]:
         loops = {mode: Loop(width) for mode in MODES}
         for mode in MODES:  # warm-up: first-use costs out of the clock
             loops[mode].steps(steps, runs[mode])
-        times: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in MODES}
+        times: dict[str, list[tuple[float, float, float, float]]] = {mode: [] for mode in MODES}
         for _ in range(repeats):
             for mode in MODES:
                 times[mode].append(loops[mode].steps(steps, runs[mode]))
         logger.close(timeout=120)
-    plain, plain_cpu = (statistics.median(t[i] for t in times["plain"]) for i in (0, 1))
+    plain, plain_cpu, _, plain_stepping = (statistics.median(t[i] for t in times["plain"]) for i in range(4))
     table = {}
     for mode in MODES:
-        step, cpu, inside = (statistics.median(t[i] for t in times[mode]) for i in (0, 1, 2))
+        step, cpu, inside, stepping = (statistics.median(t[i] for t in times[mode]) for i in range(4))
+        inside += stepping - plain_stepping  # the hook's share of optimizer.step()
         table[mode] = {
             "step_s": step,
             "vs_plain": step / plain - 1.0,
