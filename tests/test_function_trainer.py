@@ -145,9 +145,12 @@ def test_several_networks_in_one_step() -> None:
     run, steps, _ = recording_run()
     g, d = nn.Linear(2, 2), nn.Linear(2, 1)
     opt_g, opt_d = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.2)
-    (g(torch.ones(1, 2)).sum() + d(torch.ones(1, 2)).sum()).backward()
-    run.step(loss={"g": 1.0, "d": 2.0}, optimizer={"g": opt_g, "d": opt_d}, **{"d/real_mean": 0.5})
-    metrics = steps[0][1]
+    for _ in range(2):  # at the first call of several networks their gradients are not read (not their steps')
+        (g(torch.ones(1, 2)).sum() + d(torch.ones(1, 2)).sum()).backward()
+        opt_g.step()
+        opt_d.step()
+        run.step(loss={"g": 1.0, "d": 2.0}, optimizer={"g": opt_g, "d": opt_d}, **{"d/real_mean": 0.5})
+    metrics = steps[1][1]
     assert metrics["g/lr"] == 0.1 and metrics["d/lr"] == 0.2 and metrics["d/real_mean"] == 0.5
     assert {"g/grad_norm", "d/grad_norm", "loss/g", "loss/d"} <= set(metrics) and metrics["loss"] == 3.0
 
@@ -177,10 +180,7 @@ def gan_iteration(g: nn.Module, d: nn.Module, opts: tuple[Any, Any], scalers: tu
 
 
 def test_a_gans_one_step_call_records_each_networks_gradients_as_its_own_step_applied_them() -> None:
-    """A user's fp16 GAN, run.step once per G step: d/grad_norm was G's backward through D, times G's loss scale.
-
-    And one GradScaler given for a dict of optimizers (PyTorch's own pattern) was dropped: no loss scale recorded.
-    """
+    """A user's fp16 GAN, run.step once per G step: d/grad_norm was G's backward through D, times G's loss scale."""
     torch.manual_seed(0)
     g, d = nn.Linear(2, 4), nn.Linear(4, 1)
     opts = (torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3))
@@ -191,11 +191,32 @@ def test_a_gans_one_step_call_records_each_networks_gradients_as_its_own_step_ap
         run.step(loss=1.0, optimizer={"g": opts[0], "d": opts[1]}, scaler={"g": scalers[0], "d": scalers[1]})
         if step > 1:
             assert steps[-1][1]["d/grad_norm"] == pytest.approx(applied, rel=1e-3)
+    assert "d/grad_norm" not in steps[0][1]  # at the first call D's gradients are G's backward's: none recorded
+
+
+def test_one_gradscaler_for_a_gans_two_optimizers_is_both_networks_and_a_skip_is_the_one_that_overflowed() -> None:
+    """One GradScaler for a dict of optimizers (PyTorch's own pattern) was dropped: no loss scale recorded.
+
+    Then, shared, its scale fell for G's overflow and D's step was counted skipped too (a user's GAN: 5 to 17 steps).
+    """
+    torch.manual_seed(0)
+    g, d = nn.Linear(2, 4), nn.Linear(4, 1)
+    opts = (torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3))
     shared = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     run, steps, _ = recording_run()
     gan_iteration(g, d, opts, (shared, shared))
     run.step(loss=1.0, optimizer={"g": opts[0], "d": opts[1]}, scaler=shared)
     assert steps[-1][1]["g/loss_scale"] == steps[-1][1]["d/loss_scale"] == 1024.0
+    opts[1].zero_grad()  # D steps; then G's loss overflows: only G's step is skipped
+    shared.scale(torch.relu(1 - d(torch.randn(8, 4))).mean()).backward()
+    shared.step(opts[1])
+    opts[0].zero_grad()
+    shared.scale(-d(g(torch.randn(8, 2))).mean() * math.inf).backward()
+    shared.step(opts[0])
+    shared.update()
+    run.step(loss=1.0, optimizer={"g": opts[0], "d": opts[1]}, scaler=shared)
+    last = steps[-1][1]
+    assert last["g/loss_scale"] == 512.0 and (last["g/skipped"], last["d/skipped"]) == (1.0, 0.0)
 
 
 def test_loss_metrics_fetch_every_term_at_once() -> None:

@@ -101,12 +101,16 @@ class StepProbe:
     unscaled them by then, and a GAN's discriminator keeps the norms of its own step, not of the
     gradients the generator's backward pass leaves in it). Where it did not step since (a
     ``GradScaler`` skipped an overflow), and with a model only, they are read as they are at the
-    call (call ``run.step`` before the next ``zero_grad``). ``skipped`` is the scaler's own
-    ``last_skipped`` where it keeps one (``run.scaler()``'s do), else a loss scale that fell or a
-    non-finite gradient under an enabled scaler. :meth:`close` takes the hook off the optimizer.
+    call (call ``run.step`` before the next ``zero_grad``), except at the first call of a probe
+    built with ``unread_first`` (one of several networks, built at that call: another network's
+    backward pass may have left gradients in its parameters since its step). ``skipped`` is the
+    scaler's own ``last_skipped`` where it keeps one (``run.scaler()``'s do), else a loss scale
+    that fell or a non-finite gradient under an enabled scaler; never when the optimizer did step
+    since the last call (a scaler shared by a GAN's two networks fell for the other one's
+    overflow). :meth:`close` takes the hook off the optimizer.
     """
 
-    def __init__(self, net: str, optimizer: Any = None, model: Any = None) -> None:
+    def __init__(self, net: str, optimizer: Any = None, model: Any = None, unread_first: bool = False) -> None:
         self.net, self.optimizer, self.model = net, optimizer, model
         params: Iterable[Any] = ()
         if optimizer is not None:
@@ -119,12 +123,16 @@ class StepProbe:
         self.scale: float | None = None
         self.applied: list[torch.Tensor] | None = None
         """The gradient norms (total, first, last layer) at the optimizer's last step since the last call."""
+        self.stepped = False
+        """Whether the optimizer stepped since the last call (its step pre-hook ran)."""
+        self.unread = unread_first
         self.hook = None
         if self.params and callable(getattr(optimizer, "register_step_pre_hook", None)):
             self.hook = optimizer.register_step_pre_hook(self._at_step)
 
     def _at_step(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before ``optimizer.step()``: keep the norms of the gradients it is about to apply."""
+        self.stepped = True
         given = args[1:] if args and args[0] is optimizer else args  # torch passes the optimizer itself first
         if given or kwargs.get("closure") is not None:  # a closure computes the gradients inside the step (LBFGS)
             self.applied = None
@@ -156,7 +164,9 @@ class StepProbe:
             metrics[f"{net}/lr"] = float(lr.item() if torch.is_tensor(lr) else lr)
         grad_norm: float | None = None
         if self.params:
-            grads, self.applied = (self.applied if self.applied is not None else self._grad_norms()), None
+            grads = self.applied
+            if grads is None and not self.unread:
+                grads = self._grad_norms()
             norms = [torch.linalg.vector_norm(self.params[self.last].detach().float()), *(grads or [])]
             values = torch.stack([n.float().reshape(()).to(norms[0].device) for n in norms]).tolist()
             metrics[f"{net}/weight_norm_last"] = values[0]
@@ -173,7 +183,8 @@ class StepProbe:
                 skipped = (self.scale is not None and scale < self.scale) or overflowed
             self.scale = scale
             metrics[f"{net}/loss_scale"] = scale
-            metrics[f"{net}/skipped"] = float(bool(skipped))
+            metrics[f"{net}/skipped"] = float(bool(skipped) and not self.stepped)
+        self.applied, self.stepped, self.unread = None, False, False
         return metrics
 
 

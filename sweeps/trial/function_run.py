@@ -127,13 +127,15 @@ class FunctionRun:
         """
         self.steps += 1
         metrics = _step_loss(loss) if loss is not None else {}
-        for name, (opt, mod, scl) in _networks(net, optimizer, model, scaler):
+        networks = list(_networks(net, optimizer, model, scaler))
+        for name, (opt, mod, scl) in networks:
             _check_network(name, opt, mod, scl)
             probe = self._probes.get(name)
             if probe is None or probe.optimizer is not opt or (opt is None and probe.model is not mod):
                 if probe is not None:
                     probe.close()
-                probe = self._probes[name] = StepProbe(name, opt, mod)
+                # one of several: its gradients now may be another's backward's (G's through D), not its step's
+                probe = self._probes[name] = StepProbe(name, opt, mod, unread_first=len(networks) > 1)
             metrics.update(probe(scl))
         if output is not None:
             metrics.update(output_metrics(output))
