@@ -180,3 +180,15 @@ def test_an_observed_flag_is_judged_against_the_trials_no_signal_flagged() -> No
     _judge(result)
     assert (stop.verdict, stop.rank) == ("true_stop", 4)
     assert "rank 4 of 4" in stop.line("val_l1", len(result.unflagged))
+
+
+def test_an_observed_flag_on_the_sweeps_best_says_stopping_it_would_have_changed_the_best() -> None:
+    """A user's observe sweep: its best trial was flagged at step 7, and the audit said "would have changed: no"."""
+    from sweeps.engine.audit import AuditedStop, AuditResult, _judge
+
+    best = AuditedStop("t000", 0, "r", "loss_explosion", "7", None, value=6.53, observed=True)
+    tied = AuditedStop("t003", 3, "s", "collapse", "21", None, value=8.0, observed=True)
+    result = AuditResult("s", "val_fd", "min", [best, tied], [6.53, 8.0, 8.0, 9.1], top_k=1, unflagged=[8.0, 9.1])
+    _judge(result)
+    assert result.best_changed == [best]  # tied with the unflagged best: stopping it changes nothing
+    assert result.summary().endswith("the sweep's best would have changed had they been stopped: t000")

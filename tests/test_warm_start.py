@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from sweeps.cli import main
 from sweeps.engine.runner import SweepResult, run_sweep
 from sweeps.engine.warm_start import (
+    WarmStart,
     check_warm_start,
     fixed_mismatch_note,
     point_in_space,
@@ -109,6 +110,11 @@ def test_a_warm_start_from_a_sweep_stopped_by_ctrl_c_trains_its_interrupted_tria
         "wa t001 (interrupted)",
     ]
     assert [sample(study.ask(), spec.params, spec.fixed) for _ in range(2)] == [config, {"lr": 0.05, "width": 3}]
+    only = WarmStart("wa", 0, 0, {"failed or interrupted": 2}, rerun=2)  # nothing completed before Ctrl-C
+    assert (
+        only.line()
+        == "warm start from wa: told 0 trials, its 2 interrupted trials first; left out 2 (2 failed or interrupted)"
+    )
 
 
 def test_a_warm_start_after_a_parameter_was_added_tells_its_trials_and_draws_it_in_their_best(tmp_path: Path) -> None:

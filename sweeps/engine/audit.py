@@ -110,7 +110,7 @@ class AuditedStop:
         among = completed + 1  # where it would have ranked had it joined them
         rank = f"rank {self.rank} of {among}" if self.rank is not None else "-"
         by = self.signal + "@" + self.step + (" (observe)" if self.observed else "")
-        return f"{self.label:<6} {by:<22} {end:<28} {rank:<14} {self.verdict}"
+        return f"{self.label:<6} {by:<32} {end:<28} {rank:<14} {self.verdict}"
 
 
 class AuditInterrupted(Exception):
@@ -141,13 +141,23 @@ class AuditResult:
     def best_changed(self) -> list[AuditedStop]:
         """Re-runs that would have entered the sweep's top ``k`` (with ``k=1``: beaten its best).
 
-        Never a would-be stop of observe mode: that trial ran on, so the sweep's best counts it already.
+        A would-be stop of observe mode ran on, so the sweep's best counts it already: it is listed
+        when stopping it would have changed the top ``k``, its value better than the ``k``-th best of
+        the trials no signal flagged (a user's flagged trial was the sweep's best, and the audit said "no").
         """
-        return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k and not s.observed]
+        return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k and self._leads(s)]
+
+    def _leads(self, stop: AuditedStop) -> bool:
+        """A re-run ranked in the top ``k``; an observed flag only when strictly ahead of the unflagged ``k``-th."""
+        if not stop.observed or stop.value is None:
+            return not stop.observed
+        sign = 1.0 if self.mode == "min" else -1.0
+        pool = sorted(sign * v for v in self.unflagged)
+        return len(pool) < self.top_k or sign * stop.value < pool[self.top_k - 1]
 
     def text(self) -> str:
         """The audit as a table and a closing line."""
-        head = f"{'trial':<6} {'stopped by':<22} {'re-run to the last epoch':<28} {'rank':<14} verdict"
+        head = f"{'trial':<6} {'stopped by':<32} {'re-run to the last epoch':<28} {'rank':<14} verdict"
         lines = [head, "-" * len(head)]
         lines += [s.line(self.metric, len(self.unflagged if s.observed else self.completed)) for s in self.stops]
         return "\n".join([*lines, "", self.summary()])
@@ -161,7 +171,8 @@ class AuditResult:
         if observed:
             judged += f", {observed} would-be stop(s) judged from the trial's own end"
         false = len(self.false_stops)
-        return f"audit of {self.sweep}: {judged}, {false} false; the sweep's {what} would have changed: {changed}"
+        had = " had they been stopped" if self.stops and all(s.observed for s in self.stops) else ""
+        return f"audit of {self.sweep}: {judged}, {false} false; the sweep's {what} would have changed{had}: {changed}"
 
 
 def audit_sweep(

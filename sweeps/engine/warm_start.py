@@ -60,8 +60,11 @@ class WarmStart:
         if self.unknown:
             lacking = ", ".join(f"{n} without {name}" for name, n in sorted(self.unknown.items()))
             told += f" ({lacking}, drawn anew)"
-        rerun = f", then its {self.rerun} interrupted trial{'' if self.rerun == 1 else 's'} again" if self.rerun else ""
-        return f"warm start from {self.source}: told {told}, its best {self.queued} first{rerun}{skipped}"
+        first = f"its best {self.queued} first"
+        if self.rerun:
+            interrupted = f"its {self.rerun} interrupted trial{'' if self.rerun == 1 else 's'}"
+            first = f"{first}, then {interrupted} again" if self.queued else f"{interrupted} first"
+        return f"warm start from {self.source}: told {told}, {first}{skipped}"
 
 
 def check_warm_start(root: str | Path, name: str, spec: SweepSpec) -> SweepDir:
