@@ -450,8 +450,7 @@ class EpochLoop:
         if self.logger is not None:
             # with the step counts so far: a trial whose last report never reaches the driver (the
             # sweep's time ran out, its driver died) is still counted from its run
-            counts = {STEPS_KEY: self.counts[STEPS_KEY], SKIPPED_KEY: self.counts[SKIPPED_KEY]}
-            self.logger.log_metrics({**metrics, **counts}, step=epoch)
+            self.logger.log_metrics({**metrics, **self.counts}, step=epoch)
             self._log_image(image, epoch)
         if self.plan.metric in metrics:
             self.history.append((epoch, float(metrics[self.plan.metric])))
@@ -471,8 +470,7 @@ class EpochLoop:
         assert self.channel is not None
         if self.logger is not None:
             self.logger.record_held()  # the steps that led to the stop, held back by the step cadence
-            counts = {STEPS_KEY: self.counts[STEPS_KEY], SKIPPED_KEY: self.counts[SKIPPED_KEY]}  # at the stop
-            self.logger.log_metrics({**(metrics or {}), **counts}, step=epoch)
+            self.logger.log_metrics({**(metrics or {}), **self.counts}, step=epoch)  # the step counts at the stop
         self._deliver()
         observed = self.watch.result() if self.watch is not None else {}  # observe mode: what a step signal saw first
         result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **observed, **divergence_result(divergence)}
