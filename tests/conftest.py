@@ -15,6 +15,18 @@ from tests.helpers import LOOPBACK_RAY, project_env
 # scripts run `ray up` with the RAY_* variables removed (scripts/onprem_e2e.client_environment).
 os.environ.update(LOOPBACK_RAY)
 
+SLOW_SWITCH = "SWEEPS_SLOW"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked `slow` (each over about 40 s) unless SWEEPS_SLOW=1; `.ci/run` sets it."""
+    if os.environ.get(SLOW_SWITCH) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"slow (over about 40 s): set {SLOW_SWITCH}=1 to run it; .ci/run does")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:

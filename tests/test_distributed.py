@@ -202,6 +202,7 @@ params:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) -> None:
     from mlflow import MlflowClient
 
@@ -294,6 +295,7 @@ params:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: Path) -> None:
     from mlflow import MlflowClient
 

@@ -28,6 +28,7 @@ from tests.helpers import ROOT, minimal_toy_spec, project_env, trial_runs, write
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_trial_whose_node_dies_restarts_from_its_checkpoint_on_another_node(tmp_path: Path) -> None:
     shared = tmp_path / "shared"  # stands for s3://...: reached by URI, not the sweep folder
     ray_tmp = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))  # Ray's socket paths must stay short

@@ -29,6 +29,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     running.stop()
 
 
+@pytest.mark.slow
 def test_server_down_for_30s_mid_sweep_loses_no_metric_step(server: Server, tmp_path: Path) -> None:
     spec_data = {
         "name": "remote",

@@ -93,6 +93,7 @@ def _kill_mid_sweep(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path: Path) -> None:
     write_spec(tmp_path, SPEC)
     _kill_mid_sweep(tmp_path)
@@ -181,6 +182,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_trial_lost_after_the_last_trial_was_asked_is_replaced(tmp_path: Path) -> None:
     """Killed while the budget's last trial ran without a checkpoint: Ray's snapshot says the search is over.
 
