@@ -862,6 +862,15 @@ def test_a_key_the_loops_source_never_names_gets_a_note_before_the_sweep(
     assert spec.unnamed_in_source == (("fixed.dropout", dropout), ("fixed.widht", note))
     assert main(["run", str(path), "--check"]) == 0
     assert "note: fixed.widht: note_loop_mod.py never names 'widht' (did you mean 'width'?)" in capsys.readouterr().err
+    # apex's name for the AMP level: the note says the engine's (a user's `opt_level: [O1, O2]` ran every trial fp32)
+    amp = load_spec(write_spec(tmp_path, trainer="note_loop_mod:train", fixed={"width": 8, "opt_level": "O1"}))
+    assert amp.unnamed_in_source == (
+        (
+            "fixed.opt_level",
+            "note_loop_mod.py never names 'opt_level' (the engine's AMP level is 'precision': fp32, bf16, "
+            "fp16 = O1, fp16-o2 = O2); the trainer gets it as config['opt_level']",
+        ),
+    )
     # the example loop reads the key it is given: no note
     assert load_spec(write_spec(tmp_path, trainer=EXAMPLE, fixed={"width": 8})).unnamed_in_source == ()
 

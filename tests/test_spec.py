@@ -531,3 +531,59 @@ def test_a_set_number_a_searched_range_would_not_draw_is_a_note(tmp_path: Path) 
         ),
         ("--set width=6.5", "not a whole number: params.width is searched as an int"),
     )
+
+
+@pytest.mark.parametrize(
+    ("params", "fixed", "error"),
+    [
+        (  # a user's [O1, fp16, o2]: the study held three categories, fp16 twice
+            {"precision": ["O1", "fp16", "o2"]},
+            {},
+            "params.precision.choices: 'O1' and 'fp16' are one precision (fp16): keep one, or TPE draws it twice",
+        ),
+        ({"precision": ["O2", "fp16-o2"]}, {}, "'O2' and 'fp16-o2' are one precision (fp16-o2)"),
+        (  # passed --check, then every trial failed in run.scaler() with a ValueError naming no parameter
+            {"min_loss_scale": {"choices": ["2**7", "2**8"]}},
+            {},
+            "params.min_loss_scale.choices[0]: run.scaler() reads it as a number, got '2**7'",
+        ),
+        ({}, {"init_scale": "65536x"}, "fixed.init_scale: run.scaler() reads it as a number, got '65536x'"),
+        ({}, {"growth_interval": -5}, "fixed.growth_interval: must be a finite number >= 0, got -5"),
+    ],
+)
+def test_a_function_trainers_precision_and_scaler_settings_are_checked_before_any_trial(
+    tmp_path: Path, params: dict, fixed: dict, error: str
+) -> None:
+    data = {
+        "name": "amp",
+        "trainer": "tests.function_trainers:amp_train",
+        "metric": {"name": "val_loss", "mode": "min"},
+        "fixed": fixed,
+        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}, **params},
+    }
+    with pytest.raises(SpecError) as caught:
+        load_spec(write_spec(tmp_path, data))
+    assert error in str(caught.value)
+
+
+def test_scaler_settings_that_are_numbers_pass(tmp_path: Path) -> None:
+    data = {
+        "name": "amp",
+        "trainer": "tests.function_trainers:amp_train",
+        "metric": {"name": "val_loss", "mode": "min"},
+        "fixed": {"init_scale": "1e3", "growth_interval": 100},
+        "params": {"precision": ["O1", "fp32"], "min_loss_scale": {"choices": [1, 128.0]}},
+    }
+    spec = load_spec(write_spec(tmp_path, data))
+    assert spec.fixed["init_scale"] == 1000.0 and spec.params["precision"].choices == ["O1", "fp32"]
+
+
+def test_one_value_under_params_is_sent_to_fixed_and_two_fractional_numbers_get_a_range_note(tmp_path: Path) -> None:
+    """A user wrote ``perceptual_weight: 0.5`` (told only "must be a mapping") and ``[0.5, 2.0]`` meaning a range."""
+    with pytest.raises(SpecError) as caught:
+        load_spec(write_spec(tmp_path, minimal_toy_spec(params={"lr": 0.01})))
+    assert "params.lr: is one value (0.01): every trial gets it from fixed:, not params:" in str(caught.value)
+    spec = load_spec(write_spec(tmp_path, minimal_toy_spec(params={"lr": [0.5, 2.0], "width": [2, 4]})))
+    assert spec.notes == (
+        ("params.lr", "[0.5, 2.0] is two choices, not a range; for a range write {low: 0.5, high: 2.0}"),
+    )

@@ -242,3 +242,20 @@ def test_a_warm_start_from_a_missing_sweep_or_another_metric_is_refused_before_a
     create_study(other, maximised)
     with pytest.raises(SweepStoreError, match=r"optimised val_loss \(max\), this spec val_loss \(min\)"):
         check_warm_start(workdir / "runs", "other", spec)
+
+
+def test_a_trial_run_as_o1_is_a_point_of_a_space_that_spells_it_fp16() -> None:
+    """A user's warm start told 0 of 6 trials: 3 "ran with precision='O1', where this spec fixes 'fp16'"."""
+    plain = {
+        "name": "p",
+        "trainer": "tests.function_trainers:amp_train",
+        "metric": {"name": "val_loss", "mode": "min"},
+        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
+    }
+    o1 = frozen({"lr": 0.01}, {"lr": 0.01, "precision": "O1"})
+    fixed = spec_from_dict({**plain, "fixed": {"precision": "fp16"}})
+    assert point_in_space(o1, fixed)[0] == {"lr": 0.01}  # type: ignore[index]
+    searched = spec_from_dict({**plain, "params": {**plain["params"], "precision": ["fp32", "fp16"]}})
+    assert point_in_space(o1, searched)[0] == {"lr": 0.01, "precision": "fp16"}  # type: ignore[index]
+    bf16 = spec_from_dict({**plain, "fixed": {"precision": "bf16"}})
+    assert point_in_space(o1, bf16) == "fixed precision differs"

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps.compat.optuna_internals import in_distribution
 from sweeps.core.keys import INTERRUPTED
 from sweeps.results.export import ranked
+from sweeps.spec.params import precision_as_spelled
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, load_study, make_sampler
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
@@ -96,9 +97,19 @@ def warm_start_note(earlier: SweepDir, spec: SweepSpec) -> str | None:
     )
 
 
+def ran_with(trial: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
+    """The trial's config, its precision spelt as ``spec`` spells it (``O1`` as ``fp16``: one precision)."""
+    config = dict(trial.user_attrs.get("config") or {}) or dict(trial.params)
+    if "precision" in config:
+        param = spec.params.get("precision")
+        options = param.choices if param is not None else [spec.fixed.get("precision")]
+        config["precision"] = precision_as_spelled([config["precision"]], options)[0]
+    return config
+
+
 def fixed_difference(trial: FrozenTrial, spec: SweepSpec) -> tuple[str, Any, Any] | None:
     """The first of ``spec``'s fixed values the trial ran with another value of: ``(key, its value, spec's)``."""
-    config = dict(trial.user_attrs.get("config") or {}) or dict(trial.params)
+    config = ran_with(trial, spec)
     for key, value in spec.fixed.items():
         if key in config and config[key] != value:
             return key, config[key], value
@@ -126,7 +137,7 @@ def fixed_mismatch_note(earlier: SweepDir, spec: SweepSpec) -> str | None:
 
 def point_in_space(trial: FrozenTrial, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
     """The trial's values of ``spec``'s searched parameters and their distributions, or why it is not in the space."""
-    config = dict(trial.user_attrs.get("config") or {}) or dict(trial.params)
+    config = ran_with(trial, spec)
     if (difference := fixed_difference(trial, spec)) is not None:
         return f"fixed {difference[0]} differs"
     params: dict[str, Any] = {}

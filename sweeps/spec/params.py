@@ -100,6 +100,24 @@ def _last_on_grid(low: float, high: float, step: float) -> float:
     return type(high)(last) if isinstance(high, int) else float(last)
 
 
+def two_choices_not_a_range(section: Any) -> list[tuple[str, str]]:
+    """Notes for ``x: [0.5, 2.0]``: two numbers, one not whole, read as two choices where a range may be meant."""
+    if not isinstance(section, dict):
+        return []
+    notes = []
+    for name, entry in section.items():
+        numbers = isinstance(entry, list) and len(entry) == 2 and all(_is_number(v) for v in entry)
+        if numbers and any(isinstance(v, float) and not v.is_integer() for v in entry):
+            low, high = sorted(entry)
+            range_ = f"{{low: {low}, high: {high}}}"
+            notes.append((f"params.{name}", f"{entry} is two choices, not a range; for a range write {range_}"))
+    return notes
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def never_drawn(params: dict[str, ParamSpec], fixed: dict[str, Any]) -> list[tuple[str, str]]:
     """Parameters whose condition names a fixed value it does not allow: (key, why), for a note.
 
@@ -144,15 +162,18 @@ def parse_params(
     for name, when in conditions.items():
         if "precision" in when:  # `when: {precision: O2}` with choices [fp32, fp16-o2]: one precision, two spellings
             options = parsed["precision"].choices if "precision" in parsed else [fixed.get("precision")]
-            when["precision"] = _as_spelled(when["precision"], options)
+            when["precision"] = precision_as_spelled(when["precision"], options)
             if name in parsed:
                 parsed[name].when["precision"] = when["precision"]
         _check_conditions(name, when, parsed, section, fixed, problems)
     return _ordered(parsed, problems)
 
 
-def _as_spelled(allowed: list[Any], options: list[Any]) -> list[Any]:
-    """Each precision in ``allowed`` as ``options`` spell it (``O2`` as ``fp16-o2``), so a condition matches it."""
+def precision_as_spelled(allowed: list[Any], options: list[Any]) -> list[Any]:
+    """Each precision in ``allowed`` as ``options`` spell it (``O2`` as ``fp16-o2``), so it matches one of them.
+
+    A value that is no precision, or one ``options`` do not hold, stays as it is.
+    """
     from trainables.precision import canonical_precision
 
     def canonical(value: Any) -> str | None:
@@ -169,6 +190,9 @@ def _parse_one(name: str, entry: Any, kind_hint: Any, problems: Problems) -> Par
     key = f"params.{name}"
     if isinstance(entry, list):
         entry = {"type": "categorical", "choices": entry}
+    if isinstance(entry, (int, float, str, bool)):
+        problems.add(key, f"is one value ({_yaml_text(entry)}): every trial gets it from fixed:, not params:")
+        return None
     if not isinstance(entry, dict):
         problems.add(key, "must be a mapping (type, low, high, log, step, choices, when) or a list of choices")
         return None

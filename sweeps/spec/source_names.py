@@ -76,6 +76,10 @@ def names_in_trainer_source(trainer: Any) -> tuple[Path, set[str]] | None:
     return next(iter(parsed)), names
 
 
+AMP_NAMES = {"opt_level", "amp_level", "amp_opt_level", "amp", "amp_mode", "dtype", "mixed_precision", "fp16"}
+"""What users call the AMP level in their own loops: a hint to the engine's ``precision``."""
+
+
 def unnamed_keys(trainer: Any, keys: list[str]) -> list[tuple[str, str]]:
     """Each of ``keys`` that the trainer's source never names, with a line saying so (nothing if no source)."""
     found = names_in_trainer_source(trainer)
@@ -89,6 +93,8 @@ def unnamed_keys(trainer: Any, keys: list[str]) -> list[tuple[str, str]]:
         # every name in the files is a large pool: only a close likeness (not dropout for drop_last)
         close = closest_key(key, sorted(n for n in names if n.isidentifier()), cutoff=0.75)
         hint = f" (did you mean {close!r}?)" if close else ""
+        if key.lower() in AMP_NAMES:
+            hint = f" (the engine's AMP level is 'precision': fp32, bf16, fp16 = O1, fp16-o2 = O2){hint}"
         notes.append((key, f"{path.name} never names {key!r}{hint}; the trainer gets it as config[{key!r}]"))
     return notes
 

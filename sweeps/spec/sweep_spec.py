@@ -20,7 +20,7 @@ from sweeps.core.errors import InputError
 from sweeps.core.keys import EPOCHS_FIELD
 from sweeps.core.problems import Problems, as_duration, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
-from sweeps.spec.params import ParamSpec, never_drawn, parse_params, unknown_parameter, untyped
+from sweeps.spec.params import ParamSpec, never_drawn, parse_params, two_choices_not_a_range, unknown_parameter, untyped
 from sweeps.spec.source_names import unnamed_keys
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, config_defaults, field_types
@@ -408,6 +408,8 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
     fixed = _fixed(raw.get("fixed", {}), types, problems)
     _check_gpu_device(fixed, budget, problems)
     params = parse_params(raw.get("params", {}), types, fixed, problems)
+    if function:
+        _check_scaler_settings(fixed, params, problems)
     if trainer_cls is not None and not function:
         _check_epochs_field(types, fixed, params, budget.epochs, problems)
         _check_configs(trainer_cls, fixed, params, seed, budget.epochs, problems)
@@ -445,7 +447,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         trainer_precisions=precisions,
         unnamed_overrides=tuple(named_nowhere),
         unnamed_in_source=tuple(unnamed),
-        notes=tuple(notes + never_drawn(params, fixed)),
+        notes=tuple(notes + never_drawn(params, fixed) + two_choices_not_a_range(raw.get("params"))),
     )
 
 
@@ -717,6 +719,23 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
     return fixed
 
 
+SCALER_SETTINGS = ("init_scale", "growth_interval", "min_loss_scale")
+"""What ``run.scaler()`` reads from a function trainer's config, each as a number."""
+
+
+def _check_scaler_settings(fixed: dict[str, Any], params: dict[str, ParamSpec], problems: Problems) -> None:
+    """Each value of a scaler setting a function trainer is given must be a number: ``'2**8'`` failed every trial."""
+    values = [(f"fixed.{key}", fixed[key]) for key in SCALER_SETTINGS if key in fixed]
+    for key in SCALER_SETTINGS:
+        if key in params and params[key].kind == "categorical":
+            values += [(f"params.{key}.choices[{i}]", v) for i, v in enumerate(params[key].choices)]
+    for where, value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.add(where, f"run.scaler() reads it as a number, got {value!r}")
+        elif (not math.isfinite(value) or value < 0) and not problems.about(where):
+            problems.add(where, f"must be a finite number >= 0, got {value!r}")
+
+
 def _check_gpu_device(fixed: dict[str, Any], budget: Budget, problems: Problems) -> None:
     """A GPU device needs a GPU reserved: a trial that reserves none sees none (``sweeps.trial.gpu_visibility``)."""
     device = str(fixed.get("device", ""))
@@ -792,6 +811,20 @@ def unrun_precision(trainer: Any, name: Any, value: Any, supported: tuple[str, .
     return None
 
 
+def _same_precision(choices: list[Any]) -> tuple[Any, Any, str] | None:
+    """The first two choices that name one precision (``O1`` and ``fp16``), with its name; None if none."""
+    seen: dict[str, Any] = {}
+    for choice in choices:
+        try:
+            precision = canonical_precision(str(choice))
+        except ValueError:
+            continue
+        if precision in seen:
+            return seen[precision], choice, precision
+        seen[precision] = choice
+    return None
+
+
 def _precisions(
     trainer: Any,
     name: Any,
@@ -819,6 +852,11 @@ def _precisions(
         problem = unrun_precision(trainer, name, value, supported)
         if problem and key not in {k for k, _ in problems.items}:  # not twice: a Literal field may have said it
             problems.add(key, problem)
+    if "precision" in params and (same := _same_precision(params["precision"].choices)):
+        problems.add(
+            "params.precision.choices",
+            f"{same[0]!r} and {same[1]!r} are one precision ({same[2]}): keep one, or TPE draws it twice as often",
+        )
     if divergence.enabled and divergence.rescue:
         if supported is None:
             problems.add(
