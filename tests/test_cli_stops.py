@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -88,3 +89,52 @@ def test_a_disk_that_fills_while_the_model_is_saved_is_one_line_and_keeps_the_ea
     assert err.rstrip().endswith("nothing was written there") and "epoch 2/2" in out
     assert earlier.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no part file left
+
+
+def test_a_sigint_to_the_sweeps_process_alone_stops_the_sweep_as_ctrl_c_does_and_keeps_the_best_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """A user's ``kill -INT`` of the driver: 2 of 8 trials, ``completed``, exit 0, and ``sweeps resume`` refused it.
+
+    Tune's own SIGINT handler ended ``fit()`` as if the sweep were done. The trials that finished
+    after the signal had their ends recorded but no checkpoint uploaded (Tune took no result of
+    theirs): the sweep's best had none.
+    """
+    from mlflow import MlflowClient
+
+    (tmp_path / "spec.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "sig",
+                "trainer": "tests.toy_trainer:ToyTrainer",
+                "metric": {"name": "val_loss", "mode": "min"},
+                "budget": {"trials": 6, "epochs": 3, "concurrency": 2},
+                "asha": False,
+                "fixed": {"epoch_seconds": 1.0, "stagger": True},
+                "params": {"lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}},
+            }
+        )
+    )
+    process = sweeps(tmp_path, "run", "spec.yaml", "--name", "sig", "--storage", "runs", start_new_session=True)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # the first trial's end, then a SIGINT to this process only, not its group
+        seen.append(line)
+        if " completed " in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    out = "".join(seen) + out
+    assert process.returncode == 130, (out, err)
+    assert "stopped: by Ctrl-C" in out and "--warm-start sig" in out
+    meta = json.loads((tmp_path / "runs" / "sig" / "sweep.json").read_text())
+    assert meta["status"] == "interrupted"
+    client = MlflowClient(meta["tracking_uri"])
+    assert client.get_run(meta["parent_run_id"]).info.status == "KILLED"
+    trials = client.search_runs([meta["experiment_id"]], f"tags.`mlflow.parentRunId` = '{meta['parent_run_id']}'")
+    done = sorted(
+        (r.data.metrics["val_loss"], r.info.run_id) for r in trials if r.data.tags.get("sweep.status") == "completed"
+    )
+    assert done, out
+    for _, run_id in done[:3]:  # record.checkpoints: the best 3 completed
+        assert "checkpoint" in [a.path for a in client.list_artifacts(run_id)], (run_id, out)

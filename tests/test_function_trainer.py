@@ -663,7 +663,8 @@ def write_spec(tmp_path: Path, **changes: Any) -> Path:
 def test_a_function_trainers_spec_takes_any_parameter_and_the_seed(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, fixed={"width": 8}, seed=7), overrides=["noise=0.2"])
     assert spec.function_trainer and spec.trainer_precisions == ("fp32",)
-    assert spec.resolve({"lr": 0.01}) == {"width": 8, "noise": 0.2, "lr": 0.01, "seed": 7}
+    # the precision `run` trains at is a parameter too (a user's MLflow runs lacked it: "every parameter, exactly")
+    assert spec.resolve({"lr": 0.01}) == {"width": 8, "noise": 0.2, "lr": 0.01, "seed": 7, "precision": "fp32"}
 
 
 @pytest.mark.parametrize(

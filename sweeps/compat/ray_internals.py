@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -276,3 +279,29 @@ def stay_while_ray_runs(poll_s: float = 1.0, grace_s: float = 30.0) -> None:
     deadline = time.monotonic() + grace_s
     while any(process.poll() is None for process in started) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+class TuneSigint:
+    """Whether Tune's own SIGINT handler caught a Ctrl-C in ``Tuner.fit()``, which then returns as if done.
+
+    Tune (``ray.tune.tune._setup_signal_catching``) puts a handler on SIGINT in the main thread,
+    unless ``TUNE_DISABLE_SIGINT_HANDLER`` is set, that ends the run and puts back the handler it
+    found; unfired, Tune's stays on after ``fit()``. A SIGINT to the driver alone (``kill -INT``,
+    ``timeout -s INT``) reaches no trial, so nothing else says the sweep was cut short (a user's
+    sweep of 2 of its 8 trials read ``completed``, exit 0, and ``sweeps resume`` refused it).
+    """
+
+    def __init__(self) -> None:
+        disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") not in ("", "0")
+        self.before: Any = None
+        if threading.current_thread() is threading.main_thread() and not disabled:
+            self.before = signal.getsignal(signal.SIGINT)
+
+    def caught(self) -> bool:
+        """Whether the handler found before ``fit()`` is back: Tune's fired."""
+        return self.before is not None and signal.getsignal(signal.SIGINT) is self.before
+
+    def restore(self) -> None:
+        """Put back the handler found before ``fit()``: an unfired Tune handler would swallow a Ctrl-C after it."""
+        if self.before is not None:
+            signal.signal(signal.SIGINT, self.before)

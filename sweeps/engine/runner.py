@@ -15,10 +15,9 @@ from typing import Any, TextIO
 import yaml
 from ray import tune
 
-from sweeps.compat.ray_internals import replace_tuner_configs, search_algorithm
+from sweeps.compat.ray_internals import TuneSigint, replace_tuner_configs, search_algorithm
 from sweeps.core.keys import (
     COMPLETED,
-    ENGINE_KEY,
     INTERRUPTED,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
@@ -28,6 +27,7 @@ from sweeps.core.keys import (
     diverged_by_tag,
 )
 from sweeps.core.records import SweepState
+from sweeps.engine.best_checkpoints import log_best_checkpoints
 from sweeps.engine.callbacks import CheckpointPruner, ReportPrewarm, TrackingCallback
 from sweeps.engine.cluster import (
     check_workers_fit,
@@ -284,14 +284,22 @@ def fit_and_finish(
     meta = {**meta, "searched": drawn_params(spec), "rungs": rung_epochs(spec)}  # for the report
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(_pending_trials(spec))  # read when fit() starts
 
+    results = None
+    sigint = TuneSigint()
     try:
         results = tuner.fit()
-        _log_best_checkpoints(results, state, tracker, spec)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        # a SIGINT to the driver alone (`kill -INT`) reaches no trial: Tune's handler ends fit() as if done
+        interrupted = interrupted or (results is not None and sigint.caught())
+        sigint.restore()
         closed = _close_open_trials(searcher, tracker, stream)  # none left open unless Tune was stopped early
         interrupted = interrupted or bool(state.halted) or (closed and not state.time_up())
+        try:
+            log_best_checkpoints(results, state, tracker, spec, "/".join(ray_location(spec, sweep)))
+        except Exception as exc:  # noqa: BLE001 - a failed upload must not leave the parent run open
+            tracker.log_text(tracker.parent_run_id, f"checkpoints not uploaded: {exc!r}", "checkpoints_error.txt")
         if state.halted:
             meta["halted"] = state.halted
         _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study, spec.observing)
@@ -310,27 +318,6 @@ def _pending_trials(spec: SweepSpec) -> int:
 def _trial_name(trial: object) -> str:
     """Ray's name and folder for a trial: its id (Ray's default spells out the whole config)."""
     return f"trial_{trial.trial_id}"  # type: ignore[attr-defined]
-
-
-def _log_best_checkpoints(results: object, state: SweepState, tracker: SweepTracker, spec: SweepSpec) -> None:
-    """Upload the last checkpoint of the best completed trials, each under its size limit."""
-    sign = 1.0 if spec.mode == "min" else -1.0
-    done = [r for r in state.trials.values() if r.status == COMPLETED and r.value is not None]
-    ranked = sorted(done, key=lambda r: sign * float(r.value or 0.0))[: spec.record.checkpoints]
-    wanted = {r.run_id: r for r in ranked}
-    limit = spec.record.checkpoint_max_mb * 1024 * 1024
-    for result in results:  # type: ignore[attr-defined]
-        run_id = (result.config or {}).get(ENGINE_KEY, {}).get("run_id")
-        if run_id not in wanted or result.checkpoint is None:
-            continue
-        with result.checkpoint.as_directory() as folder:
-            size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-            if size > limit:
-                tracker.log_text(
-                    run_id, f"checkpoint of {size / 2**20:.1f} MB over the limit", "checkpoint/SKIPPED.txt"
-                )
-                continue
-            tracker.log_artifacts(run_id, Path(folder), "checkpoint")
 
 
 def drawn_params(spec: SweepSpec) -> list[str]:

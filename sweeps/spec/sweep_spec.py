@@ -32,6 +32,8 @@ TOP_KEYS = {
     "name", "trainer", "metric", "mode", "seed", "budget", "asha", "search", "divergence", "record", "fixed",
     "params", "trial_storage",
 }  # fmt: skip
+FUNCTION_PRECISION = "fp32"
+"""A function trainer's precision where the spec gives none (``config.precision``, ``run.autocast()``)."""
 ENGINE_READS = {"seed", "precision", "device", "init_scale", "growth_interval", "min_loss_scale"}
 """Config keys the engine itself reads for a function trainer (``sweeps.trial.function_run``), named in no loop."""
 BUDGET_KEYS = {
@@ -175,12 +177,15 @@ class SweepSpec:
         """A trial's complete trainer parameters: fixed values, sampled values, the seed and the epochs.
 
         The seed goes to a class trainer whose ``Config`` has a ``seed`` field, and always to a
-        function trainer (``config.seed``); ``budget.epochs`` to a class trainer whose ``Config``
-        has an ``epochs`` field (what a schedule over the whole run needs; a function has ``run.epochs``).
+        function trainer (``config.seed``), as does its precision (fp32 unless given);
+        ``budget.epochs`` to a class trainer whose ``Config`` has an ``epochs`` field (what a
+        schedule over the whole run needs; a function has ``run.epochs``).
         """
         params = {**self.fixed, **sampled}
         if ("seed" in self.trainer_fields or self.function_trainer) and "seed" not in params:
             params["seed"] = self.seed
+        if self.function_trainer and "precision" not in params:  # what `run` trains at: logged, exported
+            params["precision"] = FUNCTION_PRECISION
         if EPOCHS_FIELD in self.trainer_fields:
             params[EPOCHS_FIELD] = self.budget.epochs
         return params
