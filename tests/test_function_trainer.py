@@ -280,6 +280,11 @@ def test_numpy_numbers_are_numbers_and_a_bad_step_value_names_run_step() -> None
         ({"loss": {"l1": 0.5, "adv": None}}, r"^run\.step: loss must be a number, .* got a NoneType$"),
         ({"loss": torch.ones(16)}, r"^run\.step: loss must be one value per step, got a tensor of 16 values "),
         ({"loss": 0.5, "scaler": 1024.0}, r"^run\.step: scaler must be a GradScaler \(yours or run\.scaler\(\)'s\), "),
+        (  # a user's apex-style scaler of their own: the message names the way it is reported
+            {"loss": 0.5, "scaler": Exception()},
+            r"got an Exception; a loss scaler of another kind leaves scaler= out and passes "
+            r"run\.step\(\*\*\{'model/loss_scale': scale, 'model/skipped': 1\.0 if it skipped the step else 0\.0\}\)$",
+        ),
         (
             {"loss": 0.5, "optimizer": nn.Linear(2, 2)},
             r"^run\.step: optimizer must be a torch optimizer, got a Linear: pass",
@@ -288,7 +293,7 @@ def test_numpy_numbers_are_numbers_and_a_bad_step_value_names_run_step() -> None
             {"loss": 0.5, "optimizer": {"g": "adam"}},
             r"^run\.step: optimizer \('g'\) must be a torch optimizer, got a str$",
         ),
-        ({"loss": 0.5, "model": 3}, r"^run\.step: model must be a torch\.nn\.Module, got a int$"),
+        ({"loss": 0.5, "model": 3}, r"^run\.step: model must be a torch\.nn\.Module, got an int$"),
         (
             {"loss": 0.5, "acc": torch.ones(2)},
             r"^run\.step: acc is a tensor of 2 values \(shape \[2\]\), not a number$",

@@ -587,3 +587,20 @@ def test_one_value_under_params_is_sent_to_fixed_and_two_fractional_numbers_get_
     assert spec.notes == (
         ("params.lr", "[0.5, 2.0] is two choices, not a range; for a range write {low: 0.5, high: 2.0}"),
     )
+
+
+def test_whole_bounds_with_no_type_for_a_function_trainer_get_a_note_that_floats_are_drawn(tmp_path: Path) -> None:
+    """A user's ``kernel_size: {low: 3, high: 7}`` drew 5.195 and every trial failed in ``nn.Conv2d``."""
+    data = {
+        "name": "fn",
+        "trainer": "tests.function_trainers:amp_train",
+        "metric": {"name": "val_loss", "mode": "min"},
+        "params": {"kernel_size": {"low": 3, "high": 7}, "blocks": {"type": "int", "low": 1, "high": 3}},
+    }
+    note = (
+        "low and high are whole numbers, but with no type a float is drawn between 3 and 7; "
+        "add type: int for whole numbers, or type: float to keep floats"
+    )
+    assert load_spec(write_spec(tmp_path, data)).notes == (("params.kernel_size", note),)
+    # a class trainer's config field says what is drawn: no note
+    assert load_spec(write_spec(tmp_path, minimal_toy_spec(params={"width": {"low": 1, "high": 8}}))).notes == ()

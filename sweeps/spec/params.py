@@ -114,6 +114,24 @@ def two_choices_not_a_range(section: Any) -> list[tuple[str, str]]:
     return notes
 
 
+def whole_bounds_drawn_as_floats(section: Any, types: dict[str, Any]) -> list[tuple[str, str]]:
+    """Notes for ``kernel_size: {low: 3, high: 7}`` with no ``type`` and no config field to say int: floats are drawn.
+
+    A user's function trainer got ``kernel_size`` 5.195 and every trial failed in ``nn.Conv2d``.
+    """
+    if not isinstance(section, dict) or types:
+        return []
+    notes = []
+    for name, entry in section.items():
+        if not isinstance(entry, dict) or "type" in entry or "choices" in entry:
+            continue
+        low, high = entry.get("low"), entry.get("high")
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+            why = f"low and high are whole numbers, but with no type a float is drawn between {low} and {high}"
+            notes.append((f"params.{name}", f"{why}; add type: int for whole numbers, or type: float to keep floats"))
+    return notes
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

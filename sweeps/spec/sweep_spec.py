@@ -20,7 +20,15 @@ from sweeps.core.errors import InputError
 from sweeps.core.keys import EPOCHS_FIELD
 from sweeps.core.problems import Problems, as_duration, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
-from sweeps.spec.params import ParamSpec, never_drawn, parse_params, two_choices_not_a_range, unknown_parameter, untyped
+from sweeps.spec.params import (
+    ParamSpec,
+    never_drawn,
+    parse_params,
+    two_choices_not_a_range,
+    unknown_parameter,
+    untyped,
+    whole_bounds_drawn_as_floats,
+)
 from sweeps.spec.source_names import unnamed_keys
 from sweeps.spec.trial_storage_value import storage_problem
 from trainables.config import ConfigError, build_config, coerce, config_defaults, field_types
@@ -452,7 +460,12 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
         trainer_precisions=precisions,
         unnamed_overrides=tuple(named_nowhere),
         unnamed_in_source=tuple(unnamed),
-        notes=tuple(notes + never_drawn(params, fixed) + two_choices_not_a_range(raw.get("params"))),
+        notes=tuple(
+            notes
+            + never_drawn(params, fixed)
+            + two_choices_not_a_range(raw.get("params"))
+            + whole_bounds_drawn_as_floats(raw.get("params"), types)
+        ),
     )
 
 

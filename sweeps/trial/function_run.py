@@ -294,6 +294,8 @@ def _check_network(name: str, optimizer: Any, model: Any, scaler: Any) -> None:
     if model is not None and not callable(getattr(model, "parameters", None)):
         raise RunCallError(f"run.step: model{shown} must be a torch.nn.Module, got {kind_of(model)}")
     if scaler is not None and not all(hasattr(scaler, m) for m in ("get_scale", "is_enabled")):
+        own = f"**{{'{name}/loss_scale': scale, '{name}/skipped': 1.0 if it skipped the step else 0.0}}"
         raise RunCallError(
-            f"run.step: scaler{shown} must be a GradScaler (yours or run.scaler()'s), got {kind_of(scaler)}"
+            f"run.step: scaler{shown} must be a GradScaler (yours or run.scaler()'s), got {kind_of(scaler)}; "
+            f"a loss scaler of another kind leaves scaler= out and passes run.step({own})"
         )

@@ -60,4 +60,5 @@ def kind_of(value: Any) -> str:
     """What ``value`` is, in words: ``a str``, ``a tensor of 16 values (shape [16])``."""
     if torch.is_tensor(value):
         return f"a tensor of {value.numel()} values (shape {list(value.shape)})"
-    return f"a {type(value).__name__}"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
