@@ -51,7 +51,10 @@ def test_each_network_calibrates_on_its_own_and_a_first_run_past_the_calibration
     # g calibrates for 3 steps; d has good steps from the start, so its overflow on step 2 counts.
     steps = [{"g/skipped": 1.0, "d/skipped": 0.0}, {"g/skipped": 1.0, "d/skipped": 1.0}, {"g/skipped": 1.0}]
     steps += [{"g/skipped": 0.0, "d/skipped": 0.0}, {"g/skipped": 1.0, "d/skipped": 0.0}]
-    assert [count.overflowed(s) for s in steps] == [False, True, False, False, True]
+    assert [count.overflowed(s) for s in steps] == [0, 1, 0, 0, 1]
+    # a first run past the calibration was none: it counts whole (30 of 30 overflowed read as 20% skipped)
     never = OverflowCount()
-    counted = [never.overflowed({"skipped": 1.0}) for _ in range(OverflowCount.CALIBRATION + 3)]
-    assert counted == [False] * OverflowCount.CALIBRATION + [True] * 3
+    calibration = OverflowCount.CALIBRATION
+    counted = [never.overflowed({"skipped": 1.0}) for _ in range(calibration + 6)]
+    assert counted == [0] * calibration + [calibration + 1] + [1] * 5
+    assert sum(counted) == calibration + 6

@@ -126,8 +126,9 @@ class OverflowCount:
 
     A network's first run of overflows, before its first good step, is GradScaler lowering its
     initial scale (65536) to one that fits, as the detector's ``loss_scale.calibration`` treats it:
-    not an unstable step. Overflows of a first run beyond ``CALIBRATION`` steps count (the detector
-    stops such a trial there).
+    not an unstable step. A first run longer than ``CALIBRATION`` steps was no calibration, and
+    counts whole (the detector stops such a trial there): a user's trial whose 30 steps all
+    overflowed, its scale held at a floor, read "skipped 20% of its optimizer steps".
     """
 
     CALIBRATION = int(DEFAULTS["loss_scale"]["calibration"])
@@ -137,21 +138,21 @@ class OverflowCount:
         """Networks with no good step yet, and the overflows each has had so far."""
         self.calibrated: set[str] = set()
 
-    def overflowed(self, values: dict[str, float]) -> bool:
-        """Whether this step's values say it overflowed, other than in a network's calibration."""
-        counted = False
+    def overflowed(self, values: dict[str, float]) -> int:
+        """How many steps this one makes count as overflowed (0 or 1; a whole first run past ``CALIBRATION``)."""
+        counted = 0
         for key, value in values.items():
             if not key.endswith("skipped"):
                 continue
             net = key[: -len("skipped")]
             if net in self.calibrated:
-                counted = counted or bool(value)
+                counted = max(counted, int(bool(value)))
             elif not value:
                 self.calibrating.pop(net, None)
                 self.calibrated.add(net)
             else:
                 run = self.calibrating[net] = self.calibrating.get(net, 0) + 1
-                counted = counted or run > self.CALIBRATION
+                counted = max(counted, run if run == self.CALIBRATION + 1 else int(run > self.CALIBRATION))
         return counted
 
 
