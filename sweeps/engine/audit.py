@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeps.compat.ray_internals import TuneSigint
 from sweeps.core.failures import failure_reason
 from sweeps.core.keys import (
     AUDIT_FALSE_STOP,
@@ -316,7 +317,11 @@ def _rerun(
     state = SweepState(spec.metric, spec.mode)
     tuner = configs_tuner(spec, sweep, audit_trial, plans, f"audit_{number}", state)
     by_run = {stop.audit_run_id: stop for stop in stops}
-    results = tuner.fit()
+    sigint = TuneSigint()
+    try:
+        results = tuner.fit()
+    finally:
+        sigint.restore()  # Tune's handler, unfired, would swallow a Ctrl-C while the verdicts are written
     unfinished = []
     for result in (results[i] for i in range(len(results))):
         run_id = (result.config or {})["trial"][ENGINE_KEY]["run_id"]
