@@ -350,7 +350,7 @@ def _check_cpus(cpus: int | None, address: str | None) -> None:
 
 def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     """The end-of-sweep summary; exit code 130 when interrupted."""
-    from sweeps.results.summary import divergence_summary, summary_table, unstable_best_note
+    from sweeps.results.summary import divergence_summary, range_edge_notes, summary_table, unstable_best_note
 
     state = result.state
     print()
@@ -389,6 +389,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"next:    {sweeps} export {name}{where} -o best.yaml && {sweeps} train best.yaml")
         if note := unstable_best_note(state):
             print(note)
+        for line in range_edge_notes(spec.params, state.best.sampled):
+            print(line)
     if result.interrupted and not state.halted:
         more = f"{sweeps} run {shlex.quote(str(result.sweep.spec_file))}{where} --warm-start {name}"
         print(f"stopped: by Ctrl-C, {state.budget_done} of {spec.budget.trials} trials done; to go on from it: {more}")

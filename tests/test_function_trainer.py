@@ -1017,3 +1017,17 @@ def test_fp16_o2_a_float32_copy_of_the_model_runs_in_float32() -> None:
     assert out.dtype == averaged.dtype == torch.float32  # the fp16 model's output cast back; the copy's its own
     assert model[1].weight.dtype == torch.float16 and model[0].weight.dtype == torch.float32  # batchnorm kept
     assert torch.allclose(out, averaged, atol=2e-2)  # the same weights, one in float16
+
+
+def test_sweeps_train_of_a_config_whose_metric_goes_nan_says_where_it_stopped_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's re-run of a stopped trial printed ``epoch 2/5 val_mse=nan``, then nothing, and exited 0."""
+    path = tmp_path / "stopped.yaml"
+    data = {"trainer": "tests.function_trainers:nan_at_epoch_two", "epochs": 4, "metric": {"name": "val_loss"}}
+    path.write_text(yaml.safe_dump({**data, "config": {"lr": 0.1}}))
+    assert main(["train", str(path), "--save", str(tmp_path / "model.pt")]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].startswith("epoch 2/4  val_loss=nan")
+    assert err == "error: stopped at epoch 2 of 4: val_loss not finite at epoch 2; nothing saved\n"
+    assert not (tmp_path / "model.pt").exists()

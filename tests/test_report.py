@@ -348,6 +348,32 @@ def test_ui_views_open_the_sweeps_trials_and_its_top_trials_compared() -> None:
     )
 
 
+def test_the_top_trials_chart_holds_only_the_parameters_every_top_trial_has(tmp_path: Path) -> None:
+    """A user's top 5 showed 2 lines: MLflow's parallel coordinates leaves out a run without a charted parameter
+    (the conditional ``init_scale`` of fp16 trials), and the sweep's best ran at fp32."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from sweeps.tracking.ui_views import SHARED_VIEW_TAG, save_views
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = MlflowClient(uri)
+    experiment = store.create_experiment("e")
+    ids = []
+    for params in ({"lr": "0.01", "precision": "fp32"}, {"lr": "0.02", "precision": "fp16", "init_scale": "1024"}):
+        run = store.create_run(experiment)
+        for key, value in params.items():
+            store.log_param(run.info.run_id, key, value)
+        ids.append(run.info.run_id)
+    views = save_views(uri, experiment, "s", "val_mse", "min", ["lr", "precision", "init_scale"], ids)
+    assert views.params == ["lr", "precision"]  # what the parent's description says is compared
+    top = json.loads(store.get_experiment(experiment).tags[SHARED_VIEW_TAG + views.top_key])
+    assert top["compareRunCharts"][0]["selectedParams"] == ["lr", "precision"]
+    trials = json.loads(store.get_experiment(experiment).tags[SHARED_VIEW_TAG + views.trials_key])
+    assert "params.`init_scale`" in trials["selectedColumns"]  # the table still shows it
+
+
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_ordered_puts_trials_without_a_value_after_those_with_one(mode: str) -> None:
     rows = [row(0, "completed", None, 4), row(1, "completed", 0.3, 4), row(2, "completed", math.inf, 4)]
@@ -402,3 +428,15 @@ def test_a_would_be_stop_shows_in_the_trial_tables_and_the_ended_trials_line() -
     assert "would have stopped at collapse@73 (observe)" in page.split("<section id='trials'>")[1]
     record = TrialRecord(8, "a", "r8", {}, {}, status="completed", value=0.046, epochs=5, would_stop="collapse@73")
     assert event_line(record, "val_mse").endswith("after 5 epoch(s) · would have stopped at collapse@73 (observe)")
+
+
+def test_what_mattered_says_the_importances_leave_out_the_trials_that_did_not_complete(tmp_path: Path) -> None:
+    """A user read ``output_activation 0.00`` while its five worst trials, all cut by ASHA, shared one value."""
+    (tmp_path / "importances.json").write_text(json.dumps({"lr": 0.9, "width": 0.1}))
+    page = html_page("s1", META, ROWS, "", tmp_path)
+    mattered = page.split("<section id='mattered'>")[1].split("</section>")[0]
+    assert (
+        "From the 2 completed trials of 6: the 4 pruned, stopped or failed ones have no final value and are left "
+        "out, so a parameter whose bad values were all cut early can score near 0 here (the trials table shows "
+        "them). Few trials: read these as a hint, not a measurement."
+    ) in mattered

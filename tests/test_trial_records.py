@@ -292,3 +292,27 @@ def test_a_would_be_stop_says_the_metric_after_its_epoch_and_whether_the_trial_t
         lines[2] == "  t009 collapse@26 (epoch 1: val_mse=0.0555, then within 1%) -> completed val_mse=0.0556, "
         "rank 2 of 2 completed"
     )
+
+
+def test_a_best_value_at_an_end_of_its_range_gets_a_note_that_the_best_may_lie_beyond() -> None:
+    """A user's best lr_g was 0.000984 in 1e-4..1e-3 and lr_d 0.000101: nothing said the ranges cut them off."""
+    from sweeps.results.summary import range_edge_notes
+    from sweeps.spec.params import ParamSpec
+
+    params = {
+        "lr_g": ParamSpec("lr_g", "float", 1e-4, 1e-3, log=True),
+        "lr_d": ParamSpec("lr_d", "float", 1e-4, 1e-3, log=True),
+        "beta": ParamSpec("beta", "float", 0.0, 1.0),
+        "width": ParamSpec("width", "int", 1, 8),
+        "precision": ParamSpec("precision", "categorical", choices=["fp32", "fp16"]),
+    }
+    best = {"lr_g": 0.000984, "lr_d": 0.000101, "beta": 0.5, "width": 8, "precision": "fp16"}
+    assert range_edge_notes(params, best) == [
+        "note:    the best lr_g, 0.000984, is at the top of its range (0.0001..0.001): the best may lie above it; "
+        "widen the range to see",
+        "note:    the best lr_d, 0.000101, is at the bottom of its range (0.0001..0.001): the best may lie below it; "
+        "widen the range to see",
+        "note:    the best width, 8, is at the top of its range (1..8): the best may lie above it; "
+        "widen the range to see",
+    ]
+    assert range_edge_notes(params, {"lr_g": 3e-4, "width": 4}) == []

@@ -98,7 +98,7 @@ def html_page(title: str, meta: dict[str, Any], rows: list[dict[str, Any]], note
         _section("curves", "Learning curves", _image(folder / "learning_curves.png", f"{metric} per epoch", CURVES)),
         _section("samples", "Samples at the last epoch", _samples(folder, metric)),
         _section("stops", "Stop decisions", _stops(folder, notes, rows, metric, mode)),
-        _section("mattered", "What mattered", _mattered(folder)),
+        _section("mattered", "What mattered", _mattered(folder, rows)),
         _section("trials", "Trials", _trials(ordered(rows, metric, mode), metric, params)),
         _section("more", "More", _more(folder, meta)),
     ]
@@ -303,16 +303,37 @@ def verdict_text(stop: dict[str, Any], best: Any, mode: str) -> str:
     return text
 
 
-def _mattered(folder: Path) -> str:
+def _mattered(folder: Path, rows: list[dict[str, Any]]) -> str:
     listing = folder / "importances.json"
     imp = json.loads(listing.read_text()) if listing.exists() else {}
     if not imp:
         return "<p class='muted'>Too few completed trials for parameter importances.</p>"
     top = list(imp)[:2]
-    parts = [_image(folder / "importances.png", "parameter importances", "Optuna's parameter importances")]
+    parts = [f"<p class='muted'>{html.escape(importance_scope(rows))}</p>"]
+    parts.append(_image(folder / "importances.png", "parameter importances", "Optuna's parameter importances"))
     if (folder / "contour.png").exists():
         parts.append(_image(folder / "contour.png", "contour", f"contour of the metric over {top[0]} and {top[1]}"))
     return "".join(parts)
+
+
+def importance_scope(rows: list[dict[str, Any]]) -> str:
+    """What the importances and the contour are computed from, and what that leaves out.
+
+    A user read ``output_activation 0.00`` while the five trials with ``none`` were the sweep's five
+    worst: ASHA had cut them all, and only completed trials have a final value to explain.
+    """
+    trials = [row for row in rows if not row.get("rescue_of")]  # rescues are not in the study
+    completed = sum(1 for row in trials if row.get("status") == "completed")
+    left_out = len(trials) - completed
+    text = f"From the {completed} completed trial{'s' if completed != 1 else ''} of {len(trials)}"
+    if left_out:
+        text += (
+            f": the {left_out} pruned, stopped or failed ones have no final value and are left out, so a "
+            "parameter whose bad values were all cut early can score near 0 here (the trials table shows them)"
+        )
+    if completed < 20:
+        text += ". Few trials: read these as a hint, not a measurement"
+    return text + "."
 
 
 def _trials(rows: list[dict[str, Any]], metric: str, params: list[str]) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from sweeps.core.keys import COMPLETED, DIVERGED
 from sweeps.core.records import UNSTABLE_SHARE, SweepState, TrialRecord, metric_text
 from sweeps.results.report import result_rows, terminal_table
+from sweeps.spec.params import ParamSpec
 
 
 def summary_table(state: SweepState) -> str:
@@ -28,6 +32,35 @@ def unstable_best_note(state: SweepState) -> str:
         f"note:    the best, {best.label}, skipped {best.skipped_share:.0%} of its optimizer steps (loss-scale "
         f"overflows); sweeps export --skip-unstable passes over trials that skip more than {UNSTABLE_SHARE:.0%}"
     )
+
+
+EDGE = 0.05
+"""A best value this close to an end of its range (a share of the range, on its log scale if log) gets a note."""
+
+
+def range_edge_notes(params: dict[str, ParamSpec], best: dict[str, Any]) -> list[str]:
+    """A line for each searched range whose best value sits at one of its ends: the best may lie beyond it.
+
+    A user's best ``lr_g`` was 0.000984 in 1e-4..1e-3, and nothing said the range cut it off.
+    """
+    notes = []
+    for name, param in params.items():
+        value = best.get(name)
+        if param.kind not in ("float", "int") or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        low, high = float(param.low or 0.0), float(param.high or 0.0)
+        if param.log and low > 0 and value > 0:
+            where = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+        else:
+            where = (value - low) / (high - low)
+        end = "top" if where >= 1 - EDGE else "bottom" if where <= EDGE else ""
+        if end:
+            beyond = "above" if end == "top" else "below"
+            notes.append(
+                f"note:    the best {name}, {value:.4g}, is at the {end} of its range ({param.low:g}..{param.high:g}): "
+                f"the best may lie {beyond} it; widen the range to see"
+            )
+    return notes
 
 
 def divergence_summary(state: SweepState, observing: bool = False) -> str:

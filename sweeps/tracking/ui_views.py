@@ -147,15 +147,29 @@ def save_views(
 ) -> SweepViews:
     """Store the sweep's two shared views as experiment tags (replacing earlier ones); return them."""
     store = client(uri)
+    charted = params_of_all(store, experiment_id, params, top_run_ids)
     keys = view_key(sweep, "trials"), view_key(sweep, f"top{len(top_run_ids)}")
-    views = SweepViews(sweep, experiment_id, metric, params, *keys, top=len(top_run_ids))
+    views = SweepViews(sweep, experiment_id, metric, charted, *keys, top=len(top_run_ids))
     for key, view in (
         (views.trials_key, trials_view(sweep, metric, mode, params)),
-        (views.top_key, top_view(metric, mode, params, top_run_ids)),
+        (views.top_key, top_view(metric, mode, charted, top_run_ids)),
     ):
         text = json.dumps(view, separators=(",", ":"))
         retry(partial(store.set_experiment_tag, experiment_id, SHARED_VIEW_TAG + key, text), "save a UI view")
     return views
+
+
+def params_of_all(store: Any, experiment_id: str, params: list[str], run_ids: list[str]) -> list[str]:
+    """The ``params`` every one of the runs has: MLflow's parallel-coordinates chart leaves out a run without one.
+
+    A user's top 5 showed 2 lines: the sweep's best and two others ran at fp32, where the
+    conditional ``init_scale`` is not drawn.
+    """
+    if not run_ids:
+        return params
+    wanted = ", ".join(_quoted(run_id) for run_id in run_ids)
+    runs = retry(lambda: store.search_runs([experiment_id], f"attributes.run_id IN ({wanted})"), "read the top runs")
+    return [name for name in params if all(name in run.data.params for run in runs)]
 
 
 def parent_note(views: SweepViews, best: str) -> str:

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 
 import torch
 
-from sweeps.core.files import write_whole
-from sweeps.core.keys import EPOCH, EPOCHS_FIELD
+from sweeps.core.files import CommandError, write_whole
+from sweeps.core.keys import DIVERGED_KEY, EPOCH, EPOCHS_FIELD, REASON_KEY
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int, unknown_key
 from sweeps.core.records import metric_text
@@ -136,6 +136,8 @@ class PrintChannel:
 
     def __init__(self, metric: str, total: int, out: TextIO) -> None:
         self.metric, self.total, self.out = metric, total, out
+        self.stopped = ""
+        """Why the loop stopped before its last epoch (a metric that is not finite), else empty."""
 
     def restore(self) -> CheckpointState | None:
         """A fresh start."""
@@ -151,13 +153,18 @@ class PrintChannel:
         text = "  ".join(f"{k}={metric_text(v)}" for k, v in shown.items())
         self.out.write(f"epoch {result[EPOCH]}/{self.total}  {text}\n")
         self.out.flush()
+        if result.get(DIVERGED_KEY):
+            self.stopped = f"stopped at epoch {result[EPOCH]} of {self.total}: {result.get(REASON_KEY, 'diverged')}"
         return True
 
 
 def train_from_file(
     data: dict[str, Any], epochs: int | None = None, save: str | Path | None = None, stream: TextIO | None = None
 ) -> dict[str, float]:
-    """Train the exported config for its epochs; print each epoch; return the last metrics."""
+    """Train the exported config for its epochs; print each epoch; return the last metrics.
+
+    Raises CommandError when the training stopped before its last epoch (a metric not finite).
+    """
     out = stream or sys.stdout
     metric = str((data.get("metric") or {}).get("name") or "")
     total = int(epochs or data["epochs"])
@@ -165,7 +172,10 @@ def train_from_file(
     plan = TrialPlan(str(data["trainer"]), metric, total, threads=int(data.get("threads", 1)))
     plan.divergence = {"enabled": False}
     loop = EpochLoop(plan, dict(data["config"]))
-    metrics = loop.run(PrintChannel(metric, total, out))
+    channel = PrintChannel(metric, total, out)
+    metrics = loop.run(channel)
+    if channel.stopped:  # a user's run printed `val_mse=nan` at epoch 2 of 5 and exited 0, saying nothing
+        raise CommandError(channel.stopped + ("; nothing saved" if save else ""))
     if save:
         state = loop.trainer_state() if loop.trainer_state is not None else None
         if state is None:  # a function trainer that keeps no checkpoint (run.checkpoint)
