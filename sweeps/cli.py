@@ -537,8 +537,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"audit:   {stop['trial']} {where}: {verdict_text(stop, best, str(meta.get('mode', 'min')))}")
     if args.html:
         from sweeps.core.files import write_whole
+        from sweeps.results.page import linked_from
 
-        write_whole(args.html, lambda part: shutil.copyfile(page, part))
+        text = linked_from(page.read_text(), page.parent)  # its links to plots.html and results.csv, absolute
+        write_whole(args.html, lambda part: Path(part).write_text(text))
     print(f"\nreport: {args.html or page}")
     return 0
 

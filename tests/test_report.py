@@ -440,3 +440,41 @@ def test_what_mattered_says_the_importances_leave_out_the_trials_that_did_not_co
         "out, so a parameter whose bad values were all cut early can score near 0 here (the trials table shows "
         "them). Few trials: read these as a hint, not a measurement."
     ) in mattered
+
+
+def test_a_copy_of_the_page_links_the_report_folders_files_where_they_are(tmp_path: Path) -> None:
+    """``sweeps report --html FILE``'s copy linked ``plots.html`` and ``results.csv`` next to itself, where none are."""
+    from sweeps.results.page import linked_from
+
+    for name in ("plots.html", "results.csv"):
+        (tmp_path / name).write_text("x")
+    page = html_page("s1", META, ROWS, "", tmp_path)
+    assert "href='plots.html'" in page and "href='results.csv'" in page  # the page in its folder: relative
+    copy = linked_from(page, tmp_path)
+    assert f"href='{(tmp_path / 'plots.html').as_uri()}'" in copy and "href='plots.html'" not in copy
+    assert f"href='{(tmp_path / 'results.csv').as_uri()}'" in copy
+
+
+def test_the_top_trials_end_labels_stay_inside_the_plot_and_apart() -> None:
+    """A user's ``t008 best`` was drawn on the plot's top edge: its spread, made in pixels, was applied in points."""
+    from sweeps.results.figures import _draw_curves, _figure, plain_style
+
+    curves = [  # max mode: the best three end together at the top of the plot
+        Curve("t000", "completed", [(1, 20.0), (2, 27.784)], best=True, rank=1),
+        Curve("t001", "completed", [(1, 20.5), (2, 27.775)], rank=2),
+        Curve("t002", "completed", [(1, 21.0), (2, 27.70)], rank=3),
+        Curve("t003", "completed", [(1, 19.0), (2, 25.0)], rank=4),
+    ]
+    with plain_style():
+        figure = _figure(10.0, 4.8)
+        _draw_curves(figure, curves, "val_psnr", "max", 2, [])
+        figure.canvas.draw()
+    ax = figure.axes[0]
+    box = ax.get_window_extent()
+    labels = [t for t in ax.texts if t.get_text().startswith(("t000", "t001", "t002"))]
+    assert len(labels) == 3
+    extents = [t.get_window_extent() for t in labels]  # each label with its line to its point
+    assert all(box.y0 <= e.y0 and e.y1 <= box.y1 for e in extents), (box, extents)
+    # the labels' centres, in pixels: at least a line of 8-point text (11 px at 100 dpi) apart
+    centres = sorted(ax.transData.transform(t.xy)[1] + t.xyann[1] * figure.dpi / 72 for t in labels)
+    assert all(high - low >= 12 for low, high in zip(centres, centres[1:], strict=False)), centres

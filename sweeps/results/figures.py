@@ -261,9 +261,10 @@ def _label_ends(ax: Any, ends: list[tuple[float, float, str, str, bool]]) -> Non
     to_screen = ax.transData
     screen = [to_screen.transform((x, y))[1] for x, y, *_ in ends]
     box = ax.get_window_extent()
-    placed = _spread(screen, 12.0, box.y0 + 6, box.y1 - 6)
+    placed = _spread(screen, 16.0, box.y0 + 8, box.y1 - 8)  # pixels: a label is 12-19 px tall
+    points = 72.0 / ax.figure.dpi  # the spread is in pixels, the label's offset in points
     for (x, y, text, color, bold), ys in zip(ends, placed, strict=True):
-        offset = ys - to_screen.transform((x, y))[1]
+        offset = (ys - to_screen.transform((x, y))[1]) * points
         line = {"arrowstyle": "-", "color": color, "lw": 0.6, "alpha": 0.7}
         weight = "bold" if bold else "normal"
         ax.annotate(

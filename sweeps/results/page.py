@@ -362,6 +362,20 @@ def _trials(rows: list[dict[str, Any]], metric: str, params: list[str]) -> str:
     )
 
 
+MORE_FILES = ("plots.html", "results.csv")
+"""The report folder's files the page links to by name."""
+
+
+def linked_from(page: str, folder: Path) -> str:
+    """The page with its links to the report folder's files made absolute, for a copy kept elsewhere.
+
+    ``sweeps report --html FILE``'s copy linked ``plots.html`` next to itself, where there is none.
+    """
+    for name in MORE_FILES:
+        page = page.replace(f"href='{name}'", f"href='{html.escape((folder.resolve() / name).as_uri())}'")
+    return page
+
+
 def _more(folder: Path, meta: dict[str, Any]) -> str:
     parts = []
     if (folder / "optimization_history.png").exists():
