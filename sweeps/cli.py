@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out trials with over 5%% overflowed steps (rescues are never exported)",
     )
+    export.add_argument(
+        "--trial", help="export this trial (t007 or 7) whatever its end, a stopped one too, instead of the best"
+    )
     train = sub.add_parser("train", help="train from an exported config")
     train.add_argument("config", help="a file written by 'sweeps export'")
     train.add_argument("--epochs", type=int, help="train this many epochs instead")
@@ -428,12 +431,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the best trials' configs."""
-    from sweeps.results.export import best_configs, ranked_path, study_shortfall, write_export
+    from sweeps.results.export import best_configs, ranked_path, study_shortfall, trial_export, write_export
     from sweeps.store.study import load_study
     from sweeps.store.sweep_dir import open_sweep_dir
 
     if args.top_k < 1:
         raise SpecError("--top-k", [("", f"must be >= 1, got {args.top_k}")])
+    if args.trial is not None and (args.top_k != 1 or args.skip_unstable):
+        raise InputError("--trial exports the one trial it names: leave out --top-k and --skip-unstable")
+    wanted = _trial_number(args.trial) if args.trial is not None else None
     check_output_file("--output", args.output, overwrites=lambda head: head.startswith(b"# Trial "))
     sweep = open_sweep_dir(args.storage, args.sweep)
     meta = sweep.read_meta()
@@ -441,6 +447,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         note = f"note: sweep {sweep.name!r} is still running (or its driver died): this is its best so far"
         print(note, file=sys.stderr)
     study = load_study(sweep)  # read once: the export and what the study may have lost
+    if wanted is not None:
+        data = trial_export(sweep, wanted, study)
+        out = write_export(data, args.output)
+        metric, how = data["metric"], data["source"]["status"]
+        value = (
+            f"{metric['name']}={metric['value']:.6g}" if metric["value"] is not None else f"no final {metric['name']}"
+        )
+        print(f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']} ({how}), {value}")
+        return 0
     configs = best_configs(sweep, args.top_k, args.skip_unstable, study)
     short = study_shortfall(study, meta)
     if short:
@@ -455,6 +470,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{metric['name']}={metric['value']:.6g}"
         )
     return 0
+
+
+def _trial_number(text: str) -> int:
+    """``t007``, ``T7`` or ``7`` as 7; an InputError for anything else."""
+    digits = text.strip().lower().removeprefix("t")
+    if not digits.isdigit():
+        raise InputError(f"--trial {text}: name a trial as t007 or 7")
+    return int(digits)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from sweeps.cli import main
@@ -259,3 +260,39 @@ def test_a_trial_run_as_o1_is_a_point_of_a_space_that_spells_it_fp16() -> None:
     assert point_in_space(o1, searched)[0] == {"lr": 0.01, "precision": "fp16"}  # type: ignore[index]
     bf16 = spec_from_dict({**plain, "fixed": {"precision": "bf16"}})
     assert point_in_space(o1, bf16) == "fixed precision differs"
+
+
+def test_export_trial_writes_any_trial_a_stopped_one_with_no_final_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user re-ran a stopped trial by hand-editing the best one's export: ``--trial`` writes that trial's own."""
+    earlier, old, dists = earlier_study(tmp_path)
+    earlier.write_meta({"trainer": "tests.toy_trainer:ToyTrainer", "epochs": 4, "metric": "val_loss", "mode": "min"})
+    for lr, value, status in ((0.01, 0.5, "completed"), (0.9, 2.0, "diverged"), (0.02, 0.3, "completed")):
+        config = {"lr": lr, "width": 4}
+        old.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                params=config,
+                distributions=dists,
+                user_attrs={"config": config, "status": status},
+                constraints={"diverged": 1.0} if status == "diverged" else None,
+            )
+        )
+    root = str(tmp_path)
+    assert main(["export", "wa", "--storage", root, "--trial", "t001", "-o", str(tmp_path / "t1.yaml")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 't1.yaml'}: trial 1 of wa (diverged), no final val_loss\n"
+    text = (tmp_path / "t1.yaml").read_text()
+    assert text.startswith(
+        "# Trial 1 of sweep wa (diverged, no final val_loss).\n# Train from it: sweeps train t1.yaml"
+    )
+    data = yaml.safe_load(text)
+    assert data["config"]["lr"] == 0.9 and data["metric"]["value"] is None and data["source"]["rank"] == 0
+    assert main(["export", "wa", "--storage", root, "--trial", "0", "-o", str(tmp_path / "t0.yaml")]) == 0
+    assert "(completed), val_loss=0.5" in capsys.readouterr().out
+    assert "(rank 2: val_loss=0.5 (min))" in (tmp_path / "t0.yaml").read_text()
+    assert main(["export", "wa", "--storage", root, "--trial", "t9", "-o", str(tmp_path / "x.yaml")]) == 2
+    assert "has no trial t009 (its trials: t000 to t002)" in capsys.readouterr().err
+    assert main(["export", "wa", "--storage", root, "--trial", "best"]) == 2
+    assert main(["export", "wa", "--storage", root, "--trial", "1", "--top-k", "2"]) == 2
+    assert not (tmp_path / "x.yaml").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.core.files import write_whole
+from sweeps.core.keys import COMPLETED
 from sweeps.core.records import UNSTABLE_SHARE
 from sweeps.store.study import is_told, load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
@@ -43,6 +45,29 @@ def best_configs(
         short = study_shortfall(study, meta)
         raise SweepStoreError(f"sweep {sweep.name!r} has no {which} trial to export" + (f": {short}" if short else ""))
     return [_export(sweep, meta, trial, rank) for rank, trial in enumerate(trials[:top_k], start=1)]
+
+
+def trial_export(sweep: SweepDir, number: int, study: optuna.Study | None = None) -> dict[str, Any]:
+    """Trial ``number``'s complete config, whatever its end (a stopped one too, to train it to the end by hand).
+
+    A user re-running a stopped trial hand-edited the best trial's export. A trial with no final
+    value exports none (``sweeps train`` then compares nothing) and says how it ended.
+    """
+    meta = sweep.read_meta()
+    study = load_study(sweep) if study is None else study
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number and not is_told(t)]
+    if not found or "config" not in found[0].user_attrs:
+        ran = sum(1 for t in study.get_trials(deepcopy=False) if not is_told(t) and "config" in t.user_attrs)
+        raise SweepStoreError(f"sweep {sweep.name!r} has no trial t{number:03d} (its trials: t000 to t{ran - 1:03d})")
+    trial = found[0]
+    data = _export(sweep, meta, trial, 0)
+    ranks = {t.number: rank for rank, t in enumerate(ranked(study), start=1)}
+    data["source"]["rank"] = ranks.get(number, 0)
+    data["source"]["status"] = str(trial.user_attrs.get("status", "")) or trial.state.name.lower()
+    ended = data["source"]["status"] == COMPLETED and trial.state == TrialState.COMPLETE
+    if not ended or trial.value is None or not math.isfinite(float(trial.value)):
+        data["metric"]["value"] = None  # no final value (a stopped trial's last is an earlier epoch's): none to compare
+    return data
 
 
 def study_shortfall(study: optuna.Study, meta: dict[str, Any]) -> str:
@@ -103,10 +128,15 @@ def write_export(data: dict[str, Any], path: str | Path) -> Path:
 def export_text(data: dict[str, Any], file_name: str) -> str:
     """An exported config as the file ``file_name`` holds it: a header (where from, how to use), then YAML."""
     source, metric = data["source"], data["metric"]
+    rank = source.get("rank", 1)
+    if metric.get("value") is None:  # an exported trial that did not complete
+        how = f"{source.get('status') or 'no final value'}, no final {metric['name']}"
+    else:
+        how = (
+            f"{'rank ' + str(rank) if rank else 'unranked'}: {metric['name']}={metric['value']:.6g} ({metric['mode']})"
+        )
     header = (
-        f"# Trial {source['trial']} of sweep {source['sweep']} (rank {source.get('rank', 1)}): "
-        f"{metric['name']}={metric['value']:.6g} ({metric['mode']}).\n"
-        f"# Train from it: sweeps train {file_name}\n"
+        f"# Trial {source['trial']} of sweep {source['sweep']} ({how}).\n# Train from it: sweeps train {file_name}\n"
     )
     return header + yaml.safe_dump(data, sort_keys=False)
 
