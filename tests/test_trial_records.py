@@ -20,6 +20,7 @@ from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import EpochLoop
 from tests.function_trainers import MemoryChannel
+from tests.helpers import ROOT
 
 
 def test_the_status_line_counts_rescues_beside_the_budgets_trials() -> None:
@@ -316,3 +317,17 @@ def test_a_best_value_at_an_end_of_its_range_gets_a_note_that_the_best_may_lie_b
         "widen the range to see",
     ]
     assert range_edge_notes(params, {"lr_g": 3e-4, "width": 4}) == []
+
+
+def test_the_recorded_commit_is_the_trainers_checkout_s_from_a_folder_outside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user ran a built-in trainer of a git checkout from a folder outside it: the export said git_commit ''."""
+    from sweeps.tracking.provenance import git_commit, trainer_commit
+
+    checkout = git_commit(ROOT)
+    if not checkout:
+        pytest.skip("the project is not a git checkout here")
+    monkeypatch.chdir(tmp_path)  # no git repository here
+    assert git_commit() == "" and trainer_commit("vae") == checkout
+    assert trainer_commit("no_such_module:Trainer") == ""

@@ -59,7 +59,7 @@ from sweeps.store.sweep_dir import (
     release_driver,
 )
 from sweeps.store.trial_storage import resolve_trial_storage
-from sweeps.tracking.provenance import git_commit
+from sweeps.tracking.provenance import trainer_commit
 from sweeps.tracking.store_check import open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
 from sweeps.tracking.ui_views import NOTE_TAG, TOP_K, parent_note, save_views
@@ -356,7 +356,7 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
         "parent_run_id": tracker.parent_run_id,
         "optuna_storage": sweep.storage_location,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": git_commit(),
+        "git_commit": trainer_commit(spec.trainer),
         "version": __version__,
         "status": "running",
         "driver": driver_identity(),

@@ -5,6 +5,7 @@ Runs in the trial's own process (so it describes the node the trial ran on).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -31,6 +32,20 @@ def git_commit(folder: str | Path = ".") -> str:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def trainer_commit(trainer: str) -> str:
+    """The git commit of the folder that holds ``trainer``'s source, else of the working directory ('' if neither).
+
+    A user who ran a built-in trainer of a git checkout from a folder outside it got ``git_commit: ''``.
+    """
+    try:
+        from trainables.registry import load_trainer
+
+        source = inspect.getsourcefile(load_trainer(trainer))
+    except Exception:  # noqa: BLE001 - provenance is best effort: no source file, the working directory's commit
+        source = None
+    return (git_commit(Path(source).parent) if source else "") or git_commit()
 
 
 @lru_cache(maxsize=4)
