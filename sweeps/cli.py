@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -643,20 +644,38 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(port),
     ]
-    return _serve(command)
+    return _serve(command, ready=(args.host, port))
+
+
+def _announce_when_answering(host: str, port: int, child: subprocess.Popen[bytes], limit_s: float = 300.0) -> None:
+    """Print one line once the server accepts connections (a user's links were refused for a minute before)."""
+
+    def wait() -> None:
+        deadline = time.monotonic() + limit_s
+        while child.poll() is None and time.monotonic() < deadline:
+            try:
+                with socket.create_connection((host, port), timeout=1):
+                    print(f"ready:   the MLflow UI answers at http://{host}:{port} (Ctrl-C stops it)", flush=True)
+                    return
+            except OSError:
+                time.sleep(0.25)
+
+    threading.Thread(target=wait, name="ui-ready", daemon=True).start()
 
 
 class _Stopped(Exception):
     """SIGTERM or SIGINT reached ``sweeps ui``."""
 
 
-def _serve(command: list[str]) -> int:
+def _serve(command: list[str], ready: tuple[str, int] | None = None) -> int:
     """Run ``command`` until SIGINT/SIGTERM, then end it and every process it started (0); or until it ends (error).
 
     ``mlflow ui`` starts a server that starts workers; run in a session of its own, they all go
     with it, so neither Ctrl-C nor a ``kill`` of ``sweeps ui`` leaves a server behind.
     """
     child = subprocess.Popen(command, env=os.environ.copy(), start_new_session=True)
+    if ready is not None:
+        _announce_when_answering(*ready, child)
 
     def stop(signum: int, frame: object) -> None:
         raise _Stopped(signum)

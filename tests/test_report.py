@@ -125,6 +125,12 @@ def test_without_an_audit_the_page_says_so_and_has_no_audit_column(tmp_path: Pat
     (tmp_path / "stops.json").write_text(json.dumps(stop_decisions(ROWS, {})))
     page = html_page("s1", META, ROWS, "", tmp_path)
     assert "No audit recorded" in page and "<th>audit</th>" not in page
+    # ASHA's cuts only: nothing sweeps audit would re-run (a user read "No audit recorded" as a to-do)
+    cut = [r for r in ROWS if r["status"] != "diverged"]
+    (tmp_path / "stops.json").write_text(json.dumps(stop_decisions(cut, {})))
+    page = html_page("s1", META, cut, "", tmp_path)
+    assert "Nothing to audit" in page and "No audit recorded" not in page
+    (tmp_path / "stops.json").write_text(json.dumps(stop_decisions(ROWS, {})))
     (tmp_path / "audit.txt").write_text("t002 loss_explosion: false stop\n")  # what sweeps audit writes
     assert "t002 loss_explosion: false stop" in html_page("s1", META, ROWS, "", tmp_path)
 

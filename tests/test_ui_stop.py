@@ -36,12 +36,20 @@ def test_a_signal_to_sweeps_ui_ends_the_mlflow_server_it_started(
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "sweeps", "ui", "--tracking-uri", uri, "--port", str(port)]
-    ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started: set[int] = set()
     try:
         wait_healthy(f"http://127.0.0.1:{port}", 180, ui)
         started = descendants(ui.pid)
         assert started, "sweeps ui started no process"
+        # once the server answers, a line says so (a user's links were refused for a minute before)
+        assert ui.stdout is not None
+        printed = []
+        for line in ui.stdout:  # the links, then that line
+            printed.append(line)
+            if line.startswith("ready:"):
+                break
+        assert printed[-1] == f"ready:   the MLflow UI answers at http://127.0.0.1:{port} (Ctrl-C stops it)\n", printed
         ui.send_signal(sig)  # to sweeps ui alone, as `kill PID` sends it
         if twice:
             time.sleep(0.3)

@@ -316,7 +316,8 @@ def draw_contour(study: optuna.Study, params: list[str], metric: str, path: Path
 
     try:
         with quiet():
-            axes = mpl_vis.plot_contour(study, params=params[:2], target_name=metric)
+            # Optuna's colours are darker where the metric is better, for min and max alike: the bar says so
+            axes = mpl_vis.plot_contour(study, params=params[:2], target_name=f"{metric} (darker is better)")
     except (ValueError, RuntimeError, ImportError):
         return None
     ax = axes.flat[0] if hasattr(axes, "flat") else axes

@@ -19,6 +19,7 @@ from typing import Any
 
 from sweeps.core.keys import AUDIT_FALSE_STOP, AUDIT_TRUE_STOP, AUDIT_UNJUDGED, COMPLETED, DIVERGED, PRUNED
 from sweeps.core.records import observed_text
+from sweeps.divergence import may_recover
 from sweeps.tracking.mlflow_client import short_text
 
 GROUPS = {COMPLETED: 0, PRUNED: 1, DIVERGED: 2}
@@ -275,7 +276,19 @@ def _stops(folder: Path, notes: str, rows: list[dict[str, Any]], metric: str, mo
             cells.append(_td(stop.get("rescue") or ""))
         css = "row-diverged" if stop["status"] == DIVERGED else "row-pruned" if stop["status"] == PRUNED else ""
         body.append(f"<tr class='{css}'>{''.join(cells)}</tr>")
-    note = "" if audited else "<p class='muted'>No audit recorded: no stopped trial was re-run to its end.</p>"
+    if audited:
+        note = ""
+    elif any(may_recover(str(s.get("signal") or ""), str(s.get("reason") or "")) for s in stops):
+        note = (
+            "<p class='muted'>No audit recorded: <code>sweeps audit</code> re-runs the detector's heuristic stops "
+            "to their end.</p>"
+        )
+    else:  # a user read the note as a promise that ASHA's cuts could be audited
+        note = (
+            "<p class='muted'>Nothing to audit: <code>sweeps audit</code> re-runs the detector's heuristic stops; "
+            "ASHA's cuts, and stops no later step undoes (a loss or weights not finite, a loss scale at its floor), "
+            "are not re-run.</p>"
+        )
     return summary + _table(head, body, "stops") + note
 
 
