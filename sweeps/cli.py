@@ -586,14 +586,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         elif meta.get("halted"):  # a trial failed in a way every trial would
             status = f"stopped (after {str(meta['halted']).split(':', 1)[0]}: every trial would fail so)"
         line = f"{name}  {status}  {meta.get('trainer')}  {meta.get('metric')}"
-        print(line + _trial_counts(sweep.path / "report", str(meta.get("metric"))))
+        print(line + _trial_counts(sweep.path / "report", str(meta.get("metric")), str(meta.get("mode", "min"))))
     if not names:
         print(f"no sweeps in {root}")
     return 0
 
 
-def _trial_counts(report: Path, metric: str) -> str:
-    """``  8 trials: 3 completed, 4 pruned, 1 diverged; best 0.149`` from a sweep's report rows ('' if none)."""
+def _trial_counts(report: Path, metric: str, mode: str = "min") -> str:
+    """``  8 trials: 3 completed, 4 pruned, 1 diverged; best t003 0.149 (lower is better)`` ('' with no rows).
+
+    From the sweep's report rows. A user read ``best 0.02184`` and ``trial 8`` elsewhere: the trial
+    is named as everywhere else, and the direction said.
+    """
     from sweeps.results.report import read_results
 
     rows = read_results(report)
@@ -603,8 +607,11 @@ def _trial_counts(report: Path, metric: str) -> str:
     for row in rows:
         counts[str(row.get("status", "?"))] = counts.get(str(row.get("status", "?")), 0) + 1
     text = f"  {len(rows)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items())
-    best = [row.get(metric) for row in rows if row.get("best") is True]
-    return text + (f"; best {metric_text(best[0])}" if best and isinstance(best[0], (int, float)) else "")
+    best = [(row.get("trial"), row.get(metric)) for row in rows if row.get("best") is True]
+    if not best or not isinstance(best[0][1], (int, float)):
+        return text
+    better = "lower" if mode == "min" else "higher"
+    return text + f"; best {best[0][0]} {metric_text(best[0][1])} ({better} is better)"
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

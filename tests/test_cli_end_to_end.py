@@ -33,7 +33,7 @@ def test_run_export_train(tmp_path: Path) -> None:
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "sweep_runs" / "s1" / "optuna-journal.log").exists()
     assert run.stdout.startswith("sweep s1: 3 trials x 2 epochs of vae")  # the name given, not the spec's
     listed = run_cli("list", cwd=tmp_path)
-    line = r"s1  completed  vae  val_mse  3 trials: 3 completed; best [\d.e-]+\n"
+    line = r"s1  completed  vae  val_mse  3 trials: 3 completed; best t00\d [\d.e-]+ \(lower is better\)\n"
     assert re.fullmatch(line, listed.stdout), listed.stdout
 
     again = run_cli("run", "spec.yaml", "--name", "s1", cwd=tmp_path)
@@ -58,8 +58,8 @@ def test_run_export_train(tmp_path: Path) -> None:
 
     train = run_cli("train", "best.yaml", "--save", "model.pt", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
-    apart = re.search(r"\(([\d.]+)% apart\)", train.stdout)
-    assert apart and float(apart.group(1)) < 1.0, train.stdout
+    apart = re.search(r"\(([\d.e+-]+) apart, ([\d.]+)%\)", train.stdout)
+    assert apart and float(apart.group(2)) < 1.0, train.stdout
     assert (tmp_path / "model.pt").exists()
 
     more = run_cli("export", "s1", "-o", "top.yaml", "--top-k", "5", cwd=tmp_path)  # 3 trials: says so

@@ -186,8 +186,11 @@ def train_from_file(
             out.write(f"saved {save}\n")
     recorded = (data.get("metric") or {}).get("value")
     if metric in metrics and isinstance(recorded, (int, float)) and total == int(data["epochs"]):
-        diff = abs(metrics[metric] - recorded) / max(abs(recorded), 1e-12) * 100
-        out.write(f"{metric}={metrics[metric]:.6g}; the sweep recorded {recorded:.6g} ({diff:.2f}% apart)\n")
+        gap = abs(metrics[metric] - recorded)  # in the metric's own unit too: a percent of dB says little
+        share = gap / max(abs(recorded), 1e-12) * 100
+        out.write(
+            f"{metric}={metrics[metric]:.6g}; the sweep recorded {recorded:.6g} ({gap:.3g} apart, {share:.2f}%)\n"
+        )
     elif metric in metrics and not math.isfinite(metrics[metric]):
         out.write(f"{metric} is not finite\n")
     return metrics
