@@ -336,7 +336,7 @@ def importance_scope(rows: list[dict[str, Any]]) -> str:
     worst: ASHA had cut them all, and only completed trials have a final value to explain.
     """
     trials = [row for row in rows if not row.get("rescue_of")]  # rescues are not in the study
-    completed = sum(1 for row in trials if row.get("status") == "completed")
+    completed = sum(1 for row in trials if row.get("status") == COMPLETED)
     left_out = len(trials) - completed
     text = f"From the {completed} completed trial{'s' if completed != 1 else ''} of {len(trials)}"
     if left_out:

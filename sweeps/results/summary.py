@@ -8,7 +8,7 @@ from typing import Any
 from sweeps.core.keys import COMPLETED, DIVERGED
 from sweeps.core.records import UNSTABLE_SHARE, SweepState, TrialRecord, metric_text
 from sweeps.results.report import result_rows, terminal_table
-from sweeps.spec.params import ParamSpec
+from sweeps.spec.params import ParamSpec, is_number
 
 
 def summary_table(state: SweepState) -> str:
@@ -46,7 +46,7 @@ def range_edge_notes(params: dict[str, ParamSpec], best: dict[str, Any]) -> list
     notes = []
     for name, param in params.items():
         value = best.get(name)
-        if param.kind not in ("float", "int") or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if param.kind not in ("float", "int") or not is_number(value):
             continue
         low, high = float(param.low or 0.0), float(param.high or 0.0)
         if param.log and low > 0 and value > 0:

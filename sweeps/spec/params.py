@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, get_args, get_origin
 
 from sweeps.core.problems import Problems, as_int, as_number, unknown_key
 from trainables.config import coerce
@@ -106,7 +106,7 @@ def two_choices_not_a_range(section: Any) -> list[tuple[str, str]]:
         return []
     notes = []
     for name, entry in section.items():
-        numbers = isinstance(entry, list) and len(entry) == 2 and all(_is_number(v) for v in entry)
+        numbers = isinstance(entry, list) and len(entry) == 2 and all(is_number(v) for v in entry)
         if numbers and any(isinstance(v, float) and not v.is_integer() for v in entry):
             low, high = sorted(entry)
             range_ = f"{{low: {low}, high: {high}}}"
@@ -126,13 +126,14 @@ def whole_bounds_drawn_as_floats(section: Any, types: dict[str, Any]) -> list[tu
         if not isinstance(entry, dict) or "type" in entry or "choices" in entry:
             continue
         low, high = entry.get("low"), entry.get("high")
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        if all(is_number(v) and isinstance(v, int) for v in (low, high)):
             why = f"low and high are whole numbers, but with no type a float is drawn between {low} and {high}"
             notes.append((f"params.{name}", f"{why}; add type: int for whole numbers, or type: float to keep floats"))
     return notes
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """Whether ``value`` is an int or a float (not a bool, which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

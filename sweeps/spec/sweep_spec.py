@@ -22,6 +22,7 @@ from sweeps.core.problems import Problems, as_duration, as_int, as_number, unkno
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import (
     ParamSpec,
+    is_number,
     never_drawn,
     parse_params,
     two_choices_not_a_range,
@@ -748,7 +749,7 @@ def _check_scaler_settings(fixed: dict[str, Any], params: dict[str, ParamSpec], 
         if key in params and params[key].kind == "categorical":
             values += [(f"params.{key}.choices[{i}]", v) for i, v in enumerate(params[key].choices)]
     for where, value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             problems.add(where, f"run.scaler() reads it as a number, got {value!r}")
         elif (not math.isfinite(value) or value < 0) and not problems.about(where):
             problems.add(where, f"must be a finite number >= 0, got {value!r}")
