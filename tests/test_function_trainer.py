@@ -910,6 +910,11 @@ def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones
     assert next(iter(sources)) == "src_loop_mod.py"
     assert sources["src_models/layers.py"].startswith("def block(width)")
 
+    # a reused trial process reads them once; an edit to one of them is read again
+    (tmp_path / "src_models" / "layers.py").write_text("def block(width):\n    return 2 * width  # edited\n")
+    again = trainer_sources(load_trainer("src_loop_mod:train"))
+    assert again["src_models/layers.py"].endswith("# edited\n")
+    assert again["src_loop_mod.py"] == sources["src_loop_mod.py"]
 
 @pytest.mark.parametrize(
     ("edit", "said"),

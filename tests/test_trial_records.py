@@ -331,3 +331,27 @@ def test_the_recorded_commit_is_the_trainers_checkout_s_from_a_folder_outside_it
     monkeypatch.chdir(tmp_path)  # no git repository here
     assert git_commit() == "" and trainer_commit("vae") == checkout
     assert trainer_commit("no_such_module:Trainer") == ""
+
+
+def test_the_reports_imports_start_only_once_the_sweeps_end_is_near() -> None:
+    """Not at the first result (the trials need the CPUs then): once every trial is asked, on a halt, or near the deadline."""
+    import time
+
+    from sweeps.engine.callbacks import ReportPrewarm
+
+    state = SweepState(metric="val_loss", mode="min")
+    counted = ReportPrewarm(state, trials=3)
+    for number in range(2):
+        state.trials[f"t{number}"] = TrialRecord(number, f"t{number}", f"r{number}", {}, {})
+    counted.on_step(1, [])
+    assert not counted.started
+    state.trials["t2"] = TrialRecord(2, "t2", "r2", {}, {})  # the budget's last trial is asked
+    counted.on_step(2, [])
+    assert counted.started
+
+    timed = ReportPrewarm(SweepState(metric="val_loss", mode="min", deadline=time.time() + 3600), trials=1000)
+    assert not timed.near_end()
+    timed.state.deadline = time.time() + ReportPrewarm.LEAD_S - 1
+    assert timed.near_end()
+    halted = ReportPrewarm(SweepState(metric="val_loss", mode="min", halted="every trial fails alike"), trials=1000)
+    assert halted.near_end()

@@ -254,7 +254,7 @@ def _engine_configs(
                 LiveView(state, spec.budget.trials, stream, epochs=spec.budget.epochs),
                 TrackingCallback(state, tracker),
                 CheckpointPruner(),
-                ReportPrewarm(),
+                ReportPrewarm(state, spec.budget.trials),
                 *([TrialTimeout(state, spec.budget.trial_time_s)] if spec.budget.trial_time_s else []),
             ],
             # Every checkpoint is kept by Tune; CheckpointPruner deletes the superseded ones safely.

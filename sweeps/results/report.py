@@ -122,8 +122,8 @@ def importances(study: optuna.Study) -> dict[str, float]:
 def prewarm() -> threading.Thread:
     """Import the report's heavy modules (fANOVA importances, matplotlib, Optuna's plots) in a thread.
 
-    Started at a sweep's first trial result (``ReportPrewarm``), while the driver mostly waits on
-    Ray; about 3 s of imports that the report at the end would otherwise add to every sweep.
+    Started once a sweep's end is near (``sweeps.engine.callbacks.ReportPrewarm``), while its last
+    trials run; about 3 s of imports that the report at the end would otherwise add to every sweep.
     """
 
     def load() -> None:
