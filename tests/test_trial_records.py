@@ -334,7 +334,7 @@ def test_the_recorded_commit_is_the_trainers_checkout_s_from_a_folder_outside_it
 
 
 def test_the_reports_imports_start_only_once_the_sweeps_end_is_near() -> None:
-    """Not at the first result (the trials need the CPUs): once every trial is asked, on a halt, or near the deadline."""
+    """Not at the first result (the trials need the CPUs): once all trials are asked, on a halt, near the deadline."""
     import time
 
     from sweeps.engine.callbacks import ReportPrewarm
