@@ -916,6 +916,7 @@ def test_a_trials_recorded_source_holds_the_loops_own_modules_not_installed_ones
     assert again["src_models/layers.py"].endswith("# edited\n")
     assert again["src_loop_mod.py"] == sources["src_loop_mod.py"]
 
+
 @pytest.mark.parametrize(
     ("edit", "said"),
     [
