@@ -50,8 +50,9 @@ def test_audit_reruns_the_heuristic_stops_and_finds_the_false_one(
         # the same loss as the completed trials: it would have tied for the best
         assert stop.epochs == 3 and stop.value == pytest.approx(0.04 + 1 / 3)
         assert stop.verdict == "false_stop" and stop.rank == 1
-    assert len(result.false_stops) == len(stopped) and result.best_changed == result.stops
-    assert result.summary().endswith("would have changed: " + ", ".join(s.label for s in result.stops))
+    # tied with the best, not ahead of it: the sweep's best value would have been the same
+    assert len(result.false_stops) == len(stopped) and result.best_changed == []
+    assert result.summary().endswith("would have changed: no")
 
     client = MlflowClient(swept.tracking_uri)
     for stop in result.stops:
@@ -192,3 +193,16 @@ def test_an_observed_flag_on_the_sweeps_best_says_stopping_it_would_have_changed
     _judge(result)
     assert result.best_changed == [best]  # tied with the unflagged best: stopping it changes nothing
     assert result.summary().endswith("the sweep's best would have changed had they been stopped: t000")
+
+
+def test_a_re_run_tied_with_the_best_does_not_change_it() -> None:
+    """A user's all-zero collapses re-ran to exactly the value of the sweep's best (0.085265): "would have changed"."""
+    from sweeps.engine.audit import AuditedStop, AuditResult, _judge
+
+    tied = AuditedStop("t000", 0, "r", "collapse", "22", None, value=0.085265)
+    ahead = AuditedStop("t003", 3, "s", "loss_explosion", "9", 4.1, value=0.08)
+    result = AuditResult("s", "val_mse", "min", [tied, ahead], completed=[0.085265, 0.085265, 0.0919], top_k=1)
+    _judge(result)
+    assert (tied.rank, ahead.rank) == (1, 1)
+    assert result.best_changed == [ahead]
+    assert result.summary().endswith("would have changed: t003")

@@ -149,11 +149,16 @@ class AuditResult:
         return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k and self._leads(s)]
 
     def _leads(self, stop: AuditedStop) -> bool:
-        """A re-run ranked in the top ``k``; an observed flag only when strictly ahead of the unflagged ``k``-th."""
-        if not stop.observed or stop.value is None:
-            return not stop.observed
+        """Strictly ahead of the ``k``-th best of the pool it is judged against: a tie changes no value in the top ``k``.
+
+        A re-run is judged against the completed trials; an observed flag against the unflagged ones
+        (a user's all-zero collapses re-ran to exactly the value of two completed all-zero trials,
+        and the audit said the best would have changed).
+        """
+        if stop.value is None:
+            return False
         sign = 1.0 if self.mode == "min" else -1.0
-        pool = sorted(sign * v for v in self.unflagged)
+        pool = sorted(sign * v for v in (self.unflagged if stop.observed else self.completed))
         return len(pool) < self.top_k or sign * stop.value < pool[self.top_k - 1]
 
     def text(self) -> str:
