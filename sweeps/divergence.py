@@ -223,6 +223,8 @@ class DivergenceDetector:
         self.non_finite = _Streak()
         self.zero_loss = _Streak()
         self.constant = _Streak()
+        self.constant_what = "constant output"
+        self.last_step = 0
         self.start_loss: float | None = None
         self.signed_loss = False
         """A negative loss was seen: the loss is no magnitude, and no line relative to its first value holds."""
@@ -244,6 +246,7 @@ class DivergenceDetector:
         self.steps_seen += 1
         metrics = self._unpassed_scalers(metrics)
         self._loss_state(metrics.get("loss"))
+        self._track_collapse(step, metrics)
         for check in (self._scale, self._non_finite, self._explosion, self._grad, self._collapse, self._weights):
             found = check(step, metrics)
             if found is not None:
@@ -393,24 +396,51 @@ class DivergenceDetector:
                 history.append(norm)
         return None
 
+    def _track_collapse(self, step: int, metrics: dict[str, Any]) -> None:
+        """Every step, whatever fires before ``collapse``: how long the output (or the loss) has been stuck."""
+        if self._cfg("collapse") is None:
+            return
+        std, mean, spread = metrics.get("output_std"), metrics.get("output_mean"), metrics.get("output_spread")
+        constant = _finite(std) and std == 0.0
+        same = _finite(spread) and spread == 0.0  # every sample of the batch alike: the input is ignored
+        if constant:
+            self.constant_what = "all-zero output" if _finite(mean) and mean == 0.0 else "constant output"
+        elif same:
+            self.constant_what = "the same output for every sample of the batch"
+        self.constant.update(constant or same, step)
+        loss = metrics.get("loss")
+        self.zero_loss.update(_finite(loss) and float(loss) == 0.0, step)
+        self.last_step = step
+
     def _collapse(self, step: int, metrics: dict[str, Any]) -> Divergence | None:
         cfg = self._cfg("collapse")
         if cfg is None:
             return None
-        std, mean, spread = metrics.get("output_std"), metrics.get("output_mean"), metrics.get("output_spread")
-        constant = _finite(std) and std == 0.0
-        same = _finite(spread) and spread == 0.0  # every sample of the batch alike: the input is ignored
-        if self._lasted(self.constant.update(constant or same, step), cfg):
-            if constant:
-                what = "all-zero output" if _finite(mean) and mean == 0.0 else "constant output"
-            else:
-                what = "the same output for every sample of the batch"
-            return Divergence("collapse", f"{what} for {self.constant.length} steps", step, self.constant.start)
-        loss = metrics.get("loss")
-        if self._lasted(self.zero_loss.update(_finite(loss) and float(loss) == 0.0, step), cfg):
+        if self._lasted(self.constant.length, cfg):
+            reason = f"{self.constant_what} for {self.constant.length} steps"
+            return Divergence("collapse", reason, step, self.constant.start)
+        if self._lasted(self.zero_loss.length, cfg):
             return Divergence(
                 "collapse", f"loss exactly 0 for {self.zero_loss.length} steps", step, self.zero_loss.start
             )
+        return None
+
+    def collapsed_to_the_end(self) -> Divergence | None:
+        """A collapse still under way at the newest step, as :meth:`observe` would judge it had the trial gone on.
+
+        For a trial's end: one shorter than ``collapse.steps`` whose output was stuck at every step
+        (a user's 16-step trials ended with an all-zero output, "completed", one the sweep's best),
+        or one whose collapse lasted the window and went on to its end (observe mode, an audit's
+        re-run: the stop's claim still held when training ended). None when its output moved again.
+        """
+        cfg = self._cfg("collapse")
+        if cfg is None or self.steps_seen == 0:
+            return None
+        window = {**cfg, "steps": min(cfg["steps"], self.steps_seen)}
+        for streak, what in ((self.constant, self.constant_what), (self.zero_loss, "loss exactly 0")):
+            if self._lasted(streak.length, window):
+                reason = f"{what} for its last {streak.length} steps, to the end of its training"
+                return Divergence("collapse", reason, self.last_step, streak.start)
         return None
 
     def _lasted(self, length: int, cfg: dict[str, float]) -> bool:

@@ -146,6 +146,35 @@ def test_audit_of_an_observed_sweep_calls_a_flag_right_when_its_trial_ended_with
     assert {client.get_run(s.run_id).data.tags["sweep.audit.verdict"] for s in result.stops} == {"true_stop"}
 
 
+def test_audit_calls_a_collapse_right_when_its_re_run_was_still_collapsed_at_the_end(
+    ray_session: None, workdir: Path
+) -> None:
+    """A user's all-zero collapses re-ran to the end still all-zero, tied the sweep's all-zero completed trials,
+    and read ``false_stop``: the re-run observes, and a collapse that held to its end proves the stop right."""
+    from mlflow import MlflowClient
+
+    from sweeps.engine.audit import audit_sweep
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
+
+    spec = {**SPEC, "name": "stuck", "fixed": {"lr": 0.01, "width": 4}}
+    spec["params"] = {"behavior": {"choices": ["ok", "zeros_stay"]}}
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    swept = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="stuck", stream=io.StringIO())
+    stopped = [r for r in swept.state.trials.values() if r.status == "diverged"]
+    assert stopped and all(r.signal == "collapse" and r.params["behavior"] == "zeros_stay" for r in stopped)
+
+    result = audit_sweep(workdir / "runs", "stuck")
+    assert [s.run_id for s in result.stops] == [r.run_id for r in sorted(stopped, key=lambda r: r.number)]
+    for stop in result.stops:  # the same val_loss as the completed trials, its loss still 0 at the end
+        assert stop.value == pytest.approx(0.04 + 1 / 3) and "loss exactly 0 for its last" in stop.collapsed
+        assert stop.verdict == "true_stop" and stop.line("val_loss", len(result.completed)).endswith("true_stop")
+    assert result.false_stops == [] and result.best_changed == []
+    client = MlflowClient(swept.tracking_uri)
+    for stop in result.stops:
+        assert client.get_run(stop.audit_run_id).data.tags["sweep.collapsed_at_end"] == stop.collapsed
+
+
 def test_audit_of_a_sweep_that_does_not_exist_is_one_line(workdir: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sweeps", "audit", "nope"], cwd=workdir, capture_output=True, text=True, timeout=120

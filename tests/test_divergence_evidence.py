@@ -455,3 +455,48 @@ def test_the_batch_spread_is_sent_only_for_a_batch_of_images() -> None:
     assert "output_spread" not in output_metrics(gray) and "output_spread" not in output_metrics(gray[None])
     assert output_metrics(torch.stack([gray, gray]))["output_spread"] == 0.0
     assert output_metrics(torch.rand(2, 3, 16, 16))["output_spread"] > 0.1
+
+
+def _to_the_end(
+    loop: Loop, steps: int, before: Callable[[Loop, int], None]
+) -> tuple[Divergence | None, Divergence | None]:
+    """Train ``steps`` steps, observing; return the first stop and the collapse still under way at the end."""
+    detector = DivergenceDetector()
+    found: Divergence | None = None
+    for i in range(steps):
+        before(loop, i)
+        fired = detector.observe(i + 1, loop.step())  # observed to the end, as observe mode does
+        found = found or fired
+    return found, detector.collapsed_to_the_end()
+
+
+def test_collapse_a_trial_shorter_than_the_window_stuck_at_every_step_ended_collapsed() -> None:
+    loop = Loop()
+    found, at_end = _to_the_end(loop, 16, _zero_head(loop, 1000))
+    assert found is None  # 16 steps: the window (20) was never met
+    assert at_end is not None and at_end.signal == "collapse" and at_end.step == 16 and at_end.onset == 1
+    assert "all-zero output for its last 16 steps" in at_end.reason
+
+
+def test_collapse_a_short_trial_whose_output_moved_again_did_not_end_collapsed() -> None:
+    loop = Loop()
+    assert _to_the_end(loop, 16, _zero_head(loop, 6)) == (None, None)
+
+
+def test_collapse_a_stuck_head_observed_past_its_stop_is_still_collapsed_at_the_end() -> None:
+    loop = Loop()
+    found, at_end = _to_the_end(loop, 40, _zero_head(loop, 1000))
+    assert found is not None and found.signal == "collapse" and found.step == DEFAULTS["collapse"]["steps"]
+    assert at_end is not None and at_end.step == 40 and "for its last 40 steps" in at_end.reason
+
+
+def test_collapse_a_late_collapse_shorter_than_what_the_trial_had_learned_is_not_collapsed_at_the_end() -> None:
+    # 30 steps of learning, then a head frozen at zero for the last 25: the relative rule asks for 45
+    loop = Loop()
+
+    def late(loop: Loop, i: int) -> None:
+        if i == 30:
+            _zero_head(loop, 1000)(loop, 0)
+
+    found, at_end = _to_the_end(loop, 55, late)
+    assert found is None and at_end is None

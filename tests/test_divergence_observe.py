@@ -147,3 +147,19 @@ def test_an_observed_sweep_where_no_signal_fired_says_so() -> None:
     assert validate_spec(dict(TOY), "spec.yaml", []).observing
     assert not validate_spec({**TOY, "divergence": {}}, "spec.yaml", []).observing
     assert not validate_spec({**TOY, "divergence": False}, "spec.yaml", []).observing
+
+
+def test_an_observed_trial_whose_output_was_still_collapsed_at_its_end_says_so() -> None:
+    """A user's observe sweep: 8 all-zero trials read "-> completed val_mse=0.085265, rank 1 of 12 completed"."""
+    from sweeps.core.keys import COLLAPSED_AT_END_KEY, OBSERVED_SIGNAL_KEY, OBSERVED_STEP_KEY
+    from sweeps.core.records import SweepState, TrialRecord
+    from sweeps.results.summary import divergence_summary
+
+    state = SweepState(metric="val_mse", mode="min")
+    state.trials["a"] = record = TrialRecord(0, "a", "r0", {}, {})
+    stuck = "all-zero output for its last 16 steps, to the end of its training"
+    report = {"epoch": 4, "val_mse": 0.085265, OBSERVED_SIGNAL_KEY: "collapse", OBSERVED_STEP_KEY: 16}
+    state.observe(record, {**report, COLLAPSED_AT_END_KEY: stuck})
+    record.status = COMPLETED
+    assert record.collapsed_at_end == stuck
+    assert divergence_summary(state).endswith("rank 1 of 1 completed, its output still collapsed at its end")

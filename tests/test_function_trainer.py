@@ -1037,3 +1037,28 @@ def test_sweeps_train_of_a_config_whose_metric_goes_nan_says_where_it_stopped_an
     assert out.splitlines()[-1].startswith("epoch 2/4  val_loss=nan")
     assert err == "error: stopped at epoch 2 of 4: val_loss not finite at epoch 2; nothing saved\n"
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_trial_too_short_for_the_collapse_window_that_ended_all_zero_is_diverged_not_completed() -> None:
+    """A user's 16-step trials (4 epochs of 4 steps) gave an all-zero output throughout, never met ``collapse.steps``
+    (20), ended ``completed``, and one was the sweep's best."""
+    from sweeps.core.keys import COLLAPSED_AT_END_KEY, DIVERGED_KEY, SIGNAL_KEY
+
+    _, channel = run_loop("tests.function_trainers:dead_relu_output", {}, epochs=4, report_every_s=0.0)
+    last = channel.reports[-1]
+    assert last[DIVERGED_KEY] and last[SIGNAL_KEY] == "collapse" and last["epoch"] == 4
+    assert "all-zero output for its last 16 steps, to the end of its training" in last["sweep/reason"]
+    assert channel.metric()[:3] and math.isnan(last["val_loss"])  # epochs 1-3 as reported; never ranked
+
+    # observe mode stops nothing: the trial completes, its last report says the output was stuck at the end
+    _, observed = run_loop(
+        "tests.function_trainers:dead_relu_output",
+        {},
+        epochs=4,
+        report_every_s=0.0,
+        divergence={"mode": "observe"},
+    )
+    last = observed.reports[-1]
+    assert not last.get(DIVERGED_KEY) and math.isfinite(last["val_loss"]) and last["epoch"] == 4
+    assert "all-zero output for its last 16 steps" in last[COLLAPSED_AT_END_KEY]
+    assert (last["sweep/observed_signal"], last["sweep/observed_step"]) == ("collapse", 16)  # its would-be stop

@@ -26,6 +26,7 @@ class ToyConfig:
     # sys_exit (sys.exit(1) at epoch 2), os_exit (the process ends, os._exit(3), at epoch 2), hang (epoch 2 never ends),
     # diverge_die (NaN loss at epoch 2, then the process ends at epoch 3),
     # zeros_nan (loss 0 at epoch 2, a collapse's look, then validate gives NaN from epoch 3),
+    # zeros_stay (loss 0 from epoch 2 to the end, its validation still finite),
     # bare_val (validate returns the bare metric value, not a dict),
     # tensor_step (on_step gets the step as a NumPy int or a tensor, the loss as a tensor and the grad norm as
     # a NumPy float32; validate gives NumPy's float32 and a tensor),
@@ -95,6 +96,8 @@ class ToyTrainer:
             self.step += 1
             loss = math.nan if self.epoch == 2 and self.config.behavior in ("diverge", "diverge_die") else self._loss()
             if self.epoch == 2 and self.config.behavior in ("zeros", "zeros_nan"):  # looks like a collapse
+                loss = 0.0
+            if self.epoch >= 2 and self.config.behavior == "zeros_stay":  # a collapse that lasts to the end
                 loss = 0.0
             if self.on_step is not None:
                 sent: dict[str, Any] = {"loss": loss, "grad_norm": 1.0}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweeps.core.keys import (
+    COLLAPSED_AT_END_KEY,
     COMPLETED,
     DIVERGED,
     HISTORY_KEY,
@@ -71,6 +72,8 @@ class TrialRecord:
     """How the sampler drew its values (``sweeps.store.study.drawn_by``; empty for a rescue)."""
     would_stop: str = ""
     """With ``divergence.mode: observe``: ``signal@step`` of the stop the detector would have made."""
+    collapsed_at_end: str = ""
+    """Observe mode: why its output was still collapsed when its training ended ('' if it was not)."""
     flagged_at: tuple[int, float] | None = None
     """With a would-be stop: the epoch its step fell in and the metric after that epoch (what it recovered from)."""
     rescue_of: TrialRecord | None = None
@@ -141,6 +144,8 @@ class SweepState:
             if not record.would_stop:
                 record.flagged_at = self._flagged_at(record, result)
             record.would_stop = f"{result[OBSERVED_SIGNAL_KEY]}@{result.get(OBSERVED_STEP_KEY, '?')}"
+        if result.get(COLLAPSED_AT_END_KEY):
+            record.collapsed_at_end = str(result[COLLAPSED_AT_END_KEY])
         # A diverged trial's last report holds a NaN metric; the epochs it validated since its
         # previous report (its history) hold what it reached: its last finite value, as in MLflow.
         values = [result.get(self.metric), *(v for _, v in reversed(result.get(HISTORY_KEY) or []))]

@@ -5,7 +5,7 @@ Every trial of the sweep that a *heuristic* signal stopped (``loss_explosion``,
 ``grad_explosion``, ``collapse``, ``runaway_weights``), or ``loss_scale`` for a run or share of
 overflow steps (:func:`sweeps.divergence.may_recover`; the irrecoverable ones, non-finite weights
 and a loss scale below its floor, are not re-run) is trained again with the same parameters and seed to
-the sweep's last epoch, with the detector off, on the sweep's Ray cluster. Each re-run is an
+the sweep's last epoch, with the detector observing only, on the sweep's Ray cluster. Each re-run is an
 MLflow run under the sweep's parent (``sweep.role=audit``), linked both ways to the trial it
 re-runs.
 
@@ -13,7 +13,8 @@ Verdicts, against the sweep's completed trials:
 
 - ``false_stop``: the re-run ended with a finite metric at least as good as the median completed
   trial (it would have ended among the good ones);
-- ``true_stop``: it ended non-finite, failed, or worse than that median;
+- ``true_stop``: it ended non-finite, failed, or worse than that median, or its output was still
+  collapsed when its training ended (a constant output ranks wherever the metric puts it);
 - ``unjudged``: it ended with a finite metric, but no trial of the sweep completed to compare it with.
 
 In an observe-mode sweep (``divergence.mode: observe``) the flagged trials trained on to their
@@ -41,6 +42,7 @@ from sweeps.core.keys import (
     AUDIT_FALSE_STOP,
     AUDIT_TRUE_STOP,
     AUDIT_UNJUDGED,
+    COLLAPSED_AT_END_KEY,
     COMPLETED,
     DIVERGED,
     DIVERGED_KEY,
@@ -58,6 +60,7 @@ from sweeps.core.keys import (
     TAG_AUDIT_RUN,
     TAG_AUDIT_STOPS,
     TAG_AUDIT_VERDICT,
+    TAG_COLLAPSED_AT_END,
     TAG_DIVERGENCE_STEP,
     TAG_EPOCHS,
     TAG_OPTUNA_NUMBER,
@@ -101,12 +104,16 @@ class AuditedStop:
     rank: int | None = None
     """Where the re-run would have ranked among the completed trials (1 = best)."""
     verdict: str = ""
+    collapsed: str = ""
+    """Why its output was still collapsed when training ended ('' when it moved again): the stop's claim held."""
     observed: bool = False
     """A would-be stop of observe mode: the trial itself ran on to its end, nothing was re-run."""
 
     def line(self, metric: str, completed: int) -> str:
         """One line of the audit table."""
         end = f"{metric}={metric_text(self.value)}" if self.value is not None else (self.failure or "no finite metric")
+        if self.collapsed:
+            end = f"{end}, collapsed"
         end = clipped(("ran on: " if self.observed else "") + end, 28)  # the whole reason is on the MLflow run
         among = completed + 1  # where it would have ranked had it joined them
         rank = f"rank {self.rank} of {among}" if self.rank is not None else "-"
@@ -149,13 +156,13 @@ class AuditResult:
         return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k and self._leads(s)]
 
     def _leads(self, stop: AuditedStop) -> bool:
-        """Strictly ahead of the ``k``-th best of the pool it is judged against: a tie changes no value in the top ``k``.
+        """Strictly ahead of the ``k``-th best of its pool: a tie changes no value in the top ``k``.
 
         A re-run is judged against the completed trials; an observed flag against the unflagged ones
         (a user's all-zero collapses re-ran to exactly the value of two completed all-zero trials,
         and the audit said the best would have changed).
         """
-        if stop.value is None:
+        if stop.value is None or (stop.collapsed and not stop.observed):  # stopped or not, it would not have ranked
             return False
         sign = 1.0 if self.mode == "min" else -1.0
         pool = sorted(sign * v for v in (self.unflagged if stop.observed else self.completed))
@@ -209,7 +216,9 @@ def audit_sweep(
         for stop, params in zip(stops, configs, strict=True):
             stop.audit_run_id = tracker.create_audit_run(sweep.name, stop.number, params, (stop.label, stop.run_id))
             plan = trial_plan(spec, tracker.uri, stop.audit_run_id, spec_text)
-            plan.divergence, plan.report_epochs = {"enabled": False}, []  # budget.trial_time holds, as in the sweep
+            # observing only: nothing stops the re-run, and a collapse still under way at its end is seen
+            plan.divergence = {**plan.divergence, "enabled": True, "mode": "observe"}
+            plan.report_epochs = []  # budget.trial_time holds, as in the sweep
             plans.append({**params, ENGINE_KEY: plan.as_config()})
         start_ray(num_cpus=cpus, address=address)
         if unfinished := _rerun(spec, sweep, plans, stops, number):
@@ -285,6 +294,7 @@ def _observed_trials(runs: list[Any], spec: SweepSpec) -> list[AuditedStop]:
             tags.get(TAG_WOULD_STOP_STEP, "?"),
             None,
             epochs=int(tags.get(TAG_EPOCHS) or 0),
+            collapsed=tags.get(TAG_COLLAPSED_AT_END, ""),
             observed=True,
         )
         if status == COMPLETED:
@@ -332,6 +342,7 @@ def _rerun(
         run_id = (result.config or {})["trial"][ENGINE_KEY]["run_id"]
         stop, metrics = by_run[run_id], result.metrics or {}
         stop.epochs = int(metrics.get(EPOCH, 0))
+        stop.collapsed = str(metrics.get(COLLAPSED_AT_END_KEY) or "")
         if metrics.get(FAILED_KEY) or result.error is not None:
             stop.failure = str(metrics.get(REASON_KEY, "")) or _error_reason(result.error, state)
             continue
@@ -365,6 +376,9 @@ def _judge(result: AuditResult) -> None:
         score = sign * stop.value
         ranked = sorted(sign * v for v in (result.unflagged if stop.observed else result.completed))
         stop.rank = 1 + sum(1 for v in ranked if v < score)
+        if stop.collapsed:  # its output was still stuck at the end: a constant output ranks nowhere it should
+            stop.verdict = AUDIT_TRUE_STOP
+            continue
         if not ranked:  # no completed trial: "at least as good as the median" says nothing (it read false_stop)
             stop.verdict = AUDIT_UNJUDGED
             continue

@@ -115,7 +115,8 @@ def observed_stops(state: SweepState, observing: bool = False) -> list[str]:
             end = f"{r.status} {state.metric}={metric_text(r.value)}"
             if r.status == COMPLETED:
                 rank = f", rank {done.index(r.value) + 1} of {len(done)} completed"
-        lines.append(f"  {r.label} {r.would_stop}{_flag_context(state, r)} -> {end}{rank}")
+        stuck = ", its output still collapsed at its end" if r.collapsed_at_end else ""
+        lines.append(f"  {r.label} {r.would_stop}{_flag_context(state, r)} -> {end}{rank}{stuck}")
     return lines
 
 

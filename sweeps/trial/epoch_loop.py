@@ -36,6 +36,7 @@ import yaml
 
 from sweeps.core.failures import message_line
 from sweeps.core.keys import (
+    COLLAPSED_AT_END_KEY,
     EPOCH,
     EPOCHS_FIELD,
     HISTORY_KEY,
@@ -44,6 +45,7 @@ from sweeps.core.keys import (
     OBSERVED_STEP_KEY,
     SKIPPED_KEY,
     STEPS_KEY,
+    TAG_COLLAPSED_AT_END,
     TAG_WOULD_STOP_REASON,
     TAG_WOULD_STOP_SIGNAL,
     TAG_WOULD_STOP_STEP,
@@ -184,6 +186,8 @@ class StepWatch:
         self.detector, self.counts, self.logger, self.curves, self.reduce = detector, counts, logger, curves, reduce
         self.observe_only = detector.settings.mode == "observe"
         self.observed: Divergence | None = None
+        self.collapsed = ""
+        """Observe mode: why the output was still collapsed when the trial's training ended ('' if it was not)."""
         self.overflows = OverflowCount()
         self.losses = 0
         """Steps so far that sent a ``loss``."""
@@ -217,6 +221,7 @@ class StepWatch:
             self._warn(NO_LOSS_WARNING)
         self.counts[SKIPPED_KEY] += float(self.overflows.overflowed(values))
         if self.observed is not None:
+            self.detector.observe(step, values)  # its later signals are ignored, but a collapse is followed to the end
             return
         found = self.detector.observe(step, values)
         if found is None:
@@ -225,10 +230,22 @@ class StepWatch:
             self.logger.record_held()  # every step that led to the stop is recorded
         if not self.observe_only:
             raise DivergedError(found)
+        self._flag(found)
+
+    def _flag(self, found: Divergence) -> None:
+        """Observe mode: keep the would-be stop and tag it on the trial's run."""
         self.observed = found
         if self.logger is not None:
             tags = {TAG_WOULD_STOP_SIGNAL: found.signal, TAG_WOULD_STOP_STEP: str(found.step)}
             self.logger.set_tags({**tags, TAG_WOULD_STOP_REASON: found.reason})
+
+    def ended_collapsed(self, found: Divergence) -> None:
+        """Observe mode, at the trial's end: its output was still collapsed (the would-be stop, if none came before)."""
+        if self.observed is None:  # a trial shorter than the window: the stop mode would have ended it diverged
+            self._flag(found)
+        self.collapsed = found.reason
+        if self.logger is not None:
+            self.logger.set_tags({TAG_COLLAPSED_AT_END: found.reason})
 
     def _warn(self, message: str) -> None:
         """A warning on the trial's run (and in its log); on stderr under ``sweeps train``, which has no run."""
@@ -237,12 +254,17 @@ class StepWatch:
         elif self.reduce is None:  # a multi-worker trial's other ranks: rank 0 warns on the run
             print(f"warning: {message}", file=sys.stderr)
 
+    def collapsed_to_the_end(self) -> Divergence | None:
+        """At the trial's end: a collapse that lasted to the end of its training (``DivergenceDetector``)."""
+        return self.detector.collapsed_to_the_end()
+
     def result(self) -> dict[str, Any]:
         """The report keys of the stop observed so far (none before one)."""
         if self.observed is None:
             return {}
         found = self.observed
-        return {OBSERVED_SIGNAL_KEY: found.signal, OBSERVED_STEP_KEY: found.step, OBSERVED_REASON_KEY: found.reason}
+        keys = {OBSERVED_SIGNAL_KEY: found.signal, OBSERVED_STEP_KEY: found.step, OBSERVED_REASON_KEY: found.reason}
+        return {**keys, COLLAPSED_AT_END_KEY: self.collapsed} if self.collapsed else keys
 
 
 class ReportCadence:
@@ -397,6 +419,9 @@ class EpochLoop:
                 f"trainer {self.plan.trainer!r} returned without calling run.report: "
                 f"metric {self.plan.metric!r} was never reported"
             )
+        if (collapse := self._stopped_collapsed(self.epochs_done)) is not None:
+            self.end_diverged(self.epochs_done, collapse)
+            return self.metrics
         if self.unreported:  # the function ended between reports: its last epochs still go out
             self._report(self.epochs_done)
         if not stopped and self.epochs_done < self.plan.epochs:
@@ -418,6 +443,9 @@ class EpochLoop:
         """
         assert self.channel is not None
         self._record_epoch(epoch, metrics, image)
+        if (collapse := self._stopped_collapsed(epoch)) is not None:
+            self.end_diverged(epoch, collapse)
+            return False
         if self.plan.deadline and epoch < self.plan.epochs and self.channel.agree(time.time() >= self.plan.deadline):
             self._report(epoch)  # the sweep's budget.time ran out: this epoch is the trial's last
             return False
@@ -477,6 +505,21 @@ class EpochLoop:
         result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **observed, **divergence_result(divergence)}
         self._to_channel({**result, HISTORY_KEY: self.history}, None)
 
+    def _collapsed_at_end(self, epoch: int) -> Divergence | None:
+        """At the trial's last epoch: a collapse that lasted to the end of its training, else None."""
+        if self.watch is None or epoch < self.plan.epochs:
+            return None
+        return self.watch.collapsed_to_the_end()
+
+    def _stopped_collapsed(self, epoch: int) -> Divergence | None:
+        """The last epoch's collapse when it ends the trial as diverged (the detector stops trials, not observe mode).
+
+        A trial shorter than ``collapse.steps`` whose output was stuck at every step never met the
+        window; it ends as the detector would have stopped it, not ``completed`` and ranked.
+        """
+        found = self._collapsed_at_end(epoch)
+        return found if found is not None and self.watch is not None and not self.watch.observe_only else None
+
     def _out_of_time(self) -> bool:
         """Whether ``budget.trial_time`` has run out since this trial began."""
         limit = self.plan.trial_time_s
@@ -486,8 +529,10 @@ class EpochLoop:
         assert self.channel is not None
         # Tune may stop the trial at this report (ASHA, at a rung or at the last epoch) and end
         # this process without waiting: deliver what the epochs recorded first, curves too.
-        self._deliver()
+        if self.watch is not None and (collapse := self._collapsed_at_end(epoch)) is not None:
+            self.watch.ended_collapsed(collapse)  # observe mode: the trial ran on, its output still stuck
         observed = self.watch.result() if self.watch is not None else {}
+        self._deliver()
         result = {**self.metrics, EPOCH: epoch, **self.counts, **observed, **(extra or {}), HISTORY_KEY: self.history}
         go_on = self._to_channel(result, partial(self._state, epoch))
         self.history, self.unreported = [], False
