@@ -425,18 +425,21 @@ class DivergenceDetector:
             )
         return None
 
-    def collapsed_to_the_end(self) -> Divergence | None:
-        """A collapse still under way at the newest step, as :meth:`observe` would judge it had the trial gone on.
+    def collapsed_to_the_end(self, last_epoch_steps: int | None = None) -> Divergence | None:
+        """A collapse still under way at the newest step, the trial's last: its final model's output is stuck.
 
-        For a trial's end: one shorter than ``collapse.steps`` whose output was stuck at every step
-        (a user's 16-step trials ended with an all-zero output, "completed", one the sweep's best),
-        or one whose collapse lasted the window and went on to its end (observe mode, an audit's
-        re-run: the stop's claim still held when training ended). None when its output moved again.
+        Judged as :meth:`observe` judges one, except that the window is at most the steps of the last
+        epoch (``last_epoch_steps``; None: of the whole trial): a trial shorter than ``collapse.steps`` never met it (a user's
+        16-step trials, their output all zero from step 2, ended "completed", one the sweep's best),
+        and no later step can undo a collapse at the end. ``relative`` still holds: a collapse
+        has to outlast what the trial had learned. Also for a collapse that met the window and went
+        on to the end (observe mode, an audit's re-run: the stop's claim still held when training
+        ended). None when the output moved again.
         """
         cfg = self._cfg("collapse")
         if cfg is None or self.steps_seen == 0:
             return None
-        window = {**cfg, "steps": min(cfg["steps"], self.steps_seen)}
+        window = {**cfg, "steps": max(1, min(cfg["steps"], last_epoch_steps or self.steps_seen))}
         for streak, what in ((self.constant, self.constant_what), (self.zero_loss, "loss exactly 0")):
             if self._lasted(streak.length, window):
                 reason = f"{what} for its last {streak.length} steps, to the end of its training"

@@ -458,7 +458,7 @@ def test_the_batch_spread_is_sent_only_for_a_batch_of_images() -> None:
 
 
 def _to_the_end(
-    loop: Loop, steps: int, before: Callable[[Loop, int], None]
+    loop: Loop, steps: int, before: Callable[[Loop, int], None], last_epoch_steps: int | None = None
 ) -> tuple[Divergence | None, Divergence | None]:
     """Train ``steps`` steps, observing; return the first stop and the collapse still under way at the end."""
     detector = DivergenceDetector()
@@ -467,7 +467,7 @@ def _to_the_end(
         before(loop, i)
         fired = detector.observe(i + 1, loop.step())  # observed to the end, as observe mode does
         found = found or fired
-    return found, detector.collapsed_to_the_end()
+    return found, detector.collapsed_to_the_end(last_epoch_steps)
 
 
 def test_collapse_a_trial_shorter_than_the_window_stuck_at_every_step_ended_collapsed() -> None:
@@ -500,3 +500,17 @@ def test_collapse_a_late_collapse_shorter_than_what_the_trial_had_learned_is_not
 
     found, at_end = _to_the_end(loop, 55, late)
     assert found is None and at_end is None
+
+
+def test_collapse_a_short_trial_stuck_after_its_first_step_ended_collapsed() -> None:
+    # the user's case: the untrained model's output at step 1, all zero from step 2 (lr 1.09), 4 epochs of 4 steps
+    loop = Loop()
+
+    def dies(loop: Loop, i: int) -> None:
+        if i == 1:
+            _zero_head(loop, 1000)(loop, 0)
+
+    found, at_end = _to_the_end(loop, 16, dies, last_epoch_steps=4)
+    assert found is None
+    assert at_end is not None and at_end.onset == 2 and "all-zero output for its last 15 steps" in at_end.reason
+    assert _to_the_end(Loop(), 16, lambda loop, i: None, last_epoch_steps=4) == (None, None)  # a healthy one

@@ -254,9 +254,9 @@ class StepWatch:
         elif self.reduce is None:  # a multi-worker trial's other ranks: rank 0 warns on the run
             print(f"warning: {message}", file=sys.stderr)
 
-    def collapsed_to_the_end(self) -> Divergence | None:
+    def collapsed_to_the_end(self, last_epoch_steps: int) -> Divergence | None:
         """At the trial's end: a collapse that lasted to the end of its training (``DivergenceDetector``)."""
-        return self.detector.collapsed_to_the_end()
+        return self.detector.collapsed_to_the_end(last_epoch_steps)
 
     def result(self) -> dict[str, Any]:
         """The report keys of the stop observed so far (none before one)."""
@@ -320,6 +320,9 @@ class EpochLoop:
         self.cadence = ReportCadence(plan)
         self.history: list[tuple[int, float]] = []  # (epoch, metric) since the last report
         self.unreported = False  # an epoch ended since the last report
+        self.steps_before_epoch = 0
+        self.last_epoch_steps = 0
+        """Steps the last recorded epoch trained (a collapse at the trial's end need not outlast more)."""
         self.trainer_state: Callable[[], Any] | None = None
         self.watch: StepWatch | None = None
         self.ended_by_driver = False
@@ -476,6 +479,8 @@ class EpochLoop:
         """The epoch's metrics (the sweep's among them) and image recorded, and kept for its report."""
         self._check_metric(metrics)
         self.epochs_done, self.metrics = epoch, metrics
+        steps = int(self.counts[STEPS_KEY])
+        self.last_epoch_steps, self.steps_before_epoch = steps - self.steps_before_epoch, steps
         if self.logger is not None:
             # with the step counts so far: a trial whose last report never reaches the driver (the
             # sweep's time ran out, its driver died) is still counted from its run
@@ -509,7 +514,7 @@ class EpochLoop:
         """At the trial's last epoch: a collapse that lasted to the end of its training, else None."""
         if self.watch is None or epoch < self.plan.epochs:
             return None
-        return self.watch.collapsed_to_the_end()
+        return self.watch.collapsed_to_the_end(self.last_epoch_steps)
 
     def _stopped_collapsed(self, epoch: int) -> Divergence | None:
         """The last epoch's collapse when it ends the trial as diverged (the detector stops trials, not observe mode).
@@ -610,6 +615,7 @@ class EpochLoop:
         """A checkpoint's epochs and step counts, once its trainer state is loaded."""
         self.counts.update(saved.get("counts", {}))
         self.epochs_done = int(saved["epoch"])
+        self.steps_before_epoch = int(self.counts[STEPS_KEY])  # a restored trial's next epoch starts there
 
     def _log_provenance(self, source: Any, device: str) -> None:
         """Config, sweep spec, trainer source and environment: what it takes to rerun this trial (one upload)."""
