@@ -483,13 +483,15 @@ def _trial_number(text: str) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from an exported config."""
-    from sweeps.trial.from_file import load_run_file, train_from_file, unnamed_config_keys
+    from sweeps.trial.from_file import load_run_file, save_refused, train_from_file, unnamed_config_keys
 
     if args.epochs is not None and args.epochs <= 0:
         raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
     if args.save is not None:  # before training: a model trained for nothing is lost at the end
         check_output_file("--save", args.save, overwrites=lambda head: head.startswith(b"PK"))  # torch.save: a zip
     data = load_run_file(args.config)
+    if args.save is not None and (refused := save_refused(str(data["trainer"]))):
+        raise InputError(f"--save: {refused}")
     for key, text in unnamed_config_keys(data):
         print(f"note: {key}: {text}", file=sys.stderr)
     source = data.get("source")

@@ -428,13 +428,13 @@ class DivergenceDetector:
     def collapsed_to_the_end(self, last_epoch_steps: int | None = None) -> Divergence | None:
         """A collapse still under way at the newest step, the trial's last: its final model's output is stuck.
 
-        Judged as :meth:`observe` judges one, except that the window is at most the steps of the last
-        epoch (``last_epoch_steps``; None: of the whole trial): a trial shorter than ``collapse.steps`` never met it (a user's
-        16-step trials, their output all zero from step 2, ended "completed", one the sweep's best),
-        and no later step can undo a collapse at the end. ``relative`` still holds: a collapse
-        has to outlast what the trial had learned. Also for a collapse that met the window and went
-        on to the end (observe mode, an audit's re-run: the stop's claim still held when training
-        ended). None when the output moved again.
+        Judged as :meth:`observe` judges one, except that the window is at most the steps of the
+        last epoch (``last_epoch_steps``; None: of the whole trial): a trial shorter than
+        ``collapse.steps`` never met it (a user's 16-step trials, their output all zero from step 2,
+        ended "completed", one the sweep's best), and no later step can undo a collapse at the end.
+        ``relative`` still holds: a collapse has to outlast what the trial had learned. Also for a
+        collapse that met the window and went on to the end (observe mode, an audit's re-run: the
+        stop's claim still held when training ended). None when the output moved again.
         """
         cfg = self._cfg("collapse")
         if cfg is None or self.steps_seen == 0:

@@ -1062,3 +1062,39 @@ def test_a_trial_too_short_for_the_collapse_window_that_ended_all_zero_is_diverg
     assert not last.get(DIVERGED_KEY) and math.isfinite(last["val_loss"]) and last["epoch"] == 4
     assert "all-zero output for its last 16 steps" in last[COLLAPSED_AT_END_KEY]
     assert (last["sweep/observed_signal"], last["sweep/observed_step"]) == ("collapse", 16)  # its would-be stop
+
+
+def test_sweeps_train_save_of_a_loop_that_keeps_no_state_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's ``sweeps train best.yaml --save model.pt`` trained 54 s, printed "not saved" and exited 0."""
+    (tmp_path / "nostate_loop.py").write_text(
+        "def train(config, run):\n"
+        "    for epoch in range(run.epochs):\n"
+        "        run.step(loss=1.0 / (epoch + 1))\n"
+        "        run.report(epoch + 1, val_loss=1.0 / (epoch + 1))\n"
+    )
+    (tmp_path / "maybe_loop.py").write_text(  # names checkpoint (a string), never calls it
+        "NOTE = 'checkpoint'\n\n"
+        "def train(config, run):\n"
+        "    for epoch in range(run.epochs):\n"
+        "        run.report(epoch + 1, val_loss=0.5)\n"
+    )
+    (tmp_path / "other_script.py").write_text("run.checkpoint({})\n")  # beside it, not imported: not its own
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = {"epochs": 2, "metric": {"name": "val_loss"}, "config": {}}
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump({**config, "trainer": "nostate_loop:train"}))
+    assert main(["train", str(path), "--save", str(tmp_path / "model.pt")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1  # refused before any epoch
+    assert err.startswith("error: --save: nostate_loop:train keeps no state to save: its source never calls")
+
+    path.write_text(yaml.safe_dump({**config, "trainer": "maybe_loop:train"}))
+    assert main(["train", str(path), "--save", str(tmp_path / "model.pt")]) == 1  # trained, then not saved: an error
+    out, err = capsys.readouterr()
+    assert (
+        "epoch 2/2" in out
+        and err == "error: not saved: maybe_loop:train keeps no state to save (it never calls run.checkpoint)\n"
+    )
+    assert not (tmp_path / "model.pt").exists()

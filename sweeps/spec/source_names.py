@@ -64,12 +64,13 @@ def own_sources(trainer: Any, siblings: bool = False) -> dict[Path, ast.Module]:
     return parsed
 
 
-def names_in_trainer_source(trainer: Any) -> tuple[Path, set[str]] | None:
+def names_in_trainer_source(trainer: Any, siblings: bool = True) -> tuple[Path, set[str]] | None:
     """The trainer's source file and every string and identifier its own files and its folder's hold.
 
+    ``siblings=False``: only its own files (its module and what it imports from below its folder).
     None: no source to read.
     """
-    parsed = own_sources(trainer, siblings=True)
+    parsed = own_sources(trainer, siblings=siblings)
     if not parsed:
         return None
     names = {name for tree in parsed.values() for node in ast.walk(tree) for name in _names(node)}

@@ -131,6 +131,29 @@ def _metric_name(data: dict[str, Any], problems: Problems) -> str:
     return str(metric["name"])
 
 
+def save_refused(trainer: str) -> str:
+    """Why ``--save`` cannot work for ``trainer``, known before training ('' when it may).
+
+    A function trainer keeps state only through ``run.checkpoint``: when none of its own source
+    files names ``checkpoint``, it never calls it, and a user's 54 s of training ended "not saved".
+    """
+    import inspect
+
+    from sweeps.spec.source_names import names_in_trainer_source
+    from trainables.registry import load_trainer
+
+    loaded = load_trainer(trainer)
+    if inspect.isclass(loaded):  # a class trainer's state_dict() is its state
+        return ""
+    found = names_in_trainer_source(loaded, siblings=False)  # what it runs, not every script beside it
+    if found is None or "checkpoint" in found[1]:  # no source to read, or it may call run.checkpoint
+        return ""
+    return (
+        f"{trainer} keeps no state to save: its source never calls run.checkpoint "
+        "(call run.checkpoint({'model': model, 'optimizer': optimizer}) in it, or leave out --save)"
+    )
+
+
 class PrintChannel:
     """The loop's channel in ``sweeps train``: each epoch printed, nothing checkpointed, never stopped."""
 
@@ -163,7 +186,8 @@ def train_from_file(
 ) -> dict[str, float]:
     """Train the exported config for its epochs; print each epoch; return the last metrics.
 
-    Raises CommandError when the training stopped before its last epoch (a metric not finite).
+    Raises CommandError when the training stopped before its last epoch (a metric not finite), or
+    when ``save`` is asked of a function trainer that keeps no state (it never calls ``run.checkpoint``).
     """
     out = stream or sys.stdout
     metric = str((data.get("metric") or {}).get("name") or "")
@@ -176,10 +200,11 @@ def train_from_file(
     metrics = loop.run(channel)
     if channel.stopped:  # a user's run printed `val_mse=nan` at epoch 2 of 5 and exited 0, saying nothing
         raise CommandError(channel.stopped + ("; nothing saved" if save else ""))
+    unsaved = ""
     if save:
         state = loop.trainer_state() if loop.trainer_state is not None else None
         if state is None:  # a function trainer that keeps no checkpoint (run.checkpoint)
-            out.write(f"not saved: {data['trainer']} keeps no state to save (it never calls run.checkpoint)\n")
+            unsaved = f"not saved: {data['trainer']} keeps no state to save (it never calls run.checkpoint)"
         else:
             config = {**data["config"], **({EPOCHS_FIELD: total} if EPOCHS_FIELD in data["config"] else {})}
             write_whole(save, partial(torch.save, {"trainer": state, "config": config, "epoch": total}))
@@ -193,4 +218,6 @@ def train_from_file(
         )
     elif metric in metrics and not math.isfinite(metrics[metric]):
         out.write(f"{metric} is not finite\n")
+    if unsaved:  # asked for and not written: a user's script went on to load a file that was never there
+        raise CommandError(unsaved)
     return metrics
