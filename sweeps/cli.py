@@ -324,11 +324,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Finish a sweep whose driver died: continue or replace its open trials, then summarize."""
     from sweeps.engine.cluster import check_ray_address, start_ray
     from sweeps.engine.resume import check_resumable, resume_sweep
+    from sweeps.spec.spec_stamp import edited_since
     from sweeps.spec.sweep_spec import load_spec
 
     _check_cpus(args.cpus, args.address)
-    sweep, _ = check_resumable(args.storage, args.sweep, args.force)  # refuse before Ray starts
+    sweep, meta = check_resumable(args.storage, args.sweep, args.force)  # refuse before Ray starts
     spec = load_spec(sweep.spec_file)
+    if edited := edited_since(meta.get("spec_stamp")):
+        print(
+            f"note: {edited} changed since sweep {sweep.name} started; resume runs the spec it started with "
+            f"({sweep.spec_file}); to sweep the edited one: sweeps run {edited} --warm-start {sweep.name}",
+            file=sys.stderr,
+        )
     start_ray(num_cpus=args.cpus, address=check_ray_address(args.address))
     print(f"resuming sweep {sweep.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs", flush=True)
     result = resume_sweep(args.storage, args.sweep, force=args.force)

@@ -103,10 +103,14 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     ended_at_kill = {t.user_attrs["ray_trial_id"] for t in before if t.state.is_finished()}
     assert running_at_kill and len(before) < TRIALS + 2
     snapshot = {t.trial_id for t in _ray_trials(sweep_dir / "ray")}  # Ray's last, taken every 10 s or so
+    with (tmp_path / "spec.yaml").open("a") as spec:  # a user's edit after the kill: the resume says what it runs
+        spec.write("# edited after the kill\n")
 
     resumed = sweeps("resume", "s1", "--address", "local", "--cpus", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Traceback" not in resumed.stdout + resumed.stderr
+    edited = f"note: {(tmp_path / 'spec.yaml').resolve()} changed since sweep s1 started; resume runs the spec"
+    assert edited in resumed.stderr and "--warm-start s1" in resumed.stderr
 
     # Optuna: the planned number of trials ended on their own; lost ones are recorded once, as interrupted.
     trials = load_study(SweepDir(sweep_dir.parent, "s1")).get_trials()

@@ -604,3 +604,18 @@ def test_whole_bounds_with_no_type_for_a_function_trainer_get_a_note_that_floats
     assert load_spec(write_spec(tmp_path, data)).notes == (("params.kernel_size", note),)
     # a class trainer's config field says what is drawn: no note
     assert load_spec(write_spec(tmp_path, minimal_toy_spec(params={"width": {"low": 1, "high": 8}}))).notes == ()
+
+
+def test_a_spec_files_stamp_tells_an_edit_from_no_change(tmp_path: Path) -> None:
+    """A user edited the spec of a killed sweep and resumed it: the resume ran the old spec, saying nothing."""
+    from sweeps.spec.spec_stamp import edited_since, spec_stamp
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: s\nbudget: {epochs: 12}\n")
+    stamp = spec_stamp(str(path))
+    assert stamp is not None and edited_since(stamp) == ""
+    path.write_text("name: s\nbudget: {epochs: 6}\n")
+    assert edited_since(stamp) == str(path.resolve())
+    path.unlink()
+    assert edited_since(stamp) == "" and spec_stamp(str(path)) is None  # gone: nothing to compare
+    assert edited_since(None) == "" and edited_since({"path": 3}) == ""  # a sweep from before the stamp

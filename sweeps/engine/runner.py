@@ -48,6 +48,7 @@ from sweeps.results.export import best_export_text
 from sweeps.results.report import result_rows, write_report
 from sweeps.results.summary import divergence_summary, summary_table
 from sweeps.spec.params import never_drawn
+from sweeps.spec.spec_stamp import spec_stamp
 from sweeps.spec.sweep_spec import SweepSpec
 from sweeps.store.study import create_study
 from sweeps.store.sweep_dir import (
@@ -357,6 +358,7 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
         "optuna_storage": sweep.storage_location,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_commit": trainer_commit(spec.trainer),
+        "spec_stamp": spec_stamp(spec.source),  # a resume says when the file was edited since
         "version": __version__,
         "status": "running",
         "driver": driver_identity(),
