@@ -60,8 +60,8 @@ def test_a_best_trial_that_skipped_many_steps_is_said_so_at_the_end() -> None:
     for record in (best, other):
         state.finish(record, "completed")
     assert unstable_best_note(state) == (
-        "note:    the best, t002, skipped 75% of its optimizer steps (loss-scale overflows); "
-        "sweeps export --skip-unstable passes over trials that skip more than 5%"
+        "note:    the best, t002, had a loss-scale overflow (an update skipped) on 75% of its training steps "
+        "(9 of 12); sweeps export --skip-unstable passes over trials above 5%"
     )
     best.skipped_steps = 0  # an fp16 trial's calibration overflows are not counted
     assert unstable_best_note(state) == ""

@@ -29,8 +29,9 @@ def unstable_best_note(state: SweepState) -> str:
     if best is None or not best.unstable:
         return ""
     return (
-        f"note:    the best, {best.label}, skipped {best.skipped_share:.0%} of its optimizer steps (loss-scale "
-        f"overflows); sweeps export --skip-unstable passes over trials that skip more than {UNSTABLE_SHARE:.0%}"
+        f"note:    the best, {best.label}, had a loss-scale overflow (an update skipped) on {best.skipped_share:.0%} "
+        f"of its training steps ({best.skipped_steps} of {best.steps}); sweeps export --skip-unstable passes over "
+        f"trials above {UNSTABLE_SHARE:.0%}"
     )
 
 
