@@ -196,6 +196,8 @@ class _ScaleWatch:
             else:
                 return self._floor(net, step, scale)
         self.recent.append((step, skipped))
+        if (below := self._floor(net, step, scale)) is not None:  # no later step undoes it: said first
+            return below
         if run >= self.s["consecutive"]:
             return Divergence("loss_scale", f"{net}: {run} {OVERFLOW_RUN}", step, self.streak.start)
         if len(self.recent) == self.recent.maxlen:
@@ -204,7 +206,7 @@ class _ScaleWatch:
                 onset = next(st for st, s in self.recent if s)
                 reason = f"{net}: {share:.0%} of the last {len(self.recent)} {OVERFLOW_SHARE}"
                 return Divergence("loss_scale", reason, step, onset)
-        return self._floor(net, step, scale)
+        return None
 
     def _floor(self, net: str, step: int, scale: float) -> Divergence | None:
         if scale < self.s["floor"]:

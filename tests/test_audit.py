@@ -235,3 +235,16 @@ def test_a_re_run_tied_with_the_best_does_not_change_it() -> None:
     assert (tied.rank, ahead.rank) == (1, 1)
     assert result.best_changed == [ahead]
     assert result.summary().endswith("would have changed: t003")
+
+
+def test_an_observed_flag_followed_by_damage_no_step_undoes_is_a_true_stop() -> None:
+    """A user's observed trial: 6 overflows in a row at step 7, then its loss scale below its floor; it completed
+    mid-table and would have read against the median alone."""
+    from sweeps.engine.audit import AuditedStop, AuditResult, _judge
+
+    later = "loss_scale@20: d: loss scale 0.5 below floor 1"
+    stop = AuditedStop("t006", 6, "r", "loss_scale", "7", None, value=30.1, observed=True, later=later)
+    result = AuditResult("s", "val_psnr", "max", [stop], [33.3, 30.1, 27.7], top_k=1, unflagged=[33.3, 27.7])
+    _judge(result)
+    assert stop.verdict == "true_stop" and stop.line("val_psnr", 2).split()[3:5] == ["ran", "on:"]
+    assert "then loss_scale" in stop.line("val_psnr", 2)

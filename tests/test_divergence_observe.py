@@ -163,3 +163,28 @@ def test_an_observed_trial_whose_output_was_still_collapsed_at_its_end_says_so()
     record.status = COMPLETED
     assert record.collapsed_at_end == stuck
     assert divergence_summary(state).endswith("rank 1 of 1 completed, its output still collapsed at its end")
+
+
+def test_in_observe_mode_a_later_signal_no_step_undoes_is_kept_after_a_first_that_may_recover() -> None:
+    """A user's observed trial: 6 overflows in a row at step 7 (may recover), then its loss scale fell below its
+    floor and its loss went NaN; it read "then better by 4%, completed", the later damage nowhere."""
+    from sweeps.core.keys import OBSERVED_LATER_KEY
+    from sweeps.core.records import SweepState, TrialRecord
+    from sweeps.results.summary import divergence_summary
+
+    hook = watch("observe")
+    scale = 65536.0
+    for step in range(1, 41):
+        skipped = step > 4  # four good steps after calibration, then an overflow at every step
+        scale = scale / 2 if skipped else scale
+        hook(step, {"loss": 0.5, "g/loss_scale": scale, "g/skipped": float(skipped)})
+    result = hook.result()
+    assert (result[OBSERVED_SIGNAL_KEY], result[OBSERVED_STEP_KEY]) == ("loss_scale", 10)
+    later = result[OBSERVED_LATER_KEY]
+    assert later.startswith("loss_scale@") and "floor" in later and int(later.split("@")[1].split(":")[0]) > 10
+
+    state = SweepState(metric="val_psnr", mode="max")
+    state.trials["a"] = record = TrialRecord(6, "a", "r6", {}, {})
+    state.observe(record, {"epoch": 4, "val_psnr": 22.381, **result})
+    record.status = COMPLETED
+    assert divergence_summary(state).endswith(f"; later {later.split(':')[0]}, which no later step undoes")

@@ -13,6 +13,7 @@ from sweeps.core.keys import (
     DIVERGED,
     HISTORY_KEY,
     INTERRUPTED,
+    OBSERVED_LATER_KEY,
     OBSERVED_SIGNAL_KEY,
     OBSERVED_STEP_KEY,
     RUNNING,
@@ -72,6 +73,8 @@ class TrialRecord:
     """How the sampler drew its values (``sweeps.store.study.drawn_by``; empty for a rescue)."""
     would_stop: str = ""
     """With ``divergence.mode: observe``: ``signal@step`` of the stop the detector would have made."""
+    later_stop: str = ""
+    """Observe mode: ``signal@step: reason`` of a later signal no step undoes, after a first flag that may recover."""
     collapsed_at_end: str = ""
     """Observe mode: why its output was still collapsed when its training ended ('' if it was not)."""
     flagged_at: tuple[int, float] | None = None
@@ -144,6 +147,8 @@ class SweepState:
             if not record.would_stop:
                 record.flagged_at = self._flagged_at(record, result)
             record.would_stop = f"{result[OBSERVED_SIGNAL_KEY]}@{result.get(OBSERVED_STEP_KEY, '?')}"
+        if result.get(OBSERVED_LATER_KEY):
+            record.later_stop = str(result[OBSERVED_LATER_KEY])
         if result.get(COLLAPSED_AT_END_KEY):
             record.collapsed_at_end = str(result[COLLAPSED_AT_END_KEY])
         # A diverged trial's last report holds a NaN metric; the epochs it validated since its

@@ -68,6 +68,7 @@ from sweeps.core.keys import (
     TAG_ROLE,
     TAG_SIGNAL,
     TAG_STATUS,
+    TAG_WOULD_STOP_LATER,
     TAG_WOULD_STOP_REASON,
     TAG_WOULD_STOP_SIGNAL,
     TAG_WOULD_STOP_STEP,
@@ -85,6 +86,9 @@ from sweeps.store.study import load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
 from sweeps.tracking.sweep_tracker import SweepTracker
 from sweeps.trial.one_worker import run_trial
+
+END_WIDTH = 38
+"""Characters of the audit table's "re-run to the last epoch" column (``ran on: val_mse=0.085265, collapsed``)."""
 
 
 @dataclass
@@ -106,6 +110,8 @@ class AuditedStop:
     verdict: str = ""
     collapsed: str = ""
     """Why its output was still collapsed when training ended ('' when it moved again): the stop's claim held."""
+    later: str = ""
+    """Observe mode: a later signal no step undoes (``signal@step: reason``): the flag was right."""
     observed: bool = False
     """A would-be stop of observe mode: the trial itself ran on to its end, nothing was re-run."""
 
@@ -114,11 +120,13 @@ class AuditedStop:
         end = f"{metric}={metric_text(self.value)}" if self.value is not None else (self.failure or "no finite metric")
         if self.collapsed:
             end = f"{end}, collapsed"
-        end = clipped(("ran on: " if self.observed else "") + end, 28)  # the whole reason is on the MLflow run
+        elif self.later:
+            end = f"{end}, then {self.later.split('@', 1)[0]}"
+        end = clipped(("ran on: " if self.observed else "") + end, END_WIDTH)  # the whole reason is on the MLflow run
         among = completed + 1  # where it would have ranked had it joined them
         rank = f"rank {self.rank} of {among}" if self.rank is not None else "-"
         by = self.signal + "@" + self.step + (" (observe)" if self.observed else "")
-        return f"{self.label:<6} {by:<32} {end:<28} {rank:<14} {self.verdict}"
+        return f"{self.label:<6} {by:<32} {end:<{END_WIDTH}} {rank:<14} {self.verdict}"
 
 
 class AuditInterrupted(Exception):
@@ -170,7 +178,7 @@ class AuditResult:
 
     def text(self) -> str:
         """The audit as a table and a closing line."""
-        head = f"{'trial':<6} {'stopped by':<32} {'re-run to the last epoch':<28} {'rank':<14} verdict"
+        head = f"{'trial':<6} {'stopped by':<32} {'re-run to the last epoch':<{END_WIDTH}} {'rank':<14} verdict"
         lines = [head, "-" * len(head)]
         lines += [s.line(self.metric, len(self.unflagged if s.observed else self.completed)) for s in self.stops]
         return "\n".join([*lines, "", self.summary()])
@@ -295,6 +303,7 @@ def _observed_trials(runs: list[Any], spec: SweepSpec) -> list[AuditedStop]:
             None,
             epochs=int(tags.get(TAG_EPOCHS) or 0),
             collapsed=tags.get(TAG_COLLAPSED_AT_END, ""),
+            later=tags.get(TAG_WOULD_STOP_LATER, ""),
             observed=True,
         )
         if status == COMPLETED:
@@ -376,7 +385,7 @@ def _judge(result: AuditResult) -> None:
         score = sign * stop.value
         ranked = sorted(sign * v for v in (result.unflagged if stop.observed else result.completed))
         stop.rank = 1 + sum(1 for v in ranked if v < score)
-        if stop.collapsed:  # its output was still stuck at the end: a constant output ranks nowhere it should
+        if stop.collapsed or stop.later:  # its output stuck at the end, or damage no step undoes: the flag was right
             stop.verdict = AUDIT_TRUE_STOP
             continue
         if not ranked:  # no completed trial: "at least as good as the median" says nothing (it read false_stop)

@@ -117,6 +117,8 @@ def observed_stops(state: SweepState, observing: bool = False) -> list[str]:
             if r.status == COMPLETED:
                 rank = f", rank {done.index(r.value) + 1} of {len(done)} completed"
         stuck = ", its output still collapsed at its end" if r.collapsed_at_end else ""
+        if r.later_stop:  # the first flag may recover; this one no later step undoes
+            stuck += f"; later {r.later_stop.split(':', 1)[0]}, which no later step undoes"
         lines.append(f"  {r.label} {r.would_stop}{_flag_context(state, r)} -> {end}{rank}{stuck}")
     return lines
 

@@ -40,19 +40,21 @@ from sweeps.core.keys import (
     EPOCH,
     EPOCHS_FIELD,
     HISTORY_KEY,
+    OBSERVED_LATER_KEY,
     OBSERVED_REASON_KEY,
     OBSERVED_SIGNAL_KEY,
     OBSERVED_STEP_KEY,
     SKIPPED_KEY,
     STEPS_KEY,
     TAG_COLLAPSED_AT_END,
+    TAG_WOULD_STOP_LATER,
     TAG_WOULD_STOP_REASON,
     TAG_WOULD_STOP_SIGNAL,
     TAG_WOULD_STOP_STEP,
     TIME_UP_KEY,
 )
 from sweeps.core.plan import TrialPlan
-from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings
+from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings, may_recover
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.provenance import environment_json, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
@@ -188,6 +190,8 @@ class StepWatch:
         self.observed: Divergence | None = None
         self.collapsed = ""
         """Observe mode: why the output was still collapsed when the trial's training ended ('' if it was not)."""
+        self.later = ""
+        """Observe mode: ``signal@step: reason`` of a later signal no step undoes, after a first that may recover."""
         self.overflows = OverflowCount()
         self.losses = 0
         """Steps so far that sent a ``loss``."""
@@ -220,8 +224,10 @@ class StepWatch:
         if self.counts[STEPS_KEY] == NO_LOSS_STEPS and not self.losses:
             self._warn(NO_LOSS_WARNING)
         self.counts[SKIPPED_KEY] += float(self.overflows.overflowed(values))
-        if self.observed is not None:
-            self.detector.observe(step, values)  # its later signals are ignored, but a collapse is followed to the end
+        if self.observed is not None:  # a collapse is followed to the end, and a later signal no step undoes kept
+            later = self.detector.observe(step, values)
+            if later is not None and not self.later and not may_recover(later.signal, later.reason):
+                self._flag_later(later)
             return
         found = self.detector.observe(step, values)
         if found is None:
@@ -238,6 +244,18 @@ class StepWatch:
         if self.logger is not None:
             tags = {TAG_WOULD_STOP_SIGNAL: found.signal, TAG_WOULD_STOP_STEP: str(found.step)}
             self.logger.set_tags({**tags, TAG_WOULD_STOP_REASON: found.reason})
+
+    def _flag_later(self, found: Divergence) -> None:
+        """Observe mode: after a first flag that may recover, a signal no later step undoes (kept once, tagged).
+
+        A user's trial flagged for a run of overflows at step 7 then had its loss scale fall below
+        its floor and its loss go NaN; it read "then better by 4%, completed".
+        """
+        if self.observed is not None and not may_recover(self.observed.signal, self.observed.reason):
+            return  # the first flag already says so
+        self.later = f"{found.signal}@{found.step}: {found.reason}"
+        if self.logger is not None:
+            self.logger.set_tags({TAG_WOULD_STOP_LATER: self.later})
 
     def ended_collapsed(self, found: Divergence) -> None:
         """Observe mode, at the trial's end: its output was still collapsed (the would-be stop, if none came before)."""
@@ -264,6 +282,8 @@ class StepWatch:
             return {}
         found = self.observed
         keys = {OBSERVED_SIGNAL_KEY: found.signal, OBSERVED_STEP_KEY: found.step, OBSERVED_REASON_KEY: found.reason}
+        if self.later:
+            keys[OBSERVED_LATER_KEY] = self.later
         return {**keys, COLLAPSED_AT_END_KEY: self.collapsed} if self.collapsed else keys
 
 
