@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
@@ -440,12 +441,45 @@ def test_what_mattered_says_the_importances_leave_out_the_trials_that_did_not_co
     """A user read ``output_activation 0.00`` while its five worst trials, all cut by ASHA, shared one value."""
     (tmp_path / "importances.json").write_text(json.dumps({"lr": 0.9, "width": 0.1}))
     page = html_page("s1", META, ROWS, "", tmp_path)
-    mattered = page.split("<section id='mattered'>")[1].split("</section>")[0]
+    mattered = html.unescape(page.split("<section id='mattered'>")[1].split("</section>")[0])
     assert (
-        "From the 2 completed trials of 6: the 4 pruned, stopped or failed ones have no final value and are left "
+        "Each parameter's share of the metric's variance (fANOVA) over the 2 completed trials of 6: the 4 pruned, "
+        "stopped or failed ones have no final value and are left "
         "out, so a parameter whose bad values were all cut early can score near 0 here (the trials table shows "
         "them). Few trials: read these as a hint, not a measurement."
     ) in mattered
+
+
+def test_importances_count_only_completed_trials_and_leave_out_parameters_some_lack() -> None:
+    """A user's ``poison`` parameter decided every divergence and scored 0.016: the diverged trials, COMPLETE in
+    Optuna with their last value, were counted; ``res_blocks``, only the resnet trials', read 0.00."""
+    import optuna
+
+    from sweeps.results.page import importance_scope
+    from sweeps.results.report import importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for number in range(24):
+        trial = study.ask()
+        lr, poison = trial.suggest_float("lr", 1e-4, 1.0, log=True), trial.suggest_categorical("poison", [0, 1])
+        arch = trial.suggest_categorical("arch", ["unet", "resnet"])
+        if arch == "resnet":
+            trial.suggest_int("res_blocks", 1, 4)
+        diverged = poison == 1 and number % 3 != 0
+        trial.set_user_attr("status", "diverged" if diverged else "completed")
+        study.tell(trial, 5.0 if diverged else abs(math.log10(lr) + 2))  # a diverged trial: its last value
+    found = importances(study)
+    assert set(found) == {"lr", "poison", "arch"}  # res_blocks: not in every completed trial
+    assert found["lr"] > 0.5 and abs(sum(found.values()) - 1) < 1e-6
+    rows = [
+        {"trial": "t000", "status": "completed", "param.arch": "unet", "param.res_blocks": None},
+        {"trial": "t001", "status": "completed", "param.arch": "resnet", "param.res_blocks": 2},
+        {"trial": "t002", "status": "diverged", "param.arch": "resnet", "param.res_blocks": 3},
+    ]
+    said = importance_scope(rows, ["arch", "res_blocks"])
+    assert "over the 2 completed trials of 3" in said
+    assert "Not measured: res_blocks (only some completed trials have it)" in said
 
 
 def test_a_copy_of_the_page_links_the_report_folders_files_where_they_are(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def html_page(title: str, meta: dict[str, Any], rows: list[dict[str, Any]], note
         _section("curves", "Learning curves", _image(folder / "learning_curves.png", f"{metric} per epoch", CURVES)),
         _section("samples", "Samples at the last epoch", _samples(folder, metric)),
         _section("stops", "Stop decisions", _stops(folder, notes, rows, metric, mode)),
-        _section("mattered", "What mattered", _mattered(folder, rows)),
+        _section("mattered", "What mattered", _mattered(folder, rows, params)),
         _section("trials", "Trials", _trials(ordered(rows, metric, mode), metric, params)),
         _section("more", "More", _more(folder, meta)),
     ]
@@ -316,34 +316,49 @@ def verdict_text(stop: dict[str, Any], best: Any, mode: str) -> str:
     return text
 
 
-def _mattered(folder: Path, rows: list[dict[str, Any]]) -> str:
+def _mattered(folder: Path, rows: list[dict[str, Any]], params: list[str]) -> str:
     listing = folder / "importances.json"
     imp = json.loads(listing.read_text()) if listing.exists() else {}
     if not imp:
         return "<p class='muted'>Too few completed trials for parameter importances.</p>"
     top = list(imp)[:2]
-    parts = [f"<p class='muted'>{html.escape(importance_scope(rows))}</p>"]
-    parts.append(_image(folder / "importances.png", "parameter importances", "Optuna's parameter importances"))
+    parts = [f"<p class='muted'>{html.escape(importance_scope(rows, params))}</p>"]
+    parts.append(_image(folder / "importances.png", "parameter importances", "fANOVA's parameter importances (Optuna)"))
     if (folder / "contour.png").exists():
         parts.append(_image(folder / "contour.png", "contour", f"contour of the metric over {top[0]} and {top[1]}"))
     return "".join(parts)
 
 
-def importance_scope(rows: list[dict[str, Any]]) -> str:
+IMPORTANCE_TRIALS = 200
+"""The importances are computed from at most this many completed trials (a seeded random sample of more)."""
+
+
+def importance_scope(rows: list[dict[str, Any]], params: list[str] | None = None) -> str:
     """What the importances and the contour are computed from, and what that leaves out.
 
     A user read ``output_activation 0.00`` while the five trials with ``none`` were the sweep's five
-    worst: ASHA had cut them all, and only completed trials have a final value to explain.
+    worst: ASHA had cut them all, and only completed trials have a final value to explain. Another
+    read ``res_blocks 0.00`` for a parameter only the resnet trials had: such parameters are not
+    measured (``sweeps.results.report.importances``), and the line names them.
     """
     trials = [row for row in rows if not row.get("rescue_of")]  # rescues are not in the study
-    completed = sum(1 for row in trials if row.get("status") == COMPLETED)
-    left_out = len(trials) - completed
-    text = f"From the {completed} completed trial{'s' if completed != 1 else ''} of {len(trials)}"
+    done = [row for row in trials if row.get("status") == COMPLETED]
+    completed, left_out = len(done), len(trials) - len(done)
+    text = (
+        f"Each parameter's share of the metric's variance (fANOVA) over the {completed} completed "
+        f"trial{'s' if completed != 1 else ''} of {len(trials)}"
+    )
+    if completed > IMPORTANCE_TRIALS:
+        text += f" (a random {IMPORTANCE_TRIALS} of them)"
     if left_out:
         text += (
             f": the {left_out} pruned, stopped or failed ones have no final value and are left out, so a "
             "parameter whose bad values were all cut early can score near 0 here (the trials table shows them)"
         )
+    partial = [name for name in params or [] if any(row.get(f"param.{name}") is None for row in done)]
+    if partial and done:
+        pronoun = "it" if len(partial) == 1 else "them"
+        text += f". Not measured: {', '.join(partial)} (only some completed trials have {pronoun})"
     if completed < 20:
         text += ". Few trials: read these as a hint, not a measurement"
     return text + "."
