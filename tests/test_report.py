@@ -339,7 +339,7 @@ def test_the_live_view_prints_a_line_per_ended_trial_and_its_status_line() -> No
 def test_ui_views_open_the_sweeps_trials_and_its_top_trials_compared() -> None:
     trials = trials_view("s'1", "val_mse", "min", ["lr", "precision"])
     assert trials["searchFilter"] == "tags.`sweep.name` = 's\\'1' AND tags.`sweep.role` != 'parent'"
-    assert trials["orderByKey"] == "metrics.`val_mse`" and trials["orderByAsc"] is True
+    assert trials["orderByKey"] == "metrics.`sweep/final`" and trials["orderByAsc"] is True  # completed first
     assert trials["selectedColumns"][:3] == ["metrics.`val_mse`", "params.`lr`", "params.`precision`"]
     assert trials["columnOrder"] == trials["selectedColumns"]  # in that order, not MLflow's alphabetical one
     top = top_view("psnr", "max", ["lr"], ["a1", "b2"])

@@ -128,6 +128,9 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
         trial = by_number[run.data.tags["sweep.trial"]]
         expected = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}[run.data.tags["sweep.status"]]
         assert trial.state == expected
+        # only a completed trial has a final value (the MLflow trials view sorts by it: no pruned one among them)
+        final = run.data.metrics.get("sweep/final")
+        assert final == (run.data.metrics["val_mse"] if expected == TrialState.COMPLETE else None)
         assert trial.params == {k: v for k, v in trial.user_attrs["config"].items() if k in trial.params}
 
     exported = write_export(best_config(open_sweep_dir(workdir / "runs", result.sweep.name)), workdir / "best.yaml")

@@ -7,11 +7,15 @@ from any node.
 
 from __future__ import annotations
 
+import math
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sweeps.core.keys import (
+    COMPLETED,
+    FINAL_KEY,
     ROLE_AUDIT,
     ROLE_PARENT,
     ROLE_RESCUE,
@@ -202,13 +206,24 @@ class SweepTracker:
         items = [RunTag(key, value[:5000]) for key, value in tags.items()]
         retry(lambda: self.client.log_batch(run_id, tags=items), "tag run")
 
-    def finish_run(self, run_id: str, status: str, reason: str = "", tags: dict[str, str] | None = None) -> None:
-        """Tag a run with its final status (reason and other tags too), and end it."""
-        from mlflow.entities import RunTag
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        reason: str = "",
+        tags: dict[str, str] | None = None,
+        final: tuple[float, int] | None = None,
+    ) -> None:
+        """Tag a run with its final status (reason and other tags too), and end it.
+
+        ``final``: a completed trial's ``(metric value, epochs)``, logged as :data:`FINAL_KEY`.
+        """
+        from mlflow.entities import Metric, RunTag
 
         items = {TAG_STATUS: status, **({TAG_REASON: reason[:5000]} if reason else {}), **(tags or {})}
         run_tags = [RunTag(key, value) for key, value in items.items()]
-        retry(lambda: self.client.log_batch(run_id, tags=run_tags), "tag run")
+        metrics = [Metric(FINAL_KEY, final[0], int(time.time() * 1000), final[1])] if final is not None else []
+        retry(lambda: self.client.log_batch(run_id, metrics=metrics, tags=run_tags), "tag run")
         retry(lambda: self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED")), "end run")
 
     def finish_trial(self, record: TrialRecord) -> None:
@@ -218,7 +233,9 @@ class SweepTracker:
             tags[TAG_RESTARTS] = str(record.restarts)
         if record.signal:
             tags.update({TAG_SIGNAL: record.signal, TAG_DIVERGENCE_STEP: str(record.diverged_at)})
-        self.finish_run(record.run_id, record.status, record.reason, tags)
+        done = record.status == COMPLETED and record.value is not None and math.isfinite(record.value)
+        final = (float(record.value), record.epochs) if done and record.value is not None else None
+        self.finish_run(record.run_id, record.status, record.reason, tags, final)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         """Store ``text`` as an artifact file of ``run_id``."""

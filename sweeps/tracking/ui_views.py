@@ -7,7 +7,8 @@ and neither can be chosen in the URL. What the UI does take from a link is a *sh
 experiment tag ``mlflow.sharedViewState.<key>`` holding the view as JSON (search filter, sort,
 columns, charts), opened by ``#/experiments/<id>/runs?viewStateShareKey=<key>``. Two per sweep:
 
-- ``trials``: the sweep's trials only (no parent to expand), best first by the sweep's metric,
+- ``trials``: the sweep's trials only (no parent to expand), the completed ones first, best first
+  by their final value (``sweep/final``: a pruned trial's earlier-epoch value ranked among them), then the rest,
   the metric and the swept parameters (in the spec's order) as the first columns, then status and
   the reason, wide enough to read;
 - ``top``: the top-k completed trials in the chart view, a section first holding a parallel-
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sweeps.core.keys import COMPLETED, ROLE_PARENT, ROLE_TRIAL, TAG_NAME, TAG_REASON, TAG_ROLE, TAG_STATUS
+from sweeps.core.keys import COMPLETED, FINAL_KEY, ROLE_PARENT, ROLE_TRIAL, TAG_NAME, TAG_REASON, TAG_ROLE, TAG_STATUS
 from sweeps.tracking.mlflow_client import client, retry
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
@@ -82,7 +83,8 @@ def trials_view(sweep: str, metric: str, mode: str, params: list[str]) -> dict[s
     """The shared view of the sweep's trials (see the module docstring)."""
     return {
         "searchFilter": f"tags.`{TAG_NAME}` = {_quoted(sweep)} AND tags.`{TAG_ROLE}` != '{ROLE_PARENT}'",
-        "orderByKey": f"metrics.`{metric}`",
+        # the completed trials' final value: they come first, best first; the rest after (no such metric)
+        "orderByKey": f"metrics.`{FINAL_KEY}`",
         "orderByAsc": mode == "min",
         "selectedColumns": _columns(metric, params),
         "columnOrder": _columns(metric, params),
