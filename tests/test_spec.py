@@ -316,12 +316,16 @@ def test_choices_equal_in_python_are_refused_as_optuna_would_record_one_as_the_o
     """A user's ``choices: [1, "two", 3.5, true]``: trials ran with True and the study recorded them as 1."""
     text = {**GOOD, "trainer": "examples.plain_loop_sweepable:train", "metric": {"name": "val_loss", "mode": "min"}}
     text["params"] = {"a": {"choices": [1, "two", 3.5, True]}, "b": {"choices": [0, False, 0.0]}}
-    text["params"]["c"] = {"choices": [1, "1", "true", 2.0]}  # strings and a float apart from an int: all fine
+    text["params"]["c"] = {"choices": ["1", "true", 2.0]}  # a string like a bool, a float: fine
+    # 3 and "3" (the old advice: "quote the others as strings") were apart in Optuna, alike in every record
+    text["params"]["d"] = {"choices": [3, "3", 5]}
     problems = dict(problems_of(tmp_path, text))
-    said = "are equal in Python, so Optuna records one as the other: keep one, or quote the others as strings"
+    said = "are equal in Python, so Optuna records one as the other: keep one"
     assert problems == {
         "params.a.choices": f"choices 1 and true {said}",
         "params.b.choices": f"choices 0, false and 0.0 {said}",
+        "params.d.choices": "choices 3 and '3' read the same in MLflow, the tables and the results (each records "
+        "the text): keep one",
     }
     assert optuna.distributions.CategoricalDistribution([1, True]).to_internal_repr(True) == 0  # why: True is 1
 
@@ -619,3 +623,18 @@ def test_a_spec_files_stamp_tells_an_edit_from_no_change(tmp_path: Path) -> None
     path.unlink()
     assert edited_since(stamp) == "" and spec_stamp(str(path)) is None  # gone: nothing to compare
     assert edited_since(None) == "" and edited_since({"path": 3}) == ""  # a sweep from before the stamp
+
+
+def test_one_choice_and_numbers_quoted_as_text_are_noted(tmp_path: Path) -> None:
+    """A user's ``kernel_size: ["3", "5"]`` reached the loop as text (every trial failed in ``nn.Conv2d``), and
+    ``kernel_size: [7]`` was counted as searched, both without a word."""
+    text = {**GOOD, "trainer": "examples.plain_loop_sweepable:train", "metric": {"name": "val_loss", "mode": "min"}}
+    text["params"] = {"width": {"choices": ["8", "16"]}, "lr": {"choices": [0.01]}, "act": {"choices": ["a", "1"]}}
+    notes = dict(load_spec(write_spec(tmp_path, text)).notes)
+    assert notes["params.width"] == (
+        "choices '8', '16' are quoted: the trainer gets text, not numbers; unquote them for numbers"
+    )
+    assert notes["params.lr"] == "one choice (0.01): every trial gets it; a fixed value belongs under fixed:"
+    assert "params.act" not in notes  # not all of them numbers: text meant
+    typed = {**GOOD, "params": {"kernel_size": {"choices": ["3", "5"]}}}  # a class trainer's int field converts them
+    assert "params.kernel_size" not in dict(load_spec(write_spec(tmp_path, typed)).notes)

@@ -266,7 +266,13 @@ def _categorical(
         problems.add(
             key,
             f"choices {', '.join(map(_yaml_text, alike[:-1]))} and {_yaml_text(alike[-1])} are equal in Python, so "
-            "Optuna records one as the other: keep one, or quote the others as strings",
+            "Optuna records one as the other: keep one",
+        )
+    elif alike := _same_text(converted):  # the advice above once said to quote one: [3, '3'] then looked alike
+        problems.add(
+            key,
+            f"choices {', '.join(map(_yaml_text, alike[:-1]))} and {_yaml_text(alike[-1])} read the same in MLflow, "
+            "the tables and the results (each records the text): keep one",
         )
     return ParamSpec(name=name, kind="categorical", choices=converted, when=when)
 
@@ -274,6 +280,42 @@ def _categorical(
 def _yaml_text(value: Any) -> str:
     """A choice as the spec writes it (``true``, not ``True``)."""
     return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _same_text(choices: list[Any]) -> list[Any]:
+    """The first choices of different kinds whose text is the same (``3`` and ``'3'``); [] if none."""
+    for i, first in enumerate(choices):
+        same = [other for other in choices[i + 1 :] if str(other) == str(first)]
+        if same:
+            return [first, *same]
+    return []
+
+
+NUMBER_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+"""A string that reads as a number (``'3'``, ``'0.5'``)."""
+
+
+def choice_notes(params: dict[str, ParamSpec], types: dict[str, Any]) -> list[tuple[str, str]]:
+    """Notes for choices that likely say something else than meant: one choice alone; numbers quoted as text.
+
+    A user's ``kernel_size: ["3", "5"]`` reached a function trainer as text and every trial failed in
+    ``nn.Conv2d``; ``kernel_size: [7]`` was counted as a searched parameter (``lr: 0.01`` is an error).
+    A trainer whose config field types the parameter converts the text itself: no note then.
+    """
+    notes = []
+    for name, param in params.items():
+        if param.kind != "categorical" or not param.choices:
+            continue
+        key = f"params.{name}"
+        if len(param.choices) == 1:
+            only = _yaml_text(param.choices[0])
+            notes.append((key, f"one choice ({only}): every trial gets it; a fixed value belongs under fixed:"))
+        elif name not in types and all(isinstance(c, str) and NUMBER_TEXT.fullmatch(c.strip()) for c in param.choices):
+            listed = ", ".join(repr(c) for c in param.choices)
+            notes.append(
+                (key, f"choices {listed} are quoted: the trainer gets text, not numbers; unquote them for numbers")
+            )
+    return notes
 
 
 def _equal_choices(choices: list[Any]) -> list[Any]:

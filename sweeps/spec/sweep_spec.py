@@ -22,6 +22,7 @@ from sweeps.core.problems import Problems, as_duration, as_int, as_number, unkno
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import (
     ParamSpec,
+    choice_notes,
     is_number,
     never_drawn,
     parse_params,
@@ -466,6 +467,7 @@ def validate_spec(raw: dict[str, Any], source: str, overrides: list[str]) -> Swe
             + never_drawn(params, fixed)
             + two_choices_not_a_range(raw.get("params"))
             + whole_bounds_drawn_as_floats(raw.get("params"), types)
+            + choice_notes(params, types)
         ),
     )
 
