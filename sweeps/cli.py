@@ -490,7 +490,13 @@ def _trial_number(text: str) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from an exported config."""
-    from sweeps.trial.from_file import load_run_file, save_refused, train_from_file, unnamed_config_keys
+    from sweeps.trial.from_file import (
+        load_run_file,
+        multi_worker_source,
+        save_refused,
+        train_from_file,
+        unnamed_config_keys,
+    )
 
     if args.epochs is not None and args.epochs <= 0:
         raise SpecError("--epochs", [("", f"must be >= 1, got {args.epochs}")])
@@ -501,6 +507,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError(f"--save: {refused}")
     for key, text in unnamed_config_keys(data):
         print(f"note: {key}: {text}", file=sys.stderr)
+    if (workers := multi_worker_source(data)) > 1:
+        print(
+            f"note: the sweep trained this config on {workers} workers (each its share of every epoch's data, "
+            "gradients averaged); sweeps train runs one process, so its steps per epoch, and its metric, can "
+            "differ from the sweep's",
+            file=sys.stderr,
+        )
     source = data.get("source")
     if isinstance(source, dict) and "sweep" in source:  # its provenance names the sweep it came from
         try:

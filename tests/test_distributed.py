@@ -203,7 +203,9 @@ params:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) -> None:
+def test_a_sweep_with_two_workers_per_trial(
+    ray_session: None, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mlflow import MlflowClient
 
     from sweeps.engine.runner import run_sweep
@@ -244,6 +246,17 @@ def test_a_sweep_with_two_workers_per_trial(ray_session: None, workdir: Path) ->
         trainer.load_state_dict(state["trainer"])
         recorded = mlflow.get_metric_history(record.run_id, "val_mse")[-1].value
         assert trainer.validate()["val_mse"] == pytest.approx(recorded, rel=1e-6)
+
+    # its export says the trials ran on 2 workers, and sweeps train, one process, says so (a user's did not)
+    from sweeps.cli import main
+    from sweeps.results.export import best_config, write_export
+    from sweeps.store.sweep_dir import open_sweep_dir
+
+    data = best_config(open_sweep_dir(workdir / "sweep_runs", "ddp"))
+    assert data["source"]["workers"] == 2
+    capsys.readouterr()
+    assert main(["train", str(write_export(data, workdir / "best.yaml")), "--epochs", "1"]) == 0
+    assert "note: the sweep trained this config on 2 workers" in capsys.readouterr().err
 
 
 @pytest.mark.integration
@@ -315,6 +328,9 @@ def test_a_worker_exception_fails_the_trial_with_it(ray_session: None, workdir: 
     run = mlflow.get_run(record.run_id)
     assert run.data.tags["sweep.status"] == "oom"
     assert "traceback.txt" in {a.path for a in mlflow.list_artifacts(record.run_id)}
+    text = Path(mlflow.download_artifacts(record.run_id, "traceback.txt", str(workdir))).read_text()
+    # where the rank raised, frames and all (a user's read one line: a pickled exception keeps no traceback)
+    assert text.startswith("rank ") and "Traceback (most recent call last)" in text and "toy_trainer" in text, text
 
 
 class _FolderChannel:

@@ -351,6 +351,7 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
         "epochs": spec.budget.epochs,
         "trials": spec.budget.trials,
         "threads": max(1, int(spec.budget.cpus_per_trial)),
+        "workers": spec.budget.workers_per_trial,
         "trainer_defaults": spec.trainer_defaults,
         "tracking_uri": uri,
         "experiment_id": tracker.experiment_id,

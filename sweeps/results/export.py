@@ -110,6 +110,7 @@ def _export(sweep: SweepDir, meta: dict[str, Any], trial: FrozenTrial, rank: int
             "optuna_storage": sweep.storage_location,
             "seed": config.get("seed", meta.get("seed")),
             "precision": config.get("precision", "fp32"),
+            "workers": int(meta.get("workers", 1)),  # its trials' workers: sweeps train runs one
             "skipped_share": float(trial.user_attrs.get("skipped_share", 0.0)),
             "git_commit": meta.get("git_commit", ""),
             "version": meta.get("version", ""),

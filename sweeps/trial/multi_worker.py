@@ -27,6 +27,7 @@ average gradients, shard the training data and sum validation metrics over the r
 from __future__ import annotations
 
 import tempfile
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,9 @@ from trainables.data_parallel import agree, mean_over_ranks, rank
 RELAY_TIMEOUT_S = 600.0
 PROGRESS_ATTR = "sweep_progress"
 """Set on a worker's exception: its rank's progress (``EpochLoop.progress``: epochs, steps, unreported metrics)."""
+TRACEBACK_ATTR = "sweep_traceback"
+"""Set on a worker's exception: its traceback as that rank formatted it (a pickled exception keeps none: a
+user's trial run held one line, ``RuntimeError: injected failure on rank 1``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +90,7 @@ def run_multi_worker_trial(config: dict[str, Any]) -> None:
         _answer(control, GO)
     if error is not None:
         cause, worker_traceback = worker_cause(error)
+        worker_traceback = worker_traceback or str(getattr(cause, TRACEBACK_ATTR, ""))
         logger = TrialLogger(plan.tracking_uri, plan.run_id)
         logger.log_failure(cause)
         if worker_traceback:  # where the worker raised, rather than where this process re-raises
@@ -202,6 +207,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         loop.run(TrainChannel(loop_config["control"], loop_config.get("restore")))
     except Exception as exc:
         setattr(exc, PROGRESS_ATTR, loop.progress())  # travels with the error to the Tune trial
+        where = f"rank {rank()} of the trial's workers:\n"
+        setattr(exc, TRACEBACK_ATTR, where + "".join(traceback.format_exception(exc)))
         if logger is not None:
             logger.record_held()  # the steps that led to the failure
         raise
