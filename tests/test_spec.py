@@ -638,3 +638,16 @@ def test_one_choice_and_numbers_quoted_as_text_are_noted(tmp_path: Path) -> None
     assert "params.act" not in notes  # not all of them numbers: text meant
     typed = {**GOOD, "params": {"kernel_size": {"choices": ["3", "5"]}}}  # a class trainer's int field converts them
     assert "params.kernel_size" not in dict(load_spec(write_spec(tmp_path, typed)).notes)
+
+
+def test_set_of_a_conditional_parameter_says_every_trial_gets_it(tmp_path: Path) -> None:
+    """A user's ``--set unet_levels=2`` (drawn only for the unet) was recorded on the resnet trials, unremarked."""
+    text = {**GOOD, "trainer": "examples.plain_loop_sweepable:train", "metric": {"name": "val_loss", "mode": "min"}}
+    text["params"] = {
+        "arch": {"choices": ["unet", "resnet"]},
+        "unet_levels": {"type": "int", "low": 1, "high": 3, "when": {"arch": "unet"}},
+    }
+    notes = dict(load_spec(write_spec(tmp_path, text), ["unet_levels=2"]).notes)
+    assert notes["--set unet_levels=2"] == (
+        "params.unet_levels is drawn only when arch is unet; fixed, every trial gets it (and records it)"
+    )

@@ -307,6 +307,11 @@ def apply_overrides(
                 continue
             if notes is not None and isinstance(entry, dict) and number is not None:
                 notes.extend((f"--set {key}={text.strip()}", note) for note in _outside_range(entry, key, number))
+            when = entry.get("when") if isinstance(entry, dict) else None
+            if notes is not None and isinstance(when, dict) and when:  # fixed, it reaches every trial
+                drawn = " and ".join(f"{parent} is {_one_of(values)}" for parent, values in when.items())
+                said = f"params.{key} is drawn only when {drawn}; fixed, every trial gets it (and records it)"
+                notes.append((f"--set {key}={text.strip()}", said))
             fixed = raw.get("fixed")
             raw["fixed"] = fixed = fixed if isinstance(fixed, dict) else {}
             params = raw.get("params")
@@ -319,6 +324,11 @@ def apply_overrides(
         else:
             problems.append((f"--set {key}", unknown_parameter(key, trainer_fields)))
     return problems
+
+
+def _one_of(values: Any) -> str:
+    """A condition's values as a note says them: ``unet`` or ``unet or resnet``."""
+    return " or ".join(str(v) for v in values) if isinstance(values, list) else str(values)
 
 
 def _outside_range(entry: dict[str, Any], key: str, number: float) -> list[str]:
