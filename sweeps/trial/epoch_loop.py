@@ -539,8 +539,9 @@ class EpochLoop:
     def _stopped_collapsed(self, epoch: int) -> Divergence | None:
         """The last epoch's collapse when it ends the trial as diverged (the detector stops trials, not observe mode).
 
-        A trial shorter than ``collapse.steps`` whose output was stuck at every step never met the
-        window; it ends as the detector would have stopped it, not ``completed`` and ranked.
+        A trial shorter than ``collapse.steps`` whose output was stuck through its last epoch (and
+        longer than it had learned) never met the window; it ends as the detector would have stopped
+        it, not ``completed`` and ranked.
         """
         found = self._collapsed_at_end(epoch)
         return found if found is not None and self.watch is not None and not self.watch.observe_only else None
