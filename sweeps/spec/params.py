@@ -11,7 +11,7 @@ import decimal
 import difflib
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard, get_args, get_origin
 
@@ -268,7 +268,7 @@ def _categorical(
             f"choices {', '.join(map(_yaml_text, alike[:-1]))} and {_yaml_text(alike[-1])} are equal in Python, so "
             "Optuna records one as the other: keep one",
         )
-    elif alike := _same_text(converted):  # the advice above once said to quote one: [3, '3'] then looked alike
+    elif alike := _equal_choices(converted, key=str):  # [3, "3"]: the advice above once said to quote one
         problems.add(
             key,
             f"choices {', '.join(map(_yaml_text, alike[:-1]))} and {_yaml_text(alike[-1])} read the same in MLflow, "
@@ -280,15 +280,6 @@ def _categorical(
 def _yaml_text(value: Any) -> str:
     """A choice as the spec writes it (``true``, not ``True``)."""
     return str(value).lower() if isinstance(value, bool) else repr(value)
-
-
-def _same_text(choices: list[Any]) -> list[Any]:
-    """The first choices of different kinds whose text is the same (``3`` and ``'3'``); [] if none."""
-    for i, first in enumerate(choices):
-        same = [other for other in choices[i + 1 :] if str(other) == str(first)]
-        if same:
-            return [first, *same]
-    return []
 
 
 NUMBER_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -318,14 +309,15 @@ def choice_notes(params: dict[str, ParamSpec], types: dict[str, Any]) -> list[tu
     return notes
 
 
-def _equal_choices(choices: list[Any]) -> list[Any]:
-    """The first choices of different kinds that compare equal (``1`` and ``True``, ``0`` and ``0.0``); [] if none.
+def _equal_choices(choices: list[Any], key: Callable[[Any], Any] = lambda choice: choice) -> list[Any]:
+    """The first choices that compare equal (``1`` and ``True``, ``0`` and ``0.0``), by ``key`` if given; [] if none.
 
     Optuna finds a choice by ``==``: a sweep with ``choices: [1, true]`` ran trials with ``True``
-    that its study recorded as ``1``, so TPE and a warm start learned from the wrong value.
+    that its study recorded as ``1``, so TPE and a warm start learned from the wrong value. With
+    ``key=str``: choices whose text is the same (``3`` and ``'3'``), alike in every record.
     """
     for i, first in enumerate(choices):
-        same = [other for other in choices[i + 1 :] if other == first]
+        same = [other for other in choices[i + 1 :] if key(other) == key(first)]
         if same:
             return [first, *same]
     return []
