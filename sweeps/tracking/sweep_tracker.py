@@ -233,8 +233,8 @@ class SweepTracker:
             tags[TAG_RESTARTS] = str(record.restarts)
         if record.signal:
             tags.update({TAG_SIGNAL: record.signal, TAG_DIVERGENCE_STEP: str(record.diverged_at)})
-        done = record.status == COMPLETED and record.value is not None and math.isfinite(record.value)
-        final = (float(record.value), record.epochs) if done and record.value is not None else None
+        value = record.value if record.status == COMPLETED else None
+        final = (float(value), record.epochs) if value is not None and math.isfinite(value) else None
         self.finish_run(record.run_id, record.status, record.reason, tags, final)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:

@@ -148,13 +148,10 @@ def save_refused(trainer: str) -> str:
     A function trainer keeps state only through ``run.checkpoint``: when none of its own source
     files names ``checkpoint``, it never calls it, and a user's 54 s of training ended "not saved".
     """
-    import inspect
-
     from sweeps.spec.source_names import names_in_trainer_source
-    from trainables.registry import load_trainer
 
     loaded = load_trainer(trainer)
-    if inspect.isclass(loaded):  # a class trainer's state_dict() is its state
+    if not is_function_trainer(loaded):  # a class trainer's state_dict() is its state
         return ""
     found = names_in_trainer_source(loaded, siblings=False)  # what it runs, not every script beside it
     if found is None or "checkpoint" in found[1]:  # no source to read, or it may call run.checkpoint
