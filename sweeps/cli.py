@@ -361,7 +361,13 @@ def _check_cpus(cpus: int | None, address: str | None) -> None:
 
 def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     """The end-of-sweep summary; exit code 130 when interrupted."""
-    from sweeps.results.summary import divergence_summary, range_edge_notes, summary_table, unstable_best_note
+    from sweeps.results.summary import (
+        divergence_summary,
+        every_trial_failed,
+        range_edge_notes,
+        summary_table,
+        unstable_best_note,
+    )
 
     state = result.state
     print()
@@ -411,6 +417,9 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
             "fix the trainer or the spec, then run the sweep again",
             file=sys.stderr,
         )
+        return 1
+    if not result.interrupted and (failed := every_trial_failed(state)):
+        print(f"error: {failed}; fix the trainer or the spec, then run the sweep again", file=sys.stderr)
         return 1
     return 130 if result.interrupted else 0
 

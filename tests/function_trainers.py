@@ -115,6 +115,27 @@ def swallows_exceptions(config: Any, run: Any) -> None:
         run.report(epoch + 1, val_loss=1.0)
 
 
+def missing_data(config: Any, run: Any) -> None:
+    """A loop whose data folder is not there: every trial fails the same way before its first step."""
+    raise FileNotFoundError(f"data_dir {config.get('data_dir', '/no/such/dir')!r} does not exist")
+
+
+def fails_above(config: Any, run: Any) -> None:
+    """A loop that fails for a learning rate above 0.01 (a region of the space) and trains below it."""
+    if config.lr > 0.01:
+        raise RuntimeError("lr too large for this loop")
+    for epoch in range(run.epochs):
+        run.step(loss=1.0 / (epoch + 1))
+        run.report(epoch + 1, val_loss=1.0 / (epoch + 1))
+
+
+def reports_its_loss_scale(config: Any, run: Any) -> None:
+    """A loop with a loss scaler of its own that reports the scale and its overflows beside its metric."""
+    for epoch in range(run.epochs):
+        run.step(loss=1.0, **{"model/loss_scale": 128.0, "model/skipped": 1.0})
+        run.report(epoch + 1, overflows=epoch + 1, val_loss=0.5, loss_scale=128.0, val_psnr=20.0)
+
+
 def never_reports(config: Any, run: Any) -> None:
     """Trains and returns without a report."""
     run.step(loss=1.0)

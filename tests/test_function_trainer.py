@@ -1039,6 +1039,21 @@ def test_sweeps_train_of_a_config_whose_metric_goes_nan_says_where_it_stopped_an
     assert not (tmp_path / "model.pt").exists()
 
 
+def test_sweeps_train_prints_every_value_the_loop_reported_metric_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user training a loss-scale stop to its end reported ``loss_scale`` and ``overflows``; only ``val_*`` showed."""
+    path = tmp_path / "scaled.yaml"
+    data = {"trainer": "tests.function_trainers:reports_its_loss_scale", "epochs": 2, "metric": {"name": "val_loss"}}
+    path.write_text(yaml.safe_dump({**data, "config": {"lr": 0.1}}))
+    assert main(["train", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "epoch 1/2  val_loss=0.5  val_psnr=20  overflows=1  loss_scale=128",
+        "epoch 2/2  val_loss=0.5  val_psnr=20  overflows=2  loss_scale=128",
+    ]
+
+
 def test_a_trial_too_short_for_the_collapse_window_that_ended_all_zero_is_diverged_not_completed() -> None:
     """A user's 16-step trials (4 epochs of 4 steps) gave an all-zero output throughout, never met ``collapse.steps``
     (20), ended ``completed``, and one was the sweep's best."""

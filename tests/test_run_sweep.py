@@ -185,6 +185,27 @@ def test_a_metric_never_produced_stops_the_sweep_after_the_first_failure(
     assert re.search(r"it-nometric  stopped \(after t00\d failed: every trial would fail so\)", capsys.readouterr().out)
 
 
+def test_a_sweep_whose_every_trial_failed_exits_1_and_one_that_found_something_exits_0(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a user's own trainer with a data folder that is not there: every trial failed, and the sweep exited 0
+    data = toy_spec("it-allfail", trainer="tests.function_trainers:missing_data", budget__trials=3, asha=False)
+    result = sweep(workdir, data)
+    assert {r.status for r in result.state.trials.values()} == {"failed"} and not result.interrupted
+    assert _print_result(result, load_spec(workdir / "it-allfail.yaml"), str(workdir / "runs")) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: all 3 trials failed \(t000: FileNotFoundError: data_dir '/no/such/dir' does not", err)
+    # some trials failing (a region of the space) and the others training: the sweep found something
+    data = toy_spec("it-somefail", trainer="tests.function_trainers:fails_above", budget__trials=4, asha=False)
+    data["params"]["lr"] = {"choices": [0.001, 0.1]}
+    data["search"] = {"sampler": "random"}
+    result = sweep(workdir, data)
+    statuses = sorted(r.status for r in result.state.trials.values())
+    assert "failed" in statuses and "completed" in statuses, statuses
+    assert _print_result(result, load_spec(workdir / "it-somefail.yaml"), str(workdir / "runs")) == 0
+    assert "error:" not in capsys.readouterr().err
+
+
 def test_a_loop_numbering_its_reports_from_zero_stops_the_sweep_after_the_first_failure(workdir: Path) -> None:
     data = toy_spec("it-fromzero", trainer="tests.function_trainers:reports_from_zero", budget__trials=6)
     data["budget"]["concurrency"] = 2

@@ -62,7 +62,7 @@ def trial_export(sweep: SweepDir, number: int, study: optuna.Study | None = None
     trial = found[0]
     data = _export(sweep, meta, trial, 0)
     ranks = {t.number: rank for rank, t in enumerate(ranked(study), start=1)}
-    data["source"]["rank"] = ranks.get(number, 0)
+    data["source"]["rank"] = ranks.get(number)  # None (null): a trial that did not complete has no rank
     data["source"]["status"] = str(trial.user_attrs.get("status", "")) or trial.state.name.lower()
     ended = data["source"]["status"] == COMPLETED and trial.state == TrialState.COMPLETE
     if not ended or trial.value is None or not math.isfinite(float(trial.value)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sweeps.core.keys import COMPLETED, DIVERGED
+from sweeps.core.keys import COMPLETED, DIVERGED, FAILED, OOM
 from sweeps.core.records import UNSTABLE_SHARE, SweepState, TrialRecord, metric_text
 from sweeps.results.report import result_rows, terminal_table
 from sweeps.spec.params import ParamSpec, is_number
@@ -37,6 +37,18 @@ def unstable_best_note(state: SweepState) -> str:
 
 EDGE = 0.05
 """A best value this close to an end of its range (a share of the range, on its log scale if log) gets a note."""
+
+
+def every_trial_failed(state: SweepState) -> str:
+    """What ended every trial of a sweep that found nothing because all of them failed ('' otherwise).
+
+    A trainer that cannot start (a data folder that is not there) fails each trial the same way,
+    and a sweep that exited 0 then looked like a success to the script that ran it overnight.
+    """
+    records = sorted(state.trials.values(), key=lambda r: r.label)
+    if not records or any(r.status not in (FAILED, OOM) for r in records):
+        return ""
+    return f"all {len(records)} trials failed ({records[0].label}: {records[0].reason})"
 
 
 def range_edge_notes(params: dict[str, ParamSpec], best: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import torch
 
 from sweeps.core.files import CommandError, write_whole
-from sweeps.core.keys import DIVERGED_KEY, EPOCH, EPOCHS_FIELD, REASON_KEY
+from sweeps.core.keys import DIVERGED_KEY, EPOCH, EPOCHS_FIELD, REASON_KEY, REPORT_PREFIX
 from sweeps.core.plan import TrialPlan
 from sweeps.core.problems import Problems, as_int, unknown_key
 from sweeps.core.records import metric_text
@@ -179,8 +179,14 @@ class PrintChannel:
         return decision
 
     def report(self, result: dict[str, Any], state: Callable[[], CheckpointState] | None) -> bool:
-        """Print the epoch's metric and validation metrics; go on."""
-        shown = {k: v for k, v in result.items() if k == self.metric or k.startswith("val")}
+        """Print the epoch's metric, its validation metrics, then every other value the trainer reported; go on.
+
+        A user training a loss-scale stop to its end reported ``loss_scale`` and ``overflows`` and saw
+        only ``val_*``. The engine's own keys (``sweep/...``) are left out.
+        """
+        reported = {k: v for k, v in result.items() if k != EPOCH and not k.startswith(REPORT_PREFIX)}
+        first = sorted(reported, key=lambda k: (k != self.metric, not k.startswith("val")))  # stable: else as reported
+        shown = {k: reported[k] for k in first if isinstance(reported[k], int | float)}
         text = "  ".join(f"{k}={metric_text(v)}" for k, v in shown.items())
         self.out.write(f"epoch {result[EPOCH]}/{self.total}  {text}\n")
         self.out.flush()
