@@ -330,12 +330,17 @@ def test_a_lost_trial_gets_the_epochs_its_run_logged_after_its_driver_died(tmp_p
         for epoch in (1, 2):  # reported, and logged as every epoch is
             first.on_trial_result(ray_id, {"val_loss": 1.0 / epoch, "training_iteration": epoch})
             tracker.client.log_metric(first.state.trials[ray_id].run_id, "val_loss", 1.0 / epoch, step=epoch)
-    tracker.client.log_metric(first.state.trials["a"].run_id, "val_loss", 0.25, step=3)  # after the driver died
+    last = int(time.time() * 1000) - 60_000  # a minute before the resume
+    a_run = first.state.trials["a"].run_id
+    tracker.client.log_metric(a_run, "val_loss", 0.25, timestamp=last, step=3)  # after the driver died
 
     study = load_study(sweep)
     again = OptunaSearcher(spec, study, SweepState("val_loss", "min"), tracker, "s")
     plan = rebuild(again, tracker.trial_runs(), unfinished={"a": False, "b": False})  # no checkpoint in Ray's snapshot
-    _close_runs(tracker, plan.closed)
+    _close_runs(tracker, plan.closed, plan.ended_at)
+    # a user read the resume's time as the end of trials that had ended 18 s before it, counted as "ended before"
+    assert tracker.client.get_run(a_run).info.end_time == last
+    assert plan.ended == 0 and "trained to their last epoch after the driver died: t000" in plan.lines()
 
     a, b = again.state.trials["a"], again.state.trials["b"]
     assert (a.status, a.epochs, a.value) == ("completed", 3, 0.25)  # it validated its last epoch: nothing to redo

@@ -17,6 +17,15 @@ def latest_steps(run: Any) -> dict[str, int]:
     return {m.key: int(m.step) for m in objects}
 
 
+def last_activity_ms(run: Any) -> int:
+    """When ``run`` (an ``mlflow.entities.Run``) last logged a metric, in ms; its start when it logged none.
+
+    The latest value of each metric carries its timestamp; without those (another MLflow), the start.
+    """
+    stamps = [int(m.timestamp) for m in getattr(run.data, "_metric_objs", None) or ()]
+    return max(stamps, default=int(run.info.start_time or 0))
+
+
 def schema_head() -> str | None:
     """The schema revision a store of this MLflow must be at (alembic's head); None if MLflow cannot say."""
     try:

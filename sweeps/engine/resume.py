@@ -35,6 +35,7 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.compat.mlflow_internals import last_activity_ms
 from sweeps.compat.optuna_internals import running_trial
 from sweeps.core.keys import (
     COMPLETED,
@@ -87,7 +88,11 @@ class ResumePlan:
     continued: list[TrialRecord] = field(default_factory=list)
     interrupted: list[TrialRecord] = field(default_factory=list)
     closed: list[TrialRecord] = field(default_factory=list)
+    ended_at: dict[str, int] = field(default_factory=dict)
+    """Per closed run's id: when it last logged (ms), its end time (not the resume's)."""
     not_rerun: list[TrialRecord] = field(default_factory=list)
+    finished_alone: list[TrialRecord] = field(default_factory=list)
+    """Trials that trained to their last epoch after the driver died (their MLflow runs hold every epoch)."""
     ended: int = 0
     replaced_before: int = 0
     """Of ``ended``: trials an earlier resume recorded as interrupted and replaced."""
@@ -98,12 +103,18 @@ class ResumePlan:
         replaced = f" ({self.replaced_before} of them interrupted and replaced before)" if self.replaced_before else ""
         return [
             f"ended before: {self.ended} trial(s){replaced}",
+            f"trained to their last epoch after the driver died: {_labels(self.finished_alone)}",
             f"continue from their last checkpoint: {_labels(self.continued)}",
             f"ended after Ray's last snapshot (not run again): {_labels(self.not_rerun)}",
             f"interrupted, to be replaced: {_labels(self.interrupted)}",
             f"MLflow runs closed now: {_labels(self.closed)}",
             *([] if self.ray_state else ["Ray left no trial table: running trials cannot continue"]),
         ]
+
+    def close(self, record: TrialRecord, run: Any) -> None:
+        """Close ``record``'s MLflow run now, ended when it last logged (a user read the resume's time as its end)."""
+        self.closed.append(record)
+        self.ended_at[record.run_id] = last_activity_ms(run)
 
 
 def _labels(records: list[TrialRecord]) -> str:
@@ -180,7 +191,7 @@ def _resume_claimed(
     unfinished = _ray_unfinished(ray_dir)
     plan = rebuild(searcher, tracker.trial_runs(), unfinished or {})
     plan.ray_state = unfinished is not None
-    _close_runs(tracker, plan.closed)
+    _close_runs(tracker, plan.closed, plan.ended_at)
     meta = {**meta, "status": RUNNING, "driver": driver_identity(), "resumes": int(meta.get("resumes", 0)) + 1}
     _reopen_parent(tracker, plan, int(meta["resumes"]))
     sweep.write_meta(meta)
@@ -260,8 +271,9 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
                 if searcher.end_lost(record, trial, LOST_REASON) == INTERRUPTED:
                     plan.interrupted.append(record)
                 else:  # it trained to its last epoch after its driver died: MLflow holds every epoch
-                    plan.ended += 1
-                plan.closed.extend([record] if run is not None else [])
+                    plan.finished_alone.append(record)
+                if run is not None:
+                    plan.close(record, run)
         else:
             status = str(attrs.get("status") or ENDED.get(frozen.state, FAILED))
             state.finish(record, status, tags.get(TAG_REASON) or str(attrs.get("reason", "")))
@@ -270,7 +282,7 @@ def rebuild(searcher: OptunaSearcher, runs: list[Any], unfinished: dict[str, boo
             if ray_id in unfinished:
                 plan.not_rerun.append(record)
             if run is not None and run.info.status == "RUNNING":
-                plan.closed.append(record)
+                plan.close(record, run)
         if record.status != INTERRUPTED:
             searcher.count_started()
     _rebuild_rescues(searcher, runs, unfinished, plan)
@@ -343,16 +355,19 @@ def _rebuild_rescues(searcher: OptunaSearcher, runs: list[Any], unfinished: dict
         else:
             state.finish(record, INTERRUPTED, LOST_REASON)
             plan.interrupted.append(record)
-            plan.closed.append(record)
+            plan.close(record, run)
     for record in sorted(state.trials.values(), key=lambda r: r.number):
         if record.rescue is None:
             searcher.rescue_if_wanted(record)
 
 
-def _close_runs(tracker: SweepTracker, records: list[TrialRecord]) -> None:
-    """End the MLflow runs of trials that ended (or were lost) while no driver could close them."""
+def _close_runs(tracker: SweepTracker, records: list[TrialRecord], ended_at: dict[str, int] | None = None) -> None:
+    """End the MLflow runs of trials that ended (or were lost) while no driver could close them.
+
+    ``ended_at``: each run's end time (ms) by its id, when it last logged; now where none is given.
+    """
     for record in records:
-        tracker.finish_trial(record)
+        tracker.finish_trial(record, (ended_at or {}).get(record.run_id))
 
 
 def _reopen_parent(tracker: SweepTracker, plan: ResumePlan, resumes: int) -> None:

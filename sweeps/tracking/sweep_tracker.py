@@ -213,8 +213,9 @@ class SweepTracker:
         reason: str = "",
         tags: dict[str, str] | None = None,
         final: tuple[float, int] | None = None,
+        end_time: int | None = None,
     ) -> None:
-        """Tag a run with its final status (reason and other tags too), and end it.
+        """Tag a run with its final status (reason and other tags too), and end it (at ``end_time`` ms, else now).
 
         ``final``: a completed trial's ``(metric value, epochs)``, logged as :data:`FINAL_KEY`.
         """
@@ -222,12 +223,16 @@ class SweepTracker:
 
         items = {TAG_STATUS: status, **({TAG_REASON: reason[:5000]} if reason else {}), **(tags or {})}
         run_tags = [RunTag(key, value) for key, value in items.items()]
-        metrics = [Metric(FINAL_KEY, final[0], int(time.time() * 1000), final[1])] if final is not None else []
+        stamp = end_time or int(time.time() * 1000)
+        metrics = [Metric(FINAL_KEY, final[0], stamp, final[1])] if final is not None else []
         retry(lambda: self.client.log_batch(run_id, metrics=metrics, tags=run_tags), "tag run")
-        retry(lambda: self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED")), "end run")
+        retry(lambda: self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"), end_time), "end run")
 
-    def finish_trial(self, record: TrialRecord) -> None:
-        """End a trial's run with how it ended: status, reason, epochs, restarts, divergence signal and step."""
+    def finish_trial(self, record: TrialRecord, end_time: int | None = None) -> None:
+        """End a trial's run with how it ended: status, reason, epochs, restarts, divergence signal and step.
+
+        ``end_time`` (ms): when it ended, where that was before now (a run closed by ``sweeps resume``).
+        """
         tags = {TAG_EPOCHS: str(record.epochs)}
         if record.restarts:
             tags[TAG_RESTARTS] = str(record.restarts)
@@ -235,7 +240,7 @@ class SweepTracker:
             tags.update({TAG_SIGNAL: record.signal, TAG_DIVERGENCE_STEP: str(record.diverged_at)})
         value = record.value if record.status == COMPLETED else None
         final = (float(value), record.epochs) if value is not None and math.isfinite(value) else None
-        self.finish_run(record.run_id, record.status, record.reason, tags, final)
+        self.finish_run(record.run_id, record.status, record.reason, tags, final, end_time)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         """Store ``text`` as an artifact file of ``run_id``."""
