@@ -436,11 +436,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except AuditInterrupted as stopped:
         print(f"interrupted: {stopped}", file=sys.stderr)
         return 130
-    print(
-        result.text()
-        if result.stops
-        else f"{result.sweep}: no trial was stopped (or, observed, flagged) by a heuristic signal"
-    )
+    if result.stops:
+        print(result.text())
+    else:
+        print(f"{result.sweep}: no trial was stopped (or, observed, flagged) by a heuristic signal")
+        if left_out := result.not_rerun():
+            print(left_out)
     if result.page is not None:
         print(f"\nreport: {result.page} (with the verdicts)")
     return 0

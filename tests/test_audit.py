@@ -146,6 +146,36 @@ def test_audit_of_an_observed_sweep_calls_a_flag_right_when_its_trial_ended_with
     assert {client.get_run(s.run_id).data.tags["sweep.audit.verdict"] for s in result.stops} == {"true_stop"}
 
 
+def test_audit_names_the_stops_it_does_not_re_run(
+    ray_session: None, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's audit said only "no trial was stopped (or, observed, flagged)" of a sweep whose trial a
+    ``loss_scale`` flag (a loss not finite under loss scaling) had ended: it said nothing of that one."""
+    from sweeps.cli import main
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
+
+    spec = {
+        **SPEC,
+        "name": "irrecoverable",
+        "budget": {"trials": 2, "epochs": 3, "concurrency": 2},
+        "divergence": {},
+        "fixed": {"width": 4, "behavior": "diverge"},  # a NaN loss at epoch 2: non_finite, no scaler
+        "params": {"lr": {"choices": [0.01, 0.02]}},
+    }
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    swept = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="nan", stream=io.StringIO())
+    stopped = sorted(swept.state.trials.values(), key=lambda r: r.number)
+    assert [r.signal for r in stopped] == ["non_finite", "non_finite"]
+    assert main(["audit", "nan", "--storage", str(workdir / "runs")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    steps = [r.diverged_at for r in stopped]
+    assert out == [
+        "nan: no trial was stopped (or, observed, flagged) by a heuristic signal",
+        f"not re-run (no later step undoes them): t000 non_finite@{steps[0]}, t001 non_finite@{steps[1]}",
+    ]
+
+
 def test_audit_calls_a_collapse_right_when_its_re_run_was_still_collapsed_at_the_end(
     ray_session: None, workdir: Path
 ) -> None:

@@ -147,6 +147,18 @@ class AuditResult:
     """The sweep's ``report.html``, rewritten with the verdicts (None when there was nothing to re-run or no report)."""
     unflagged: list[float] = field(default_factory=list)
     """The completed trials no signal flagged (observe mode): the pool a would-be stop is judged against."""
+    irrecoverable: list[str] = field(default_factory=list)
+    """Stops (or flags) no audit re-runs, as ``t006 loss_scale@4``: no later step could have undone them."""
+
+    def not_rerun(self) -> str:
+        """A line naming the irrecoverable stops left out ('' when there were none).
+
+        A user's audit of an observe sweep said only "no trial was stopped (or, observed, flagged)" of
+        a sweep with one trial flagged by ``loss_scale`` (its loss not finite under loss scaling).
+        """
+        if not self.irrecoverable:
+            return ""
+        return f"not re-run (no later step undoes them): {', '.join(self.irrecoverable)}"
 
     @property
     def false_stops(self) -> list[AuditedStop]:
@@ -181,7 +193,7 @@ class AuditResult:
         head = f"{'trial':<6} {'stopped by':<32} {'re-run to the last epoch':<{END_WIDTH}} {'rank':<14} verdict"
         lines = [head, "-" * len(head)]
         lines += [s.line(self.metric, len(self.unflagged if s.observed else self.completed)) for s in self.stops]
-        return "\n".join([*lines, "", self.summary()])
+        return "\n".join([*lines, "", self.summary(), *([self.not_rerun()] if self.irrecoverable else [])])
 
     def summary(self) -> str:
         """One line: how many stops were re-run, how many were wrong, and whether the best changed."""
@@ -217,6 +229,7 @@ def audit_sweep(
     by_number = sorted(stops + observed, key=lambda s: s.number)
     result = AuditResult(sweep.name, spec.metric, spec.mode, by_number, completed, top_k)
     result.unflagged = _completed_values(runs, spec.metric, unflagged=True)
+    result.irrecoverable = _irrecoverable(runs)
     number = int(meta.get("audits", 0)) + 1
     if stops:
         spec_text = sweep.spec_file.read_text()
@@ -275,6 +288,21 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
         )
         configs.append(config_of[run.info.run_id])
     return stops, configs
+
+
+def _irrecoverable(runs: list[Any]) -> list[str]:
+    """``t006 loss_scale@4`` for each trial stopped (or, observed, flagged) by a signal no later step undoes."""
+    found = []
+    for run in sorted(runs, key=lambda r: int(r.data.tags.get(TAG_OPTUNA_NUMBER, 0))):
+        tags = run.data.tags
+        if tags.get(TAG_ROLE) != ROLE_TRIAL:
+            continue
+        signal, reason, step = tags.get(TAG_WOULD_STOP_SIGNAL), tags.get(TAG_WOULD_STOP_REASON, ""), TAG_WOULD_STOP_STEP
+        if not signal and tags.get(TAG_STATUS) == DIVERGED:
+            signal, reason, step = tags.get(TAG_SIGNAL), tags.get(TAG_REASON, ""), TAG_DIVERGENCE_STEP
+        if signal and not may_recover(signal, reason):
+            found.append(f"t{int(tags.get(TAG_OPTUNA_NUMBER, 0)):03d} {signal}@{tags.get(step, '?')}")
+    return found
 
 
 def _observed_trials(runs: list[Any], spec: SweepSpec) -> list[AuditedStop]:
