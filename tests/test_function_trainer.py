@@ -124,6 +124,43 @@ def test_step_reads_loss_scale_and_skipped_steps_from_a_grad_scaler() -> None:
     assert math.isinf(steps[1][1]["model/grad_norm"])  # unscaled by the scaler's step: the overflow shows
 
 
+def test_one_grad_scaler_for_two_networks_records_the_first_step_each_skipped() -> None:
+    """A user's GAN with one GradScaler (PyTorch's multi-optimizer AMP example): G's first step overflowed and
+    was skipped, D's was taken; MLflow had ``g/skipped`` 0 at step 1."""
+    run, steps, _ = recording_run()
+    g, d = nn.Linear(4, 1), nn.Linear(4, 1)
+    opt_g, opt_d = torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.ones(2, 4)
+    for blowup in (1e38, 1.0, 1.0, 1e38):  # G overflows at steps 1 and 4
+        for opt in (opt_d, opt_g):
+            opt.zero_grad()
+        loss_d = d(x).pow(2).mean()
+        scaler.scale(loss_d).backward()
+        scaler.step(opt_d)
+        loss_g = g(x).pow(2).mean() * blowup
+        scaler.scale(loss_g).backward()
+        scaler.step(opt_g)
+        scaler.update()
+        run.step(loss=loss_g, optimizer={"g": opt_g, "d": opt_d}, scaler=scaler, **{"loss/d": loss_d})
+    assert [(m["g/skipped"], m["d/skipped"]) for _, m in steps] == [(1.0, 0.0), (0.0, 0.0), (0.0, 0.0), (1.0, 0.0)]
+    assert [m["g/loss_scale"] for _, m in steps] == [512.0, 512.0, 512.0, 256.0]
+    # fp32: a disabled scaler (scale 1, below its init_scale) skips nothing, whatever the optimizer keeps
+    run, steps, _ = recording_run()
+    weight = nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.SGD([weight], lr=0.1)  # no state: its step leaves no trace but the weights
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler.scale(weight.sum()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    run.step(
+        loss=weight.sum(),
+        optimizer={"g": optimizer, "d": torch.optim.SGD([nn.Parameter(torch.ones(1))])},
+        scaler=scaler,
+    )
+    assert (steps[0][1]["g/skipped"], steps[0][1]["g/loss_scale"]) == (0.0, 1.0)
+
+
 def test_runs_scaler_records_its_own_skipped_steps_even_at_its_floor() -> None:
     weight = nn.Parameter(torch.ones(4))
     optimizer = torch.optim.SGD([weight], lr=0.1)

@@ -107,7 +107,9 @@ class StepProbe:
     scaler's own ``last_skipped`` where it keeps one (``run.scaler()``'s do), else a loss scale
     that fell or a non-finite gradient under an enabled scaler; never when the optimizer did step
     since the last call (a scaler shared by a GAN's two networks fell for the other one's
-    overflow). :meth:`close` takes the hook off the optimizer.
+    overflow). At a probe's first call, built at that call, the hook saw no step: the scale is
+    compared with the scaler's initial one, and an optimizer that keeps state (Adam and the like
+    make it at their first step) has stepped. :meth:`close` takes the hook off the optimizer.
     """
 
     def __init__(self, net: str, optimizer: Any = None, model: Any = None, unread_first: bool = False) -> None:
@@ -178,14 +180,29 @@ class StepProbe:
             enabled = scaler.is_enabled()
             scale = float(scaler.get_scale()) if enabled else 1.0
             skipped = getattr(scaler, "last_skipped", None)
+            stepped = self.stepped
+            if self.scale is None and not stepped:  # the first call: the hook was not on for the step before it
+                stepped = bool(getattr(self.optimizer, "state", None))  # Adam and the like keep state once stepped
             if skipped is None:
                 overflowed = enabled and grad_norm is not None and not math.isfinite(grad_norm)
-                skipped = (self.scale is not None and scale < self.scale) or overflowed
+                before = self.scale if self.scale is not None else _initial_scale(scaler) if enabled else None
+                skipped = (before is not None and scale < before) or overflowed
             self.scale = scale
             metrics[f"{net}/loss_scale"] = scale
-            metrics[f"{net}/skipped"] = float(bool(skipped) and not self.stepped)
+            metrics[f"{net}/skipped"] = float(bool(skipped) and not stepped)
         self.applied, self.stepped, self.unread = None, False, False
         return metrics
+
+
+def _initial_scale(scaler: Any) -> float | None:
+    """The scale a ``GradScaler`` started from (its ``init_scale``, or one a checkpoint restored); None if unknown.
+
+    At a probe's first call it is what the scale fell from when the first step overflowed: a
+    user's GAN with one ``GradScaler`` for both networks had its generator's skipped first step
+    recorded as taken.
+    """
+    initial = getattr(scaler, "_init_scale", None)  # torch's GradScaler keeps it under this private name
+    return float(initial) if isinstance(initial, int | float) else None
 
 
 def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
