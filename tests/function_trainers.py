@@ -136,6 +136,25 @@ def reports_its_loss_scale(config: Any, run: Any) -> None:
         run.report(epoch + 1, overflows=epoch + 1, val_loss=0.5, loss_scale=128.0, val_psnr=20.0)
 
 
+def diverges_at_each_precision(config: Any, run: Any) -> None:
+    """fp16: a loss not finite under loss scaling (``loss_scale``, rescued at bf16); else a loss 100 x its first."""
+    weight = nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=config.precision == "fp16")
+    for epoch in range(run.epochs):
+        for step in range(10):
+            late = epoch * 10 + step >= 2
+            run.step(
+                loss=(math.nan if config.precision == "fp16" else 100.0) if late else 1.0,
+                optimizer=optimizer,
+                scaler=scaler,
+            )
+        run.report(epoch + 1, val_loss=100.0)
+
+
+diverges_at_each_precision.precisions = ("fp16", "bf16")  # type: ignore[attr-defined]
+
+
 def never_reports(config: Any, run: Any) -> None:
     """Trains and returns without a report."""
     run.step(loss=1.0)

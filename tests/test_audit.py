@@ -176,6 +176,36 @@ def test_audit_names_the_stops_it_does_not_re_run(
     ]
 
 
+def test_audit_re_runs_a_rescue_a_heuristic_signal_stopped(ray_session: None, workdir: Path) -> None:
+    """A user's fp16 trial ended by ``loss_scale`` was rescued at bf16, and ``loss_explosion`` stopped the rescue:
+    the audit neither re-ran nor named it."""
+    from mlflow import MlflowClient
+
+    from sweeps.engine.audit import audit_sweep
+    from sweeps.engine.runner import run_sweep
+    from sweeps.spec.sweep_spec import load_spec
+
+    spec = {
+        **SPEC,
+        "name": "rescued",
+        "trainer": "tests.function_trainers:diverges_at_each_precision",
+        "budget": {"trials": 1, "epochs": 2, "concurrency": 2},
+        "divergence": {"rescue": True},
+        "fixed": {"precision": "fp16"},
+        "params": {"lr": {"choices": [0.01, 0.02]}},
+    }
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    swept = run_sweep(load_spec(workdir / "spec.yaml"), root=workdir / "runs", name="rescued", stream=io.StringIO())
+    ended = {r.label: (r.status, r.signal) for r in swept.state.trials.values()}
+    assert ended == {"t000": ("diverged", "loss_scale"), "t000r": ("diverged", "loss_explosion")}
+
+    result = audit_sweep(workdir / "runs", "rescued")
+    assert [s.label for s in result.stops] == ["t000r"] and result.irrecoverable[0].startswith("t000 loss_scale@")
+    (stop,) = result.stops
+    rerun = MlflowClient(swept.tracking_uri).get_run(stop.audit_run_id)
+    assert rerun.data.params["precision"] == "bf16" and stop.value == 100.0 and stop.verdict == "unjudged"
+
+
 def test_audit_calls_a_collapse_right_when_its_re_run_was_still_collapsed_at_the_end(
     ray_session: None, workdir: Path
 ) -> None:
@@ -224,6 +254,26 @@ def test_a_re_run_with_no_completed_trial_to_compare_is_not_judged_a_false_stop(
     assert (stop.verdict, lost.verdict) == ("unjudged", "true_stop") and not result.false_stops
     _judge(AuditResult("s", "val_loss", "min", [stop], completed=[20.0], top_k=1))
     assert stop.verdict == "false_stop"
+
+
+def test_with_no_completed_trial_only_the_best_re_run_would_have_changed_the_best() -> None:
+    """A user's fp16 sweep completed no trial: ``--top-k 1`` named three re-runs as changing its best, two of
+    them at 5 dB (the untrained model: 23.4 dB)."""
+    from sweeps.engine.audit import AuditedStop, AuditResult, _judge
+
+    ends = {"t001": 5.204, "t004": 5.649, "t005": 22.839}
+    stops = [
+        AuditedStop(label, int(label[1:]), label, "loss_explosion", "7", None, value=v) for label, v in ends.items()
+    ]
+    result = AuditResult("s", "val_psnr", "max", stops, completed=[], top_k=1)
+    _judge(result)
+    assert [s.label for s in result.best_changed] == ["t005"]
+    result.top_k = 2
+    assert [s.label for s in result.best_changed] == ["t004", "t005"]
+    # a completed trial at 10 dB: only t005 is ahead of it, at any k
+    result = AuditResult("s", "val_psnr", "max", stops, completed=[10.0], top_k=2)
+    _judge(result)
+    assert [s.label for s in result.best_changed] == ["t005"]
 
 
 def test_an_observed_flag_is_judged_against_the_trials_no_signal_flagged() -> None:

@@ -52,6 +52,7 @@ from sweeps.core.keys import (
     FAILED_KEY,
     INTERRUPTED,
     REASON_KEY,
+    ROLE_RESCUE,
     ROLE_TRIAL,
     RUNNING,
     TAG_AUDIT_BEST_CHANGED,
@@ -65,6 +66,7 @@ from sweeps.core.keys import (
     TAG_EPOCHS,
     TAG_OPTUNA_NUMBER,
     TAG_REASON,
+    TAG_RESCUE_OF,
     TAG_ROLE,
     TAG_SIGNAL,
     TAG_STATUS,
@@ -176,17 +178,25 @@ class AuditResult:
         return [s for s in self.stops if s.rank is not None and s.rank <= self.top_k and self._leads(s)]
 
     def _leads(self, stop: AuditedStop) -> bool:
-        """Strictly ahead of the ``k``-th best of its pool: a tie changes no value in the top ``k``.
+        """Among the top ``k`` had none of the stops been made, strictly ahead of its pool's ``k``-th best.
 
         A re-run is judged against the completed trials; an observed flag against the unflagged ones
         (a user's all-zero collapses re-ran to exactly the value of two completed all-zero trials,
-        and the audit said the best would have changed).
+        and the audit said the best would have changed): a tie changes no value in the top ``k``.
+        The other stops' ends count too: a user's sweep with no completed trial had three re-runs
+        named as changing its best (``--top-k 1``), two of them near the untrained model.
         """
-        if stop.value is None or (stop.collapsed and not stop.observed):  # stopped or not, it would not have ranked
-            return False
         sign = 1.0 if self.mode == "min" else -1.0
-        pool = sorted(sign * v for v in (self.unflagged if stop.observed else self.completed))
-        return len(pool) < self.top_k or sign * stop.value < pool[self.top_k - 1]
+        ends = {  # a finite end, and not a re-run still collapsed at its end: stopped or not, that would not rank
+            s.label: sign * s.value
+            for s in self.stops
+            if s.value is not None and s.observed == stop.observed and not (s.collapsed and not s.observed)
+        }
+        if stop.label not in ends:
+            return False
+        pool = [(sign * v, 0, "") for v in (self.unflagged if stop.observed else self.completed)]
+        top = sorted(pool + [(v, 1, label) for label, v in ends.items()])[: self.top_k]  # a tie: the pool's first
+        return (ends[stop.label], 1, stop.label) in top
 
     def text(self) -> str:
         """The audit as a table and a closing line."""
@@ -262,23 +272,32 @@ def audit_trial(config: dict[str, Any]) -> None:
 
 
 def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[list[AuditedStop], list[dict]]:
-    """The trials a heuristic signal stopped, with the parameters they ran with (from the Optuna study)."""
+    """The trials a heuristic signal stopped, with the parameters they ran with (from the Optuna study).
+
+    A precision rescue (``t003r``) too: its trial's parameters at the precision it ran (a user's bf16
+    rescue stopped by ``loss_explosion`` was neither re-run nor named).
+    """
     study = load_study(sweep)
     config_of = {str(t.user_attrs.get("mlflow_run_id")): dict(t.user_attrs.get("config") or {}) for t in study.trials}
     stops, configs = [], []
-    for run in sorted(runs, key=lambda r: int(r.data.tags.get(TAG_OPTUNA_NUMBER, 0))):
+    for run in sorted(runs, key=lambda r: (_number(r), r.data.tags.get(TAG_ROLE) == ROLE_RESCUE)):
         tags = run.data.tags
-        if tags.get(TAG_ROLE) != ROLE_TRIAL or tags.get(TAG_STATUS) != DIVERGED:
+        rescue = tags.get(TAG_ROLE) == ROLE_RESCUE
+        if not (rescue or tags.get(TAG_ROLE) == ROLE_TRIAL) or tags.get(TAG_STATUS) != DIVERGED:
             continue
-        if not may_recover(tags.get(TAG_SIGNAL, ""), tags.get(TAG_REASON, "")) or run.info.run_id not in config_of:
+        origin = tags.get(TAG_RESCUE_OF, "") if rescue else run.info.run_id
+        if not may_recover(tags.get(TAG_SIGNAL, ""), tags.get(TAG_REASON, "")) or origin not in config_of:
             continue
         if tags.get(TAG_WOULD_STOP_SIGNAL):  # observe mode: it ran on to its end, judged as it ended
             continue
-        number = int(tags.get(TAG_OPTUNA_NUMBER, 0))
+        number = _number(run)
         stopped = run.data.metrics.get(spec.metric)
+        config = config_of[origin]
+        if rescue:
+            config = {**config, "precision": run.data.params.get("precision", config.get("precision"))}
         stops.append(
             AuditedStop(
-                f"t{number:03d}",
+                _label(run),
                 number,
                 run.info.run_id,
                 tags[TAG_SIGNAL],
@@ -286,22 +305,32 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
                 stopped if stopped is not None and math.isfinite(stopped) else None,
             )
         )
-        configs.append(config_of[run.info.run_id])
+        configs.append(config)
     return stops, configs
+
+
+def _number(run: Any) -> int:
+    """A trial run's Optuna number (a rescue's: its trial's)."""
+    return int(run.data.tags.get(TAG_OPTUNA_NUMBER, 0))
+
+
+def _label(run: Any) -> str:
+    """``t003``, or ``t003r`` for the precision rescue of t003."""
+    return f"t{_number(run):03d}" + ("r" if run.data.tags.get(TAG_ROLE) == ROLE_RESCUE else "")
 
 
 def _irrecoverable(runs: list[Any]) -> list[str]:
     """``t006 loss_scale@4`` for each trial stopped (or, observed, flagged) by a signal no later step undoes."""
     found = []
-    for run in sorted(runs, key=lambda r: int(r.data.tags.get(TAG_OPTUNA_NUMBER, 0))):
+    for run in sorted(runs, key=lambda r: (_number(r), r.data.tags.get(TAG_ROLE) == ROLE_RESCUE)):
         tags = run.data.tags
-        if tags.get(TAG_ROLE) != ROLE_TRIAL:
+        if tags.get(TAG_ROLE) not in (ROLE_TRIAL, ROLE_RESCUE):
             continue
         signal, reason, step = tags.get(TAG_WOULD_STOP_SIGNAL), tags.get(TAG_WOULD_STOP_REASON, ""), TAG_WOULD_STOP_STEP
         if not signal and tags.get(TAG_STATUS) == DIVERGED:
             signal, reason, step = tags.get(TAG_SIGNAL), tags.get(TAG_REASON, ""), TAG_DIVERGENCE_STEP
         if signal and not may_recover(signal, reason):
-            found.append(f"t{int(tags.get(TAG_OPTUNA_NUMBER, 0)):03d} {signal}@{tags.get(step, '?')}")
+            found.append(f"{_label(run)} {signal}@{tags.get(step, '?')}")
     return found
 
 
