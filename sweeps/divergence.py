@@ -360,10 +360,12 @@ class DivergenceDetector:
         hit = not _finite(loss) or abs(float(loss)) > line
         onset = self.explosion.update(hit, step)
         if onset is not None:
-            window = len(self.explosion.recent)
-            reason = (
-                f"loss {float(loss):.4g} above {cfg['factor']:g} x its first value {self.start_loss:.4g} "
-                f"on {self.explosion.hits} of the last {window} steps"
+            hits, window = self.explosion.hits, len(self.explosion.recent)
+            over = f"{cfg['factor']:g} x its first value {self.start_loss:.4g} on {hits} of the last {window} steps"
+            reason = (  # a user read "loss nan above 20 x its first value" as odd: NaN is above nothing
+                f"loss {float(loss):.4g} above {over}"
+                if _finite(loss)
+                else f"loss {float(loss)} now; not finite or above {over}"
             )
             return Divergence("loss_explosion", reason, step, onset)
         return None

@@ -514,3 +514,14 @@ def test_collapse_a_short_trial_stuck_after_its_first_step_ended_collapsed() -> 
     assert found is None
     assert at_end is not None and at_end.onset == 2 and "all-zero output for its last 15 steps" in at_end.reason
     assert _to_the_end(Loop(), 16, lambda loop, i: None, last_epoch_steps=4) == (None, None)  # a healthy one
+
+
+def test_a_loss_explosion_ending_on_a_nan_says_not_finite_not_above() -> None:
+    """A user's fp16 trial read ``loss nan above 20 x its first value``: NaN is above nothing."""
+    detector = DivergenceDetector()
+    found = None
+    for step in range(1, 12):
+        loss = 1.0 if step == 1 else (30.0 if step < 7 else math.nan)  # under a loss scale: no non_finite stop
+        found = found or detector.observe(step, {"loss": loss, "model/loss_scale": 65536.0, "model/skipped": 0.0})
+    assert found is not None and found.signal == "loss_explosion" and found.step == 7
+    assert found.reason == "loss nan now; not finite or above 20 x its first value 1 on 6 of the last 7 steps"
