@@ -315,6 +315,10 @@ FRESH = ("wgan_gp", "unet_ema")
 FRESH_2 = ("ddpm_tiny", "colorize_plateau")
 """Loops written on 2026-12-03, after the detector was last changed (``b46ed25``), by helpers who
 never read it; replayed once, at the defaults, after their traces were generated."""
+FRESH_3 = ("sr_o2_manual", "beta_vae_cyclic")
+"""Loops written on 2026-12-05 by helpers who read only ``benchmarks/loops/README.md``, one loop's
+contract and a lab notebook (a hand-written apex-O2 loss scaler; cyclical KL annealing), after
+the detector's thresholds were last changed; replayed once, at the defaults."""
 
 
 def make_loop(name: str) -> Loop:

@@ -38,9 +38,10 @@ run when each trial ends at the earlier of the detector's stop and ASHA's cut.
 Split: thresholds are tuned on ``TUNED`` loops only; ``HELD_OUT`` loops are only reported (but
 they were looked at, as the detector's failures were studied on them); ``FRESH`` loops were
 written after the defaults were fixed and replayed once, after (``divergence_corpus.FRESH``);
-``FRESH_2`` loops were written after the detector's last change and replayed once, after.
+``FRESH_2`` loops were written after the detector's last change and replayed once, after;
+``FRESH_3`` likewise, on 2026-12-05.
 
-Run: ``python -m benchmarks.divergence_replay [--split tuned|held-out|fresh|fresh-2|all] [--old]
+Run: ``python -m benchmarks.divergence_replay [--split tuned|held-out|fresh|fresh-2|fresh-3|all] [--old]
 [--set loss_explosion.factor=50 ...] [--list] [--gate-on-validation]``. ``--old`` also prints the
 table for the detector as it was before issue 13 (``benchmarks/divergence_v1.py``, its defaults);
 ``--list`` prints every stopped or missed trial of the loops shown; ``--gate-on-validation``
@@ -59,7 +60,7 @@ from typing import Any
 
 import numpy
 
-from benchmarks.divergence_corpus import CORPUS, FRESH, FRESH_2, read
+from benchmarks.divergence_corpus import CORPUS, FRESH, FRESH_2, FRESH_3, read
 
 TUNED = ("vae", "sr_gan", "denoiser", "ae_warm_restarts")
 HELD_OUT = ("translation_gan", "gan_own", "sr_onecycle")
@@ -353,7 +354,7 @@ def main() -> None:
     """Print the tables."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", type=Path, default=CORPUS)
-    parser.add_argument("--split", choices=["tuned", "held-out", "fresh", "fresh-2", "all"], default="tuned")
+    parser.add_argument("--split", choices=["tuned", "held-out", "fresh", "fresh-2", "fresh-3", "all"], default="tuned")
     parser.add_argument("--old", action="store_true", help="also the detector before issue 13, at its defaults")
     parser.add_argument("--set", action="append", default=[], metavar="SIGNAL.KEY=VALUE")
     parser.add_argument("--list", action="store_true", help="every stopped or missed trial")
@@ -370,8 +371,10 @@ def main() -> None:
         "held-out": [("HELD-OUT", HELD_OUT)],
         "fresh": [("FRESH", FRESH)],
         "fresh-2": [("FRESH-2", FRESH_2)],
+        "fresh-3": [("FRESH-3", FRESH_3)],
     }
     chosen = [row for rows in splits.values() for row in rows] if args.split == "all" else splits[args.split]
+    chosen = [(split, tuple(n for n in loops if n in corpus)) for split, loops in chosen]  # traces not made yet: none
     detectors = [("new", new_detector(parse_overrides(args.set)))]
     if args.old:
         detectors = [("old", old_detector()), *detectors]

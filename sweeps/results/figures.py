@@ -154,7 +154,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     edge = 0.96 if worse_up else 0.04  # where a diverged trial with nothing to plot sits, in axes height
     counts: dict[str, int] = {}
     ends: list[tuple[float, float, str, str, bool]] = []  # right-edge labels: x, y, text, colour, bold
-    crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the top edge
+    crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the worse edge
     would: list[tuple[float, float, str]] = []  # would-be stops marked (observe mode): epoch, value, trial
     flagged = 0  # would-be stops, marked or off the plot
     for curve in sorted(curves, key=lambda c: (STYLE.get(c.status, STYLE[FAILED])["z"], -c.rank, c.best)):
