@@ -56,8 +56,8 @@ trial's loss was seen above 20 x its first value on up to 3 of any 8 steps (and 
 trial a user reported), a diverging trial's on nearly every step from its onset. Windows are in
 steps, not epochs: recoveries in the corpus lasted a few steps whether an epoch had 8, 32 or 50.
 
-The detector keeps its own state: a trial resumed from a checkpoint starts a fresh detector, whose
-"first loss" is the first loss after the resume.
+The detector keeps its own state, and a checkpoint keeps it too (:meth:`DivergenceDetector.state`):
+a trial resumed from one judges against its own first loss, not the first loss after the resume.
 
 Metric names are those of ``trainables.diagnostics``: ``loss``, ``<net>/loss_scale``,
 ``<net>/skipped``, ``<net>/grad_norm``, ``<net>/weight_norm_last``, ``output_std``, ...
@@ -240,6 +240,40 @@ class DivergenceDetector:
         self.weight_evidence: dict[str, _Evidence] = {}
         self.unpassed: set[str] = set()
         """Networks seen skipping steps under a loss scale they do not send (:meth:`_unpassed_scalers`)."""
+
+    def state(self) -> dict[str, Any]:
+        """What a trial resumed from a checkpoint carries on from (saved with the checkpoint).
+
+        Its first loss, its networks' first last-layer weights and gradient norms (the floor of the
+        median and the window of recent ones), the steps seen, which networks' loss scales have
+        calibrated, and which send no scaler of theirs. A fresh detector after a resume took the
+        first loss after it as the trial's first (an epoch in, 46 x smaller) and stopped two
+        healthy trials of a user's at a spike the same trial run whole was never stopped for.
+        """
+        return {
+            "steps_seen": self.steps_seen,
+            "start_loss": self.start_loss,
+            "signed_loss": self.signed_loss,
+            "first_weights": dict(self.first_weights),
+            "grad_start": dict(self.grad_start),
+            "grads": {net: list(norms) for net, norms in self.grads.items()},
+            "calibrated": sorted(net for net, watch in self.scales.items() if not watch.calibrating),
+            "unpassed": sorted(self.unpassed),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Carry on from :meth:`state` of the same trial's detector (a checkpoint's); nothing seen since is lost."""
+        self.steps_seen = int(state.get("steps_seen", 0))
+        self.start_loss = state.get("start_loss")
+        self.signed_loss = bool(state.get("signed_loss", False))
+        self.first_weights = dict(state.get("first_weights") or {})
+        self.grad_start = dict(state.get("grad_start") or {})
+        window = int((self._cfg("grad_explosion") or {"window": 50})["window"])
+        self.grads = {net: deque(norms, maxlen=window) for net, norms in (state.get("grads") or {}).items()}
+        if (cfg := self._cfg("loss_scale")) is not None:
+            for net in state.get("calibrated") or ():
+                self.scales.setdefault(net, _ScaleWatch(cfg)).calibrating = False
+        self.unpassed = set(state.get("unpassed") or ())
 
     def observe(self, step: int, metrics: dict[str, Any]) -> Divergence | None:
         """Check one step; return the first signal that fires, else None."""

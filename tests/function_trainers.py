@@ -155,6 +155,20 @@ def diverges_at_each_precision(config: Any, run: Any) -> None:
 diverges_at_each_precision.precisions = ("fp16", "bf16")  # type: ignore[attr-defined]
 
 
+def falls_then_comes_back_up(config: Any, run: Any) -> None:
+    """A loss that falls 100 x at its first step and comes back up to half its first value in epoch 3, whose first
+    step a loss scaler skips: nothing to stop, and one overflow after calibration to count."""
+    model = nn.Linear(1, 1)
+    run.checkpoint({"model": model})
+    for epoch in range(run.restore(), run.epochs):
+        for i in range(10):
+            loss = 1.0 if epoch == i == 0 else 0.5 if epoch == 2 else 0.01
+            run.step(
+                loss=loss, model=model, **{"model/loss_scale": 1024.0, "model/skipped": float(epoch == 2 and i == 0)}
+            )
+        run.report(epoch + 1, val_loss=loss)
+
+
 def never_reports(config: Any, run: Any) -> None:
     """Trains and returns without a report."""
     run.step(loss=1.0)

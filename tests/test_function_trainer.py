@@ -646,6 +646,21 @@ def test_fp16_o2_keeps_fp32_master_weights_and_its_checkpoint_resumes_bit_exact(
     assert restarted.metric() == full.metric()[1:]
 
 
+def test_a_trial_resumed_from_a_checkpoint_is_judged_by_its_own_first_loss_and_counts_as_it_would_have() -> None:
+    """A user's trial killed with its driver and resumed: the detector took the first loss after the restore (46 x
+    smaller than the trial's first) as its reference and stopped a spike the same trial run whole was never
+    stopped for; and the first overflow after the restore counted as the scaler's start-up calibration."""
+    trainer = "tests.function_trainers:falls_then_comes_back_up"
+    _, whole = run_loop(trainer, {}, epochs=4, report_every_s=0.0)
+    assert [r["epoch"] for r in whole.reports] == [1, 2, 3, 4] and whole.reports[-1]["sweep/skipped_steps"] == 1.0
+    for epoch in (1, 2):  # restarted after epoch 1 (then its first loss is 0.01), and after 2 (its first step skipped)
+        restarted = MemoryChannel(restore_from=whole.checkpoints[epoch])
+        run_loop(trainer, {}, epochs=4, channel=restarted, report_every_s=0.0)
+        assert [r["epoch"] for r in restarted.reports] == list(range(epoch + 1, 5))
+        assert not any(r.get("sweep/diverged") for r in restarted.reports), restarted.reports
+        assert restarted.reports[-1]["sweep/skipped_steps"] == 1.0
+
+
 def _o2_step(clip: str, accumulate: int = 1) -> tuple[float, list[torch.Tensor]]:
     """One fp16-o2 step of SGD on a small conv net, its gradients clipped to a tenth of their norm."""
     torch.manual_seed(0)

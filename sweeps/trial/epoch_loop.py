@@ -99,7 +99,8 @@ DELIVERY_TIMEOUT_S = 900.0  # as long as TrialLogger waits at the end of a trial
 
 Reduce = Callable[[dict[str, float]], dict[str, float]]
 CheckpointState = dict[str, Any]
-"""``{"trainer": state_dict, "epoch": n, "counts": {...}, "undelivered": [...]}``, saved as :data:`CHECKPOINT_FILE`."""
+"""``{"trainer": state_dict, "epoch": n, "counts": {...}, "undelivered": [...], "watch": {...}}``, saved as
+:data:`CHECKPOINT_FILE` (``watch``: the divergence detector's state, :meth:`StepWatch.state`)."""
 
 
 class Channel(Protocol):
@@ -198,6 +199,15 @@ class StepWatch:
         self.last_step = -1
         self.steps_told = False
         self.twice_told = False
+
+    def state(self) -> dict[str, Any]:
+        """The detector's and the overflow count's state, for a checkpoint."""
+        return {"detector": self.detector.state(), "calibrated": sorted(self.overflows.calibrated)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Carry on from a checkpoint's :meth:`state` (a resumed trial counted its first overflow as calibration)."""
+        self.detector.load_state(state.get("detector") or {})
+        self.overflows.calibrated.update(state.get("calibrated") or ())
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
@@ -608,7 +618,14 @@ class EpochLoop:
         # the undelivered metrics are resent after a restart if they never arrived
         undelivered = self.logger.undelivered() if self.logger is not None else []
         trainer = self.trainer_state() if self.trainer_state is not None else None
-        return {"trainer": trainer, "epoch": epoch, "counts": dict(self.counts), "undelivered": undelivered}
+        watched = self.watch.state() if self.watch is not None else {}
+        return {
+            "trainer": trainer,
+            "epoch": epoch,
+            "counts": dict(self.counts),
+            "undelivered": undelivered,
+            "watch": watched,
+        }
 
     def _begin(self, source: Any, device: str) -> CheckpointState | None:
         """The channel's checkpoint (None: a fresh start); the logger resumed from it; provenance on a fresh run.
@@ -635,6 +652,8 @@ class EpochLoop:
     def _take_counts(self, saved: CheckpointState) -> None:
         """A checkpoint's epochs and step counts, once its trainer state is loaded."""
         self.counts.update(saved.get("counts", {}))
+        if self.watch is not None:  # the detector judges by the trial's own start, not the resume's
+            self.watch.load_state(saved.get("watch") or {})
         self.epochs_done = int(saved["epoch"])
         self.steps_before_epoch = int(self.counts[STEPS_KEY])  # a restored trial's next epoch starts there
 
