@@ -348,7 +348,7 @@ ROWS = [
     Row(
         "export: a finished sweep whose Optuna journal was cut short",
         ["export", "cut", "-o", "b.yaml"],
-        r"^error: sweep 'cut' has no completed trial to export: its Optuna study holds 1 of its 2 trials \(the "
+        r"^error: sweep 'cut' has no completed trial to export: its Optuna study holds 1 of the 2 trials it ran \(the "
         r"journal is damaged or cut short\); every trial is still in MLflow \(sqlite:///m\.db, parent run p1\)$",
         setup=_finished_sweep_whose_journal_was_cut,
     ),
@@ -477,8 +477,8 @@ def test_export_from_a_cut_journal_says_the_best_may_be_lost(user_folder: Path) 
     code, out, err = run_in_process(["export", "cut", "-o", "b.yaml"])
     assert code == 0 and out == "wrote b.yaml: trial 0 of cut, val_mse=0.5\n"
     assert err.strip() == (
-        "note: sweep 'cut': its Optuna study holds 1 of its 2 trials (the journal is damaged or cut short); every "
-        "trial is still in MLflow (sqlite:///m.db, parent run p1): the best may be a trial the study lost"
+        "note: sweep 'cut': its Optuna study holds 1 of the 2 trials it ran (the journal is damaged or cut short); "
+        "every trial is still in MLflow (sqlite:///m.db, parent run p1): the best may be a trial the study lost"
     )
 
 

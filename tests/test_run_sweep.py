@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from sweeps.cli import _print_result, main
 from sweeps.engine.resume import check_resumable
 from sweeps.engine.runner import SweepResult, run_sweep
-from sweeps.results.export import best_config, write_export
+from sweeps.results.export import best_config, study_shortfall, write_export
 from sweeps.results.report import read_results
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import load_study
@@ -242,8 +242,24 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     meta = result.sweep.read_meta()
     assert meta["status"] == "completed" and not result.interrupted  # the budget it was given, used
     assert meta["deadline"] == result.state.deadline and result.state.time_up()
+    # fewer trials than budget.trials, all in the study: not a damaged journal (every time-limited export said so)
+    assert meta["trials_asked"] == len(result.state.trials) and study_shortfall(study_of(result), meta) == ""
     parent, children = runs_of(result)
     assert len(children) == len(result.state.trials) and parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_trial_in_an_epoch_when_the_time_runs_out_ends_that_epoch(workdir: Path) -> None:
+    """A user's trials were stopped 10 s after ``budget.time`` ran out, 9 steps from the end of a 15 s epoch, which
+    was lost: the docs say each running trial stops at the end of the epoch it is in."""
+    data = toy_spec("it-epoch", budget={"trials": 1, "epochs": 4, "time": "40s"}, asha=False)
+    # epoch 1 ends before the deadline (the trial starts within 12 s of the sweep); epoch 2 16 to 24 s after it
+    data["fixed"] = {"epoch_seconds": 28.0}
+    (record,) = sweep(workdir, data).state.trials.values()
+    assert (record.status, record.epochs) == ("interrupted", 2), record
+    assert record.reason == "budget.time ran out after epoch 2 of 4"
+    (trial,) = study_of_sweep(workdir, "it-epoch").trials
+    assert set(trial.intermediate_values) == {1, 2}
 
 
 def test_a_trial_over_its_time_stops_at_its_epochs_end_and_a_hung_one_is_ended(workdir: Path) -> None:

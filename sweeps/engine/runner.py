@@ -41,7 +41,7 @@ from sweeps.engine.live_view import LiveView, event_line
 from sweeps.engine.preflight import check_sweep_start
 from sweeps.engine.scheduler import make_scheduler, rung_epochs
 from sweeps.engine.searcher import OptunaSearcher
-from sweeps.engine.sweep_stop import SweepStop
+from sweeps.engine.sweep_stop import SweepStop, deadline_grace
 from sweeps.engine.trial_timeout import TrialTimeout
 from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.export import best_export_text
@@ -250,7 +250,7 @@ def _engine_configs(
             name=experiment,
             storage_path=storage_path,
             verbose=0,
-            stop=SweepStop(state),
+            stop=SweepStop(state, deadline_grace(spec.budget.time_s)),
             callbacks=[
                 LiveView(state, spec.budget.trials, stream, epochs=spec.budget.epochs),
                 TrackingCallback(state, tracker),
@@ -303,6 +303,8 @@ def fit_and_finish(
             tracker.log_text(tracker.parent_run_id, f"checkpoints not uploaded: {exc!r}", "checkpoints_error.txt")
         if state.halted:
             meta["halted"] = state.halted
+        # the trials it ran: budget.time may end a sweep before its budget.trials (export compares the study with it)
+        meta["trials_asked"] = sum(1 for r in state.trials.values() if r.rescue_of is None)
         _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study, spec.observing)
     return interrupted
 

@@ -77,11 +77,13 @@ def study_shortfall(study: optuna.Study, meta: dict[str, Any]) -> str:
     sweep's MLflow runs still hold every trial.
     """
     ran = sum(1 for t in study.get_trials(deepcopy=False) if not is_told(t) and t.state != TrialState.WAITING)
-    planned = int(meta.get("trials") or 0)
+    # the trials it asked for (budget.time can end a sweep before its budget.trials: a user's every time-limited
+    # sweep read "damaged"); the budget where an older sweep did not record them
+    planned = int(meta.get("trials_asked") or meta.get("trials") or 0)
     if meta.get("status") != "completed" or ran >= planned:
         return ""
     return (
-        f"its Optuna study holds {ran} of its {planned} trials (the journal is damaged or cut short); "
+        f"its Optuna study holds {ran} of the {planned} trials it ran (the journal is damaged or cut short); "
         f"every trial is still in MLflow ({meta.get('tracking_uri', '')}, parent run {meta.get('parent_run_id', '')})"
     )
 
