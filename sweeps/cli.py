@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -408,6 +409,11 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
             print(note)
         for line in range_edge_notes(spec.params, state.best.sampled):
             print(line)
+    elif state.trials and not state.halted and not every_trial_failed(state):
+        # a user's sweep whose every trial budget.trial_time ended (pruned) ended with no word of a best
+        ended = Counter(r.status for r in state.trials.values())
+        how = ", ".join(f"{n} {status}" for status, n in sorted(ended.items()))
+        print(f"best:    none: no trial completed ({how}); nothing to export")
     if result.interrupted and not state.halted:
         more = f"{sweeps} run {shlex.quote(str(result.sweep.spec_file))}{where} --warm-start {name}"
         print(f"stopped: by Ctrl-C, {state.budget_done} of {spec.budget.trials} trials done; to go on from it: {more}")

@@ -266,9 +266,14 @@ def test_a_trial_over_its_time_stops_at_its_epochs_end_and_a_hung_one_is_ended(w
     """``budget.trial_time``: a slow trial is pruned at the epoch's end; a hung one is killed, failed, not restarted."""
     slow = toy_spec("it-slow", budget={"trials": 1, "epochs": 4, "trial_time": "2s"}, asha=False)
     slow["fixed"] = {"epoch_seconds": 1.5}  # epoch 1 ends at 1.5 s, epoch 2 at 3 s: past the limit
-    (record,) = sweep(workdir, slow).state.trials.values()
+    result = sweep(workdir, slow)
+    (record,) = result.state.trials.values()
     assert (record.status, record.epochs) == ("pruned", 2)
     assert record.reason == "budget.trial_time (2 s) ran out after epoch 2 of 4"
+    out = io.StringIO()  # a user's sweep whose every trial budget.trial_time ended said nothing of a best
+    with contextlib.redirect_stdout(out):
+        assert _print_result(result, load_spec(workdir / "it-slow.yaml"), str(workdir / "runs")) == 0
+    assert "best:    none: no trial completed (1 pruned); nothing to export\n" in out.getvalue()
     (trial,) = study_of_sweep(workdir, "it-slow").trials
     assert trial.state == TrialState.PRUNED and set(trial.intermediate_values) == {1, 2}
 
