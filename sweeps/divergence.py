@@ -262,7 +262,7 @@ class DivergenceDetector:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Carry on from :meth:`state` of the same trial's detector (a checkpoint's); nothing seen since is lost."""
+        """Carry on from :meth:`state` of the same trial's detector, as its checkpoint kept it."""
         self.steps_seen = int(state.get("steps_seen", 0))
         self.start_loss = state.get("start_loss")
         self.signed_loss = bool(state.get("signed_loss", False))
