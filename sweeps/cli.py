@@ -402,6 +402,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"time:    budget.time ran out after {state.budget_done} of {spec.budget.trials} trials{also}")
     where = "" if storage == DEFAULT_ROOT else f" --storage {shlex.quote(str(storage))}"
     sweeps, name = command_name(), shlex.quote(result.sweep.name)  # as pasted into a shell
+    failed = every_trial_failed(state)
     if state.best is not None and state.best.value is not None:
         print(f"best:    {state.best.label} {spec.metric}={state.best.value:.6g}")
         print(f"next:    {sweeps} export {name}{where} -o best.yaml && {sweeps} train best.yaml")
@@ -409,7 +410,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
             print(note)
         for line in range_edge_notes(spec.params, state.best.sampled):
             print(line)
-    elif state.trials and not state.halted and not every_trial_failed(state):
+    elif state.trials and not state.halted and not failed:
         # a user's sweep whose every trial budget.trial_time ended (pruned) ended with no word of a best
         ended = Counter(r.status for r in state.trials.values())
         how = ", ".join(f"{n} {status}" for status, n in sorted(ended.items()))
@@ -424,7 +425,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
             file=sys.stderr,
         )
         return 1
-    if not result.interrupted and (failed := every_trial_failed(state)):
+    if not result.interrupted and failed:
         print(f"error: {failed}; fix the trainer or the spec, then run the sweep again", file=sys.stderr)
         return 1
     return 130 if result.interrupted else 0

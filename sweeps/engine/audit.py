@@ -280,10 +280,10 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
     study = load_study(sweep)
     config_of = {str(t.user_attrs.get("mlflow_run_id")): dict(t.user_attrs.get("config") or {}) for t in study.trials}
     stops, configs = [], []
-    for run in sorted(runs, key=lambda r: (_number(r), r.data.tags.get(TAG_ROLE) == ROLE_RESCUE)):
+    for run in _trial_runs(runs):
         tags = run.data.tags
         rescue = tags.get(TAG_ROLE) == ROLE_RESCUE
-        if not (rescue or tags.get(TAG_ROLE) == ROLE_TRIAL) or tags.get(TAG_STATUS) != DIVERGED:
+        if tags.get(TAG_STATUS) != DIVERGED:
             continue
         origin = tags.get(TAG_RESCUE_OF, "") if rescue else run.info.run_id
         if not may_recover(tags.get(TAG_SIGNAL, ""), tags.get(TAG_REASON, "")) or origin not in config_of:
@@ -309,6 +309,12 @@ def _stopped_trials(sweep: SweepDir, spec: SweepSpec, runs: list[Any]) -> tuple[
     return stops, configs
 
 
+def _trial_runs(runs: list[Any]) -> list[Any]:
+    """The runs of the trials and of their precision rescues, by trial, each rescue after its trial."""
+    trials = [run for run in runs if run.data.tags.get(TAG_ROLE) in (ROLE_TRIAL, ROLE_RESCUE)]
+    return sorted(trials, key=lambda r: (_number(r), r.data.tags.get(TAG_ROLE) == ROLE_RESCUE))
+
+
 def _number(run: Any) -> int:
     """A trial run's Optuna number (a rescue's: its trial's)."""
     return int(run.data.tags.get(TAG_OPTUNA_NUMBER, 0))
@@ -322,10 +328,8 @@ def _label(run: Any) -> str:
 def _irrecoverable(runs: list[Any]) -> list[str]:
     """``t006 loss_scale@4`` for each trial stopped (or, observed, flagged) by a signal no later step undoes."""
     found = []
-    for run in sorted(runs, key=lambda r: (_number(r), r.data.tags.get(TAG_ROLE) == ROLE_RESCUE)):
+    for run in _trial_runs(runs):
         tags = run.data.tags
-        if tags.get(TAG_ROLE) not in (ROLE_TRIAL, ROLE_RESCUE):
-            continue
         signal, reason, step = tags.get(TAG_WOULD_STOP_SIGNAL), tags.get(TAG_WOULD_STOP_REASON, ""), TAG_WOULD_STOP_STEP
         if not signal and tags.get(TAG_STATUS) == DIVERGED:
             signal, reason, step = tags.get(TAG_SIGNAL), tags.get(TAG_REASON, ""), TAG_DIVERGENCE_STEP
