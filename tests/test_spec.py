@@ -141,6 +141,11 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"budget__time": "-2h"}, "budget.time", "must be a duration > 0"),
         ({"budget__time": "10m30"}, "budget.time", "must be a duration > 0"),
         ({"budget__time": "1h and 30m"}, "budget.time", "must be a duration > 0"),
+        # a unit twice or out of order is a typo, not a sum; beyond a year a slip of the keyboard
+        ({"budget__time": "30m30m"}, "budget.time", "must be a duration > 0"),
+        ({"budget__time": "30s1m"}, "budget.time", "must be a duration > 0"),
+        ({"budget__time": "99999999999d"}, "budget.time", "must be at most a year (365d)"),
+        ({"budget__trial_time": 1e12}, "budget.trial_time", "must be at most a year"),
         ({"budget__trial_time": "forever"}, "budget.trial_time", "such as 90m, 1h30m, 8h or 3600"),
         ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),
         ({"trial_storage": "s3://"}, "trial_storage", "names no bucket"),
@@ -223,7 +228,7 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
     assert spec.budget.time_s == 5400.0 and not any(key == "budget.time" for key, _ in spec.notes)
     short = dict(load_spec(write_spec(tmp_path, GOOD), ["budget.time=3", "budget.trials=50"]).notes)
     assert short["budget.time"].startswith("3 s: on 2 CPUs a sweep's first validation came 10-12 s after its start")
-    for value, seconds in (("90m", 5400.0), ("45s", 45.0), (3600, 3600.0), ("2d", 172800.0), ("1h30m", 5400.0)):
+    for value, seconds in (("90m", 5400.0), ("45s", 45.0), (3600, 3600.0), ("2d", 172800.0), ("1h30m", 5400.0), ("1m90s", 150.0), ("365d", 31536000.0)):
         spec = load_spec(write_spec(tmp_path, changed(GOOD, budget={"time": value})))
         assert spec.budget.time_s == seconds
         assert ("budget.time", "the sweep also ends after budget.trials (10) trials; set budget.trials high to "

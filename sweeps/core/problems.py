@@ -66,20 +66,32 @@ DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def as_duration(value: Any, key: str, problems: Problems) -> float | None:
-    """Return ``value`` (``8h``, ``90m``, ``1h30m``, ``2d``, seconds) in seconds (> 0), or record a problem."""
+    """Return ``value`` (``8h``, ``90m``, ``1h30m``, ``2d``, seconds) in seconds (> 0), or record a problem.
+
+    Each unit once, largest first (``30m30m`` and ``30s1m`` are typos, not sums); at most a year.
+    """
     text = str(value).strip().lower() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
     seconds = _duration_seconds(text)
     if not math.isfinite(seconds) or seconds <= 0:
         problems.add(key, f"must be a duration > 0 such as 90m, 1h30m, 8h or 3600 (seconds), got {value!r}")
         return None
+    if seconds > MAX_DURATION_S:
+        problems.add(key, f"must be at most a year (365d), got {value!r}")
+        return None
     return seconds
 
+
+MAX_DURATION_S = 365 * 86400.0
+"""The longest duration read: beyond a year, a duration is a typo (``99999999d``), not a plan."""
 
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd])")
 
 
 def _duration_seconds(text: str) -> float:
-    """Seconds in ``text``: a bare number, or number-unit parts (``1h30m``, ``10m 30s``); NaN if unreadable."""
+    """Seconds in ``text``: a bare number, or number-unit parts (``1h30m``, ``10m 30s``); NaN if unreadable.
+
+    Unreadable also when a unit repeats or comes after a smaller one (``30m30m``, ``30s1m``).
+    """
     try:
         return float(text)
     except ValueError:
@@ -87,7 +99,10 @@ def _duration_seconds(text: str) -> float:
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(_DURATION_PART.sub("", text).split()):
         return math.nan
-    return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+    sizes = [DURATION_UNITS[unit] for _, unit in parts]
+    if any(later >= earlier for earlier, later in zip(sizes, sizes[1:])):
+        return math.nan
+    return sum(float(number) * size for (number, _), size in zip(parts, sizes))
 
 
 def unknown_key(name: object, known: Collection[str]) -> str:
