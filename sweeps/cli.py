@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from sweeps.core.errors import InputError
 from sweeps.core.files import CommandError, disk_error_line
-from sweeps.core.keys import FAILED, INTERRUPTED, OOM
+from sweeps.core.keys import FAILED, OOM
 from sweeps.core.records import metric_text
 from sweeps.spec.sweep_spec import SpecError
 from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name
@@ -367,6 +367,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         every_trial_failed,
         range_edge_notes,
         summary_table,
+        time_ran_out,
         unstable_best_note,
     )
 
@@ -396,10 +397,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
     if raised:  # where to read what went wrong: the traceback is an artifact of each one's run
         runs = ", ".join(f"{r.label} {r.run_id}" for r in raised)
         print(f"errors:  traceback.txt in the MLflow run of {runs}")
-    if state.time_up() and state.budget_done < spec.budget.trials:
-        cut = sum(1 for r in state.trials.values() if r.status == INTERRUPTED)
-        also = f"; {cut} more cut short by it (interrupted)" if cut else ""
-        print(f"time:    budget.time ran out after {state.budget_done} of {spec.budget.trials} trials{also}")
+    if ran_out := time_ran_out(state, spec.budget.trials):
+        print(f"time:    {ran_out}")
     where = "" if storage == DEFAULT_ROOT else f" --storage {shlex.quote(str(storage))}"
     sweeps, name = command_name(), shlex.quote(result.sweep.name)  # as pasted into a shell
     failed = every_trial_failed(state)
@@ -587,6 +586,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     notes_file = folder / "divergence.txt"
     notes = notes_file.read_text() if notes_file.exists() else ""
     print(terminal_table(rows, str(meta["metric"]), searched(meta, rows)))  # the end-of-run table's columns
+    if meta.get("time_ran_out"):
+        print(f"\ntime:    {meta['time_ran_out']}")
     if notes:
         print()
         print(notes.rstrip("\n"))
@@ -624,6 +625,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             status = f"stopped (its driver is gone: sweeps resume {name})"
         elif meta.get("halted"):  # a trial failed in a way every trial would
             status = f"stopped (after {str(meta['halted']).split(':', 1)[0]}: every trial would fail so)"
+        elif meta.get("time_ran_out"):
+            status += " (budget.time ran out)"
         line = f"{name}  {status}  {meta.get('trainer')}  {meta.get('metric')}"
         print(line + _trial_counts(sweep.path / "report", str(meta.get("metric")), str(meta.get("mode", "min"))))
     if not names:

@@ -246,6 +246,17 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     assert meta["trials_asked"] == len(result.state.trials) and study_shortfall(study_of(result), meta) == ""
     parent, children = runs_of(result)
     assert len(children) == len(result.state.trials) and parent.info.status == "FINISHED"
+    # the record says the time ended it, not a short budget: the run's end said so, the report and list did not
+    done = sum(1 for r in result.state.trials.values() if r.status == "completed")
+    said = f"budget.time ran out after {done} of 40 trials; {len(cut)} more cut short by it (interrupted)"
+    assert meta["time_ran_out"] == said and parent.data.tags["sweep.time_ran_out"] == said
+    assert said.capitalize() in (result.sweep.path / "report" / "report.html").read_text()
+    capsys = io.StringIO()
+    with contextlib.redirect_stdout(capsys):
+        assert main(["report", "it-time", "--storage", str(workdir / "runs")]) == 0
+        assert main(["list", "--storage", str(workdir / "runs")]) == 0
+    printed = capsys.getvalue()
+    assert f"time:    {said}" in printed and "it-time  completed (budget.time ran out)  " in printed, printed
 
 
 @pytest.mark.slow

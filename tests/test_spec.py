@@ -228,7 +228,15 @@ def test_a_time_budget_reads_as_seconds_and_notes_the_trials_that_may_end_it_fir
     assert spec.budget.time_s == 5400.0 and not any(key == "budget.time" for key, _ in spec.notes)
     short = dict(load_spec(write_spec(tmp_path, GOOD), ["budget.time=3", "budget.trials=50"]).notes)
     assert short["budget.time"].startswith("3 s: on 2 CPUs a sweep's first validation came 10-12 s after its start")
-    for value, seconds in (("90m", 5400.0), ("45s", 45.0), (3600, 3600.0), ("2d", 172800.0), ("1h30m", 5400.0), ("1m90s", 150.0), ("365d", 31536000.0)):
+    for value, seconds in (
+        ("90m", 5400.0),
+        ("45s", 45.0),
+        (3600, 3600.0),
+        ("2d", 172800.0),
+        ("1h30m", 5400.0),
+        ("1m90s", 150.0),
+        ("365d", 31536000.0),
+    ):
         spec = load_spec(write_spec(tmp_path, changed(GOOD, budget={"time": value})))
         assert spec.budget.time_s == seconds
         assert ("budget.time", "the sweep also ends after budget.trials (10) trials; set budget.trials high to "

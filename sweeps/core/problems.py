@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from collections.abc import Collection
@@ -100,9 +101,9 @@ def _duration_seconds(text: str) -> float:
     if not parts or "".join(_DURATION_PART.sub("", text).split()):
         return math.nan
     sizes = [DURATION_UNITS[unit] for _, unit in parts]
-    if any(later >= earlier for earlier, later in zip(sizes, sizes[1:])):
+    if any(later >= earlier for earlier, later in itertools.pairwise(sizes)):
         return math.nan
-    return sum(float(number) * size for (number, _), size in zip(parts, sizes))
+    return sum(float(number) * size for (number, _), size in zip(parts, sizes, strict=True))
 
 
 def unknown_key(name: object, known: Collection[str]) -> str:

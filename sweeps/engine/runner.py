@@ -22,6 +22,7 @@ from sweeps.core.keys import (
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
     TAG_HALTED,
+    TAG_TIME_RAN_OUT,
     best_metric_tag,
     count_tag,
     diverged_by_tag,
@@ -46,7 +47,7 @@ from sweeps.engine.trial_timeout import TrialTimeout
 from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.export import best_export_text
 from sweeps.results.report import result_rows, write_report
-from sweeps.results.summary import divergence_summary, summary_table
+from sweeps.results.summary import divergence_summary, summary_table, time_ran_out
 from sweeps.spec.params import never_drawn
 from sweeps.spec.spec_stamp import spec_stamp
 from sweeps.spec.sweep_spec import SweepSpec
@@ -303,6 +304,7 @@ def fit_and_finish(
             tracker.log_text(tracker.parent_run_id, f"checkpoints not uploaded: {exc!r}", "checkpoints_error.txt")
         if state.halted:
             meta["halted"] = state.halted
+        meta["time_ran_out"] = time_ran_out(state, spec.budget.trials)  # '' once a resume ends it within its time
         # the trials it ran: budget.time may end a sweep before its budget.trials (export compares the study with it)
         meta["trials_asked"] = sum(1 for r in state.trials.values() if r.rescue_of is None)
         _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study, spec.observing)
@@ -411,6 +413,8 @@ def _finish_parent(
     tags.update({diverged_by_tag(signal): str(n) for signal, n in state.diverged_by.items()})
     if state.halted:
         tags[TAG_HALTED] = state.halted[:5000]
+    if meta.get("time_ran_out"):
+        tags[TAG_TIME_RAN_OUT] = str(meta["time_ran_out"])
     if state.best is not None and state.best.value is not None:
         tags[TAG_BEST_TRIAL] = str(state.best.number)
         tags[TAG_BEST_RUN_ID] = state.best.run_id

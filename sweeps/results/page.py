@@ -192,6 +192,8 @@ def _headline(meta: dict[str, Any], rows: list[dict[str, Any]], metric: str, mod
         lead += f"<b>{metric_text(best.get(metric))}</b> ({html.escape(values)})."
     else:
         lead += " No trial completed."
+    if meta.get("time_ran_out"):  # a time limit, not a short budget, ended it
+        lead += f" {html.escape(str(meta['time_ran_out']).capitalize())}."
     where = f"MLflow {meta.get('tracking_uri')}, parent run {meta.get('parent_run_id')}"
     return f"<p class='lead'>{lead}</p><p>{pills}</p><p class='muted'>{html.escape(where)}</p>"
 

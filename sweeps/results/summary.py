@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sweeps.core.keys import COMPLETED, DIVERGED, FAILED, OOM
+from sweeps.core.keys import COMPLETED, DIVERGED, FAILED, INTERRUPTED, OOM
 from sweeps.core.records import UNSTABLE_SHARE, SweepState, TrialRecord, metric_text
 from sweeps.results.report import result_rows, terminal_table
 from sweeps.spec.params import ParamSpec, is_number
@@ -17,6 +17,19 @@ def summary_table(state: SweepState) -> str:
     records = sorted(state.trials.values(), key=lambda r: (r.number, r.rescue_of is not None))
     sampled = list(dict.fromkeys(name for r in records for name in r.sampled))
     return terminal_table(rows, state.metric, sampled)
+
+
+def time_ran_out(state: SweepState, trials: int) -> str:
+    """``budget.time ran out after 7 of 50 trials; 2 more cut short by it (interrupted)``, or '' if it did not.
+
+    The end of ``sweeps run`` printed it, but the report, its page and ``sweeps list`` did not: a
+    user reading the record the next morning could not tell a time limit from a short budget.
+    """
+    if not state.time_up() or state.budget_done >= trials:
+        return ""
+    cut = sum(1 for r in state.trials.values() if r.status == INTERRUPTED)
+    also = f"; {cut} more cut short by it (interrupted)" if cut else ""
+    return f"budget.time ran out after {state.budget_done} of {trials} trials{also}"
 
 
 def unstable_best_note(state: SweepState) -> str:
