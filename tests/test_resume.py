@@ -187,6 +187,30 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_a_resume_after_budget_time_ran_out_says_nothing_continues(tmp_path: Path) -> None:
+    """A user's resume the next morning said "continue from their last checkpoint: t000, t001", then
+    recorded both interrupted at once: the sweep's time had run out while its driver was dead."""
+    write_spec(tmp_path, changed(SPEC, budget={**SPEC["budget"], "time": "1h"}))
+    _kill_mid_sweep(tmp_path)
+    sweep_dir = SweepDir(tmp_path / "sweep_runs", "s1")
+    meta = sweep_dir.read_meta()
+    sweep_dir.write_meta({**meta, "deadline": time.time() - 60})  # the hour ran out while the driver was dead
+    running = {t.number for t in load_study(sweep_dir).get_trials() if t.state == TrialState.RUNNING}
+
+    resumed = sweeps("resume", "s1", "--address", "local", "--cpus", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    out = resumed.stdout
+    assert "budget.time ran out before this resume: no trial continues or is replaced" in out, out
+    assert "continue from their last checkpoint" not in out and "to be replaced" not in out, out
+    trials = load_study(sweep_dir).get_trials()
+    assert len(trials) == len(running) + sum(t.state == TrialState.COMPLETE for t in trials)  # none asked anew
+    assert {t.number for t in trials if t.user_attrs.get("status") == "interrupted"} == running
+    labels = ", ".join(f"t{n:03d}" for n in sorted(running))
+    assert f"recorded as interrupted: {labels}" in out, out
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_trial_lost_after_the_last_trial_was_asked_is_replaced(tmp_path: Path) -> None:
     """Killed while the budget's last trial ran without a checkpoint: Ray's snapshot says the search is over.
 

@@ -97,16 +97,29 @@ class ResumePlan:
     replaced_before: int = 0
     """Of ``ended``: trials an earlier resume recorded as interrupted and replaced."""
     ray_state: bool = True
+    time_up: bool = False
+    """``budget.time`` ran out before this resume: nothing continues and nothing is replaced."""
 
     def lines(self) -> list[str]:
         """A few lines for the console and the parent run."""
         replaced = f" ({self.replaced_before} of them interrupted and replaced before)" if self.replaced_before else ""
+        if self.time_up:  # a resume the next morning said "continue" and "to be replaced", then did neither
+            cut = sorted(self.continued + self.interrupted, key=lambda r: r.number)
+            going_on = [
+                "budget.time ran out before this resume: no trial continues or is replaced",
+                f"recorded as interrupted: {_labels(cut)}",
+            ]
+        else:
+            going_on = [
+                f"continue from their last checkpoint: {_labels(self.continued)}",
+                f"interrupted, to be replaced: {_labels(self.interrupted)}",
+            ]
         return [
             f"ended before: {self.ended} trial(s){replaced}",
             f"trained to their last epoch after the driver died: {_labels(self.finished_alone)}",
-            f"continue from their last checkpoint: {_labels(self.continued)}",
+            going_on[0],
             f"ended after Ray's last snapshot (not run again): {_labels(self.not_rerun)}",
-            f"interrupted, to be replaced: {_labels(self.interrupted)}",
+            going_on[1],
             f"MLflow runs closed now: {_labels(self.closed)}",
             *([] if self.ray_state else ["Ray left no trial table: running trials cannot continue"]),
         ]
@@ -191,6 +204,7 @@ def _resume_claimed(
     unfinished = _ray_unfinished(ray_dir)
     plan = rebuild(searcher, tracker.trial_runs(), unfinished or {})
     plan.ray_state = unfinished is not None
+    plan.time_up = state.time_up()
     _close_runs(tracker, plan.closed, plan.ended_at)
     meta = {**meta, "status": RUNNING, "driver": driver_identity(), "resumes": int(meta.get("resumes", 0)) + 1}
     _reopen_parent(tracker, plan, int(meta["resumes"]))
