@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import re
 from pathlib import Path
 
@@ -188,3 +189,21 @@ def test_in_observe_mode_a_later_signal_no_step_undoes_is_kept_after_a_first_tha
     state.observe(record, {"epoch": 4, "val_psnr": 22.381, **result})
     record.status = COMPLETED
     assert divergence_summary(state).endswith(f"; later {later.split(':')[0]}, which no later step undoes")
+
+
+def test_a_trial_resumed_from_a_checkpoint_keeps_its_first_would_be_stop() -> None:
+    """A resumed observe-mode trial forgot the stop it was flagged for before its checkpoint: it was
+    flagged again at a later step (its run's tags overwritten) or reported none."""
+    hook = watch("observe")
+    hook(1, {"loss": 0.5})
+    hook(2, {"loss": math.nan})
+    for step in range(3, 12):
+        hook(step, {"loss": 0.4})
+    saved = pickle.loads(pickle.dumps(hook.state()))  # as the checkpoint file holds it
+    resumed = watch("observe")
+    resumed.load_state(saved)
+    for step in range(12, 20):
+        resumed(step, {"loss": math.nan if step > 15 else 0.4})  # a second non-finite spell after the restore
+    result = resumed.result()
+    assert (result[OBSERVED_SIGNAL_KEY], result[OBSERVED_STEP_KEY]) == ("non_finite", 2), result
+    assert "not finite" in result[OBSERVED_REASON_KEY]

@@ -20,6 +20,7 @@ channel makes every rank follow rank 0's decisions; only rank 0 has a logger.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import pickle
@@ -201,13 +202,26 @@ class StepWatch:
         self.twice_told = False
 
     def state(self) -> dict[str, Any]:
-        """The detector's and the overflow count's state, for a checkpoint."""
-        return {"detector": self.detector.state(), "calibrated": sorted(self.overflows.calibrated)}
+        """The detector's, the overflow count's and observe mode's state, for a checkpoint."""
+        observed = None if self.observed is None else dataclasses.asdict(self.observed)
+        return {
+            "detector": self.detector.state(),
+            "calibrated": sorted(self.overflows.calibrated),
+            "observed": observed,
+            "later": self.later,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Carry on from a checkpoint's :meth:`state` (a resumed trial counted its first overflow as calibration)."""
+        """Carry on from a checkpoint's :meth:`state` (a resumed trial counted its first overflow as calibration).
+
+        Observe mode: the first would-be stop too; a resumed trial flagged before its checkpoint was
+        flagged again later (its run's tags overwritten) or reported no would-be stop at all.
+        """
         self.detector.load_state(state.get("detector") or {})
         self.overflows.calibrated.update(state.get("calibrated") or ())
+        if observed := state.get("observed"):
+            self.observed = Divergence(**observed)
+        self.later = str(state.get("later") or "")
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         """Take one optimizer step's diagnostics; raise :class:`DivergedError` when a signal stops the trial."""
