@@ -136,6 +136,11 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__output_activation": {"low": 0, "high": 1}}, "params.output_activation.type", "is one of none,"),
         ({"fixed": {"lr": float("nan")}}, "fixed.lr", "must be a finite number"),
         ({"budget__retries": -1}, "budget.retries", "must be >= 0"),
+        # a step of 0 or NaN, and an int bound past 2**53: tracebacks from the grid and trainer checks before
+        ({"params__lr": {"low": 0.1, "high": 0.5, "step": 0}}, "params.lr.step", "must be a finite number > 0, got 0"),
+        ({"params__lr": {"low": 0.1, "high": 0.5, "step": float("nan")}}, "params.lr.step", "finite number > 0"),
+        ({"params__latent_dim": {"type": "int", "low": 8, "high": 64, "step": 0}}, "params.latent_dim.step", "> 0"),
+        ({"params__latent_dim": {"type": "int", "low": 8, "high": 10**29}}, "params.latent_dim.high", "+-2**53"),
         ({"budget__time": "8 hours"}, "budget.time", "must be a duration > 0 such as 90m, 1h30m, 8h or 3600 (seconds)"),
         ({"budget__time": 0}, "budget.time", "must be a duration > 0"),
         ({"budget__time": "-2h"}, "budget.time", "must be a duration > 0"),

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 KINDS = ("float", "int", "categorical")
 EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+MAX_EXACT_INT = 2**53
+"""The largest int bound read: Optuna's study stores a drawn int as a float, exact only up to 2**53."""
+
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 PROBE_ALL = 64
 """An int range of at most this many values has each of them checked against the trainer's config."""
@@ -342,13 +345,16 @@ def _numeric(
             problems.add(f"{key}.{bound}", f"missing ({article} {kind} parameter needs low and high)")
         elif value is not None and not math.isfinite(value):
             problems.add(f"{key}.{bound}", f"must be finite, got {value}")
+        elif value is not None and kind == "int" and abs(value) > MAX_EXACT_INT:
+            problems.add(f"{key}.{bound}", f"must be within +-2**53 ({MAX_EXACT_INT}), got {entry[bound]}")
     log = entry.get("log", False)
     if not isinstance(log, bool):
         problems.add(f"{key}.log", f"must be true or false, got {log!r}")
         log = False
     step = read(entry["step"], f"{key}.step", problems) if entry.get("step") is not None else None
-    if step is not None and step <= 0:
-        problems.add(f"{key}.step", f"must be > 0, got {step}")
+    if step is not None and not (math.isfinite(step) and step > 0):
+        problems.add(f"{key}.step", f"must be a finite number > 0, got {step}")
+        step = None  # the grid checks below would divide by it
     if step is not None and log:
         problems.add(f"{key}.step", "cannot be combined with log: true")
     if low is not None and high is not None:
