@@ -619,7 +619,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     names = sorted(p.parent.name for p in root.glob("*/sweep.json")) if root.is_dir() else []
     for name in names:
         sweep = open_sweep_dir(root, name)
-        meta = sweep.read_meta()
+        try:
+            meta = sweep.read_meta()
+        except SweepStoreError as exc:  # one damaged sweep.json hid every sweep listed after it
+            print(f"{name}  unreadable ({exc})")
+            continue
         status = str(meta.get("status", "?"))
         if status == "running" and driver_state(meta.get("driver") or {}) == "dead":
             status = f"stopped (its driver is gone: sweeps resume {name})"

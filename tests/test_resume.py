@@ -406,11 +406,12 @@ def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: 
         new_sweep_dir(tmp_path / "runs", name).write_meta(
             {"status": "running", "trainer": "vae", "metric": "val_mse", "driver": {"pid": pid, "host": here}}
         )
+    broken = new_sweep_dir(tmp_path / "runs", "broken")  # a damaged sweep.json hid the sweeps listed after it
+    broken.meta_file.write_text("{broken")
     assert main(["list", "--storage", str(tmp_path / "runs")]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "alive  running  vae  val_mse",
-        "gone  stopped (its driver is gone: sweeps resume gone)  vae  val_mse",
-    ]
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0] == "alive  running  vae  val_mse" and listed[1].startswith("broken  unreadable (cannot read ")
+    assert listed[2:] == ["gone  stopped (its driver is gone: sweeps resume gone)  vae  val_mse"]
     assert main(["report", "gone", "--storage", str(tmp_path / "runs")]) == 2  # it pointed at nothing to do
     assert "its driver is gone before it wrote them; finish it with sweeps resume gone" in capsys.readouterr().err
 
