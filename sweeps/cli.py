@@ -366,6 +366,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         divergence_summary,
         every_trial_failed,
         range_edge_notes,
+        stopped_by_user,
         summary_table,
         time_ran_out,
         unstable_best_note,
@@ -416,7 +417,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"best:    none: no trial completed ({how}); nothing to export")
     if result.interrupted and not state.halted:
         more = f"{sweeps} run {shlex.quote(str(result.sweep.spec_file))}{where} --warm-start {name}"
-        print(f"stopped: by Ctrl-C, {state.budget_done} of {spec.budget.trials} trials done; to go on from it: {more}")
+        print(f"stopped: {stopped_by_user(state, spec.budget.trials)}; to go on from it: {more}")
     if state.halted:  # the trainer (or the spec's metric) is wrong: every trial would have failed so
         print(
             f"error: sweep stopped after {state.halted}; every trial would fail so: "
@@ -588,6 +589,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(terminal_table(rows, str(meta["metric"]), searched(meta, rows)))  # the end-of-run table's columns
     if meta.get("time_ran_out"):
         print(f"\ntime:    {meta['time_ran_out']}")
+    if meta.get("stopped"):  # as the run's end said it, with the command that goes on from it
+        where = "" if str(args.storage) == str(DEFAULT_ROOT) else f" --storage {shlex.quote(str(args.storage))}"
+        more = f"{command_name()} run {shlex.quote(str(sweep.spec_file))}{where} --warm-start {sweep.name}"
+        print(f"\nstopped: {meta['stopped']}; to go on from it: {more}")
     if notes:
         print()
         print(notes.rstrip("\n"))

@@ -138,3 +138,15 @@ def test_a_sigint_to_the_sweeps_process_alone_stops_the_sweep_as_ctrl_c_does_and
     assert done, out
     for _, run_id in done[:3]:  # record.checkpoints: the best 3 completed
         assert "checkpoint" in [a.path for a in client.list_artifacts(run_id)], (run_id, out)
+    # the record says so the next morning: the summary, the report and its page (the terminal alone did)
+    assert meta["stopped"].startswith("by Ctrl-C after ") and meta["stopped"].endswith(" of 6 trials")
+    summary = client.download_artifacts(meta["parent_run_id"], "summary.txt", str(tmp_path))
+    assert f"stopped: {meta['stopped']}" in Path(summary).read_text()
+    assert (
+        f"Stopped {meta['stopped']}; to go on from it"
+        in (tmp_path / "runs" / "sig" / "report" / "report.html").read_text()
+    )
+    report = sweeps(tmp_path, "report", "sig", "--storage", "runs")
+    printed, _ = report.communicate(timeout=120)
+    assert report.returncode == 0 and f"stopped: {meta['stopped']}; to go on from it: " in printed, printed
+    assert " --storage runs --warm-start sig\n" in printed, printed

@@ -251,6 +251,10 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     said = f"budget.time ran out after {done} of 40 trials; {len(cut)} more cut short by it (interrupted)"
     assert meta["time_ran_out"] == said and parent.data.tags["sweep.time_ran_out"] == said
     assert said.capitalize() in (result.sweep.path / "report" / "report.html").read_text()
+    summary = mlflow.MlflowClient(result.tracking_uri).download_artifacts(
+        parent.info.run_id, "summary.txt", str(workdir)
+    )
+    assert f"time:    {said}" in Path(summary).read_text()
     capsys = io.StringIO()
     with contextlib.redirect_stdout(capsys):
         assert main(["report", "it-time", "--storage", str(workdir / "runs")]) == 0
@@ -307,7 +311,7 @@ def test_a_trial_over_its_time_stops_at_its_epochs_end_and_a_hung_one_is_ended(w
     printed = io.StringIO()  # the same sweep, had Ctrl-C stopped it: the summary says so and how to go on
     with contextlib.redirect_stdout(printed):
         code = _print_result(dataclasses.replace(result, interrupted=True), load_spec(workdir / "it-hung.yaml"), "r")
-    assert code == 130 and "stopped: by Ctrl-C, 1 of 1 trials done; to go on from it: " in printed.getvalue()
+    assert code == 130 and "stopped: by Ctrl-C after 1 of 1 trials; to go on from it: " in printed.getvalue()
     assert printed.getvalue().rstrip().endswith(" --storage r --warm-start it-hung")  # the sweep is found there
     printed = io.StringIO()  # a storage folder with a space: the printed command, pasted, read "ü" as an argument
     with contextlib.redirect_stdout(printed):

@@ -47,7 +47,7 @@ from sweeps.engine.trial_timeout import TrialTimeout
 from sweeps.engine.warm_start import check_warm_start, tell_earlier_trials
 from sweeps.results.export import best_export_text
 from sweeps.results.report import result_rows, write_report
-from sweeps.results.summary import divergence_summary, summary_table, time_ran_out
+from sweeps.results.summary import divergence_summary, stopped_by_user, summary_table, time_ran_out
 from sweeps.spec.params import never_drawn
 from sweeps.spec.spec_stamp import spec_stamp
 from sweeps.spec.sweep_spec import SweepSpec
@@ -305,6 +305,7 @@ def fit_and_finish(
         if state.halted:
             meta["halted"] = state.halted
         meta["time_ran_out"] = time_ran_out(state, spec.budget.trials)  # '' once a resume ends it within its time
+        meta["stopped"] = stopped_by_user(state, spec.budget.trials) if interrupted and not state.halted else ""
         # the trials it ran: budget.time may end a sweep before its budget.trials (export compares the study with it)
         meta["trials_asked"] = sum(1 for r in state.trials.values() if r.rescue_of is None)
         _finish_parent(tracker, state, sweep, meta, interrupted, searcher.study, spec.observing)
@@ -401,7 +402,14 @@ def _finish_parent(
 ) -> None:
     """Write the summary and report to the sweep's folder and parent run, then close it (``observe``: observe mode)."""
     notes = divergence_summary(state, observe)
-    tracker.log_text(tracker.parent_run_id, summary_table(state) + "\n\n" + notes, "summary.txt")
+    ended = [
+        f"{label} {meta[key]}"
+        for key, label in (("time_ran_out", "time:   "), ("stopped", "stopped:"))
+        if meta.get(key)
+    ]
+    ended += [f"halted:  {state.halted}"] if state.halted else []
+    said = "\n".join(ended) + "\n\n" if ended else ""  # why it ended, as the run's last lines said it
+    tracker.log_text(tracker.parent_run_id, summary_table(state) + "\n\n" + said + notes, "summary.txt")
     status = INTERRUPTED if interrupted else COMPLETED
     meta = {**meta, "status": status}
     try:

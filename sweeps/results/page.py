@@ -194,6 +194,10 @@ def _headline(meta: dict[str, Any], rows: list[dict[str, Any]], metric: str, mod
         lead += " No trial completed."
     if meta.get("time_ran_out"):  # a time limit, not a short budget, ended it
         lead += f" {html.escape(str(meta['time_ran_out']).capitalize())}."
+    if meta.get("stopped"):  # Ctrl-C: resume refuses such a sweep; a warm start goes on from it
+        name = str(meta.get("name") or "")
+        lead += f" Stopped {html.escape(str(meta['stopped']))}; to go on from it: <code>sweeps run SPEC --warm-start "
+        lead += f"{html.escape(name)}</code>."
     where = f"MLflow {meta.get('tracking_uri')}, parent run {meta.get('parent_run_id')}"
     return f"<p class='lead'>{lead}</p><p>{pills}</p><p class='muted'>{html.escape(where)}</p>"
 

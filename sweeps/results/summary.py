@@ -32,6 +32,11 @@ def time_ran_out(state: SweepState, trials: int) -> str:
     return f"budget.time ran out after {state.budget_done} of {trials} trials{also}"
 
 
+def stopped_by_user(state: SweepState, trials: int) -> str:
+    """``by Ctrl-C after 7 of 200 trials``: a sweep stopped before its end (its report said nothing of it)."""
+    return f"by Ctrl-C after {state.budget_done} of {trials} trials"
+
+
 def unstable_best_note(state: SweepState) -> str:
     """A line when the sweep's best trial overflowed on many of its steps ('' otherwise).
 

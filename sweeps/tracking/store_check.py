@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,8 +98,11 @@ def _check_sqlite(uri: str, must_exist: bool) -> None:
         if must_exist:
             raise TrackingStoreError(_no_store(path))
         if not path.parent.is_dir():
-            raise TrackingStoreError(f"tracking URI {uri!r}: folder {path.parent} does not exist; create it first")
-        if not os.access(path.parent, os.W_OK | os.X_OK):
+            hint = _absolute_hint(uri, path)
+            raise TrackingStoreError(
+                f"tracking URI {uri!r}: folder {path.parent} does not exist; create it first{hint}"
+            )
+        if not os.access(path.parent, os.W_OK | os.X_OK) or not _can_create_in(path.parent):
             raise TrackingStoreError(f"tracking URI {uri!r}: cannot create {path}: folder {path.parent} is read-only")
         return
     try:
@@ -117,6 +121,27 @@ def _check_sqlite(uri: str, must_exist: bool) -> None:
             )
     if not os.access(path, os.W_OK):
         raise TrackingStoreError(f"the MLflow store {path} is read-only: check its permissions")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in ``folder``: root passes ``os.access`` where creating fails (``/sys``).
+
+    A store there passed ``--check``, then the sweep started Ray and retried MLflow's engine for two
+    minutes before it said so.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _absolute_hint(uri: str, path: Path) -> str:
+    """For ``sqlite:///tmp/x.db`` (a path relative to here): the four-slash URI of the absolute path meant."""
+    written = uri.split("sqlite:///", 1)[-1]
+    if path.is_absolute() or not uri.startswith("sqlite:///") or not Path("/", written).parent.is_dir():
+        return ""
+    return f" (sqlite:/// takes a path relative to here; did you mean sqlite:////{written}?)"
 
 
 def _no_store(path: Path) -> str:
