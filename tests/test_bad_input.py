@@ -307,6 +307,17 @@ ROWS = [
         ["run", "s.yaml", "--tracking-uri", "sqlite:///nowhere/mlflow.db"],
         r"folder \S+/nowhere does not exist; create it first",
     ),
+    Row(
+        "tracking store in a folder where no file can be made",  # root passes os.access there; the run failed late
+        ["run", "s.yaml", "--check", "--tracking-uri", "sqlite:////sys/mlflow.db"],
+        r"cannot create /sys/mlflow\.db: folder /sys is read-only$",
+    ),
+    Row(
+        "an absolute tracking path with three slashes",
+        ["run", "s.yaml", "--tracking-uri", "sqlite:///tmp/mlflow.db"],
+        r"folder \S+/tmp does not exist; create it first \(sqlite:/// takes a path relative to here; did you mean "
+        r"sqlite:////tmp/mlflow\.db\?\)$",
+    ),
     Row("--cpus 0", ["run", "s.yaml", "--cpus", "0"], r"^error: --cpus: must be >= 1, got 0$"),
     Row(
         "ui on a busy port",

@@ -98,7 +98,7 @@ def _check_sqlite(uri: str, must_exist: bool) -> None:
         if must_exist:
             raise TrackingStoreError(_no_store(path))
         if not path.parent.is_dir():
-            hint = _absolute_hint(uri, path)
+            hint = _absolute_hint(path)
             raise TrackingStoreError(
                 f"tracking URI {uri!r}: folder {path.parent} does not exist; create it first{hint}"
             )
@@ -136,10 +136,13 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
-def _absolute_hint(uri: str, path: Path) -> str:
-    """For ``sqlite:///tmp/x.db`` (a path relative to here): the four-slash URI of the absolute path meant."""
-    written = uri.split("sqlite:///", 1)[-1]
-    if path.is_absolute() or not uri.startswith("sqlite:///") or not Path("/", written).parent.is_dir():
+def _absolute_hint(path: Path) -> str:
+    """For ``sqlite:///tmp/x.db`` (read as ``./tmp/x.db``): the four-slash URI of the absolute path it meant."""
+    try:
+        written = path.relative_to(Path.cwd())
+    except ValueError:
+        return ""
+    if not Path("/", written).parent.is_dir():
         return ""
     return f" (sqlite:/// takes a path relative to here; did you mean sqlite:////{written}?)"
 
