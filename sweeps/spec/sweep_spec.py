@@ -560,11 +560,12 @@ def undeclared_metric(name: str, trainer_cls: Any, trainer: Any) -> str | None:
     return None
 
 
-def _section(value: Any, key: str, problems: Problems) -> dict[str, Any]:
+def _section(value: Any, key: str, problems: Problems, switch: bool = False) -> dict[str, Any]:
+    """``value`` as a section's mapping; ``switch``: a section that ``true``/``false`` also turns on or off."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        problems.add(key, "must be a mapping")
+        problems.add(key, f"must be a mapping{' or true/false' if switch else ''}, got {value!r}")
         return {}
     return value
 
@@ -620,7 +621,7 @@ def _trial_storage(value: Any, problems: Problems) -> str | None:
 def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
     if value is False:
         return Asha(enabled=False)
-    section = _section({} if value is True else value, "asha", problems)  # true: on, at its defaults
+    section = _section({} if value is True else value, "asha", problems, switch=True)  # true: on, at its defaults
     _unknown(section, {"enabled", "grace_period", "reduction_factor", "brackets"}, "asha", problems)
     asha = Asha(enabled=bool(section.get("enabled", True)))
     grace = as_int(section.get("grace_period", 1), "asha.grace_period", problems, minimum=1)
@@ -686,7 +687,7 @@ def _record(value: Any, problems: Problems) -> Record:
 def _divergence(value: Any, problems: Problems) -> DivergenceSettings:
     if value is False:
         return DivergenceSettings(enabled=False)
-    section = _section({} if value is True else value, "divergence", problems)  # true: on, at its defaults
+    section = _section({} if value is True else value, "divergence", problems, switch=True)  # true: on, at its defaults
     _unknown(section, {"enabled", "rescue", "mode", *SIGNALS}, "divergence", problems)
     settings = DivergenceSettings(enabled=bool(section.get("enabled", True)), rescue=bool(section.get("rescue", False)))
     mode = section.get("mode", "stop")
