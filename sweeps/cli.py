@@ -37,6 +37,21 @@ EXIT_INTERRUPTED = 130
 UI_PORT = 5000
 
 
+class _Once(argparse.Action):
+    """An option given at most once: argparse keeps the last of two ``--warm-start``, dropping the first unsaid."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, *_: object
+    ) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None:
+            parser.error(
+                f"{self.option_strings[0]} given twice ({given}, {values}): it takes one earlier sweep (a sweep "
+                "warm-started from another passes that one's trials on)"
+            )
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose error is one line: ``error: sweeps run: <what> ('sweeps run --help' lists the options)``."""
 
@@ -71,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="sweep name (default: the spec's name and the time)")
     run.add_argument(
         "--warm-start",
+        action=_Once,
         metavar="SWEEP",
         help="an earlier sweep (name in --storage, or its folder) of the same metric: its trials are told "
         "to the new study and its best configs run first",

@@ -318,6 +318,11 @@ ROWS = [
         r"folder \S+/tmp does not exist; create it first \(sqlite:/// takes a path relative to here; did you mean "
         r"sqlite:////tmp/mlflow\.db\?\)$",
     ),
+    Row(
+        "--warm-start given twice",  # argparse kept the last, the first dropped with no word
+        ["run", "s.yaml", "--warm-start", "a", "--warm-start", "b", "--check"],
+        r"--warm-start given twice \(a, b\): it takes one earlier sweep",
+    ),
     Row("--cpus 0", ["run", "s.yaml", "--cpus", "0"], r"^error: --cpus: must be >= 1, got 0$"),
     Row(
         "ui on a busy port",

@@ -25,6 +25,7 @@ from sweeps.engine.warm_start import (
     warm_start_note,
 )
 from sweeps.results.export import best_config
+from sweeps.results.report import importances
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import QUEUED_ATTR, WARM_ATTR, create_study, load_study
@@ -191,6 +192,76 @@ def test_a_warm_start_that_a_fixed_value_empties_says_which_and_how_to_match_it(
     assert fixed_mismatch_note(earlier, spec_from_dict(toy_spec("same", budget__epochs=2, fixed={"mode": "b"}))) is None
 
 
+def test_a_parameter_left_to_the_trainers_default_tells_only_the_trials_that_ran_at_it(tmp_path: Path) -> None:
+    """A user removed a searched loss weight from the spec: the earlier trials, trained at other values of it,
+    were told as if trained at the default this sweep trains with, and the header did not say so."""
+    earlier = new_sweep_dir(tmp_path, "wa")
+    old = create_study(earlier, spec_from_dict(EARLIER))
+    for lr, width in ((0.01, 4), (0.02, 7), (0.03, 2)):  # the trainer's default width is 4
+        old.add_trial(frozen({"lr": lr, "width": width}, {"lr": lr, "width": width, "seed": 0}))
+    only_lr = spec_from_dict(toy_spec("n", budget__epochs=2, params={"lr": EARLIER["params"]["lr"]}))
+    assert point_in_space(old.trials[1], only_lr) == "width set there, not here"
+    warm = tell_earlier_trials(create_study(new_sweep_dir(tmp_path, "wb"), only_lr), earlier, only_lr)
+    assert (warm.told, warm.skipped) == (1, {"width set there, not here": 2})
+    assert fixed_mismatch_note(earlier, only_lr) == (
+        "2 of its 3 trials left out: they ran with width set, where this sweep trains with 4; search or fix width "
+        "in this spec to tell them"
+    )
+
+
+def test_a_trainer_default_changed_since_the_earlier_sweep_leaves_its_trials_out_with_a_note(tmp_path: Path) -> None:
+    """A user changed a default in the trainer's code (its training set's size): the warm start told every
+    earlier trial with no word, and the re-run of its best scored worse."""
+    earlier = new_sweep_dir(tmp_path, "wa")
+    spec = spec_from_dict(EARLIER)
+    earlier.write_meta({"epochs": 2, "trainer_defaults": {**spec.trainer_defaults, "steps_per_epoch": 9}})
+    old = create_study(earlier, spec)
+    old.add_trial(frozen({"lr": 0.01, "width": 4}, {"lr": 0.01, "width": 4, "seed": 0}))
+    assert point_in_space(old.trials[0], spec, {"steps_per_epoch": 9}) == "trainer default steps_per_epoch changed"
+    assert fixed_mismatch_note(earlier, spec) == (
+        "1 of its 1 trials left out: the trainer's default steps_per_epoch was 9 when it ran, 5 now; if "
+        "steps_per_epoch does not change training, add --set steps_per_epoch=9 to warm-start from them"
+    )
+    pinned = spec_from_dict({**EARLIER, "fixed": {"steps_per_epoch": 9}})  # the note's way: the old value, fixed
+    assert tell_earlier_trials(create_study(new_sweep_dir(tmp_path, "wb"), pinned), earlier, pinned).told == 1
+
+
+def test_a_warm_start_from_a_warm_started_sweep_names_where_its_trials_ran_and_their_epochs(tmp_path: Path) -> None:
+    """A chain of warm starts passed a 3-epoch sweep's trials into a 4-epoch one, credited to the sweep between."""
+    first = new_sweep_dir(tmp_path, "w1")
+    first.write_meta({"epochs": 3})
+    spec = spec_from_dict({**EARLIER, "budget": {**EARLIER["budget"], "epochs": 4}})
+    create_study(first, spec).add_trial(frozen({"lr": 0.01, "width": 4}, {"lr": 0.01, "width": 4}))
+    second = new_sweep_dir(tmp_path, "w2")
+    second.write_meta({"epochs": 4})
+    middle = create_study(second, spec)
+    assert tell_earlier_trials(middle, first, spec).told == 1
+    middle.add_trial(frozen({"lr": 0.02, "width": 4}, {"lr": 0.02, "width": 4}))  # its own trial
+    warm = tell_earlier_trials(create_study(new_sweep_dir(tmp_path, "w3"), spec), second, spec)
+    assert warm.told == 2 and warm.relayed == {"w1": 1}
+    assert "told 2 trials (of them, run in the sweep it warm-started from: 1 in w1)" in warm.line()
+    assert warm_start_note(second, spec) == (
+        "of its trials (with those a warm start told it), 1 trained 3, 1 trained 4 epochs; this sweep's train 4: "
+        "their values are told as they were reached, and its best configs are trained again at this sweep's epochs"
+    )
+
+
+def test_the_importances_are_the_sweeps_own_trials_and_measure_a_parameter_new_to_it() -> None:
+    """A user's new parameter was missing from "What mattered": a told trial from before it existed lacked it."""
+    study = optuna.create_study()
+    lr = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    scale = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study.add_trial(
+        optuna.trial.create_trial(value=0.9, params={"lr": 0.5}, distributions={"lr": lr}, user_attrs={WARM_ATTR: "s1"})
+    )
+    for i in range(6):
+        params = {"lr": 10 ** -(1 + i / 2), "scale": i / 6}
+        study.add_trial(
+            optuna.trial.create_trial(value=params["scale"], params=params, distributions={"lr": lr, "scale": scale})
+        )
+    assert set(importances(study)) == {"lr", "scale"}
+
+
 @pytest.mark.integration
 @pytest.mark.usefixtures("ray_session")
 def test_warm_start_tells_the_earlier_trials_runs_its_best_first_and_exports_only_its_own(workdir: Path) -> None:
@@ -220,9 +291,15 @@ def test_warm_start_tells_the_earlier_trials_runs_its_best_first_and_exports_onl
     exported = best_config(result.sweep)
     assert exported["source"]["trial"] in {t.number for t in own}
     assert result.sweep.read_meta()["warm_start"]["told"] == len(told)
-    parent = mlflow.MlflowClient(result.tracking_uri).get_run(result.parent_run_id)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["sweep.warm_start"] == "wa"
     assert math.isfinite(exported["metric"]["value"])
+    # the links a user found missing: the earlier sweep's parent run, and which earlier trial a re-run repeats
+    assert parent.data.tags["sweep.warm_start.parent_run_id"] == earlier.parent_run_id
+    rerun = client.get_run(own[0].user_attrs["mlflow_run_id"])
+    assert rerun.data.tags["sweep.warm_start.trial"] == f"wa t{completed[0].number:03d}"
+    assert "sweep.warm_start.trial" not in client.get_run(own[-1].user_attrs["mlflow_run_id"]).data.tags
 
 
 def test_a_warm_start_from_a_missing_sweep_or_another_metric_is_refused_before_anything(

@@ -119,7 +119,10 @@ def run_sweep(
             warm = tell_earlier_trials(study, earlier, spec)
             print(warm.line(), file=stream or sys.stdout, flush=True)
             meta["warm_start"] = {"sweep": str(earlier.path), "told": warm.told, "queued": warm.queued}
-            tracker.set_tags(parent, {"sweep.warm_start": earlier.name, "sweep.warm_start.told": str(warm.told)})
+            tags = {"sweep.warm_start": earlier.name, "sweep.warm_start.told": str(warm.told)}
+            if earlier_parent := earlier.read_meta().get("parent_run_id"):  # the run it started from, by its id
+                tags["sweep.warm_start.parent_run_id"] = str(earlier_parent)
+            tracker.set_tags(parent, tags)
         state = SweepState(metric=spec.metric, mode=spec.mode)
         if spec.budget.time_s is not None:  # from the start: a resumed sweep ends at the same time
             state.deadline = meta["deadline"] = time.time() + spec.budget.time_s

@@ -35,6 +35,7 @@ from sweeps.core.keys import (
     RUNNING,
     SKIPPED_KEY,
     STEPS_KEY,
+    TAG_WARM_START_TRIAL,
 )
 from sweeps.core.outcome import (
     TELL_COMPLETE,
@@ -54,7 +55,7 @@ from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.scheduler import rung_epochs
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import SweepSpec
-from sweeps.store.study import drawn_by, record_trial
+from sweeps.store.study import QUEUED_ATTR, drawn_by, record_trial
 from sweeps.tracking.sweep_tracker import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
 from trainables.runtime import pick_device
@@ -150,7 +151,11 @@ class OptunaSearcher(Searcher):
         params = self.spec.resolve(sampled)
         sampling = time.perf_counter() - started
         drawn = drawn_by(self.study, trial, self.spec)
-        run_id = self.tracker.create_trial_run(self.sweep, trial.number, trial_id, params, sampled, drawn_by=drawn)
+        # a warm start's re-run of an earlier best: which trial it repeats, on its run (it was in Optuna only)
+        repeats = {TAG_WARM_START_TRIAL: str(trial.user_attrs[QUEUED_ATTR])} if QUEUED_ATTR in trial.user_attrs else {}
+        run_id = self.tracker.create_trial_run(
+            self.sweep, trial.number, trial_id, params, sampled, drawn_by=drawn, also=repeats
+        )
         record_trial(trial, attrs={"ray_trial_id": trial_id, "mlflow_run_id": run_id, "config": params})
         self.live[trial_id] = trial
         record = TrialRecord(trial.number, trial_id, run_id, params, sampled, sampling_s=sampling, drawn_by=drawn)

@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.compat.optuna_internals import in_distribution
-from sweeps.core.keys import INTERRUPTED
+from sweeps.core.keys import EPOCHS_FIELD, INTERRUPTED
 from sweeps.results.export import ranked
 from sweeps.spec.params import precision_as_spelled
 from sweeps.spec.sweep_spec import SweepSpec
@@ -37,6 +37,15 @@ from sweeps.store.sweep_dir import SweepDir, SweepStoreError, open_sweep_dir
 
 TOP = 3
 """How many of the earlier sweep's best completed configs are queued (never more than the trial budget)."""
+
+EPOCHS_ATTR = "warm_start_epochs"
+"""On a told trial: the epochs it trained in its own sweep (a later warm start from this one compares them)."""
+
+ENGINE_KEYS = frozenset({"seed", EPOCHS_FIELD})
+"""Keys the engine puts in every config: a seed or epochs that differ leave a trial in the space."""
+
+UNKNOWN = object()
+"""A value this sweep gives a key that is not known here (a function trainer declares no defaults)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class WarmStart:
     """Parameters told trials had no value of (the earlier sweep did not search them), with how many."""
     rerun: int = 0
     """The earlier sweep's interrupted trials queued after its best (a sweep stopped by Ctrl-C goes on with them)."""
+    relayed: dict[str, int] = field(default_factory=dict)
+    """Of the told trials: those the earlier sweep was itself told by a warm start, by the sweep they ran in."""
 
     def line(self) -> str:
         """One line for the sweep's header, e.g. ``warm start from s1: told 12 trials, its best 3 first``."""
@@ -61,6 +72,9 @@ class WarmStart:
         if self.unknown:
             lacking = ", ".join(f"{n} without {name}" for name, n in sorted(self.unknown.items()))
             told += f" ({lacking}, drawn anew)"
+        if self.relayed:  # a warm start from a warm-started sweep: its told trials come along, named
+            ran = ", ".join(f"{n} in {name}" for name, n in sorted(self.relayed.items()))
+            told += f" (of them, run in the sweep it warm-started from: {ran})"
         first = f"its best {self.queued} first"
         if self.rerun:
             interrupted = f"its {self.rerun} interrupted trial{'' if self.rerun == 1 else 's'}"
@@ -87,14 +101,49 @@ def check_warm_start(root: str | Path, name: str, spec: SweepSpec) -> SweepDir:
 
 
 def warm_start_note(earlier: SweepDir, spec: SweepSpec) -> str | None:
-    """A note when the earlier sweep trained its trials for another number of epochs than ``spec``'s."""
-    epochs = earlier.read_meta().get("epochs")
-    if not isinstance(epochs, int) or epochs == spec.budget.epochs:
+    """A note when the earlier sweep's trials trained another number of epochs than ``spec``'s.
+
+    Its own trials trained its epochs; the ones a warm start told it, their own sweep's (a chain of
+    warm starts passed a 3-epoch sweep's trials into a 4-epoch one with no note).
+    """
+    own = meta_of(earlier).get("epochs")
+    try:
+        trials = load_study(earlier).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    except SweepStoreError:  # no study yet: its own epochs are all there is to go by
+        trials = []
+    then = Counter(epochs for trial in trials if (epochs := trained_epochs(trial, earlier, own)) is not None)
+    if not trials and isinstance(own, int):
+        then[own] += 1
+    if not then or set(then) == {spec.budget.epochs}:
         return None
-    return (
-        f"its trials trained {epochs} epochs, this sweep's train {spec.budget.epochs}: their values are told "
-        "as they were reached, and its best configs are trained again at this sweep's epochs"
-    )
+    told = f"this sweep's train {spec.budget.epochs}: their values are told as they were reached, and its best "
+    told += "configs are trained again at this sweep's epochs"
+    if len(then) == 1:
+        return f"its trials trained {next(iter(then))} epochs, {told}"
+    trained = ", ".join(f"{n} trained {epochs}" for epochs, n in sorted(then.items()))
+    return f"of its trials (with those a warm start told it), {trained} epochs; {told}"
+
+
+def meta_of(sweep: SweepDir) -> dict[str, Any]:
+    """The sweep's ``sweep.json``, or {} where it has none to read."""
+    try:
+        return sweep.read_meta()
+    except SweepStoreError:
+        return {}
+
+
+def trained_epochs(trial: FrozenTrial, sweep: SweepDir, own: object) -> int | None:
+    """The epochs ``trial`` of ``sweep``'s study trained: ``own`` (the sweep's), or for a told trial its sweep's."""
+    if WARM_ATTR not in trial.user_attrs:
+        epochs = own
+    elif EPOCHS_ATTR in trial.user_attrs:
+        epochs = trial.user_attrs[EPOCHS_ATTR]
+    else:  # told before the epochs were kept: its sweep's meta, where that sweep is still beside this one
+        try:
+            epochs = meta_of(open_sweep_dir(sweep.path.parent, str(trial.user_attrs[WARM_ATTR]))).get("epochs")
+        except SweepStoreError:
+            return None
+    return epochs if isinstance(epochs, int) else None
 
 
 def ran_with(trial: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
@@ -117,29 +166,92 @@ def fixed_difference(trial: FrozenTrial, spec: SweepSpec) -> tuple[str, Any, Any
 
 
 def fixed_mismatch_note(earlier: SweepDir, spec: SweepSpec) -> str | None:
-    """A note when no trial of ``earlier`` could be told because each ran with another fixed value.
+    """A note when trials of ``earlier`` cannot be told because they ran with another value of a key.
 
     A fixed value that does not change training (a print flag) would otherwise cancel the warm start
-    with only a count in the header to say so.
+    with only a count in the header to say so; so would a parameter searched there and left to the
+    trainer's default here (all trials it made different), or a trainer default changed since.
     """
     trials = load_study(earlier).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    if not trials or any(not isinstance(point_in_space(t, spec), str) for t in trials):
+    defaults_then = dict(meta_of(earlier).get("trainer_defaults") or {})
+    if not trials:
         return None
-    differences = Counter(d for t in trials if (d := fixed_difference(t, spec)) is not None)
-    if not differences:
-        return None
-    (key, theirs, ours), count = differences.most_common(1)[0]
-    return (
-        f"none of its trials can be told: {count} of {len(trials)} ran with {key}={theirs!r}, where this spec "
-        f"fixes {ours!r}; if {key} does not change training, add --set {key}={theirs} to warm-start from them"
+    told = sum(not isinstance(point_in_space(t, spec, defaults_then), str) for t in trials)
+    fixed = Counter(d for t in trials if (d := fixed_difference(t, spec)) is not None)
+    if fixed and not told:
+        (key, theirs, ours), count = fixed.most_common(1)[0]
+        return (
+            f"none of its trials can be told: {count} of {len(trials)} ran with {key}={theirs!r}, where this spec "
+            f"fixes {ours!r}; if {key} does not change training, add --set {key}={theirs} to warm-start from them"
+        )
+    unset = Counter(
+        (d[0], "no value from this spec" if d[2] is UNKNOWN else f"{d[2]!r}")
+        for t in trials
+        if (d := unset_difference(t, spec)) is not None
     )
+    if unset:
+        (key, here), count = unset.most_common(1)[0]
+        return (
+            f"{count} of its {len(trials)} trials left out: they ran with {key} set, where this sweep trains with "
+            f"{here}; search or fix {key} in this spec to tell them"
+        )
+    changed = Counter(name for t in trials if (name := default_difference(defaults_then, t, spec)) is not None)
+    if changed:
+        key, count = changed.most_common(1)[0]
+        then, now = defaults_then[key], spec.trainer_defaults[key]
+        return (
+            f"{count} of its {len(trials)} trials left out: the trainer's default {key} was {then!r} when it ran, "
+            f"{now!r} now; if {key} does not change training, add --set {key}={then} to warm-start from them"
+        )
+    return None
 
 
-def point_in_space(trial: FrozenTrial, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
-    """The trial's values of ``spec``'s searched parameters and their distributions, or why it is not in the space."""
+def unset_difference(trial: FrozenTrial, spec: SweepSpec) -> tuple[str, Any, Any] | None:
+    """A value the trial ran with that ``spec`` neither searches nor fixes, where this sweep trains another.
+
+    ``(key, its value, this sweep's)``; this sweep's is the trainer's default (:data:`UNKNOWN` when
+    the trainer declares none: a function's). A user removed a searched loss weight from the spec: the
+    earlier trials, trained at 0.67 and 0.25, were told as if at the default 0.1 this sweep trains.
+    """
+    base = spec.resolve({})
+    for key, value in ran_with(trial, spec).items():
+        if key in spec.params or key in spec.fixed or key in ENGINE_KEYS:
+            continue
+        ours = base.get(key, spec.trainer_defaults.get(key, UNKNOWN))
+        if ours is UNKNOWN or ours != value:
+            return key, value, ours
+    return None
+
+
+def default_difference(defaults_then: dict[str, Any], trial: FrozenTrial, spec: SweepSpec) -> str | None:
+    """A trainer default that changed since the earlier sweep ran, that neither its trial nor ``spec`` sets.
+
+    A user changed ``n_train`` from 192 to 128 in the trainer's code: the earlier trials were told
+    with no word, and the re-run of its best scored worse.
+    """
+    config = ran_with(trial, spec)
+    for key, then in defaults_then.items():
+        if key in config or key in spec.params or key in spec.fixed or key in ENGINE_KEYS:
+            continue
+        if key in spec.trainer_defaults and spec.trainer_defaults[key] != then:
+            return key
+    return None
+
+
+def point_in_space(
+    trial: FrozenTrial, spec: SweepSpec, defaults_then: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """The trial's values of ``spec``'s searched parameters and their distributions, or why it is not in the space.
+
+    ``defaults_then``: the trainer's defaults when the earlier sweep ran (its ``trainer_defaults``).
+    """
     config = ran_with(trial, spec)
     if (difference := fixed_difference(trial, spec)) is not None:
         return f"fixed {difference[0]} differs"
+    if (unset := unset_difference(trial, spec)) is not None:
+        return f"{unset[0]} set there, not here"
+    if defaults_then and (changed := default_difference(defaults_then, trial, spec)) is not None:
+        return f"trainer default {changed} changed"
     params: dict[str, Any] = {}
     distributions: dict[str, Any] = {}
     for name, param in spec.params.items():
@@ -164,16 +276,22 @@ def unknown_in(params: dict[str, Any], spec: SweepSpec) -> list[str]:
 def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec) -> WarmStart:
     """Add ``earlier``'s trials that lie in ``spec``'s space to ``study`` and queue its best configs."""
     old = load_study(earlier)
+    meta = meta_of(earlier)
+    defaults_then = dict(meta.get("trainer_defaults") or {})
     told: list[FrozenTrial] = []
     skipped: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
+    relayed: Counter[str] = Counter()
     for trial in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        point = point_in_space(trial, spec)
+        point = point_in_space(trial, spec, defaults_then)
         if isinstance(point, str):
             skipped[point] += 1
             continue
         params, distributions = point
         unknown.update(unknown_in(params, spec))
+        origin = str(trial.user_attrs.get(WARM_ATTR, earlier.name))
+        relayed.update([origin] if origin != earlier.name else [])
+        epochs = trained_epochs(trial, earlier, meta.get("epochs"))
         told.append(
             optuna.trial.create_trial(
                 state=trial.state,
@@ -183,8 +301,9 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
                 intermediate_values=dict(trial.intermediate_values),
                 constraints=trial.constraints or None,
                 user_attrs={
-                    WARM_ATTR: str(trial.user_attrs.get(WARM_ATTR, earlier.name)),
+                    WARM_ATTR: origin,
                     "status": str(trial.user_attrs.get("status", "")),
+                    **({EPOCHS_ATTR: epochs} if epochs is not None else {}),
                 },
             )
         )
@@ -193,16 +312,18 @@ def tell_earlier_trials(study: optuna.Study, earlier: SweepDir, spec: SweepSpec)
         skipped["failed or interrupted"] = unfinished
     study.add_trials(told)
     study.sampler = make_sampler(spec, stream=f"warm:{earlier.name}")  # not the earlier sweep's start-up draws again
-    queued = queue_best(study, old, earlier.name, spec)
-    rerun = queue_interrupted(study, old, earlier.name, spec)
-    return WarmStart(earlier.name, len(told), queued, dict(skipped), dict(unknown), rerun)
+    queued = queue_best(study, old, earlier.name, spec, defaults_then)
+    rerun = queue_interrupted(study, old, earlier.name, spec, defaults_then)
+    return WarmStart(earlier.name, len(told), queued, dict(skipped), dict(unknown), rerun, dict(relayed))
 
 
-def queue_best(study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec) -> int:
+def queue_best(
+    study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec, defaults_then: dict[str, Any] | None = None
+) -> int:
     """Queue the earlier sweep's best feasible completed configs in the space (its own trials, not ones it was told)."""
     queued: list[dict[str, Any]] = []
     for trial in ranked(old):  # best first, as export ranks them
-        point = point_in_space(trial, spec)
+        point = point_in_space(trial, spec, defaults_then)
         if isinstance(point, str) or point[0] in queued:
             continue
         queued.append(point[0])
@@ -212,7 +333,9 @@ def queue_best(study: optuna.Study, old: optuna.Study, source: str, spec: SweepS
     return len(queued)
 
 
-def queue_interrupted(study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec) -> int:
+def queue_interrupted(
+    study: optuna.Study, old: optuna.Study, source: str, spec: SweepSpec, defaults_then: dict[str, Any] | None = None
+) -> int:
     """Queue, after its best, the earlier sweep's trials that were interrupted (running when it was stopped).
 
     They never reached an end, so nothing of them is told; trained again, they are judged. Only
@@ -225,7 +348,7 @@ def queue_interrupted(study: optuna.Study, old: optuna.Study, source: str, spec:
     for trial in old.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if queued >= room or trial.user_attrs.get("status") != INTERRUPTED or WARM_ATTR in trial.user_attrs:
             continue
-        point = point_in_space(trial, spec)
+        point = point_in_space(trial, spec, defaults_then)
         if isinstance(point, str) or point[0] in seen:
             continue
         seen.append(point[0])

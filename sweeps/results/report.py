@@ -46,6 +46,7 @@ from sweeps.results.figures import (
 )
 from sweeps.results.from_mlflow import download_images, metric_history, tagged_runs
 from sweeps.results.page import IMPORTANCE_TRIALS, epochs_text, html_page, ordered, row_reason, searched, short
+from sweeps.store.study import is_told
 
 __all__ = ["html_page", "read_results", "result_rows", "terminal_table", "write_report", "write_stops"]
 
@@ -111,7 +112,7 @@ def read_results(folder: Path) -> list[dict[str, Any]]:
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
-    """FANOVA's parameter importances, each a share of the metric's variance, over the completed trials.
+    """FANOVA's parameter importances, each a share of the metric's variance, over the sweep's completed trials.
 
     Only the trials the sweep recorded ``completed``: a diverged trial is a COMPLETE Optuna trial
     (its last value before the stop, and a constraint), and Optuna's own call counted it (a user's
@@ -124,10 +125,10 @@ def importances(study: optuna.Study) -> dict[str, float]:
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.trial import TrialState
 
-    completed = [
+    completed = [  # the sweep's own: a warm start's told trials lack its new parameters (they were left out)
         trial
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if trial.user_attrs.get("status", COMPLETED) == COMPLETED
+        if trial.user_attrs.get("status", COMPLETED) == COMPLETED and not is_told(trial)
     ]
     if len(completed) < 2:
         return {}

@@ -154,12 +154,13 @@ class SweepTracker:
         sampled: dict[str, Any],
         rescue_of: tuple[str, str] | None = None,
         drawn_by: str | None = None,
+        also: dict[str, str] | None = None,
     ) -> str:
         """Create the trial's child run under the parent with every resolved parameter.
 
         ``rescue_of`` is ``(label, run id)`` of the diverged trial a precision rescue re-runs;
         the two runs are linked by tags both ways. ``drawn_by``: how the sampler drew the values
-        (``sweeps.store.study.drawn_by``), tagged when given.
+        (``sweeps.store.study.drawn_by``), tagged when given; ``also``: more tags.
         """
         tags = {
             TAG_PARENT_RUN: self.parent_run_id,
@@ -172,6 +173,7 @@ class SweepTracker:
         }
         if drawn_by is not None:
             tags[TAG_DRAWN_BY] = drawn_by
+        tags.update(also or {})
         name = run_name(number, sampled)
         if rescue_of is not None:
             tags.update({TAG_TRIAL: f"{number}r", TAG_RESCUE_OF: rescue_of[1], TAG_ROLE: ROLE_RESCUE})
