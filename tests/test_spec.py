@@ -413,6 +413,27 @@ def test_a_trainer_class_a_spec_could_not_build_is_refused_before_a_trial(
     assert problems["trainer"].endswith("its constructor must take the config, NoConfigArgument(config)")
 
 
+def test_a_precision_alias_a_literal_field_refuses_says_which_name_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's ``Literal["fp32", "bf16", "fp16", "fp16-o2"]`` field refused ``O1``, which the docs call an alias."""
+    (tmp_path / "literal_trainer_mod.py").write_text(
+        "from dataclasses import dataclass\nfrom typing import Literal\n\n"
+        "@dataclass\nclass Config:\n    lr: float = 0.1\n"
+        "    precision: Literal['fp32', 'bf16', 'fp16', 'fp16-o2'] = 'fp32'\n\n"
+        "class Tiny:\n    Config = Config\n    precisions = ('fp32', 'bf16', 'fp16', 'fp16-o2')\n"
+        "    def __init__(self, config):\n        self.config = config\n"
+        "    def train_epoch(self):\n        return {}\n    def validate(self):\n        return {'val_loss': 1.0}\n"
+        "    def state_dict(self):\n        return {}\n    def load_state_dict(self, state):\n        pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = {"trainer": "literal_trainer_mod:Tiny", "metric": "val_loss", "params": {"precision": ["fp32", "O1"]}}
+    problems = dict(problems_of(tmp_path, data))
+    assert problems["params.precision.choices[1]"].endswith(
+        "(the trainer's precision field takes no alias: write fp16)"
+    ), problems
+
+
 def test_cli_bad_spec_exits_2_with_one_line_per_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_spec(tmp_path, changed(GOOD, budget__trials=0, params__lr={"low": 1, "high": 0.1}))
     assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2

@@ -191,6 +191,15 @@ def parse_params(
     return _ordered(parsed, problems)
 
 
+def _alias_hint(name: str, choice: Any) -> str:
+    """For a precision alias the trainer's own type refuses (``O1`` for a ``Literal["fp16", ...]`` field)."""
+    from trainables.precision import canonical_precision
+
+    if name != "precision" or str(choice) not in ("O0", "O1", "O2"):
+        return ""
+    return f" (the trainer's precision field takes no alias: write {canonical_precision(str(choice))})"
+
+
 def precision_as_spelled(allowed: list[Any], options: list[Any]) -> list[Any]:
     """Each precision in ``allowed`` as ``options`` spell it (``O2`` as ``fp16-o2``), so it matches one of them.
 
@@ -262,7 +271,7 @@ def _categorical(
         try:
             converted.append(coerce(choice, kind_hint) if kind_hint is not None else untyped(choice))
         except ValueError as exc:
-            problems.add(f"{key}[{i}]", str(exc))
+            problems.add(f"{key}[{i}]", str(exc) + _alias_hint(name, choice))
     if len(set(map(repr, converted))) != len(converted):
         problems.add(key, "has duplicate choices")
     elif alike := _equal_choices(converted):
