@@ -527,6 +527,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         load_run_file,
         multi_worker_source,
         save_refused,
+        source_changed_note,
         train_from_file,
         unnamed_config_keys,
     )
@@ -553,6 +554,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_sweep_name(source["sweep"])
         except SweepStoreError as exc:
             raise SpecError(args.config, [("source.sweep", str(exc))]) from None
+    if note := source_changed_note(data):
+        print(f"note: {note}", file=sys.stderr)
     from sweeps.trial.stops import (
         MetricMissingError,
         ReportCallError,

@@ -56,8 +56,10 @@ def test_run_export_train(tmp_path: Path) -> None:
     assert best["metric"]["value"] <= second["metric"]["value"]
     assert {"mlflow_run_id", "seed", "precision", "git_commit", "version"} <= set(best["source"])
 
+    assert "vae.py" in best["source"]["files"]  # the trainer's files as the sweep ran them, by digest
     train = run_cli("train", "best.yaml", "--save", "model.pt", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
+    assert "source changed" not in train.stderr  # the same code: no note
     apart = re.search(r"\(([\d.e+-]+) apart, ([\d.]+)%\)", train.stdout)
     assert apart and float(apart.group(2)) < 1.0, train.stdout
     assert (tmp_path / "model.pt").exists()

@@ -61,7 +61,7 @@ from sweeps.store.sweep_dir import (
     release_driver,
 )
 from sweeps.store.trial_storage import resolve_trial_storage
-from sweeps.tracking.provenance import trainer_commit
+from sweeps.tracking.provenance import source_digests, trainer_commit
 from sweeps.tracking.store_check import open_store
 from sweeps.tracking.sweep_tracker import SweepTracker
 from sweeps.tracking.ui_views import NOTE_TAG, TOP_K, parent_note, save_views
@@ -367,6 +367,7 @@ def _meta(spec: SweepSpec, sweep: SweepDir, uri: str, tracker: SweepTracker) -> 
         "optuna_storage": sweep.storage_location,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_commit": trainer_commit(spec.trainer),
+        "trainer_files": source_digests(spec.trainer),  # sweeps train compares its export's with the code then
         "spec_stamp": spec_stamp(spec.source),  # a resume says when the file was edited since
         "version": __version__,
         "status": "running",

@@ -116,6 +116,7 @@ def _export(sweep: SweepDir, meta: dict[str, Any], trial: FrozenTrial, rank: int
             "skipped_share": float(trial.user_attrs.get("skipped_share", 0.0)),
             "git_commit": meta.get("git_commit", ""),
             "version": meta.get("version", ""),
+            **({"files": dict(meta["trainer_files"])} if meta.get("trainer_files") else {}),
         },
     }
 

@@ -19,6 +19,7 @@ from sweeps.core.records import metric_text
 from sweeps.spec.params import untyped
 from sweeps.spec.source_names import unnamed_keys
 from sweeps.spec.sweep_spec import ENGINE_READS, SpecError, read_yaml, undeclared_metric, unrun_precision
+from sweeps.tracking.provenance import changed_sources, source_digests
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop
 from trainables.config import ConfigError, build_config, field_types
 from trainables.protocol import declared_precisions, is_function_trainer
@@ -140,6 +141,21 @@ def multi_worker_source(data: dict[str, Any]) -> int:
     source = data.get("source")
     workers = source.get("workers", 1) if isinstance(source, dict) else 1
     return workers if isinstance(workers, int) and not isinstance(workers, bool) else 1
+
+
+def source_changed_note(data: dict[str, Any]) -> str | None:
+    """A note when the trainer's source files differ from those the sweep ran (the export's ``source.files``)."""
+    then = (data.get("source") or {}).get("files") if isinstance(data.get("source"), dict) else None
+    if not isinstance(then, dict) or not then:
+        return None
+    changed = changed_sources({str(k): str(v) for k, v in then.items()}, source_digests(str(data["trainer"])))
+    if not changed:
+        return None
+    run = (data.get("source") or {}).get("mlflow_run_id") or "the trial's"
+    return (
+        f"the trainer's source changed since the sweep ran it ({', '.join(changed)}): the metric may differ from "
+        f"the sweep's; the files it ran are the source/ artifacts of MLflow run {run}"
+    )
 
 
 def save_refused(trainer: str) -> str:
