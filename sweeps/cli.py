@@ -699,8 +699,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         check_sweep_name(args.sweep)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri, must_exist=True)  # a store to read: never an empty one made here
-    port = _ui_port(args.host, args.port)
-    server = f"http://{args.host}:{port}"
+    served = uri.startswith(("http://", "https://"))  # a tracking server is its own UI: nothing to start
+    port = 0 if served else _ui_port(args.host, args.port)
+    server = uri.rstrip("/") if served else f"http://{args.host}:{port}"
     links = [(e, i, _sweep_links(uri, i, server, args.top_k, args.sweep)) for e, i in _experiments(uri)]
     if args.sweep is not None and not any(lines for _, _, lines in links):
         raise InputError(f"--sweep {args.sweep}: no sweep of that name in {uri} ('sweeps list' names them)")
@@ -709,6 +710,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"  {experiment}: {ui_url(server, experiment_id)}", flush=True)
         for line in lines:
             print(f"    {line}", flush=True)
+    if served:  # `mlflow ui` cannot open a server's store: it crashed, after links to a port nothing served
+        print("the tracking server serves these pages itself: nothing started", flush=True)
+        return 0
     command = [
         sys.executable,
         "-m",

@@ -351,7 +351,7 @@ def test_ui_views_open_the_sweeps_trials_and_its_top_trials_compared() -> None:
     key = view_key("vae-demo-1", "top5")
     assert key == view_key("vae-demo-1", "top5") != view_key("vae-demo-2", "top5")
     assert view_url("http://h:5000/", "7", key, charts=True) == (
-        f"http://h:5000/#/experiments/7/runs?viewStateShareKey={key}&compareRunsMode=CHART"
+        f"http://h:5000/#/experiments/7/runs?viewStateShareKey={key}&compareRunsMode=CHART&workflowType=machine_learning"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -174,3 +175,29 @@ def test_a_call_the_store_refuses_is_given_up_soon_and_the_calls_behind_it_go_th
     assert [m.value for m in store.get_metric_history(run_id, "val_loss")] == [0.5]
     assert store.get_run(run_id).data.params == {"lr": "0.1"}
     assert not logger.close(timeout=60)  # the refused call is reported as not delivered
+
+
+def test_a_tracking_server_that_does_not_answer_is_waited_for_and_a_store_error_is_not() -> None:
+    """A sweep's server was down 2 minutes: MLflow's own retries, up to 2 minutes apart inside each of the
+    engine's, kept it standing 2 minutes more after the server was back (and 8 tries would not outlast it)."""
+    import pytest
+
+    from sweeps.tracking import mlflow_client
+
+    def failing(times: int, message: str) -> Callable[[], str]:
+        left = [times]
+
+        def call() -> str:
+            if left[0]:
+                left[0] -= 1
+                raise ConnectionError(message)
+            return "done"
+
+        return call
+
+    down = "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded ... Connection refused"
+    assert mlflow_client.retry(failing(12, down), "create run", attempts=3, delay=0.001) == "done"
+    with pytest.raises(ConnectionError):
+        mlflow_client.retry(failing(12, "database is locked"), "create run", attempts=3, delay=0.001)
+    assert mlflow_client.SERVER_RETRY_S <= 5  # back within seconds of the server's return
+    assert mlflow_client.HTTP_RETRY_ENV["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"

@@ -83,3 +83,25 @@ def test_a_server_that_ends_on_its_own_is_an_error(tmp_path: Path, capsys: pytes
         command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]
         assert _serve([*command, "--host", "127.0.0.1"]) != 0
     assert "error: the MLflow UI server ended (exit status 0)" in capsys.readouterr().err
+
+
+def test_sweeps_ui_on_a_tracking_server_links_to_the_server_and_starts_nothing(tmp_path: Path) -> None:
+    """A team's ``sweeps ui`` with a tracking server printed links to a port of its own, then crashed:
+    ``mlflow ui`` cannot open a server's store (its model registry refused the http URI)."""
+    from tests.mlflow_server import Server
+
+    server = Server(tmp_path)
+    server.start()
+    try:
+        mlflow.MlflowClient(server.uri).create_experiment(
+            "team", tags={"mlflow.experimentKind": "custom_model_development"}
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "sweeps", "ui", "--tracking-uri", server.uri]
+        ui = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.stop()
+    assert ui.returncode == 0, ui.stdout + ui.stderr
+    assert f"MLflow UI for {server.uri}: {server.uri}\n" in ui.stdout
+    assert f"  team: {server.uri}/#/experiments/1?workflowType=machine_learning" in ui.stdout
+    assert "serves these pages itself: nothing started" in ui.stdout and "Traceback" not in ui.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -72,20 +73,69 @@ def refused(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.get_http_status_code() == 400
 
 
+UNREACHABLE = (
+    "Connection refused",
+    "Max retries exceeded",
+    "Failed to establish a new connection",
+    "Connection aborted",
+    "RemoteDisconnected",
+)
+"""What a tracking server that is down (or restarting) makes a call fail with."""
+
+SERVER_PATIENCE_S = 900.0
+"""How long a call waits for a tracking server that does not answer before it gives up."""
+
+SERVER_RETRY_S = 5.0
+"""The longest pause between tries while a tracking server does not answer (the sweep goes on that soon after)."""
+
+HTTP_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+"""Set (unless the user set them) where the engine talks to MLflow: its own retries, not MLflow's.
+
+MLflow's client retried a request to a server that was down 7 times with a backoff of up to two
+minutes, inside each of the engine's tries: a sweep whose server was down for 2 minutes stood still
+for 4. And it printed two links per trial run it closed (to its GenAI view).
+"""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a tracking server not answering (down, restarting), not a store error."""
+    text = str(exc)
+    return any(sign in text for sign in UNREACHABLE)
+
+
 def retry(call: Callable[[], T], what: str, attempts: int = 8, delay: float = 0.5) -> T:
     """Run ``call``, retrying with exponential backoff; re-raise after ``attempts`` failures.
 
-    A call the store refuses as a bad request (:func:`refused`) is tried twice at most.
+    A call the store refuses as a bad request (:func:`refused`) is tried twice at most. A tracking
+    server that does not answer is tried every few seconds for :data:`SERVER_PATIENCE_S`.
     """
-    for attempt in range(attempts):
+    down_since: float | None = None
+    attempt = 0
+    while True:
         try:
-            return call()
+            result = call()
         except Exception as exc:  # noqa: BLE001 - any store error is worth another try
-            if attempt == attempts - 1 or (refused(exc) and attempt >= 1):
+            down = unreachable(exc)
+            if down and down_since is None:
+                down_since = time.monotonic()
+                log.warning("MLflow %s: the tracking server does not answer; retrying every %g s", what, SERVER_RETRY_S)
+            waited = time.monotonic() - down_since if down_since is not None else 0.0
+            if (refused(exc) and attempt >= 1) or (not down and attempt >= attempts - 1) or waited > SERVER_PATIENCE_S:
                 raise
-            log.warning("MLflow %s failed (%s); retrying", what, exc)
-            time.sleep(min(delay * 2**attempt, 30.0))
-    raise AssertionError("unreachable")
+            if not down:
+                log.warning("MLflow %s failed (%s); retrying", what, exc)
+            time.sleep(min(delay * 2**attempt, SERVER_RETRY_S if down else 30.0))
+            attempt += 1
+            continue
+        if down_since is not None:
+            log.warning(
+                "MLflow %s: the tracking server answers again after %.0f s", what, time.monotonic() - down_since
+            )
+        return result
 
 
 @lru_cache(maxsize=8)
@@ -103,6 +153,8 @@ def client(uri: str) -> MlflowClient:
     from sweeps.tracking import store_template
 
     use_wal()
+    for key, value in HTTP_RETRY_ENV.items():  # read by MLflow at each request
+        os.environ.setdefault(key, value)
     with schema_lock(uri):
         path = store_template.sqlite_path(uri)
         if path is None or path.exists():

@@ -55,10 +55,14 @@ class SweepViews:
         return view_url(server, self.experiment_id, self.top_key, charts=True)
 
 
+ML_WORKFLOW = "&workflowType=machine_learning"
+"""MLflow 3.17's UI shows an experiment's training-runs sidebar with it (its GenAI one without)."""
+
+
 def view_url(server: str, experiment_id: str, key: str, charts: bool = False) -> str:
     """The UI's link to the shared view ``key`` of an experiment (``server`` empty: a link within the UI)."""
-    mode = "&compareRunsMode=CHART" if charts else ""
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}{mode}"
+    mode = "&compareRunsMode=CHART" if charts else ""  # and the training-runs sidebar, not the GenAI one
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}{mode}{ML_WORKFLOW}"
 
 
 def view_key(sweep: str, kind: str) -> str:
