@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
@@ -57,6 +59,16 @@ def test_run_export_train(tmp_path: Path) -> None:
     assert {"mlflow_run_id", "seed", "precision", "git_commit", "version"} <= set(best["source"])
 
     assert "vae.py" in best["source"]["files"]  # the trainer's files as the sweep ran them, by digest
+    # the trainer's commit in the MLflow record too, run from a folder outside the checkout (it had '' there)
+    meta = json.loads((tmp_path / "sweep_runs" / "s1" / "sweep.json").read_text())
+    if meta["git_commit"]:  # the project is a git checkout
+        client = mlflow.MlflowClient(meta["tracking_uri"])
+        parent = client.get_run(meta["parent_run_id"])
+        assert parent.data.tags["mlflow.source.git.commit"] == meta["git_commit"]
+        run_id = best["source"]["mlflow_run_id"]
+        environment = json.loads(Path(client.download_artifacts(run_id, "environment.json", str(tmp_path))).read_text())
+        assert environment["git_commit"] == meta["git_commit"]
+        assert client.get_run(run_id).data.tags["mlflow.source.git.commit"] == meta["git_commit"]
     train = run_cli("train", "best.yaml", "--save", "model.pt", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     assert "source changed" not in train.stderr  # the same code: no note

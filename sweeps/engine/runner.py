@@ -18,6 +18,7 @@ from ray import tune
 from sweeps.compat.ray_internals import TuneSigint, replace_tuner_configs, search_algorithm
 from sweeps.core.keys import (
     COMPLETED,
+    GIT_COMMIT_TAG,
     INTERRUPTED,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
@@ -114,6 +115,8 @@ def run_sweep(
         parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
         storage_path, experiment = ray_location(spec, sweep)
         meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
+        if meta["git_commit"]:  # MLflow's UI shows the code's commit on the run
+            tracker.set_tags(parent, {GIT_COMMIT_TAG: str(meta["git_commit"])})
         study = create_study(sweep, spec)
         if earlier is not None:
             warm = tell_earlier_trials(study, earlier, spec)

@@ -50,12 +50,26 @@ def trainer_commit(trainer: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _environment(device: str) -> str:
-    return json.dumps(environment(device), indent=2, sort_keys=True)
+def _environment(device: str, folder: str) -> str:
+    return json.dumps(environment(device, folder), indent=2, sort_keys=True)
 
 
-def environment(device: str = "") -> dict[str, Any]:
-    """Python, packages, host, device and git commit of the running process."""
+def source_folder(trainer: Any) -> str:
+    """The folder of the trainer's source file ('' if it has none)."""
+    try:
+        source = inspect.getsourcefile(trainer)
+    except TypeError:
+        return ""
+    return str(Path(source).parent) if source else ""
+
+
+def environment(device: str = "", folder: str = "") -> dict[str, Any]:
+    """Python, packages, host, device and git commit of the running process.
+
+    The commit is that of the checkout holding ``folder`` (the trainer's source), else of the
+    working directory: trials of a git checkout's trainer, run from a folder outside it, had ''
+    where the sweep's own record named the commit.
+    """
     versions = {}
     for name in PACKAGES:
         try:
@@ -68,7 +82,7 @@ def environment(device: str = "") -> dict[str, Any]:
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
         "packages": versions,
-        "git_commit": git_commit(os.getcwd()),
+        "git_commit": (git_commit(folder) if folder else "") or git_commit(os.getcwd()),
         "device": device,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # "": no GPU reserved, none seen
     }
@@ -84,13 +98,13 @@ def environment(device: str = "") -> dict[str, Any]:
     return info
 
 
-def environment_json(device: str = "") -> str:
-    """:func:`environment` as indented JSON, worked out once per process and device.
+def environment_json(device: str = "", folder: str = "") -> str:
+    """:func:`environment` as indented JSON, worked out once per process, device and source folder.
 
     A reused trial process runs many trials; asking git and the package metadata again for each
     (two subprocesses, a scan of site-packages) cost more than a tiny trial's training.
     """
-    return _environment(device)
+    return _environment(device, folder)
 
 
 Stamp = tuple[Path, int, int]
