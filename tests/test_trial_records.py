@@ -112,6 +112,9 @@ class _Events:
     def log_texts(self, texts: dict[str, str]) -> None:
         pass
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
     def spool_folder(self) -> Path:
         self.folders += 1
         (self.root / str(self.folders)).mkdir()
