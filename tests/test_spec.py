@@ -392,6 +392,13 @@ def test_user_trainer_by_import_path_and_its_fields(tmp_path: Path) -> None:
         load_spec(write_spec(tmp_path, {**data, "trainer": "tests.toy_trainer:ToyConfig"}))
 
 
+TRAINER_METHODS = (
+    "    def train_epoch(self):\n        return {}\n    def validate(self):\n        return {'val_loss': 1.0}\n"
+    "    def state_dict(self):\n        return {}\n    def load_state_dict(self, state):\n        pass\n"
+)
+"""The four methods of a minimal class trainer, as the text of a module a test writes (indented for a class body)."""
+
+
 def test_a_trainer_class_a_spec_could_not_build_is_refused_before_a_trial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -399,9 +406,7 @@ def test_a_trainer_class_a_spec_could_not_build_is_refused_before_a_trial(
         "from dataclasses import dataclass\n\n"
         "@dataclass\nclass Bare:\n    lr: float\n\n"
         "@dataclass\nclass Good:\n    lr: float = 0.1\n\n"
-        "class Base:\n    def __init__(self, config):\n        self.config = config\n"
-        "    def train_epoch(self):\n        return {}\n    def validate(self):\n        return {'val_loss': 1.0}\n"
-        "    def state_dict(self):\n        return {}\n    def load_state_dict(self, state):\n        pass\n\n"
+        "class Base:\n    def __init__(self, config):\n        self.config = config\n" + TRAINER_METHODS + "\n"
         "class NoDefault(Base):\n    Config = Bare\n\n"
         "class NoConfigArgument(Base):\n    Config = Good\n    def __init__(self):\n        pass\n"
     )
@@ -422,9 +427,7 @@ def test_a_precision_alias_a_literal_field_refuses_says_which_name_to_write(
         "@dataclass\nclass Config:\n    lr: float = 0.1\n"
         "    precision: Literal['fp32', 'bf16', 'fp16', 'fp16-o2'] = 'fp32'\n\n"
         "class Tiny:\n    Config = Config\n    precisions = ('fp32', 'bf16', 'fp16', 'fp16-o2')\n"
-        "    def __init__(self, config):\n        self.config = config\n"
-        "    def train_epoch(self):\n        return {}\n    def validate(self):\n        return {'val_loss': 1.0}\n"
-        "    def state_dict(self):\n        return {}\n    def load_state_dict(self, state):\n        pass\n"
+        "    def __init__(self, config):\n        self.config = config\n" + TRAINER_METHODS
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     data = {"trainer": "literal_trainer_mod:Tiny", "metric": "val_loss", "params": {"precision": ["fp32", "O1"]}}

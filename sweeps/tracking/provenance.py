@@ -50,8 +50,10 @@ def trainer_commit(trainer: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _environment(device: str, folder: str) -> str:
-    return json.dumps(environment(device, folder), indent=2, sort_keys=True)
+def _environment(device: str, folder: str) -> tuple[str, str]:
+    """:func:`environment` as indented JSON, and the git commit it names."""
+    info = environment(device, folder)
+    return json.dumps(info, indent=2, sort_keys=True), str(info.get("git_commit") or "")
 
 
 def source_folder(trainer: Any) -> str:
@@ -104,7 +106,12 @@ def environment_json(device: str = "", folder: str = "") -> str:
     A reused trial process runs many trials; asking git and the package metadata again for each
     (two subprocesses, a scan of site-packages) cost more than a tiny trial's training.
     """
-    return _environment(device, folder)
+    return _environment(device, folder)[0]
+
+
+def environment_commit(device: str = "", folder: str = "") -> str:
+    """The git commit :func:`environment_json` names for the same arguments ('' if none), from its cached look."""
+    return _environment(device, folder)[1]
 
 
 Stamp = tuple[Path, int, int]

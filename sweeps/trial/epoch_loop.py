@@ -21,7 +21,6 @@ channel makes every rank follow rank 0's decisions; only rank 0 has a logger.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import pickle
@@ -59,7 +58,7 @@ from sweeps.core.keys import (
 from sweeps.core.plan import TrialPlan
 from sweeps.divergence import DEFAULTS, Divergence, DivergenceDetector, DivergenceSettings, may_recover
 from sweeps.tracking.curves import CurveHistory
-from sweeps.tracking.provenance import environment_json, source_folder, trainer_sources
+from sweeps.tracking.provenance import environment_commit, environment_json, source_folder, trainer_sources
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.function_run import FunctionRun
 from sweeps.trial.stops import (
@@ -680,10 +679,11 @@ class EpochLoop:
         if self.plan.spec_text:
             texts["spec.yaml"] = self.plan.spec_text
         texts.update({f"source/{name}": text for name, text in trainer_sources(source).items()})
-        texts["environment.json"] = environment_json(device, source_folder(source))
+        folder = source_folder(source)
+        texts["environment.json"] = environment_json(device, folder)
         self.logger.log_texts(texts)
-        if commit := json.loads(texts["environment.json"]).get("git_commit"):  # where MLflow's UI shows a commit
-            self.logger.set_tags({GIT_COMMIT_TAG: str(commit)})
+        if commit := environment_commit(device, folder):  # where MLflow's UI shows a commit
+            self.logger.set_tags({GIT_COMMIT_TAG: commit})
 
     def _log_image(self, image: Callable[[], Any] | None, epoch: int) -> None:
         """The epoch's image (``sample_grid()``, ``run.image``), any shape :func:`as_image` takes.
