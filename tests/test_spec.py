@@ -141,6 +141,8 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"params__lr": {"low": 0.1, "high": 0.5, "step": float("nan")}}, "params.lr.step", "finite number > 0"),
         ({"params__latent_dim": {"type": "int", "low": 8, "high": 64, "step": 0}}, "params.latent_dim.step", "> 0"),
         ({"params__latent_dim": {"type": "int", "low": 8, "high": 10**29}}, "params.latent_dim.high", "+-2**53"),
+        # a fixed int as large: passed the check, then failed in every trial
+        ({"fixed": {"width": "1e22"}}, "fixed.width", "must be within +-2**53 (9007199254740992), got 1e22"),
         ({"asha": "yes please"}, "asha", "must be a mapping or true/false, got 'yes please'"),
         ({"budget": [1, 2]}, "budget", "must be a mapping, got [1, 2]"),
         ({"budget__time": "8 hours"}, "budget.time", "must be a duration > 0 such as 90m, 1h30m, 8h or 3600 (seconds)"),

@@ -21,6 +21,7 @@ from sweeps.core.keys import EPOCHS_FIELD
 from sweeps.core.problems import Problems, as_duration, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import (
+    MAX_EXACT_INT,
     ParamSpec,
     choice_notes,
     is_number,
@@ -746,8 +747,12 @@ def _fixed(value: Any, types: dict[str, Any], problems: Problems) -> dict[str, A
         except ValueError as exc:
             problems.add(f"fixed.{key}", str(exc))
             continue
-        if isinstance(fixed[str(key)], float) and not math.isfinite(fixed[str(key)]):
-            problems.add(f"fixed.{key}", f"must be a finite number, got {fixed[str(key)]}")
+        value = fixed[str(key)]
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.add(f"fixed.{key}", f"must be a finite number, got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
+            # as a searched int's bounds: ``width: 1e22`` passed the check and failed in the trial
+            problems.add(f"fixed.{key}", f"must be within +-2**53 ({MAX_EXACT_INT}), got {item}")
     return fixed
 
 
