@@ -25,7 +25,7 @@ from sweeps.core.files import CommandError, disk_error_line
 from sweeps.core.keys import FAILED, OOM
 from sweeps.core.records import metric_text
 from sweeps.spec.sweep_spec import SpecError
-from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name
+from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name, go_on_options
 
 if TYPE_CHECKING:
     from sweeps.engine.runner import SweepResult
@@ -324,7 +324,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         address=address,
         warm_start=args.warm_start,
     )
-    return _print_result(result, spec, args.storage)
+    return _print_result(result, spec, args.storage, args.cpus)
 
 
 def _duration(seconds: float) -> str:
@@ -356,7 +356,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     start_ray(num_cpus=args.cpus, address=check_ray_address(args.address))
     print(f"resuming sweep {sweep.name}: {spec.budget.trials} trials x {spec.budget.epochs} epochs", flush=True)
     result = resume_sweep(args.storage, args.sweep, force=args.force)
-    return _print_result(result, spec, args.storage)
+    return _print_result(result, spec, args.storage, args.cpus)
 
 
 def _check_cpus(cpus: int | None, address: str | None) -> None:
@@ -376,8 +376,8 @@ def _check_cpus(cpus: int | None, address: str | None) -> None:
         )
 
 
-def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
-    """The end-of-sweep summary; exit code 130 when interrupted."""
+def _print_result(result: SweepResult, spec: SweepSpec, storage: str, cpus: int | None = None) -> int:
+    """The end-of-sweep summary; exit code 130 when interrupted (``cpus``: the run's ``--cpus``)."""
     from sweeps.results.summary import (
         divergence_summary,
         every_trial_failed,
@@ -416,7 +416,7 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         print(f"errors:  traceback.txt in the MLflow run of {runs}")
     if ran_out := time_ran_out(state, spec.budget.trials):
         print(f"time:    {ran_out}")
-    where = "" if storage == DEFAULT_ROOT else f" --storage {shlex.quote(str(storage))}"
+    where = go_on_options(storage)
     sweeps, name = command_name(), shlex.quote(result.sweep.name)  # as pasted into a shell
     failed = every_trial_failed(state)
     if state.best is not None and state.best.value is not None:
@@ -432,7 +432,8 @@ def _print_result(result: SweepResult, spec: SweepSpec, storage: str) -> int:
         how = ", ".join(f"{n} {status}" for status, n in sorted(ended.items()))
         print(f"best:    none: no trial completed ({how}); nothing to export")
     if result.interrupted and not state.halted:
-        more = f"{sweeps} run {shlex.quote(str(result.sweep.spec_file))}{where} --warm-start {name}"
+        again = go_on_options(storage, cpus)
+        more = f"{sweeps} run {shlex.quote(str(result.sweep.spec_file))}{again} --warm-start {name}"
         print(f"stopped: {stopped_by_user(state, spec.budget.trials)}; to go on from it: {more}")
     if state.halted:  # the trainer (or the spec's metric) is wrong: every trial would have failed so
         print(
@@ -609,8 +610,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if meta.get("time_ran_out"):
         print(f"\ntime:    {meta['time_ran_out']}")
     if meta.get("stopped"):  # as the run's end said it, with the command that goes on from it
-        where = "" if str(args.storage) == str(DEFAULT_ROOT) else f" --storage {shlex.quote(str(args.storage))}"
-        more = f"{command_name()} run {shlex.quote(str(sweep.spec_file))}{where} --warm-start {sweep.name}"
+        again = go_on_options(args.storage, meta.get("cpus"))
+        more = f"{command_name()} run {shlex.quote(str(sweep.spec_file))}{again} --warm-start {sweep.name}"
         print(f"\nstopped: {meta['stopped']}; to go on from it: {more}")
     if notes:
         print()
@@ -650,11 +651,15 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         status = str(meta.get("status", "?"))
         if status == "running" and driver_state(meta.get("driver") or {}) == "dead":
-            status = f"stopped (its driver is gone: sweeps resume {name})"
+            status = (
+                f"stopped (its driver is gone: sweeps resume {name}{go_on_options(args.storage, meta.get('cpus'))})"
+            )
         elif meta.get("halted"):  # a trial failed in a way every trial would
             status = f"stopped (after {str(meta['halted']).split(':', 1)[0]}: every trial would fail so)"
         elif meta.get("time_ran_out"):
             status += " (budget.time ran out)"
+        elif meta.get("stopped"):  # as the report says it: by Ctrl-C after 4 of 8 trials
+            status += f" ({meta['stopped']})"
         line = f"{name}  {status}  {meta.get('trainer')}  {meta.get('metric')}"
         print(line + _trial_counts(sweep.path / "report", str(meta.get("metric")), str(meta.get("mode", "min"))))
     if not names:

@@ -115,7 +115,9 @@ def test_a_sigint_to_the_sweeps_process_alone_stops_the_sweep_as_ctrl_c_does_and
             }
         )
     )
-    process = sweeps(tmp_path, "run", "spec.yaml", "--name", "sig", "--storage", "runs", start_new_session=True)
+    process = sweeps(
+        tmp_path, "run", "spec.yaml", "--name", "sig", "--storage", "runs", "--cpus", "2", start_new_session=True
+    )
     assert process.stdout is not None
     seen = []
     for line in process.stdout:  # the first trial's end, then a SIGINT to this process only, not its group
@@ -126,7 +128,7 @@ def test_a_sigint_to_the_sweeps_process_alone_stops_the_sweep_as_ctrl_c_does_and
     out, err = process.communicate(timeout=120)
     out = "".join(seen) + out
     assert process.returncode == 130, (out, err)
-    assert "stopped: by Ctrl-C" in out and "--warm-start sig" in out
+    assert "stopped: by Ctrl-C" in out and " --storage runs --cpus 2 --warm-start sig\n" in out  # --cpus was left out
     meta = json.loads((tmp_path / "runs" / "sig" / "sweep.json").read_text())
     assert meta["status"] == "interrupted"
     client = MlflowClient(meta["tracking_uri"])
@@ -149,4 +151,7 @@ def test_a_sigint_to_the_sweeps_process_alone_stops_the_sweep_as_ctrl_c_does_and
     report = sweeps(tmp_path, "report", "sig", "--storage", "runs")
     printed, _ = report.communicate(timeout=120)
     assert report.returncode == 0 and f"stopped: {meta['stopped']}; to go on from it: " in printed, printed
-    assert " --storage runs --warm-start sig\n" in printed, printed
+    assert " --storage runs --cpus 2 --warm-start sig\n" in printed, printed
+    listing = sweeps(tmp_path, "list", "--storage", "runs")
+    listed, _ = listing.communicate(timeout=120)  # `sweeps list` said "interrupted" alone
+    assert f"sig  interrupted ({meta['stopped']})  " in listed, listed

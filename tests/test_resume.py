@@ -384,12 +384,13 @@ def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_
     from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
 
     sweep = new_sweep_dir(tmp_path / "runs", "stopped")
-    sweep.write_meta({"status": "interrupted"})
+    sweep.write_meta({"status": "interrupted", "cpus": 2})
     with pytest.raises(SweepStoreError) as info:
         check_resumable(tmp_path / "runs", "stopped")
     message = str(info.value)
     assert "was stopped (Ctrl-C)" in message and "\n" not in message
-    assert message.endswith(f"sweeps run {sweep.spec_file} --warm-start stopped")
+    runs = tmp_path / "runs"  # the sweep's --storage and --cpus: the command left both out
+    assert message.endswith(f"sweeps run {sweep.spec_file} --storage {runs} --cpus 2 --warm-start stopped")
 
 
 def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -404,14 +405,23 @@ def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: 
     here = socket.gethostname()
     for name, pid in (("gone", ended.pid), ("alive", os.getppid())):  # a process that runs, not this one
         new_sweep_dir(tmp_path / "runs", name).write_meta(
-            {"status": "running", "trainer": "vae", "metric": "val_mse", "driver": {"pid": pid, "host": here}}
+            {
+                "status": "running",
+                "trainer": "vae",
+                "metric": "val_mse",
+                "driver": {"pid": pid, "host": here},
+                "cpus": 1,
+            }
         )
     broken = new_sweep_dir(tmp_path / "runs", "broken")  # a damaged sweep.json hid the sweeps listed after it
     broken.meta_file.write_text("{broken")
     assert main(["list", "--storage", str(tmp_path / "runs")]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed[0] == "alive  running  vae  val_mse" and listed[1].startswith("broken  unreadable (cannot read ")
-    assert listed[2:] == ["gone  stopped (its driver is gone: sweeps resume gone)  vae  val_mse"]
+    runs = tmp_path / "runs"  # the command repeats the run's --storage and --cpus (a shared machine's share)
+    assert listed[2:] == [
+        f"gone  stopped (its driver is gone: sweeps resume gone --storage {runs} --cpus 1)  vae  val_mse"
+    ]
     assert main(["report", "gone", "--storage", str(tmp_path / "runs")]) == 2  # it pointed at nothing to do
     assert "its driver is gone before it wrote them; finish it with sweeps resume gone" in capsys.readouterr().err
 

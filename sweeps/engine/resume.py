@@ -67,6 +67,7 @@ from sweeps.store.sweep_dir import (
     SweepStoreError,
     claim_driver,
     driver_state,
+    go_on_options,
     open_sweep_dir,
     release_driver,
 )
@@ -150,7 +151,7 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
         raise SweepStoreError(
             f"sweep {sweep.name!r} was stopped (Ctrl-C) and its open trials recorded as interrupted; "
             "resume continues a sweep whose driver died. To go on from it, start a sweep that learns from its "
-            f"trials: sweeps run {sweep.spec_file} --warm-start {sweep.name}"
+            f"trials: sweeps run {sweep.spec_file}{go_on_options(root, meta.get('cpus'))} --warm-start {sweep.name}"
         )
     if status != RUNNING:
         raise SweepStoreError(f"sweep {sweep.name!r} has status {status!r}; only a sweep whose driver died resumes")

@@ -115,6 +115,8 @@ def run_sweep(
         parent = tracker.start(spec.name, sweep.name, spec_text, _parent_params(spec, sweep))
         storage_path, experiment = ray_location(spec, sweep)
         meta = {**_meta(spec, sweep, uri, tracker), "ray_experiment": f"{storage_path}/{experiment}"}
+        if cpus is not None:  # the commands that go on from it say --cpus too (a shared machine's share)
+            meta["cpus"] = cpus
         if meta["git_commit"]:  # MLflow's UI shows the code's commit on the run
             tracker.set_tags(parent, {GIT_COMMIT_TAG: str(meta["git_commit"])})
         study = create_study(sweep, spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import tempfile
 import time
@@ -17,6 +18,18 @@ from filelock import FileLock, Timeout
 from sweeps.core.errors import InputError
 
 DEFAULT_ROOT = "sweep_runs"
+
+
+def go_on_options(storage: str | Path, cpus: object = None) -> str:
+    """`` --storage DIR --cpus N``: what a command that goes on from a sweep repeats ('' for the defaults).
+
+    Two users sharing a machine, each with ``--cpus 1``: the printed command left ``--cpus`` out,
+    and the sweep it started would have taken the other's CPU.
+    """
+    where = "" if str(storage) == str(DEFAULT_ROOT) else f" --storage {shlex.quote(str(storage))}"
+    return where + (f" --cpus {cpus}" if cpus else "")
+
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 """A sweep's name: one folder name of safe characters (no ``/``, no ``..``, no spaces), at most 128."""
 
