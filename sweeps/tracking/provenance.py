@@ -43,10 +43,15 @@ def trainer_commit(trainer: str) -> str:
     try:
         from trainables.registry import load_trainer
 
-        source = inspect.getsourcefile(load_trainer(trainer))
+        folder = source_folder(load_trainer(trainer))
     except Exception:  # noqa: BLE001 - provenance is best effort: no source file, the working directory's commit
-        source = None
-    return (git_commit(Path(source).parent) if source else "") or git_commit()
+        folder = ""
+    return checkout_commit(folder)
+
+
+def checkout_commit(folder: str) -> str:
+    """The git commit of the checkout holding ``folder`` (a trainer's source), else of the working directory."""
+    return (git_commit(folder) if folder else "") or git_commit(os.getcwd())
 
 
 @lru_cache(maxsize=4)
@@ -84,7 +89,7 @@ def environment(device: str = "", folder: str = "") -> dict[str, Any]:
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
         "packages": versions,
-        "git_commit": (git_commit(folder) if folder else "") or git_commit(os.getcwd()),
+        "git_commit": checkout_commit(folder),
         "device": device,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # "": no GPU reserved, none seen
     }
