@@ -45,7 +45,9 @@ def run_ours(
     import sweeps
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
-    raw = task.spec(f"sq-{task.name}-{seed}", seed, {"trials": MANY, "epochs": task.epochs}, trace_dir=trace_dir)
+    # the budget a user with that much time gives it (budget.time counts from the sweep's start, after Ray's)
+    budget = {"trials": MANY, "epochs": task.epochs, "time": budget_s}
+    raw = task.spec(f"sq-{task.name}-{seed}", seed, budget, trace_dir=trace_dir)
     for dotted, value in (overrides or {}).items():
         *path, last = dotted.split(".")
         section = raw

@@ -11,6 +11,7 @@ from sweeps.core.keys import (
     COLLAPSED_AT_END_KEY,
     COMPLETED,
     DIVERGED,
+    EPOCH_SECONDS_KEY,
     HISTORY_KEY,
     INTERRUPTED,
     OBSERVED_LATER_KEY,
@@ -67,6 +68,8 @@ class TrialRecord:
     diverged_at: int | None = None
     steps: int = 0
     skipped_steps: int = 0
+    epoch_s: float | None = None
+    """Median wall seconds of its epochs (its last report's ``EPOCH_SECONDS_KEY``): what its config costs an epoch."""
     sampling_s: float = 0.0
     """Seconds the sampler took to suggest this trial's parameters (Optuna ``ask`` and sampling)."""
     drawn_by: str = ""
@@ -143,6 +146,9 @@ class SweepState:
         record.epochs = int(result.get("epoch", result.get("training_iteration", record.epochs)) or record.epochs)
         record.steps = int(result.get(STEPS_KEY, record.steps))
         record.skipped_steps = int(result.get(SKIPPED_KEY, record.skipped_steps))
+        seconds = result.get(EPOCH_SECONDS_KEY)
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0:
+            record.epoch_s = float(seconds)
         if result.get(OBSERVED_SIGNAL_KEY):
             if not record.would_stop:
                 record.flagged_at = self._flagged_at(record, result)

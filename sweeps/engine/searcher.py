@@ -55,6 +55,8 @@ from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.scheduler import rung_epochs
 from sweeps.spec.params import sample
 from sweeps.spec.sweep_spec import SweepSpec
+from sweeps.store.cost_aware_sampler import COST_ATTR, CostAwareTPESampler
+from sweeps.store.interleaved_sampler import RandomInterleavedSampler
 from sweeps.store.study import QUEUED_ATTR, drawn_by, record_trial
 from sweeps.tracking.sweep_tracker import SweepTracker
 from trainables.precision import canonical_precision, precision_problem
@@ -118,6 +120,17 @@ class OptunaSearcher(Searcher):
         self.spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
         self.must_restore = False  # set by ``sweeps.resume``: Ray has to restore its experiment first
         self.restored = False
+        sampler = study.sampler.base if isinstance(study.sampler, RandomInterleavedSampler) else study.sampler
+        if isinstance(sampler, CostAwareTPESampler):
+            sampler.budget_used = self.budget_used
+
+    def budget_used(self) -> float:
+        """The share of the budget spent, 0 to 1: the larger of ``budget.time`` gone and ``budget.trials`` asked."""
+        budget = self.spec.budget
+        used = self.asked / budget.trials if budget.trials else 0.0
+        if self.state.deadline is not None and budget.time_s:
+            used = max(used, 1.0 - (self.state.deadline - time.time()) / budget.time_s)
+        return min(1.0, max(0.0, used))
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         """Accept Tune's metric and mode (the spec's own)."""
@@ -353,7 +366,9 @@ class OptunaSearcher(Searcher):
 
     def _tell(self, trial: optuna.Trial, record: TrialRecord) -> None:
         verdict = study_verdict(record.status, self.spec.search.diverged_as)
-        attrs = {"status": record.status, "steps": record.steps, "skipped_share": record.skipped_share}
+        attrs: dict[str, Any] = {"status": record.status, "steps": record.steps, "skipped_share": record.skipped_share}
+        if record.epoch_s is not None:
+            attrs[COST_ATTR] = record.epoch_s
         record_trial(trial, attrs={**attrs, **({"reason": record.reason} if verdict == TELL_INFEASIBLE else {})})
         if verdict == TELL_COMPLETE:
             self.study.tell(trial, record.value)

@@ -114,6 +114,8 @@ class Search:
     ``random_fraction``: the share of TPE's trials drawn uniformly at random instead
     (``sweeps.store.interleaved_sampler``; 0: none). ``multivariate``: TPE models the parameters
     jointly (grouped, for conditional spaces); ``false``: each on its own, as Optuna's default TPE.
+    ``cost_aware``: TPE picks by expected improvement per predicted second of an epoch
+    (``sweeps.store.cost_aware_sampler``), learnt from the trials' measured epoch times.
     """
 
     sampler: str = "tpe"
@@ -121,6 +123,7 @@ class Search:
     diverged_as: str = "infeasible"
     random_fraction: float = 0.2
     multivariate: bool = True
+    cost_aware: bool = False
 
 
 @dataclass
@@ -640,7 +643,7 @@ def _asha(value: Any, budget: Budget, problems: Problems) -> Asha:
 
 def _search(value: Any, problems: Problems) -> Search:
     section = _section(value, "search", problems)
-    known = {"sampler", "n_startup_trials", "diverged_as", "random_fraction", "multivariate"}
+    known = {"sampler", "n_startup_trials", "diverged_as", "random_fraction", "multivariate", "cost_aware"}
     _unknown(section, known, "search", problems)
     diverged_as = section.get("diverged_as", "infeasible")
     if diverged_as not in ("infeasible", "fail"):
@@ -663,6 +666,11 @@ def _search(value: Any, problems: Problems) -> Search:
         problems.add("search.multivariate", f"must be true or false, got {multivariate!r}")
     else:
         search.multivariate = multivariate
+    cost_aware = section.get("cost_aware", search.cost_aware)
+    if not isinstance(cost_aware, bool):
+        problems.add("search.cost_aware", f"must be true or false, got {cost_aware!r}")
+    else:
+        search.cost_aware = cost_aware
     return search
 
 

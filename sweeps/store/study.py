@@ -20,6 +20,7 @@ import optuna
 
 from sweeps.compat.optuna_internals import cached_trial, write_progress
 from sweeps.spec.sweep_spec import SweepSpec
+from sweeps.store.cost_aware_sampler import CostAwareTPESampler
 from sweeps.store.interleaved_sampler import RandomInterleavedSampler
 from sweeps.store.sqlite_wal import use_wal
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
@@ -75,7 +76,8 @@ def make_sampler(spec: SweepSpec, resumed_after: int = 0, stream: str = "") -> o
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        tpe = optuna.samplers.TPESampler(
+        tpe_class = CostAwareTPESampler if spec.search.cost_aware else optuna.samplers.TPESampler
+        tpe = tpe_class(
             seed=seed,
             n_startup_trials=spec.search.n_startup_trials,
             multivariate=spec.search.multivariate,

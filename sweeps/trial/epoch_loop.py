@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import pickle
+import statistics
 import sys
 import time
 import traceback
@@ -39,6 +40,7 @@ from sweeps.core.failures import message_line
 from sweeps.core.keys import (
     COLLAPSED_AT_END_KEY,
     EPOCH,
+    EPOCH_SECONDS_KEY,
     EPOCHS_FIELD,
     GIT_COMMIT_TAG,
     HISTORY_KEY,
@@ -374,6 +376,8 @@ class EpochLoop:
         """A report raised ``SystemExit``: Ray Tune ends a stopped trial's training thread with ``sys.exit(0)``."""
         self.started = time.monotonic()
         """When this trial process began the trial (``budget.trial_time`` counts from it)."""
+        self.epoch_ends: list[float] = []
+        """``time.monotonic()`` when this process's first epoch began, then at the end of each epoch it ran."""
         self.image_range_told = False
         self.image_failures = 0
         """An epoch's image had values outside [0, 1], and the run's warning says so (once)."""
@@ -410,6 +414,7 @@ class EpochLoop:
             trainer.load_state_dict(saved["trainer"])
             self._take_counts(saved)
         image = trainer.sample_grid if isinstance(trainer, SamplesImages) else None
+        self.epoch_ends = [time.monotonic()]
         for epoch in range(self.epochs_done + 1, self.plan.epochs + 1):
             try:
                 trained = metric_floats(metrics_dict(trainer.train_epoch(), "train_epoch"), "train_epoch()")
@@ -455,6 +460,7 @@ class EpochLoop:
         seed = run.config.get("seed", 0)
         if isinstance(seed, (int, float)) and not isinstance(seed, bool):
             seed_rngs(int(seed))
+        self.epoch_ends = [time.monotonic()]
         try:
             train(run.config, run)
         except DivergedError as diverged:
@@ -524,6 +530,7 @@ class EpochLoop:
         """The epoch's metrics (the sweep's among them) and image recorded, and kept for its report."""
         self._check_metric(metrics)
         self.epochs_done, self.metrics = epoch, metrics
+        self.epoch_ends.append(time.monotonic())
         steps = int(self.counts[STEPS_KEY])
         self.last_epoch_steps, self.steps_before_epoch = steps - self.steps_before_epoch, steps
         if self.logger is not None:
@@ -552,7 +559,14 @@ class EpochLoop:
             self.logger.log_metrics({**(metrics or {}), **self.counts}, step=epoch)  # the step counts at the stop
         self._deliver()
         observed = self.watch.result() if self.watch is not None else {}  # observe mode: what a step signal saw first
-        result = {self.plan.metric: math.nan, EPOCH: epoch, **self.counts, **observed, **divergence_result(divergence)}
+        result = {
+            self.plan.metric: math.nan,
+            EPOCH: epoch,
+            **self.counts,
+            **self._epoch_seconds(),
+            **observed,
+            **divergence_result(divergence),
+        }
         self._to_channel({**result, HISTORY_KEY: self.history}, None)
 
     def _collapsed_at_end(self, epoch: int) -> Divergence | None:
@@ -584,11 +598,30 @@ class EpochLoop:
             self.watch.ended_collapsed(collapse)  # observe mode: the trial ran on, its output still stuck
         observed = self.watch.result() if self.watch is not None else {}
         self._deliver()
-        result = {**self.metrics, EPOCH: epoch, **self.counts, **observed, **(extra or {}), HISTORY_KEY: self.history}
+        result = {
+            **self.metrics,
+            EPOCH: epoch,
+            **self.counts,
+            **self._epoch_seconds(),
+            **observed,
+            **(extra or {}),
+            HISTORY_KEY: self.history,
+        }
         go_on = self._to_channel(result, partial(self._state, epoch))
         self.history, self.unreported = [], False
         self.cadence.reported()
         return go_on
+
+    def _epoch_seconds(self) -> dict[str, float]:
+        """``{EPOCH_SECONDS_KEY: median seconds}`` of the epochs this process ran ({} before the first ended).
+
+        The first epoch counts from its start, after the trainer was built (a function trainer's
+        own set-up falls into it, which the median of several epochs leaves out).
+        """
+        ends = self.epoch_ends
+        if len(ends) < 2:
+            return {}
+        return {EPOCH_SECONDS_KEY: statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))}
 
     def _to_channel(self, result: dict[str, Any], state: Callable[[], CheckpointState] | None) -> bool:
         """``channel.report``, noting a ``SystemExit`` raised in it: Ray Tune ends a stopped trial's thread so."""
