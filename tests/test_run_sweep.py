@@ -132,6 +132,8 @@ def test_vae_sweep_records_every_trial_and_export_retrains_within_1pct(workdir: 
         final = run.data.metrics.get("sweep/final")
         assert final == (run.data.metrics["val_mse"] if expected == TrialState.COMPLETE else None)
         assert trial.params == {k: v for k, v in trial.user_attrs["config"].items() if k in trial.params}
+        # what an epoch of its config took, for search.cost_aware: more than nothing, less than the sweep
+        assert 0 < trial.user_attrs["epoch_s"] < 60
 
     exported = write_export(best_config(open_sweep_dir(workdir / "runs", result.sweep.name)), workdir / "best.yaml")
     data = load_run_file(exported)

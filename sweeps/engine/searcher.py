@@ -125,10 +125,16 @@ class OptunaSearcher(Searcher):
             sampler.budget_used = self.budget_used
 
     def budget_used(self) -> float:
-        """The share of the budget spent, 0 to 1: the larger of ``budget.time`` gone and ``budget.trials`` asked."""
+        """The share of the budget spent, 0 to 1: the larger of ``budget.time`` gone and ``budget.trials`` asked.
+
+        1 (all of it) in a sweep without ``budget.time``: its trials are its budget, whatever they
+        cost, so the search weighs no cost (``search.cost_aware`` acts where time is the limit).
+        """
         budget = self.spec.budget
+        if not budget.time_s:
+            return 1.0
         used = self.asked / budget.trials if budget.trials else 0.0
-        if self.state.deadline is not None and budget.time_s:
+        if self.state.deadline is not None:
             used = max(used, 1.0 - (self.state.deadline - time.time()) / budget.time_s)
         return min(1.0, max(0.0, used))
 
