@@ -159,6 +159,12 @@ def test_the_searcher_tells_the_sampler_how_much_of_the_budget_is_spent(tmp_path
     assert study.sampler.budget_used() == pytest.approx(0.6, abs=0.02)
     state.deadline = time.time() - 5
     assert study.sampler.budget_used() == 1.0
+    state.deadline = time.time() + 100
+    # a resume swaps the study's sampler after the searcher is made: the next ask hooks the new one
+    study.sampler = make_sampler(spec, resumed_after=2)
+    assert searcher.suggest("c") is not None
+    assert isinstance(study.sampler, CostAwareTPESampler)
+    assert study.sampler.budget_used() == pytest.approx(3 / 8, abs=0.01)
     # without budget.time the trials are the budget, whatever they cost: no cost is weighed
     del raw["budget"]["time"]
     untimed = OptunaSearcher(load_spec(write_spec(tmp_path, raw)), study, SweepState("val_loss", "min"), tracker, "s")

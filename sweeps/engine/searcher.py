@@ -120,7 +120,12 @@ class OptunaSearcher(Searcher):
         self.spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
         self.must_restore = False  # set by ``sweeps.resume``: Ray has to restore its experiment first
         self.restored = False
-        sampler = study.sampler.base if isinstance(study.sampler, RandomInterleavedSampler) else study.sampler
+        self.hook_sampler()
+
+    def hook_sampler(self) -> None:
+        """Let the study's cost-aware TPE read the budget's share spent (again at each ask: resume swaps samplers)."""
+        sampler = self.study.sampler
+        sampler = sampler.base if isinstance(sampler, RandomInterleavedSampler) else sampler
         if isinstance(sampler, CostAwareTPESampler):
             sampler.budget_used = self.budget_used
 
@@ -165,6 +170,7 @@ class OptunaSearcher(Searcher):
             return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
         self.asked += 1
         started = time.perf_counter()
+        self.hook_sampler()
         trial = self.study.ask()
         sampled = sample(trial, self.spec.params, self.spec.fixed)
         params = self.spec.resolve(sampled)
