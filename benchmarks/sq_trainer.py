@@ -25,12 +25,14 @@ from trainables.vae import VAEConfig, VAETrainer
 
 
 class _Trace:
-    """One trial's trace file: a line per validation, the first also with the trial's config."""
+    """One trial's trace file: a line per validation, the first also with the trial's config (a dataclass or dict)."""
 
     def __init__(self, config: Any, metric: str) -> None:
         self.metric = metric
-        self.path = Path(config.trace_dir) / f"{uuid.uuid4().hex}.jsonl" if config.trace_dir else None
-        self.config: dict[str, Any] | None = {k: v for k, v in asdict(config).items() if k != "trace_dir"}
+        values = dict(config) if isinstance(config, dict) else asdict(config)
+        trace_dir = values.pop("trace_dir", "")
+        self.path = Path(trace_dir) / f"{uuid.uuid4().hex}.jsonl" if trace_dir else None
+        self.config: dict[str, Any] | None = values
 
     def write(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.path is None:
@@ -89,6 +91,31 @@ class TracedSRGAN(SRGANTrainer):
         metrics = super().validate()
         self.trace.write(self.epoch, metrics)
         return metrics
+
+
+def traced_sr_onecycle(config: dict[str, Any], run: Any) -> None:
+    """``benchmarks/loops/sr_onecycle.py`` (a loop written by someone else) as a function trainer, each epoch traced.
+
+    The held-out task of ``search_quality`` (``sr_onecycle``): ours only, as it runs a user's own loop.
+    """
+    from benchmarks.loops import sr_onecycle as loop
+
+    trace = _Trace(config, loop.METRIC)
+    values = {key: config.get(key, default) for key, default in loop.DEFAULTS.items()}
+    values["epochs"] = run.epochs
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        run.step(loss=metrics.get("loss"), **{k: v for k, v in metrics.items() if k != "loss"})
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        trace.write(epoch, metrics)
+        run.report(epoch, **{loop.METRIC: metrics[loop.METRIC]})
+
+    loop.train(values, on_step, on_epoch)
+
+
+traced_sr_onecycle.metrics = ("val_psnr",)  # type: ignore[attr-defined]
+traced_sr_onecycle.precisions = ("fp32", "bf16", "fp16")  # type: ignore[attr-defined]
 
 
 def trainer_class(task: str) -> Any:
