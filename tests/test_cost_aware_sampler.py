@@ -22,14 +22,7 @@ from sweeps.store.sweep_dir import new_sweep_dir
 from sweeps.tracking.sweep_tracker import SweepTracker
 from tests.helpers import spec_from_dict, toy_spec, write_spec
 
-SPEC = {
-    "name": "unit",
-    "trainer": "vae",
-    "metric": {"name": "val_mse", "mode": "min"},
-    "seed": 3,
-    "budget": {"trials": 4, "epochs": 1},
-    "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-}
+SPEC = toy_spec("unit")
 SPACE = {
     "precision": CategoricalDistribution(["fp32", "fp16"]),
     "width": IntDistribution(8, 64, log=True),
