@@ -98,20 +98,9 @@ def traced_sr_onecycle(config: dict[str, Any], run: Any) -> None:
 
     The held-out task of ``search_quality`` (``sr_onecycle``): ours only, as it runs a user's own loop.
     """
-    from benchmarks.loops import sr_onecycle as loop
+    from benchmarks.loops.as_trainer import run_loop
 
-    trace = _Trace(config, loop.METRIC)
-    values = {key: config.get(key, default) for key, default in loop.DEFAULTS.items()}
-    values["epochs"] = run.epochs
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        run.step(loss=metrics.get("loss"), **{k: v for k, v in metrics.items() if k != "loss"})
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        trace.write(epoch, metrics)
-        run.report(epoch, **{loop.METRIC: metrics[loop.METRIC]})
-
-    loop.train(values, on_step, on_epoch)
+    run_loop("sr_onecycle", config, run, _Trace(config, "val_psnr").write)
 
 
 traced_sr_onecycle.metrics = ("val_psnr",)  # type: ignore[attr-defined]
