@@ -22,8 +22,9 @@ scale where the parameter's is). Until :data:`MIN_TRIALS` trials have a measured
 sampler is TPE unchanged. EI comes from TPE's density ratio as in Bergstra et al. (2011):
 ``EI ~ 1 / (gamma + (1 - gamma) g(x) / l(x))``, with ``gamma`` the share of trials TPE counts as good.
 
-Off unless a spec sets ``search.cost_aware: true``: on 2 CPUs it ran 20-45% more trials in the
-same time and found no better model (``benchmarks/RESULTS.md``, "Cost-aware search").
+Off unless a spec sets ``search.cost_aware: true``: on 2 CPUs it ran up to twice as many trials in
+the same time, and its best model was level with TPE alone's in three comparisons, ahead in one and
+behind in one (``benchmarks/RESULTS.md``, "Cost-aware search").
 
 It overrides two private methods of Optuna's ``TPESampler`` (``_sample``,
 ``_compute_acquisition_func``), checked by ``tests/test_cost_aware_sampler.py`` on the pinned Optuna.
