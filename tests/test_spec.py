@@ -159,6 +159,7 @@ def test_good_spec_loads_and_reads_exponent_strings_as_numbers(tmp_path: Path) -
         ({"trial_storage": "s4://bucket/sweeps"}, "trial_storage", "unknown scheme 's4://'"),
         ({"trial_storage": "s3://"}, "trial_storage", "names no bucket"),
         ({"trial_storage": ["s3://a"]}, "trial_storage", "must be a URI"),
+        ({"params__lr": {"low": 1e-4, "high": 0.1, "log": "yes"}}, "params.lr.log", "must be true or false, got 'yes'"),
     ],
 )
 def test_each_bad_input_names_its_key(tmp_path: Path, changes: dict[str, object], key: str, fragment: str) -> None:

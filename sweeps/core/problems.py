@@ -62,6 +62,14 @@ def as_int(value: Any, key: str, problems: Problems, minimum: int | None = None)
     return int(number)
 
 
+def as_bool(value: Any, key: str, problems: Problems) -> bool | None:
+    """Return ``value`` if it is YAML's true or false, or record a problem and return None."""
+    if isinstance(value, bool):
+        return value
+    problems.add(key, f"must be true or false, got {value!r}")
+    return None
+
+
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 """The units a duration may be written in (``90m``, ``8h``); a bare number is seconds."""
 

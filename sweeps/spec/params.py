@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard, get_args, get_origin
 
-from sweeps.core.problems import Problems, as_int, as_number, unknown_key
+from sweeps.core.problems import Problems, as_bool, as_int, as_number, unknown_key
 from trainables.config import coerce
 
 if TYPE_CHECKING:
@@ -356,10 +356,7 @@ def _numeric(
             problems.add(f"{key}.{bound}", f"must be finite, got {value}")
         elif value is not None and kind == "int" and abs(value) > MAX_EXACT_INT:
             problems.add(f"{key}.{bound}", f"must be within +-2**53 ({MAX_EXACT_INT}), got {entry[bound]}")
-    log = entry.get("log", False)
-    if not isinstance(log, bool):
-        problems.add(f"{key}.log", f"must be true or false, got {log!r}")
-        log = False
+    log = as_bool(entry.get("log", False), f"{key}.log", problems) or False
     step = read(entry["step"], f"{key}.step", problems) if entry.get("step") is not None else None
     if step is not None and not (math.isfinite(step) and step > 0):
         problems.add(f"{key}.step", f"must be a finite number > 0, got {step}")

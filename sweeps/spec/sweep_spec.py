@@ -18,7 +18,7 @@ import yaml
 
 from sweeps.core.errors import InputError
 from sweeps.core.keys import EPOCHS_FIELD
-from sweeps.core.problems import Problems, as_duration, as_int, as_number, unknown_key
+from sweeps.core.problems import Problems, as_bool, as_duration, as_int, as_number, unknown_key
 from sweeps.divergence import DEFAULTS, MODES, SIGNALS, DivergenceSettings
 from sweeps.spec.params import (
     MAX_EXACT_INT,
@@ -662,16 +662,10 @@ def _search(value: Any, problems: Problems) -> Search:
         problems.add("search.random_fraction", f"must be >= 0 and < 1, got {fraction}")
     elif fraction is not None:
         search.random_fraction = float(fraction)
-    multivariate = section.get("multivariate", search.multivariate)
-    if not isinstance(multivariate, bool):
-        problems.add("search.multivariate", f"must be true or false, got {multivariate!r}")
-    else:
-        search.multivariate = multivariate
-    cost_aware = section.get("cost_aware", search.cost_aware)
-    if not isinstance(cost_aware, bool):
-        problems.add("search.cost_aware", f"must be true or false, got {cost_aware!r}")
-    else:
-        search.cost_aware = cost_aware
+    multivariate = as_bool(section.get("multivariate", search.multivariate), "search.multivariate", problems)
+    search.multivariate = search.multivariate if multivariate is None else multivariate
+    cost_aware = as_bool(section.get("cost_aware", search.cost_aware), "search.cost_aware", problems)
+    search.cost_aware = search.cost_aware if cost_aware is None else cost_aware
     return search
 
 
