@@ -350,7 +350,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if edited := edited_since(meta.get("spec_stamp")):
         print(
             f"note: {edited} changed since sweep {sweep.name} started; resume runs the spec it started with "
-            f"({sweep.spec_file}); to sweep the edited one: sweeps run {edited} --warm-start {sweep.name}",
+            f"({sweep.spec_file}); to sweep the edited one: {command_name()} run {edited} --warm-start {sweep.name}",
             file=sys.stderr,
         )
     start_ray(num_cpus=args.cpus, address=check_ray_address(args.address))
@@ -600,7 +600,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not rows and driver_state(meta.get("driver") or {}) == "dead":
         raise SweepStoreError(
             f"sweep {sweep.name!r} has no results: its driver is gone before it wrote them; finish it with "
-            f"sweeps resume {sweep.name} (its trials so far are in MLflow: sweeps ui {sweep.name})"
+            f"{command_name()} resume {sweep.name} (its trials so far are in MLflow: {command_name()} ui {sweep.name})"
         )
     if not rows:
         raise SweepStoreError(f"sweep {sweep.name!r} has no results yet (it is running or was stopped early)")
@@ -652,7 +652,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         status = str(meta.get("status", "?"))
         if status == "running" and driver_state(meta.get("driver") or {}) == "dead":
             status = (
-                f"stopped (its driver is gone: sweeps resume {name}{go_on_options(args.storage, meta.get('cpus'))})"
+                f"stopped (its driver is gone: {command_name()} resume {name}"
+                f"{go_on_options(args.storage, meta.get('cpus'))})"
             )
         elif meta.get("halted"):  # a trial failed in a way every trial would
             status = f"stopped (after {str(meta['halted']).split(':', 1)[0]}: every trial would fail so)"

@@ -393,11 +393,21 @@ def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_
     assert message.endswith(f"sweeps run {sweep.spec_file} --storage {runs} --cpus 2 --warm-start stopped")
 
 
-def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A user's ``kill -9`` of the driver left ``sweeps list`` saying ``running``; only resume could tell."""
+def test_list_says_when_a_running_sweeps_driver_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's ``kill -9`` of the driver left ``sweeps list`` saying ``running``; only resume could tell.
+
+    The command it gives is the one the user can run: ``python -m sweeps`` where ``sweeps`` is not on PATH.
+    """
+    import shlex
     import socket
 
     from sweeps.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["-m", "list"])  # as `python -m sweeps list` sets it
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    sweeps = f"{shlex.quote(sys.executable)} -m sweeps"
     from sweeps.store.sweep_dir import new_sweep_dir
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -420,10 +430,12 @@ def test_list_says_when_a_running_sweeps_driver_is_gone(tmp_path: Path, capsys: 
     assert listed[0] == "alive  running  vae  val_mse" and listed[1].startswith("broken  unreadable (cannot read ")
     runs = tmp_path / "runs"  # the command repeats the run's --storage and --cpus (a shared machine's share)
     assert listed[2:] == [
-        f"gone  stopped (its driver is gone: sweeps resume gone --storage {runs} --cpus 1)  vae  val_mse"
+        f"gone  stopped (its driver is gone: {sweeps} resume gone --storage {runs} --cpus 1)  vae  val_mse"
     ]
     assert main(["report", "gone", "--storage", str(tmp_path / "runs")]) == 2  # it pointed at nothing to do
-    assert "its driver is gone before it wrote them; finish it with sweeps resume gone" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"its driver is gone before it wrote them; finish it with {sweeps} resume gone" in said
+    assert f"(its trials so far are in MLflow: {sweeps} ui gone)" in said
 
 
 def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_says(tmp_path: Path) -> None:
