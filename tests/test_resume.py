@@ -404,11 +404,11 @@ def test_list_says_when_a_running_sweeps_driver_is_gone(
     import socket
 
     from sweeps.cli import main
+    from sweeps.store.sweep_dir import new_sweep_dir
 
     monkeypatch.setattr(sys, "argv", ["-m", "list"])  # as `python -m sweeps list` sets it
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     sweeps = f"{shlex.quote(sys.executable)} -m sweeps"
-    from sweeps.store.sweep_dir import new_sweep_dir
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
