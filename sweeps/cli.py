@@ -598,9 +598,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"Optuna ({sweep.storage_location})"
         )
     if not rows and driver_state(meta.get("driver") or {}) == "dead":
+        sweeps = command_name()
         raise SweepStoreError(
             f"sweep {sweep.name!r} has no results: its driver is gone before it wrote them; finish it with "
-            f"{command_name()} resume {sweep.name} (its trials so far are in MLflow: {command_name()} ui {sweep.name})"
+            f"{sweeps} resume {sweep.name} (its trials so far are in MLflow: {sweeps} ui {sweep.name})"
         )
     if not rows:
         raise SweepStoreError(f"sweep {sweep.name!r} has no results yet (it is running or was stopped early)")
