@@ -8,7 +8,6 @@ import errno
 import logging
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from sweeps.core.command import command_name
 from sweeps.core.errors import InputError
 from sweeps.core.files import CommandError, disk_error_line
 from sweeps.core.keys import FAILED, OOM
@@ -156,19 +156,6 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--top-k", type=int, default=5, help="trials the comparison link opens on (default: 5)")
     ui.add_argument("--sweep", help="the sweep whose links are printed (default: each experiment's latest)")
     return parser
-
-
-def command_name() -> str:
-    """How to call this command again: ``sweeps`` where that is on PATH, else the path it was run by.
-
-    After ``scripts/demo.sh`` the command is ``.venv/bin/sweeps``: a ``next:`` line that said
-    ``sweeps export ...`` gave "command not found" when pasted.
-    """
-    invoked = sys.argv[0] if sys.argv else ""
-    if os.path.basename(invoked) != "sweeps":  # python -m sweeps, or a test calling main()
-        return "sweeps" if shutil.which("sweeps") else f"{shlex.quote(sys.executable)} -m sweeps"  # by path
-    found = shutil.which("sweeps")
-    return "sweeps" if found and os.path.realpath(found) == os.path.realpath(invoked) else shlex.quote(invoked)
 
 
 def main(argv: list[str] | None = None) -> int:

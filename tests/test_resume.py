@@ -379,10 +379,14 @@ def test_a_lost_trial_gets_the_epochs_its_run_logged_after_its_driver_died(tmp_p
     assert runs["b"].info.status == "KILLED"
 
 
-def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_go_on(tmp_path: Path) -> None:
+def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sweeps.engine.resume import check_resumable
     from sweeps.store.sweep_dir import SweepStoreError, new_sweep_dir
 
+    monkeypatch.setattr(sys, "argv", ["-m"])  # python -m sweeps with no sweeps on PATH: the command as run
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
     sweep = new_sweep_dir(tmp_path / "runs", "stopped")
     sweep.write_meta({"status": "interrupted", "cpus": 2})
     with pytest.raises(SweepStoreError) as info:
@@ -390,7 +394,8 @@ def test_a_sweep_stopped_with_ctrl_c_is_not_resumed_and_the_refusal_says_how_to_
     message = str(info.value)
     assert "was stopped (Ctrl-C)" in message and "\n" not in message
     runs = tmp_path / "runs"  # the sweep's --storage and --cpus: the command left both out
-    assert message.endswith(f"sweeps run {sweep.spec_file} --storage {runs} --cpus 2 --warm-start stopped")
+    command = f"{sys.executable} -m sweeps run {sweep.spec_file} --storage {runs} --cpus 2 --warm-start stopped"
+    assert message.endswith(f"start a sweep that learns from its trials: {command}"), message
 
 
 def test_list_says_when_a_running_sweeps_driver_is_gone(
@@ -444,20 +449,22 @@ def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_sa
 
     from sweeps.core.records import SweepState
     from sweeps.engine.searcher import OptunaSearcher
+    from sweeps.results.summary import time_ran_out
     from sweeps.spec.sweep_spec import load_spec
     from sweeps.store.study import create_study
     from sweeps.store.sweep_dir import new_sweep_dir
     from sweeps.tracking.sweep_tracker import SweepTracker
 
-    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": 4, "epochs": 2})))
+    spec = load_spec(write_spec(tmp_path, changed(SPEC, budget={"trials": 10, "epochs": 2})))
     sweep = new_sweep_dir(tmp_path / "runs", "s")
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracker.start("open", "s", "", {})
     state = SweepState("val_loss", "min", deadline=1.0)  # budget.time ran out long ago
     searcher = OptunaSearcher(spec, create_study(sweep, spec), state, tracker, "s")
-    for ray_id in "abcd":
+    for ray_id in "abcde":
         searcher.state.deadline = None  # asked before the deadline
         assert searcher.suggest(ray_id) is not None
+        state.trials[ray_id].started = ray_id != "e"  # as Tune's on_trial_start says; e was asked ahead of a slot
     state.deadline = 1.0
     searcher.on_trial_result("a", {"val_loss": 0.4, "epoch": 2})  # its last epoch reported, the ending never passed on
     for ray_id, second in (("b", 0.3), ("c", math.nan)):  # epoch 2 logged to MLflow, not yet reported
@@ -476,11 +483,18 @@ def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_sa
         trials["d"].status == "interrupted"
         and trials["d"].reason == "budget.time ran out before its first epoch ended (of 2)"
     )
+    # e's 0-epoch run read as a trial cut short, though it never began
+    assert trials["e"].status == "interrupted" and trials["e"].reason == (
+        "budget.time ran out before it started (it waited for its process or a free slot)"
+    )
+    assert time_ran_out(state, 10) == (
+        "budget.time ran out after 2 of 10 trials; 2 more cut short by it (interrupted); 1 asked for never started"
+    )
     # a too: its ending was never passed on, so its MLflow run is closed and its line printed with the others
-    assert [r.ray_id for r in ended] == ["a", "b", "c", "d"] and state.best is trials["b"]
+    assert [r.ray_id for r in ended] == ["a", "b", "c", "d", "e"] and state.best is trials["b"]
     told = {t.user_attrs["ray_trial_id"]: t for t in searcher.study.trials}
     assert told["a"].value == 0.4 and told["b"].value == 0.3
-    assert told["c"].state == told["d"].state == TrialState.FAIL
+    assert told["c"].state == told["d"].state == told["e"].state == TrialState.FAIL
 
 
 def test_a_second_resume_started_a_moment_after_the_first_is_refused(tmp_path: Path) -> None:

@@ -85,6 +85,13 @@ class TrialRecord:
     rescue_of: TrialRecord | None = None
     rescue: TrialRecord | None = None
     restarts: int = 0
+    started: bool = False
+    """Whether Tune started it (its actor began): a trial asked ahead of a free slot waits until then."""
+
+    @property
+    def never_started(self) -> bool:
+        """Asked for and never begun: Tune did not start it, and no epoch or step of it was recorded."""
+        return not (self.started or self.epochs or self.steps)
 
     @property
     def skipped_share(self) -> float:

@@ -25,6 +25,12 @@ class TrackingCallback(Callback):
         self.state = state
         self.tracker = tracker
 
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Its actor began (a new process or a reused one): it is no longer waiting for a slot."""
+        record = self.state.trials.get(trial.trial_id)
+        if record is not None:
+            record.started = True
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial ended without error: completed, pruned or interrupted."""
         self._close(trial.trial_id, "")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.compat.mlflow_internals import last_activity_ms
 from sweeps.compat.optuna_internals import running_trial
+from sweeps.core.command import command_name
 from sweeps.core.keys import (
     COMPLETED,
     FAILED,
@@ -145,13 +147,14 @@ def check_resumable(root: str | Path, name: str, force: bool = False) -> tuple[S
     if status == INTERRUPTED and meta.get("halted"):
         raise SweepStoreError(
             f"sweep {sweep.name!r} stopped after {meta['halted']}; every trial would fail so: "
-            f"fix the trainer or the spec, then run it again: sweeps run {sweep.spec_file}"
+            f"fix the trainer or the spec, then run it again: {command_name()} run {shlex.quote(str(sweep.spec_file))}"
         )
     if status == INTERRUPTED:
         raise SweepStoreError(
             f"sweep {sweep.name!r} was stopped (Ctrl-C) and its open trials recorded as interrupted; "
             "resume continues a sweep whose driver died. To go on from it, start a sweep that learns from its "
-            f"trials: sweeps run {sweep.spec_file}{go_on_options(root, meta.get('cpus'))} --warm-start {sweep.name}"
+            f"trials: {command_name()} run {shlex.quote(str(sweep.spec_file))}{go_on_options(root, meta.get('cpus'))} "
+            f"--warm-start {sweep.name}"
         )
     if status != RUNNING:
         raise SweepStoreError(f"sweep {sweep.name!r} has status {status!r}; only a sweep whose driver died resumes")

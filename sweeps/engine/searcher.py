@@ -292,7 +292,8 @@ class OptunaSearcher(Searcher):
         Tune stopped the sweep (Ctrl-C, ``budget.time``, a halt) before it passed their endings on.
         A trial whose last result was final (its last epoch, a divergence, a failure), or whose
         MLflow run holds every epoch validated, ends as that says; the others are interrupted
-        (Optuna FAIL with ``status=interrupted``), with ``reason``.
+        (Optuna FAIL with ``status=interrupted``), with ``reason``; one asked ahead that Tune never
+        started says so (its 0-epoch run read as a trial cut short).
         """
         ended = []
         for trial_id, result in list(self.last_results.items()):
@@ -310,7 +311,13 @@ class OptunaSearcher(Searcher):
                 if trial is not None:
                     self._tell(trial, record)
                 continue
-            self.state.finish(record, INTERRUPTED, self._ran_out(record) if self.state.time_up() else reason)
+            if record.never_started and not logged:  # asked ahead of a slot that never freed
+                cut_by = "budget.time ran out" if self.state.time_up() else "the sweep stopped"
+                self.state.finish(
+                    record, INTERRUPTED, f"{cut_by} before it started (it waited for its process or a free slot)"
+                )
+            else:
+                self.state.finish(record, INTERRUPTED, self._ran_out(record) if self.state.time_up() else reason)
             if trial is not None:
                 trial.set_user_attr("status", INTERRUPTED)
                 self.study.tell(trial, state=TrialState.FAIL)

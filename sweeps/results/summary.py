@@ -23,13 +23,17 @@ def time_ran_out(state: SweepState, trials: int) -> str:
     """``budget.time ran out after 7 of 50 trials; 2 more cut short by it (interrupted)``, or '' if it did not.
 
     The end of ``sweeps run`` printed it, but the report, its page and ``sweeps list`` did not: a
-    user reading the record the next morning could not tell a time limit from a short budget.
+    user reading the record the next morning could not tell a time limit from a short budget. A
+    trial asked for ahead of a free slot and never started is counted apart (it was not cut short).
     """
     if not state.time_up() or state.budget_done >= trials:
         return ""
-    cut = sum(1 for r in state.trials.values() if r.status == INTERRUPTED)
-    also = f"; {cut} more cut short by it (interrupted)" if cut else ""
-    return f"budget.time ran out after {state.budget_done} of {trials} trials{also}"
+    ended = [r for r in state.trials.values() if r.status == INTERRUPTED]
+    waiting = sum(1 for r in ended if r.never_started)
+    cut = len(ended) - waiting
+    also = [f"{cut} more cut short by it (interrupted)"] if cut else []
+    also += [f"{waiting} asked for never started"] if waiting else []
+    return f"budget.time ran out after {state.budget_done} of {trials} trials" + "".join(f"; {a}" for a in also)
 
 
 def stopped_by_user(state: SweepState, trials: int) -> str:
