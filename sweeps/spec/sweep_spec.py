@@ -114,7 +114,7 @@ class Search:
     ``random_fraction``: the share of TPE's trials drawn uniformly at random instead
     (``sweeps.store.interleaved_sampler``; 0: none). ``multivariate``: TPE models the parameters
     jointly (grouped, for conditional spaces); ``false``: each on its own, as Optuna's default TPE.
-    ``cost_aware`` (off by default: the rule set for turning it on was missed, RESULTS' round 12):
+    ``cost_aware`` (off by default: the rule set for turning it on was missed, RESULTS' rounds 12, 13):
     in a sweep with ``budget.time``, TPE picks by expected improvement per predicted second of an
     epoch (``sweeps.store.cost_aware_sampler``), learnt from the trials' measured epoch times, the
     cost weighing less as the budget is used.

@@ -25,7 +25,8 @@ sampler is TPE unchanged. EI comes from TPE's density ratio as in Bergstra et al
 Off unless a spec sets ``search.cost_aware: true``: on 2 CPUs it ran up to twice as many trials in
 the same time, and its best model was level with TPE alone's in three comparisons, ahead in one and
 behind in one (``benchmarks/RESULTS.md``, "Cost-aware search"); a rule set down before round 12
-(new seeds) for making it the default was missed at one of its cells ("Round 12").
+(new seeds) for making it the default was missed at one of its cells ("Round 12"), and again, on
+the other task, in its second and last trial ("Round 13").
 
 It overrides two private methods of Optuna's ``TPESampler`` (``_sample``,
 ``_compute_acquisition_func``), checked by ``tests/test_cost_aware_sampler.py`` on the pinned Optuna.
