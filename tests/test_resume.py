@@ -488,7 +488,7 @@ def test_trials_open_when_tune_stopped_end_as_their_last_result_or_mlflow_run_sa
         "budget.time ran out before it started (it waited for its process or a free slot)"
     )
     assert time_ran_out(state, 10) == (
-        "budget.time ran out after 2 of 10 trials; 2 more cut short by it (interrupted); 1 asked for never started"
+        "budget.time ran out after 2 of 10 trials; 2 more cut short by it (interrupted); 1 asked for and never started"
     )
     # a too: its ending was never passed on, so its MLflow run is closed and its line printed with the others
     assert [r.ray_id for r in ended] == ["a", "b", "c", "d", "e"] and state.best is trials["b"]

@@ -254,7 +254,7 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     # the record says the time ended it, not a short budget: the run's end said so, the report and list did not
     done = sum(1 for r in result.state.trials.values() if r.status == "completed")
     said = f"budget.time ran out after {done} of 40 trials; {len(cut)} more cut short by it (interrupted)"
-    said += f"; {len(waiting)} asked for never started" if waiting else ""
+    said += f"; {len(waiting)} asked for and never started" if waiting else ""
     assert meta["time_ran_out"] == said and parent.data.tags["sweep.time_ran_out"] == said
     assert said.capitalize() in (result.sweep.path / "report" / "report.html").read_text()
     summary = mlflow.MlflowClient(result.tracking_uri).download_artifacts(

@@ -311,7 +311,7 @@ class OptunaSearcher(Searcher):
                 if trial is not None:
                     self._tell(trial, record)
                 continue
-            if record.never_started and not logged:  # asked ahead of a slot that never freed
+            if record.never_started:  # asked ahead of a slot that never freed (a logged epoch counts as begun)
                 cut_by = "budget.time ran out" if self.state.time_up() else "the sweep stopped"
                 self.state.finish(
                     record, INTERRUPTED, f"{cut_by} before it started (it waited for its process or a free slot)"

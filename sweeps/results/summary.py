@@ -32,7 +32,7 @@ def time_ran_out(state: SweepState, trials: int) -> str:
     waiting = sum(1 for r in ended if r.never_started)
     cut = len(ended) - waiting
     also = [f"{cut} more cut short by it (interrupted)"] if cut else []
-    also += [f"{waiting} asked for never started"] if waiting else []
+    also += [f"{waiting} asked for and never started"] if waiting else []
     return f"budget.time ran out after {state.budget_done} of {trials} trials" + "".join(f"; {a}" for a in also)
 
 
