@@ -124,7 +124,8 @@ class Bench:
         self.uri = f"sqlite:///{folder / 'mlflow.db'}"
         self.spec = load_spec(str(spec_file))
         self.client = MlflowClient(self.uri)
-        self.experiment = self.client.create_experiment("trial-recording")
+        # its artifacts in the temp folder too (MLflow's default is ./mlruns, beside wherever this runs)
+        self.experiment = self.client.create_experiment("trial-recording", (folder / "artifacts").as_uri())
 
     def bare(self) -> None:
         """The trainer alone."""

@@ -17,6 +17,7 @@ from sweeps.core.keys import (
     FAILED,
     FAILED_KEY,
     INTERRUPTED,
+    NOT_STARTED_KEY,
     OOM,
     PRUNED,
     REASON_KEY,
@@ -24,6 +25,7 @@ from sweeps.core.keys import (
     STEP_KEY,
 )
 from sweeps.core.outcome import (
+    NOT_STARTED,
     TELL_COMPLETE,
     TELL_FAIL,
     TELL_INFEASIBLE,
@@ -79,6 +81,13 @@ def test_asha_stops_are_pruned_and_other_early_ends_are_interrupted() -> None:
     )
     assert decide(Ending(None)) == Outcome(INTERRUPTED, "stopped before it reported")
     assert decide(Ending({"val_loss": 0.5}, epochs=2, value=0.5)) == Outcome(INTERRUPTED, "stopped after epoch 2 of 4")
+
+
+def test_a_trial_begun_after_budget_time_ran_out_is_interrupted_untrained_not_failed() -> None:
+    """Its only report holds no finite metric (Tune wants the key), which would otherwise read as a failure."""
+    ending = Ending({"val_loss": math.nan, "epoch": 0, NOT_STARTED_KEY: 1.0}, epochs=0, value=None)
+    assert decide(ending) == Outcome(INTERRUPTED, NOT_STARTED)
+    assert NOT_STARTED.startswith("budget.time ran out before it started")
 
 
 def test_a_trial_without_a_finite_metric_failed() -> None:

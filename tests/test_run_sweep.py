@@ -19,6 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sweeps.cli import _print_result, main
+from sweeps.core.outcome import NOT_STARTED
 from sweeps.engine.resume import check_resumable
 from sweeps.engine.runner import SweepResult, run_sweep
 from sweeps.results.export import best_config, study_shortfall, write_export
@@ -267,6 +268,48 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
         assert main(["list", "--storage", str(workdir / "runs")]) == 0
     printed = capsys.getvalue()
     assert f"time:    {said}" in printed and "it-time  completed (budget.time ran out)  " in printed, printed
+
+
+def test_no_trial_starts_that_could_not_end_its_first_epoch_before_budget_time_runs_out(workdir: Path) -> None:
+    """A trial asked for with less time left than any trial had needed for its first epoch trained it past the
+    deadline (or was cut by the grace, unrecorded): the sweep now stops asking and ends when its trials do."""
+    data = toy_spec("it-late", budget={"trials": 10, "epochs": 1, "time": "20s", "concurrency": 1}, asha=False)
+    data["fixed"] = {"epoch_seconds": 10.0}  # when t000 ends, under 10 s are left: nothing more is asked
+    started = time.monotonic()
+    result = sweep(workdir, data)
+    took = time.monotonic() - started
+    state = result.state
+    # t000, and t001 if Tune asked for it ahead of the slot while t000 ran (before any epoch had ended)
+    assert 1 <= len(state.trials) <= 2 and {r.status for r in state.trials.values()} == {"completed"}, state.trials
+    assert state.fastest_first_epoch_s is not None and 10 <= state.fastest_first_epoch_s < 20
+    left = state.stopped_asking_left_s
+    assert left is not None and left < state.fastest_first_epoch_s, (left, took)
+    assert took < 25 + 10 * len(state.trials)  # its setup and the trials; before, one more trained 10 s past it
+    said = result.sweep.read_meta()["time_ran_out"]
+    assert said.startswith("budget.time ran out after ") and " none started in its last " in said, said
+
+
+def test_no_trial_trains_an_epoch_that_begins_after_budget_time_ran_out(workdir: Path) -> None:
+    """Tune began each trial it had asked for ahead of a free slot as the slot freed, after the deadline too, and it
+    trained a first epoch past it. Now none does: it ends untrained, counted with those never begun."""
+    traces = workdir / "traces"
+    traces.mkdir()
+    # no budget.concurrency: Tune asks for trials ahead of the 2 slots of the test's Ray
+    data = toy_spec("it-ahead", budget={"trials": 30, "epochs": 2, "time": "20s"}, asha=False)
+    data["fixed"] = {"epoch_seconds": 3.0, "stagger": True, "trace_dir": str(traces)}  # epochs of 1.9 to 4.5 s
+    result = sweep(workdir, data)
+    deadline = result.state.deadline
+    assert deadline is not None
+    begun = [float(line.split()[3]) for f in traces.iterdir() for line in f.read_text().splitlines()]
+    assert begun and max(begun) < deadline, (max(begun) - deadline, begun)  # every epoch began before it
+    records = list(result.state.trials.values())
+    untrained = [r for r in records if r.never_started]
+    assert all(r.status == "interrupted" and r.reason == NOT_STARTED for r in untrained), untrained
+    assert all(r.epochs for r in records if not r.never_started)
+    said = result.sweep.read_meta()["time_ran_out"]
+    assert said.startswith("budget.time ran out after ") and (
+        not untrained or f"; {len(untrained)} asked for and never started" in said
+    ), said
 
 
 @pytest.mark.slow

@@ -6,13 +6,15 @@ The sweeps that stop this way under Ray are in ``test_run_sweep``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from sweeps.core.keys import ENGINE_KEY, FAILED_KEY, REASON_KEY
+from sweeps.core.keys import ENGINE_KEY, FAILED_KEY, FIRST_EPOCH_SECONDS_KEY, REASON_KEY
 from sweeps.core.records import SweepState
 from sweeps.engine.searcher import OptunaSearcher
+from sweeps.results.summary import time_ran_out
 from sweeps.spec.sweep_spec import load_spec
 from sweeps.store.study import create_study
 from sweeps.store.sweep_dir import new_sweep_dir
@@ -64,3 +66,28 @@ def test_each_trials_plan_carries_its_name_and_the_sweeps_deadline(tmp_path: Pat
     config = found.suggest("g")
     assert config is not None
     assert config[ENGINE_KEY]["label"] == "t006" and config[ENGINE_KEY]["deadline"] == 4e9
+
+
+def test_no_trial_is_asked_for_that_could_not_end_a_first_epoch_before_budget_time_runs_out(tmp_path: Path) -> None:
+    """A trial asked for then trained past the deadline, for its first epoch at most (a whole long epoch, or until
+    the grace ended it unrecorded): judged by the fastest first epoch so far, it is not asked for at all."""
+    found = searcher(tmp_path)
+    state = found.state
+    state.deadline = time.time() + 30
+    assert found.suggest("g") is not None  # no trial has ended an epoch: nothing to judge by
+    found.on_trial_result("a", {"epoch": 1, "val_loss": 0.5, FIRST_EPOCH_SECONDS_KEY: 12.0})
+    found.on_trial_result("b", {"epoch": 1, "val_loss": 0.6, FIRST_EPOCH_SECONDS_KEY: 40.0})  # slower: not the bar
+    assert state.fastest_first_epoch_s == 12.0
+    assert found.suggest("h") is not None and state.stopped_asking_left_s is None  # 30 s left: one fits
+    assert time_ran_out(state, 8) == ""
+    state.deadline = time.time() + 10
+    assert found.suggest("i") is Searcher.FINISHED
+    left = state.stopped_asking_left_s
+    assert left is not None and 9 <= left <= 10
+    state.deadline = time.time() + 60  # once it stopped asking, it stays stopped (Tune was told it is finished)
+    assert found.suggest("j") is Searcher.FINISHED and state.stopped_asking_left_s == left
+    # the record says why the sweep ended short of budget.trials, though the time had not run out yet
+    assert time_ran_out(state, 8) == (
+        f"budget.time ran out after 0 of 8 trials; none started in its last {left:.1f} s, "
+        "less than the fastest trial needed to end its first epoch (12 s)"
+    )

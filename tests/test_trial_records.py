@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sweeps.core.keys import DIVERGED_KEY, TAG_WARNING
+from sweeps.core.keys import DIVERGED_KEY, EPOCH_SECONDS_KEY, FIRST_EPOCH_SECONDS_KEY, TAG_WARNING
 from sweeps.core.plan import TrialPlan
 from sweeps.core.records import SweepState, TrialRecord
 from sweeps.engine.live_view import status_line
@@ -358,3 +359,19 @@ def test_the_reports_imports_start_only_once_the_sweeps_end_is_near() -> None:
     assert timed.near_end()
     halted = ReportPrewarm(SweepState(metric="val_loss", mode="min", halted="every trial fails alike"), trials=1000)
     assert halted.near_end()
+
+
+def test_each_report_says_how_long_the_trial_took_to_end_its_first_epoch() -> None:
+    """From when the process began the trial, the trainer's build in: with ``budget.time`` the driver asks for
+    no trial that could not end a first epoch in the time left (``SweepState.no_time_to_start``)."""
+    channel = MemoryChannel()
+    plan = TrialPlan("tests.toy_trainer:ToyTrainer", "val_loss", 3, report_every_s=0.0)
+    began = time.monotonic()
+    EpochLoop(plan, {"epoch_seconds": 0.4}, None).run(channel)
+    took = time.monotonic() - began
+    assert [r["epoch"] for r in channel.reports] == [1, 2, 3]
+    firsts = {r[FIRST_EPOCH_SECONDS_KEY] for r in channel.reports}
+    assert len(firsts) == 1, firsts  # the first epoch's, in every report
+    (first,) = firsts
+    assert 0.4 <= first <= took - 0.8  # its first epoch, not a later one
+    assert channel.reports[-1][EPOCH_SECONDS_KEY] >= 0.4

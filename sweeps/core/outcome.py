@@ -20,6 +20,7 @@ from sweeps.core.keys import (
     FAILED,
     FAILED_KEY,
     INTERRUPTED,
+    NOT_STARTED_KEY,
     OBSERVED_REASON_KEY,
     OBSERVED_SIGNAL_KEY,
     OBSERVED_STEP_KEY,
@@ -67,6 +68,10 @@ class Ending:
     """Its last finite metric value."""
 
 
+NOT_STARTED = "budget.time ran out before it started (it waited for its process or a free slot)"
+"""Why a trial asked for ahead of a free slot ended untrained: never begun, or begun after the deadline."""
+
+
 def ran_out(limit: str, epochs: int, of: int) -> str:
     """Why a trial cut by a time limit (``limit``: ``budget.time``, ...) ended, after ``epochs`` of ``of``."""
     if epochs <= 0:
@@ -77,6 +82,8 @@ def ran_out(limit: str, epochs: int, of: int) -> str:
 def decide_outcome(ending: Ending, metric: str, epochs_budget: int) -> Outcome:
     """The status and reason of a trial that ended (see the module docstring)."""
     result = ending.result or {}
+    if result.get(NOT_STARTED_KEY):
+        return Outcome(INTERRUPTED, NOT_STARTED)
     if ending.error or result.get(FAILED_KEY):
         reason = "" if ending.error else str(result.get(REASON_KEY, ""))
         reason = reason or ending.error_reason or "the trial process failed"

@@ -12,6 +12,7 @@ from sweeps.core.keys import (
     COMPLETED,
     DIVERGED,
     EPOCH_SECONDS_KEY,
+    FIRST_EPOCH_SECONDS_KEY,
     HISTORY_KEY,
     INTERRUPTED,
     OBSERVED_LATER_KEY,
@@ -132,10 +133,36 @@ class SweepState:
     interrupted_ended: int = 0
     """Of the ended trials, the budget's that were interrupted: they do not count toward the budget
     (a resume asks a replacement for each), so they are not counted as done either."""
+    fastest_first_epoch_s: float | None = None
+    """The least time a trial of this sweep took from when its process began it to its first epoch's end."""
+    stopped_asking_left_s: float | None = None
+    """Seconds of ``budget.time`` left when the searcher stopped asking because no trial could end an epoch in them."""
 
     def time_up(self) -> bool:
         """Whether ``budget.time`` has run out."""
         return self.deadline is not None and time.time() >= self.deadline
+
+    def out_of_time(self) -> bool:
+        """Whether ``budget.time`` ended the sweep: it ran out, or too little of it was left to start a trial."""
+        return self.time_up() or self.stopped_asking_left_s is not None
+
+    def no_time_to_start(self) -> bool:
+        """Whether a trial started now could not end its first epoch before ``budget.time`` runs out.
+
+        Judged by the fastest first epoch of this sweep's trials so far, from when a trial's process
+        began it (the least any config needed); never before a trial's first epoch ended. Such a
+        trial would only train past the deadline, for an epoch at most. Once so, it stays so; the
+        seconds that were left then are kept for the sweep's record (``stopped_asking_left_s``).
+        """
+        if self.stopped_asking_left_s is not None:
+            return True
+        if self.deadline is None or self.fastest_first_epoch_s is None:
+            return False
+        left = self.deadline - time.time()
+        if left >= self.fastest_first_epoch_s:
+            return False
+        self.stopped_asking_left_s = max(0.0, left)
+        return True
 
     @property
     def budget_done(self) -> int:
@@ -156,6 +183,10 @@ class SweepState:
         seconds = result.get(EPOCH_SECONDS_KEY)
         if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0:
             record.epoch_s = float(seconds)
+        first = result.get(FIRST_EPOCH_SECONDS_KEY)
+        if isinstance(first, (int, float)) and math.isfinite(first) and first > 0:
+            if self.fastest_first_epoch_s is None or first < self.fastest_first_epoch_s:
+                self.fastest_first_epoch_s = float(first)
         if result.get(OBSERVED_SIGNAL_KEY):
             if not record.would_stop:
                 record.flagged_at = self._flagged_at(record, result)

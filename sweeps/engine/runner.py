@@ -305,7 +305,7 @@ def fit_and_finish(
         interrupted = interrupted or (results is not None and sigint.caught())
         sigint.restore()
         closed = _close_open_trials(searcher, tracker, stream)  # none left open unless Tune was stopped early
-        interrupted = interrupted or bool(state.halted) or (closed and not state.time_up())
+        interrupted = interrupted or bool(state.halted) or (closed and not state.out_of_time())
         try:
             log_best_checkpoints(results, state, tracker, spec, "/".join(ray_location(spec, sweep)))
         except Exception as exc:  # noqa: BLE001 - a failed upload must not leave the parent run open

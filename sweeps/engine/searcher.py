@@ -32,12 +32,14 @@ from sweeps.core.keys import (
     FAILED,
     HISTORY_KEY,
     INTERRUPTED,
+    NOT_STARTED_KEY,
     RUNNING,
     SKIPPED_KEY,
     STEPS_KEY,
     TAG_WARM_START_TRIAL,
 )
 from sweeps.core.outcome import (
+    NOT_STARTED,
     TELL_COMPLETE,
     TELL_INFEASIBLE,
     TELL_PRUNED,
@@ -161,7 +163,8 @@ class OptunaSearcher(Searcher):
         if self.must_restore and not self.restored:
             # Ray starts afresh when it cannot restore; never run the sweep's trials twice.
             raise RuntimeError("Ray could not restore the sweep's experiment state; nothing was run")
-        if self.state.halted or self.state.time_up():  # nothing more is asked (``sweeps.engine.sweep_stop``)
+        # nothing more is asked (``sweeps.engine.sweep_stop``); nor when a trial could not end an epoch in time
+        if self.state.halted or self.state.time_up() or self.state.no_time_to_start():
             return Searcher.FINISHED  # type: ignore[return-value]
         if self.rescues:
             return self._suggest_rescue(trial_id, self.rescues.popleft())
@@ -244,8 +247,10 @@ class OptunaSearcher(Searcher):
             epochs=record.epochs,
             value=record.value,
         )
+        if (result or {}).get(NOT_STARTED_KEY):  # Tune began it after the deadline: counted with the never begun
+            record.started = False
         outcome = decide_outcome(ending, self.spec.metric, self.spec.budget.epochs)
-        if outcome.status == INTERRUPTED and self.state.time_up():  # it stopped itself at the deadline
+        if outcome.status == INTERRUPTED and self.state.time_up() and not record.never_started:  # at the deadline
             outcome = Outcome(INTERRUPTED, self._ran_out(record))
         if outcome.status == DIVERGED:
             record.signal, record.diverged_at = outcome.signal, outcome.step
@@ -312,16 +317,21 @@ class OptunaSearcher(Searcher):
                     self._tell(trial, record)
                 continue
             if record.never_started:  # asked ahead of a slot that never freed (a logged epoch counts as begun)
-                cut_by = "budget.time ran out" if self.state.time_up() else "the sweep stopped"
-                self.state.finish(
-                    record, INTERRUPTED, f"{cut_by} before it started (it waited for its process or a free slot)"
-                )
+                self.state.finish(record, INTERRUPTED, self._never_started())
             else:
                 self.state.finish(record, INTERRUPTED, self._ran_out(record) if self.state.time_up() else reason)
             if trial is not None:
                 trial.set_user_attr("status", INTERRUPTED)
                 self.study.tell(trial, state=TrialState.FAIL)
         return ended + open_records
+
+    def _never_started(self) -> str:
+        """Why a trial asked for ahead of a free slot ended without Tune beginning it."""
+        if self.state.time_up():
+            return NOT_STARTED
+        if self.state.out_of_time():
+            return "not started: less of budget.time was left than any trial had needed to end its first epoch"
+        return "the sweep stopped before it started (it waited for its process or a free slot)"
 
     def _ran_out(self, record: TrialRecord) -> str:
         return ran_out("budget.time", record.epochs, self.spec.budget.epochs)

@@ -23,8 +23,9 @@ def deadline_grace(time_s: float | None) -> float:
 class SweepStop(tune.Stopper):
     """Ends the whole sweep once ``budget.time`` has run out or ``state.halted`` says why.
 
-    The searcher asks for no more trials after either (``OptunaSearcher.suggest``). ``halted``: a
-    trainer that never reports the spec's metric fails every trial the same way, and running the
+    The searcher asks for no more trials after either (``OptunaSearcher.suggest``), nor once less of
+    ``budget.time`` is left than any trial needed to end its first epoch (``SweepState.no_time_to_start``).
+    ``halted``: a trainer that never reports the spec's metric fails every trial the same way, and running the
     rest of the budget would only burn it: the running trials are stopped now, recorded as
     interrupted. ``budget.time``: each running trial ends itself at the end of the epoch it is in
     (it reads the deadline there, and its epoch is recorded); the ones still in an epoch
@@ -40,11 +41,17 @@ class SweepStop(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        """Whether the sweep stops now."""
+        """Whether the sweep stops now.
+
+        With ``budget.time``: once no trial that began is still running, when the time ran out or
+        the searcher stopped asking. The trials Tune asked for ahead of a free slot and has not
+        begun are ended then, never started: Tune began each as a slot freed, after the deadline
+        too, and it trained a first epoch past it.
+        """
         if self.state.halted:
             return True
+        running = any(r.status == RUNNING and r.started for r in self.state.trials.values())
         if not self.state.time_up():
-            return False
+            return not running and self.state.no_time_to_start()
         assert self.state.deadline is not None
-        running = any(r.status == RUNNING for r in self.state.trials.values())
         return not running or time.time() >= self.state.deadline + self.grace_s

@@ -25,15 +25,30 @@ def time_ran_out(state: SweepState, trials: int) -> str:
     The end of ``sweeps run`` printed it, but the report, its page and ``sweeps list`` did not: a
     user reading the record the next morning could not tell a time limit from a short budget. A
     trial asked for ahead of a free slot and never started is counted apart (it was not cut short).
+    When the searcher stopped asking before the deadline (no trial could have ended an epoch in the
+    time left), the line says so too, even if every trial had ended by the deadline.
     """
-    if not state.time_up() or state.budget_done >= trials:
+    left = state.stopped_asking_left_s
+    if not state.out_of_time() or state.budget_done >= trials:
         return ""
     ended = [r for r in state.trials.values() if r.status == INTERRUPTED]
     waiting = sum(1 for r in ended if r.never_started)
     cut = len(ended) - waiting
     also = [f"{cut} more cut short by it (interrupted)"] if cut else []
     also += [f"{waiting} asked for and never started"] if waiting else []
+    if left is not None and (fastest := state.fastest_first_epoch_s) is not None:
+        need = f"less than the fastest trial needed to end its first epoch ({_seconds(fastest)})"
+        also += [f"none started in its last {_seconds(left)}, {need}"]
     return f"budget.time ran out after {state.budget_done} of {trials} trials" + "".join(f"; {a}" for a in also)
+
+
+def _seconds(seconds: float) -> str:
+    """A span of time as a person reads it: ``4.2 s``, ``38 s``, ``12 min``, ``1.5 h``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
 
 
 def stopped_by_user(state: SweepState, trials: int) -> str:

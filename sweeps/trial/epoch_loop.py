@@ -42,6 +42,7 @@ from sweeps.core.keys import (
     EPOCH,
     EPOCH_SECONDS_KEY,
     EPOCHS_FIELD,
+    FIRST_EPOCH_SECONDS_KEY,
     GIT_COMMIT_TAG,
     HISTORY_KEY,
     OBSERVED_LATER_KEY,
@@ -613,15 +614,20 @@ class EpochLoop:
         return go_on
 
     def _epoch_seconds(self) -> dict[str, float]:
-        """``{EPOCH_SECONDS_KEY: median seconds}`` of the epochs this process ran ({} before the first ended).
+        """The median seconds of the epochs this process ran, and how long its first took to end ({} before it ended).
 
-        The first epoch counts from its start, after the trainer was built (a function trainer's
-        own set-up falls into it, which the median of several epochs leaves out).
+        ``EPOCH_SECONDS_KEY``: the first epoch counts from its start, after the trainer was built (a
+        function trainer's own set-up falls into it, which the median of several epochs leaves out).
+        ``FIRST_EPOCH_SECONDS_KEY``: from when this process began the trial, the trainer's build
+        included: the least a trial started now needs before it has a result (``budget.time``).
         """
         ends = self.epoch_ends
         if len(ends) < 2:
             return {}
-        return {EPOCH_SECONDS_KEY: statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))}
+        return {
+            EPOCH_SECONDS_KEY: statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False)),
+            FIRST_EPOCH_SECONDS_KEY: ends[1] - self.started,
+        }
 
     def _to_channel(self, result: dict[str, Any], state: Callable[[], CheckpointState] | None) -> bool:
         """``channel.report``, noting a ``SystemExit`` raised in it: Ray Tune ends a stopped trial's thread so."""

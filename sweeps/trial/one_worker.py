@@ -17,13 +17,14 @@ import math
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ray import tune
 
 from sweeps.core.failures import failure_reason
-from sweeps.core.keys import ENGINE_KEY, EPOCH, FAILED_KEY, REASON_KEY, TAG_PRINTS
+from sweeps.core.keys import ENGINE_KEY, EPOCH, FAILED_KEY, NOT_STARTED_KEY, REASON_KEY, TAG_PRINTS
 from sweeps.core.plan import TrialPlan
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import (
@@ -115,6 +116,12 @@ def start_line(plan: TrialPlan) -> str:
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
+    if plan.deadline and time.time() >= plan.deadline and tune.get_checkpoint() is None:
+        # asked for ahead of a free slot, begun by Tune as one freed after budget.time ran out: it would
+        # only train a first epoch past the deadline (a restarted trial ends at its epoch's end, as any)
+        print(f"==== sweeps: {plan.label or 'a trial'} not started: budget.time had run out ====", flush=True)
+        tune.report({EPOCH: 0, plan.metric: math.nan, NOT_STARTED_KEY: 1.0})  # Tune wants the metric in each
+        return
     settle_process(plan)
     os.chdir(START_FOLDER)  # Tune reuses the process: a trial that changed folder does not move the next one
     logger = TrialLogger(plan.tracking_uri, plan.run_id, step_every_s=plan.step_every_s)
