@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from sweeps.tracking.curves import CurveHistory
 from sweeps.tracking.mlflow_client import client
@@ -201,3 +202,39 @@ def test_a_tracking_server_that_does_not_answer_is_waited_for_and_a_store_error_
         mlflow_client.retry(failing(12, "database is locked"), "create run", attempts=3, delay=0.001)
     assert mlflow_client.SERVER_RETRY_S <= 5  # back within seconds of the server's return
     assert mlflow_client.HTTP_RETRY_ENV["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+
+
+def test_a_tracking_server_that_answers_503_is_not_said_to_be_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server up but not serving (503 while it starts, from its proxy) was warned of as one that "does not answer".
+
+    A real HTTP server on loopback answers every request 503; MLflow's own client makes the error.
+    """
+    import http.server
+
+    from mlflow import MlflowClient
+
+    from sweeps.tracking import mlflow_client
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(503)
+            self.end_headers()
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for key, value in mlflow_client.HTTP_RETRY_ENV.items():
+        monkeypatch.setenv(key, value)
+    try:
+        with pytest.raises(Exception) as raised:
+            MlflowClient(f"http://127.0.0.1:{server.server_address[1]}").get_experiment("0")
+    finally:
+        server.shutdown()
+    assert mlflow_client.unreachable(raised.value)  # retried for as long as a server that is down
+    assert mlflow_client.unreachable_state(raised.value) == "answers HTTP 503 (up, not serving yet)"
+    refused = ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded (Connection refused)")
+    assert mlflow_client.unreachable_state(refused) == "does not answer"

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -107,6 +108,17 @@ def unreachable(exc: BaseException) -> bool:
     return any(sign in text for sign in UNREACHABLE)
 
 
+def unreachable_state(exc: BaseException) -> str:
+    """How a tracking server :func:`unreachable` flags fails: ``does not answer``, or ``answers 503 ...``.
+
+    MLflow's client reports a server that answers every try with an error status (a 503 while it
+    starts or is overloaded, a 502 from its proxy) as "Max retries exceeded", as it does a refused
+    connection; a warning that said "does not answer" sent its reader to check a server that was up.
+    """
+    found = re.search(r"too many (\d{3}) error responses", str(exc))
+    return f"answers HTTP {found.group(1)} (up, not serving yet)" if found else "does not answer"
+
+
 def retry(call: Callable[[], T], what: str, attempts: int = 8, delay: float = 0.5) -> T:
     """Run ``call``, retrying with exponential backoff; re-raise after ``attempts`` failures.
 
@@ -122,7 +134,8 @@ def retry(call: Callable[[], T], what: str, attempts: int = 8, delay: float = 0.
             down = unreachable(exc)
             if down and down_since is None:
                 down_since = time.monotonic()
-                log.warning("MLflow %s: the tracking server does not answer; retrying every %g s", what, SERVER_RETRY_S)
+                state = unreachable_state(exc)
+                log.warning("MLflow %s: the tracking server %s; retrying every %g s", what, state, SERVER_RETRY_S)
             waited = time.monotonic() - down_since if down_since is not None else 0.0
             if (refused(exc) and attempt >= 1) or (not down and attempt >= attempts - 1) or waited > SERVER_PATIENCE_S:
                 raise
