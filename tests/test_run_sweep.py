@@ -256,6 +256,14 @@ def test_a_time_budget_ends_the_sweep_on_time_and_its_running_trials_are_interru
     done = sum(1 for r in result.state.trials.values() if r.status == "completed")
     said = f"budget.time ran out after {done} of 40 trials; {len(cut)} more cut short by it (interrupted)"
     said += f"; {len(waiting)} asked for and never started" if waiting else ""
+    if result.state.stopped_asking_left_s is not None:  # the searcher stopped asking before the deadline
+        stop = meta["time_ran_out"][len(said) :]
+        assert re.fullmatch(
+            r"; none started in its last \d\.\d s, less than the fastest trial needed to end its first epoch "
+            r"\(\d\.\d s\)",
+            stop,
+        ), meta["time_ran_out"]
+        said += stop
     assert meta["time_ran_out"] == said and parent.data.tags["sweep.time_ran_out"] == said
     assert said.capitalize() in (result.sweep.path / "report" / "report.html").read_text()
     summary = mlflow.MlflowClient(result.tracking_uri).download_artifacts(

@@ -6,6 +6,7 @@ The sweeps that stop this way under Ray are in ``test_run_sweep``.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -88,6 +89,6 @@ def test_no_trial_is_asked_for_that_could_not_end_a_first_epoch_before_budget_ti
     assert found.suggest("j") is Searcher.FINISHED and state.stopped_asking_left_s == left
     # the record says why the sweep ended short of budget.trials, though the time had not run out yet
     assert time_ran_out(state, 8) == (
-        f"budget.time ran out after 0 of 8 trials; none started in its last {left:.1f} s, "
+        f"budget.time ran out after 0 of 8 trials; none started in its last {math.floor(left * 10) / 10:.1f} s, "
         "less than the fastest trial needed to end its first epoch (12 s)"
     )

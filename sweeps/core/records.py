@@ -87,7 +87,8 @@ class TrialRecord:
     rescue: TrialRecord | None = None
     restarts: int = 0
     started: bool = False
-    """Whether Tune started it (its actor began): a trial asked ahead of a free slot waits until then."""
+    """Whether Tune started it (its actor began): a trial asked ahead of a free slot waits until then. One
+    Tune began after ``budget.time`` ran out, which trains nothing, is set back (counted as never started)."""
 
     @property
     def never_started(self) -> bool:

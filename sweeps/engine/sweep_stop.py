@@ -50,8 +50,12 @@ class SweepStop(tune.Stopper):
         """
         if self.state.halted:
             return True
-        running = any(r.status == RUNNING and r.started for r in self.state.trials.values())
+        if self.state.deadline is None:
+            return False
         if not self.state.time_up():
-            return not running and self.state.no_time_to_start()
-        assert self.state.deadline is not None
-        return not running or time.time() >= self.state.deadline + self.grace_s
+            return self.state.no_time_to_start() and not self._running()
+        return not self._running() or time.time() >= self.state.deadline + self.grace_s
+
+    def _running(self) -> bool:
+        """Whether a trial Tune began is still running (one asked for ahead of a free slot is not)."""
+        return any(r.status == RUNNING and r.started for r in self.state.trials.values())

@@ -37,18 +37,21 @@ def time_ran_out(state: SweepState, trials: int) -> str:
     also = [f"{cut} more cut short by it (interrupted)"] if cut else []
     also += [f"{waiting} asked for and never started"] if waiting else []
     if left is not None and (fastest := state.fastest_first_epoch_s) is not None:
-        need = f"less than the fastest trial needed to end its first epoch ({_seconds(fastest)})"
+        need = f"less than the fastest trial needed to end its first epoch ({_seconds(fastest, up=True)})"
         also += [f"none started in its last {_seconds(left)}, {need}"]
     return f"budget.time ran out after {state.budget_done} of {trials} trials" + "".join(f"; {a}" for a in also)
 
 
-def _seconds(seconds: float) -> str:
-    """A span of time as a person reads it: ``4.2 s``, ``38 s``, ``12 min``, ``1.5 h``."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
+def _seconds(seconds: float, up: bool = False) -> str:
+    """A span of time as a person reads it: ``4.2 s``, ``38 s``, ``12 min``, ``1.5 h``; rounded down (``up``: up).
+
+    So that a span shorter than another never reads as long as it (2.46 s against 2.5 s).
+    """
+    unit, size, step = ("s", 1.0, 0.1) if seconds < 10 else ("s", 1.0, 1.0) if seconds < 100 else ("min", 60.0, 1.0)
+    if seconds >= 6000:
+        unit, size, step = "h", 3600.0, 0.1
+    steps = (math.ceil if up else math.floor)(round(seconds / size / step, 6))
+    return f"{steps * step:.{1 if step < 1 else 0}f} {unit}"
 
 
 def stopped_by_user(state: SweepState, trials: int) -> str:
