@@ -583,6 +583,12 @@ def main() -> int:  # noqa: C901  (one test, in order)
     if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "0":
         print("multinode_e2e.py: net.ipv4.ip_forward is on here; the namespaces could reach out", file=sys.stderr)
         return 2
+    try:
+        _run_lock = onprem.hold_run_lock()  # held until this function returns
+        onprem.clear_stale_runs(r"mn[0-9a-f]{4}-(head|w1|w2|out)", r"mnbr[0-9a-f]{4}|mn[0-9a-f]{4}[hno]\d", SUBNET)
+    except onprem.E2EError as exc:
+        print(f"multinode_e2e.py: {exc}", file=sys.stderr)
+        return 2
 
     started = time.monotonic()
     tag = secrets.token_hex(2)

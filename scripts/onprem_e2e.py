@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import fcntl
 import getpass
 import hashlib
 import os
@@ -50,7 +51,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -159,6 +160,70 @@ def sh(*command: str) -> None:
     done = subprocess.run(list(command), capture_output=True, text=True)
     if done.returncode != 0:
         raise E2EError(f"{' '.join(command)}: {done.stderr.strip()[-500:]}")
+
+
+STALE_USER = re.compile(r"^sweeps-e2e-[0-9a-f]{6}$")
+"""The throwaway users :class:`Machine` makes (this test's and the multi-node test's)."""
+RUN_LOCK = Path("/tmp/sweeps-e2e-namespaces.lock")
+"""Held by the run of a namespace test in progress (the kernel lets go of it when the run dies)."""
+
+
+def hold_run_lock() -> IO[str]:
+    """Lock :data:`RUN_LOCK` for this run (keep the file open while it runs); E2EError if another run holds it."""
+    held = RUN_LOCK.open("a")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.close()
+        raise E2EError(f"another run of the namespace tests is in progress (it holds {RUN_LOCK})") from None
+    return held
+
+
+def clear_stale_runs(namespace: str, link: str, subnet: str) -> list[str]:
+    """Remove what an earlier run of these tests left when it was killed; return what was removed.
+
+    Call it holding :func:`hold_run_lock`: no other run is then in progress, so whatever matches
+    is stale. A run killed with SIGKILL (a CI job cancelled, a session ended) cannot undo its
+    namespaces, links and throwaway user, and the next run's fixed addresses then collide with the
+    stale ones (its SSH went to a dead namespace: "Connection refused" for minutes). Processes
+    left in namespaces whose names match ``namespace`` are killed and the namespaces deleted, then
+    the links here matching ``link``, then the ``sweeps-e2e-*`` users (their processes killed).
+    An address of ``subnet`` (e.g. ``10.79.0``) still held here afterwards is an E2EError.
+    """
+    removed: list[str] = []
+
+    def kill(pids: list[str]) -> None:
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
+        if re.fullmatch(namespace, name):
+            kill(subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split())
+            subprocess.run(["ip", "netns", "del", name], check=False)
+            removed.append(f"namespace {name}")
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for found in re.finditer(r"^\d+: ([^:@\s]+)", links, re.M):
+        if re.fullmatch(link, found.group(1)):
+            subprocess.run(["ip", "link", "del", found.group(1)], check=False)
+            removed.append(f"link {found.group(1)}")
+    for entry in pwd.getpwall():
+        if STALE_USER.match(entry.pw_name):
+            running = subprocess.run(["ps", "-o", "pid=", "-u", entry.pw_name], capture_output=True, text=True)
+            kill(running.stdout.split())
+            time.sleep(0.5)
+            subprocess.run(["userdel", entry.pw_name], check=False)
+            removed.append(f"user {entry.pw_name}")
+    if removed:
+        log(f"removed what a killed earlier run left: {', '.join(removed)}")
+    held = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    for line in held.splitlines():
+        if f" {subnet}." in line:
+            raise E2EError(f"{subnet}.0/24 is already in use on this machine: {' '.join(line.split()[1:4])}")
+    return removed
 
 
 class HeadNamespace:
@@ -545,6 +610,12 @@ def main() -> int:
         return 2
     if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "0":
         print("onprem_e2e.py: net.ipv4.ip_forward is on here; the head's namespace could reach out", file=sys.stderr)
+        return 2
+    try:
+        _run_lock = hold_run_lock()  # held until this function returns
+        clear_stale_runs(r"ope2e-[0-9a-f]{4}", r"ope[0-9a-f]{4}h", SUBNET)
+    except E2EError as exc:
+        print(f"onprem_e2e.py: {exc}", file=sys.stderr)
         return 2
 
     started = time.monotonic()
