@@ -391,7 +391,9 @@ def test_a_restored_multi_worker_trial_continues_its_step_count_and_logs_no_step
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("restore")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("restore", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     (tmp_path / "first").mkdir()
     first = _spawn(_loop_on_two_ranks, tmp_path / "first", uri, run_id, 2, None)
     # 16 images, 2 ranks of 8, batches of 4: 2 steps an epoch

@@ -479,7 +479,9 @@ def test_a_loop_names_its_own_files_by_the_trials_name_and_adds_them_to_its_mlfl
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("own")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("own", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     trainer = "tests.function_trainers:keeps_files_of_its_own"
     run_loop(trainer, {"out_dir": str(tmp_path)}, epochs=2, tracking_uri=uri, run_id=run_id, label="t007")
     assert (tmp_path / "t007.txt").read_text() == "epoch 1\nepoch 2\n"
@@ -494,7 +496,9 @@ def test_an_image_outside_0_1_is_saved_clamped_with_one_warning_on_its_run(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("images")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("images", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     logger = TrialLogger(uri, run_id)
     loop = EpochLoop(TrialPlan("tests.function_trainers:images_from_tanh", "val_loss", 2, report_every_s=0), {}, logger)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -514,7 +518,9 @@ def test_a_sample_grid_that_draws_random_numbers_leaves_the_sweeps_training_as_s
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("grid")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("grid", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     trainer, params = "tests.toy_trainer:RandomGridToyTrainer", {"seed": 3}
     logger, swept = TrialLogger(uri, run_id), MemoryChannel()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -533,7 +539,9 @@ def test_a_trial_restarted_before_its_first_checkpoint_does_not_log_the_dead_pro
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("restart")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("restart", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     for epochs in (1, 3):  # the first process got through epoch 1 (3 steps), then died; the second starts over
         logger = TrialLogger(uri, run_id)
         loop = EpochLoop(TrialPlan("tests.function_trainers:no_checkpoint", "val_loss", 3), {"epochs": epochs}, logger)

@@ -22,7 +22,7 @@ def test_short_epochs_reach_mlflow_in_one_batch_and_long_ones_each_as_it_ends(tm
     """Epoch metrics wait in the step buffer until ``every_s`` has passed since the last send, or a flush."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     store = client(uri)
-    experiment = store.create_experiment("batch")
+    experiment = store.create_experiment("batch", artifact_location=(tmp_path / "artifacts").as_uri())
     stored = {}
     for every_s in (60.0, 0.0):
         run_id = store.create_run(experiment).info.run_id
@@ -46,7 +46,9 @@ def test_an_epoch_reaches_mlflow_while_the_trial_hangs_after_it(tmp_path: Path) 
     """A user's trial validated epoch 1, then hung (or was killed): epoch 1 was never sent, as no step came after."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     store = client(uri)
-    run_id = store.create_run(store.create_experiment("hang")).info.run_id
+    run_id = store.create_run(
+        store.create_experiment("hang", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     logger = TrialLogger(uri, run_id, every_s=0.3)
     logger.add_step(1, {"loss": 1.0})
     logger.flush(timeout=60)  # a send just now: epoch 1's metric, next, is not due
@@ -65,7 +67,7 @@ def test_fast_steps_are_thinned_but_notable_ones_epoch_ends_and_those_before_a_s
     """``step_every_s``: the first step, notable steps, each epoch's last step; the held ones when the trial stops."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     store = client(uri)
-    experiment = store.create_experiment("thin")
+    experiment = store.create_experiment("thin", artifact_location=(tmp_path / "artifacts").as_uri())
 
     def steps(run_id: str, key: str = "loss") -> list[int]:
         return sorted(m.step for m in store.get_metric_history(run_id, key))
@@ -164,7 +166,9 @@ def test_a_call_the_store_refuses_is_given_up_soon_and_the_calls_behind_it_go_th
     """A param logged again with another value is refused on every try: it used to hold the queue 15 minutes."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     store = client(uri)
-    run_id = store.create_run(store.create_experiment("refused")).info.run_id
+    run_id = store.create_run(
+        store.create_experiment("refused", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     store.log_param(run_id, "lr", "0.1")
     logger = TrialLogger(uri, run_id)  # patience: 900 s
     started = time.monotonic()

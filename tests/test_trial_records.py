@@ -162,7 +162,9 @@ def test_a_diverged_trials_run_holds_its_step_count_at_the_stop(tmp_path: Path) 
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("stopped")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("stopped", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     logger = TrialLogger(uri, run_id)
     channel = MemoryChannel()
     plan = TrialPlan("examples.plain_loop_sweepable:train", "val_loss", 3, report_every_s=0.0)
@@ -182,7 +184,9 @@ def test_a_plot_that_cannot_be_drawn_is_a_warning_in_the_trials_log_and_a_tag(
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("curves")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("curves", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     logger = TrialLogger(uri, run_id)
     loop = EpochLoop(TrialPlan("x:y", "val_loss", 1), {}, logger)
     loop.curves.add(1, {"loss": 1.0})
@@ -207,7 +211,9 @@ def test_a_function_trials_image_is_logged_each_epoch(tmp_path: Path) -> None:
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("images")).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("images", artifact_location=(tmp_path / "artifacts").as_uri())
+    ).info.run_id
     logger = TrialLogger(uri, run_id)
     plan = TrialPlan("tests.function_trainers:amp_train", "val_loss", 2, report_every_s=0.0)
     EpochLoop(plan, {"device": "cpu"}, logger).run(MemoryChannel())
@@ -223,7 +229,7 @@ def test_a_batch_from_sample_grid_is_tiled_and_an_image_that_cannot_be_made_is_a
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment = client.create_experiment("grids")
+    experiment = client.create_experiment("grids", artifact_location=(tmp_path / "artifacts").as_uri())
     for trainer, images in (("BatchImageToyTrainer", 2), ("BadImageToyTrainer", 0)):
         run_id = client.create_run(experiment).info.run_id
         logger = TrialLogger(uri, run_id)
