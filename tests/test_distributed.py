@@ -437,3 +437,30 @@ def test_a_function_trainer_on_two_ranks_follows_rank_0_and_diverges_on_both_at_
     apart = _spawn(_function_on_two_ranks, tmp_path / "apart", [1e-3, 1.0], 3)  # rank 1 alone diverges
     last = [rank["reports"][-1] for rank in apart]
     assert last[0] == last[1] and last[0]["sweep/diverged"] == 1.0 and last[0]["sweep/step"] <= 8
+
+
+@pytest.mark.integration
+def test_a_multi_worker_trial_begun_after_budget_time_ran_out_ends_untrained(ray_session: None, workdir: Path) -> None:
+    """Tune begins a trial it asked for ahead of a free slot once one frees, after the deadline too. A one-worker
+    trial then ended untrained; a two-worker one launched its ranks to train a first epoch past the deadline (here,
+    before the change, the trial had not ended after 10 minutes: its ranks found no resources left)."""
+    import time
+
+    from ray import tune
+
+    from sweeps.core.keys import ENGINE_KEY, NOT_STARTED_KEY
+    from sweeps.core.plan import TrialPlan
+    from sweeps.trial.multi_worker import run_multi_worker_trial
+
+    plan = TrialPlan("tests.toy_trainer:ToyTrainer", "val_loss", 2, workers=2, cpus=0.5, deadline=time.time() - 1)
+    tuner = tune.Tuner(
+        run_multi_worker_trial,
+        param_space={ENGINE_KEY: plan.as_config()},
+        run_config=tune.RunConfig(storage_path=str(workdir / "ray"), verbose=0),
+    )
+    started = time.monotonic()
+    (result,) = list(tuner.fit())
+    assert result.error is None, result.error
+    assert result.metrics[NOT_STARTED_KEY] == 1.0 and result.metrics["epoch"] == 0, result.metrics
+    assert math.isnan(result.metrics["val_loss"])
+    assert time.monotonic() - started < 60

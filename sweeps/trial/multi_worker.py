@@ -38,7 +38,7 @@ from sweeps.compat.ray_internals import worker_cause
 from sweeps.core.plan import TrialPlan
 from sweeps.tracking.trial_logger import TrialLogger
 from sweeps.trial.epoch_loop import CheckpointState, EpochLoop, load_checkpoint, save_checkpoint
-from sweeps.trial.one_worker import failure_result, settle_process, split_config
+from sweeps.trial.one_worker import begun_too_late, failure_result, settle_process, split_config
 from trainables.data_parallel import agree, mean_over_ranks, rank
 
 RELAY_TIMEOUT_S = 600.0
@@ -69,6 +69,8 @@ def run_multi_worker_trial(config: dict[str, Any]) -> None:
     from ray.util.queue import Queue
 
     plan, _ = split_config(config)
+    if begun_too_late(plan):
+        return
     relay: Any = Queue(maxsize=1, actor_options={"num_cpus": 0})
     control: Any = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = _torch_trainer(config, plan, relay, control, tune.get_checkpoint())

@@ -113,14 +113,25 @@ def start_line(plan: TrialPlan) -> str:
     return f"==== sweeps: {name} starts (MLflow run {plan.run_id or '-'}) ===="
 
 
+def begun_too_late(plan: TrialPlan) -> bool:
+    """Whether Tune began this trial after ``budget.time`` ran out; if so, report it not started.
+
+    A trial asked for ahead of a free slot, begun by Tune as one freed after the deadline, would
+    only train a first epoch past it. Decided here, in the trial's own process, before any trainer
+    or rank exists (one clock, so a multi-worker trial's ranks cannot disagree). A restarted trial
+    (it has a checkpoint) is not affected: it ends at its epoch's end, as any.
+    """
+    if not plan.deadline or time.time() < plan.deadline or tune.get_checkpoint() is not None:
+        return False
+    print(f"==== sweeps: {plan.label or 'a trial'} not started: budget.time had run out ====", flush=True)
+    tune.report({EPOCH: 0, plan.metric: math.nan, NOT_STARTED_KEY: 1.0})  # Tune wants the metric in each
+    return True
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial: ``config`` holds the trainer's parameters plus the engine's plan."""
     plan, params = split_config(config)
-    if plan.deadline and time.time() >= plan.deadline and tune.get_checkpoint() is None:
-        # asked for ahead of a free slot, begun by Tune as one freed after budget.time ran out: it would
-        # only train a first epoch past the deadline (a restarted trial ends at its epoch's end, as any)
-        print(f"==== sweeps: {plan.label or 'a trial'} not started: budget.time had run out ====", flush=True)
-        tune.report({EPOCH: 0, plan.metric: math.nan, NOT_STARTED_KEY: 1.0})  # Tune wants the metric in each
+    if begun_too_late(plan):
         return
     settle_process(plan)
     os.chdir(START_FOLDER)  # Tune reuses the process: a trial that changed folder does not move the next one
