@@ -36,7 +36,9 @@ Then: `ray up`; a 4-trial sweep of the user trainer through `ray dashboard` and 
 server is restarted; the runs are counted from the server with the login; the trials' node IPs
 come from what the trials recorded (Ray's node IP of the process); the outsider's probes;
 `ss -ltn` per namespace; scale-down after the idle timeout; `ray down`; every process in the
-namespaces this script made, the namespaces, the user and the temporary folder removed.
+namespaces this script made, the namespaces, the user and the temporary folder removed. A run
+first removes what an earlier run killed before its end left (its namespaces, bridge and user,
+whose fixed addresses would collide), holding a lock no two runs of the namespace tests share.
 
 Needs root, openssh-server, rsync, iptables, PyPI (setup.sh pip-installs what the environment
 lacks). Exit status 0: passed. Figures are printed as lines starting with "FIGURE".
