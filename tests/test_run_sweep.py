@@ -609,3 +609,30 @@ def test_a_plain_loop_kept_as_a_function_sweeps_and_its_diverging_trial_stops_wi
     out = io.StringIO()
     assert train_from_file(data, save=workdir / "model.pt", stream=out)["val_loss"] == data["metric"]["value"]
     assert "saved" in out.getvalue() and (workdir / "model.pt").exists()
+
+
+@pytest.mark.integration
+def test_a_trial_begun_with_less_time_left_than_the_fastest_first_epoch_ends_untrained(
+    ray_session: None, workdir: Path
+) -> None:
+    """A trial asked for ahead of a free slot when a first epoch had ended may begin seconds before the deadline,
+    too late to end an epoch by it (the searcher judges only when it asks): it ends untrained, as one begun after."""
+    from ray import tune
+
+    from sweeps.core.keys import ENGINE_KEY, NOT_STARTED_KEY
+    from sweeps.core.plan import TrialPlan
+    from sweeps.trial.one_worker import run_trial
+
+    traces = workdir / "traces"
+    traces.mkdir()
+    now = time.time()
+    plan = TrialPlan("tests.toy_trainer:ToyTrainer", "val_loss", 2, deadline=now + 60, start_by=now - 1)
+    tuner = tune.Tuner(
+        run_trial,
+        param_space={ENGINE_KEY: plan.as_config(), "trace_dir": str(traces)},
+        run_config=tune.RunConfig(storage_path=str(workdir / "ray"), verbose=0),
+    )
+    (result,) = list(tuner.fit())
+    assert result.error is None, result.error
+    assert result.metrics[NOT_STARTED_KEY] == 1.0 and result.metrics["epoch"] == 0, result.metrics
+    assert not list(traces.iterdir())  # no epoch began

@@ -75,11 +75,14 @@ def test_no_trial_is_asked_for_that_could_not_end_a_first_epoch_before_budget_ti
     found = searcher(tmp_path)
     state = found.state
     state.deadline = time.time() + 30
-    assert found.suggest("g") is not None  # no trial has ended an epoch: nothing to judge by
+    config = found.suggest("g")  # no trial has ended an epoch: nothing to judge by
+    assert config is not None and config[ENGINE_KEY]["start_by"] == state.deadline
     found.on_trial_result("a", {"epoch": 1, "val_loss": 0.5, FIRST_EPOCH_SECONDS_KEY: 12.0})
     found.on_trial_result("b", {"epoch": 1, "val_loss": 0.6, FIRST_EPOCH_SECONDS_KEY: 40.0})  # slower: not the bar
     assert state.fastest_first_epoch_s == 12.0
-    assert found.suggest("h") is not None and state.stopped_asking_left_s is None  # 30 s left: one fits
+    config = found.suggest("h")  # 30 s left: one fits; begun by Tune later than 12 s before the deadline, it ends
+    assert config is not None and state.stopped_asking_left_s is None
+    assert config[ENGINE_KEY]["start_by"] == state.deadline - 12.0
     assert time_ran_out(state, 8) == ""
     state.deadline = time.time() + 10
     assert found.suggest("i") is Searcher.FINISHED

@@ -69,7 +69,8 @@ class Ending:
 
 
 NOT_STARTED = "budget.time ran out before it started (it waited for its process or a free slot)"
-"""Why a trial asked for ahead of a free slot ended untrained: never begun, or begun after the deadline."""
+"""Why a trial asked for ahead of a free slot ended untrained: never begun, or begun after the deadline (or with
+less time left than the sweep's fastest first epoch when it was asked for)."""
 
 
 def ran_out(limit: str, epochs: int, of: int) -> str:

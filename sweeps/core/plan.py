@@ -44,6 +44,9 @@ class TrialPlan:
     """Record a step's diagnostics in MLflow at most this often (seconds; 0: every step), see ``TrialLogger``."""
     deadline: float = 0.0
     """When the sweep's ``budget.time`` runs out (a ``time.time()``; 0: none): the epoch ending then is the last."""
+    start_by: float = 0.0
+    """Begun by Tune after this (a ``time.time()``; 0: none), the trial ends untrained: the deadline less the fastest
+    first epoch of the sweep's trials when it was asked for (it could not end one before the deadline)."""
     trial_time_s: float = 0.0
     """``budget.trial_time`` (seconds; 0: none): the epoch that ends this long after the trial started is its last."""
     divergence: dict[str, Any] = field(default_factory=dict)

@@ -147,6 +147,16 @@ class SweepState:
         """Whether ``budget.time`` ended the sweep: it ran out, or too little of it was left to start a trial."""
         return self.time_up() or self.stopped_asking_left_s is not None
 
+    def start_by(self) -> float | None:
+        """The last time a trial may begin and still end its first epoch by the deadline; None without one.
+
+        Judged as :meth:`no_time_to_start` judges: the deadline less the fastest first epoch so far
+        (the deadline itself before a first epoch ended).
+        """
+        if self.deadline is None:
+            return None
+        return self.deadline - (self.fastest_first_epoch_s or 0.0)
+
     def no_time_to_start(self) -> bool:
         """Whether a trial started now could not end its first epoch before ``budget.time`` runs out.
 

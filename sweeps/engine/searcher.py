@@ -213,7 +213,7 @@ class OptunaSearcher(Searcher):
     def plan(self, run_id: str, label: str = "") -> TrialPlan:
         """The plan every trial of this sweep gets, for the trial whose MLflow run is ``run_id`` (named ``label``)."""
         plan = trial_plan(self.spec, self.tracker.uri, run_id, self.spec_text)
-        plan.deadline, plan.label = self.state.deadline or 0.0, label
+        plan.deadline, plan.start_by, plan.label = self.state.deadline or 0.0, self.state.start_by() or 0.0, label
         return plan
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

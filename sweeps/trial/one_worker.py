@@ -114,16 +114,19 @@ def start_line(plan: TrialPlan) -> str:
 
 
 def begun_too_late(plan: TrialPlan) -> bool:
-    """Whether Tune began this trial after ``budget.time`` ran out; if so, report it not started.
+    """Whether Tune began this trial too late to end its first epoch by ``budget.time``; if so, report it not started.
 
-    A trial asked for ahead of a free slot, begun by Tune as one freed after the deadline, would
-    only train a first epoch past it. Decided here, in the trial's own process, before any trainer
-    or rank exists (one clock, so a multi-worker trial's ranks cannot disagree). A restarted trial
-    (it has a checkpoint) is not affected: it ends at its epoch's end, as any.
+    A trial asked for ahead of a free slot, begun by Tune as one freed after the deadline, or so
+    near it that less time was left than the sweep's fastest first epoch when the trial was asked
+    for (``plan.start_by``), would only train past the deadline. Decided here, in the trial's own
+    process, before any trainer or rank exists (one clock, so a multi-worker trial's ranks cannot
+    disagree). A restarted trial (it has a checkpoint) is not affected: it ends at its epoch's end.
     """
-    if not plan.deadline or time.time() < plan.deadline or tune.get_checkpoint() is not None:
+    last = min(filter(None, (plan.start_by, plan.deadline)), default=0.0)
+    if not last or time.time() < last or tune.get_checkpoint() is not None:
         return False
-    print(f"==== sweeps: {plan.label or 'a trial'} not started: budget.time had run out ====", flush=True)
+    why = "budget.time had run out" if time.time() >= plan.deadline else "too little of budget.time was left"
+    print(f"==== sweeps: {plan.label or 'a trial'} not started: {why} ====", flush=True)
     tune.report({EPOCH: 0, plan.metric: math.nan, NOT_STARTED_KEY: 1.0})  # Tune wants the metric in each
     return True
 
