@@ -245,6 +245,30 @@ def test_a_diverged_trial_off_the_plot_sits_on_the_worse_edge(mode: str, far: fl
     assert sorted(float(line.get_ydata()[0]) for line in crosses) == sorted([edge, edge, worse])
 
 
+def test_a_trial_cut_far_off_leaves_the_plot_instead_of_squashing_the_completed_curves() -> None:
+    """A user's flow: one pruned trial's first epoch at 38.4 bits/dim set the y-axis to 40, the completed curves
+    (5.6 to 8.1) squashed into its lowest fifth. Its value now leaves the plot; its circle sits on the top edge,
+    labelled with the value; the nearer pruned trial stays where it was."""
+    from sweeps.results.figures import _draw_curves, _figure, plain_style
+
+    curves = [
+        Curve("t012", "completed", [(1, 7.9), (2, 6.9), (3, 6.2), (4, 5.57)], best=True, rank=1),
+        Curve("t001", "completed", [(1, 8.07), (2, 7.5), (3, 7.0), (4, 6.63)], rank=2),
+        Curve("t014", "pruned", [(1, 38.39)]),
+        Curve("t013", "pruned", [(1, 8.0)]),
+        Curve("t002", "diverged", [], stop_epoch=1),
+    ]
+    with plain_style():
+        figure = _figure(10.0, 4.8)
+        _draw_curves(figure, curves, "val_bpd", "min", 4, [1])
+    ax = figure.axes[0]
+    low, high = ax.get_ylim()
+    assert 5.0 < low < 5.57 and 8.07 < high < 9.0, (low, high)
+    circles = sorted(float(line.get_ydata()[0]) for line in ax.lines if line.get_marker() == "o" and line.get_ms() == 7)
+    assert circles == [0.96, 8.0]  # t014 on the top edge (axes height), t013 at its value
+    assert "t014 (38.39)" in [text.get_text() for text in ax.texts]  # apart from t002's cross label at that spot
+
+
 def test_a_long_reason_in_the_terminal_table_is_cut_at_a_word() -> None:
     reason = "runaway_weights: d: last-layer weight norm 80.6 > 50 x 0.583 on 15 of the last 19 steps"
     assert clipped(reason, 60) == "runaway_weights: d: last-layer weight norm 80.6 > 50 x..."

@@ -1,7 +1,8 @@
 """The report's plots, drawn with matplotlib and Optuna's visualization: PNG files, and plotly HTML.
 
 - ``learning_curves.png``: every trial's metric against the epoch on one plot, coloured by how the
-  trial ended, ASHA's rungs marked, a pruned trial's line ending in a circle where ASHA cut it and
+  trial ended, ASHA's rungs marked, a pruned trial's line ending in a circle where ASHA cut it (on
+  the worse edge, labelled with its value, when far worse than the completed trials' values) and
   a diverged trial's in a cross at the epoch it was stopped in, and a would-be stop of
   ``divergence.mode: observe`` a thin red cross on its trial's line, at the epoch it fell in;
 - ``importances.png`` (Optuna's parameter importances as bars) and ``contour.png`` (Optuna's
@@ -132,12 +133,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     figure.subplots_adjust(left=0.08, right=0.74, top=0.88, bottom=0.12)
     top_edge = blended_transform_factory(ax.transData, ax.transAxes)
     worse_up = mode == "min"  # the side of the plot where worse values go: the top for a loss
-    steady = [v for c in curves if c.status != DIVERGED for _, v in c.finite]
-    values = steady or [v for c in curves for _, v in c.finite]
-    if steady:  # diverged trials' values too, unless far off: they would squash the others
-        span = max(steady) - min(steady) or abs(max(steady)) or 1.0
-        near = (lambda v: v <= max(steady) + span) if worse_up else (lambda v: v >= min(steady) - span)
-        values += [v for c in curves if c.status == DIVERGED for _, v in c.finite if near(v)]
+    values = _plotted_values(curves, worse_up)
     log = bool(values) and min(values) > 0 and max(values) / min(values) > 30
     if log:
         ax.set_yscale("log")
@@ -155,6 +151,7 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     counts: dict[str, int] = {}
     ends: list[tuple[float, float, str, str, bool]] = []  # right-edge labels: x, y, text, colour, bold
     crosses: list[tuple[float, float, str, str, bool]] = []  # diverged: x, y, text, colour, on the worse edge
+    cut_off: list[tuple[float, float, str, str, bool]] = []  # pruned far off, on the worse edge: x, y, text, colour
     would: list[tuple[float, float, str]] = []  # would-be stops marked (observe mode): epoch, value, trial
     flagged = 0  # would-be stops, marked or off the plot
     for curve in sorted(curves, key=lambda c: (STYLE.get(c.status, STYLE[FAILED])["z"], -c.rank, c.best)):
@@ -168,8 +165,11 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
         zorder = 10 if curve.best else style["z"] + (2 if highlight else 0)
         if xs:
             ax.plot(xs, ys, color=color, lw=width, alpha=alpha, marker="o", ms=2.5, zorder=zorder)
-        if curve.status == PRUNED and xs:
+        if curve.status == PRUNED and xs and bottom <= ys[-1] <= ceiling:
             ax.plot(xs[-1:], ys[-1:], "o", ms=7, mfc="white", mec=color, mew=1.5, zorder=zorder)
+        elif curve.status == PRUNED and xs:  # cut far off on the worse side: its circle sits on that edge
+            ax.plot(xs[-1:], [edge], "o", ms=7, mfc="white", mec=color, mew=1.5, transform=top_edge, clip_on=False)
+            cut_off.append((xs[-1], edge, f"{curve.label} ({ys[-1]:.4g})", color, True))
         if curve.status == DIVERGED:
             stop = curve.stop_epoch or (xs[-1] + 1 if xs else 1)
             if ys and bottom <= ys[-1] <= ceiling:
@@ -189,6 +189,9 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
     for x, y, text, color, on_edge in _merged(crosses)[:12]:
         where = top_edge if on_edge else ax.transData
         ax.annotate(text, (x, y), xycoords=where, xytext=(7, 0), textcoords="offset points", **_small(color))
+    below = -11 if worse_up else 11  # beside a diverged trial's label at the same spot, not over it
+    for x, y, text, color, _ in _merged(cut_off)[:12]:
+        ax.annotate(text, (x, y), xycoords=top_edge, xytext=(7, below), textcoords="offset points", **_small(color))
     for rung in rungs:
         ax.axvline(rung, ls="--", lw=1, color="#555555", alpha=0.6, zorder=0)
         ax.text(rung, 1.01, f"ASHA rung {rung}", transform=top_edge, fontsize=8, ha="center", color="#555555")
@@ -211,6 +214,22 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
         label = f"would stop (observe): {flagged}"
         handles.append(Line2D([], [], ls="", color=WOULD_STOP_COLOR, marker="x", ms=8, mew=2, label=label))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+
+
+def _plotted_values(curves: list[Curve], worse_up: bool) -> list[float]:
+    """The values the y-axis is fitted to: far-off ones on the worse side leave the plot, not squash the rest.
+
+    The completed trials' values (else every trial's that did not diverge) set the range; another
+    trial's value joins it unless it is worse by more than that range's span: a pruned trial's first
+    epoch at 38.4 bits/dim squashed a user's completed curves, 5.6 to 8.1, into a fifth of the plot.
+    """
+    steady = [v for c in curves if c.status != DIVERGED for _, v in c.finite]
+    if not steady:
+        return [v for c in curves for _, v in c.finite]
+    core = [v for c in curves if c.status == COMPLETED for _, v in c.finite] or steady
+    span = max(core) - min(core) or abs(max(core)) or 1.0
+    near = (lambda v: v <= max(core) + span) if worse_up else (lambda v: v >= min(core) - span)
+    return core + [v for c in curves if c.status != COMPLETED for _, v in c.finite if near(v)]
 
 
 def _mark_would_stop(
