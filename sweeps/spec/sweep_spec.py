@@ -878,9 +878,10 @@ def _half_on_cpu_note(fixed: dict[str, Any], params: dict[str, ParamSpec], budge
     """A note when trials that reserve no GPU are to run fp16 (autocast or O2): slow enough on a CPU to eat the time."""
     if budget.gpus_per_trial > 0:
         return None
-    key, asked = ("params.precision", params["precision"].choices) if "precision" in params else ("fixed.precision", [])
-    if "precision" not in params and "precision" in fixed:
-        asked = [fixed["precision"]]
+    if "precision" in params:
+        key, asked = "params.precision", params["precision"].choices
+    else:
+        key, asked = "fixed.precision", [fixed["precision"]] if "precision" in fixed else []
     half = []
     for value in asked:
         try:

@@ -122,7 +122,7 @@ def begun_too_late(plan: TrialPlan) -> bool:
     process, before any trainer or rank exists (one clock, so a multi-worker trial's ranks cannot
     disagree). A restarted trial (it has a checkpoint) is not affected: it ends at its epoch's end.
     """
-    last = min(filter(None, (plan.start_by, plan.deadline)), default=0.0)
+    last = plan.start_by or plan.deadline  # start_by, when set, is never after the deadline
     if not last or time.time() < last or tune.get_checkpoint() is not None:
         return False
     why = "budget.time had run out" if time.time() >= plan.deadline else "too little of budget.time was left"
