@@ -80,6 +80,10 @@ IDLE_TIMEOUT_MIN = 0.5
 SUBNET = "10.77.0"
 CLIENT_IP = f"{SUBNET}.1"
 HOSTS = {"head": f"{SUBNET}.2", "w1": f"{SUBNET}.3", "w2": f"{SUBNET}.4", "out": f"{SUBNET}.5"}
+OUR_NAMESPACES = rf"mn[0-9a-f]{{4}}-({'|'.join(HOSTS)})"
+"""The names of the namespaces :class:`Network` makes (``mn<tag>-<host>``): any left by a killed run is stale."""
+OUR_LINKS = r"mnbr[0-9a-f]{4}|mn[0-9a-f]{4}[hno]\d"
+"""The bridge and the host-side links :class:`Network` makes here."""
 WORKERS = ("w1", "w2")
 OUTSIDE_OUT, OUTSIDE_HEAD = "10.78.0.1", "10.78.0.2"
 LOCAL_TYPE = "local.cluster.node"  # ray.autoscaler._private.local.config.LOCAL_CLUSTER_NODE_TYPE
@@ -587,7 +591,7 @@ def main() -> int:  # noqa: C901  (one test, in order)
         return 2
     try:
         _run_lock = onprem.hold_run_lock()  # held until this function returns
-        onprem.clear_stale_runs(r"mn[0-9a-f]{4}-(head|w1|w2|out)", r"mnbr[0-9a-f]{4}|mn[0-9a-f]{4}[hno]\d", SUBNET)
+        onprem.clear_stale_runs(OUR_NAMESPACES, OUR_LINKS, SUBNET)
     except onprem.E2EError as exc:
         print(f"multinode_e2e.py: {exc}", file=sys.stderr)
         return 2

@@ -100,9 +100,7 @@ def test_a_run_clears_what_a_killed_run_left_and_two_runs_never_overlap() -> Non
             subprocess.run(["ip", "netns", "add", f"{stale}-{name}"], check=True)
         sleeper = subprocess.Popen(["ip", "netns", "exec", f"{stale}-head", "sleep", "300"])
         subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
-        removed = onprem.clear_stale_runs(
-            r"mn[0-9a-f]{4}-(head|w1|w2|out)", r"mnbr[0-9a-f]{4}|mn[0-9a-f]{4}[hno]\d", module.SUBNET
-        )
+        removed = onprem.clear_stale_runs(module.OUR_NAMESPACES, module.OUR_LINKS, module.SUBNET)
         assert {f"namespace {stale}-head", f"namespace {stale}-w1", "link mnbrfeed", f"user {user}"} <= set(removed)
         assert sleeper.wait(timeout=10) != 0  # killed
         namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -113,7 +111,7 @@ def test_a_run_clears_what_a_killed_run_left_and_two_runs_never_overlap() -> Non
         subprocess.run(["ip", "link", "add", "sweepstestbr", "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", "10.77.0.9/24", "dev", "sweepstestbr"], check=True)
         with pytest.raises(onprem.E2EError, match=r"10\.77\.0\.0/24 is already in use on this machine: .*10\.77\.0\.9"):
-            onprem.clear_stale_runs(r"mn[0-9a-f]{4}-(head|w1|w2|out)", r"mnbr[0-9a-f]{4}", module.SUBNET)
+            onprem.clear_stale_runs(module.OUR_NAMESPACES, module.OUR_LINKS, module.SUBNET)
     finally:
         if sleeper is not None and sleeper.poll() is None:
             sleeper.kill()
