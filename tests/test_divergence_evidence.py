@@ -457,6 +457,31 @@ def test_the_batch_spread_is_sent_only_for_a_batch_of_images() -> None:
     assert output_metrics(torch.rand(2, 3, 16, 16))["output_spread"] > 0.1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_the_output_statistics_are_torch_s_unbiased_ones_and_exactly_0_for_a_collapsed_output(
+    dtype: torch.dtype,
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(16, 3, 32, 32), (5, 1, 7, 7), (2, 4), (3, 8, 8), (7,)]:
+        x = (torch.rand(shape, generator=generator) * 3 - 1).to(dtype).requires_grad_()
+        kept = x.detach().clone()
+        found, wide = output_metrics(x), x.detach().float().double()  # its float32 values, on any device
+        assert torch.equal(x.detach(), kept)  # worked on a copy, even of a float64 output
+        assert found["output_mean"] == pytest.approx(float(wide.mean()), rel=1e-9)
+        assert found["output_std"] == pytest.approx(float(wide.std()), rel=1e-9)
+        assert ("output_spread" in found) == (len(shape) == 4)
+        if len(shape) == 4:
+            assert found["output_spread"] == pytest.approx(float(wide.std(dim=0).mean()), rel=1e-9)
+    # the collapse signal compares with 0 exactly: a float32 mean of 3, 5 or 7 equal values need not be that value
+    for batch in (2, 3, 5, 7, 12, 31):
+        for value in (0.1, -3.7e-5, 123.456, 1e30 if dtype in (torch.float32, torch.float64) else 6e4):
+            constant = torch.full((batch, 3, 5, 5), value, dtype=dtype)
+            alike = (torch.rand(1, 3, 5, 5, generator=generator) * value).to(dtype).expand(batch, 3, 5, 5)
+            assert output_metrics(constant)["output_std"] == 0.0 and output_metrics(constant)["output_spread"] == 0.0
+            assert output_metrics(alike)["output_spread"] == 0.0 and output_metrics(alike)["output_std"] > 0
+    assert math.isnan(output_metrics(torch.ones(1))["output_std"])  # as torch.std: one value has no deviation
+
+
 def _to_the_end(
     loop: Loop, steps: int, before: Callable[[Loop, int], None], last_epoch_steps: int | None = None
 ) -> tuple[Divergence | None, Divergence | None]:
