@@ -55,8 +55,8 @@ def output_metrics(output: torch.Tensor) -> dict[str, float]:
     if detached.device.type == "cpu":
         values = _cpu_moments(detached, batched)
     else:  # a GPU's reductions are fast as they are (and MPS has no float64)
-        wide = detached.float()
-        values = [wide.mean(), wide.std()] + ([wide.std(dim=0).mean()] if batched else [])
+        floats = detached.float()
+        values = [floats.mean(), floats.std()] + ([floats.std(dim=0).mean()] if batched else [])
     return dict(zip(("output_mean", "output_std", "output_spread"), torch.stack(values).tolist(), strict=False))
 
 
