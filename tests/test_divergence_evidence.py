@@ -480,6 +480,12 @@ def test_the_output_statistics_are_torch_s_unbiased_ones_and_exactly_0_for_a_col
             assert output_metrics(constant)["output_std"] == 0.0 and output_metrics(constant)["output_spread"] == 0.0
             assert output_metrics(alike)["output_spread"] == 0.0 and output_metrics(alike)["output_std"] > 0
     assert math.isnan(output_metrics(torch.ones(1))["output_std"])  # as torch.std: one value has no deviation
+    channels_last = torch.rand(4, 3, 8, 8, generator=generator).to(dtype).to(memory_format=torch.channels_last)
+    permuted = torch.rand(4, 8, 8, 3, generator=generator).to(dtype).permute(0, 3, 1, 2)  # a user's NHWC output
+    for x in (channels_last, permuted):
+        found, wide = output_metrics(x), x.float().double()
+        assert found["output_spread"] == pytest.approx(float(wide.std(dim=0).mean()), rel=1e-9)
+        assert found["output_std"] == pytest.approx(float(wide.std()), rel=1e-9)
 
 
 def _to_the_end(
