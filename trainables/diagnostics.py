@@ -66,8 +66,9 @@ def _cpu_moments(output: torch.Tensor, batched: bool) -> list[torch.Tensor]:
     Two passes in float64 over one copy, worked in place: on a CPU ``torch.std(dim=0)`` took 1.3 ms
     for a batch of 16 images of 3 x 32 x 32 and 15 ms for 8 of 3 x 128 x 128, 4 to 8 times this
     (``benchmarks/output_metrics.py``). In float64 a sum of up to 2**29 float32 (or float16,
-    bfloat16) values is exact, so the mean of a constant output is that constant and its deviations exactly 0, as the
-    collapse signal needs; an output near float32's largest value does not overflow either.
+    bfloat16) values is exact, so the mean of a constant output is that constant and its deviations
+    exactly 0, as the collapse signal needs; an output near float32's largest value does not
+    overflow either.
     """
     # float32 values, as for a GPU (of a float64 output too), held in float64: a copy, changed below,
     # laid out contiguous whatever the output's (channels_last, permuted), so that the views below hold
