@@ -542,3 +542,37 @@ def test_the_top_trials_end_labels_stay_inside_the_plot_and_apart() -> None:
     # the labels' centres, in pixels: at least a line of 8-point text (11 px at 100 dpi) apart
     centres = sorted(ax.transData.transform(t.xy)[1] + t.xyann[1] * figure.dpi / 72 for t in labels)
     assert all(high - low >= 12 for low, high in zip(centres, centres[1:], strict=False)), centres
+
+
+def test_the_names_of_stopped_trials_are_drawn_apart() -> None:
+    """A user's VQ-VAE: two collapsed trials stopped in epoch 2 at 0.05462 and 0.05464 had their names drawn over
+    each other, and two trials cut far off had their names and values drawn over those of the crosses beside them."""
+    from matplotlib.text import Text
+
+    from sweeps.results.figures import _draw_curves, _figure, plain_style
+
+    best = [(1, 0.0449), (2, 0.0386), (3, 0.031), (4, 0.0205), (5, 0.0187), (6, 0.0166), (7, 0.0155), (8, 0.0155)]
+    second = [(1, 0.0548), (2, 0.0489), (3, 0.038), (4, 0.030), (5, 0.0253), (6, 0.0234), (7, 0.0226), (8, 0.0219)]
+    curves = [
+        Curve("t008", "completed", best, best=True, rank=1),
+        Curve("t004", "completed", second, rank=2),
+        Curve("t005", "diverged", [(1, 0.05462)], stop_epoch=2),
+        Curve("t010", "diverged", [(1, 0.05464)], stop_epoch=2),
+        Curve("t000", "diverged", [(1, 0.0547), (2, 0.0546)], stop_epoch=3),
+        Curve("t013", "diverged", [(1, 0.0562)], stop_epoch=1),
+        Curve("t002", "pruned", [(1, 0.2998)]),
+        Curve("t014", "pruned", [(1, 0.1114)]),
+        Curve("t009", "pruned", [(1, 0.0549)]),
+        Curve("t016", "pruned", [(1, 0.0547), (2, 0.0475), (3, 0.0419)]),
+    ]
+    with plain_style():
+        figure = _figure(10.0, 4.8)
+        _draw_curves(figure, curves, "val_mse", "min", 8, [1, 3])
+        figure.savefig(io.BytesIO(), format="png")  # every text placed as in the report's PNG
+    names = [t for t in figure.axes[0].texts if t.get_text().startswith("t")]
+    named = {name for t in names for name in re.findall(r"t\d{3}", t.get_text())}
+    assert named == {"t005", "t010", "t000", "t013", "t002", "t014", "t008", "t004"}
+    boxes = [(t.get_text(), Text.get_window_extent(t)) for t in names]  # the text alone, not an end label's line
+    for i, (text, box) in enumerate(boxes):
+        for other, other_box in boxes[i + 1 :]:
+            assert not box.overlaps(other_box), (text, other, box, other_box)

@@ -82,9 +82,12 @@ def _figure(width: float, height: float) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI)
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)  # a renderer to measure labels with (``figure.canvas.get_renderer()``)
+    return figure
 
 
 @contextmanager
@@ -186,12 +189,11 @@ def _draw_curves(figure: Any, curves: list[Curve], metric: str, mode: str, epoch
             would.extend(_mark_would_stop(ax, curve, bottom, ceiling, zorder))
     _label_ends(ax, ends)
     _label_would_stops(ax, would)
-    for x, y, text, color, on_edge in _merged(crosses)[:12]:
-        where = top_edge if on_edge else ax.transData
-        ax.annotate(text, (x, y), xycoords=where, xytext=(7, 0), textcoords="offset points", **_small(color))
-    below = -11 if worse_up else 11  # beside a diverged trial's label at the same spot, not over it
-    for x, y, text, color, _ in _merged(cut_off)[:12]:
-        ax.annotate(text, (x, y), xycoords=top_edge, xytext=(7, below), textcoords="offset points", **_small(color))
+    stops = [
+        (x, y, top_edge if on_edge else ax.transData, text, color) for x, y, text, color, on_edge in _merged(crosses)
+    ]
+    stops = stops[:12] + [(x, y, top_edge, text, color) for x, y, text, color, _ in _merged(cut_off)[:12]]
+    _label_apart(ax, stops, -11.0 if worse_up else 11.0)  # away from the worse edge, where most of them sit
     for rung in rungs:
         ax.axvline(rung, ls="--", lw=1, color="#555555", alpha=0.6, zorder=0)
         ax.text(rung, 1.01, f"ASHA rung {rung}", transform=top_edge, fontsize=8, ha="center", color="#555555")
@@ -270,6 +272,36 @@ def _merged(crosses: list[tuple[float, float, str, str, bool]]) -> list[tuple[fl
 
 def _small(color: str) -> dict[str, Any]:
     return {"fontsize": 8, "color": color, "va": "center"}
+
+
+def _label_apart(ax: Any, labels: list[tuple[float, float, Any, str, str]], step: float) -> None:
+    """Name each mark (x, y in its coordinates, text, colour) right of it, apart from every text already drawn.
+
+    A label that would overlap one is moved ``step`` points at a time (up to 11 times): a user's two
+    collapsed trials stopped at 0.05462 and 0.05464 in one epoch had their names drawn over each
+    other, and so had two far-off cut trials' names and values.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    taken = [_text_box(text, renderer) for text in ax.texts]
+    for x, y, where, text, color in labels:
+        for move in range(12):
+            note = ax.annotate(
+                text, (x, y), xycoords=where, xytext=(7, move * step), textcoords="offset points", **_small(color)
+            )
+            box = _text_box(note, renderer)
+            if move == 11 or not any(box.overlaps(other) for other in taken):
+                break
+            note.remove()
+        taken.append(box)
+
+
+def _text_box(text: Any, renderer: Any) -> Any:
+    """Where a text (an annotation's, without its line) is drawn, in pixels."""
+    from matplotlib.text import Annotation, Text
+
+    if isinstance(text, Annotation):
+        text.update_positions(renderer)  # what drawing does first: its offset from the point, placed
+    return Text.get_window_extent(text, renderer)
 
 
 def _label_ends(ax: Any, ends: list[tuple[float, float, str, str, bool]]) -> None:
