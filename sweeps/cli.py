@@ -23,7 +23,7 @@ from sweeps.core.command import command_name
 from sweeps.core.errors import InputError
 from sweeps.core.files import CommandError, disk_error_line
 from sweeps.core.keys import FAILED, OOM
-from sweeps.core.records import metric_text
+from sweeps.core.records import metric_text, trial_label
 from sweeps.spec.sweep_spec import SpecError
 from sweeps.store.sweep_dir import DEFAULT_ROOT, SweepStoreError, check_sweep_name, go_on_options
 
@@ -483,7 +483,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         value = (
             f"{metric['name']}={metric['value']:.6g}" if metric["value"] is not None else f"no final {metric['name']}"
         )
-        print(f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']} ({how}), {value}")
+        print(f"wrote {out}: {trial_label(data['source']['trial'])} of {data['source']['sweep']} ({how}), {value}")
         return 0
     configs = best_configs(sweep, args.top_k, args.skip_unstable, study)
     short = study_shortfall(study, meta)
@@ -495,7 +495,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = write_export(data, ranked_path(args.output, data["source"]["rank"]))
         metric = data["metric"]
         print(
-            f"wrote {out}: trial {data['source']['trial']} of {data['source']['sweep']}, "
+            f"wrote {out}: {trial_label(data['source']['trial'])} of {data['source']['sweep']}, "
             f"{metric['name']}={metric['value']:.6g}"
         )
     return 0

@@ -491,7 +491,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 def test_export_from_a_cut_journal_says_the_best_may_be_lost(user_folder: Path) -> None:
     _finished_sweep_whose_journal_was_cut(user_folder, keep_first=True)
     code, out, err = run_in_process(["export", "cut", "-o", "b.yaml"])
-    assert code == 0 and out == "wrote b.yaml: trial 0 of cut, val_mse=0.5\n"
+    assert code == 0 and out == "wrote b.yaml: t000 of cut, val_mse=0.5\n"
     assert err.strip() == (
         "note: sweep 'cut': its Optuna study holds 1 of the 2 trials it ran (the journal is damaged or cut short); "
         "every trial is still in MLflow (sqlite:///m.db, parent run p1): the best may be a trial the study lost"

@@ -358,10 +358,10 @@ def test_export_trial_writes_any_trial_a_stopped_one_with_no_final_value(
         )
     root = str(tmp_path)
     assert main(["export", "wa", "--storage", root, "--trial", "t001", "-o", str(tmp_path / "t1.yaml")]) == 0
-    assert capsys.readouterr().out == f"wrote {tmp_path / 't1.yaml'}: trial 1 of wa (diverged), no final val_loss\n"
+    assert capsys.readouterr().out == f"wrote {tmp_path / 't1.yaml'}: t001 of wa (diverged), no final val_loss\n"
     text = (tmp_path / "t1.yaml").read_text()
     assert text.startswith(
-        "# Trial 1 of sweep wa (diverged, no final val_loss).\n# Train from it: sweeps train t1.yaml"
+        "# Trial t001 of sweep wa (diverged, no final val_loss).\n# Train from it: sweeps train t1.yaml"
     )
     data = yaml.safe_load(text)
     assert data["config"]["lr"] == 0.9 and data["metric"]["value"] is None and data["source"]["rank"] is None

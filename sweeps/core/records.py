@@ -37,6 +37,11 @@ def observed_text(would_stop: str) -> str:
     return f"would have stopped at {would_stop} (observe)"
 
 
+def trial_label(number: int, rescue: bool = False) -> str:
+    """How a trial is named to people: ``t003``, or ``t003r`` for its precision rescue."""
+    return f"t{number:03d}" + ("r" if rescue else "")
+
+
 def step_epoch(step: float | None, steps: int, epochs: int) -> int:
     """The epoch a step fell in, from a trial's ``steps`` over its ``epochs``; 0 when unknown.
 
@@ -108,7 +113,7 @@ class TrialRecord:
     @property
     def label(self) -> str:
         """How the trial is named to people: ``t003``, or ``t003r`` for its precision rescue."""
-        return f"t{self.number:03d}" + ("r" if self.rescue_of is not None else "")
+        return trial_label(self.number, self.rescue_of is not None)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.core.files import write_whole
 from sweeps.core.keys import COMPLETED
-from sweeps.core.records import UNSTABLE_SHARE
+from sweeps.core.records import UNSTABLE_SHARE, trial_label
 from sweeps.store.study import is_told, load_study
 from sweeps.store.sweep_dir import SweepDir, SweepStoreError
 
@@ -139,9 +139,8 @@ def export_text(data: dict[str, Any], file_name: str) -> str:
         how = (
             f"{'rank ' + str(rank) if rank else 'unranked'}: {metric['name']}={metric['value']:.6g} ({metric['mode']})"
         )
-    header = (
-        f"# Trial {source['trial']} of sweep {source['sweep']} ({how}).\n# Train from it: sweeps train {file_name}\n"
-    )
+    header = f"# Trial {trial_label(source['trial'])} of sweep {source['sweep']} ({how}).\n"
+    header += f"# Train from it: sweeps train {file_name}\n"
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
