@@ -77,7 +77,7 @@ from sweeps.core.keys import (
     TIME_UP_KEY,
 )
 from sweeps.core.outcome import ran_out
-from sweeps.core.records import SweepState, metric_text
+from sweeps.core.records import SweepState, metric_text, trial_label
 from sweeps.divergence import may_recover
 from sweeps.engine.cluster import start_ray
 from sweeps.engine.runner import configs_tuner
@@ -322,7 +322,7 @@ def _number(run: Any) -> int:
 
 def _label(run: Any) -> str:
     """``t003``, or ``t003r`` for the precision rescue of t003."""
-    return f"t{_number(run):03d}" + ("r" if run.data.tags.get(TAG_ROLE) == ROLE_RESCUE else "")
+    return trial_label(_number(run), run.data.tags.get(TAG_ROLE) == ROLE_RESCUE)
 
 
 def _irrecoverable(runs: list[Any]) -> list[str]:
@@ -356,7 +356,7 @@ def _observed_trials(runs: list[Any], spec: SweepSpec) -> list[AuditedStop]:
             continue
         number = int(tags.get(TAG_OPTUNA_NUMBER, 0))
         stop = AuditedStop(
-            f"t{number:03d}",
+            trial_label(number),
             number,
             run.info.run_id,
             tags[TAG_WOULD_STOP_SIGNAL],

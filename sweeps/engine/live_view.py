@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from sweeps.core.keys import EPOCH
-from sweeps.core.records import SweepState, TrialRecord, metric_text, observed_text
+from sweeps.core.records import SweepState, TrialRecord, metric_text, observed_text, trial_label
 
 
 def status_line(
@@ -32,7 +32,7 @@ def status_line(
     best = state.best
     best_text = "best -"
     if best is not None and best.value is not None:
-        best_text = f"best {state.metric}={metric_text(best.value)} (t{best.number:03d})"
+        best_text = f"best {state.metric}={metric_text(best.value)} ({trial_label(best.number)})"
     parts = [
         f"[{_clock(elapsed)}]",
         f"trials {ended}/{total} done{rescues}",

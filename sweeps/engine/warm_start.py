@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.compat.optuna_internals import in_distribution
 from sweeps.core.keys import EPOCHS_FIELD, INTERRUPTED
+from sweeps.core.records import trial_label
 from sweeps.results.export import ranked
 from sweeps.spec.params import precision_as_spelled
 from sweeps.spec.sweep_spec import SweepSpec
@@ -327,7 +328,7 @@ def queue_best(
         if isinstance(point, str) or point[0] in queued:
             continue
         queued.append(point[0])
-        study.enqueue_trial(point[0], user_attrs={QUEUED_ATTR: f"{source} t{trial.number:03d}"})
+        study.enqueue_trial(point[0], user_attrs={QUEUED_ATTR: f"{source} {trial_label(trial.number)}"})
         if len(queued) >= min(TOP, spec.budget.trials):
             break
     return len(queued)
@@ -352,6 +353,6 @@ def queue_interrupted(
         if isinstance(point, str) or point[0] in seen:
             continue
         seen.append(point[0])
-        study.enqueue_trial(point[0], user_attrs={QUEUED_ATTR: f"{source} t{trial.number:03d} (interrupted)"})
+        study.enqueue_trial(point[0], user_attrs={QUEUED_ATTR: f"{source} {trial_label(trial.number)} (interrupted)"})
         queued += 1
     return queued

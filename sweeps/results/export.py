@@ -58,7 +58,9 @@ def trial_export(sweep: SweepDir, number: int, study: optuna.Study | None = None
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number and not is_told(t)]
     if not found or "config" not in found[0].user_attrs:
         ran = sum(1 for t in study.get_trials(deepcopy=False) if not is_told(t) and "config" in t.user_attrs)
-        raise SweepStoreError(f"sweep {sweep.name!r} has no trial t{number:03d} (its trials: t000 to t{ran - 1:03d})")
+        raise SweepStoreError(
+            f"sweep {sweep.name!r} has no trial {trial_label(number)} (its trials: t000 to {trial_label(ran - 1)})"
+        )
     trial = found[0]
     data = _export(sweep, meta, trial, 0)
     ranks = {t.number: rank for rank, t in enumerate(ranked(study), start=1)}

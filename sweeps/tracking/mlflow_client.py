@@ -17,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sweeps.core.records import trial_label
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -207,4 +209,4 @@ def short_text(value: Any) -> str:
 def run_name(number: int, sampled: dict[str, Any]) -> str:
     """A child run's name: trial number and its sampled values, e.g. ``t003 lr=0.0012 kernel_size=5``."""
     text = " ".join(f"{key}={short_text(value)}" for key, value in sampled.items())
-    return f"t{number:03d} {text}"[:240].strip()
+    return f"{trial_label(number)} {text}"[:240].strip()
