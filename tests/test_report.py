@@ -576,3 +576,20 @@ def test_the_names_of_stopped_trials_are_drawn_apart() -> None:
     for i, (text, box) in enumerate(boxes):
         for other, other_box in boxes[i + 1 :]:
             assert not box.overlaps(other_box), (text, other, box, other_box)
+
+
+def test_the_curves_caption_puts_far_off_crosses_on_the_worse_edge(tmp_path: Path) -> None:
+    """A user's SR sweep (higher is better) read that a diverged cross sits on the top edge; the plot puts it on the
+    bottom, the worse edge, as docs/recording.md says."""
+    draw_learning_curves(
+        [Curve("t000", "completed", [(1, 20.0)], best=True, rank=1)],
+        "m",
+        "max",
+        1,
+        [],
+        tmp_path / "learning_curves.png",
+    )
+    for mode, edge, other in (("min", "top", "bottom"), ("max", "bottom", "top")):
+        page = html_page("s1", {**META, "mode": mode}, ROWS, "", tmp_path)
+        assert f"on the {edge} edge when its metric was off the scale" in page
+        assert f"on the {other} edge" not in page

@@ -96,7 +96,11 @@ def html_page(title: str, meta: dict[str, Any], rows: list[dict[str, Any]], note
     metric, mode = str(meta.get("metric", "")), str(meta.get("mode", "min"))
     params = searched(meta, rows)
     sections = [
-        _section("curves", "Learning curves", _image(folder / "learning_curves.png", f"{metric} per epoch", CURVES)),
+        _section(
+            "curves",
+            "Learning curves",
+            _image(folder / "learning_curves.png", f"{metric} per epoch", curves_caption(mode)),
+        ),
         _section("samples", "Samples at the last epoch", _samples(folder, metric)),
         _section("stops", "Stop decisions", _stops(folder, notes, rows, metric, mode)),
         _section("mattered", "What mattered", _mattered(folder, rows, params)),
@@ -116,11 +120,15 @@ def html_page(title: str, meta: dict[str, Any], rows: list[dict[str, Any]], note
 """
 
 
-CURVES = (
-    "Each line is a trial's metric after each epoch (the Optuna study's intermediate values). A pruned trial ends in "
-    "a circle where ASHA cut it, at a rung; a diverged one in a cross at the epoch it was stopped in, on the top "
-    "edge when its metric was off the scale or it had none."
-)
+def curves_caption(mode: str) -> str:
+    """The learning curves' caption; a far-off value sits on the worse edge, the top when lower is better."""
+    edge = "top" if mode == "min" else "bottom"
+    return (
+        "Each line is a trial's metric after each epoch (the Optuna study's intermediate values). A pruned trial ends "
+        "in a circle where ASHA cut it, at a rung; a diverged one in a cross at the epoch it was stopped in, on the "
+        f"{edge} edge when its metric was off the scale or it had none."
+    )
+
 
 NAV = (
     ("curves", "Curves"),
